@@ -1,0 +1,14 @@
+//! Feature modules of Palaver. Each is a [`ModuleDef`]: a name and a
+//! function registering the module's handlers on a virtual host.
+
+pub mod disco;
+pub mod ping;
+pub mod time;
+pub mod version;
+
+use palaver_server::ModuleDef;
+
+/// Every module this build knows, by config name.
+pub fn registry() -> Vec<ModuleDef> {
+    vec![disco::MODULE, ping::MODULE, version::MODULE, time::MODULE]
+}

@@ -1,0 +1,176 @@
+//! Client-to-server connections (RFC 6120): stream negotiation, STARTTLS,
+//! SASL, resource binding, and the established session's stanza flow.
+
+mod session;
+mod transport;
+
+pub use session::{C2sSession, Next};
+pub use transport::Transport;
+
+use crate::config::Listener;
+use crate::core::Core;
+use crate::tls::CertStore;
+use palaver_proto::error::{StreamError, StreamErrorCondition as SC};
+use palaver_proto::framer::{Frame, Framer, Limits};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Shared by all connections of one listener.
+pub struct C2sListener {
+    /// Server core.
+    pub core: Arc<Core>,
+    /// Listener settings.
+    pub cfg: Listener,
+    /// Certificates.
+    pub certs: Arc<CertStore>,
+    /// TLS config for STARTTLS.
+    pub starttls: Arc<rustls::ServerConfig>,
+    /// TLS config for direct TLS (ALPN `xmpp-client`).
+    pub direct: Arc<rustls::ServerConfig>,
+}
+
+const READ_CHUNK: usize = 4096;
+
+/// Serve one accepted TCP connection until it ends.
+pub async fn serve(ctx: Arc<C2sListener>, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let auth_deadline = Instant::now() + Duration::from_secs(ctx.cfg.auth_timeout.max(1));
+    let transport = if ctx.cfg.tls {
+        let acceptor = tokio_rustls::TlsAcceptor::from(ctx.direct.clone());
+        match tokio::time::timeout_at(auth_deadline, acceptor.accept(tcp)).await {
+            Ok(Ok(s)) => Transport::Tls(Box::new(s)),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => return,
+        }
+    } else {
+        Transport::Plain(tcp)
+    };
+    let mut session = C2sSession::new(ctx.core.clone(), ctx.cfg.clone(), peer);
+    if let Transport::Tls(s) = &transport {
+        session.set_secure(ctx.certs.channel_bindings(s.get_ref().1));
+    }
+    run(ctx, session, transport, auth_deadline).await;
+}
+
+async fn run(
+    ctx: Arc<C2sListener>,
+    mut session: C2sSession,
+    mut transport: Transport,
+    auth_deadline: Instant,
+) {
+    let limits = Limits {
+        max_stanza_bytes: ctx.cfg.max_stanza_size,
+        max_depth: ctx.cfg.max_xml_depth,
+        max_attributes: ctx.cfg.max_xml_attributes,
+    };
+    let mut framer = Framer::new(limits);
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut shutdown = ctx.core.shutdown.clone();
+    let idle = Duration::from_secs(ctx.cfg.idle_timeout);
+    let mut last_read = Instant::now();
+    loop {
+        let deadline = if !session.is_bound() {
+            auth_deadline
+        } else if idle.is_zero() {
+            Instant::now() + Duration::from_secs(86_400)
+        } else {
+            last_read + idle
+        };
+        let mut next = Next::Continue;
+        tokio::select! {
+            r = transport.read_buf(&mut buf) => {
+                match r {
+                    Ok(0) | Err(_) => {
+                        session.closed_by_peer();
+                        break;
+                    }
+                    Ok(_) => {
+                        last_read = Instant::now();
+                        let mut data: &[u8] = &buf;
+                        loop {
+                            match framer.next_frame(&mut data) {
+                                Ok(None) => break,
+                                Ok(Some(Frame::Open(h))) => {
+                                    if let Err(e) = session.handle_open(&h) {
+                                        next = session.stream_error(e);
+                                    }
+                                }
+                                Ok(Some(Frame::Element(el))) => {
+                                    next = match session.handle_element(el).await {
+                                        Ok(n) => n,
+                                        Err(e) => session.stream_error(e),
+                                    };
+                                }
+                                Ok(Some(Frame::Close)) => next = session.close_requested(),
+                                Err(e) => next = session.stream_error(e),
+                            }
+                            match next {
+                                Next::Continue => {}
+                                Next::Restart => {
+                                    framer.reset();
+                                    next = Next::Continue;
+                                }
+                                Next::StartTls | Next::Close => break,
+                            }
+                        }
+                        buf.clear();
+                        if buf.capacity() > 4 * READ_CHUNK {
+                            buf.shrink_to(READ_CHUNK);
+                        }
+                    }
+                }
+            }
+            msg = session.recv() => {
+                if let Some(msg) = msg {
+                    next = session.handle_msg(msg);
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                next = session.stream_error(StreamError::with_text(SC::ConnectionTimeout, "timed out"));
+            }
+            _ = shutdown.changed() => {
+                next = session.stream_error(StreamError::new(SC::SystemShutdown));
+            }
+        }
+        if session.has_output() {
+            let out = session.take_output();
+            let res =
+                tokio::time::timeout(Duration::from_secs(30), transport.write_all(out.as_bytes()))
+                    .await;
+            session.recycle_output(out);
+            if !matches!(res, Ok(Ok(()))) {
+                session.closed_by_peer();
+                break;
+            }
+        }
+        match next {
+            Next::Continue | Next::Restart => {}
+            Next::Close => {
+                let _ = tokio::time::timeout(Duration::from_secs(5), transport.shutdown()).await;
+                break;
+            }
+            Next::StartTls => {
+                let Transport::Plain(tcp) = transport else {
+                    break;
+                };
+                let acceptor = tokio_rustls::TlsAcceptor::from(ctx.starttls.clone());
+                match tokio::time::timeout_at(auth_deadline, acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => {
+                        session.set_secure(ctx.certs.channel_bindings(s.get_ref().1));
+                        transport = Transport::Tls(Box::new(s));
+                        framer.reset();
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+    session.finish();
+}

@@ -1,0 +1,774 @@
+//! The c2s session state machine, independent of the byte transport.
+
+use crate::auth::AuthOutcome;
+use crate::config::Listener;
+use crate::core::Core;
+use crate::host::Host;
+use crate::module::HookAction;
+use crate::sm::{SessionHandle, SessionMsg};
+use jid::{BareJid, FullJid, Jid};
+use minidom::Element;
+use palaver_proto::error::{Condition, StanzaError, StreamError, StreamErrorCondition as SC};
+use palaver_proto::framer::StreamHeader;
+use palaver_proto::ns;
+use palaver_proto::sasl::{
+    ChannelBindings, Mechanism, SaslFailure, ScramServer, decode_sasl_payload, encode_sasl_payload,
+    parse_plain,
+};
+use palaver_proto::stanza::{Stanza, StanzaKind, StanzaParseError, set_attr};
+use palaver_proto::writer::{escape_into, write_element};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// What the connection loop does after an input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Keep going.
+    Continue,
+    /// Expect a new stream header (after SASL success).
+    Restart,
+    /// Upgrade to TLS, then expect a new stream header.
+    StartTls,
+    /// Flush and close the connection.
+    Close,
+}
+
+/// Queue length of a session's inbox.
+const INBOX: usize = 256;
+/// SASL attempts before the stream is closed.
+const MAX_AUTH_FAILURES: u8 = 5;
+
+enum SaslState {
+    None,
+    /// SCRAM waiting for client-first (empty initial response).
+    ScramStart(Mechanism),
+    /// SCRAM waiting for client-final.
+    Scram(Box<ScramServer>),
+}
+
+struct Bound {
+    jid: FullJid,
+    id: u64,
+    rx: mpsc::Receiver<SessionMsg>,
+    priority: Option<i8>,
+}
+
+/// One client session.
+pub struct C2sSession {
+    core: Arc<Core>,
+    cfg: Listener,
+    peer: SocketAddr,
+    out: String,
+    header_sent: bool,
+    stream_id: String,
+    host: Option<Arc<Host>>,
+    secure: bool,
+    cb: ChannelBindings,
+    user: Option<String>,
+    sasl: SaslState,
+    auth_failures: u8,
+    bound: Option<Bound>,
+    closing: bool,
+}
+
+fn random_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+impl C2sSession {
+    /// A new session for a connection from `peer`.
+    pub fn new(core: Arc<Core>, cfg: Listener, peer: SocketAddr) -> Self {
+        C2sSession {
+            core,
+            cfg,
+            peer,
+            out: String::new(),
+            header_sent: false,
+            stream_id: String::new(),
+            host: None,
+            secure: false,
+            cb: ChannelBindings::default(),
+            user: None,
+            sasl: SaslState::None,
+            auth_failures: 0,
+            bound: None,
+            closing: false,
+        }
+    }
+
+    /// The transport is now encrypted, with these channel bindings.
+    pub fn set_secure(&mut self, cb: ChannelBindings) {
+        self.secure = true;
+        self.cb = cb;
+    }
+
+    /// Whether a resource is bound.
+    pub fn is_bound(&self) -> bool {
+        self.bound.is_some()
+    }
+
+    /// Output waiting to be written.
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Take the pending output.
+    pub fn take_output(&mut self) -> String {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Give back the output buffer for reuse (kept small while idle).
+    pub fn recycle_output(&mut self, mut buf: String) {
+        buf.clear();
+        if buf.capacity() <= 8192 && self.out.is_empty() {
+            self.out = buf;
+        }
+    }
+
+    /// Wait for a message to the session (pending forever before binding).
+    pub async fn recv(&mut self) -> Option<SessionMsg> {
+        match &mut self.bound {
+            Some(b) => b.rx.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn write_header(&mut self) {
+        if self.header_sent {
+            return;
+        }
+        self.header_sent = true;
+        if self.stream_id.is_empty() {
+            self.stream_id = random_id();
+        }
+        let from = self
+            .host
+            .as_ref()
+            .map(|h| h.name.clone())
+            .or_else(|| self.core.config.hosts.first().cloned())
+            .unwrap_or_default();
+        self.out.push_str("<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' id='");
+        self.out.push_str(&self.stream_id);
+        self.out.push_str("' from='");
+        escape_into(&mut self.out, &from);
+        self.out.push_str("' version='1.0' xml:lang='en'>");
+    }
+
+    /// Emit a stream error and close (RFC 6120 §4.9).
+    pub fn stream_error(&mut self, e: StreamError) -> Next {
+        if self.closing {
+            return Next::Close;
+        }
+        tracing::debug!(peer = %self.peer, error = %e, "stream error");
+        self.write_header();
+        self.out.push_str(&e.to_xml());
+        self.out.push_str("</stream:stream>");
+        self.closing = true;
+        Next::Close
+    }
+
+    /// The client closed its stream.
+    pub fn close_requested(&mut self) -> Next {
+        if !self.closing {
+            self.write_header();
+            self.out.push_str("</stream:stream>");
+            self.closing = true;
+        }
+        Next::Close
+    }
+
+    /// The connection is gone without a closing handshake.
+    pub fn closed_by_peer(&mut self) {
+        self.closing = true;
+    }
+
+    /// Handle a stream header.
+    pub fn handle_open(&mut self, h: &StreamHeader) -> Result<(), StreamError> {
+        self.header_sent = false;
+        self.stream_id = random_id();
+        if !h.is_stream {
+            return Err(StreamError::new(SC::InvalidNamespace));
+        }
+        let host = match &h.to {
+            Some(to) => {
+                let domain = jid::BareJid::new(to)
+                    .ok()
+                    .filter(|j| j.node().is_none())
+                    .map(|j| j.domain().to_string());
+                domain.and_then(|d| self.core.host(&d).cloned())
+            }
+            None if self.core.hosts.len() == 1 => self.core.hosts.values().next().cloned(),
+            None => None,
+        };
+        let Some(host) = host else {
+            return Err(StreamError::with_text(
+                SC::HostUnknown,
+                "this server does not serve that domain",
+            ));
+        };
+        if let Some(old) = &self.host
+            && old.name != host.name
+        {
+            return Err(StreamError::new(SC::HostUnknown));
+        }
+        self.host = Some(host);
+        match h.version.as_deref() {
+            Some(v) if v.split('.').next().and_then(|m| m.parse::<u32>().ok()) == Some(1) => {}
+            _ => {
+                return Err(StreamError::with_text(
+                    SC::UnsupportedVersion,
+                    "XMPP 1.0 is required",
+                ));
+            }
+        }
+        self.write_header();
+        self.write_features();
+        Ok(())
+    }
+
+    fn tls_possible(&self) -> bool {
+        !self.secure && self.cfg.starttls && !self.cfg.tls
+    }
+
+    fn plain_allowed(&self) -> bool {
+        self.secure || self.cfg.allow_plain_without_tls
+    }
+
+    fn write_features(&mut self) {
+        self.out.push_str("<stream:features>");
+        if self.user.is_none() {
+            if self.tls_possible() {
+                self.out
+                    .push_str("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'>");
+                if self.cfg.starttls_required {
+                    self.out.push_str("<required/>");
+                }
+                self.out.push_str("</starttls>");
+            }
+            if !(self.tls_possible() && self.cfg.starttls_required) {
+                self.out
+                    .push_str("<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>");
+                for m in Mechanism::ALL {
+                    if self.offers(m) {
+                        self.out.push_str("<mechanism>");
+                        self.out.push_str(m.name());
+                        self.out.push_str("</mechanism>");
+                    }
+                }
+                self.out.push_str("</mechanisms>");
+                if !self.cb.is_empty() {
+                    self.out
+                        .push_str("<sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'>");
+                    for t in self.cb.supported() {
+                        self.out.push_str("<channel-binding type='");
+                        self.out.push_str(t.name());
+                        self.out.push_str("'/>");
+                    }
+                    self.out.push_str("</sasl-channel-binding>");
+                }
+            }
+        } else {
+            self.out
+                .push_str("<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>");
+            self.out.push_str(
+                "<session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>",
+            );
+            if let Some(host) = self.host.clone() {
+                for f in &host.regs.stream_features {
+                    for el in f() {
+                        write_element(&mut self.out, &el, ns::CLIENT);
+                    }
+                }
+            }
+        }
+        self.out.push_str("</stream:features>");
+    }
+
+    fn offers(&self, m: Mechanism) -> bool {
+        match m {
+            Mechanism::Plain => self.plain_allowed(),
+            Mechanism::Scram { plus, .. } => !plus || !self.cb.is_empty(),
+        }
+    }
+
+    /// Handle a complete top-level element.
+    pub async fn handle_element(&mut self, el: Element) -> Result<Next, StreamError> {
+        if !self.header_sent {
+            return Err(StreamError::new(SC::NotWellFormed));
+        }
+        if self.bound.is_some() {
+            return self.handle_stanza(el);
+        }
+        if el.is("starttls", ns::TLS) {
+            if !self.tls_possible() {
+                self.out
+                    .push_str("<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:stream>");
+                self.closing = true;
+                return Ok(Next::Close);
+            }
+            self.out
+                .push_str("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+            return Ok(Next::StartTls);
+        }
+        if self.tls_possible() && self.cfg.starttls_required {
+            return Err(StreamError::with_text(
+                SC::PolicyViolation,
+                "STARTTLS is required",
+            ));
+        }
+        if el.has_ns(ns::SASL) {
+            if self.user.is_some() {
+                return Err(StreamError::with_text(
+                    SC::PolicyViolation,
+                    "already authenticated",
+                ));
+            }
+            return self.handle_sasl(el).await;
+        }
+        if self.user.is_none() {
+            return Err(StreamError::with_text(
+                SC::NotAuthorized,
+                "authenticate first",
+            ));
+        }
+        if el.is("iq", ns::CLIENT) {
+            return self.handle_pre_bind_iq(el);
+        }
+        Err(StreamError::with_text(
+            SC::NotAuthorized,
+            "bind a resource first",
+        ))
+    }
+
+    fn sasl_failure(&mut self, f: SaslFailure, text: Option<&str>) -> Next {
+        self.sasl = SaslState::None;
+        self.out
+            .push_str("<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><");
+        self.out.push_str(f.condition());
+        self.out.push_str("/>");
+        if let Some(t) = text {
+            self.out.push_str("<text xml:lang='en'>");
+            escape_into(&mut self.out, t);
+            self.out.push_str("</text>");
+        }
+        self.out.push_str("</failure>");
+        if f != SaslFailure::Aborted {
+            self.auth_failures += 1;
+        }
+        if self.auth_failures >= MAX_AUTH_FAILURES {
+            return self.stream_error(StreamError::with_text(
+                SC::PolicyViolation,
+                "too many authentication failures",
+            ));
+        }
+        Next::Continue
+    }
+
+    fn sasl_success(&mut self, user: String, additional: Option<Vec<u8>>) -> Next {
+        self.sasl = SaslState::None;
+        self.out
+            .push_str("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'");
+        match additional {
+            Some(data) => {
+                self.out.push('>');
+                self.out.push_str(&encode_sasl_payload(&data));
+                self.out.push_str("</success>");
+            }
+            None => self.out.push_str("/>"),
+        }
+        tracing::debug!(peer = %self.peer, user, "authenticated");
+        self.user = Some(user);
+        Next::Restart
+    }
+
+    /// Normalise a SASL username to a node of this host.
+    fn nodeprep(&self, user: &str) -> Option<String> {
+        let host = self.host.as_ref()?;
+        let bare = BareJid::new(&format!("{user}@{}", host.name)).ok()?;
+        let node = bare.node()?.as_str().to_string();
+        // Reject usernames that smuggle a different domain or resource.
+        if user.contains('@') || user.contains('/') {
+            return None;
+        }
+        Some(node)
+    }
+
+    async fn handle_sasl(&mut self, el: Element) -> Result<Next, StreamError> {
+        let Some(host) = self.host.clone() else {
+            return Err(StreamError::new(SC::InternalServerError));
+        };
+        match el.name() {
+            "abort" => Ok(self.sasl_failure(SaslFailure::Aborted, None)),
+            "auth" => {
+                if !matches!(self.sasl, SaslState::None) {
+                    return Ok(self.sasl_failure(
+                        SaslFailure::MalformedRequest,
+                        Some("exchange in progress"),
+                    ));
+                }
+                let Some(mech) = el.attr("mechanism").and_then(Mechanism::from_name) else {
+                    return Ok(self.sasl_failure(SaslFailure::InvalidMechanism, None));
+                };
+                if mech == Mechanism::Plain && !self.plain_allowed() {
+                    return Ok(self.sasl_failure(SaslFailure::EncryptionRequired, None));
+                }
+                if !self.offers(mech) {
+                    return Ok(self.sasl_failure(SaslFailure::InvalidMechanism, None));
+                }
+                let data = match decode_sasl_payload(&el.text()) {
+                    Ok(d) => d,
+                    Err(f) => return Ok(self.sasl_failure(f, None)),
+                };
+                match mech {
+                    Mechanism::Plain => {
+                        if data.is_empty() {
+                            // Empty initial response: ask for the credentials.
+                            self.out
+                                .push_str("<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+                            self.sasl = SaslState::ScramStart(Mechanism::Plain);
+                            return Ok(Next::Continue);
+                        }
+                        Ok(self.plain(&host, &data).await)
+                    }
+                    Mechanism::Scram { .. } => {
+                        if data.is_empty() {
+                            self.out
+                                .push_str("<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+                            self.sasl = SaslState::ScramStart(mech);
+                            return Ok(Next::Continue);
+                        }
+                        Ok(self.scram_first(&host, mech, &data).await)
+                    }
+                }
+            }
+            "response" => {
+                let data = match decode_sasl_payload(&el.text()) {
+                    Ok(d) => d,
+                    Err(f) => return Ok(self.sasl_failure(f, None)),
+                };
+                match std::mem::replace(&mut self.sasl, SaslState::None) {
+                    SaslState::None => Ok(self.sasl_failure(
+                        SaslFailure::MalformedRequest,
+                        Some("no exchange in progress"),
+                    )),
+                    SaslState::ScramStart(Mechanism::Plain) => Ok(self.plain(&host, &data).await),
+                    SaslState::ScramStart(mech) => Ok(self.scram_first(&host, mech, &data).await),
+                    SaslState::Scram(mut server) => match server.client_final(&data) {
+                        Ok(v) => {
+                            let user = server.username().to_string();
+                            match self.nodeprep(&user) {
+                                Some(node) => Ok(self.sasl_success(node, Some(v))),
+                                None => Ok(self.sasl_failure(SaslFailure::NotAuthorized, None)),
+                            }
+                        }
+                        Err(f) => Ok(self.sasl_failure(f, None)),
+                    },
+                }
+            }
+            _ => Err(StreamError::with_text(
+                SC::UnsupportedStanzaType,
+                "unknown SASL element",
+            )),
+        }
+    }
+
+    fn authzid_ok(&self, authzid: Option<&str>, node: &str, host: &Host) -> bool {
+        match authzid {
+            None => true,
+            Some(a) => BareJid::new(a).ok().is_some_and(|j| {
+                j.node().map(|n| n.as_str()) == Some(node) && j.domain().as_str() == host.name
+            }),
+        }
+    }
+
+    async fn plain(&mut self, host: &Arc<Host>, data: &[u8]) -> Next {
+        let (authzid, authcid, password) = match parse_plain(data) {
+            Ok(p) => p,
+            Err(f) => return self.sasl_failure(f, None),
+        };
+        let Some(node) = self.nodeprep(&authcid) else {
+            return self.sasl_failure(SaslFailure::NotAuthorized, None);
+        };
+        if !self.authzid_ok(authzid.as_deref(), &node, host) {
+            return self.sasl_failure(SaslFailure::InvalidAuthzid, None);
+        }
+        match self
+            .core
+            .auth
+            .check_password(&host.name, &node, &password)
+            .await
+        {
+            AuthOutcome::Ok => self.sasl_success(node, None),
+            AuthOutcome::Denied => self.sasl_failure(SaslFailure::NotAuthorized, None),
+            AuthOutcome::Temporary => self.sasl_failure(SaslFailure::TemporaryAuthFailure, None),
+        }
+    }
+
+    async fn scram_first(&mut self, host: &Arc<Host>, mech: Mechanism, data: &[u8]) -> Next {
+        let Mechanism::Scram { hash, plus } = mech else {
+            return self.sasl_failure(SaslFailure::InvalidMechanism, None);
+        };
+        let mut server = match ScramServer::new(hash, plus, &self.cb, data) {
+            Ok(s) => s,
+            Err(f) => return self.sasl_failure(f, None),
+        };
+        let node = self.nodeprep(server.username());
+        if let Some(node) = &node
+            && !self.authzid_ok(server.authzid(), node, host)
+        {
+            return self.sasl_failure(SaslFailure::InvalidAuthzid, None);
+        }
+        let creds = match &node {
+            Some(n) => match self.core.auth.credentials(&host.name, n, hash).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "credential lookup failed");
+                    return self.sasl_failure(SaslFailure::TemporaryAuthFailure, None);
+                }
+            },
+            None => None,
+        };
+        let challenge = server.server_first(creds.as_ref());
+        self.out
+            .push_str("<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>");
+        self.out.push_str(&encode_sasl_payload(&challenge));
+        self.out.push_str("</challenge>");
+        self.sasl = SaslState::Scram(Box::new(server));
+        Next::Continue
+    }
+
+    fn iq_reply_raw(&mut self, id: Option<&str>, kind: &str, inner: &str) {
+        self.out.push_str("<iq type='");
+        self.out.push_str(kind);
+        self.out.push('\'');
+        if let Some(id) = id {
+            self.out.push_str(" id='");
+            escape_into(&mut self.out, id);
+            self.out.push('\'');
+        }
+        if inner.is_empty() {
+            self.out.push_str("/>");
+        } else {
+            self.out.push('>');
+            self.out.push_str(inner);
+            self.out.push_str("</iq>");
+        }
+    }
+
+    fn iq_error_raw(&mut self, id: Option<&str>, cond: Condition) {
+        let err = StanzaError::new(cond).to_element(ns::CLIENT);
+        let mut s = String::new();
+        write_element(&mut s, &err, ns::CLIENT);
+        self.iq_reply_raw(id, "error", &s);
+    }
+
+    fn handle_pre_bind_iq(&mut self, el: Element) -> Result<Next, StreamError> {
+        let id = el.attr("id").map(str::to_string);
+        let bind = el.get_child("bind", ns::BIND);
+        if el.attr("type") != Some("set") || bind.is_none() {
+            if el.has_child("session", ns::SESSION) {
+                return Err(StreamError::with_text(
+                    SC::NotAuthorized,
+                    "bind a resource first",
+                ));
+            }
+            return Err(StreamError::with_text(
+                SC::NotAuthorized,
+                "bind a resource first",
+            ));
+        }
+        let (Some(user), Some(host)) = (self.user.clone(), self.host.clone()) else {
+            return Err(StreamError::new(SC::InternalServerError));
+        };
+        let requested = bind
+            .and_then(|b| b.get_child("resource", ns::BIND))
+            .map(|r| r.text())
+            .filter(|r| !r.trim().is_empty());
+        let resource = match requested {
+            Some(r) => r,
+            None => format!("palaver-{}", &random_id()[..10]),
+        };
+        let jid = match FullJid::new(&format!("{user}@{}/{resource}", host.name)) {
+            Ok(j) => j,
+            Err(_) => {
+                self.iq_error_raw(id.as_deref(), Condition::BadRequest);
+                return Ok(Next::Continue);
+            }
+        };
+        let (tx, rx) = mpsc::channel(INBOX);
+        let sid = self.core.sm.next_id();
+        self.core.sm.bind(
+            &jid,
+            SessionHandle {
+                id: sid,
+                resource: jid.resource().as_str().to_string(),
+                priority: None,
+                tx,
+            },
+        );
+        let mut inner = String::from("<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>");
+        escape_into(&mut inner, jid.as_str());
+        inner.push_str("</jid></bind>");
+        self.iq_reply_raw(id.as_deref(), "result", &inner);
+        tracing::debug!(peer = %self.peer, jid = %jid, "resource bound");
+        self.bound = Some(Bound {
+            jid,
+            id: sid,
+            rx,
+            priority: None,
+        });
+        Ok(Next::Continue)
+    }
+
+    fn handle_stanza(&mut self, el: Element) -> Result<Next, StreamError> {
+        let Some(b) = &self.bound else {
+            return Err(StreamError::new(SC::InternalServerError));
+        };
+        if !el.has_ns(ns::CLIENT) {
+            return Err(StreamError::with_text(
+                SC::UnsupportedStanzaType,
+                format!("<{}/> is not supported", el.name()),
+            ));
+        }
+        let me = b.jid.clone();
+        // Legacy session establishment: nothing to do.
+        if el.name() == "iq"
+            && el.attr("type") == Some("set")
+            && el.has_child("session", ns::SESSION)
+        {
+            let id = el.attr("id").map(str::to_string);
+            self.iq_reply_raw(id.as_deref(), "result", "");
+            return Ok(Next::Continue);
+        }
+        if el.name() == "iq" && el.has_child("bind", ns::BIND) {
+            let id = el.attr("id").map(str::to_string);
+            self.iq_error_raw(id.as_deref(), Condition::NotAllowed);
+            return Ok(Next::Continue);
+        }
+        let mut st = match Stanza::from_element(el, Jid::from(me.clone())) {
+            Ok(st) => st,
+            Err(StanzaParseError::NotAStanza) => {
+                return Err(StreamError::with_text(
+                    SC::UnsupportedStanzaType,
+                    "not a stanza",
+                ));
+            }
+            Err(StanzaParseError::JidMalformed) => return Ok(Next::Continue),
+        };
+        if st.kind == StanzaKind::Presence && st.to.is_none() {
+            self.presence_broadcast(&mut st);
+        }
+        if self.core.run_user_send(&me, &mut st) == HookAction::Drop {
+            return Ok(Next::Continue);
+        }
+        if st.kind == StanzaKind::Presence && st.to.is_none() {
+            // Broadcast to the user's own available resources (RFC 6121 §4.2.2, §4.5.2).
+            let bare = me.to_bare();
+            for h in self.core.sm.sessions(&bare) {
+                if h.priority.is_some() || h.id == self.bound.as_ref().map_or(0, |b| b.id) {
+                    let mut copy = st.clone();
+                    copy.set_to(Some(Jid::from(
+                        bare.with_resource_str(&h.resource)
+                            .unwrap_or_else(|_| me.clone()),
+                    )));
+                    let _ = crate::sm::SessionManager::deliver(&h, copy);
+                }
+            }
+            return Ok(Next::Continue);
+        }
+        self.core.route(st);
+        Ok(Next::Continue)
+    }
+
+    fn presence_broadcast(&mut self, st: &mut Stanza) {
+        let Some(b) = &mut self.bound else { return };
+        let prio = match st.type_attr() {
+            None => Some(
+                st.el
+                    .get_child("priority", ns::CLIENT)
+                    .and_then(|p| p.text().trim().parse::<i8>().ok())
+                    .unwrap_or(0),
+            ),
+            Some("unavailable") => None,
+            _ => return,
+        };
+        b.priority = prio;
+        self.core.sm.set_priority(&b.jid, b.id, prio);
+    }
+
+    /// Handle a message from the router or session manager.
+    pub fn handle_msg(&mut self, msg: SessionMsg) -> Next {
+        match msg {
+            SessionMsg::Stanza(st) => {
+                let mut st = *st;
+                let Some(b) = &self.bound else {
+                    return Next::Continue;
+                };
+                let me = b.jid.clone();
+                if self.core.run_user_receive(&me, &mut st) == HookAction::Drop {
+                    return Next::Continue;
+                }
+                write_element(&mut self.out, &st.el, ns::CLIENT);
+                // Drain whatever else is queued, so a burst costs one write.
+                let mut n = 0;
+                while n < 64 {
+                    let Some(b) = &mut self.bound else { break };
+                    match b.rx.try_recv() {
+                        Ok(SessionMsg::Stanza(st)) => {
+                            let mut st = *st;
+                            if self.core.run_user_receive(&me, &mut st) != HookAction::Drop {
+                                write_element(&mut self.out, &st.el, ns::CLIENT);
+                            }
+                        }
+                        Ok(other) => return self.handle_msg(other),
+                        Err(_) => break,
+                    }
+                    n += 1;
+                }
+                Next::Continue
+            }
+            SessionMsg::Replaced => {
+                self.release();
+                self.stream_error(StreamError::with_text(
+                    SC::Conflict,
+                    "replaced by a new session",
+                ))
+            }
+            SessionMsg::Kick(reason) => {
+                self.stream_error(StreamError::with_text(SC::PolicyViolation, reason))
+            }
+        }
+    }
+
+    /// Leave the session table without broadcasting (replaced sessions).
+    fn release(&mut self) {
+        if let Some(b) = self.bound.take() {
+            self.core.sm.unbind(&b.jid, b.id);
+        }
+    }
+
+    /// The connection ended: unbind and tell the user's other resources.
+    pub fn finish(&mut self) {
+        let Some(b) = self.bound.take() else { return };
+        self.core.sm.unbind(&b.jid, b.id);
+        if b.priority.is_some() {
+            let mut el = Element::bare("presence", ns::CLIENT);
+            set_attr(&mut el, "type", "unavailable");
+            let mut st = Stanza::new(StanzaKind::Presence, Jid::from(b.jid.clone()), None, el);
+            if self.core.run_user_send(&b.jid, &mut st) == HookAction::Drop {
+                return;
+            }
+            let bare = b.jid.to_bare();
+            for h in self.core.sm.sessions(&bare) {
+                if h.priority.is_some() {
+                    let mut copy = st.clone();
+                    if let Ok(to) = bare.with_resource_str(&h.resource) {
+                        copy.set_to(Some(Jid::from(to)));
+                        let _ = crate::sm::SessionManager::deliver(&h, copy);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! The server core and its router: every stanza, from whatever door it came
+//! in by, is delivered by [`Core::route`].
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::host::Host;
+use crate::module::{HookAction, HookCtx, IqRequest, IqScope, IqType};
+use crate::sm::{DeliverError, SessionHandle, SessionManager};
+use jid::{BareJid, FullJid, Jid};
+use palaver_proto::error::{Condition, StanzaError};
+use palaver_proto::stanza::{Stanza, StanzaKind};
+use palaver_storage::Storage;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::watch;
+
+/// Shared state of a running server.
+pub struct Core {
+    /// Validated configuration.
+    pub config: Arc<Config>,
+    /// Storage backend.
+    pub storage: Storage,
+    /// Virtual hosts by domain.
+    pub hosts: HashMap<String, Arc<Host>>,
+    /// Local session table.
+    pub sm: SessionManager,
+    /// Password checks.
+    pub auth: Authenticator,
+    /// When the server started.
+    pub started: Instant,
+    /// Becomes `true` on shutdown.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Core {
+    /// The host serving `domain`.
+    pub fn host(&self, domain: &str) -> Option<&Arc<Host>> {
+        self.hosts.get(domain)
+    }
+
+    /// Whether `domain` is served here.
+    pub fn is_local(&self, domain: &str) -> bool {
+        self.hosts.contains_key(domain)
+    }
+
+    /// Run the `user_send_packet` hooks of the sender's host.
+    pub fn run_user_send(self: &Arc<Self>, session: &FullJid, st: &mut Stanza) -> HookAction {
+        let Some(host) = self.host(session.domain().as_str()) else {
+            return HookAction::Continue;
+        };
+        let ctx = HookCtx {
+            core: self,
+            session_jid: session,
+        };
+        for (_, h) in &host.regs.user_send {
+            if h(&ctx, st) == HookAction::Drop {
+                return HookAction::Drop;
+            }
+        }
+        HookAction::Continue
+    }
+
+    /// Run the `user_receive_packet` hooks for a session about to receive `st`.
+    pub fn run_user_receive(self: &Arc<Self>, session: &FullJid, st: &mut Stanza) -> HookAction {
+        let Some(host) = self.host(session.domain().as_str()) else {
+            return HookAction::Continue;
+        };
+        let ctx = HookCtx {
+            core: self,
+            session_jid: session,
+        };
+        for (_, h) in &host.regs.user_receive {
+            if h(&ctx, st) == HookAction::Drop {
+                return HookAction::Drop;
+            }
+        }
+        HookAction::Continue
+    }
+
+    /// Route a stanza to its destination. Never blocks: slow paths (storage,
+    /// IQ handlers) run in their own tasks.
+    pub fn route(self: &Arc<Self>, st: Stanza) {
+        let to = match &st.to {
+            Some(t) => t.clone(),
+            None => {
+                // Stanzas without `to` are addressed to the sender's account (RFC 6120 §10.3).
+                let bare: Jid = st.from.to_bare().into();
+                let mut st = st;
+                st.set_to(Some(bare));
+                return self.route(st);
+            }
+        };
+        let domain = to.domain().as_str();
+        let Some(host) = self.hosts.get(domain).cloned() else {
+            // No federation yet: nothing else is reachable.
+            self.bounce(
+                &st,
+                Condition::RemoteServerNotFound,
+                Some(Jid::from(to.to_bare())),
+            );
+            return;
+        };
+        if to.node().is_none() {
+            self.route_to_host(host, st);
+            return;
+        }
+        match to.try_as_full() {
+            Ok(full) => self.route_to_full(host, full.clone(), st),
+            Err(bare) => self.route_to_bare(host, bare.clone(), st),
+        }
+    }
+
+    /// Reply to `st` with an error, unless it is an error itself.
+    pub fn bounce(self: &Arc<Self>, st: &Stanza, cond: Condition, error_from: Option<Jid>) {
+        self.bounce_with(st, StanzaError::new(cond), error_from);
+    }
+
+    /// Reply to `st` with a specific error.
+    pub fn bounce_with(self: &Arc<Self>, st: &Stanza, err: StanzaError, error_from: Option<Jid>) {
+        if let Some(reply) = st.error_reply(&err, error_from) {
+            self.route(reply);
+        }
+    }
+
+    fn route_to_host(self: &Arc<Self>, host: Arc<Host>, st: Stanza) {
+        match st.kind {
+            StanzaKind::Iq => self.dispatch_iq(host, IqScope::Server, st),
+            StanzaKind::Message => {
+                if !matches!(
+                    st.type_attr(),
+                    Some("error") | Some("headline") | Some("groupchat")
+                ) {
+                    self.bounce(&st, Condition::ServiceUnavailable, None);
+                }
+            }
+            // Presence to the server itself has no meaning without modules.
+            StanzaKind::Presence => {}
+        }
+    }
+
+    /// Hand an IQ to the module handling its payload namespace, or answer
+    /// `service-unavailable` (RFC 6120 §8.4). Results and errors are never answered.
+    fn dispatch_iq(self: &Arc<Self>, host: Arc<Host>, scope: IqScope, st: Stanza) {
+        let kind = match st.type_attr() {
+            Some("get") => IqType::Get,
+            Some("set") => IqType::Set,
+            Some("result") | Some("error") => return,
+            _ => {
+                self.bounce(&st, Condition::BadRequest, None);
+                return;
+            }
+        };
+        let mut children = st.el.children();
+        let (Some(payload), None) = (children.next(), children.next()) else {
+            self.bounce(&st, Condition::BadRequest, None);
+            return;
+        };
+        let handler = host.iq_handler(scope, kind, &payload.ns());
+        let Some(handler) = handler else {
+            if scope == IqScope::Account {
+                // Only answer for accounts that exist.
+                let core = self.clone();
+                tokio::spawn(async move {
+                    let _ = core.user_exists_for(&st).await;
+                    core.bounce(&st, Condition::ServiceUnavailable, None);
+                });
+            } else {
+                self.bounce(&st, Condition::ServiceUnavailable, None);
+            }
+            return;
+        };
+        let core = self.clone();
+        tokio::spawn(async move {
+            let req_copy = st.clone();
+            let res = handler(IqRequest {
+                stanza: st,
+                core: core.clone(),
+                host,
+            })
+            .await;
+            match res {
+                Ok(payload) => core.route(req_copy.iq_result(payload)),
+                Err(e) => core.bounce_with(&req_copy, e, None),
+            }
+        });
+    }
+
+    async fn user_exists_for(&self, st: &Stanza) -> bool {
+        let Some(to) = &st.to else { return false };
+        let Some(node) = to.node() else { return false };
+        self.storage
+            .accounts
+            .account_exists(to.domain().as_str(), node.as_str())
+            .await
+            .unwrap_or(false)
+    }
+
+    fn deliver(self: &Arc<Self>, handle: &SessionHandle, st: Stanza) {
+        if let Err((err, st)) = SessionManager::deliver(handle, st) {
+            match err {
+                DeliverError::Full => {
+                    tracing::warn!(resource = %handle.resource, "session queue full; bouncing stanza");
+                    self.bounce(&st, Condition::ResourceConstraint, None);
+                }
+                // The session just ended: treat as if no resource were available.
+                DeliverError::Gone => {
+                    if let Some(host) = st
+                        .to
+                        .as_ref()
+                        .and_then(|t| self.hosts.get(t.domain().as_str()))
+                        .cloned()
+                    {
+                        self.no_session(host, st);
+                    }
+                }
+            }
+        }
+    }
+
+    fn route_to_full(self: &Arc<Self>, host: Arc<Host>, to: FullJid, st: Stanza) {
+        if let Some(h) = self.sm.get(&to) {
+            self.deliver(&h, st);
+            return;
+        }
+        // RFC 6121 §8.5.3.2: no such resource.
+        match st.kind {
+            StanzaKind::Message => match st.type_attr() {
+                Some("error") => {}
+                Some("groupchat") => self.bounce(&st, Condition::ServiceUnavailable, None),
+                Some("headline") => {}
+                _ => self.route_to_bare(host, to.to_bare(), st),
+            },
+            StanzaKind::Iq => self.bounce(&st, Condition::ServiceUnavailable, None),
+            StanzaKind::Presence => match st.type_attr() {
+                Some("subscribe") | Some("subscribed") | Some("unsubscribe")
+                | Some("unsubscribed") => self.route_to_bare(host, to.to_bare(), st),
+                _ => {}
+            },
+        }
+    }
+
+    fn route_to_bare(self: &Arc<Self>, host: Arc<Host>, to: BareJid, st: Stanza) {
+        match st.kind {
+            StanzaKind::Iq => self.dispatch_iq(host, IqScope::Account, st),
+            StanzaKind::Presence => {
+                // Presence to a bare JID goes to every available resource (RFC 6121 §8.5.2.1.2).
+                for h in self.sm.sessions(&to) {
+                    if h.priority.is_some() {
+                        self.deliver(&h, st.clone());
+                    }
+                }
+            }
+            StanzaKind::Message => {
+                let sessions = self.sm.sessions(&to);
+                let top = sessions
+                    .iter()
+                    .filter_map(|h| h.priority)
+                    .filter(|p| *p >= 0)
+                    .max();
+                let Some(top) = top else {
+                    self.no_session(host, st);
+                    return;
+                };
+                match st.type_attr() {
+                    Some("error") => {}
+                    Some("groupchat") => self.bounce(&st, Condition::ServiceUnavailable, None),
+                    Some("headline") => {
+                        for h in sessions
+                            .iter()
+                            .filter(|h| h.priority.is_some_and(|p| p >= 0))
+                        {
+                            self.deliver(h, st.clone());
+                        }
+                    }
+                    Some("chat") => {
+                        let targets: Vec<&SessionHandle> = sessions
+                            .iter()
+                            .filter(|h| h.priority == Some(top))
+                            .collect();
+                        let n = targets.len();
+                        for (i, h) in targets.into_iter().enumerate() {
+                            if i + 1 == n {
+                                self.deliver(h, st);
+                                break;
+                            }
+                            self.deliver(h, st.clone());
+                        }
+                    }
+                    _ => {
+                        // normal: the most available resource.
+                        if let Some(h) = sessions.iter().find(|h| h.priority == Some(top)) {
+                            self.deliver(h, st);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A message for a user with no available resource: offline hooks, or an error.
+    fn no_session(self: &Arc<Self>, host: Arc<Host>, st: Stanza) {
+        if st.kind != StanzaKind::Message || matches!(st.type_attr(), Some("error")) {
+            return;
+        }
+        let core = self.clone();
+        tokio::spawn(async move {
+            if !core.user_exists_for(&st).await {
+                core.bounce(&st, Condition::ServiceUnavailable, None);
+                return;
+            }
+            if matches!(st.type_attr(), Some("headline") | Some("groupchat")) {
+                return;
+            }
+            for (_, hook) in &host.regs.offline {
+                if hook(core.clone(), st.clone()).await {
+                    return;
+                }
+            }
+            core.bounce(&st, Condition::ServiceUnavailable, None);
+        });
+    }
+
+    /// Remove an account and every module's data about it.
+    pub async fn remove_user(
+        self: &Arc<Self>,
+        host: &str,
+        user: &str,
+    ) -> palaver_storage::Result<()> {
+        if let Some(h) = self.hosts.get(host) {
+            for (_, hook) in &h.regs.remove_user {
+                hook(self.clone(), host.to_string(), user.to_string()).await;
+            }
+        }
+        self.storage.accounts.delete_account(host, user).await?;
+        self.auth.forget(host, user);
+        if let Ok(bare) = BareJid::new(&format!("{user}@{host}")) {
+            for s in self.sm.sessions(&bare) {
+                let _ =
+                    s.tx.try_send(crate::sm::SessionMsg::Kick("account removed".into()));
+            }
+        }
+        Ok(())
+    }
+}

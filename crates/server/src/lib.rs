@@ -1,0 +1,17 @@
+//! The Palaver kernel: configuration, virtual hosts, the router and session
+//! manager, the module API, TLS and the c2s listener.
+
+pub mod auth;
+pub mod c2s;
+pub mod config;
+pub mod core;
+pub mod host;
+pub mod module;
+pub mod server;
+pub mod sm;
+pub mod tls;
+
+pub use crate::core::Core;
+pub use config::{Config, ConfigError};
+pub use module::{HostSetup, IqRequest, IqResult, IqScope, IqType, ModuleDef};
+pub use server::{RunningServer, Server};

@@ -1,0 +1,234 @@
+//! The module API: what a feature module registers on a virtual host.
+//!
+//! A module is a function that receives a [`HostSetup`] and its options,
+//! and registers declaratively: disco features and identities, IQ handlers
+//! by namespace, hooks with priorities, stream features. Modules never
+//! import each other; disco, the router and account removal find their
+//! registrations here.
+
+use crate::core::Core;
+use futures_util::future::BoxFuture;
+use minidom::Element;
+use palaver_proto::error::StanzaError;
+use palaver_proto::stanza::Stanza;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Result of an IQ handler: a result payload (or none), or a stanza error.
+pub type IqResult = Result<Option<Element>, StanzaError>;
+
+/// An IQ request delivered to a handler.
+pub struct IqRequest {
+    /// The request stanza (`from` stamped, `to` set).
+    pub stanza: Stanza,
+    /// The server core (router, storage, hosts).
+    pub core: Arc<Core>,
+    /// The virtual host the request was addressed to.
+    pub host: Arc<crate::host::Host>,
+}
+
+impl IqRequest {
+    /// The request payload (first child).
+    pub fn payload(&self) -> Option<&Element> {
+        self.stanza.payload()
+    }
+    /// `true` for `type='get'`.
+    pub fn is_get(&self) -> bool {
+        self.stanza.type_attr() == Some("get")
+    }
+}
+
+/// A boxed IQ handler.
+pub type IqHandler = Arc<dyn Fn(IqRequest) -> BoxFuture<'static, IqResult> + Send + Sync>;
+
+/// Who an IQ handler answers for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IqScope {
+    /// Addressed to the host itself (`to='example.org'`).
+    Server,
+    /// Addressed to a user's bare JID, answered by the server on the user's behalf.
+    Account,
+}
+
+/// IQ request type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IqType {
+    /// `get`
+    Get,
+    /// `set`
+    Set,
+}
+
+/// What a stanza hook decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookAction {
+    /// Let the stanza go on.
+    Continue,
+    /// Stop: the hook consumed or dropped the stanza.
+    Drop,
+}
+
+/// Context a stanza hook runs in.
+pub struct HookCtx<'a> {
+    /// Server core.
+    pub core: &'a Arc<Core>,
+    /// The session's full JID.
+    pub session_jid: &'a jid::FullJid,
+}
+
+/// A synchronous stanza hook (hot path: no storage, no awaiting).
+pub type StanzaHook = Arc<dyn Fn(&HookCtx<'_>, &mut Stanza) -> HookAction + Send + Sync>;
+/// Called for a message that found no available resource; returns `true` when it took the message.
+pub type OfflineHook = Arc<dyn Fn(Arc<Core>, Stanza) -> BoxFuture<'static, bool> + Send + Sync>;
+/// Called when an account is removed, to delete the module's data.
+pub type RemoveUserHook =
+    Arc<dyn Fn(Arc<Core>, String, String) -> BoxFuture<'static, ()> + Send + Sync>;
+/// Adds elements to c2s stream features after authentication.
+pub type FeatureHook = Arc<dyn Fn() -> Vec<Element> + Send + Sync>;
+
+/// A disco identity (XEP-0030).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Identity {
+    /// Category.
+    pub category: String,
+    /// Type.
+    pub kind: String,
+    /// Name.
+    pub name: Option<String>,
+}
+
+/// Everything the enabled modules registered on one host, sorted by priority.
+#[derive(Default, Clone)]
+pub struct Registrations {
+    pub(crate) features: Vec<String>,
+    pub(crate) identities: Vec<Identity>,
+    pub(crate) iq: HashMap<(IqScope, IqType, String), IqHandler>,
+    pub(crate) user_send: Vec<(i32, StanzaHook)>,
+    pub(crate) user_receive: Vec<(i32, StanzaHook)>,
+    pub(crate) offline: Vec<(i32, OfflineHook)>,
+    pub(crate) remove_user: Vec<(i32, RemoveUserHook)>,
+    pub(crate) stream_features: Vec<FeatureHook>,
+    pub(crate) modules: Vec<String>,
+}
+
+/// Registration surface handed to each module when a host starts.
+pub struct HostSetup {
+    host: String,
+    regs: Registrations,
+    current: String,
+}
+
+impl HostSetup {
+    pub(crate) fn new(host: &str) -> Self {
+        HostSetup {
+            host: host.to_string(),
+            regs: Registrations::default(),
+            current: String::new(),
+        }
+    }
+
+    pub(crate) fn begin_module(&mut self, name: &str) {
+        self.current = name.to_string();
+        self.regs.modules.push(name.to_string());
+    }
+
+    pub(crate) fn finish(mut self) -> Registrations {
+        self.regs.features.sort();
+        self.regs.features.dedup();
+        self.regs.identities.sort();
+        self.regs.identities.dedup();
+        self.regs.user_send.sort_by_key(|(p, _)| -*p);
+        self.regs.user_receive.sort_by_key(|(p, _)| -*p);
+        self.regs.offline.sort_by_key(|(p, _)| -*p);
+        self.regs.remove_user.sort_by_key(|(p, _)| -*p);
+        self.regs
+    }
+
+    /// The host being set up.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Advertise a disco feature.
+    pub fn add_feature(&mut self, var: &str) {
+        self.regs.features.push(var.to_string());
+    }
+
+    /// Advertise a disco identity.
+    pub fn add_identity(&mut self, category: &str, kind: &str, name: Option<&str>) {
+        self.regs.identities.push(Identity {
+            category: category.into(),
+            kind: kind.into(),
+            name: name.map(Into::into),
+        });
+    }
+
+    /// Handle IQs of `kind` whose payload is in namespace `ns`.
+    pub fn on_iq<F, Fut>(&mut self, scope: IqScope, kind: IqType, ns: &str, f: F)
+    where
+        F: Fn(IqRequest) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = IqResult> + Send + 'static,
+    {
+        let h: IqHandler = Arc::new(move |req| Box::pin(f(req)));
+        if self
+            .regs
+            .iq
+            .insert((scope, kind, ns.to_string()), h)
+            .is_some()
+        {
+            tracing::warn!(module = %self.current, ns, "IQ handler registered twice; the later one wins");
+        }
+    }
+
+    /// Shorthand: a `get` handler addressed to the server.
+    pub fn on_iq_get<F, Fut>(&mut self, ns: &str, f: F)
+    where
+        F: Fn(IqRequest) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = IqResult> + Send + 'static,
+    {
+        self.on_iq(IqScope::Server, IqType::Get, ns, f)
+    }
+
+    /// Hook every stanza a local user sends (before routing). Higher priority runs first.
+    pub fn hook_user_send(&mut self, priority: i32, f: StanzaHook) {
+        self.regs.user_send.push((priority, f));
+    }
+
+    /// Hook every stanza delivered to a local session (before it is written).
+    pub fn hook_user_receive(&mut self, priority: i32, f: StanzaHook) {
+        self.regs.user_receive.push((priority, f));
+    }
+
+    /// Hook messages to users with no available resource.
+    pub fn hook_offline_message(&mut self, priority: i32, f: OfflineHook) {
+        self.regs.offline.push((priority, f));
+    }
+
+    /// Hook account removal, to delete the module's data.
+    pub fn hook_remove_user(&mut self, priority: i32, f: RemoveUserHook) {
+        self.regs.remove_user.push((priority, f));
+    }
+
+    /// Add c2s stream features (offered after authentication).
+    pub fn add_stream_features(&mut self, f: FeatureHook) {
+        self.regs.stream_features.push(f);
+    }
+}
+
+/// Parse a module's options into its serde struct (`null` means defaults).
+pub fn parse_options<T: DeserializeOwned + Default>(v: &serde_json::Value) -> Result<T, String> {
+    if v.is_null() {
+        return Ok(T::default());
+    }
+    serde_json::from_value(v.clone()).map_err(|e| e.to_string())
+}
+
+/// A module: its name and the function that registers it on a host.
+#[derive(Clone, Copy)]
+pub struct ModuleDef {
+    /// Config name, e.g. `mod_ping`.
+    pub name: &'static str,
+    /// Register on a host with the given options; `Err` names the bad option.
+    pub start: fn(&mut HostSetup, &serde_json::Value) -> Result<(), String>,
+}

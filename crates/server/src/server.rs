@@ -1,0 +1,211 @@
+//! Starting and stopping a server: storage, hosts, listeners.
+
+use crate::auth::Authenticator;
+use crate::c2s::{self, C2sListener};
+use crate::config::{Config, ConfigError, DbKind, ListenModule};
+use crate::core::Core;
+use crate::host::Host;
+use crate::module::ModuleDef;
+use crate::sm::SessionManager;
+use crate::tls::CertStore;
+use palaver_storage::Storage;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+/// Startup errors.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// Configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Storage.
+    #[error("storage: {0}")]
+    Storage(#[from] palaver_storage::StorageError),
+    /// TLS.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// Binding a listener.
+    #[error("cannot listen on {addr}: {err}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Error.
+        err: std::io::Error,
+    },
+}
+
+/// Entry point for building a server.
+pub struct Server;
+
+/// A started server.
+pub struct RunningServer {
+    /// Shared core.
+    pub core: Arc<Core>,
+    /// Bound listener addresses, in config order, with their module.
+    pub listeners: Vec<(ListenModule, bool, SocketAddr)>,
+    shutdown_tx: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+/// Open the configured storage.
+pub async fn open_storage(config: &Config) -> Result<Storage, StartError> {
+    match config.default_db {
+        DbKind::Sqlite => Ok(Storage::open_sqlite(&config.sqlite_path).await?),
+        DbKind::Sql => {
+            Err(ConfigError::msg("default_db: sql is not available in this version").into())
+        }
+    }
+}
+
+/// Validate module options for every host without starting anything.
+pub fn check_modules(config: &Config, registry: &[ModuleDef]) -> Result<(), ConfigError> {
+    for h in &config.hosts {
+        Host::start(h, config, registry)?;
+    }
+    Ok(())
+}
+
+impl Server {
+    /// Open storage, start hosts and listeners.
+    pub async fn start(
+        config: Config,
+        registry: &[ModuleDef],
+    ) -> Result<RunningServer, StartError> {
+        let storage = open_storage(&config).await?;
+        Self::start_with_storage(config, registry, storage).await
+    }
+
+    /// Start with an already opened storage.
+    pub async fn start_with_storage(
+        config: Config,
+        registry: &[ModuleDef],
+        storage: Storage,
+    ) -> Result<RunningServer, StartError> {
+        let mut hosts = HashMap::new();
+        for h in &config.hosts {
+            hosts.insert(h.clone(), Host::start(h, &config, registry)?);
+        }
+        let certs = Arc::new(CertStore::load(
+            &config.certfiles,
+            &config.hosts,
+            &config.data_dir,
+        )?);
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let config = Arc::new(config);
+        let core = Arc::new(Core {
+            auth: Authenticator::new(storage.clone(), config.scram_iterations),
+            config: config.clone(),
+            storage,
+            hosts,
+            sm: SessionManager::default(),
+            started: Instant::now(),
+            shutdown: shutdown_rx,
+        });
+        let mut tasks = JoinSet::new();
+        let mut listeners = Vec::new();
+        for l in &config.listen {
+            let addr = SocketAddr::new(l.ip, l.port);
+            match l.module {
+                ListenModule::C2s => {
+                    let sock = TcpListener::bind(addr)
+                        .await
+                        .map_err(|err| StartError::Bind { addr, err })?;
+                    let local = sock
+                        .local_addr()
+                        .map_err(|err| StartError::Bind { addr, err })?;
+                    let ctx = Arc::new(C2sListener {
+                        core: core.clone(),
+                        cfg: l.clone(),
+                        certs: certs.clone(),
+                        starttls: certs.server_config(&[]),
+                        direct: certs.server_config(&[b"xmpp-client"]),
+                    });
+                    tracing::info!(addr = %local, tls = l.tls, starttls = l.starttls && !l.tls, "c2s listening");
+                    listeners.push((l.module, l.tls, local));
+                    tasks.spawn(accept_loop(ctx, sock));
+                }
+                ListenModule::Http => {
+                    // The HTTP listener (BOSH, WebSocket, upload) is not part of this version;
+                    // nothing is bound so nothing is advertised that does not work.
+                    tracing::info!(
+                        port = l.port,
+                        "http listener configured; HTTP services are not available in this version"
+                    );
+                }
+                ListenModule::S2s | ListenModule::Component => {}
+            }
+        }
+        Ok(RunningServer {
+            core,
+            listeners,
+            shutdown_tx,
+            tasks,
+        })
+    }
+}
+
+async fn accept_loop(ctx: Arc<C2sListener>, sock: TcpListener) {
+    let limit = Arc::new(Semaphore::new(
+        ctx.cfg.max_connections.unwrap_or(Semaphore::MAX_PERMITS),
+    ));
+    let mut shutdown = ctx.core.shutdown.clone();
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = shutdown.changed() => return,
+        };
+        let accepted = tokio::select! {
+            a = sock.accept() => a,
+            _ = shutdown.changed() => return,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    c2s::serve(ctx, tcp, peer).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+impl RunningServer {
+    /// The first c2s listener's address (plain or STARTTLS).
+    pub fn c2s_addr(&self) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(m, tls, _)| *m == ListenModule::C2s && !tls)
+            .map(|(_, _, a)| *a)
+    }
+
+    /// The first direct-TLS c2s listener's address.
+    pub fn c2s_tls_addr(&self) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(m, tls, _)| *m == ListenModule::C2s && *tls)
+            .map(|(_, _, a)| *a)
+    }
+
+    /// Stop accepting, send `<system-shutdown/>` to every session and wait
+    /// (bounded) for them to close.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown_tx.send(true);
+        self.tasks.shutdown().await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.core.sm.count() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! The session manager: the table of bound resources, sharded by bare JID.
+
+use dashmap::DashMap;
+use jid::{BareJid, FullJid};
+use palaver_proto::stanza::Stanza;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::mpsc;
+
+/// What can be sent to a session task.
+#[derive(Debug)]
+pub enum SessionMsg {
+    /// Deliver this stanza.
+    Stanza(Box<Stanza>),
+    /// Another session bound the same resource: close with `<conflict/>`.
+    Replaced,
+    /// An administrator ended the session.
+    Kick(String),
+}
+
+/// Handle to a session, held in the table.
+#[derive(Clone, Debug)]
+pub struct SessionHandle {
+    /// Unique id of this session (never reused within a process).
+    pub id: u64,
+    /// Bound resource.
+    pub resource: String,
+    /// Presence priority; `None` while unavailable (no initial presence yet).
+    pub priority: Option<i8>,
+    /// Channel to the session task.
+    pub tx: mpsc::Sender<SessionMsg>,
+}
+
+/// Why a delivery failed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DeliverError {
+    /// No such session.
+    Gone,
+    /// The session's queue is full (slow reader).
+    Full,
+}
+
+/// Table of local sessions.
+#[derive(Default)]
+pub struct SessionManager {
+    table: DashMap<BareJid, Vec<SessionHandle>>,
+    next_id: AtomicU64,
+    count: AtomicU64,
+}
+
+impl SessionManager {
+    /// A fresh session id.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Number of bound sessions.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Bind `jid`; an existing session with the same resource is told it was replaced
+    /// (RFC 6120 §7.7.2.2: the new session wins).
+    pub fn bind(&self, jid: &FullJid, handle: SessionHandle) {
+        let bare = jid.to_bare();
+        let mut entry = self.table.entry(bare).or_default();
+        if let Some(pos) = entry.iter().position(|h| h.resource == handle.resource) {
+            let old = entry.swap_remove(pos);
+            let _ = old.tx.try_send(SessionMsg::Replaced);
+        } else {
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
+        entry.push(handle);
+    }
+
+    /// Remove the session `id` bound as `jid` (no-op when it was already replaced).
+    pub fn unbind(&self, jid: &FullJid, id: u64) {
+        let bare = jid.to_bare();
+        let mut removed = false;
+        if let Some(mut entry) = self.table.get_mut(&bare) {
+            if let Some(pos) = entry.iter().position(|h| h.id == id) {
+                entry.swap_remove(pos);
+                removed = true;
+            }
+        }
+        if removed {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            self.table.remove_if(&bare, |_, v| v.is_empty());
+        }
+    }
+
+    /// Set the presence priority of a session (`None`: unavailable).
+    pub fn set_priority(&self, jid: &FullJid, id: u64, priority: Option<i8>) {
+        if let Some(mut entry) = self.table.get_mut(&jid.to_bare())
+            && let Some(h) = entry.iter_mut().find(|h| h.id == id)
+        {
+            h.priority = priority;
+        }
+    }
+
+    /// The handle bound to a full JID.
+    pub fn get(&self, jid: &FullJid) -> Option<SessionHandle> {
+        let entry = self.table.get(&jid.to_bare())?;
+        let res = jid.resource().as_str();
+        entry.iter().find(|h| h.resource == res).cloned()
+    }
+
+    /// All sessions of a bare JID.
+    pub fn sessions(&self, bare: &BareJid) -> Vec<SessionHandle> {
+        self.table.get(bare).map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// Whether a bare JID has any bound session.
+    pub fn has_sessions(&self, bare: &BareJid) -> bool {
+        self.table.get(bare).is_some_and(|e| !e.is_empty())
+    }
+
+    /// All sessions of every user of `host` (announcements, shutdown).
+    pub fn all(&self) -> Vec<(BareJid, SessionHandle)> {
+        let mut out = Vec::new();
+        for e in self.table.iter() {
+            for h in e.value() {
+                out.push((e.key().clone(), h.clone()));
+            }
+        }
+        out
+    }
+
+    /// Queue a stanza for a session.
+    pub fn deliver(handle: &SessionHandle, st: Stanza) -> Result<(), (DeliverError, Stanza)> {
+        match handle.tx.try_send(SessionMsg::Stanza(Box::new(st))) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(SessionMsg::Stanza(s))) => {
+                Err((DeliverError::Full, *s))
+            }
+            Err(mpsc::error::TrySendError::Closed(SessionMsg::Stanza(s))) => {
+                Err((DeliverError::Gone, *s))
+            }
+            Err(_) => unreachable!("only stanzas are sent here"),
+        }
+    }
+}
+
+/// Shared handle.
+pub type SharedSm = Arc<SessionManager>;

@@ -1,0 +1,241 @@
+//! TLS: certificates per virtual host (SNI), generated self-signed
+//! certificates for hosts without one, and channel-binding data.
+
+use palaver_proto::sasl::ChannelBindings;
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::{ClientHello, ResolvesServerCert, ServerConnection};
+use rustls::sign::CertifiedKey;
+use sha2::{Digest, Sha256, Sha384, Sha512};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use thiserror::Error;
+
+/// Certificate loading errors.
+#[derive(Debug, Error)]
+pub enum TlsError {
+    /// A file could not be read or parsed.
+    #[error("certificate file {path}: {msg}")]
+    File {
+        /// Path.
+        path: PathBuf,
+        /// What went wrong.
+        msg: String,
+    },
+    /// Generating a certificate failed.
+    #[error("cannot generate a certificate for {0}: {1}")]
+    Generate(String, String),
+}
+
+struct Entry {
+    key: Arc<CertifiedKey>,
+    end_point: Vec<u8>,
+}
+
+/// Certificates by server name.
+pub struct CertStore {
+    by_name: HashMap<String, Arc<Entry>>,
+    default: Arc<Entry>,
+}
+
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertStore")
+            .field("names", &self.by_name.keys())
+            .finish()
+    }
+}
+
+/// RFC 5929 §4.1: hash the certificate with its signature's hash, SHA-256 for MD5/SHA-1.
+fn end_point_hash(der: &[u8]) -> Vec<u8> {
+    // DER-encoded OIDs of signature algorithms using SHA-384 / SHA-512.
+    const SHA384: &[&[u8]] = &[
+        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c], // sha384WithRSAEncryption
+        &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03],       // ecdsa-with-SHA384
+    ];
+    const SHA512: &[&[u8]] = &[
+        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d], // sha512WithRSAEncryption
+        &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04],       // ecdsa-with-SHA512
+    ];
+    // The outer signatureAlgorithm follows the TBSCertificate; look at the tail.
+    let tail = &der[der.len().saturating_sub(160)..];
+    let contains = |needle: &[u8]| tail.windows(needle.len()).any(|w| w == needle);
+    if SHA512.iter().any(|o| contains(o)) {
+        Sha512::digest(der).to_vec()
+    } else if SHA384.iter().any(|o| contains(o)) {
+        Sha384::digest(der).to_vec()
+    } else {
+        Sha256::digest(der).to_vec()
+    }
+}
+
+fn load_pem(
+    path: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let err = |msg: String| TlsError::File {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| err(e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("no certificate found".into()));
+    }
+    let key = PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| err(format!("no usable private key: {e}")))?;
+    Ok((certs, key))
+}
+
+fn certified(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    path: &Path,
+) -> Result<Entry, TlsError> {
+    let provider = rustls::crypto::ring::default_provider();
+    let end_point = end_point_hash(&certs[0]);
+    let key = CertifiedKey::from_der(certs, key, &provider).map_err(|e| TlsError::File {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    Ok(Entry {
+        key: Arc::new(key),
+        end_point,
+    })
+}
+
+fn valid_for(entry: &Entry, name: &str) -> bool {
+    let Some(der) = entry.key.cert.first() else {
+        return false;
+    };
+    let Ok(cert) = webpki::EndEntityCert::try_from(der) else {
+        return false;
+    };
+    let Ok(sn) = ServerName::try_from(name) else {
+        return false;
+    };
+    cert.verify_is_valid_for_subject_name(&sn).is_ok()
+}
+
+impl CertStore {
+    /// Load `certfiles`, and generate (once, kept under `data_dir/certs`) a
+    /// self-signed certificate for each host no file covers.
+    pub fn load(
+        certfiles: &[PathBuf],
+        hosts: &[String],
+        data_dir: &Path,
+    ) -> Result<CertStore, TlsError> {
+        let mut loaded = Vec::new();
+        for p in certfiles {
+            let (certs, key) = load_pem(p)?;
+            loaded.push(Arc::new(certified(certs, key, p)?));
+        }
+        let mut by_name = HashMap::new();
+        for host in hosts {
+            let found = loaded.iter().find(|e| valid_for(e, host)).cloned();
+            let entry = match found {
+                Some(e) => e,
+                None => Arc::new(Self::self_signed(host, data_dir)?),
+            };
+            by_name.insert(host.clone(), entry);
+        }
+        let default = match hosts.first().and_then(|h| by_name.get(h)) {
+            Some(e) => e.clone(),
+            None => match loaded.first() {
+                Some(e) => e.clone(),
+                None => Arc::new(Self::self_signed("localhost", data_dir)?),
+            },
+        };
+        Ok(CertStore { by_name, default })
+    }
+
+    fn self_signed(host: &str, data_dir: &Path) -> Result<Entry, TlsError> {
+        let dir = data_dir.join("certs");
+        let path = dir.join(format!("{host}.pem"));
+        if path.exists() {
+            let (certs, key) = load_pem(&path)?;
+            return certified(certs, key, &path);
+        }
+        let generated =
+            rcgen::generate_simple_self_signed(vec![host.to_string(), format!("*.{host}")])
+                .map_err(|e| TlsError::Generate(host.into(), e.to_string()))?;
+        let pem = format!(
+            "{}{}",
+            generated.cert.pem(),
+            generated.signing_key.serialize_pem()
+        );
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| TlsError::Generate(host.into(), e.to_string()))?;
+        std::fs::write(&path, pem).map_err(|e| TlsError::Generate(host.into(), e.to_string()))?;
+        tracing::info!(host, path = %path.display(), "generated a self-signed certificate");
+        let (certs, key) = load_pem(&path)?;
+        certified(certs, key, &path)
+    }
+
+    fn entry_for(&self, sni: Option<&str>) -> &Arc<Entry> {
+        let Some(name) = sni else {
+            return &self.default;
+        };
+        let name = name.to_ascii_lowercase();
+        if let Some(e) = self.by_name.get(&name) {
+            return e;
+        }
+        // Subdomain services (conference.example.org) use their parent host's certificate.
+        if let Some((_, parent)) = name.split_once('.')
+            && let Some(e) = self.by_name.get(parent)
+        {
+            return e;
+        }
+        &self.default
+    }
+
+    /// A rustls server config with the given ALPN protocols.
+    pub fn server_config(self: &Arc<Self>, alpn: &[&[u8]]) -> Arc<ServerConfig> {
+        let mut cfg =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map(|b| {
+                    b.with_no_client_auth()
+                        .with_cert_resolver(Arc::new(Resolver(self.clone())))
+                });
+        match &mut cfg {
+            Ok(c) => {
+                c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+                c.session_storage = rustls::server::ServerSessionMemoryCache::new(1024);
+            }
+            Err(e) => tracing::error!(error = %e, "TLS configuration failed"),
+        }
+        match cfg {
+            Ok(c) => Arc::new(c),
+            Err(_) => unreachable!("ring provider supports the default protocol versions"),
+        }
+    }
+
+    /// Channel-binding data of an established server connection.
+    pub fn channel_bindings(&self, conn: &ServerConnection) -> ChannelBindings {
+        let mut cb = ChannelBindings::default();
+        if conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
+            let mut out = vec![0u8; 32];
+            if conn
+                .export_keying_material(&mut out[..], b"EXPORTER-Channel-Binding", None)
+                .is_ok()
+            {
+                cb.tls_exporter = Some(out);
+            }
+        }
+        cb.tls_server_end_point = Some(self.entry_for(conn.server_name()).end_point.clone());
+        cb
+    }
+}
+
+#[derive(Debug)]
+struct Resolver(Arc<CertStore>);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.entry_for(hello.server_name()).key.clone())
+    }
+}

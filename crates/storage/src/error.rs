@@ -1,0 +1,34 @@
+use thiserror::Error;
+
+/// Errors from a storage backend.
+#[derive(Debug, Error)]
+pub enum StorageError {
+    /// The item already exists.
+    #[error("already exists")]
+    Conflict,
+    /// The item does not exist.
+    #[error("not found")]
+    NotFound,
+    /// The schema in the database is newer than this binary understands.
+    #[error(
+        "database schema version {found} is newer than this binary supports ({supported}); upgrade palaver"
+    )]
+    SchemaTooNew {
+        /// Version in the database.
+        found: i64,
+        /// Highest version this binary knows.
+        supported: i64,
+    },
+    /// Stored data could not be decoded.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    /// The backend failed (connection, I/O, SQL).
+    #[error("database error: {0}")]
+    Backend(String),
+}
+
+impl From<sqlx::Error> for StorageError {
+    fn from(e: sqlx::Error) -> Self {
+        StorageError::Backend(e.to_string())
+    }
+}

@@ -1,0 +1,78 @@
+//! Storage traits of Palaver and their backends.
+//!
+//! Each domain (accounts, and later rosters, offline messages, archives…)
+//! has one trait; a backend implements all of them. [`Storage`] bundles the
+//! trait objects the server uses. The embedded default is SQLite.
+
+mod error;
+pub mod memory;
+pub mod sqlite;
+
+use async_trait::async_trait;
+pub use error::StorageError;
+use palaver_proto::sasl::{ScramCredentials, ScramHash};
+use std::sync::Arc;
+
+/// Result alias for storage calls.
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// User accounts and their SCRAM credentials (never plaintext passwords).
+#[async_trait]
+pub trait AccountStore: Send + Sync {
+    /// Create an account. `StorageError::Conflict` when it exists.
+    async fn create_account(
+        &self,
+        host: &str,
+        user: &str,
+        creds: &[ScramCredentials],
+    ) -> Result<()>;
+    /// Replace the credentials of an existing account. `NotFound` when absent.
+    async fn set_credentials(
+        &self,
+        host: &str,
+        user: &str,
+        creds: &[ScramCredentials],
+    ) -> Result<()>;
+    /// Credentials for one hash, `None` when the account or that hash is absent.
+    async fn credentials(
+        &self,
+        host: &str,
+        user: &str,
+        hash: ScramHash,
+    ) -> Result<Option<ScramCredentials>>;
+    /// Whether the account exists.
+    async fn account_exists(&self, host: &str, user: &str) -> Result<bool>;
+    /// Remove the account. `NotFound` when absent.
+    async fn delete_account(&self, host: &str, user: &str) -> Result<()>;
+    /// Usernames of a host, sorted.
+    async fn list_accounts(&self, host: &str) -> Result<Vec<String>>;
+}
+
+/// The set of stores a running server uses.
+#[derive(Clone)]
+pub struct Storage {
+    /// Accounts.
+    pub accounts: Arc<dyn AccountStore>,
+    /// Backend name for logs ("sqlite", "memory").
+    pub backend: &'static str,
+}
+
+impl Storage {
+    /// Open the SQLite store at `path` (created when missing), migrated to the current schema.
+    pub async fn open_sqlite(path: &std::path::Path) -> Result<Storage> {
+        let db = Arc::new(sqlite::SqliteStore::open(path).await?);
+        Ok(Storage {
+            accounts: db,
+            backend: "sqlite",
+        })
+    }
+
+    /// A volatile in-memory store (unit tests).
+    pub fn memory() -> Storage {
+        let m = Arc::new(memory::MemoryStore::default());
+        Storage {
+            accounts: m,
+            backend: "memory",
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! Versioned schema migrations for SQLite.
+
+use crate::{Result, StorageError};
+use sqlx::SqlitePool;
+
+/// Each entry upgrades the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: accounts
+    "CREATE TABLE users (
+        host TEXT NOT NULL,
+        username TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (host, username)
+    );
+    CREATE TABLE user_scram (
+        host TEXT NOT NULL,
+        username TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        salt BLOB NOT NULL,
+        iterations INTEGER NOT NULL,
+        stored_key BLOB NOT NULL,
+        server_key BLOB NOT NULL,
+        PRIMARY KEY (host, username, hash)
+    );",
+];
+
+/// The schema version this binary creates and understands.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// The version recorded in the database (0 for a fresh one).
+pub async fn schema_version(pool: &SqlitePool) -> Result<i64> {
+    sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        .execute(pool)
+        .await?;
+    let v: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
+        .fetch_one(pool)
+        .await?;
+    Ok(v.unwrap_or(0))
+}
+
+/// Bring the database to [`SCHEMA_VERSION`], each step in its own transaction.
+pub async fn migrate(pool: &SqlitePool) -> Result<()> {
+    let current = schema_version(pool).await?;
+    if current > SCHEMA_VERSION {
+        return Err(StorageError::SchemaTooNew {
+            found: current,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let mut tx = pool.begin().await?;
+        sqlx::raw_sql(sql).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO schema_version (version) VALUES (?1)")
+            .bind(i as i64 + 1)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        tracing::info!(version = i + 1, "applied sqlite migration");
+    }
+    Ok(())
+}

@@ -1,0 +1,258 @@
+//! `palaver`: the XMPP server binary and its command-line tools.
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Parser, Subcommand};
+use palaver_server::config::Config;
+use palaver_server::server::{check_modules, open_storage};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "palaver", version, about = "Palaver XMPP server")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server (embedded defaults when no config is given).
+    Serve {
+        /// Configuration file (YAML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Manage accounts (works while the server runs).
+    User {
+        #[command(subcommand)]
+        cmd: UserCmd,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Create an account.
+    Add {
+        /// user@host
+        jid: String,
+        /// Password.
+        password: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Change an account's password.
+    Passwd {
+        /// user@host
+        jid: String,
+        /// New password.
+        password: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Delete an account.
+    Del {
+        /// user@host
+        jid: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// List accounts of a host (all hosts when omitted).
+    List {
+        /// Host.
+        host: Option<String>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate a configuration file.
+    Check {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<Config> {
+    match path {
+        Some(p) => Ok(Config::load(p)?),
+        None => Ok(Config::defaults()),
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter =
+        std::env::var("PALAVER_LOG").unwrap_or_else(|_| format!("{level},sqlx=warn,rustls=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_target(false)
+        .try_init();
+}
+
+/// Split `user@host` and check the host is served.
+fn account(config: &Config, jid: &str) -> Result<(String, String)> {
+    let bare =
+        palaver_proto::BareJid::new(jid).map_err(|e| anyhow!("`{jid}` is not a valid JID: {e}"))?;
+    let node = bare
+        .node()
+        .ok_or_else(|| anyhow!("`{jid}` has no user part (expected user@host)"))?
+        .to_string();
+    let host = bare.domain().to_string();
+    if !config.hosts.contains(&host) {
+        bail!(
+            "host `{host}` is not served by this configuration (hosts: {})",
+            config.hosts.join(", ")
+        );
+    }
+    Ok((host, node))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Serve { config } => serve(config).await,
+        Cmd::Config {
+            cmd: ConfigCmd::Check { config },
+        } => {
+            let c = load_config(config.as_ref())?;
+            check_modules(&c, &palaver_modules::registry())?;
+            println!(
+                "configuration OK: {} host(s), {} listener(s), {} module(s)",
+                c.hosts.len(),
+                c.listen.len(),
+                c.modules.len()
+            );
+            Ok(())
+        }
+        Cmd::User { cmd } => user(cmd).await,
+    }
+}
+
+async fn serve(config_path: Option<PathBuf>) -> Result<()> {
+    let config = load_config(config_path.as_ref())?;
+    init_logging(&config.loglevel);
+    let data = config.data_dir.clone();
+    let db = config.sqlite_path.clone();
+    let server = palaver_server::Server::start(config, &palaver_modules::registry()).await?;
+    println!(
+        "palaver {} serving {}",
+        env!("CARGO_PKG_VERSION"),
+        server.core.config.hosts.join(", ")
+    );
+    for (module, tls, addr) in &server.listeners {
+        println!(
+            "  listening on {addr} ({module:?}{})",
+            if *tls { ", direct TLS" } else { "" }
+        );
+    }
+    println!("  data directory: {}", data.display());
+    println!("  database: {}", db.display());
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn user(cmd: UserCmd) -> Result<()> {
+    let path = match &cmd {
+        UserCmd::Add { config, .. }
+        | UserCmd::Passwd { config, .. }
+        | UserCmd::Del { config, .. }
+        | UserCmd::List { config, .. } => config.clone(),
+    };
+    let config = load_config(path.as_ref())?;
+    init_logging("warn");
+    let storage = open_storage(&config).await?;
+    match cmd {
+        UserCmd::Add { jid, password, .. } => {
+            let (host, node) = account(&config, &jid)?;
+            if password.is_empty() {
+                bail!("the password must not be empty");
+            }
+            let creds = palaver_server::auth::derive_all(&password, config.scram_iterations);
+            match storage.accounts.create_account(&host, &node, &creds).await {
+                Ok(()) => println!("created {node}@{host}"),
+                Err(palaver_storage::StorageError::Conflict) => {
+                    bail!("{node}@{host} already exists")
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        UserCmd::Passwd { jid, password, .. } => {
+            let (host, node) = account(&config, &jid)?;
+            if password.is_empty() {
+                bail!("the password must not be empty");
+            }
+            let creds = palaver_server::auth::derive_all(&password, config.scram_iterations);
+            match storage.accounts.set_credentials(&host, &node, &creds).await {
+                Ok(()) => println!("password changed for {node}@{host}"),
+                Err(palaver_storage::StorageError::NotFound) => {
+                    bail!("{node}@{host} does not exist")
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        UserCmd::Del { jid, .. } => {
+            let (host, node) = account(&config, &jid)?;
+            match storage.accounts.delete_account(&host, &node).await {
+                Ok(()) => println!("deleted {node}@{host}"),
+                Err(palaver_storage::StorageError::NotFound) => {
+                    bail!("{node}@{host} does not exist")
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        UserCmd::List { host, .. } => {
+            let hosts = match host {
+                Some(h) => {
+                    if !config.hosts.contains(&h) {
+                        bail!("host `{h}` is not served by this configuration");
+                    }
+                    vec![h]
+                }
+                None => config.hosts.clone(),
+            };
+            for h in hosts {
+                for u in storage.accounts.list_accounts(&h).await? {
+                    println!("{u}@{h}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
