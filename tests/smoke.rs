@@ -10,8 +10,12 @@ async fn raw_login_and_message() {
     let mut b = raw_login(srv.addr, "bob", DOMAIN, "pw2", "b").await;
     b.send("<presence/>").await;
     b.until("<presence").await;
-    a.send("<message to='bob@localhost' type='chat' id='m1'><body>hello</body></message>").await;
+    a.send("<message to='bob@localhost' type='chat' id='m1'><body>hello</body></message>")
+        .await;
     let got = b.until("</message>").await;
-    assert!(got.contains("hello") && got.contains("from='alice@localhost/a'"), "{got}");
+    assert!(
+        got.contains("hello") && got.contains("from='alice@localhost/a'"),
+        "{got}"
+    );
     srv.stop().await;
 }

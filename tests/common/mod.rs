@@ -41,10 +41,17 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let text = config_text(dir.path(), extra_listen, modules);
         let config = Config::parse(&text).expect("config");
-        let server = Server::start(config, &palaver_modules::registry()).await.expect("server starts");
+        let server = Server::start(config, &palaver_modules::registry())
+            .await
+            .expect("server starts");
         let addr = server.c2s_addr().expect("c2s");
         let tls_addr = server.c2s_tls_addr().expect("tls");
-        TestServer { server: Some(server), dir, addr, tls_addr }
+        TestServer {
+            server: Some(server),
+            dir,
+            addr,
+            tls_addr,
+        }
     }
 
     pub fn core(&self) -> &Arc<palaver_server::Core> {
@@ -53,7 +60,12 @@ impl TestServer {
 
     pub async fn add_user(&self, user: &str, host: &str, password: &str) {
         let creds = palaver_server::auth::derive_all(password, 4096);
-        self.core().storage.accounts.create_account(host, user, &creds).await.expect("create user");
+        self.core()
+            .storage
+            .accounts
+            .create_account(host, user, &creds)
+            .await
+            .expect("create user");
     }
 
     /// PEM of the generated certificate for `localhost` (to trust in clients).
@@ -79,12 +91,17 @@ pub type RawTcp = Raw<TcpStream>;
 impl Raw<TcpStream> {
     pub async fn connect(addr: SocketAddr) -> RawTcp {
         let s = TcpStream::connect(addr).await.expect("connect");
-        Raw { s, buf: String::new() }
+        Raw {
+            s,
+            buf: String::new(),
+        }
     }
 }
 
 pub fn header(to: &str) -> String {
-    format!("<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='{to}' version='1.0'>")
+    format!(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='{to}' version='1.0'>"
+    )
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
@@ -110,7 +127,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
                 let mut chunk = [0u8; 8192];
                 let n = self.s.read(&mut chunk).await.unwrap_or(0);
                 if n == 0 {
-                    panic!("connection closed while waiting for {needle:?}; got {:?}", self.buf);
+                    panic!(
+                        "connection closed while waiting for {needle:?}; got {:?}",
+                        self.buf
+                    );
                 }
                 self.buf.push_str(&String::from_utf8_lossy(&chunk[..n]));
             }
@@ -146,10 +166,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
     }
 
     /// PLAIN login, bind `resource`; returns the bound JID.
-    pub async fn login_plain(&mut self, user: &str, host: &str, password: &str, resource: &str) -> String {
+    pub async fn login_plain(
+        &mut self,
+        user: &str,
+        host: &str,
+        password: &str,
+        resource: &str,
+    ) -> String {
         self.open(host).await;
-        let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
-        self.send(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>")).await;
+        let token =
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+        self.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>"
+        ))
+        .await;
         let r = self.until("/>").await;
         assert!(r.contains("<success"), "auth failed: {r}");
         self.open(host).await;
@@ -165,7 +195,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
     }
 }
 
-pub async fn raw_login(addr: SocketAddr, user: &str, host: &str, password: &str, resource: &str) -> RawTcp {
+pub async fn raw_login(
+    addr: SocketAddr,
+    user: &str,
+    host: &str,
+    password: &str,
+    resource: &str,
+) -> RawTcp {
     let mut c = Raw::connect(addr).await;
     c.login_plain(user, host, password, resource).await;
     c

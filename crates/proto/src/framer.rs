@@ -73,11 +73,12 @@ pub struct Framer {
 }
 
 fn parser_for(limits: &Limits) -> Parser {
-    let mut opts = rxml::Options::default();
     // A single name or attribute value longer than a whole stanza cannot be
     // part of an acceptable stanza.
-    opts.max_token_length = limits.max_stanza_bytes.clamp(1024, 1 << 20);
-    Parser::with_options(opts)
+    Parser::with_options(rxml::Options {
+        max_token_length: limits.max_stanza_bytes.clamp(1024, 1 << 20),
+        ..Default::default()
+    })
 }
 
 /// Map an `rxml` error to the RFC 6120 stream error.

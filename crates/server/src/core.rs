@@ -211,7 +211,7 @@ impl Core {
                         .and_then(|t| self.hosts.get(t.domain().as_str()))
                         .cloned()
                     {
-                        self.no_session(host, st);
+                        self.no_session(host, *st);
                     }
                 }
             }

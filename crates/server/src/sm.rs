@@ -77,11 +77,11 @@ impl SessionManager {
     pub fn unbind(&self, jid: &FullJid, id: u64) {
         let bare = jid.to_bare();
         let mut removed = false;
-        if let Some(mut entry) = self.table.get_mut(&bare) {
-            if let Some(pos) = entry.iter().position(|h| h.id == id) {
-                entry.swap_remove(pos);
-                removed = true;
-            }
+        if let Some(mut entry) = self.table.get_mut(&bare)
+            && let Some(pos) = entry.iter().position(|h| h.id == id)
+        {
+            entry.swap_remove(pos);
+            removed = true;
         }
         if removed {
             self.count.fetch_sub(1, Ordering::Relaxed);
@@ -127,14 +127,14 @@ impl SessionManager {
     }
 
     /// Queue a stanza for a session.
-    pub fn deliver(handle: &SessionHandle, st: Stanza) -> Result<(), (DeliverError, Stanza)> {
+    pub fn deliver(handle: &SessionHandle, st: Stanza) -> Result<(), (DeliverError, Box<Stanza>)> {
         match handle.tx.try_send(SessionMsg::Stanza(Box::new(st))) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(SessionMsg::Stanza(s))) => {
-                Err((DeliverError::Full, *s))
+                Err((DeliverError::Full, s))
             }
             Err(mpsc::error::TrySendError::Closed(SessionMsg::Stanza(s))) => {
-                Err((DeliverError::Gone, *s))
+                Err((DeliverError::Gone, s))
             }
             Err(_) => unreachable!("only stanzas are sent here"),
         }

@@ -646,6 +646,9 @@ impl C2sSession {
             self.iq_error_raw(id.as_deref(), Condition::NotAllowed);
             return Ok(Next::Continue);
         }
+        let name = el.name().to_string();
+        let id = el.attr("id").map(str::to_string);
+        let was_error = el.attr("type") == Some("error");
         let mut st = match Stanza::from_element(el, Jid::from(me.clone())) {
             Ok(st) => st,
             Err(StanzaParseError::NotAStanza) => {
@@ -654,7 +657,12 @@ impl C2sSession {
                     "not a stanza",
                 ));
             }
-            Err(StanzaParseError::JidMalformed) => return Ok(Next::Continue),
+            Err(StanzaParseError::JidMalformed) => {
+                if !was_error {
+                    self.reply_jid_malformed(&name, id.as_deref(), &me);
+                }
+                return Ok(Next::Continue);
+            }
         };
         if st.kind == StanzaKind::Presence && st.to.is_none() {
             self.presence_broadcast(&mut st);
@@ -679,6 +687,19 @@ impl C2sSession {
         }
         self.core.route(st);
         Ok(Next::Continue)
+    }
+
+    /// RFC 6120 §8.3.3.8: a `to` that is not a valid JID.
+    fn reply_jid_malformed(&mut self, name: &str, id: Option<&str>, me: &FullJid) {
+        let mut el = Element::bare(name, ns::CLIENT);
+        set_attr(&mut el, "type", "error");
+        if let Some(id) = id {
+            set_attr(&mut el, "id", id);
+        }
+        set_attr(&mut el, "from", me.domain().as_str());
+        set_attr(&mut el, "to", me.as_str());
+        el.append_child(StanzaError::new(Condition::JidMalformed).to_element(ns::CLIENT));
+        write_element(&mut self.out, &el, ns::CLIENT);
     }
 
     fn presence_broadcast(&mut self, st: &mut Stanza) {
