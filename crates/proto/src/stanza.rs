@@ -215,3 +215,35 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod jid_tests {
+    use jid::{BareJid, FullJid, Jid};
+
+    #[test]
+    fn normalisation() {
+        let j = Jid::new("Alice@LocalHost/Phone").unwrap();
+        assert_eq!(j.as_str(), "alice@localhost/Phone");
+        assert_eq!(j.to_bare().as_str(), "alice@localhost");
+        let f = FullJid::new("bob@example.test/a/b").unwrap();
+        assert_eq!(f.resource().as_str(), "a/b");
+        assert!(BareJid::new("localhost").unwrap().node().is_none());
+    }
+
+    #[test]
+    fn invalid() {
+        for bad in [
+            "",
+            "@localhost",
+            "a@",
+            "a@b/",
+            "a@@b",
+            &format!("{}@x", "n".repeat(1024)),
+            "a b@c",
+        ] {
+            assert!(Jid::new(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(FullJid::new("a@b").is_err());
+        assert!(BareJid::new("a@b/c").is_err());
+    }
+}

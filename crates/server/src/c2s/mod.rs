@@ -15,7 +15,7 @@ use palaver_proto::framer::{Frame, Framer, Limits};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -71,7 +71,7 @@ async fn run(
         max_attributes: ctx.cfg.max_xml_attributes,
     };
     let mut framer = Framer::new(limits);
-    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut buf: Vec<u8> = Vec::new();
     let mut shutdown = ctx.core.shutdown.clone();
     let idle = Duration::from_secs(ctx.cfg.idle_timeout);
     let mut last_read = Instant::now();
@@ -85,7 +85,7 @@ async fn run(
         };
         let mut next = Next::Continue;
         tokio::select! {
-            r = transport.read_buf(&mut buf) => {
+            r = transport.read_chunk(&mut buf, READ_CHUNK) => {
                 match r {
                     Ok(0) | Err(_) => {
                         session.closed_by_peer();
@@ -120,10 +120,8 @@ async fn run(
                                 Next::StartTls | Next::Close => break,
                             }
                         }
-                        buf.clear();
-                        if buf.capacity() > 4 * READ_CHUNK {
-                            buf.shrink_to(READ_CHUNK);
-                        }
+                        // Idle connections keep no read buffer.
+                        buf = Vec::new();
                     }
                 }
             }

@@ -120,8 +120,9 @@ impl C2sSession {
 
     /// Give back the output buffer for reuse (kept small while idle).
     pub fn recycle_output(&mut self, mut buf: String) {
+        // Keep a small buffer for the next burst; idle sessions hold little.
         buf.clear();
-        if buf.capacity() <= 8192 && self.out.is_empty() {
+        if buf.capacity() <= 512 && self.out.is_empty() {
             self.out = buf;
         }
     }

@@ -16,6 +16,27 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// Read at least one byte into `buf`, reserving `chunk` bytes only once
+    /// data is ready, so an idle connection holds no read buffer.
+    pub async fn read_chunk(&mut self, buf: &mut Vec<u8>, chunk: usize) -> io::Result<usize> {
+        match self {
+            Transport::Plain(tcp) => loop {
+                tcp.readable().await?;
+                buf.reserve(chunk);
+                match tcp.try_read_buf(buf) {
+                    Ok(n) => return Ok(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            },
+            Transport::Tls(s) => {
+                use tokio::io::AsyncReadExt;
+                buf.reserve(chunk);
+                s.read_buf(buf).await
+            }
+        }
+    }
+
     /// Whether the transport is encrypted.
     pub fn is_tls(&self) -> bool {
         matches!(self, Transport::Tls(_))

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Run ../shared/bench scenarios against Palaver, pinned like the anchors:
+# server on CPU 0, load tool on CPU 1.
+#   bench/palaver.sh [USERS] [RESULTS]
+# Builds release binaries, starts palaver on 127.0.0.14 (domain pal.test) with
+# a fresh data dir, creates bench0..bench{USERS-1} (password "bench") with the
+# CLI, then runs login, chat and idle. Appends JSON lines to RESULTS.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$HERE/.."
+USERS="${1:-2000}"
+RESULTS="${2:-/tmp/palaver-bench.jsonl}"
+DATA=/tmp/bench-palaver
+IP=127.0.0.14
+DOMAIN=pal.test
+export CARGO_TARGET_DIR="${PALAVER_TARGET:-/tmp/palaver-release}"
+cargo build --quiet --release --manifest-path "$ROOT/Cargo.toml"
+PAL="$CARGO_TARGET_DIR/release/palaver"
+BENCH_TARGET=/tmp/xmpp-bench-target
+CARGO_TARGET_DIR=$BENCH_TARGET cargo build --quiet --release --locked --manifest-path "$ROOT/../shared/bench/xmpp-bench/Cargo.toml"
+B="$BENCH_TARGET/release/xmpp-bench"
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+rm -rf "$DATA"; mkdir -p "$DATA"
+cat >"$DATA/palaver.yml" <<YML
+hosts: [$DOMAIN]
+loglevel: warning
+data_dir: $DATA
+listen:
+  - port: 5222
+    ip: "$IP"
+    module: c2s
+    allow_plain_without_tls: true
+    idle_timeout: 0
+modules:
+  mod_disco: {}
+  mod_ping: {}
+  mod_version: {}
+  mod_time: {}
+YML
+echo "creating $USERS accounts" >&2
+seq 0 $((USERS - 1)) | xargs -P 2 -I{} "$PAL" user add "bench{}@$DOMAIN" bench --config "$DATA/palaver.yml" >/dev/null
+taskset -c 0 "$PAL" serve --config "$DATA/palaver.yml" >"$DATA/log" 2>&1 &
+PID=$!
+trap 'kill $PID 2>/dev/null || true' EXIT
+for _ in $(seq 100); do (exec 3<>/dev/tcp/$IP/5222) 2>/dev/null && break; sleep 0.1; done
+T=(--host "$IP" --domain "$DOMAIN" --server-pid "$PID" --src-ips 127.0.0.20-127.0.0.40 --json "$RESULTS")
+taskset -c 1 "$B" login --users "$USERS" --concurrency 100 "${T[@]}"
+sleep 2
+taskset -c 1 "$B" chat --users $((USERS / 2)) --window 4 --duration 20 --grace 15 "${T[@]}"
+sleep 2
+taskset -c 1 "$B" idle --users "$USERS" --hold 10 "${T[@]}"
+echo "server pid $PID; results appended to $RESULTS" >&2
