@@ -4,7 +4,7 @@
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::host::Host;
-use crate::module::{HookAction, HookCtx, IqRequest, IqScope, IqType};
+use crate::module::{HookAction, HookCtx, IqRequest, IqScope, IqType, PresenceEvent};
 use crate::sm::{DeliverError, SessionHandle, SessionManager};
 use jid::{BareJid, FullJid, Jid};
 use palaver_proto::error::{Condition, StanzaError};
@@ -244,6 +244,25 @@ impl Core {
         match st.kind {
             StanzaKind::Iq => self.dispatch_iq(host, IqScope::Account, st),
             StanzaKind::Presence => {
+                if matches!(
+                    st.type_attr(),
+                    Some("subscribe")
+                        | Some("subscribed")
+                        | Some("unsubscribe")
+                        | Some("unsubscribed")
+                        | Some("probe")
+                ) {
+                    // Subscription management and probes are answered by the server (RFC 6121 §3, §4.3).
+                    let core = self.clone();
+                    tokio::spawn(async move {
+                        for (_, hook) in &host.regs.presence_in {
+                            if hook(core.clone(), st.clone()).await {
+                                return;
+                            }
+                        }
+                    });
+                    return;
+                }
                 // Presence to a bare JID goes to every available resource (RFC 6121 §8.5.2.1.2).
                 for h in self.sm.sessions(&to) {
                     if h.priority.is_some() {
@@ -319,6 +338,54 @@ impl Core {
             }
             core.bounce(&st, Condition::ServiceUnavailable, None);
         });
+    }
+
+    /// Run the subscription-out hooks; `true` when a module routed the stanza.
+    pub async fn run_subscription_out(self: &Arc<Self>, st: &Stanza) -> bool {
+        let Some(host) = self.hosts.get(st.from.domain().as_str()).cloned() else {
+            return false;
+        };
+        for (_, hook) in &host.regs.subscription_out {
+            if hook(self.clone(), st.clone()).await {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Run the presence-out hooks for a broadcast by `session`.
+    pub async fn run_presence_out(
+        self: &Arc<Self>,
+        session: &FullJid,
+        st: &Stanza,
+        ev: PresenceEvent,
+    ) {
+        let Some(host) = self.hosts.get(session.domain().as_str()).cloned() else {
+            return;
+        };
+        for (_, hook) in &host.regs.presence_out {
+            hook(self.clone(), session.clone(), st.clone(), ev).await;
+        }
+    }
+
+    /// Run the session-bound hooks.
+    pub async fn run_session_bound(self: &Arc<Self>, session: &FullJid) {
+        let Some(host) = self.hosts.get(session.domain().as_str()).cloned() else {
+            return;
+        };
+        for (_, hook) in &host.regs.session_bound {
+            hook(self.clone(), session.clone()).await;
+        }
+    }
+
+    /// Run the session-closed hooks.
+    pub async fn run_session_closed(self: &Arc<Self>, session: &FullJid) {
+        let Some(host) = self.hosts.get(session.domain().as_str()).cloned() else {
+            return;
+        };
+        for (_, hook) in &host.regs.session_closed {
+            hook(self.clone(), session.clone()).await;
+        }
     }
 
     /// Remove an account and every module's data about it.

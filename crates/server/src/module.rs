@@ -84,8 +84,43 @@ pub type OfflineHook = Arc<dyn Fn(Arc<Core>, Stanza) -> BoxFuture<'static, bool>
 /// Called when an account is removed, to delete the module's data.
 pub type RemoveUserHook =
     Arc<dyn Fn(Arc<Core>, String, String) -> BoxFuture<'static, ()> + Send + Sync>;
-/// Adds elements to c2s stream features after authentication.
-pub type FeatureHook = Arc<dyn Fn() -> Vec<Element> + Send + Sync>;
+/// Adds elements to c2s stream features.
+pub type FeatureHook = Arc<dyn Fn(&crate::host::Host) -> Vec<Element> + Send + Sync>;
+/// An async stanza hook: returns `true` when it took the stanza.
+pub type AsyncStanzaHook = Arc<dyn Fn(Arc<Core>, Stanza) -> BoxFuture<'static, bool> + Send + Sync>;
+/// A presence broadcast by a local session (initial, update or unavailable).
+pub type PresenceOutHook = Arc<
+    dyn Fn(Arc<Core>, jid::FullJid, Stanza, PresenceEvent) -> BoxFuture<'static, ()> + Send + Sync,
+>;
+/// A session event (bound, closed).
+pub type SessionHook = Arc<dyn Fn(Arc<Core>, jid::FullJid) -> BoxFuture<'static, ()> + Send + Sync>;
+/// An IQ before authentication (in-band registration).
+pub type PreAuthIqHook = Arc<dyn Fn(PreAuthIq) -> BoxFuture<'static, IqResult> + Send + Sync>;
+
+/// A pre-authentication IQ request on a c2s stream.
+pub struct PreAuthIq {
+    /// Server core.
+    pub core: Arc<Core>,
+    /// Host of the stream.
+    pub host: Arc<crate::host::Host>,
+    /// The request element.
+    pub el: Element,
+    /// Peer address.
+    pub peer: std::net::SocketAddr,
+    /// Whether the stream is encrypted.
+    pub secure: bool,
+}
+
+/// Kind of presence broadcast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceEvent {
+    /// First available presence of the session.
+    Initial,
+    /// A later available presence.
+    Update,
+    /// The session became unavailable (explicitly or by disconnecting).
+    Unavailable,
+}
 
 /// A disco identity (XEP-0030).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -109,6 +144,14 @@ pub struct Registrations {
     pub(crate) offline: Vec<(i32, OfflineHook)>,
     pub(crate) remove_user: Vec<(i32, RemoveUserHook)>,
     pub(crate) stream_features: Vec<FeatureHook>,
+    pub(crate) pre_auth_features: Vec<FeatureHook>,
+    pub(crate) pre_auth_iq: HashMap<String, PreAuthIqHook>,
+    pub(crate) presence_in: Vec<(i32, AsyncStanzaHook)>,
+    pub(crate) subscription_out: Vec<(i32, AsyncStanzaHook)>,
+    pub(crate) host_message: Vec<(i32, AsyncStanzaHook)>,
+    pub(crate) presence_out: Vec<(i32, PresenceOutHook)>,
+    pub(crate) session_bound: Vec<(i32, SessionHook)>,
+    pub(crate) session_closed: Vec<(i32, SessionHook)>,
     pub(crate) modules: Vec<String>,
 }
 
@@ -142,6 +185,12 @@ impl HostSetup {
         self.regs.user_receive.sort_by_key(|(p, _)| -*p);
         self.regs.offline.sort_by_key(|(p, _)| -*p);
         self.regs.remove_user.sort_by_key(|(p, _)| -*p);
+        self.regs.presence_in.sort_by_key(|(p, _)| -*p);
+        self.regs.subscription_out.sort_by_key(|(p, _)| -*p);
+        self.regs.host_message.sort_by_key(|(p, _)| -*p);
+        self.regs.presence_out.sort_by_key(|(p, _)| -*p);
+        self.regs.session_bound.sort_by_key(|(p, _)| -*p);
+        self.regs.session_closed.sort_by_key(|(p, _)| -*p);
         self.regs
     }
 
@@ -213,6 +262,48 @@ impl HostSetup {
     /// Add c2s stream features (offered after authentication).
     pub fn add_stream_features(&mut self, f: FeatureHook) {
         self.regs.stream_features.push(f);
+    }
+
+    /// Add c2s stream features offered before authentication.
+    pub fn add_pre_auth_stream_features(&mut self, f: FeatureHook) {
+        self.regs.pre_auth_features.push(f);
+    }
+
+    /// Handle IQs in namespace `ns` sent before authentication (e.g. XEP-0077).
+    pub fn on_pre_auth_iq(&mut self, ns: &str, f: PreAuthIqHook) {
+        self.regs.pre_auth_iq.insert(ns.to_string(), f);
+    }
+
+    /// Hook inbound presence to a local bare JID of type subscribe, subscribed,
+    /// unsubscribe, unsubscribed or probe.
+    pub fn hook_presence_in(&mut self, priority: i32, f: AsyncStanzaHook) {
+        self.regs.presence_in.push((priority, f));
+    }
+
+    /// Hook subscription presence a local user sends (before it is routed);
+    /// a hook returning `true` routes it itself.
+    pub fn hook_subscription_out(&mut self, priority: i32, f: AsyncStanzaHook) {
+        self.regs.subscription_out.push((priority, f));
+    }
+
+    /// Hook messages addressed to the host itself (any resource).
+    pub fn hook_host_message(&mut self, priority: i32, f: AsyncStanzaHook) {
+        self.regs.host_message.push((priority, f));
+    }
+
+    /// Hook presence broadcasts of local sessions.
+    pub fn hook_presence_out(&mut self, priority: i32, f: PresenceOutHook) {
+        self.regs.presence_out.push((priority, f));
+    }
+
+    /// Hook a resource being bound (before any stanza is exchanged).
+    pub fn hook_session_bound(&mut self, priority: i32, f: SessionHook) {
+        self.regs.session_bound.push((priority, f));
+    }
+
+    /// Hook a session ending (after it left the session table).
+    pub fn hook_session_closed(&mut self, priority: i32, f: SessionHook) {
+        self.regs.session_closed.push((priority, f));
     }
 }
 

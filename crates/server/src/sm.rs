@@ -27,6 +27,8 @@ pub struct SessionHandle {
     pub resource: String,
     /// Presence priority; `None` while unavailable (no initial presence yet).
     pub priority: Option<i8>,
+    /// The last available presence broadcast by the session (answers probes).
+    pub presence: Option<Arc<minidom::Element>>,
     /// Channel to the session task.
     pub tx: mpsc::Sender<SessionMsg>,
 }
@@ -89,12 +91,26 @@ impl SessionManager {
         }
     }
 
-    /// Set the presence priority of a session (`None`: unavailable).
-    pub fn set_priority(&self, jid: &FullJid, id: u64, priority: Option<i8>) {
+    /// Set the presence of a session (`None`: unavailable).
+    pub fn set_presence(
+        &self,
+        jid: &FullJid,
+        id: u64,
+        presence: Option<(i8, Arc<minidom::Element>)>,
+    ) {
         if let Some(mut entry) = self.table.get_mut(&jid.to_bare())
             && let Some(h) = entry.iter_mut().find(|h| h.id == id)
         {
-            h.priority = priority;
+            match presence {
+                Some((p, el)) => {
+                    h.priority = Some(p);
+                    h.presence = Some(el);
+                }
+                None => {
+                    h.priority = None;
+                    h.presence = None;
+                }
+            }
         }
     }
 

@@ -4,7 +4,7 @@ use crate::auth::AuthOutcome;
 use crate::config::Listener;
 use crate::core::Core;
 use crate::host::Host;
-use crate::module::HookAction;
+use crate::module::{HookAction, PresenceEvent};
 use crate::sm::{SessionHandle, SessionMsg};
 use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
@@ -52,6 +52,8 @@ struct Bound {
     id: u64,
     rx: mpsc::Receiver<SessionMsg>,
     priority: Option<i8>,
+    /// Entities that received directed available presence (RFC 6121 §4.6).
+    directed: Vec<Jid>,
 }
 
 /// One client session.
@@ -268,6 +270,13 @@ impl C2sSession {
                     }
                     self.out.push_str("</sasl-channel-binding>");
                 }
+                if let Some(host) = self.host.clone() {
+                    for f in &host.regs.pre_auth_features {
+                        for el in f(&host) {
+                            write_element(&mut self.out, &el, ns::CLIENT);
+                        }
+                    }
+                }
             }
         } else {
             self.out
@@ -277,7 +286,7 @@ impl C2sSession {
             );
             if let Some(host) = self.host.clone() {
                 for f in &host.regs.stream_features {
-                    for el in f() {
+                    for el in f(&host) {
                         write_element(&mut self.out, &el, ns::CLIENT);
                     }
                 }
@@ -299,7 +308,7 @@ impl C2sSession {
             return Err(StreamError::new(SC::NotWellFormed));
         }
         if self.bound.is_some() {
-            return self.handle_stanza(el);
+            return self.handle_stanza(el).await;
         }
         if el.is("starttls", ns::TLS) {
             if !self.tls_possible() {
@@ -328,13 +337,16 @@ impl C2sSession {
             return self.handle_sasl(el).await;
         }
         if self.user.is_none() {
+            if el.is("iq", ns::CLIENT) {
+                return self.handle_pre_auth_iq(el).await;
+            }
             return Err(StreamError::with_text(
                 SC::NotAuthorized,
                 "authenticate first",
             ));
         }
         if el.is("iq", ns::CLIENT) {
-            return self.handle_pre_bind_iq(el);
+            return self.handle_pre_bind_iq(el).await;
         }
         Err(StreamError::with_text(
             SC::NotAuthorized,
@@ -564,16 +576,10 @@ impl C2sSession {
         self.iq_reply_raw(id, "error", &s);
     }
 
-    fn handle_pre_bind_iq(&mut self, el: Element) -> Result<Next, StreamError> {
+    async fn handle_pre_bind_iq(&mut self, el: Element) -> Result<Next, StreamError> {
         let id = el.attr("id").map(str::to_string);
         let bind = el.get_child("bind", ns::BIND);
         if el.attr("type") != Some("set") || bind.is_none() {
-            if el.has_child("session", ns::SESSION) {
-                return Err(StreamError::with_text(
-                    SC::NotAuthorized,
-                    "bind a resource first",
-                ));
-            }
             return Err(StreamError::with_text(
                 SC::NotAuthorized,
                 "bind a resource first",
@@ -605,9 +611,11 @@ impl C2sSession {
                 id: sid,
                 resource: jid.resource().as_str().to_string(),
                 priority: None,
+                presence: None,
                 tx,
             },
         );
+        self.core.run_session_bound(&jid).await;
         let mut inner = String::from("<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>");
         escape_into(&mut inner, jid.as_str());
         inner.push_str("</jid></bind>");
@@ -618,11 +626,56 @@ impl C2sSession {
             id: sid,
             rx,
             priority: None,
+            directed: Vec::new(),
         });
         Ok(Next::Continue)
     }
 
-    fn handle_stanza(&mut self, el: Element) -> Result<Next, StreamError> {
+    async fn handle_pre_auth_iq(&mut self, el: Element) -> Result<Next, StreamError> {
+        let Some(host) = self.host.clone() else {
+            return Err(StreamError::new(SC::InternalServerError));
+        };
+        let id = el.attr("id").map(str::to_string);
+        let ns_of = el.children().next().map(|c| c.ns());
+        let hook = ns_of
+            .as_ref()
+            .and_then(|n| host.regs.pre_auth_iq.get(n))
+            .cloned();
+        let Some(hook) = hook else {
+            return Err(StreamError::with_text(
+                SC::NotAuthorized,
+                "authenticate first",
+            ));
+        };
+        if !matches!(el.attr("type"), Some("get") | Some("set")) {
+            return Ok(Next::Continue);
+        }
+        let res = hook(crate::module::PreAuthIq {
+            core: self.core.clone(),
+            host,
+            el,
+            peer: self.peer,
+            secure: self.secure,
+        })
+        .await;
+        match res {
+            Ok(payload) => {
+                let mut inner = String::new();
+                if let Some(p) = payload {
+                    write_element(&mut inner, &p, ns::CLIENT);
+                }
+                self.iq_reply_raw(id.as_deref(), "result", &inner);
+            }
+            Err(e) => {
+                let mut s = String::new();
+                write_element(&mut s, &e.to_element(ns::CLIENT), ns::CLIENT);
+                self.iq_reply_raw(id.as_deref(), "error", &s);
+            }
+        }
+        Ok(Next::Continue)
+    }
+
+    async fn handle_stanza(&mut self, el: Element) -> Result<Next, StreamError> {
         let Some(b) = &self.bound else {
             return Err(StreamError::new(SC::InternalServerError));
         };
@@ -665,29 +718,121 @@ impl C2sSession {
                 return Ok(Next::Continue);
             }
         };
-        if st.kind == StanzaKind::Presence && st.to.is_none() {
-            self.presence_broadcast(&mut st);
+        if st.kind == StanzaKind::Presence {
+            return Ok(self.handle_presence(me, st).await);
         }
         if self.core.run_user_send(&me, &mut st) == HookAction::Drop {
             return Ok(Next::Continue);
         }
-        if st.kind == StanzaKind::Presence && st.to.is_none() {
-            // Broadcast to the user's own available resources (RFC 6121 §4.2.2, §4.5.2).
-            let bare = me.to_bare();
-            for h in self.core.sm.sessions(&bare) {
-                if h.priority.is_some() || h.id == self.bound.as_ref().map_or(0, |b| b.id) {
-                    let mut copy = st.clone();
-                    copy.set_to(Some(Jid::from(
-                        bare.with_resource_str(&h.resource)
-                            .unwrap_or_else(|_| me.clone()),
-                    )));
-                    let _ = crate::sm::SessionManager::deliver(&h, copy);
-                }
-            }
-            return Ok(Next::Continue);
-        }
         self.core.route(st);
         Ok(Next::Continue)
+    }
+
+    async fn handle_presence(&mut self, me: FullJid, mut st: Stanza) -> Next {
+        let kind = st.type_attr().map(str::to_string);
+        if st.to.is_none() {
+            // Broadcast presence (RFC 6121 §4.2, §4.4, §4.5).
+            let event = match kind.as_deref() {
+                None => {
+                    let prio = st
+                        .el
+                        .get_child("priority", ns::CLIENT)
+                        .and_then(|p| p.text().trim().parse::<i8>().ok())
+                        .unwrap_or(0);
+                    if self.core.run_user_send(&me, &mut st) == HookAction::Drop {
+                        return Next::Continue;
+                    }
+                    let Some(b) = &mut self.bound else {
+                        return Next::Continue;
+                    };
+                    let first = b.priority.is_none();
+                    b.priority = Some(prio);
+                    self.core
+                        .sm
+                        .set_presence(&b.jid, b.id, Some((prio, Arc::new(st.el.clone()))));
+                    if first {
+                        PresenceEvent::Initial
+                    } else {
+                        PresenceEvent::Update
+                    }
+                }
+                Some("unavailable") => {
+                    if self.core.run_user_send(&me, &mut st) == HookAction::Drop {
+                        return Next::Continue;
+                    }
+                    let Some(b) = &mut self.bound else {
+                        return Next::Continue;
+                    };
+                    if b.priority.is_none() {
+                        return Next::Continue;
+                    }
+                    b.priority = None;
+                    self.core.sm.set_presence(&b.jid, b.id, None);
+                    self.send_directed_unavailable(&st);
+                    PresenceEvent::Unavailable
+                }
+                // Other types without a recipient make no sense.
+                _ => return Next::Continue,
+            };
+            self.broadcast_own(&me, &st);
+            self.core.run_presence_out(&me, &st, event).await;
+            return Next::Continue;
+        }
+        if self.core.run_user_send(&me, &mut st) == HookAction::Drop {
+            return Next::Continue;
+        }
+        match kind.as_deref() {
+            Some("subscribe") | Some("subscribed") | Some("unsubscribe") | Some("unsubscribed") => {
+                // RFC 6121 §3: the server stamps the bare JID and updates the roster.
+                let bare: Jid = me.to_bare().into();
+                st = Stanza::new(st.kind, bare, st.to.clone(), st.el);
+                if !self.core.run_subscription_out(&st).await {
+                    self.core.route(st);
+                }
+            }
+            None | Some("unavailable") => {
+                // Directed presence (RFC 6121 §4.6): remember where it went.
+                if let (Some(b), Some(to)) = (&mut self.bound, &st.to) {
+                    let pos = b.directed.iter().position(|j| j == to);
+                    match (kind.is_none(), pos) {
+                        (true, None) if b.directed.len() < 1000 => b.directed.push(to.clone()),
+                        (false, Some(p)) => {
+                            b.directed.swap_remove(p);
+                        }
+                        _ => {}
+                    }
+                }
+                self.core.route(st);
+            }
+            _ => self.core.route(st),
+        }
+        Next::Continue
+    }
+
+    /// Send the user's broadcast presence to all of their available resources,
+    /// including this one (RFC 6121 §4.2.2).
+    fn broadcast_own(&self, me: &FullJid, st: &Stanza) {
+        let bare = me.to_bare();
+        let my_id = self.bound.as_ref().map_or(0, |b| b.id);
+        for h in self.core.sm.sessions(&bare) {
+            if (h.priority.is_some() || h.id == my_id)
+                && let Ok(to) = bare.with_resource_str(&h.resource)
+            {
+                let mut copy = st.clone();
+                copy.set_to(Some(Jid::from(to)));
+                let _ = crate::sm::SessionManager::deliver(&h, copy);
+            }
+        }
+    }
+
+    /// Unavailable presence to every entity that got directed presence (RFC 6121 §4.6.3).
+    fn send_directed_unavailable(&mut self, unavailable: &Stanza) {
+        let Some(b) = &mut self.bound else { return };
+        for to in std::mem::take(&mut b.directed) {
+            let mut copy = unavailable.clone();
+            copy.set_to(Some(to));
+            self.core.route(copy);
+        }
     }
 
     /// RFC 6120 §8.3.3.8: a `to` that is not a valid JID.
@@ -701,22 +846,6 @@ impl C2sSession {
         set_attr(&mut el, "to", me.as_str());
         el.append_child(StanzaError::new(Condition::JidMalformed).to_element(ns::CLIENT));
         write_element(&mut self.out, &el, ns::CLIENT);
-    }
-
-    fn presence_broadcast(&mut self, st: &mut Stanza) {
-        let Some(b) = &mut self.bound else { return };
-        let prio = match st.type_attr() {
-            None => Some(
-                st.el
-                    .get_child("priority", ns::CLIENT)
-                    .and_then(|p| p.text().trim().parse::<i8>().ok())
-                    .unwrap_or(0),
-            ),
-            Some("unavailable") => None,
-            _ => return,
-        };
-        b.priority = prio;
-        self.core.sm.set_priority(&b.jid, b.id, prio);
     }
 
     /// Handle a message from the router or session manager.
@@ -767,30 +896,48 @@ impl C2sSession {
     fn release(&mut self) {
         if let Some(b) = self.bound.take() {
             self.core.sm.unbind(&b.jid, b.id);
+            let core = self.core.clone();
+            tokio::spawn(async move { core.run_session_closed(&b.jid).await });
         }
     }
 
-    /// The connection ended: unbind and tell the user's other resources.
+    /// The connection ended: unbind, tell the user's other resources, contacts
+    /// and directed-presence recipients, and run the session-closed hooks.
     pub fn finish(&mut self) {
-        let Some(b) = self.bound.take() else { return };
-        self.core.sm.unbind(&b.jid, b.id);
-        if b.priority.is_some() {
+        let was_available = self.bound.as_ref().is_some_and(|b| b.priority.is_some());
+        let mut unavailable = None;
+        if was_available && let Some(b) = &self.bound {
             let mut el = Element::bare("presence", ns::CLIENT);
             set_attr(&mut el, "type", "unavailable");
             let mut st = Stanza::new(StanzaKind::Presence, Jid::from(b.jid.clone()), None, el);
-            if self.core.run_user_send(&b.jid, &mut st) == HookAction::Drop {
-                return;
+            if self.core.run_user_send(&b.jid, &mut st) != HookAction::Drop {
+                unavailable = Some(st);
             }
+        }
+        if let Some(st) = &unavailable {
+            self.send_directed_unavailable(st);
+        }
+        let Some(b) = self.bound.take() else { return };
+        self.core.sm.unbind(&b.jid, b.id);
+        if let Some(st) = &unavailable {
             let bare = b.jid.to_bare();
             for h in self.core.sm.sessions(&bare) {
-                if h.priority.is_some() {
+                if h.priority.is_some()
+                    && let Ok(to) = bare.with_resource_str(&h.resource)
+                {
                     let mut copy = st.clone();
-                    if let Ok(to) = bare.with_resource_str(&h.resource) {
-                        copy.set_to(Some(Jid::from(to)));
-                        let _ = crate::sm::SessionManager::deliver(&h, copy);
-                    }
+                    copy.set_to(Some(Jid::from(to)));
+                    let _ = crate::sm::SessionManager::deliver(&h, copy);
                 }
             }
         }
+        let core = self.core.clone();
+        tokio::spawn(async move {
+            if let Some(st) = unavailable {
+                core.run_presence_out(&b.jid, &st, PresenceEvent::Unavailable)
+                    .await;
+            }
+            core.run_session_closed(&b.jid).await;
+        });
     }
 }
