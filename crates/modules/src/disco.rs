@@ -6,7 +6,10 @@
 use minidom::Element;
 use palaver_proto::error::{Condition, StanzaError};
 use palaver_proto::ns;
+use palaver_proto::stanza::{attr_name, set_attr};
 use palaver_server::{HostSetup, IqRequest, IqResult, IqScope, IqType, ModuleDef};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// `mod_disco`.
 pub const MODULE: ModuleDef = ModuleDef {
@@ -20,6 +23,120 @@ struct Options {
     /// Extra items listed in disco#items of the server (JIDs).
     #[serde(default)]
     extra_items: Vec<String>,
+    /// XEP-0157 contact addresses: field name (e.g. `abuse-addresses`) → URIs.
+    #[serde(default)]
+    server_info: BTreeMap<String, Vec<String>>,
+}
+
+/// XEP-0115 node of this software.
+pub const CAPS_NODE: &str = "https://palaver.chat/caps";
+/// XEP-0115.
+pub const NS_CAPS: &str = "http://jabber.org/protocol/caps";
+const NS_DATA: &str = "jabber:x:data";
+const SERVERINFO: &str = "http://jabber.org/network/serverinfo";
+const CONTACT_FIELDS: &[&str] = &[
+    "abuse-addresses",
+    "admin-addresses",
+    "feedback-addresses",
+    "sales-addresses",
+    "security-addresses",
+    "status-addresses",
+    "support-addresses",
+];
+
+struct Info {
+    server_info: BTreeMap<String, Vec<String>>,
+}
+
+impl Info {
+    /// The disco#info payload of the server (without the node attribute).
+    fn query(&self, host: &palaver_server::host::Host) -> Element {
+        let mut q = Element::bare("query", ns::DISCO_INFO);
+        for id in host.identities() {
+            let mut b = Element::builder("identity", ns::DISCO_INFO)
+                .attr(attr_name("category"), id.category.as_str())
+                .attr(attr_name("type"), id.kind.as_str());
+            if let Some(n) = &id.name {
+                b = b.attr(attr_name("name"), n.as_str());
+            }
+            q.append_child(b.build());
+        }
+        for f in host.features() {
+            q.append_child(feature(f));
+        }
+        if !self.server_info.is_empty() {
+            let mut x = Element::bare("x", NS_DATA);
+            set_attr(&mut x, "type", "result");
+            let mut ft = Element::bare("field", NS_DATA);
+            set_attr(&mut ft, "var", "FORM_TYPE");
+            set_attr(&mut ft, "type", "hidden");
+            ft.append_child(
+                Element::builder("value", NS_DATA)
+                    .append(SERVERINFO)
+                    .build(),
+            );
+            x.append_child(ft);
+            for (var, values) in &self.server_info {
+                let mut f = Element::bare("field", NS_DATA);
+                set_attr(&mut f, "var", var.as_str());
+                for v in values {
+                    f.append_child(
+                        Element::builder("value", NS_DATA)
+                            .append(v.as_str())
+                            .build(),
+                    );
+                }
+                x.append_child(f);
+            }
+            q.append_child(x);
+        }
+        q
+    }
+
+    /// XEP-0115 §5.1 verification string, SHA-1, base64.
+    fn ver(&self, host: &palaver_server::host::Host) -> String {
+        let mut ids: Vec<String> = host
+            .identities()
+            .iter()
+            .map(|i| {
+                format!(
+                    "{}/{}//{}",
+                    i.category,
+                    i.kind,
+                    i.name.clone().unwrap_or_default()
+                )
+            })
+            .collect();
+        ids.sort();
+        let mut s = String::new();
+        for i in ids {
+            s.push_str(&i);
+            s.push('<');
+        }
+        let mut feats: Vec<&String> = host.features().iter().collect();
+        feats.sort();
+        for f in feats {
+            s.push_str(f);
+            s.push('<');
+        }
+        if !self.server_info.is_empty() {
+            s.push_str(SERVERINFO);
+            s.push('<');
+            for (var, values) in &self.server_info {
+                s.push_str(var);
+                s.push('<');
+                let mut v = values.clone();
+                v.sort();
+                for x in v {
+                    s.push_str(&x);
+                    s.push('<');
+                }
+            }
+        }
+        use base64::Engine;
+        use sha1::Digest;
+        base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(s.as_bytes()))
+    }
 }
 
 fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
@@ -27,10 +144,41 @@ fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
     for j in &o.extra_items {
         jid::Jid::new(j).map_err(|e| format!("extra_items: `{j}` is not a JID: {e}"))?;
     }
+    for (k, values) in &o.server_info {
+        if !CONTACT_FIELDS.contains(&k.as_str()) {
+            return Err(format!(
+                "server_info: unknown field `{k}`; use one of {}",
+                CONTACT_FIELDS.join(", ")
+            ));
+        }
+        if values.iter().any(|v| !v.contains(':')) {
+            return Err(format!(
+                "server_info.{k}: values must be URIs (mailto:, xmpp:, https:)"
+            ));
+        }
+    }
     host.add_feature(ns::DISCO_INFO);
     host.add_feature(ns::DISCO_ITEMS);
     host.add_identity("server", "im", Some("Palaver"));
-    host.on_iq(IqScope::Server, IqType::Get, ns::DISCO_INFO, server_info);
+    let info = Arc::new(Info {
+        server_info: o.server_info,
+    });
+    let i = info.clone();
+    host.on_iq(IqScope::Server, IqType::Get, ns::DISCO_INFO, move |req| {
+        let i = i.clone();
+        async move { server_info(req, &i) }
+    });
+    // XEP-0115 §6.3: the server's capabilities in stream features.
+    let i = info.clone();
+    let caps = Arc::new(move |h: &palaver_server::host::Host| {
+        let mut c = Element::bare("c", NS_CAPS);
+        set_attr(&mut c, "hash", "sha-1");
+        set_attr(&mut c, "node", CAPS_NODE);
+        set_attr(&mut c, "ver", i.ver(h));
+        vec![c]
+    });
+    host.add_stream_features(caps.clone());
+    host.add_pre_auth_stream_features(caps);
     let items = std::sync::Arc::new(o.extra_items);
     host.on_iq(IqScope::Server, IqType::Get, ns::DISCO_ITEMS, move |req| {
         let items = items.clone();
@@ -52,32 +200,21 @@ fn node_of(req: &IqRequest) -> Option<String> {
         .map(str::to_string)
 }
 
-async fn server_info(req: IqRequest) -> IqResult {
-    if node_of(&req).is_some() {
-        return Err(StanzaError::new(Condition::ItemNotFound));
-    }
-    let mut q = Element::bare("query", ns::DISCO_INFO);
-    for id in req.host.identities() {
-        let mut b = Element::builder("identity", ns::DISCO_INFO)
-            .attr(
-                palaver_proto::stanza::attr_name("category"),
-                id.category.as_str(),
-            )
-            .attr(palaver_proto::stanza::attr_name("type"), id.kind.as_str());
-        if let Some(n) = &id.name {
-            b = b.attr(palaver_proto::stanza::attr_name("name"), n.as_str());
+fn server_info(req: IqRequest, info: &Info) -> IqResult {
+    let mut q = info.query(&req.host);
+    if let Some(node) = node_of(&req) {
+        // Only the caps node of the current verification string is known.
+        if node != format!("{CAPS_NODE}#{}", info.ver(&req.host)) {
+            return Err(StanzaError::new(Condition::ItemNotFound));
         }
-        q.append_child(b.build());
-    }
-    for f in req.host.features() {
-        q.append_child(feature(f));
+        set_attr(&mut q, "node", node);
     }
     Ok(Some(q))
 }
 
 fn feature(var: &str) -> Element {
     Element::builder("feature", ns::DISCO_INFO)
-        .attr(palaver_proto::stanza::attr_name("var"), var)
+        .attr(attr_name("var"), var)
         .build()
 }
 
@@ -89,7 +226,7 @@ fn server_items(req: IqRequest, extra: &[String]) -> IqResult {
     for j in extra {
         q.append_child(
             Element::builder("item", ns::DISCO_ITEMS)
-                .attr(palaver_proto::stanza::attr_name("jid"), j.as_str())
+                .attr(attr_name("jid"), j.as_str())
                 .build(),
         );
     }
@@ -113,8 +250,8 @@ async fn account_info(req: IqRequest) -> IqResult {
     let mut q = Element::bare("query", ns::DISCO_INFO);
     q.append_child(
         Element::builder("identity", ns::DISCO_INFO)
-            .attr(palaver_proto::stanza::attr_name("category"), "account")
-            .attr(palaver_proto::stanza::attr_name("type"), "registered")
+            .attr(attr_name("category"), "account")
+            .attr(attr_name("type"), "registered")
             .build(),
     );
     q.append_child(feature(ns::DISCO_INFO));
@@ -135,10 +272,7 @@ async fn account_items(req: IqRequest) -> IqResult {
         for s in req.core.sm.sessions(&to.to_bare()) {
             q.append_child(
                 Element::builder("item", ns::DISCO_ITEMS)
-                    .attr(
-                        palaver_proto::stanza::attr_name("jid"),
-                        format!("{}/{}", to.to_bare(), s.resource),
-                    )
+                    .attr(attr_name("jid"), format!("{}/{}", to.to_bare(), s.resource))
                     .build(),
             );
         }
