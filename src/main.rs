@@ -3,7 +3,7 @@
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 use palaver_server::config::Config;
-use palaver_server::server::{check_modules, open_storage};
+use palaver_server::server::check_modules;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -197,7 +197,9 @@ async fn user(cmd: UserCmd) -> Result<()> {
     };
     let config = load_config(path.as_ref())?;
     init_logging("warn");
-    let storage = open_storage(&config).await?;
+    let core =
+        palaver_server::Server::tool_core(config.clone(), &palaver_modules::registry()).await?;
+    let storage = core.storage.clone();
     match cmd {
         UserCmd::Add { jid, password, .. } => {
             let (host, node) = account(&config, &jid)?;
@@ -229,7 +231,7 @@ async fn user(cmd: UserCmd) -> Result<()> {
         }
         UserCmd::Del { jid, .. } => {
             let (host, node) = account(&config, &jid)?;
-            match storage.accounts.delete_account(&host, &node).await {
+            match core.remove_user(&host, &node).await {
                 Ok(()) => println!("deleted {node}@{host}"),
                 Err(palaver_storage::StorageError::NotFound) => {
                     bail!("{node}@{host} does not exist")

@@ -72,6 +72,30 @@ pub fn check_modules(config: &Config, registry: &[ModuleDef]) -> Result<(), Conf
 }
 
 impl Server {
+    /// A core without listeners, for command-line tools that must run the
+    /// modules' hooks (e.g. account removal cleaning every module's data).
+    pub async fn tool_core(
+        config: Config,
+        registry: &[ModuleDef],
+    ) -> Result<Arc<Core>, StartError> {
+        let storage = open_storage(&config).await?;
+        let mut hosts = HashMap::new();
+        for h in &config.hosts {
+            hosts.insert(h.clone(), Host::start(h, &config, registry)?);
+        }
+        let (_tx, shutdown) = watch::channel(false);
+        let config = Arc::new(config);
+        Ok(Arc::new(Core {
+            auth: Authenticator::new(storage.clone(), config.scram_iterations),
+            config,
+            storage,
+            hosts,
+            sm: SessionManager::default(),
+            started: Instant::now(),
+            shutdown,
+        }))
+    }
+
     /// Open storage, start hosts and listeners.
     pub async fn start(
         config: Config,
