@@ -204,7 +204,7 @@ impl Core {
                     self.bounce(&st, Condition::ResourceConstraint, None);
                 }
                 // The session just ended: treat as if no resource were available.
-                DeliverError::Gone => {
+                DeliverError::Gone | DeliverError::NoSession => {
                     if let Some(host) = st
                         .to
                         .as_ref()
@@ -219,10 +219,19 @@ impl Core {
     }
 
     fn route_to_full(self: &Arc<Self>, host: Arc<Host>, to: FullJid, st: Stanza) {
-        if let Some(h) = self.sm.get(&to) {
-            self.deliver(&h, st);
-            return;
-        }
+        let st = match self.sm.deliver_full(&to, st) {
+            Ok(()) => return,
+            Err((DeliverError::NoSession, st)) => *st,
+            Err((DeliverError::Full, st)) => {
+                tracing::warn!(to = %to, "session queue full; bouncing stanza");
+                self.bounce(&st, Condition::ResourceConstraint, None);
+                return;
+            }
+            Err((DeliverError::Gone, st)) => {
+                self.no_session(host, *st);
+                return;
+            }
+        };
         // RFC 6121 §8.5.3.2: no such resource.
         match st.kind {
             StanzaKind::Message => match st.type_attr() {

@@ -40,14 +40,21 @@ pub enum DeliverError {
     Gone,
     /// The session's queue is full (slow reader).
     Full,
+    /// No session is bound to that full JID.
+    NoSession,
 }
 
 /// Table of local sessions.
 #[derive(Default)]
 pub struct SessionManager {
-    table: DashMap<BareJid, Vec<SessionHandle>>,
+    table: DashMap<String, Vec<SessionHandle>>,
     next_id: AtomicU64,
     count: AtomicU64,
+}
+
+/// The bare part of a normalised JID string (no allocation).
+fn bare_str(jid: &str) -> &str {
+    jid.split('/').next().unwrap_or(jid)
 }
 
 impl SessionManager {
@@ -64,8 +71,10 @@ impl SessionManager {
     /// Bind `jid`; an existing session with the same resource is told it was replaced
     /// (RFC 6120 §7.7.2.2: the new session wins).
     pub fn bind(&self, jid: &FullJid, handle: SessionHandle) {
-        let bare = jid.to_bare();
-        let mut entry = self.table.entry(bare).or_default();
+        let mut entry = self
+            .table
+            .entry(bare_str(jid.as_str()).to_string())
+            .or_default();
         if let Some(pos) = entry.iter().position(|h| h.resource == handle.resource) {
             let old = entry.swap_remove(pos);
             let _ = old.tx.try_send(SessionMsg::Replaced);
@@ -77,9 +86,9 @@ impl SessionManager {
 
     /// Remove the session `id` bound as `jid` (no-op when it was already replaced).
     pub fn unbind(&self, jid: &FullJid, id: u64) {
-        let bare = jid.to_bare();
+        let bare = bare_str(jid.as_str());
         let mut removed = false;
-        if let Some(mut entry) = self.table.get_mut(&bare)
+        if let Some(mut entry) = self.table.get_mut(bare)
             && let Some(pos) = entry.iter().position(|h| h.id == id)
         {
             entry.swap_remove(pos);
@@ -87,7 +96,7 @@ impl SessionManager {
         }
         if removed {
             self.count.fetch_sub(1, Ordering::Relaxed);
-            self.table.remove_if(&bare, |_, v| v.is_empty());
+            self.table.remove_if(bare, |_, v| v.is_empty());
         }
     }
 
@@ -98,7 +107,7 @@ impl SessionManager {
         id: u64,
         presence: Option<(i8, Arc<minidom::Element>)>,
     ) {
-        if let Some(mut entry) = self.table.get_mut(&jid.to_bare())
+        if let Some(mut entry) = self.table.get_mut(bare_str(jid.as_str()))
             && let Some(h) = entry.iter_mut().find(|h| h.id == id)
         {
             match presence {
@@ -116,27 +125,49 @@ impl SessionManager {
 
     /// The handle bound to a full JID.
     pub fn get(&self, jid: &FullJid) -> Option<SessionHandle> {
-        let entry = self.table.get(&jid.to_bare())?;
+        let entry = self.table.get(bare_str(jid.as_str()))?;
         let res = jid.resource().as_str();
         entry.iter().find(|h| h.resource == res).cloned()
     }
 
+    /// Queue a stanza for the session bound to `jid` without cloning its handle.
+    pub fn deliver_full(
+        &self,
+        jid: &FullJid,
+        st: Stanza,
+    ) -> Result<(), (DeliverError, Box<Stanza>)> {
+        let Some(entry) = self.table.get(bare_str(jid.as_str())) else {
+            return Err((DeliverError::NoSession, Box::new(st)));
+        };
+        let res = jid.resource().as_str();
+        match entry.iter().find(|h| h.resource == res) {
+            Some(h) => Self::deliver(h, st),
+            None => Err((DeliverError::NoSession, Box::new(st))),
+        }
+    }
+
     /// All sessions of a bare JID.
     pub fn sessions(&self, bare: &BareJid) -> Vec<SessionHandle> {
-        self.table.get(bare).map(|e| e.clone()).unwrap_or_default()
+        self.table
+            .get(bare.as_str())
+            .map(|e| e.clone())
+            .unwrap_or_default()
     }
 
     /// Whether a bare JID has any bound session.
     pub fn has_sessions(&self, bare: &BareJid) -> bool {
-        self.table.get(bare).is_some_and(|e| !e.is_empty())
+        self.table.get(bare.as_str()).is_some_and(|e| !e.is_empty())
     }
 
     /// All sessions of every user of `host` (announcements, shutdown).
     pub fn all(&self) -> Vec<(BareJid, SessionHandle)> {
         let mut out = Vec::new();
         for e in self.table.iter() {
+            let Ok(bare) = BareJid::new(e.key()) else {
+                continue;
+            };
             for h in e.value() {
-                out.push((e.key().clone(), h.clone()));
+                out.push((bare.clone(), h.clone()));
             }
         }
         out

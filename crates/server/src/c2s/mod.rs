@@ -75,14 +75,11 @@ async fn run(
     let mut shutdown = ctx.core.shutdown.clone();
     let idle = Duration::from_secs(ctx.cfg.idle_timeout);
     let mut last_read = Instant::now();
+    // One timer per connection, re-armed only when it fires: the hot path
+    // registers no timers.
+    let timer = tokio::time::sleep_until(auth_deadline);
+    tokio::pin!(timer);
     loop {
-        let deadline = if !session.is_bound() {
-            auth_deadline
-        } else if idle.is_zero() {
-            Instant::now() + Duration::from_secs(86_400)
-        } else {
-            last_read + idle
-        };
         let mut next = Next::Continue;
         tokio::select! {
             r = transport.read_chunk(&mut buf, READ_CHUNK) => {
@@ -130,8 +127,20 @@ async fn run(
                     next = session.handle_msg(msg);
                 }
             }
-            _ = tokio::time::sleep_until(deadline) => {
-                next = session.stream_error(StreamError::with_text(SC::ConnectionTimeout, "timed out"));
+            () = &mut timer => {
+                let now = Instant::now();
+                let due = if !session.is_bound() {
+                    auth_deadline
+                } else if idle.is_zero() {
+                    now + Duration::from_secs(86_400)
+                } else {
+                    last_read + idle
+                };
+                if now >= due {
+                    next = session.stream_error(StreamError::with_text(SC::ConnectionTimeout, "timed out"));
+                } else {
+                    timer.as_mut().reset(due);
+                }
             }
             _ = shutdown.changed() => {
                 next = session.stream_error(StreamError::new(SC::SystemShutdown));
@@ -139,11 +148,11 @@ async fn run(
         }
         if session.has_output() {
             let out = session.take_output();
-            let res =
-                tokio::time::timeout(Duration::from_secs(30), transport.write_all(out.as_bytes()))
-                    .await;
+            let res = transport
+                .write_all_bounded(out.as_bytes(), Duration::from_secs(30))
+                .await;
             session.recycle_output(out);
-            if !matches!(res, Ok(Ok(()))) {
+            if res.is_err() {
                 session.closed_by_peer();
                 break;
             }

@@ -37,6 +37,33 @@ impl Transport {
         }
     }
 
+    /// Write everything, giving up after `limit` if the peer stops reading.
+    /// The common case (the socket takes it all at once) arms no timer.
+    pub async fn write_all_bounded(
+        &mut self,
+        mut data: &[u8],
+        limit: std::time::Duration,
+    ) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        if let Transport::Plain(tcp) = self {
+            while !data.is_empty() {
+                match tcp.try_write(data) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => data = &data[n..],
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            if data.is_empty() {
+                return Ok(());
+            }
+        }
+        match tokio::time::timeout(limit, self.write_all(data)).await {
+            Ok(r) => r,
+            Err(_) => Err(io::ErrorKind::TimedOut.into()),
+        }
+    }
+
     /// Whether the transport is encrypted.
     pub fn is_tls(&self) -> bool {
         matches!(self, Transport::Tls(_))
