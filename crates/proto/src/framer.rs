@@ -48,6 +48,8 @@ pub struct StreamHeader {
     pub id: Option<String>,
     /// Element namespace and local name were `http://etherx.jabber.org/streams` / `stream`.
     pub is_stream: bool,
+    /// The default namespace declared on the header (`jabber:client`, `jabber:server`…).
+    pub default_ns: Option<String>,
 }
 
 /// One unit produced by the framer.
@@ -68,6 +70,8 @@ pub struct Framer {
     stack: Vec<Element>,
     opened: bool,
     closed: bool,
+    /// Raw bytes of the stream header while it is being received.
+    header_raw: Vec<u8>,
     stanza_bytes: usize,
     failed: Option<StreamError>,
 }
@@ -87,8 +91,10 @@ fn map_error(e: rxml::Error) -> StreamError {
         rxml::Error::RestrictedXml(what) => {
             if what.contains("long") {
                 StreamError::with_text(C::PolicyViolation, "token too long")
+            } else if what.contains("encoding") {
+                StreamError::with_text(C::UnsupportedEncoding, "only UTF-8 is supported")
             } else {
-                StreamError::with_text(C::RestrictedXml, format!("{what} are not allowed"))
+                StreamError::with_text(C::RestrictedXml, format!("restricted XML: {what}"))
             }
         }
         rxml::Error::InvalidUtf8Byte(_) => {
@@ -107,6 +113,7 @@ impl Framer {
             stack: Vec::new(),
             opened: false,
             closed: false,
+            header_raw: Vec::new(),
             stanza_bytes: 0,
             failed: None,
         }
@@ -155,9 +162,35 @@ impl Framer {
                     "data after stream end",
                 ));
             }
+            if !self.opened && self.header_raw.is_empty() {
+                // Anything but markup before the header is not XML (e.g. an HTTP request).
+                match data.iter().find(|b| !b.is_ascii_whitespace()) {
+                    Some(b'<') => {}
+                    Some(_) => {
+                        return Err(StreamError::with_text(
+                            C::NotWellFormed,
+                            "expected a stream header",
+                        ));
+                    }
+                    None => {
+                        *data = &[];
+                        return Ok(None);
+                    }
+                }
+            }
             let before = data.len();
+            let start = *data;
             let ev = self.parser.parse(data, false);
             let consumed = before - data.len();
+            if !self.opened {
+                self.header_raw.extend_from_slice(&start[..consumed]);
+                if self.header_raw.len() > self.limits.max_stanza_bytes.min(65_536) {
+                    return Err(StreamError::with_text(
+                        C::PolicyViolation,
+                        "stream header too large",
+                    ));
+                }
+            }
             if self.opened {
                 self.stanza_bytes = self.stanza_bytes.saturating_add(consumed);
                 if self.stanza_bytes > self.limits.max_stanza_bytes {
@@ -181,7 +214,16 @@ impl Framer {
                 Event::StartElement(_, (ns, name), attrs) => {
                     if !self.opened {
                         self.opened = true;
-                        return Ok(Some(Frame::Open(header(&ns, name.as_str(), &attrs))));
+                        if attrs.len() > self.limits.max_attributes {
+                            return Err(StreamError::with_text(
+                                C::PolicyViolation,
+                                "too many attributes",
+                            ));
+                        }
+                        let mut h = header(&ns, name.as_str(), &attrs);
+                        h.default_ns = default_ns(&self.header_raw);
+                        self.header_raw = Vec::new();
+                        return Ok(Some(Frame::Open(h)));
                     }
                     if attrs.len() > self.limits.max_attributes {
                         return Err(StreamError::with_text(
@@ -235,7 +277,40 @@ fn header(ns: &rxml::Namespace, name: &str, attrs: &rxml::AttrMap) -> StreamHead
         id: get("id"),
         lang: attrs.get(rxml::Namespace::xml(), "lang").cloned(),
         is_stream: name == "stream" && ns.as_str() == ns::STREAM,
+        default_ns: None,
     }
+}
+
+/// The value of the default namespace declaration (`xmlns='…'`) in the raw
+/// bytes of a start tag; `rxml` resolves namespaces but does not report them.
+fn default_ns(raw: &[u8]) -> Option<String> {
+    let mut i = 0;
+    while let Some(pos) = raw[i..].windows(5).position(|w| w == b"xmlns") {
+        let at = i + pos;
+        i = at + 5;
+        if at == 0 || !raw[at - 1].is_ascii_whitespace() {
+            continue;
+        }
+        let mut j = i;
+        while j < raw.len() && raw[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        if raw.get(j) != Some(&b'=') {
+            continue;
+        }
+        j += 1;
+        while j < raw.len() && raw[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        let quote = *raw.get(j)?;
+        if quote != b'\'' && quote != b'"' {
+            continue;
+        }
+        let rest = &raw[j + 1..];
+        let end = rest.iter().position(|b| *b == quote)?;
+        return std::str::from_utf8(&rest[..end]).ok().map(str::to_string);
+    }
+    None
 }
 
 #[cfg(test)]
@@ -264,6 +339,7 @@ mod tests {
         match &frames[0] {
             Frame::Open(h) => {
                 assert!(h.is_stream);
+                assert_eq!(h.default_ns.as_deref(), Some("jabber:client"));
                 assert_eq!(h.to.as_deref(), Some("localhost"));
                 assert_eq!(h.version.as_deref(), Some("1.0"));
                 assert_eq!(h.lang.as_deref(), Some("en"));

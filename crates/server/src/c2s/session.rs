@@ -190,8 +190,11 @@ impl C2sSession {
     pub fn handle_open(&mut self, h: &StreamHeader) -> Result<(), StreamError> {
         self.header_sent = false;
         self.stream_id = random_id();
-        if !h.is_stream {
-            return Err(StreamError::new(SC::InvalidNamespace));
+        if !h.is_stream || h.default_ns.as_deref() != Some(ns::CLIENT) {
+            return Err(StreamError::with_text(
+                SC::InvalidNamespace,
+                "expected a jabber:client stream",
+            ));
         }
         let host = match &h.to {
             Some(to) => {
@@ -231,7 +234,7 @@ impl C2sSession {
     }
 
     fn tls_possible(&self) -> bool {
-        !self.secure && self.cfg.starttls && !self.cfg.tls
+        !self.secure && self.cfg.starttls && !self.cfg.tls && self.user.is_none()
     }
 
     fn plain_allowed(&self) -> bool {
@@ -880,7 +883,8 @@ impl C2sSession {
                 Next::Continue
             }
             SessionMsg::Replaced => {
-                self.release();
+                // The table already holds the new session; `finish` still tells
+                // contacts and other resources that this one went away.
                 self.stream_error(StreamError::with_text(
                     SC::Conflict,
                     "replaced by a new session",
@@ -889,15 +893,6 @@ impl C2sSession {
             SessionMsg::Kick(reason) => {
                 self.stream_error(StreamError::with_text(SC::PolicyViolation, reason))
             }
-        }
-    }
-
-    /// Leave the session table without broadcasting (replaced sessions).
-    fn release(&mut self) {
-        if let Some(b) = self.bound.take() {
-            self.core.sm.unbind(&b.jid, b.id);
-            let core = self.core.clone();
-            tokio::spawn(async move { core.run_session_closed(&b.jid).await });
         }
     }
 
