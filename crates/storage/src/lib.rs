@@ -5,11 +5,12 @@
 //! trait objects the server uses. The embedded default is SQLite.
 
 mod error;
-pub mod memory;
+pub mod im;
 pub mod sqlite;
 
 use async_trait::async_trait;
 pub use error::StorageError;
+pub use im::*;
 use palaver_proto::sasl::{ScramCredentials, ScramHash};
 use std::sync::Arc;
 
@@ -53,6 +54,18 @@ pub trait AccountStore: Send + Sync {
 pub struct Storage {
     /// Accounts.
     pub accounts: Arc<dyn AccountStore>,
+    /// Rosters and pending subscription requests.
+    pub roster: Arc<dyn RosterStore>,
+    /// Offline messages.
+    pub offline: Arc<dyn OfflineStore>,
+    /// Per-user XML documents (vCard, private storage).
+    pub xml: Arc<dyn XmlStore>,
+    /// Last activity.
+    pub last: Arc<dyn LastStore>,
+    /// Block lists.
+    pub blocks: Arc<dyn BlockStore>,
+    /// Host settings and per-user flags.
+    pub kv: Arc<dyn HostKvStore>,
     /// Backend name for logs ("sqlite", "memory").
     pub backend: &'static str,
 }
@@ -62,17 +75,14 @@ impl Storage {
     pub async fn open_sqlite(path: &std::path::Path) -> Result<Storage> {
         let db = Arc::new(sqlite::SqliteStore::open(path).await?);
         Ok(Storage {
-            accounts: db,
+            accounts: db.clone(),
+            roster: db.clone(),
+            offline: db.clone(),
+            xml: db.clone(),
+            last: db.clone(),
+            blocks: db.clone(),
+            kv: db,
             backend: "sqlite",
         })
-    }
-
-    /// A volatile in-memory store (unit tests).
-    pub fn memory() -> Storage {
-        let m = Arc::new(memory::MemoryStore::default());
-        Storage {
-            accounts: m,
-            backend: "memory",
-        }
     }
 }

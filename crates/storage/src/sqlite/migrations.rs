@@ -22,6 +22,78 @@ const MIGRATIONS: &[&str] = &[
         server_key BLOB NOT NULL,
         PRIMARY KEY (host, username, hash)
     );",
+    // 2: instant messaging (RFC 6121) and everyday XEPs
+    "CREATE TABLE roster_items (
+        host TEXT NOT NULL,
+        username TEXT NOT NULL,
+        jid TEXT NOT NULL,
+        name TEXT,
+        subscription TEXT NOT NULL,
+        ask INTEGER NOT NULL DEFAULT 0,
+        approved INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (host, username, jid)
+    );
+    CREATE TABLE roster_groups (
+        host TEXT NOT NULL,
+        username TEXT NOT NULL,
+        jid TEXT NOT NULL,
+        grp TEXT NOT NULL,
+        PRIMARY KEY (host, username, jid, grp)
+    );
+    CREATE TABLE roster_versions (
+        host TEXT NOT NULL,
+        username TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        PRIMARY KEY (host, username)
+    );
+    CREATE TABLE roster_pending_in (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        host TEXT NOT NULL,
+        username TEXT NOT NULL,
+        jid TEXT NOT NULL,
+        stanza TEXT NOT NULL,
+        UNIQUE (host, username, jid)
+    );
+    CREATE TABLE offline_messages (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        host TEXT NOT NULL,
+        username TEXT NOT NULL,
+        stanza TEXT NOT NULL,
+        stamp INTEGER NOT NULL
+    );
+    CREATE INDEX offline_messages_user ON offline_messages (host, username, id);
+    CREATE TABLE xml_documents (
+        host TEXT NOT NULL,
+        username TEXT NOT NULL,
+        key TEXT NOT NULL,
+        xml TEXT NOT NULL,
+        PRIMARY KEY (host, username, key)
+    );
+    CREATE TABLE last_activity (
+        host TEXT NOT NULL,
+        username TEXT NOT NULL,
+        seconds INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        PRIMARY KEY (host, username)
+    );
+    CREATE TABLE blocklist (
+        host TEXT NOT NULL,
+        username TEXT NOT NULL,
+        jid TEXT NOT NULL,
+        PRIMARY KEY (host, username, jid)
+    );
+    CREATE TABLE host_kv (
+        host TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (host, key)
+    );
+    CREATE TABLE user_flags (
+        host TEXT NOT NULL,
+        username TEXT NOT NULL,
+        key TEXT NOT NULL,
+        PRIMARY KEY (host, username, key)
+    );",
 ];
 
 /// The schema version this binary creates and understands.

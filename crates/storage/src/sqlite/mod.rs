@@ -1,5 +1,6 @@
 //! The embedded SQLite backend (one file, WAL journal).
 
+mod im;
 mod migrations;
 
 use crate::{AccountStore, Result, StorageError};

@@ -1,0 +1,604 @@
+//! SQLite implementation of the IM storage traits.
+
+use super::SqliteStore;
+use crate::im::*;
+use crate::{Result, StorageError};
+use async_trait::async_trait;
+use sqlx::Row;
+
+fn sub_of(s: &str) -> Result<Subscription> {
+    Subscription::parse(s).ok_or_else(|| StorageError::Corrupt(format!("subscription {s:?}")))
+}
+
+async fn bump_version(tx: &mut sqlx::SqliteConnection, host: &str, user: &str) -> Result<i64> {
+    sqlx::query(
+        "INSERT INTO roster_versions (host, username, version) VALUES (?1, ?2, 1) \
+         ON CONFLICT (host, username) DO UPDATE SET version = version + 1",
+    )
+    .bind(host)
+    .bind(user)
+    .execute(&mut *tx)
+    .await?;
+    Ok(sqlx::query_scalar("SELECT version FROM roster_versions WHERE host = ?1 AND username = ?2")
+        .bind(host)
+        .bind(user)
+        .fetch_one(&mut *tx)
+        .await?)
+}
+
+impl SqliteStore {
+    async fn groups_of(&self, host: &str, user: &str, jid: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT grp FROM roster_groups WHERE host = ?1 AND username = ?2 AND jid = ?3 ORDER BY grp",
+        )
+        .bind(host)
+        .bind(user)
+        .bind(jid)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    fn item_from_row(row: &sqlx::sqlite::SqliteRow, groups: Vec<String>) -> Result<RosterItem> {
+        let sub: String = row.try_get("subscription")?;
+        Ok(RosterItem {
+            jid: row.try_get("jid")?,
+            name: row.try_get("name")?,
+            subscription: sub_of(&sub)?,
+            ask: row.try_get::<i64, _>("ask")? != 0,
+            approved: row.try_get::<i64, _>("approved")? != 0,
+            groups,
+        })
+    }
+}
+
+#[async_trait]
+impl RosterStore for SqliteStore {
+    async fn roster(&self, host: &str, user: &str) -> Result<(i64, Vec<RosterItem>)> {
+        let mut tx = self.pool().begin().await?;
+        let ver: Option<i64> = sqlx::query_scalar("SELECT version FROM roster_versions WHERE host = ?1 AND username = ?2")
+            .bind(host)
+            .bind(user)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let rows = sqlx::query(
+            "SELECT jid, name, subscription, ask, approved FROM roster_items WHERE host = ?1 AND username = ?2 ORDER BY jid",
+        )
+        .bind(host)
+        .bind(user)
+        .fetch_all(&mut *tx)
+        .await?;
+        let groups = sqlx::query("SELECT jid, grp FROM roster_groups WHERE host = ?1 AND username = ?2 ORDER BY jid, grp")
+            .bind(host)
+            .bind(user)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let mut by_jid: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
+        for g in &groups {
+            by_jid.entry(g.try_get("jid")?).or_default().push(g.try_get("grp")?);
+        }
+        let mut items = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let jid: String = r.try_get("jid")?;
+            let gs = by_jid.remove(&jid).unwrap_or_default();
+            items.push(Self::item_from_row(r, gs)?);
+        }
+        Ok((ver.unwrap_or(0), items))
+    }
+
+    async fn roster_version(&self, host: &str, user: &str) -> Result<i64> {
+        let v: Option<i64> = sqlx::query_scalar("SELECT version FROM roster_versions WHERE host = ?1 AND username = ?2")
+            .bind(host)
+            .bind(user)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    async fn roster_item(&self, host: &str, user: &str, jid: &str) -> Result<Option<RosterItem>> {
+        let row = sqlx::query(
+            "SELECT jid, name, subscription, ask, approved FROM roster_items WHERE host = ?1 AND username = ?2 AND jid = ?3",
+        )
+        .bind(host)
+        .bind(user)
+        .bind(jid)
+        .fetch_optional(self.pool())
+        .await?;
+        match row {
+            None => Ok(None),
+            Some(r) => {
+                let groups = self.groups_of(host, user, jid).await?;
+                Ok(Some(Self::item_from_row(&r, groups)?))
+            }
+        }
+    }
+
+    async fn roster_count(&self, host: &str, user: &str) -> Result<usize> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM roster_items WHERE host = ?1 AND username = ?2")
+            .bind(host)
+            .bind(user)
+            .fetch_one(self.pool())
+            .await?;
+        Ok(n.max(0) as usize)
+    }
+
+    async fn put_roster_item(&self, host: &str, user: &str, item: &RosterItem) -> Result<i64> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(
+            "INSERT INTO roster_items (host, username, jid, name, subscription, ask, approved) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+             ON CONFLICT (host, username, jid) DO UPDATE SET name = excluded.name, \
+             subscription = excluded.subscription, ask = excluded.ask, approved = excluded.approved",
+        )
+        .bind(host)
+        .bind(user)
+        .bind(&item.jid)
+        .bind(&item.name)
+        .bind(item.subscription.as_str())
+        .bind(i64::from(item.ask))
+        .bind(i64::from(item.approved))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM roster_groups WHERE host = ?1 AND username = ?2 AND jid = ?3")
+            .bind(host)
+            .bind(user)
+            .bind(&item.jid)
+            .execute(&mut *tx)
+            .await?;
+        for g in &item.groups {
+            sqlx::query("INSERT OR IGNORE INTO roster_groups (host, username, jid, grp) VALUES (?1, ?2, ?3, ?4)")
+                .bind(host)
+                .bind(user)
+                .bind(&item.jid)
+                .bind(g)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let v = bump_version(&mut tx, host, user).await?;
+        tx.commit().await?;
+        Ok(v)
+    }
+
+    async fn delete_roster_item(&self, host: &str, user: &str, jid: &str) -> Result<i64> {
+        let mut tx = self.pool().begin().await?;
+        let r = sqlx::query("DELETE FROM roster_items WHERE host = ?1 AND username = ?2 AND jid = ?3")
+            .bind(host)
+            .bind(user)
+            .bind(jid)
+            .execute(&mut *tx)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StorageError::NotFound);
+        }
+        sqlx::query("DELETE FROM roster_groups WHERE host = ?1 AND username = ?2 AND jid = ?3")
+            .bind(host)
+            .bind(user)
+            .bind(jid)
+            .execute(&mut *tx)
+            .await?;
+        let v = bump_version(&mut tx, host, user).await?;
+        tx.commit().await?;
+        Ok(v)
+    }
+
+    async fn add_pending_in(&self, host: &str, user: &str, jid: &str, stanza: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO roster_pending_in (host, username, jid, stanza) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (host, username, jid) DO UPDATE SET stanza = excluded.stanza",
+        )
+        .bind(host)
+        .bind(user)
+        .bind(jid)
+        .bind(stanza)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    async fn remove_pending_in(&self, host: &str, user: &str, jid: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM roster_pending_in WHERE host = ?1 AND username = ?2 AND jid = ?3")
+            .bind(host)
+            .bind(user)
+            .bind(jid)
+            .execute(self.pool())
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn pending_in(&self, host: &str, user: &str) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT jid, stanza FROM roster_pending_in WHERE host = ?1 AND username = ?2 ORDER BY seq")
+            .bind(host)
+            .bind(user)
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get("jid")?, r.try_get("stanza")?))).collect()
+    }
+
+    async fn remove_roster_user(&self, host: &str, user: &str) -> Result<()> {
+        let mut tx = self.pool().begin().await?;
+        for table in ["roster_items", "roster_groups", "roster_versions", "roster_pending_in"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE host = ?1 AND username = ?2"))
+                .bind(host)
+                .bind(user)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl OfflineStore for SqliteStore {
+    async fn store_offline(&self, host: &str, user: &str, stanza: &str, stamp: i64, limit: usize) -> Result<bool> {
+        let mut tx = self.pool().begin().await?;
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM offline_messages WHERE host = ?1 AND username = ?2")
+            .bind(host)
+            .bind(user)
+            .fetch_one(&mut *tx)
+            .await?;
+        if n.max(0) as usize >= limit {
+            return Ok(false);
+        }
+        sqlx::query("INSERT INTO offline_messages (host, username, stanza, stamp) VALUES (?1, ?2, ?3, ?4)")
+            .bind(host)
+            .bind(user)
+            .bind(stanza)
+            .bind(stamp)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn offline_count(&self, host: &str, user: &str) -> Result<usize> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM offline_messages WHERE host = ?1 AND username = ?2")
+            .bind(host)
+            .bind(user)
+            .fetch_one(self.pool())
+            .await?;
+        Ok(n.max(0) as usize)
+    }
+
+    async fn offline_messages(&self, host: &str, user: &str) -> Result<Vec<(i64, String, i64)>> {
+        let rows =
+            sqlx::query("SELECT id, stanza, stamp FROM offline_messages WHERE host = ?1 AND username = ?2 ORDER BY id")
+                .bind(host)
+                .bind(user)
+                .fetch_all(self.pool())
+                .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("stanza")?, r.try_get("stamp")?)))
+            .collect()
+    }
+
+    async fn delete_offline_upto(&self, host: &str, user: &str, id: i64) -> Result<()> {
+        sqlx::query("DELETE FROM offline_messages WHERE host = ?1 AND username = ?2 AND id <= ?3")
+            .bind(host)
+            .bind(user)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    async fn remove_offline_user(&self, host: &str, user: &str) -> Result<()> {
+        sqlx::query("DELETE FROM offline_messages WHERE host = ?1 AND username = ?2")
+            .bind(host)
+            .bind(user)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl XmlStore for SqliteStore {
+    async fn get_xml(&self, host: &str, user: &str, key: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT xml FROM xml_documents WHERE host = ?1 AND username = ?2 AND key = ?3")
+            .bind(host)
+            .bind(user)
+            .bind(key)
+            .fetch_optional(self.pool())
+            .await?)
+    }
+
+    async fn set_xml(&self, host: &str, user: &str, key: &str, xml: &str) -> Result<()> {
+        if xml.is_empty() {
+            sqlx::query("DELETE FROM xml_documents WHERE host = ?1 AND username = ?2 AND key = ?3")
+                .bind(host)
+                .bind(user)
+                .bind(key)
+                .execute(self.pool())
+                .await?;
+        } else {
+            sqlx::query(
+                "INSERT INTO xml_documents (host, username, key, xml) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (host, username, key) DO UPDATE SET xml = excluded.xml",
+            )
+            .bind(host)
+            .bind(user)
+            .bind(key)
+            .bind(xml)
+            .execute(self.pool())
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn remove_xml_user(&self, host: &str, user: &str, prefix: &str) -> Result<()> {
+        // substr comparison: LIKE would treat % and _ in the prefix as wildcards.
+        sqlx::query("DELETE FROM xml_documents WHERE host = ?1 AND username = ?2 AND substr(key, 1, length(?3)) = ?3")
+            .bind(host)
+            .bind(user)
+            .bind(prefix)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl LastStore for SqliteStore {
+    async fn set_last(&self, host: &str, user: &str, seconds: i64, status: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO last_activity (host, username, seconds, status) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (host, username) DO UPDATE SET seconds = excluded.seconds, status = excluded.status",
+        )
+        .bind(host)
+        .bind(user)
+        .bind(seconds)
+        .bind(status)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    async fn last(&self, host: &str, user: &str) -> Result<Option<(i64, String)>> {
+        let row = sqlx::query("SELECT seconds, status FROM last_activity WHERE host = ?1 AND username = ?2")
+            .bind(host)
+            .bind(user)
+            .fetch_optional(self.pool())
+            .await?;
+        match row {
+            None => Ok(None),
+            Some(r) => Ok(Some((r.try_get("seconds")?, r.try_get("status")?))),
+        }
+    }
+
+    async fn remove_last(&self, host: &str, user: &str) -> Result<()> {
+        sqlx::query("DELETE FROM last_activity WHERE host = ?1 AND username = ?2")
+            .bind(host)
+            .bind(user)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl BlockStore for SqliteStore {
+    async fn blocklist(&self, host: &str, user: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT jid FROM blocklist WHERE host = ?1 AND username = ?2 ORDER BY jid")
+            .bind(host)
+            .bind(user)
+            .fetch_all(self.pool())
+            .await?)
+    }
+
+    async fn block(&self, host: &str, user: &str, jids: &[String]) -> Result<()> {
+        let mut tx = self.pool().begin().await?;
+        for j in jids {
+            sqlx::query("INSERT OR IGNORE INTO blocklist (host, username, jid) VALUES (?1, ?2, ?3)")
+                .bind(host)
+                .bind(user)
+                .bind(j)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn unblock(&self, host: &str, user: &str, jids: &[String]) -> Result<()> {
+        let mut tx = self.pool().begin().await?;
+        if jids.is_empty() {
+            sqlx::query("DELETE FROM blocklist WHERE host = ?1 AND username = ?2")
+                .bind(host)
+                .bind(user)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for j in jids {
+            sqlx::query("DELETE FROM blocklist WHERE host = ?1 AND username = ?2 AND jid = ?3")
+                .bind(host)
+                .bind(user)
+                .bind(j)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl HostKvStore for SqliteStore {
+    async fn host_get(&self, host: &str, key: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT value FROM host_kv WHERE host = ?1 AND key = ?2")
+            .bind(host)
+            .bind(key)
+            .fetch_optional(self.pool())
+            .await?)
+    }
+
+    async fn host_set(&self, host: &str, key: &str, value: Option<&str>) -> Result<()> {
+        match value {
+            Some(v) => {
+                sqlx::query(
+                    "INSERT INTO host_kv (host, key, value) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (host, key) DO UPDATE SET value = excluded.value",
+                )
+                .bind(host)
+                .bind(key)
+                .bind(v)
+                .execute(self.pool())
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM host_kv WHERE host = ?1 AND key = ?2")
+                    .bind(host)
+                    .bind(key)
+                    .execute(self.pool())
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn user_flag_set(&self, host: &str, user: &str, key: &str) -> Result<bool> {
+        let r = sqlx::query("INSERT OR IGNORE INTO user_flags (host, username, key) VALUES (?1, ?2, ?3)")
+            .bind(host)
+            .bind(user)
+            .bind(key)
+            .execute(self.pool())
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn user_flag_clear_all(&self, host: &str, key: &str) -> Result<()> {
+        sqlx::query("DELETE FROM user_flags WHERE host = ?1 AND key = ?2")
+            .bind(host)
+            .bind(key)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    async fn remove_user_flags(&self, host: &str, user: &str) -> Result<()> {
+        sqlx::query("DELETE FROM user_flags WHERE host = ?1 AND username = ?2")
+            .bind(host)
+            .bind(user)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (tempfile_dir::Dir, SqliteStore) {
+        let dir = tempfile_dir::Dir::new();
+        let s = SqliteStore::open(&dir.0.join("db.sqlite")).await.expect("open");
+        (dir, s)
+    }
+
+    mod tempfile_dir {
+        pub struct Dir(pub std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Dir {
+                use std::sync::atomic::{AtomicU64, Ordering};
+                static N: AtomicU64 = AtomicU64::new(0);
+                let p = std::env::temp_dir().join(format!(
+                    "palaver-im-test-{}-{}",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::Relaxed)
+                ));
+                let _ = std::fs::remove_dir_all(&p);
+                Dir(p)
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn roster_round_trip_and_versions() {
+        let (_d, s) = store().await;
+        assert_eq!(s.roster_version("h", "u").await.unwrap(), 0);
+        let mut it = RosterItem::new("c@h");
+        it.name = Some("Ç, \"q\"".into());
+        it.groups = vec!["a,b".into(), "Ünï 'x'".into()];
+        it.subscription = Subscription::From;
+        it.ask = true;
+        assert_eq!(s.put_roster_item("h", "u", &it).await.unwrap(), 1);
+        assert_eq!(s.roster_item("h", "u", "c@h").await.unwrap(), Some(it.clone()));
+        it.groups.clear();
+        it.approved = true;
+        assert_eq!(s.put_roster_item("h", "u", &it).await.unwrap(), 2);
+        let (v, items) = s.roster("h", "u").await.unwrap();
+        assert_eq!((v, items), (2, vec![it.clone()]));
+        assert_eq!(s.roster_count("h", "u").await.unwrap(), 1);
+        assert!(matches!(s.delete_roster_item("h", "u", "x@h").await, Err(StorageError::NotFound)));
+        assert_eq!(s.delete_roster_item("h", "u", "c@h").await.unwrap(), 3);
+        s.add_pending_in("h", "u", "a@h", "<p1/>").await.unwrap();
+        s.add_pending_in("h", "u", "b@h", "<p2/>").await.unwrap();
+        s.add_pending_in("h", "u", "a@h", "<p3/>").await.unwrap();
+        assert_eq!(
+            s.pending_in("h", "u").await.unwrap(),
+            vec![("a@h".to_string(), "<p3/>".to_string()), ("b@h".to_string(), "<p2/>".to_string())]
+        );
+        assert!(s.remove_pending_in("h", "u", "a@h").await.unwrap());
+        assert!(!s.remove_pending_in("h", "u", "a@h").await.unwrap());
+        s.remove_roster_user("h", "u").await.unwrap();
+        assert!(s.pending_in("h", "u").await.unwrap().is_empty());
+        assert_eq!(s.roster_version("h", "u").await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn offline_order_and_limit() {
+        let (_d, s) = store().await;
+        for i in 0..3 {
+            assert!(s.store_offline("h", "u", &format!("<m{i}/>"), i, 3).await.unwrap());
+        }
+        assert!(!s.store_offline("h", "u", "<m3/>", 3, 3).await.unwrap());
+        let msgs = s.offline_messages("h", "u").await.unwrap();
+        assert_eq!(msgs.iter().map(|m| m.1.as_str()).collect::<Vec<_>>(), vec!["<m0/>", "<m1/>", "<m2/>"]);
+        s.delete_offline_upto("h", "u", msgs[1].0).await.unwrap();
+        assert_eq!(s.offline_count("h", "u").await.unwrap(), 1);
+        s.remove_offline_user("h", "u").await.unwrap();
+        assert_eq!(s.offline_count("h", "u").await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn xml_last_blocks_kv() {
+        let (_d, s) = store().await;
+        s.set_xml("h", "u", "vcard", "<v/>").await.unwrap();
+        s.set_xml("h", "u", "private:a%b", "<p/>").await.unwrap();
+        s.set_xml("h", "u", "privateX", "<q/>").await.unwrap();
+        assert_eq!(s.get_xml("h", "u", "vcard").await.unwrap().as_deref(), Some("<v/>"));
+        s.set_xml("h", "u", "vcard", "").await.unwrap();
+        assert_eq!(s.get_xml("h", "u", "vcard").await.unwrap(), None);
+        s.remove_xml_user("h", "u", "private:").await.unwrap();
+        assert_eq!(s.get_xml("h", "u", "private:a%b").await.unwrap(), None);
+        assert!(s.get_xml("h", "u", "privateX").await.unwrap().is_some());
+
+        s.set_last("h", "u", 10, "bye").await.unwrap();
+        assert_eq!(s.last("h", "u").await.unwrap(), Some((10, "bye".into())));
+        s.remove_last("h", "u").await.unwrap();
+        assert_eq!(s.last("h", "u").await.unwrap(), None);
+
+        s.block("h", "u", &["b@h".into(), "a@h".into(), "a@h".into()]).await.unwrap();
+        assert_eq!(s.blocklist("h", "u").await.unwrap(), vec!["a@h".to_string(), "b@h".to_string()]);
+        s.unblock("h", "u", &["a@h".into()]).await.unwrap();
+        assert_eq!(s.blocklist("h", "u").await.unwrap(), vec!["b@h".to_string()]);
+        s.unblock("h", "u", &[]).await.unwrap();
+        assert!(s.blocklist("h", "u").await.unwrap().is_empty());
+
+        s.host_set("h", "motd", Some("<m/>")).await.unwrap();
+        assert_eq!(s.host_get("h", "motd").await.unwrap().as_deref(), Some("<m/>"));
+        s.host_set("h", "motd", None).await.unwrap();
+        assert_eq!(s.host_get("h", "motd").await.unwrap(), None);
+        assert!(s.user_flag_set("h", "u", "motd").await.unwrap());
+        assert!(!s.user_flag_set("h", "u", "motd").await.unwrap());
+        s.user_flag_clear_all("h", "motd").await.unwrap();
+        assert!(s.user_flag_set("h", "u", "motd").await.unwrap());
+        s.remove_user_flags("h", "u").await.unwrap();
+        assert!(s.user_flag_set("h", "u", "motd").await.unwrap());
+    }
+}
