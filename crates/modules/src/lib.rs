@@ -3,6 +3,7 @@
 
 pub mod disco;
 pub mod ping;
+pub mod roster;
 pub mod time;
 pub mod version;
 
@@ -10,5 +11,11 @@ use palaver_server::ModuleDef;
 
 /// Every module this build knows, by config name.
 pub fn registry() -> Vec<ModuleDef> {
-    vec![disco::MODULE, ping::MODULE, version::MODULE, time::MODULE]
+    vec![
+        disco::MODULE,
+        ping::MODULE,
+        version::MODULE,
+        time::MODULE,
+        roster::MODULE,
+    ]
 }

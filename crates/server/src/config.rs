@@ -270,7 +270,13 @@ pub struct Config {
 }
 
 /// Modules enabled when the config does not list any.
-pub const DEFAULT_MODULES: &[&str] = &["mod_disco", "mod_ping", "mod_version", "mod_time"];
+pub const DEFAULT_MODULES: &[&str] = &[
+    "mod_disco",
+    "mod_ping",
+    "mod_version",
+    "mod_time",
+    "mod_roster",
+];
 
 fn default_listeners() -> Vec<Listener> {
     let mk = |port: u16, module: ListenModule, tls: bool| Listener {
