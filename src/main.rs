@@ -146,7 +146,8 @@ async fn serve(config_path: Option<PathBuf>) -> Result<()> {
     init_logging(&config.loglevel);
     let data = config.data_dir.clone();
     let db = config.sqlite_path.clone();
-    let server = palaver_server::Server::start(config, &palaver_modules::registry()).await?;
+    let mut server = palaver_server::Server::start(config, &palaver_modules::registry()).await?;
+    palaver_http::start(&mut server);
     println!(
         "palaver {} serving {}",
         env!("CARGO_PKG_VERSION"),

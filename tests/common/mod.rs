@@ -21,12 +21,13 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub addr: SocketAddr,
     pub tls_addr: SocketAddr,
+    pub http_addr: SocketAddr,
 }
 
 /// Config text with both hosts, STARTTLS and direct TLS listeners on port 0.
 pub fn config_text(dir: &std::path::Path, extra_listen: &str, modules: &str) -> String {
     format!(
-        "hosts: [{DOMAIN}, {DOMAIN2}]\nloglevel: warning\ndata_dir: {d}\nlisten:\n  - port: 0\n    ip: 127.0.0.1\n    module: c2s\n    allow_plain_without_tls: true\n    max_stanza_size: 65536\n{extra_listen}  - port: 0\n    ip: 127.0.0.1\n    module: c2s\n    tls: true\n{modules}",
+        "hosts: [{DOMAIN}, {DOMAIN2}]\nloglevel: warning\ndata_dir: {d}\nlisten:\n  - port: 0\n    ip: 127.0.0.1\n    module: c2s\n    allow_plain_without_tls: true\n    max_stanza_size: 65536\n{extra_listen}  - port: 0\n    ip: 127.0.0.1\n    module: c2s\n    tls: true\n  - port: 0\n    ip: 127.0.0.1\n    module: http\n{modules}",
         d = dir.display()
     )
 }
@@ -41,9 +42,11 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let text = config_text(dir.path(), extra_listen, modules);
         let config = Config::parse(&text).expect("config");
-        let server = Server::start(config, &palaver_modules::registry())
+        let mut server = Server::start(config, &palaver_modules::registry())
             .await
             .expect("server starts");
+        palaver_http::start(&mut server);
+        let http_addr = server.http_addr().expect("http");
         let addr = server.c2s_addr().expect("c2s");
         let tls_addr = server.c2s_tls_addr().expect("tls");
         TestServer {
@@ -51,6 +54,7 @@ impl TestServer {
             dir,
             addr,
             tls_addr,
+            http_addr,
         }
     }
 

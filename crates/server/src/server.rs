@@ -49,6 +49,7 @@ pub struct RunningServer {
     pub core: Arc<Core>,
     /// Bound listener addresses, in config order, with their module.
     pub listeners: Vec<(ListenModule, bool, SocketAddr)>,
+    http: Vec<(crate::config::Listener, TcpListener)>,
     shutdown_tx: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -133,6 +134,7 @@ impl Server {
         });
         let mut tasks = JoinSet::new();
         let mut listeners = Vec::new();
+        let mut http = Vec::new();
         for l in &config.listen {
             let addr = SocketAddr::new(l.ip, l.port);
             match l.module {
@@ -155,12 +157,17 @@ impl Server {
                     tasks.spawn(accept_loop(ctx, sock));
                 }
                 ListenModule::Http => {
-                    // The HTTP listener (BOSH, WebSocket, upload) is not part of this version;
-                    // nothing is bound so nothing is advertised that does not work.
-                    tracing::info!(
-                        port = l.port,
-                        "http listener configured; HTTP services are not available in this version"
-                    );
+                    // Bound here so address errors surface at start; served by the
+                    // HTTP crate (see `RunningServer::take_http_listeners`).
+                    let sock = TcpListener::bind(addr)
+                        .await
+                        .map_err(|err| StartError::Bind { addr, err })?;
+                    let local = sock
+                        .local_addr()
+                        .map_err(|err| StartError::Bind { addr, err })?;
+                    tracing::info!(addr = %local, "http listening");
+                    listeners.push((l.module, l.tls, local));
+                    http.push((l.clone(), sock));
                 }
                 ListenModule::S2s | ListenModule::Component => {}
             }
@@ -168,6 +175,7 @@ impl Server {
         Ok(RunningServer {
             core,
             listeners,
+            http,
             shutdown_tx,
             tasks,
         })
@@ -211,6 +219,24 @@ impl RunningServer {
         self.listeners
             .iter()
             .find(|(m, tls, _)| *m == ListenModule::C2s && !tls)
+            .map(|(_, _, a)| *a)
+    }
+
+    /// The bound HTTP listeners, for the HTTP crate to serve.
+    pub fn take_http_listeners(&mut self) -> Vec<(crate::config::Listener, TcpListener)> {
+        std::mem::take(&mut self.http)
+    }
+
+    /// Run a task that belongs to the server (ended at shutdown).
+    pub fn spawn(&mut self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(fut);
+    }
+
+    /// The first HTTP listener's address.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(m, _, _)| *m == ListenModule::Http)
             .map(|(_, _, a)| *a)
     }
 

@@ -1,0 +1,56 @@
+//! Palaver's HTTP listener: XMPP over WebSocket (RFC 7395).
+//!
+//! WebSocket sessions run the same c2s state machine as TCP ones
+//! ([`palaver_server::c2s::C2sSession`]) and appear in the session table
+//! exactly like them; only the framing differs.
+
+mod ws;
+
+use axum::Router;
+use axum::routing::get;
+use palaver_server::Core;
+use palaver_server::config::Listener;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Shared state of one HTTP listener.
+#[derive(Clone)]
+pub struct HttpState {
+    /// Server core.
+    pub core: Arc<Core>,
+    /// Listener settings (limits and timeouts apply to WebSocket sessions).
+    pub cfg: Listener,
+}
+
+/// The HTTP application for a listener.
+pub fn app(state: HttpState) -> Router {
+    Router::new()
+        .route("/ws", get(ws::upgrade))
+        .with_state(state)
+}
+
+/// Serve every HTTP listener the server bound.
+pub fn start(server: &mut palaver_server::RunningServer) {
+    for (cfg, sock) in server.take_http_listeners() {
+        let core = server.core.clone();
+        server.spawn(serve(core, cfg, sock));
+    }
+}
+
+/// Serve HTTP on `sock` until the server shuts down.
+pub async fn serve(core: Arc<Core>, cfg: Listener, sock: TcpListener) {
+    let mut shutdown = core.shutdown.clone();
+    let app = app(HttpState { core, cfg });
+    let res = axum::serve(
+        sock,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = shutdown.changed().await;
+    })
+    .await;
+    if let Err(e) = res {
+        tracing::warn!(error = %e, "HTTP listener stopped");
+    }
+}
