@@ -202,3 +202,47 @@ async fn websocket_protocol_errors() {
     let _ok = ws_login(&srv, "alice", "pw").await;
     srv.stop().await;
 }
+
+async fn http_get(srv: &TestServer, path: &str, extra: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(srv.http_addr)
+        .await
+        .expect("connect");
+    let req =
+        format!("GET {path} HTTP/1.1\r\nHost: chat.test:5280\r\n{extra}Connection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(TIMEOUT, s.read_to_end(&mut out))
+        .await
+        .expect("in time")
+        .expect("read");
+    String::from_utf8_lossy(&out).to_string()
+}
+
+#[tokio::test]
+async fn connection_discovery_and_cors() {
+    let srv = TestServer::start().await;
+    let xml = http_get(
+        &srv,
+        "/.well-known/host-meta",
+        "Origin: http://app.example\r\n",
+    )
+    .await;
+    assert!(xml.starts_with("HTTP/1.1 200"), "{xml}");
+    assert!(
+        xml.to_ascii_lowercase()
+            .contains("access-control-allow-origin: *"),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(
+            "<Link rel='urn:xmpp:alt-connections:websocket' href='ws://chat.test:5280/ws'/>"
+        ),
+        "{xml}"
+    );
+    let json = http_get(&srv, "/.well-known/host-meta.json", "").await;
+    assert!(json.contains("{\"links\":[{\"rel\":\"urn:xmpp:alt-connections:websocket\",\"href\":\"ws://chat.test:5280/ws\"}]}"), "{json}");
+    // Nothing is advertised that is not served: BOSH is not listed.
+    assert!(!xml.contains("xbosh") && !json.contains("xbosh"));
+    srv.stop().await;
+}

@@ -4,6 +4,7 @@
 //! ([`palaver_server::c2s::C2sSession`]) and appear in the session table
 //! exactly like them; only the framing differs.
 
+mod discovery;
 mod ws;
 
 use axum::Router;
@@ -25,8 +26,19 @@ pub struct HttpState {
 
 /// The HTTP application for a listener.
 pub fn app(state: HttpState) -> Router {
+    let ws_path = state.cfg.websocket_path.clone();
+    let cors = state.clone();
     Router::new()
-        .route("/ws", get(ws::upgrade))
+        .route(&ws_path, get(ws::upgrade))
+        .route("/.well-known/host-meta", get(discovery::host_meta_xml))
+        .route(
+            "/.well-known/host-meta.json",
+            get(discovery::host_meta_json),
+        )
+        .layer(axum::middleware::from_fn(move |req, next| {
+            let cors = cors.clone();
+            async move { discovery::cors(cors, req, next).await }
+        }))
         .with_state(state)
 }
 

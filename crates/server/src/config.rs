@@ -109,6 +109,23 @@ pub struct Listener {
     /// Largest number of simultaneous connections on this listener.
     #[serde(default)]
     pub max_connections: Option<usize>,
+    /// HTTP: public base URL (e.g. `https://chat.example.org`) for XEP-0156
+    /// discovery behind a proxy; by default derived from the request's Host.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// HTTP: origins allowed by CORS (`*` for any).
+    #[serde(default = "default_cors")]
+    pub cors_origins: Vec<String>,
+    /// HTTP: path of the WebSocket endpoint.
+    #[serde(default = "default_ws_path")]
+    pub websocket_path: String,
+}
+
+fn default_cors() -> Vec<String> {
+    vec!["*".into()]
+}
+fn default_ws_path() -> String {
+    "/ws".into()
 }
 
 /// Which storage backend.
@@ -293,6 +310,9 @@ fn default_listeners() -> Vec<Listener> {
         auth_timeout: default_auth_timeout(),
         idle_timeout: default_idle_timeout(),
         max_connections: None,
+        public_url: None,
+        cors_origins: default_cors(),
+        websocket_path: default_ws_path(),
     };
     vec![
         mk(5222, ListenModule::C2s, false),
@@ -435,6 +455,22 @@ impl Config {
                             v.module
                         )
                         .to_lowercase(),
+                    ));
+                }
+                if !v.websocket_path.starts_with('/') {
+                    return Err(ConfigError::at(
+                        "listen.websocket_path",
+                        line,
+                        "must start with /",
+                    ));
+                }
+                if let Some(u) = &v.public_url
+                    && !(u.starts_with("http://") || u.starts_with("https://"))
+                {
+                    return Err(ConfigError::at(
+                        "listen.public_url",
+                        line,
+                        "must be an http:// or https:// URL",
                     ));
                 }
                 if v.port != 0 && !seen.insert((v.ip, v.port)) {
