@@ -28,10 +28,13 @@ fn links(state: &HttpState, headers: &HeaderMap) -> Vec<(&'static str, String)> 
     } else {
         base.clone()
     };
-    vec![(
-        "urn:xmpp:alt-connections:websocket",
-        format!("{ws_base}{}", state.cfg.websocket_path),
-    )]
+    vec![
+        (
+            "urn:xmpp:alt-connections:websocket",
+            format!("{ws_base}{}", state.cfg.websocket_path),
+        ),
+        ("urn:xmpp:alt-connections:xbosh", format!("{base}/bosh")),
+    ]
 }
 
 pub(crate) async fn host_meta_xml(State(state): State<HttpState>, headers: HeaderMap) -> Response {

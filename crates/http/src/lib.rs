@@ -1,9 +1,11 @@
-//! Palaver's HTTP listener: XMPP over WebSocket (RFC 7395).
+//! Palaver's HTTP listener: XMPP over WebSocket (RFC 7395), BOSH
+//! (XEP-0124/0206) and connection discovery (XEP-0156).
 //!
 //! WebSocket sessions run the same c2s state machine as TCP ones
 //! ([`palaver_server::c2s::C2sSession`]) and appear in the session table
 //! exactly like them; only the framing differs.
 
+mod bosh;
 mod discovery;
 mod ws;
 
@@ -30,6 +32,7 @@ pub fn app(state: HttpState) -> Router {
     let cors = state.clone();
     Router::new()
         .route(&ws_path, get(ws::upgrade))
+        .route("/bosh", axum::routing::post(bosh::handle))
         .route("/.well-known/host-meta", get(discovery::host_meta_xml))
         .route(
             "/.well-known/host-meta.json",

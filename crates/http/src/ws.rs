@@ -68,12 +68,22 @@ pub fn parse_message(text: &str, limits: Limits) -> Result<Element, StreamError>
 }
 
 /// Turns the c2s session's stream output into RFC 7395 messages.
-struct OutConverter {
+pub(crate) struct OutConverter {
     framer: Framer,
 }
 
+/// One unit of session output.
+pub(crate) enum OutItem {
+    /// The stream header, as an RFC 7395 `<open/>`.
+    Open(String),
+    /// A top-level element as a standalone document.
+    Element(String),
+    /// The end of the stream.
+    Close,
+}
+
 impl OutConverter {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         OutConverter {
             framer: Framer::new(Self::limits()),
         }
@@ -88,6 +98,16 @@ impl OutConverter {
     }
 
     fn convert(&mut self, out: &str, msgs: &mut Vec<String>) {
+        let mut items = Vec::new();
+        self.items(out, &mut items);
+        msgs.extend(items.into_iter().map(|i| match i {
+            OutItem::Open(s) | OutItem::Element(s) => s,
+            OutItem::Close => format!("<close xmlns='{FRAMING}'/>"),
+        }));
+    }
+
+    /// Split the session's stream output into items.
+    pub(crate) fn items(&mut self, out: &str, items: &mut Vec<OutItem>) {
         let mut rest = out;
         while !rest.is_empty() {
             let split = rest
@@ -104,12 +124,14 @@ impl OutConverter {
             let mut data = chunk.as_bytes();
             loop {
                 match self.framer.next_frame(&mut data) {
-                    Ok(Some(Frame::Open(h))) => msgs.push(open_element(&h)),
-                    Ok(Some(Frame::Element(el))) => msgs.push(element_message(&el)),
-                    Ok(Some(Frame::Close)) => msgs.push(format!("<close xmlns='{FRAMING}'/>")),
+                    Ok(Some(Frame::Open(h))) => items.push(OutItem::Open(open_element(&h))),
+                    Ok(Some(Frame::Element(el))) => {
+                        items.push(OutItem::Element(element_message(&el)))
+                    }
+                    Ok(Some(Frame::Close)) => items.push(OutItem::Close),
                     Ok(None) => break,
                     Err(e) => {
-                        tracing::error!(error = %e, "cannot reframe c2s output for WebSocket");
+                        tracing::error!(error = %e, "cannot reframe c2s output");
                         break;
                     }
                 }
@@ -153,7 +175,7 @@ fn element_message(el: &Element) -> String {
     s
 }
 
-fn header_of(el: &Element) -> StreamHeader {
+pub(crate) fn header_of(el: &Element) -> StreamHeader {
     StreamHeader {
         to: el.attr("to").map(str::to_string),
         from: el.attr("from").map(str::to_string),

@@ -1,0 +1,214 @@
+//! BOSH (XEP-0124/0206): login, chat with a TCP user, long polling,
+//! retransmission and rid ordering.
+mod common;
+use base64::Engine;
+use common::*;
+use palaver_proto::sasl::{ScramClient, ScramHash};
+use std::net::SocketAddr;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const NS: &str = "http://jabber.org/protocol/httpbind";
+
+async fn post(addr: SocketAddr, body: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "POST /bosh HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(90), s.read_to_end(&mut out))
+        .await
+        .expect("in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&out).to_string();
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) => {
+            assert!(
+                head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.1 400"),
+                "{head}"
+            );
+            body.to_string()
+        }
+        None => panic!("bad HTTP response {text}"),
+    }
+}
+
+fn attr(s: &str, name: &str) -> Option<String> {
+    let key = format!("{name}='");
+    let start = s.find(&key)? + key.len();
+    let end = s[start..].find('\'')? + start;
+    Some(s[start..end].to_string())
+}
+
+struct Bosh {
+    addr: SocketAddr,
+    sid: String,
+    rid: u64,
+}
+
+impl Bosh {
+    fn body(&mut self, inner: &str, extra: &str) -> String {
+        self.rid += 1;
+        format!(
+            "<body xmlns='{NS}' rid='{}' sid='{}'{extra}>{inner}</body>",
+            self.rid, self.sid
+        )
+    }
+    async fn send(&mut self, inner: &str) -> String {
+        let b = self.body(inner, "");
+        post(self.addr, &b).await
+    }
+    /// Poll until `needle` shows up.
+    async fn until(&mut self, needle: &str) -> String {
+        for _ in 0..20 {
+            let r = self.send("").await;
+            if r.contains(needle) {
+                return r;
+            }
+        }
+        panic!("never got {needle}");
+    }
+}
+
+async fn login(srv: &TestServer, user: &str) -> (Bosh, String) {
+    let rid = 1000;
+    let r = post(srv.http_addr, &format!("<body xmlns='{NS}' rid='{rid}' to='localhost' wait='2' hold='1' ver='1.6' xml:lang='en' xmpp:version='1.0' xmlns:xmpp='urn:xmpp:xbosh'/>")).await;
+    let sid = attr(&r, "sid").expect("sid");
+    assert_eq!(attr(&r, "requests").as_deref(), Some("2"), "{r}");
+    assert!(
+        r.contains("<stream:features") && r.contains("SCRAM-SHA-256"),
+        "{r}"
+    );
+    let mut b = Bosh {
+        addr: srv.http_addr,
+        sid,
+        rid,
+    };
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut c = ScramClient::new(ScramHash::Sha256, user, "pw", None);
+    let r = b
+        .send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{}</auth>",
+            b64.encode(c.client_first())
+        ))
+        .await;
+    let ch = r
+        .split("<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>")
+        .nth(1)
+        .and_then(|x| x.split('<').next())
+        .expect("challenge");
+    let fin = c
+        .handle_server_first(&b64.decode(ch).expect("b64"))
+        .expect("server-first");
+    let r = b
+        .send(&format!(
+            "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
+            b64.encode(fin)
+        ))
+        .await;
+    assert!(r.contains("<success"), "{r}");
+    let restart = b.body(
+        "",
+        " to='localhost' xmpp:restart='true' xmlns:xmpp='urn:xmpp:xbosh'",
+    );
+    let r = post(b.addr, &restart).await;
+    assert!(r.contains("urn:ietf:params:xml:ns:xmpp-bind"), "{r}");
+    let r = b.send("<iq xmlns='jabber:client' type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>bosh</resource></bind></iq>").await;
+    assert!(
+        r.contains(&format!("<jid>{user}@localhost/bosh</jid>")),
+        "{r}"
+    );
+    (b, r)
+}
+
+#[tokio::test]
+async fn bosh_chat_retransmission_and_rid_gap() {
+    let srv = TestServer::start().await;
+    srv.add_user("alice", DOMAIN, "pw").await;
+    srv.add_user("bob", DOMAIN, "pw").await;
+    let (mut b, _) = login(&srv, "alice").await;
+    b.send("<presence xmlns='jabber:client'/>").await;
+    let mut bob = raw_login(srv.addr, "bob", DOMAIN, "pw", "tcp").await;
+    bob.send("<presence/>").await;
+    bob.until("<presence").await;
+    // A held long poll is answered as soon as a message arrives.
+    let poll = b.body("", "");
+    let addr = b.addr;
+    let held = tokio::spawn(async move { post(addr, &poll).await });
+    bob.send("<message to='alice@localhost/bosh' type='chat'><body>to bosh</body></message>")
+        .await;
+    let got = held.await.expect("join");
+    let got = if got.contains("to bosh") {
+        got
+    } else {
+        b.until("to bosh").await
+    };
+    assert!(got.contains("from='bob@localhost/tcp'"), "{got}");
+    // Retransmission: the same rid gets the same response.
+    let again = post(
+        b.addr,
+        &format!("<body xmlns='{NS}' rid='{}' sid='{}'/>", b.rid, b.sid),
+    )
+    .await;
+    assert!(
+        again.contains("to bosh") || got.contains(&again) || again == got,
+        "retransmitted {again} vs {got}"
+    );
+    // Sending to the TCP user.
+    b.send("<message xmlns='jabber:client' to='bob@localhost' type='chat'><body>from bosh</body></message>").await;
+    assert!(
+        bob.until("from bosh")
+            .await
+            .contains("from='alice@localhost/bosh'")
+    );
+    // rid gap: rid+2 waits until rid+1 arrives, then both are answered.
+    let r1 = b.rid + 1;
+    let r2 = b.rid + 2;
+    b.rid = r2;
+    let (sid, addr) = (b.sid.clone(), b.addr);
+    let later = tokio::spawn(async move {
+        post(addr, &format!("<body xmlns='{NS}' rid='{r2}' sid='{sid}'><message xmlns='jabber:client' to='bob@localhost' type='chat'><body>second</body></message></body>")).await
+    });
+    let first = post(b.addr, &format!("<body xmlns='{NS}' rid='{r1}' sid='{}'><message xmlns='jabber:client' to='bob@localhost' type='chat'><body>first</body></message></body>", b.sid)).await;
+    assert!(first.starts_with("<body"), "{first}");
+    later.await.expect("join");
+    let seen = bob.until("second").await;
+    assert!(
+        seen.find("first")
+            .is_some_and(|f| f < seen.find("second").unwrap_or(0)),
+        "order: {seen}"
+    );
+    // Unknown sid and out-of-window rid.
+    let r = post(b.addr, &format!("<body xmlns='{NS}' rid='1' sid='nope'/>")).await;
+    assert!(
+        r.contains("type='terminate'") && r.contains("item-not-found"),
+        "{r}"
+    );
+    let r = post(
+        b.addr,
+        &format!("<body xmlns='{NS}' rid='{}' sid='{}'/>", b.rid + 50, b.sid),
+    )
+    .await;
+    assert!(r.contains("item-not-found"), "{r}");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn bosh_terminate_and_bad_requests() {
+    let srv = TestServer::start().await;
+    srv.add_user("alice", DOMAIN, "pw").await;
+    let r = post(srv.http_addr, "not xml").await;
+    assert!(r.contains("bad-request"), "{r}");
+    let (mut b, _) = login(&srv, "alice").await;
+    assert_eq!(srv.core().sm.count(), 1);
+    let t = b.body(
+        "<presence xmlns='jabber:client' type='unavailable'/>",
+        " type='terminate'",
+    );
+    let r = post(b.addr, &t).await;
+    assert!(r.contains("type='terminate'"), "{r}");
+    let r = b.send("").await;
+    assert!(r.contains("item-not-found"), "{r}");
+    srv.stop().await;
+}
