@@ -29,6 +29,12 @@ pub enum StorageError {
 
 impl From<sqlx::Error> for StorageError {
     fn from(e: sqlx::Error) -> Self {
-        StorageError::Backend(e.to_string())
+        match e {
+            // A stored value that does not decode to the expected type.
+            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
+                StorageError::Corrupt(e.to_string())
+            }
+            _ => StorageError::Backend(e.to_string()),
+        }
     }
 }

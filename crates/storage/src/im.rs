@@ -109,7 +109,14 @@ pub trait RosterStore: Send + Sync {
 pub trait OfflineStore: Send + Sync {
     /// Store a message unless the user already has `limit` messages; `false` when full.
     /// `stamp` is the receive time in milliseconds since the epoch.
-    async fn store_offline(&self, host: &str, user: &str, stanza: &str, stamp: i64, limit: usize) -> Result<bool>;
+    async fn store_offline(
+        &self,
+        host: &str,
+        user: &str,
+        stanza: &str,
+        stamp: i64,
+        limit: usize,
+    ) -> Result<bool>;
     /// Number of stored messages.
     async fn offline_count(&self, host: &str, user: &str) -> Result<usize>;
     /// Stored messages, oldest first: (id, stanza XML, stamp ms).

@@ -19,22 +19,29 @@ async fn bump_version(tx: &mut sqlx::SqliteConnection, host: &str, user: &str) -
     .bind(user)
     .execute(&mut *tx)
     .await?;
-    Ok(sqlx::query_scalar("SELECT version FROM roster_versions WHERE host = ?1 AND username = ?2")
-        .bind(host)
-        .bind(user)
-        .fetch_one(&mut *tx)
-        .await?)
+    Ok(
+        sqlx::query_scalar("SELECT version FROM roster_versions WHERE host = ?1 AND username = ?2")
+            .bind(host)
+            .bind(user)
+            .fetch_one(&mut *tx)
+            .await?,
+    )
 }
 
 impl SqliteStore {
-    async fn groups_of(&self, host: &str, user: &str, jid: &str) -> Result<Vec<String>> {
+    async fn groups_of(
+        conn: &mut sqlx::SqliteConnection,
+        host: &str,
+        user: &str,
+        jid: &str,
+    ) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(
             "SELECT grp FROM roster_groups WHERE host = ?1 AND username = ?2 AND jid = ?3 ORDER BY grp",
         )
         .bind(host)
         .bind(user)
         .bind(jid)
-        .fetch_all(self.pool())
+        .fetch_all(&mut *conn)
         .await?)
     }
 
@@ -54,12 +61,15 @@ impl SqliteStore {
 #[async_trait]
 impl RosterStore for SqliteStore {
     async fn roster(&self, host: &str, user: &str) -> Result<(i64, Vec<RosterItem>)> {
+        // A read transaction: version, items and groups from one snapshot.
         let mut tx = self.pool().begin().await?;
-        let ver: Option<i64> = sqlx::query_scalar("SELECT version FROM roster_versions WHERE host = ?1 AND username = ?2")
-            .bind(host)
-            .bind(user)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let ver: Option<i64> = sqlx::query_scalar(
+            "SELECT version FROM roster_versions WHERE host = ?1 AND username = ?2",
+        )
+        .bind(host)
+        .bind(user)
+        .fetch_optional(&mut *tx)
+        .await?;
         let rows = sqlx::query(
             "SELECT jid, name, subscription, ask, approved FROM roster_items WHERE host = ?1 AND username = ?2 ORDER BY jid",
         )
@@ -73,9 +83,13 @@ impl RosterStore for SqliteStore {
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
-        let mut by_jid: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
+        let mut by_jid: std::collections::HashMap<String, Vec<String>> =
+            std::collections::HashMap::new();
         for g in &groups {
-            by_jid.entry(g.try_get("jid")?).or_default().push(g.try_get("grp")?);
+            by_jid
+                .entry(g.try_get("jid")?)
+                .or_default()
+                .push(g.try_get("grp")?);
         }
         let mut items = Vec::with_capacity(rows.len());
         for r in &rows {
@@ -87,43 +101,51 @@ impl RosterStore for SqliteStore {
     }
 
     async fn roster_version(&self, host: &str, user: &str) -> Result<i64> {
-        let v: Option<i64> = sqlx::query_scalar("SELECT version FROM roster_versions WHERE host = ?1 AND username = ?2")
-            .bind(host)
-            .bind(user)
-            .fetch_optional(self.pool())
-            .await?;
+        let v: Option<i64> = sqlx::query_scalar(
+            "SELECT version FROM roster_versions WHERE host = ?1 AND username = ?2",
+        )
+        .bind(host)
+        .bind(user)
+        .fetch_optional(self.pool())
+        .await?;
         Ok(v.unwrap_or(0))
     }
 
     async fn roster_item(&self, host: &str, user: &str, jid: &str) -> Result<Option<RosterItem>> {
+        // A read transaction so the item and its groups come from one snapshot.
+        let mut tx = self.pool().begin().await?;
         let row = sqlx::query(
             "SELECT jid, name, subscription, ask, approved FROM roster_items WHERE host = ?1 AND username = ?2 AND jid = ?3",
         )
         .bind(host)
         .bind(user)
         .bind(jid)
-        .fetch_optional(self.pool())
+        .fetch_optional(&mut *tx)
         .await?;
-        match row {
-            None => Ok(None),
+        let item = match row {
+            None => None,
             Some(r) => {
-                let groups = self.groups_of(host, user, jid).await?;
-                Ok(Some(Self::item_from_row(&r, groups)?))
+                let groups = Self::groups_of(&mut tx, host, user, jid).await?;
+                Some(Self::item_from_row(&r, groups)?)
             }
-        }
+        };
+        tx.commit().await?;
+        Ok(item)
     }
 
     async fn roster_count(&self, host: &str, user: &str) -> Result<usize> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM roster_items WHERE host = ?1 AND username = ?2")
-            .bind(host)
-            .bind(user)
-            .fetch_one(self.pool())
-            .await?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM roster_items WHERE host = ?1 AND username = ?2",
+        )
+        .bind(host)
+        .bind(user)
+        .fetch_one(self.pool())
+        .await?;
         Ok(n.max(0) as usize)
     }
 
     async fn put_roster_item(&self, host: &str, user: &str, item: &RosterItem) -> Result<i64> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO roster_items (host, username, jid, name, subscription, ask, approved) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
@@ -160,13 +182,14 @@ impl RosterStore for SqliteStore {
     }
 
     async fn delete_roster_item(&self, host: &str, user: &str, jid: &str) -> Result<i64> {
-        let mut tx = self.pool().begin().await?;
-        let r = sqlx::query("DELETE FROM roster_items WHERE host = ?1 AND username = ?2 AND jid = ?3")
-            .bind(host)
-            .bind(user)
-            .bind(jid)
-            .execute(&mut *tx)
-            .await?;
+        let mut tx = self.write_tx().await?;
+        let r =
+            sqlx::query("DELETE FROM roster_items WHERE host = ?1 AND username = ?2 AND jid = ?3")
+                .bind(host)
+                .bind(user)
+                .bind(jid)
+                .execute(&mut *tx)
+                .await?;
         if r.rows_affected() == 0 {
             return Err(StorageError::NotFound);
         }
@@ -196,12 +219,14 @@ impl RosterStore for SqliteStore {
     }
 
     async fn remove_pending_in(&self, host: &str, user: &str, jid: &str) -> Result<bool> {
-        let r = sqlx::query("DELETE FROM roster_pending_in WHERE host = ?1 AND username = ?2 AND jid = ?3")
-            .bind(host)
-            .bind(user)
-            .bind(jid)
-            .execute(self.pool())
-            .await?;
+        let r = sqlx::query(
+            "DELETE FROM roster_pending_in WHERE host = ?1 AND username = ?2 AND jid = ?3",
+        )
+        .bind(host)
+        .bind(user)
+        .bind(jid)
+        .execute(self.pool())
+        .await?;
         Ok(r.rows_affected() > 0)
     }
 
@@ -211,17 +236,26 @@ impl RosterStore for SqliteStore {
             .bind(user)
             .fetch_all(self.pool())
             .await?;
-        rows.iter().map(|r| Ok((r.try_get("jid")?, r.try_get("stanza")?))).collect()
+        rows.iter()
+            .map(|r| Ok((r.try_get("jid")?, r.try_get("stanza")?)))
+            .collect()
     }
 
     async fn remove_roster_user(&self, host: &str, user: &str) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
-        for table in ["roster_items", "roster_groups", "roster_versions", "roster_pending_in"] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE host = ?1 AND username = ?2"))
-                .bind(host)
-                .bind(user)
-                .execute(&mut *tx)
-                .await?;
+        let mut tx = self.write_tx().await?;
+        for table in [
+            "roster_items",
+            "roster_groups",
+            "roster_versions",
+            "roster_pending_in",
+        ] {
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE host = ?1 AND username = ?2"
+            ))
+            .bind(host)
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -230,33 +264,46 @@ impl RosterStore for SqliteStore {
 
 #[async_trait]
 impl OfflineStore for SqliteStore {
-    async fn store_offline(&self, host: &str, user: &str, stanza: &str, stamp: i64, limit: usize) -> Result<bool> {
-        let mut tx = self.pool().begin().await?;
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM offline_messages WHERE host = ?1 AND username = ?2")
-            .bind(host)
-            .bind(user)
-            .fetch_one(&mut *tx)
-            .await?;
+    async fn store_offline(
+        &self,
+        host: &str,
+        user: &str,
+        stanza: &str,
+        stamp: i64,
+        limit: usize,
+    ) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM offline_messages WHERE host = ?1 AND username = ?2",
+        )
+        .bind(host)
+        .bind(user)
+        .fetch_one(&mut *tx)
+        .await?;
         if n.max(0) as usize >= limit {
             return Ok(false);
         }
-        sqlx::query("INSERT INTO offline_messages (host, username, stanza, stamp) VALUES (?1, ?2, ?3, ?4)")
-            .bind(host)
-            .bind(user)
-            .bind(stanza)
-            .bind(stamp)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO offline_messages (host, username, stanza, stamp) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(host)
+        .bind(user)
+        .bind(stanza)
+        .bind(stamp)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(true)
     }
 
     async fn offline_count(&self, host: &str, user: &str) -> Result<usize> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM offline_messages WHERE host = ?1 AND username = ?2")
-            .bind(host)
-            .bind(user)
-            .fetch_one(self.pool())
-            .await?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM offline_messages WHERE host = ?1 AND username = ?2",
+        )
+        .bind(host)
+        .bind(user)
+        .fetch_one(self.pool())
+        .await?;
         Ok(n.max(0) as usize)
     }
 
@@ -295,12 +342,14 @@ impl OfflineStore for SqliteStore {
 #[async_trait]
 impl XmlStore for SqliteStore {
     async fn get_xml(&self, host: &str, user: &str, key: &str) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT xml FROM xml_documents WHERE host = ?1 AND username = ?2 AND key = ?3")
-            .bind(host)
-            .bind(user)
-            .bind(key)
-            .fetch_optional(self.pool())
-            .await?)
+        Ok(sqlx::query_scalar(
+            "SELECT xml FROM xml_documents WHERE host = ?1 AND username = ?2 AND key = ?3",
+        )
+        .bind(host)
+        .bind(user)
+        .bind(key)
+        .fetch_optional(self.pool())
+        .await?)
     }
 
     async fn set_xml(&self, host: &str, user: &str, key: &str, xml: &str) -> Result<()> {
@@ -355,11 +404,13 @@ impl LastStore for SqliteStore {
     }
 
     async fn last(&self, host: &str, user: &str) -> Result<Option<(i64, String)>> {
-        let row = sqlx::query("SELECT seconds, status FROM last_activity WHERE host = ?1 AND username = ?2")
-            .bind(host)
-            .bind(user)
-            .fetch_optional(self.pool())
-            .await?;
+        let row = sqlx::query(
+            "SELECT seconds, status FROM last_activity WHERE host = ?1 AND username = ?2",
+        )
+        .bind(host)
+        .bind(user)
+        .fetch_optional(self.pool())
+        .await?;
         match row {
             None => Ok(None),
             Some(r) => Ok(Some((r.try_get("seconds")?, r.try_get("status")?))),
@@ -379,29 +430,33 @@ impl LastStore for SqliteStore {
 #[async_trait]
 impl BlockStore for SqliteStore {
     async fn blocklist(&self, host: &str, user: &str) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT jid FROM blocklist WHERE host = ?1 AND username = ?2 ORDER BY jid")
-            .bind(host)
-            .bind(user)
-            .fetch_all(self.pool())
-            .await?)
+        Ok(sqlx::query_scalar(
+            "SELECT jid FROM blocklist WHERE host = ?1 AND username = ?2 ORDER BY jid",
+        )
+        .bind(host)
+        .bind(user)
+        .fetch_all(self.pool())
+        .await?)
     }
 
     async fn block(&self, host: &str, user: &str, jids: &[String]) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         for j in jids {
-            sqlx::query("INSERT OR IGNORE INTO blocklist (host, username, jid) VALUES (?1, ?2, ?3)")
-                .bind(host)
-                .bind(user)
-                .bind(j)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT OR IGNORE INTO blocklist (host, username, jid) VALUES (?1, ?2, ?3)",
+            )
+            .bind(host)
+            .bind(user)
+            .bind(j)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
     async fn unblock(&self, host: &str, user: &str, jids: &[String]) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         if jids.is_empty() {
             sqlx::query("DELETE FROM blocklist WHERE host = ?1 AND username = ?2")
                 .bind(host)
@@ -425,11 +480,13 @@ impl BlockStore for SqliteStore {
 #[async_trait]
 impl HostKvStore for SqliteStore {
     async fn host_get(&self, host: &str, key: &str) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT value FROM host_kv WHERE host = ?1 AND key = ?2")
-            .bind(host)
-            .bind(key)
-            .fetch_optional(self.pool())
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT value FROM host_kv WHERE host = ?1 AND key = ?2")
+                .bind(host)
+                .bind(key)
+                .fetch_optional(self.pool())
+                .await?,
+        )
     }
 
     async fn host_set(&self, host: &str, key: &str, value: Option<&str>) -> Result<()> {
@@ -457,12 +514,14 @@ impl HostKvStore for SqliteStore {
     }
 
     async fn user_flag_set(&self, host: &str, user: &str, key: &str) -> Result<bool> {
-        let r = sqlx::query("INSERT OR IGNORE INTO user_flags (host, username, key) VALUES (?1, ?2, ?3)")
-            .bind(host)
-            .bind(user)
-            .bind(key)
-            .execute(self.pool())
-            .await?;
+        let r = sqlx::query(
+            "INSERT OR IGNORE INTO user_flags (host, username, key) VALUES (?1, ?2, ?3)",
+        )
+        .bind(host)
+        .bind(user)
+        .bind(key)
+        .execute(self.pool())
+        .await?;
         Ok(r.rows_affected() > 0)
     }
 
@@ -491,7 +550,9 @@ mod tests {
 
     async fn store() -> (tempfile_dir::Dir, SqliteStore) {
         let dir = tempfile_dir::Dir::new();
-        let s = SqliteStore::open(&dir.0.join("db.sqlite")).await.expect("open");
+        let s = SqliteStore::open(&dir.0.join("db.sqlite"))
+            .await
+            .expect("open");
         (dir, s)
     }
 
@@ -527,21 +588,30 @@ mod tests {
         it.subscription = Subscription::From;
         it.ask = true;
         assert_eq!(s.put_roster_item("h", "u", &it).await.unwrap(), 1);
-        assert_eq!(s.roster_item("h", "u", "c@h").await.unwrap(), Some(it.clone()));
+        assert_eq!(
+            s.roster_item("h", "u", "c@h").await.unwrap(),
+            Some(it.clone())
+        );
         it.groups.clear();
         it.approved = true;
         assert_eq!(s.put_roster_item("h", "u", &it).await.unwrap(), 2);
         let (v, items) = s.roster("h", "u").await.unwrap();
         assert_eq!((v, items), (2, vec![it.clone()]));
         assert_eq!(s.roster_count("h", "u").await.unwrap(), 1);
-        assert!(matches!(s.delete_roster_item("h", "u", "x@h").await, Err(StorageError::NotFound)));
+        assert!(matches!(
+            s.delete_roster_item("h", "u", "x@h").await,
+            Err(StorageError::NotFound)
+        ));
         assert_eq!(s.delete_roster_item("h", "u", "c@h").await.unwrap(), 3);
         s.add_pending_in("h", "u", "a@h", "<p1/>").await.unwrap();
         s.add_pending_in("h", "u", "b@h", "<p2/>").await.unwrap();
         s.add_pending_in("h", "u", "a@h", "<p3/>").await.unwrap();
         assert_eq!(
             s.pending_in("h", "u").await.unwrap(),
-            vec![("a@h".to_string(), "<p3/>".to_string()), ("b@h".to_string(), "<p2/>".to_string())]
+            vec![
+                ("a@h".to_string(), "<p3/>".to_string()),
+                ("b@h".to_string(), "<p2/>".to_string())
+            ]
         );
         assert!(s.remove_pending_in("h", "u", "a@h").await.unwrap());
         assert!(!s.remove_pending_in("h", "u", "a@h").await.unwrap());
@@ -554,11 +624,18 @@ mod tests {
     async fn offline_order_and_limit() {
         let (_d, s) = store().await;
         for i in 0..3 {
-            assert!(s.store_offline("h", "u", &format!("<m{i}/>"), i, 3).await.unwrap());
+            assert!(
+                s.store_offline("h", "u", &format!("<m{i}/>"), i, 3)
+                    .await
+                    .unwrap()
+            );
         }
         assert!(!s.store_offline("h", "u", "<m3/>", 3, 3).await.unwrap());
         let msgs = s.offline_messages("h", "u").await.unwrap();
-        assert_eq!(msgs.iter().map(|m| m.1.as_str()).collect::<Vec<_>>(), vec!["<m0/>", "<m1/>", "<m2/>"]);
+        assert_eq!(
+            msgs.iter().map(|m| m.1.as_str()).collect::<Vec<_>>(),
+            vec!["<m0/>", "<m1/>", "<m2/>"]
+        );
         s.delete_offline_upto("h", "u", msgs[1].0).await.unwrap();
         assert_eq!(s.offline_count("h", "u").await.unwrap(), 1);
         s.remove_offline_user("h", "u").await.unwrap();
@@ -571,7 +648,10 @@ mod tests {
         s.set_xml("h", "u", "vcard", "<v/>").await.unwrap();
         s.set_xml("h", "u", "private:a%b", "<p/>").await.unwrap();
         s.set_xml("h", "u", "privateX", "<q/>").await.unwrap();
-        assert_eq!(s.get_xml("h", "u", "vcard").await.unwrap().as_deref(), Some("<v/>"));
+        assert_eq!(
+            s.get_xml("h", "u", "vcard").await.unwrap().as_deref(),
+            Some("<v/>")
+        );
         s.set_xml("h", "u", "vcard", "").await.unwrap();
         assert_eq!(s.get_xml("h", "u", "vcard").await.unwrap(), None);
         s.remove_xml_user("h", "u", "private:").await.unwrap();
@@ -583,15 +663,26 @@ mod tests {
         s.remove_last("h", "u").await.unwrap();
         assert_eq!(s.last("h", "u").await.unwrap(), None);
 
-        s.block("h", "u", &["b@h".into(), "a@h".into(), "a@h".into()]).await.unwrap();
-        assert_eq!(s.blocklist("h", "u").await.unwrap(), vec!["a@h".to_string(), "b@h".to_string()]);
+        s.block("h", "u", &["b@h".into(), "a@h".into(), "a@h".into()])
+            .await
+            .unwrap();
+        assert_eq!(
+            s.blocklist("h", "u").await.unwrap(),
+            vec!["a@h".to_string(), "b@h".to_string()]
+        );
         s.unblock("h", "u", &["a@h".into()]).await.unwrap();
-        assert_eq!(s.blocklist("h", "u").await.unwrap(), vec!["b@h".to_string()]);
+        assert_eq!(
+            s.blocklist("h", "u").await.unwrap(),
+            vec!["b@h".to_string()]
+        );
         s.unblock("h", "u", &[]).await.unwrap();
         assert!(s.blocklist("h", "u").await.unwrap().is_empty());
 
         s.host_set("h", "motd", Some("<m/>")).await.unwrap();
-        assert_eq!(s.host_get("h", "motd").await.unwrap().as_deref(), Some("<m/>"));
+        assert_eq!(
+            s.host_get("h", "motd").await.unwrap().as_deref(),
+            Some("<m/>")
+        );
         s.host_set("h", "motd", None).await.unwrap();
         assert_eq!(s.host_get("h", "motd").await.unwrap(), None);
         assert!(s.user_flag_set("h", "u", "motd").await.unwrap());
@@ -600,5 +691,363 @@ mod tests {
         assert!(s.user_flag_set("h", "u", "motd").await.unwrap());
         s.remove_user_flags("h", "u").await.unwrap();
         assert!(s.user_flag_set("h", "u", "motd").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn offline_limit_holds_under_concurrency() {
+        let (d, s) = store().await;
+        // A second pool on the same file: writers from both must serialise.
+        let s2 = std::sync::Arc::new(SqliteStore::open(&d.0.join("db.sqlite")).await.unwrap());
+        let s = std::sync::Arc::new(s);
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let st = if i % 2 == 0 { s.clone() } else { s2.clone() };
+            tasks.push(tokio::spawn(async move {
+                st.store_offline("h", "u", &format!("<m{i}/>"), i, 7).await
+            }));
+        }
+        let mut stored = 0;
+        for t in tasks {
+            if t.await.unwrap().unwrap() {
+                stored += 1;
+            }
+        }
+        assert_eq!(stored, 7);
+        assert_eq!(s.offline_count("h", "u").await.unwrap(), 7);
+    }
+
+    #[tokio::test]
+    async fn roster_versions_unique_under_concurrency() {
+        let (d, s) = store().await;
+        let s2 = std::sync::Arc::new(SqliteStore::open(&d.0.join("db.sqlite")).await.unwrap());
+        let s = std::sync::Arc::new(s);
+        let mut tasks = Vec::new();
+        for i in 0..30 {
+            let st = if i % 2 == 0 { s.clone() } else { s2.clone() };
+            tasks.push(tokio::spawn(async move {
+                let mut it = RosterItem::new(&format!("c{i}@h"));
+                it.groups = vec![format!("g{i}")];
+                st.put_roster_item("h", "u", &it).await
+            }));
+        }
+        let mut versions = Vec::new();
+        for t in tasks {
+            versions.push(t.await.unwrap().unwrap());
+        }
+        versions.sort();
+        assert_eq!(versions, (1..=30).collect::<Vec<i64>>());
+        assert_eq!(s.roster_version("h", "u").await.unwrap(), 30);
+        assert_eq!(s.roster_count("h", "u").await.unwrap(), 30);
+    }
+
+    #[tokio::test]
+    async fn roster_groups_round_trip_sorted_unique() {
+        let (_d, s) = store().await;
+        let mut it = RosterItem::new("c@h");
+        it.groups = vec![
+            "z".into(),
+            "a,b;c".into(),
+            "\"double\" and 'single'".into(),
+            "Ünïcödé 日本".into(),
+            "a,b;c".into(),
+            " lead & <trail> ".into(),
+            "É".into(),
+            "Z".into(),
+        ];
+        s.put_roster_item("h", "u", &it).await.unwrap();
+        let mut want = it.groups.clone();
+        want.sort();
+        want.dedup();
+        let got = s.roster_item("h", "u", "c@h").await.unwrap().unwrap();
+        assert_eq!(got.groups, want);
+        let (_, items) = s.roster("h", "u").await.unwrap();
+        assert_eq!(items[0].groups, want);
+        // Updating replaces the groups and clears the name.
+        it.name = Some("x".into());
+        s.put_roster_item("h", "u", &it).await.unwrap();
+        let mut upd = RosterItem::new("c@h");
+        upd.subscription = Subscription::Both;
+        upd.groups = vec!["only".into()];
+        assert_eq!(s.put_roster_item("h", "u", &upd).await.unwrap(), 3);
+        assert_eq!(
+            s.roster_item("h", "u", "c@h").await.unwrap(),
+            Some(upd.clone())
+        );
+        let groups: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM roster_groups")
+            .fetch_one(s.pool())
+            .await
+            .unwrap();
+        assert_eq!(groups, 1);
+        // Other users and hosts are separate.
+        assert_eq!(s.roster("h", "v").await.unwrap(), (0, vec![]));
+        assert_eq!(s.roster("h2", "u").await.unwrap(), (0, vec![]));
+        assert_eq!(s.roster_item("h", "v", "c@h").await.unwrap(), None);
+        // Delete removes the groups too; version keeps counting.
+        assert_eq!(s.delete_roster_item("h", "u", "c@h").await.unwrap(), 4);
+        assert_eq!(s.roster("h", "u").await.unwrap(), (4, vec![]));
+        let groups: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM roster_groups")
+            .fetch_one(s.pool())
+            .await
+            .unwrap();
+        assert_eq!(groups, 0);
+        assert!(matches!(
+            s.delete_roster_item("h", "u", "c@h").await,
+            Err(StorageError::NotFound)
+        ));
+        // A failed delete does not bump the version.
+        assert_eq!(s.roster_version("h", "u").await.unwrap(), 4);
+    }
+
+    #[tokio::test]
+    async fn pending_in_order_and_isolation() {
+        let (_d, s) = store().await;
+        assert!(s.pending_in("h", "u").await.unwrap().is_empty());
+        s.add_pending_in("h", "u", "c@h", "<c/>").await.unwrap();
+        s.add_pending_in("h", "u", "a@h", "<a/>").await.unwrap();
+        s.add_pending_in("h", "u", "b@h", "<b/>").await.unwrap();
+        s.add_pending_in("h", "v", "x@h", "<x/>").await.unwrap();
+        let jids = |v: Vec<(String, String)>| v.into_iter().map(|p| p.0).collect::<Vec<_>>();
+        assert_eq!(
+            jids(s.pending_in("h", "u").await.unwrap()),
+            ["c@h", "a@h", "b@h"]
+        );
+        // Replacing keeps the original position and updates the stanza.
+        s.add_pending_in("h", "u", "c@h", "<c2/>").await.unwrap();
+        let p = s.pending_in("h", "u").await.unwrap();
+        assert_eq!(p[0], ("c@h".to_string(), "<c2/>".to_string()));
+        assert_eq!(p.len(), 3);
+        // Removed then re-added goes last.
+        assert!(s.remove_pending_in("h", "u", "c@h").await.unwrap());
+        s.add_pending_in("h", "u", "c@h", "<c3/>").await.unwrap();
+        assert_eq!(
+            jids(s.pending_in("h", "u").await.unwrap()),
+            ["a@h", "b@h", "c@h"]
+        );
+        s.remove_roster_user("h", "u").await.unwrap();
+        assert!(s.pending_in("h", "u").await.unwrap().is_empty());
+        assert_eq!(jids(s.pending_in("h", "v").await.unwrap()), ["x@h"]);
+    }
+
+    #[tokio::test]
+    async fn offline_delete_upto_and_stamps() {
+        let (_d, s) = store().await;
+        assert!(!s.store_offline("h", "u", "<m/>", 1, 0).await.unwrap());
+        for i in 0..5 {
+            assert!(
+                s.store_offline("h", "u", &format!("<m{i}/>"), 1_700_000_000_000 + i, 100)
+                    .await
+                    .unwrap()
+            );
+        }
+        s.store_offline("h", "v", "<other/>", 5, 100).await.unwrap();
+        let msgs = s.offline_messages("h", "u").await.unwrap();
+        assert_eq!(msgs.len(), 5);
+        assert!(msgs.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(msgs[4].2, 1_700_000_000_004);
+        // Delete up to (and including) the third; the other user's message stays.
+        s.delete_offline_upto("h", "u", msgs[2].0).await.unwrap();
+        let rest = s.offline_messages("h", "u").await.unwrap();
+        assert_eq!(rest, msgs[3..].to_vec());
+        assert_eq!(s.offline_count("h", "v").await.unwrap(), 1);
+        // Ids keep increasing after deletions.
+        s.store_offline("h", "u", "<late/>", 9, 100).await.unwrap();
+        let all = s.offline_messages("h", "u").await.unwrap();
+        assert!(all.last().unwrap().0 > msgs[4].0);
+        s.delete_offline_upto("h", "u", i64::MAX).await.unwrap();
+        assert_eq!(s.offline_count("h", "u").await.unwrap(), 0);
+        assert_eq!(s.offline_count("h", "v").await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn xml_last_blocks_kv_details() {
+        let (_d, s) = store().await;
+        // Replace, and remove_xml_user with an empty prefix removes everything of the user only.
+        s.set_xml("h", "u", "vcard", "<v1/>").await.unwrap();
+        s.set_xml("h", "u", "vcard", "<v2/>").await.unwrap();
+        assert_eq!(
+            s.get_xml("h", "u", "vcard").await.unwrap().as_deref(),
+            Some("<v2/>")
+        );
+        s.set_xml("h", "u", "private:_x", "<p/>").await.unwrap();
+        s.set_xml("h", "v", "vcard", "<w/>").await.unwrap();
+        // `_` is no wildcard: "private:a" does not match "private:_x".
+        s.remove_xml_user("h", "u", "private:a").await.unwrap();
+        assert!(s.get_xml("h", "u", "private:_x").await.unwrap().is_some());
+        s.remove_xml_user("h", "u", "").await.unwrap();
+        assert_eq!(s.get_xml("h", "u", "vcard").await.unwrap(), None);
+        assert_eq!(s.get_xml("h", "u", "private:_x").await.unwrap(), None);
+        assert_eq!(
+            s.get_xml("h", "v", "vcard").await.unwrap().as_deref(),
+            Some("<w/>")
+        );
+        // Removing an absent document is fine.
+        s.set_xml("h", "u", "nothing", "").await.unwrap();
+
+        // Last activity is replaced.
+        assert_eq!(s.last("h", "u").await.unwrap(), None);
+        s.set_last("h", "u", 1, "a").await.unwrap();
+        s.set_last("h", "u", 2, "").await.unwrap();
+        assert_eq!(s.last("h", "u").await.unwrap(), Some((2, String::new())));
+        s.remove_last("h", "u").await.unwrap();
+        s.remove_last("h", "u").await.unwrap();
+
+        // Blocking twice is idempotent; unblocking an absent JID is fine.
+        s.block("h", "u", &["a@h".into()]).await.unwrap();
+        s.block("h", "u", &["a@h".into(), "c@h/res".into()])
+            .await
+            .unwrap();
+        s.block("h", "v", &["z@h".into()]).await.unwrap();
+        assert_eq!(s.blocklist("h", "u").await.unwrap(), ["a@h", "c@h/res"]);
+        s.unblock("h", "u", &["nope@h".into()]).await.unwrap();
+        assert_eq!(s.blocklist("h", "u").await.unwrap().len(), 2);
+        s.unblock("h", "u", &[]).await.unwrap();
+        assert!(s.blocklist("h", "u").await.unwrap().is_empty());
+        assert_eq!(s.blocklist("h", "v").await.unwrap(), ["z@h"]);
+
+        // Host settings are per host and replaced.
+        s.host_set("h", "motd", Some("one")).await.unwrap();
+        s.host_set("h", "motd", Some("two")).await.unwrap();
+        assert_eq!(
+            s.host_get("h", "motd").await.unwrap().as_deref(),
+            Some("two")
+        );
+        assert_eq!(s.host_get("h2", "motd").await.unwrap(), None);
+        s.host_set("h", "absent", None).await.unwrap();
+
+        // Flags: clear_all is per host and key; remove_user_flags per user.
+        assert!(s.user_flag_set("h", "u", "motd").await.unwrap());
+        assert!(s.user_flag_set("h", "v", "motd").await.unwrap());
+        assert!(s.user_flag_set("h", "u", "other").await.unwrap());
+        assert!(s.user_flag_set("h2", "u", "motd").await.unwrap());
+        s.user_flag_clear_all("h", "motd").await.unwrap();
+        assert!(s.user_flag_set("h", "v", "motd").await.unwrap());
+        assert!(!s.user_flag_set("h", "u", "other").await.unwrap());
+        assert!(!s.user_flag_set("h2", "u", "motd").await.unwrap());
+        s.remove_user_flags("h", "u").await.unwrap();
+        assert!(s.user_flag_set("h", "u", "other").await.unwrap());
+        assert!(!s.user_flag_set("h", "v", "motd").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn undecodable_rows_are_corrupt() {
+        let (_d, s) = store().await;
+        sqlx::query(
+            "INSERT INTO roster_items (host, username, jid, subscription) VALUES ('h', 'u', 'c@h', 'sideways')",
+        )
+        .execute(s.pool())
+        .await
+        .unwrap();
+        assert!(matches!(
+            s.roster_item("h", "u", "c@h").await,
+            Err(StorageError::Corrupt(_))
+        ));
+        assert!(matches!(
+            s.roster("h", "u").await,
+            Err(StorageError::Corrupt(_))
+        ));
+        sqlx::query(
+            "INSERT INTO roster_items (host, username, jid, subscription, ask) VALUES ('h', 'v', 'c@h', 'none', 'yes')",
+        )
+        .execute(s.pool())
+        .await
+        .unwrap();
+        assert!(matches!(
+            s.roster_item("h", "v", "c@h").await,
+            Err(StorageError::Corrupt(_))
+        ));
+        sqlx::query("INSERT INTO offline_messages (host, username, stanza, stamp) VALUES ('h', 'u', '<m/>', 'later')")
+            .execute(s.pool())
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.offline_messages("h", "u").await,
+            Err(StorageError::Corrupt(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn upgrade_from_version_1_keeps_accounts() {
+        use super::super::migrations::{MIGRATIONS, SCHEMA_VERSION, migrate_with, schema_version};
+        use crate::AccountStore;
+        use palaver_proto::sasl::{ScramCredentials, ScramHash};
+        use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+
+        let d = tempfile_dir::Dir::new();
+        std::fs::create_dir_all(&d.0).unwrap();
+        let path = d.0.join("db.sqlite");
+        let creds = vec![ScramCredentials::generate(ScramHash::Sha256, "pw", 4096)];
+        {
+            let opts = SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(opts)
+                .await
+                .unwrap();
+            migrate_with(&pool, &MIGRATIONS[..1]).await.unwrap();
+            assert_eq!(schema_version(&pool).await.unwrap(), 1);
+            let v1 = SqliteStore { pool };
+            v1.create_account("h", "alice", &creds).await.unwrap();
+            // Version 1 has no IM tables.
+            assert!(matches!(
+                v1.roster("h", "alice").await,
+                Err(StorageError::Backend(_))
+            ));
+            v1.pool.close().await;
+        }
+        let s = SqliteStore::open(&path).await.unwrap();
+        const { assert!(SCHEMA_VERSION >= 2) };
+        assert_eq!(schema_version(s.pool()).await.unwrap(), SCHEMA_VERSION);
+        assert!(s.account_exists("h", "alice").await.unwrap());
+        let c = s
+            .credentials("h", "alice", ScramHash::Sha256)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(c.verify_password("pw"));
+        assert_eq!(s.roster("h", "alice").await.unwrap(), (0, vec![]));
+        assert_eq!(
+            s.put_roster_item("h", "alice", &RosterItem::new("b@h"))
+                .await
+                .unwrap(),
+            1
+        );
+        // An older binary (knowing only version 1) refuses the upgraded file.
+        assert!(matches!(
+            migrate_with(s.pool(), &MIGRATIONS[..1]).await,
+            Err(StorageError::SchemaTooNew {
+                found,
+                supported: 1
+            }) if found == SCHEMA_VERSION
+        ));
+        // Reopening is a no-op.
+        s.pool().close().await;
+        let s = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(schema_version(s.pool()).await.unwrap(), SCHEMA_VERSION);
+        let versions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM schema_version")
+            .fetch_one(s.pool())
+            .await
+            .unwrap();
+        assert_eq!(versions, SCHEMA_VERSION);
+        assert_eq!(s.roster_count("h", "alice").await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_open_migrates_once() {
+        let d = tempfile_dir::Dir::new();
+        let path = d.0.join("db.sqlite");
+        let (a, b) = tokio::join!(SqliteStore::open(&path), SqliteStore::open(&path));
+        let (a, _b) = (a.unwrap(), b.unwrap());
+        let versions: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM schema_version ORDER BY version")
+                .fetch_all(a.pool())
+                .await
+                .unwrap();
+        assert_eq!(
+            versions,
+            (1..=super::super::SCHEMA_VERSION).collect::<Vec<_>>()
+        );
     }
 }

@@ -4,7 +4,7 @@ use crate::{Result, StorageError};
 use sqlx::SqlitePool;
 
 /// Each entry upgrades the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     // 1: accounts
     "CREATE TABLE users (
         host TEXT NOT NULL,
@@ -112,22 +112,44 @@ pub async fn schema_version(pool: &SqlitePool) -> Result<i64> {
 
 /// Bring the database to [`SCHEMA_VERSION`], each step in its own transaction.
 pub async fn migrate(pool: &SqlitePool) -> Result<()> {
-    let current = schema_version(pool).await?;
-    if current > SCHEMA_VERSION {
-        return Err(StorageError::SchemaTooNew {
-            found: current,
-            supported: SCHEMA_VERSION,
-        });
-    }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        let mut tx = pool.begin().await?;
+    migrate_with(pool, MIGRATIONS).await
+}
+
+/// Apply `migrations` (a prefix of [`MIGRATIONS`] in tests) up to
+/// `migrations.len()`. Each step runs in a `BEGIN IMMEDIATE` transaction that
+/// re-reads the version first, so two processes opening the same fresh file
+/// do not both apply a step.
+pub(crate) async fn migrate_with(pool: &SqlitePool, migrations: &[&str]) -> Result<()> {
+    let target = migrations.len() as i64;
+    // Creates the version table when missing.
+    schema_version(pool).await?;
+    loop {
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let current: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+                .fetch_one(&mut *tx)
+                .await?;
+        if current > target {
+            return Err(StorageError::SchemaTooNew {
+                found: current,
+                supported: target,
+            });
+        }
+        if current == target {
+            return Ok(());
+        }
+        let Some(sql) = usize::try_from(current)
+            .ok()
+            .and_then(|i| migrations.get(i))
+        else {
+            return Err(StorageError::Corrupt(format!("schema version {current}")));
+        };
         sqlx::raw_sql(sql).execute(&mut *tx).await?;
         sqlx::query("INSERT INTO schema_version (version) VALUES (?1)")
-            .bind(i as i64 + 1)
+            .bind(current + 1)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        tracing::info!(version = i + 1, "applied sqlite migration");
+        tracing::info!(version = current + 1, "applied sqlite migration");
     }
-    Ok(())
 }

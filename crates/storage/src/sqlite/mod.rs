@@ -61,6 +61,15 @@ impl SqliteStore {
         &self.pool
     }
 
+    /// A write transaction. `BEGIN IMMEDIATE` takes SQLite's write lock up
+    /// front, waiting up to the busy timeout, so writers serialise and a
+    /// read-then-write sequence (count then insert, exists then update) never
+    /// fails with `SQLITE_BUSY` when a deferred transaction's read snapshot
+    /// cannot be upgraded.
+    pub(crate) async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     async fn write_credentials(
         tx: &mut sqlx::SqliteConnection,
         host: &str,
@@ -99,7 +108,7 @@ impl AccountStore for SqliteStore {
         user: &str,
         creds: &[ScramCredentials],
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let r = sqlx::query("INSERT INTO users (host, username, created_at) VALUES (?1, ?2, ?3)")
             .bind(host)
             .bind(user)
@@ -123,7 +132,7 @@ impl AccountStore for SqliteStore {
         user: &str,
         creds: &[ScramCredentials],
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let exists = sqlx::query("SELECT 1 FROM users WHERE host = ?1 AND username = ?2")
             .bind(host)
             .bind(user)
@@ -176,7 +185,7 @@ impl AccountStore for SqliteStore {
     }
 
     async fn delete_account(&self, host: &str, user: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM user_scram WHERE host = ?1 AND username = ?2")
             .bind(host)
             .bind(user)
