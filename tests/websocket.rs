@@ -241,7 +241,12 @@ async fn connection_discovery_and_cors() {
         "{xml}"
     );
     let json = http_get(&srv, "/.well-known/host-meta.json", "").await;
-    assert!(json.contains("{\"rel\":\"urn:xmpp:alt-connections:websocket\",\"href\":\"ws://chat.test:5280/ws\"}"), "{json}");
+    assert!(
+        json.contains(
+            "{\"rel\":\"urn:xmpp:alt-connections:websocket\",\"href\":\"ws://chat.test:5280/ws\"}"
+        ),
+        "{json}"
+    );
     assert!(
         xml.contains(
             "<Link rel='urn:xmpp:alt-connections:xbosh' href='http://chat.test:5280/bosh'/>"

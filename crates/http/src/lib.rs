@@ -7,6 +7,7 @@
 
 mod bosh;
 mod discovery;
+mod upload;
 mod ws;
 
 use axum::Router;
@@ -29,10 +30,19 @@ pub struct HttpState {
 /// The HTTP application for a listener.
 pub fn app(state: HttpState) -> Router {
     let ws_path = state.cfg.websocket_path.clone();
+    let body_limit = palaver_server::upload::Upload::get(&state.core)
+        .map(|u| u.opts.max_size as usize)
+        .unwrap_or(0)
+        .max(state.cfg.max_stanza_size.saturating_mul(4));
     let cors = state.clone();
     Router::new()
         .route(&ws_path, get(ws::upgrade))
         .route("/bosh", axum::routing::post(bosh::handle))
+        .route(
+            "/upload/{owner}/{slot}/{name}",
+            get(upload::get).put(upload::put),
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .route("/.well-known/host-meta", get(discovery::host_meta_xml))
         .route(
             "/.well-known/host-meta.json",
@@ -56,6 +66,25 @@ pub fn start(server: &mut palaver_server::RunningServer) {
 /// Serve HTTP on `sock` until the server shuts down.
 pub async fn serve(core: Arc<Core>, cfg: Listener, sock: TcpListener) {
     let mut shutdown = core.shutdown.clone();
+    if let Some(up) = palaver_server::upload::Upload::get(&core) {
+        // Retention: drop expired uploads hourly.
+        let mut stop = core.shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let up = up.clone();
+                        let n = tokio::task::spawn_blocking(move || up.cleanup()).await.unwrap_or(0);
+                        if n > 0 {
+                            tracing::info!(removed = n, "expired uploads removed");
+                        }
+                    }
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+    }
     let app = app(HttpState { core, cfg });
     let res = axum::serve(
         sock,

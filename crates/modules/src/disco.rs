@@ -223,7 +223,7 @@ fn server_items(req: IqRequest, extra: &[String]) -> IqResult {
         return Err(StanzaError::new(Condition::ItemNotFound));
     }
     let mut q = Element::bare("query", ns::DISCO_ITEMS);
-    for j in extra {
+    for j in req.host.services().iter().chain(extra) {
         q.append_child(
             Element::builder("item", ns::DISCO_ITEMS)
                 .attr(attr_name("jid"), j.as_str())

@@ -2,6 +2,7 @@
 //! function registering the module's handlers on a virtual host.
 
 pub mod disco;
+pub mod http_upload;
 pub mod ping;
 pub mod roster;
 pub mod time;
@@ -17,5 +18,6 @@ pub fn registry() -> Vec<ModuleDef> {
         version::MODULE,
         time::MODULE,
         roster::MODULE,
+        http_upload::MODULE,
     ]
 }

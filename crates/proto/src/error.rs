@@ -227,6 +227,8 @@ pub struct StanzaError {
     pub text: Option<String>,
     /// Entity that generated the error (RFC 6120 `by`).
     pub by: Option<String>,
+    /// Application-specific condition element (RFC 6120 §8.3.2).
+    pub extra: Option<Box<Element>>,
 }
 
 impl StanzaError {
@@ -237,7 +239,14 @@ impl StanzaError {
             condition,
             text: None,
             by: None,
+            extra: None,
         }
+    }
+
+    /// Attach an application-specific condition element.
+    pub fn with_extra(mut self, el: Element) -> Self {
+        self.extra = Some(Box::new(el));
+        self
     }
 
     /// Add a text.
@@ -268,6 +277,9 @@ impl StanzaError {
                     .append(t.as_str())
                     .build(),
             );
+        }
+        if let Some(x) = &self.extra {
+            el.append_child((**x).clone());
         }
         el
     }

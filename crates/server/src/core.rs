@@ -23,6 +23,12 @@ pub struct Core {
     pub storage: Storage,
     /// Virtual hosts by domain.
     pub hosts: HashMap<String, Arc<Host>>,
+    /// Service subdomains → the host whose module serves them.
+    pub services: HashMap<String, Arc<Host>>,
+    /// Bound HTTP listener addresses (set once listeners are up).
+    pub http_addrs: std::sync::OnceLock<Vec<std::net::SocketAddr>>,
+    /// XEP-0363 settings, resolved on first use.
+    pub upload: std::sync::OnceLock<Option<Arc<crate::upload::Upload>>>,
     /// Local session table.
     pub sm: SessionManager,
     /// Password checks.
@@ -92,6 +98,10 @@ impl Core {
             }
         };
         let domain = to.domain().as_str();
+        if let Some(host) = self.services.get(domain).cloned() {
+            self.route_to_service(host, st);
+            return;
+        }
         let Some(host) = self.hosts.get(domain).cloned() else {
             // No federation yet: nothing else is reachable.
             self.bounce(
@@ -109,6 +119,51 @@ impl Core {
             Ok(full) => self.route_to_full(host, full.clone(), st),
             Err(bare) => self.route_to_bare(host, bare.clone(), st),
         }
+    }
+
+    /// A stanza for a service subdomain: IQs go to the service's handlers.
+    fn route_to_service(self: &Arc<Self>, host: Arc<Host>, st: Stanza) {
+        if st.kind != StanzaKind::Iq {
+            if st.kind == StanzaKind::Message {
+                self.bounce(&st, Condition::ServiceUnavailable, None);
+            }
+            return;
+        }
+        let kind = match st.type_attr() {
+            Some("get") => IqType::Get,
+            Some("set") => IqType::Set,
+            Some("result") | Some("error") => return,
+            _ => {
+                self.bounce(&st, Condition::BadRequest, None);
+                return;
+            }
+        };
+        let domain = st
+            .to
+            .as_ref()
+            .map(|t| t.domain().to_string())
+            .unwrap_or_default();
+        let handler = st
+            .payload()
+            .and_then(|p| host.service_iq_handler(&domain, kind, &p.ns()));
+        let Some(handler) = handler else {
+            self.bounce(&st, Condition::ServiceUnavailable, None);
+            return;
+        };
+        let core = self.clone();
+        tokio::spawn(async move {
+            let req_copy = st.clone();
+            let res = handler(IqRequest {
+                stanza: st,
+                core: core.clone(),
+                host,
+            })
+            .await;
+            match res {
+                Ok(payload) => core.route(req_copy.iq_result(payload)),
+                Err(e) => core.bounce_with(&req_copy, e, None),
+            }
+        });
     }
 
     /// Reply to `st` with an error, unless it is an error itself.

@@ -67,6 +67,24 @@ impl Host {
             .map(|(_, h)| h.clone())
     }
 
+    /// Service subdomains registered by modules.
+    pub fn services(&self) -> &[String] {
+        &self.regs.services
+    }
+
+    pub(crate) fn service_iq_handler(
+        &self,
+        domain: &str,
+        kind: IqType,
+        ns: &str,
+    ) -> Option<IqHandler> {
+        self.regs
+            .service_iq
+            .iter()
+            .find(|((d, k, n), _)| d == domain && *k == kind && n == ns)
+            .map(|(_, h)| h.clone())
+    }
+
     /// Whether any module handles IQs in `ns` for `scope`.
     pub fn handles_iq_ns(&self, scope: IqScope, ns: &str) -> bool {
         self.regs.iq.keys().any(|(s, _, n)| *s == scope && n == ns)

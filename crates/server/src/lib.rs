@@ -10,6 +10,7 @@ pub mod module;
 pub mod server;
 pub mod sm;
 pub mod tls;
+pub mod upload;
 
 pub use crate::core::Core;
 pub use config::{Config, ConfigError};

@@ -153,6 +153,9 @@ pub struct Registrations {
     pub(crate) session_bound: Vec<(i32, SessionHook)>,
     pub(crate) session_closed: Vec<(i32, SessionHook)>,
     pub(crate) modules: Vec<String>,
+    /// Service subdomains (upload.example.org…) and their IQ handlers.
+    pub(crate) services: Vec<String>,
+    pub(crate) service_iq: HashMap<(String, IqType, String), IqHandler>,
 }
 
 /// Registration surface handed to each module when a host starts.
@@ -262,6 +265,26 @@ impl HostSetup {
     /// Add c2s stream features (offered after authentication).
     pub fn add_stream_features(&mut self, f: FeatureHook) {
         self.regs.stream_features.push(f);
+    }
+
+    /// Serve a subdomain (e.g. `upload.example.org`) with IQ handlers.
+    pub fn add_service(&mut self, domain: &str) {
+        if !self.regs.services.iter().any(|d| d == domain) {
+            self.regs.services.push(domain.to_string());
+        }
+    }
+
+    /// Handle IQs of `kind` in namespace `ns` addressed to service `domain`.
+    pub fn on_service_iq<F, Fut>(&mut self, domain: &str, kind: IqType, ns: &str, f: F)
+    where
+        F: Fn(IqRequest) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = IqResult> + Send + 'static,
+    {
+        self.add_service(domain);
+        let h: IqHandler = Arc::new(move |req| Box::pin(f(req)));
+        self.regs
+            .service_iq
+            .insert((domain.to_string(), kind, ns.to_string()), h);
     }
 
     /// Add c2s stream features offered before authentication.

@@ -86,11 +86,15 @@ impl Server {
         }
         let (_tx, shutdown) = watch::channel(false);
         let config = Arc::new(config);
+        let services = service_map(&hosts)?;
         Ok(Arc::new(Core {
             auth: Authenticator::new(storage.clone(), config.scram_iterations),
             config,
             storage,
             hosts,
+            services,
+            http_addrs: std::sync::OnceLock::new(),
+            upload: std::sync::OnceLock::new(),
             sm: SessionManager::default(),
             started: Instant::now(),
             shutdown,
@@ -116,6 +120,7 @@ impl Server {
         for h in &config.hosts {
             hosts.insert(h.clone(), Host::start(h, &config, registry)?);
         }
+        let services = service_map(&hosts)?;
         let certs = Arc::new(CertStore::load(
             &config.certfiles,
             &config.hosts,
@@ -128,6 +133,9 @@ impl Server {
             config: config.clone(),
             storage,
             hosts,
+            services,
+            http_addrs: std::sync::OnceLock::new(),
+            upload: std::sync::OnceLock::new(),
             sm: SessionManager::default(),
             started: Instant::now(),
             shutdown: shutdown_rx,
@@ -172,6 +180,13 @@ impl Server {
                 ListenModule::S2s | ListenModule::Component => {}
             }
         }
+        let _ = core.http_addrs.set(
+            listeners
+                .iter()
+                .filter(|(m, _, _)| *m == ListenModule::Http)
+                .map(|(_, _, a)| *a)
+                .collect(),
+        );
         Ok(RunningServer {
             core,
             listeners,
@@ -180,6 +195,23 @@ impl Server {
             tasks,
         })
     }
+}
+
+/// Service subdomains of every host; a domain may be served only once.
+fn service_map(
+    hosts: &HashMap<String, Arc<Host>>,
+) -> Result<HashMap<String, Arc<Host>>, StartError> {
+    let mut map = HashMap::new();
+    for h in hosts.values() {
+        for d in h.services() {
+            if hosts.contains_key(d) || map.insert(d.clone(), h.clone()).is_some() {
+                return Err(
+                    ConfigError::msg(format!("service domain `{d}` is configured twice")).into(),
+                );
+            }
+        }
+    }
+    Ok(map)
 }
 
 async fn accept_loop(ctx: Arc<C2sListener>, sock: TcpListener) {
