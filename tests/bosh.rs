@@ -73,7 +73,7 @@ impl Bosh {
 
 async fn login(srv: &TestServer, user: &str) -> (Bosh, String) {
     let rid = 1000;
-    let r = post(srv.http_addr, &format!("<body xmlns='{NS}' rid='{rid}' to='localhost' wait='2' hold='1' ver='1.6' xml:lang='en' xmpp:version='1.0' xmlns:xmpp='urn:xmpp:xbosh'/>")).await;
+    let r = post(srv.http_addr, &format!("<body xmlns='{NS}' rid='{rid}' to='localhost' wait='2' hold='1' ack='1' ver='1.6' xml:lang='en' xmpp:version='1.0' xmlns:xmpp='urn:xmpp:xbosh'/>")).await;
     let sid = attr(&r, "sid").expect("sid");
     assert_eq!(attr(&r, "requests").as_deref(), Some("2"), "{r}");
     assert!(
@@ -172,7 +172,12 @@ async fn bosh_chat_retransmission_and_rid_gap() {
     });
     let first = post(b.addr, &format!("<body xmlns='{NS}' rid='{r1}' sid='{}'><message xmlns='jabber:client' to='bob@localhost' type='chat'><body>first</body></message></body>", b.sid)).await;
     assert!(first.starts_with("<body"), "{first}");
-    later.await.expect("join");
+    assert!(
+        first.contains(&format!("ack='{r2}'")),
+        "ack of the highest rid: {first}"
+    );
+    let later = later.await.expect("join");
+    assert!(later.starts_with("<body"), "{later}");
     let seen = bob.until("second").await;
     assert!(
         seen.find("first")

@@ -161,6 +161,8 @@ struct Bosh {
     out: Vec<String>,
     cache: BTreeMap<u64, String>,
     terminated: bool,
+    /// The client asked for acknowledgements (`ack='1'` at creation).
+    acks: bool,
     inactivity: Duration,
     last_activity: Instant,
 }
@@ -180,7 +182,13 @@ impl Bosh {
         s
     }
 
-    fn respond(&mut self, held: Held, body: String) {
+    fn respond(&mut self, held: Held, mut body: String) {
+        // XEP-0124 §9.1: when answering an older request while newer ones
+        // arrived, report the highest rid received in order.
+        let highest = self.next_rid.saturating_sub(1);
+        if self.acks && held.rid < highest {
+            body = body.replacen("<body ", &format!("<body ack='{highest}' "), 1);
+        }
         self.cache.insert(held.rid, body.clone());
         while self.cache.len() as u64 > self.requests {
             self.cache.pop_first();
@@ -351,6 +359,7 @@ async fn session_task(
         out: Vec::new(),
         cache: BTreeMap::new(),
         terminated: false,
+        acks: first.attr("ack") == Some("1"),
         inactivity: Duration::from_secs(INACTIVITY),
         last_activity: Instant::now(),
     };
