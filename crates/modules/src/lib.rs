@@ -3,6 +3,7 @@
 
 pub mod disco;
 pub mod http_upload;
+pub mod offline;
 pub mod ping;
 pub mod roster;
 pub mod time;
@@ -19,5 +20,6 @@ pub fn registry() -> Vec<ModuleDef> {
         time::MODULE,
         roster::MODULE,
         http_upload::MODULE,
+        offline::MODULE,
     ]
 }

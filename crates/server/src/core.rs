@@ -15,6 +15,11 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::watch;
 
+const OFFLINE_SHARDS: usize = 4;
+
+/// Sender side of one ordered offline-handling queue.
+pub type OfflineQueue = tokio::sync::mpsc::Sender<(Arc<Host>, Stanza)>;
+
 /// Shared state of a running server.
 pub struct Core {
     /// Validated configuration.
@@ -29,6 +34,8 @@ pub struct Core {
     pub http_addrs: std::sync::OnceLock<Vec<std::net::SocketAddr>>,
     /// XEP-0363 settings, resolved on first use.
     pub upload: std::sync::OnceLock<Option<Arc<crate::upload::Upload>>>,
+    /// Ordered queues for messages to users without an available resource.
+    pub offline_queues: std::sync::OnceLock<Vec<OfflineQueue>>,
     /// Local session table.
     pub sm: SessionManager,
     /// Password checks.
@@ -386,22 +393,53 @@ impl Core {
         if st.kind != StanzaKind::Message || matches!(st.type_attr(), Some("error")) {
             return;
         }
-        let core = self.clone();
-        tokio::spawn(async move {
-            if !core.user_exists_for(&st).await {
-                core.bounce(&st, Condition::ServiceUnavailable, None);
-                return;
-            }
-            if matches!(st.type_attr(), Some("headline") | Some("groupchat")) {
-                return;
-            }
-            for (_, hook) in &host.regs.offline {
-                if hook(core.clone(), st.clone()).await {
-                    return;
-                }
-            }
-            core.bounce(&st, Condition::ServiceUnavailable, None);
+        // Messages for one recipient are handled in arrival order: one queue
+        // per shard of recipients, so offline storage keeps their order.
+        let queues = self.offline_queues.get_or_init(|| {
+            (0..OFFLINE_SHARDS)
+                .map(|_| {
+                    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Arc<Host>, Stanza)>(10_000);
+                    let core = Arc::downgrade(self);
+                    tokio::spawn(async move {
+                        while let Some((host, st)) = rx.recv().await {
+                            let Some(core) = core.upgrade() else { return };
+                            core.offline_one(host, st).await;
+                        }
+                    });
+                    tx
+                })
+                .collect()
         });
+        let bare = st
+            .to
+            .as_ref()
+            .map(|t| t.to_bare().to_string())
+            .unwrap_or_default();
+        let shard = bare
+            .bytes()
+            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
+            % OFFLINE_SHARDS;
+        if let Err(e) = queues[shard].try_send((host, st)) {
+            let (_, st) = e.into_inner();
+            tracing::warn!("offline queue full; bouncing message");
+            self.bounce(&st, Condition::ResourceConstraint, None);
+        }
+    }
+
+    async fn offline_one(self: &Arc<Self>, host: Arc<Host>, st: Stanza) {
+        if !self.user_exists_for(&st).await {
+            self.bounce(&st, Condition::ServiceUnavailable, None);
+            return;
+        }
+        if matches!(st.type_attr(), Some("headline") | Some("groupchat")) {
+            return;
+        }
+        for (_, hook) in &host.regs.offline {
+            if hook(self.clone(), st.clone()).await {
+                return;
+            }
+        }
+        self.bounce(&st, Condition::ServiceUnavailable, None);
     }
 
     /// Run the subscription-out hooks; `true` when a module routed the stanza.
