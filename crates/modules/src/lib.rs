@@ -3,10 +3,13 @@
 
 pub mod disco;
 pub mod http_upload;
+pub mod last;
 pub mod offline;
 pub mod ping;
+pub mod private;
 pub mod roster;
 pub mod time;
+pub mod vcard;
 pub mod version;
 
 use palaver_server::ModuleDef;
@@ -21,5 +24,8 @@ pub fn registry() -> Vec<ModuleDef> {
         roster::MODULE,
         http_upload::MODULE,
         offline::MODULE,
+        vcard::MODULE,
+        private::MODULE,
+        last::MODULE,
     ]
 }

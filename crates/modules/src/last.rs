@@ -1,0 +1,138 @@
+//! XEP-0012 last activity: server uptime and users' last logout.
+
+use minidom::Element;
+use palaver_proto::error::{Condition, StanzaError};
+use palaver_proto::ns;
+use palaver_proto::stanza::set_attr;
+use palaver_server::module::PresenceEvent;
+use palaver_server::{HostSetup, IqRequest, IqResult, IqScope, IqType, ModuleDef};
+use std::sync::Arc;
+
+/// `mod_last`.
+pub const MODULE: ModuleDef = ModuleDef {
+    name: "mod_last",
+    start,
+};
+
+const NS_LAST: &str = "jabber:iq:last";
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Options {}
+
+fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
+    palaver_server::module::parse_options::<Options>(opts)?;
+    host.add_feature(NS_LAST);
+    host.on_iq(IqScope::Server, IqType::Get, NS_LAST, |req| async move {
+        Ok(Some(query(req.core.started.elapsed().as_secs(), None)))
+    });
+    host.on_iq(IqScope::Account, IqType::Get, NS_LAST, user_last);
+    host.hook_presence_out(
+        50,
+        Arc::new(|core, jid, st, ev| {
+            Box::pin(async move {
+                if ev != PresenceEvent::Unavailable {
+                    return;
+                }
+                let bare = jid.to_bare();
+                if core.sm.sessions(&bare).iter().any(|h| h.priority.is_some()) {
+                    return;
+                }
+                let Some(node) = bare.node() else { return };
+                let status = st
+                    .el
+                    .get_child("status", ns::CLIENT)
+                    .map(|s| s.text())
+                    .unwrap_or_default();
+                let _ = core
+                    .storage
+                    .last
+                    .set_last(bare.domain().as_str(), node.as_str(), now(), &status)
+                    .await;
+            })
+        }),
+    );
+    host.hook_remove_user(
+        50,
+        Arc::new(|core, host, user| {
+            Box::pin(async move {
+                let _ = core.storage.last.remove_last(&host, &user).await;
+            })
+        }),
+    );
+    Ok(())
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn query(seconds: u64, status: Option<&str>) -> Element {
+    let mut q = Element::bare("query", NS_LAST);
+    set_attr(&mut q, "seconds", seconds.to_string());
+    if let Some(s) = status.filter(|s| !s.is_empty()) {
+        q.append_text(s);
+    }
+    q
+}
+
+fn internal(e: impl std::fmt::Display) -> StanzaError {
+    tracing::warn!(error = %e, "last activity storage error");
+    StanzaError::new(Condition::InternalServerError)
+}
+
+async fn user_last(req: IqRequest) -> IqResult {
+    let to = req
+        .stanza
+        .to
+        .clone()
+        .ok_or_else(|| StanzaError::new(Condition::BadRequest))?
+        .to_bare();
+    let node = to
+        .node()
+        .map(|n| n.to_string())
+        .ok_or_else(|| StanzaError::new(Condition::BadRequest))?;
+    let host = to.domain().to_string();
+    let core = &req.core;
+    if !core
+        .storage
+        .accounts
+        .account_exists(&host, &node)
+        .await
+        .map_err(internal)?
+    {
+        return Err(StanzaError::new(Condition::ServiceUnavailable));
+    }
+    let requester = req.stanza.from.to_bare();
+    if requester != to {
+        // Only contacts who receive the user's presence may ask (XEP-0012 §4).
+        let item = core
+            .storage
+            .roster
+            .roster_item(&host, &node, requester.as_str())
+            .await
+            .map_err(internal)?;
+        if !item.is_some_and(|i| i.subscription.has_from()) {
+            return Err(StanzaError::new(Condition::Forbidden));
+        }
+    }
+    if core.sm.sessions(&to).iter().any(|h| h.priority.is_some()) {
+        return Ok(Some(query(0, None)));
+    }
+    match core
+        .storage
+        .last
+        .last(&host, &node)
+        .await
+        .map_err(internal)?
+    {
+        Some((at, status)) => Ok(Some(query(
+            now().saturating_sub(at).max(0) as u64,
+            Some(&status),
+        ))),
+        None => Err(StanzaError::new(Condition::ItemNotFound)),
+    }
+}

@@ -1,0 +1,112 @@
+//! XEP-0049 private XML storage.
+
+use minidom::Element;
+use palaver_proto::error::{Condition, StanzaError};
+use palaver_server::{HostSetup, IqRequest, IqResult, IqScope, IqType, ModuleDef};
+use std::sync::Arc;
+
+/// `mod_private`.
+pub const MODULE: ModuleDef = ModuleDef {
+    name: "mod_private",
+    start,
+};
+
+const NS_PRIVATE: &str = "jabber:iq:private";
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Options {
+    /// Largest stored element in bytes.
+    max_size: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { max_size: 65_536 }
+    }
+}
+
+fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
+    let o: Options = palaver_server::module::parse_options(opts)?;
+    let max = o.max_size;
+    host.add_feature(NS_PRIVATE);
+    host.on_iq(
+        IqScope::Account,
+        IqType::Get,
+        NS_PRIVATE,
+        move |req| async move { handle(req, max, false).await },
+    );
+    host.on_iq(
+        IqScope::Account,
+        IqType::Set,
+        NS_PRIVATE,
+        move |req| async move { handle(req, max, true).await },
+    );
+    host.hook_remove_user(
+        50,
+        Arc::new(|core, host, user| {
+            Box::pin(async move {
+                let _ = core
+                    .storage
+                    .xml
+                    .remove_xml_user(&host, &user, "private:")
+                    .await;
+            })
+        }),
+    );
+    Ok(())
+}
+
+fn internal(e: impl std::fmt::Display) -> StanzaError {
+    tracing::warn!(error = %e, "private storage error");
+    StanzaError::new(Condition::InternalServerError)
+}
+
+async fn handle(req: IqRequest, max: usize, set: bool) -> IqResult {
+    let me = req.stanza.from.to_bare();
+    if req.stanza.to.as_ref().map(|t| t.to_bare()) != Some(me.clone()) {
+        return Err(StanzaError::new(Condition::Forbidden));
+    }
+    let node = me
+        .node()
+        .map(|n| n.to_string())
+        .ok_or_else(|| StanzaError::new(Condition::Forbidden))?;
+    let host = me.domain().to_string();
+    let q = req
+        .payload()
+        .ok_or_else(|| StanzaError::new(Condition::BadRequest))?;
+    let mut children = q.children();
+    let (Some(item), None) = (children.next(), children.next()) else {
+        return Err(
+            StanzaError::new(Condition::BadRequest).text("exactly one child element is required")
+        );
+    };
+    let ns = item.ns();
+    if ns.is_empty() || matches!(ns.as_str(), "jabber:client" | "jabber:server" | NS_PRIVATE) {
+        return Err(
+            StanzaError::new(Condition::NotAcceptable).text("this namespace cannot be stored")
+        );
+    }
+    let key = format!("private:{ns}:{}", item.name());
+    let store = &req.core.storage.xml;
+    if set {
+        let xml = palaver_proto::writer::to_string(item, "");
+        if xml.len() > max {
+            return Err(
+                StanzaError::new(Condition::NotAcceptable).text(format!("larger than {max} bytes"))
+            );
+        }
+        store
+            .set_xml(&host, &node, &key, &xml)
+            .await
+            .map_err(internal)?;
+        return Ok(None);
+    }
+    let stored = match store.get_xml(&host, &node, &key).await.map_err(internal)? {
+        Some(x) => x.parse::<Element>().map_err(internal)?,
+        None => item.clone(),
+    };
+    let mut out = Element::bare("query", NS_PRIVATE);
+    out.append_child(stored);
+    Ok(Some(out))
+}

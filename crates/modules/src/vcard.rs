@@ -1,0 +1,193 @@
+//! XEP-0054 vCards with XEP-0153 avatar hashes in presence (server side).
+
+use base64::Engine;
+use dashmap::DashMap;
+use minidom::Element;
+use palaver_proto::error::{Condition, StanzaError};
+use palaver_proto::stanza::StanzaKind;
+use palaver_server::module::HookAction;
+use palaver_server::{HostSetup, IqRequest, IqResult, IqScope, IqType, ModuleDef};
+use sha1::Digest;
+use std::sync::Arc;
+
+/// `mod_vcard`.
+pub const MODULE: ModuleDef = ModuleDef {
+    name: "mod_vcard",
+    start,
+};
+
+const NS_VCARD: &str = "vcard-temp";
+const NS_UPDATE: &str = "vcard-temp:x:update";
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Options {
+    /// Largest vCard in bytes.
+    max_size: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { max_size: 65_536 }
+    }
+}
+
+/// Bare JID → SHA-1 hex of the photo ("" when none).
+type Hashes = DashMap<String, String>;
+
+fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
+    let o: Options = palaver_server::module::parse_options(opts)?;
+    let max = o.max_size;
+    let hashes: Arc<Hashes> = Arc::new(DashMap::new());
+    host.add_feature(NS_VCARD);
+    host.on_iq(IqScope::Account, IqType::Get, NS_VCARD, get);
+    let h = hashes.clone();
+    host.on_iq(IqScope::Account, IqType::Set, NS_VCARD, move |req| {
+        let h = h.clone();
+        async move { set(req, max, h).await }
+    });
+    host.on_iq(IqScope::Server, IqType::Get, NS_VCARD, |_req| async {
+        Ok(Some(Element::bare("vCard", NS_VCARD)))
+    });
+    let h = hashes.clone();
+    host.hook_session_bound(
+        50,
+        Arc::new(move |core, jid| {
+            let h = h.clone();
+            Box::pin(async move {
+                let bare = jid.to_bare();
+                let Some(node) = bare.node() else { return };
+                let xml = core
+                    .storage
+                    .xml
+                    .get_xml(bare.domain().as_str(), node.as_str(), "vcard")
+                    .await;
+                let hash = match xml {
+                    Ok(Some(x)) => x
+                        .parse::<Element>()
+                        .ok()
+                        .and_then(|v| photo_hash(&v))
+                        .unwrap_or_default(),
+                    _ => String::new(),
+                };
+                h.insert(bare.to_string(), hash);
+            })
+        }),
+    );
+    let h = hashes.clone();
+    host.hook_user_send(
+        50,
+        Arc::new(move |ctx, st| {
+            if st.kind == StanzaKind::Presence
+                && matches!(st.type_attr(), None | Some("unavailable"))
+                && !st.el.has_child("x", NS_UPDATE)
+                && let Some(hash) = h.get(ctx.session_jid.to_bare().as_str())
+                && !hash.is_empty()
+            {
+                st.el.append_child(
+                    Element::builder("x", NS_UPDATE)
+                        .append(Element::builder("photo", NS_UPDATE).append(hash.as_str()))
+                        .build(),
+                );
+            }
+            HookAction::Continue
+        }),
+    );
+    let h = hashes;
+    host.hook_remove_user(
+        50,
+        Arc::new(move |core, host, user| {
+            h.remove(&format!("{user}@{host}"));
+            Box::pin(async move {
+                let _ = core
+                    .storage
+                    .xml
+                    .remove_xml_user(&host, &user, "vcard")
+                    .await;
+            })
+        }),
+    );
+    Ok(())
+}
+
+/// SHA-1 (hex) of the decoded PHOTO/BINVAL.
+fn photo_hash(vcard: &Element) -> Option<String> {
+    let bin = vcard
+        .get_child("PHOTO", NS_VCARD)?
+        .get_child("BINVAL", NS_VCARD)?
+        .text();
+    let clean: String = bin.chars().filter(|c| !c.is_whitespace()).collect();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(clean)
+        .ok()?;
+    let d = sha1::Sha1::digest(&bytes);
+    Some(d.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn target(req: &IqRequest) -> Result<(String, String), StanzaError> {
+    let to = req
+        .stanza
+        .to
+        .as_ref()
+        .ok_or_else(|| StanzaError::new(Condition::BadRequest))?;
+    let node = to
+        .node()
+        .ok_or_else(|| StanzaError::new(Condition::BadRequest))?;
+    Ok((to.domain().to_string(), node.to_string()))
+}
+
+fn internal(e: impl std::fmt::Display) -> StanzaError {
+    tracing::warn!(error = %e, "vcard storage error");
+    StanzaError::new(Condition::InternalServerError)
+}
+
+async fn get(req: IqRequest) -> IqResult {
+    let (host, user) = target(&req)?;
+    if !req
+        .core
+        .storage
+        .accounts
+        .account_exists(&host, &user)
+        .await
+        .map_err(internal)?
+    {
+        return Err(StanzaError::new(Condition::ServiceUnavailable));
+    }
+    match req
+        .core
+        .storage
+        .xml
+        .get_xml(&host, &user, "vcard")
+        .await
+        .map_err(internal)?
+    {
+        Some(x) => Ok(Some(x.parse::<Element>().map_err(internal)?)),
+        None => Ok(Some(Element::bare("vCard", NS_VCARD))),
+    }
+}
+
+async fn set(req: IqRequest, max: usize, hashes: Arc<Hashes>) -> IqResult {
+    let (host, user) = target(&req)?;
+    if req.stanza.to.as_ref().map(|t| t.to_bare()) != Some(req.stanza.from.to_bare()) {
+        return Err(StanzaError::new(Condition::Forbidden));
+    }
+    let v = req
+        .payload()
+        .ok_or_else(|| StanzaError::new(Condition::BadRequest))?;
+    if !v.is("vCard", NS_VCARD) {
+        return Err(StanzaError::new(Condition::BadRequest));
+    }
+    let xml = palaver_proto::writer::to_string(v, "");
+    if xml.len() > max {
+        return Err(StanzaError::new(Condition::NotAcceptable)
+            .text(format!("vCard larger than {max} bytes")));
+    }
+    req.core
+        .storage
+        .xml
+        .set_xml(&host, &user, "vcard", &xml)
+        .await
+        .map_err(internal)?;
+    hashes.insert(format!("{user}@{host}"), photo_hash(v).unwrap_or_default());
+    Ok(None)
+}
