@@ -1266,7 +1266,9 @@ async fn bare_jid_chat_goes_to_all_equal_top_priority() {
 
 #[tokio::test]
 async fn negative_priority_gets_no_bare_jid_messages() {
-    let srv = server().await;
+    // Without offline storage, so the sender's error shows the routing decision.
+    let srv = TestServer::start_with("", "modules:\n  mod_disco: {}\n  mod_ping: {}\n").await;
+    add_users(&srv).await;
     let mut neg = bob(&srv, "neg").await;
     available(&mut neg, -1).await;
     let mut a = alice(&srv, "a").await;

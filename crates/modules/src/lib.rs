@@ -1,12 +1,15 @@
 //! Feature modules of Palaver. Each is a [`ModuleDef`]: a name and a
 //! function registering the module's handlers on a virtual host.
 
+pub mod announce;
+pub mod blocking;
 pub mod disco;
 pub mod http_upload;
 pub mod last;
 pub mod offline;
 pub mod ping;
 pub mod private;
+pub mod register;
 pub mod roster;
 pub mod time;
 pub mod vcard;
@@ -27,5 +30,8 @@ pub fn registry() -> Vec<ModuleDef> {
         vcard::MODULE,
         private::MODULE,
         last::MODULE,
+        blocking::MODULE,
+        register::MODULE,
+        announce::MODULE,
     ]
 }

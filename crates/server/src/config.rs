@@ -293,6 +293,13 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "mod_version",
     "mod_time",
     "mod_roster",
+    "mod_offline",
+    "mod_vcard",
+    "mod_private",
+    "mod_last",
+    "mod_blocking",
+    "mod_register",
+    "mod_announce",
 ];
 
 fn default_listeners() -> Vec<Listener> {

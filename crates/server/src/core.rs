@@ -189,12 +189,20 @@ impl Core {
         match st.kind {
             StanzaKind::Iq => self.dispatch_iq(host, IqScope::Server, st),
             StanzaKind::Message => {
-                if !matches!(
-                    st.type_attr(),
-                    Some("error") | Some("headline") | Some("groupchat")
-                ) {
-                    self.bounce(&st, Condition::ServiceUnavailable, None);
+                if st.is_error() {
+                    return;
                 }
+                let core = self.clone();
+                tokio::spawn(async move {
+                    for (_, hook) in &host.regs.host_message {
+                        if hook(core.clone(), st.clone()).await {
+                            return;
+                        }
+                    }
+                    if !matches!(st.type_attr(), Some("headline") | Some("groupchat")) {
+                        core.bounce(&st, Condition::ServiceUnavailable, None);
+                    }
+                });
             }
             // Presence to the server itself has no meaning without modules.
             StanzaKind::Presence => {}

@@ -18,7 +18,7 @@ impl Host {
         config: &Config,
         registry: &[ModuleDef],
     ) -> Result<Arc<Host>, ConfigError> {
-        let mut setup = HostSetup::new(name);
+        let mut setup = HostSetup::new(name, config);
         for m in &config.modules {
             let def = registry.iter().find(|d| d.name == m.name).ok_or_else(|| {
                 let known: Vec<&str> = registry.iter().map(|d| d.name).collect();

@@ -161,14 +161,16 @@ pub struct Registrations {
 /// Registration surface handed to each module when a host starts.
 pub struct HostSetup {
     host: String,
+    config: crate::config::Config,
     regs: Registrations,
     current: String,
 }
 
 impl HostSetup {
-    pub(crate) fn new(host: &str) -> Self {
+    pub(crate) fn new(host: &str, config: &crate::config::Config) -> Self {
         HostSetup {
             host: host.to_string(),
+            config: config.clone(),
             regs: Registrations::default(),
             current: String::new(),
         }
@@ -195,6 +197,11 @@ impl HostSetup {
         self.regs.session_bound.sort_by_key(|(p, _)| -*p);
         self.regs.session_closed.sort_by_key(|(p, _)| -*p);
         self.regs
+    }
+
+    /// The server configuration (ACLs, access rules…).
+    pub fn config(&self) -> &crate::config::Config {
+        &self.config
     }
 
     /// The host being set up.

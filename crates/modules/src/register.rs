@@ -1,0 +1,238 @@
+//! XEP-0077 in-band registration: create (access rule, per-IP rate limit),
+//! change password, cancel the account.
+
+use dashmap::DashMap;
+use jid::BareJid;
+use minidom::Element;
+use palaver_proto::error::{Condition, ErrorType, StanzaError};
+use palaver_server::module::PreAuthIq;
+use palaver_server::{HostSetup, IqRequest, IqResult, IqScope, IqType, ModuleDef};
+use palaver_storage::StorageError;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// `mod_register`.
+pub const MODULE: ModuleDef = ModuleDef {
+    name: "mod_register",
+    start,
+};
+
+const NS_REGISTER: &str = "jabber:iq:register";
+const NS_FEATURE: &str = "http://jabber.org/features/iq-register";
+
+#[derive(serde::Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+struct Options {
+    /// Access rule deciding who may register (denied when the rule is missing).
+    access: String,
+    /// Seconds between two registrations from one IP address (0: no limit).
+    registration_timeout: u64,
+    /// Shortest accepted password.
+    password_min_length: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            access: "register".into(),
+            registration_timeout: 600,
+            password_min_length: 1,
+        }
+    }
+}
+
+struct State {
+    opts: Options,
+    last_by_ip: DashMap<IpAddr, Instant>,
+}
+
+fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
+    let o: Options = palaver_server::module::parse_options(opts)?;
+    let state = Arc::new(State {
+        opts: o,
+        last_by_ip: DashMap::new(),
+    });
+    host.add_feature(NS_REGISTER);
+    // Advertised only where registration is open to new users.
+    let open = host.config().access(
+        &state.opts.access,
+        &format!("new-user@{}", host.host()),
+        false,
+    );
+    if open {
+        host.add_pre_auth_stream_features(Arc::new(|_h| {
+            vec![Element::bare("register", NS_FEATURE)]
+        }));
+    }
+    let s = state.clone();
+    host.on_pre_auth_iq(
+        NS_REGISTER,
+        Arc::new(move |req| {
+            let s = s.clone();
+            Box::pin(async move { pre_auth(s, req).await })
+        }),
+    );
+    host.on_iq(
+        IqScope::Account,
+        IqType::Get,
+        NS_REGISTER,
+        |req| async move {
+            let me = own(&req)?;
+            let mut q = Element::bare("query", NS_REGISTER);
+            q.append_child(Element::bare("registered", NS_REGISTER));
+            q.append_child(
+                Element::builder("username", NS_REGISTER)
+                    .append(me.node().map(|n| n.to_string()).unwrap_or_default())
+                    .build(),
+            );
+            q.append_child(Element::bare("password", NS_REGISTER));
+            Ok(Some(q))
+        },
+    );
+    let s = state;
+    host.on_iq(IqScope::Account, IqType::Set, NS_REGISTER, move |req| {
+        let s = s.clone();
+        async move { account_set(s, req).await }
+    });
+    Ok(())
+}
+
+fn own(req: &IqRequest) -> Result<BareJid, StanzaError> {
+    let me = req.stanza.from.to_bare();
+    if req.stanza.to.as_ref().map(|t| t.to_bare()) != Some(me.clone()) {
+        return Err(StanzaError::new(Condition::Forbidden));
+    }
+    Ok(me)
+}
+
+fn field(q: &Element, name: &str) -> Option<String> {
+    q.get_child(name, NS_REGISTER).map(|e| e.text())
+}
+
+fn internal(e: impl std::fmt::Display) -> StanzaError {
+    tracing::warn!(error = %e, "registration storage error");
+    StanzaError::new(Condition::InternalServerError)
+}
+
+async fn pre_auth(s: Arc<State>, req: PreAuthIq) -> IqResult {
+    let q = req
+        .el
+        .get_child("query", NS_REGISTER)
+        .ok_or_else(|| StanzaError::new(Condition::BadRequest))?;
+    let host = req.host.name.clone();
+    if req.el.attr("type") == Some("get") {
+        let mut out = Element::bare("query", NS_REGISTER);
+        out.append_child(
+            Element::builder("instructions", NS_REGISTER)
+                .append("Choose a username and password to register with this server.")
+                .build(),
+        );
+        out.append_child(Element::bare("username", NS_REGISTER));
+        out.append_child(Element::bare("password", NS_REGISTER));
+        return Ok(Some(out));
+    }
+    let (Some(user), Some(password)) = (field(q, "username"), field(q, "password")) else {
+        return Err(
+            StanzaError::new(Condition::BadRequest).text("username and password are required")
+        );
+    };
+    let bare = BareJid::new(&format!("{user}@{host}"))
+        .map_err(|_| StanzaError::new(Condition::JidMalformed))?;
+    let node = bare
+        .node()
+        .map(|n| n.to_string())
+        .ok_or_else(|| StanzaError::new(Condition::JidMalformed))?;
+    if user.contains('@') || user.contains('/') {
+        return Err(StanzaError::new(Condition::JidMalformed));
+    }
+    if !req.core.config.access(&s.opts.access, bare.as_str(), false) {
+        return Err(StanzaError::new(Condition::NotAllowed).text("registration is closed"));
+    }
+    if password.chars().count() < s.opts.password_min_length.max(1) {
+        return Err(StanzaError::new(Condition::NotAcceptable).text("password too short"));
+    }
+    let ip = req.peer.ip();
+    if s.opts.registration_timeout > 0
+        && let Some(last) = s.last_by_ip.get(&ip)
+        && last.elapsed() < Duration::from_secs(s.opts.registration_timeout)
+    {
+        return Err(StanzaError::new(Condition::ResourceConstraint)
+            .with_type(ErrorType::Wait)
+            .text("too many registrations from your address; try later"));
+    }
+    let iterations = req.core.config.scram_iterations;
+    let pw = password.clone();
+    let creds =
+        tokio::task::spawn_blocking(move || palaver_server::auth::derive_all(&pw, iterations))
+            .await
+            .map_err(internal)?;
+    match req
+        .core
+        .storage
+        .accounts
+        .create_account(&host, &node, &creds)
+        .await
+    {
+        Ok(()) => {}
+        Err(StorageError::Conflict) => return Err(StanzaError::new(Condition::Conflict)),
+        Err(e) => return Err(internal(e)),
+    }
+    req.core.auth.remember(&host, &node, &creds, &password);
+    if s.opts.registration_timeout > 0 {
+        s.last_by_ip
+            .retain(|_, t| t.elapsed() < Duration::from_secs(s.opts.registration_timeout));
+        s.last_by_ip.insert(ip, Instant::now());
+    }
+    tracing::info!(user = %bare, "account registered in-band");
+    Ok(None)
+}
+
+async fn account_set(s: Arc<State>, req: IqRequest) -> IqResult {
+    let me = own(&req)?;
+    let node = me
+        .node()
+        .map(|n| n.to_string())
+        .ok_or_else(|| StanzaError::new(Condition::Forbidden))?;
+    let host = me.domain().to_string();
+    let q = req
+        .payload()
+        .ok_or_else(|| StanzaError::new(Condition::BadRequest))?;
+    if q.has_child("remove", NS_REGISTER) {
+        // Answer first, then remove: removal ends the session.
+        let core = req.core.clone();
+        tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            if let Err(e) = core.remove_user(&host, &node).await {
+                tracing::warn!(error = %e, "account removal failed");
+            }
+        });
+        return Ok(None);
+    }
+    let (Some(user), Some(password)) = (field(q, "username"), field(q, "password")) else {
+        return Err(StanzaError::new(Condition::BadRequest));
+    };
+    if user != node {
+        return Err(
+            StanzaError::new(Condition::NotAllowed).text("you can only change your own password")
+        );
+    }
+    if password.chars().count() < s.opts.password_min_length.max(1) {
+        return Err(StanzaError::new(Condition::NotAcceptable).text("password too short"));
+    }
+    let iterations = req.core.config.scram_iterations;
+    let pw = password.clone();
+    let creds =
+        tokio::task::spawn_blocking(move || palaver_server::auth::derive_all(&pw, iterations))
+            .await
+            .map_err(internal)?;
+    req.core
+        .storage
+        .accounts
+        .set_credentials(&host, &node, &creds)
+        .await
+        .map_err(internal)?;
+    req.core.auth.forget(&host, &node);
+    req.core.auth.remember(&host, &node, &creds, &password);
+    Ok(None)
+}
