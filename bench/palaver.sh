@@ -3,8 +3,8 @@
 # server on CPU 0, load tool on CPU 1.
 #   bench/palaver.sh [USERS] [RESULTS]
 # Builds release binaries, starts palaver on 127.0.0.14 (domain pal.test) with
-# a fresh data dir, creates bench0..bench{USERS-1} (password "bench") with the
-# CLI, then runs login, chat and idle. Appends JSON lines to RESULTS.
+# a fresh data dir and the default modules, registers bench0..bench{USERS-1}
+# in-band (XEP-0077), then runs login, chat and idle. Appends JSON lines to RESULTS.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$HERE/.."
@@ -37,14 +37,24 @@ modules:
   mod_ping: {}
   mod_version: {}
   mod_time: {}
+  mod_roster: {}
+  mod_offline: {}
+  mod_vcard: {}
+  mod_private: {}
+  mod_last: {}
+  mod_blocking: {}
+  mod_register: {registration_timeout: 0}
+access_rules:
+  register:
+    allow: [all]
 YML
-echo "creating $USERS accounts" >&2
-seq 0 $((USERS - 1)) | xargs -P 2 -I{} "$PAL" user add "bench{}@$DOMAIN" bench --config "$DATA/palaver.yml" >/dev/null
 taskset -c 0 "$PAL" serve --config "$DATA/palaver.yml" >"$DATA/log" 2>&1 &
 PID=$!
 trap 'kill $PID 2>/dev/null || true' EXIT
 for _ in $(seq 100); do (exec 3<>/dev/tcp/$IP/5222) 2>/dev/null && break; sleep 0.1; done
 T=(--host "$IP" --domain "$DOMAIN" --server-pid "$PID" --src-ips 127.0.0.20-127.0.0.40 --json "$RESULTS")
+taskset -c 1 "$B" register --users "$USERS" --concurrency 20 --register-batch 50 "${T[@]}"
+sleep 2
 taskset -c 1 "$B" login --users "$USERS" --concurrency 100 "${T[@]}"
 sleep 2
 taskset -c 1 "$B" chat --users $((USERS / 2)) --window 4 --duration 20 --grace 15 "${T[@]}"
