@@ -160,11 +160,7 @@ async fn load(
 }
 
 fn own(req: &IqRequest) -> Result<BareJid, StanzaError> {
-    let me = req.stanza.from.to_bare();
-    if req.stanza.to.as_ref().map(|t| t.to_bare()) != Some(me.clone()) {
-        return Err(StanzaError::new(Condition::Forbidden));
-    }
-    Ok(me)
+    req.own_account().map(|(me, _, _)| me)
 }
 
 fn item(jid: &str) -> Element {

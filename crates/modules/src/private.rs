@@ -63,15 +63,7 @@ fn internal(e: impl std::fmt::Display) -> StanzaError {
 }
 
 async fn handle(req: IqRequest, max: usize, set: bool) -> IqResult {
-    let me = req.stanza.from.to_bare();
-    if req.stanza.to.as_ref().map(|t| t.to_bare()) != Some(me.clone()) {
-        return Err(StanzaError::new(Condition::Forbidden));
-    }
-    let node = me
-        .node()
-        .map(|n| n.to_string())
-        .ok_or_else(|| StanzaError::new(Condition::Forbidden))?;
-    let host = me.domain().to_string();
+    let (_, host, node) = req.own_account()?;
     let q = req
         .payload()
         .ok_or_else(|| StanzaError::new(Condition::BadRequest))?;

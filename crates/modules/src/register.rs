@@ -99,11 +99,7 @@ fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
 }
 
 fn own(req: &IqRequest) -> Result<BareJid, StanzaError> {
-    let me = req.stanza.from.to_bare();
-    if req.stanza.to.as_ref().map(|t| t.to_bare()) != Some(me.clone()) {
-        return Err(StanzaError::new(Condition::Forbidden));
-    }
-    Ok(me)
+    req.own_account().map(|(me, _, _)| me)
 }
 
 fn field(q: &Element, name: &str) -> Option<String> {

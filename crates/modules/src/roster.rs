@@ -131,17 +131,7 @@ fn internal(e: impl std::fmt::Display) -> StanzaError {
 
 /// The account (host, user) an account-scope IQ is about, only for its owner.
 fn own_account(req: &IqRequest) -> Result<(String, String), StanzaError> {
-    let to = req.stanza.to.as_ref().map(|t| t.to_bare());
-    let from = req.stanza.from.to_bare();
-    match to {
-        Some(t) if t == from => {}
-        _ => return Err(StanzaError::new(Condition::Forbidden)),
-    }
-    let node = from
-        .node()
-        .map(|n| n.to_string())
-        .ok_or_else(|| StanzaError::new(Condition::Forbidden))?;
-    Ok((from.domain().to_string(), node))
+    req.own_account().map(|(_, host, user)| (host, user))
 }
 
 fn item_el(item: &RosterItem) -> Element {

@@ -157,20 +157,7 @@ impl Core {
             self.bounce(&st, Condition::ServiceUnavailable, None);
             return;
         };
-        let core = self.clone();
-        tokio::spawn(async move {
-            let req_copy = st.clone();
-            let res = handler(IqRequest {
-                stanza: st,
-                core: core.clone(),
-                host,
-            })
-            .await;
-            match res {
-                Ok(payload) => core.route(req_copy.iq_result(payload)),
-                Err(e) => core.bounce_with(&req_copy, e, None),
-            }
-        });
+        self.run_iq_handler(handler, host, st);
     }
 
     /// Reply to `st` with an error, unless it is an error itself.
@@ -228,18 +215,19 @@ impl Core {
         };
         let handler = host.iq_handler(scope, kind, &payload.ns());
         let Some(handler) = handler else {
-            if scope == IqScope::Account {
-                // Only answer for accounts that exist.
-                let core = self.clone();
-                tokio::spawn(async move {
-                    let _ = core.user_exists_for(&st).await;
-                    core.bounce(&st, Condition::ServiceUnavailable, None);
-                });
-            } else {
-                self.bounce(&st, Condition::ServiceUnavailable, None);
-            }
+            self.bounce(&st, Condition::ServiceUnavailable, None);
             return;
         };
+        self.run_iq_handler(handler, host, st);
+    }
+
+    /// Run an IQ handler in its own task and answer with its result or error.
+    fn run_iq_handler(
+        self: &Arc<Self>,
+        handler: crate::module::IqHandler,
+        host: Arc<Host>,
+        st: Stanza,
+    ) {
         let core = self.clone();
         tokio::spawn(async move {
             let req_copy = st.clone();

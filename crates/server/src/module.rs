@@ -33,6 +33,21 @@ impl IqRequest {
     pub fn payload(&self) -> Option<&Element> {
         self.stanza.payload()
     }
+    /// The requester's own account, when the IQ is addressed to it (or to no
+    /// one); anyone else gets `forbidden`. Returns (bare JID, host, user).
+    pub fn own_account(&self) -> Result<(jid::BareJid, String, String), StanzaError> {
+        let me = self.stanza.from.to_bare();
+        if self.stanza.to.as_ref().map(|t| t.to_bare()) != Some(me.clone()) {
+            return Err(StanzaError::new(palaver_proto::error::Condition::Forbidden));
+        }
+        let user = me
+            .node()
+            .map(|n| n.to_string())
+            .ok_or_else(|| StanzaError::new(palaver_proto::error::Condition::Forbidden))?;
+        let host = me.domain().to_string();
+        Ok((me, host, user))
+    }
+
     /// `true` for `type='get'`.
     pub fn is_get(&self) -> bool {
         self.stanza.type_attr() == Some("get")

@@ -80,26 +80,8 @@ impl Server {
         registry: &[ModuleDef],
     ) -> Result<Arc<Core>, StartError> {
         let storage = open_storage(&config).await?;
-        let mut hosts = HashMap::new();
-        for h in &config.hosts {
-            hosts.insert(h.clone(), Host::start(h, &config, registry)?);
-        }
         let (_tx, shutdown) = watch::channel(false);
-        let config = Arc::new(config);
-        let services = service_map(&hosts)?;
-        Ok(Arc::new(Core {
-            auth: Authenticator::new(storage.clone(), config.scram_iterations),
-            config,
-            storage,
-            hosts,
-            services,
-            http_addrs: std::sync::OnceLock::new(),
-            upload: std::sync::OnceLock::new(),
-            offline_queues: std::sync::OnceLock::new(),
-            sm: SessionManager::default(),
-            started: Instant::now(),
-            shutdown,
-        }))
+        build_core(config, registry, storage, shutdown)
     }
 
     /// Open storage, start hosts and listeners.
@@ -117,31 +99,14 @@ impl Server {
         registry: &[ModuleDef],
         storage: Storage,
     ) -> Result<RunningServer, StartError> {
-        let mut hosts = HashMap::new();
-        for h in &config.hosts {
-            hosts.insert(h.clone(), Host::start(h, &config, registry)?);
-        }
-        let services = service_map(&hosts)?;
         let certs = Arc::new(CertStore::load(
             &config.certfiles,
             &config.hosts,
             &config.data_dir,
         )?);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let config = Arc::new(config);
-        let core = Arc::new(Core {
-            auth: Authenticator::new(storage.clone(), config.scram_iterations),
-            config: config.clone(),
-            storage,
-            hosts,
-            services,
-            http_addrs: std::sync::OnceLock::new(),
-            upload: std::sync::OnceLock::new(),
-            offline_queues: std::sync::OnceLock::new(),
-            sm: SessionManager::default(),
-            started: Instant::now(),
-            shutdown: shutdown_rx,
-        });
+        let core = build_core(config, registry, storage, shutdown_rx)?;
+        let config = core.config.clone();
         let mut tasks = JoinSet::new();
         let mut listeners = Vec::new();
         let mut http = Vec::new();
@@ -197,6 +162,34 @@ impl Server {
             tasks,
         })
     }
+}
+
+/// Start every host's modules and assemble the shared core.
+fn build_core(
+    config: Config,
+    registry: &[ModuleDef],
+    storage: Storage,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Arc<Core>, StartError> {
+    let mut hosts = HashMap::new();
+    for h in &config.hosts {
+        hosts.insert(h.clone(), Host::start(h, &config, registry)?);
+    }
+    let services = service_map(&hosts)?;
+    let config = Arc::new(config);
+    Ok(Arc::new(Core {
+        auth: Authenticator::new(storage.clone(), config.scram_iterations),
+        config,
+        storage,
+        hosts,
+        services,
+        http_addrs: std::sync::OnceLock::new(),
+        upload: std::sync::OnceLock::new(),
+        offline_queues: std::sync::OnceLock::new(),
+        sm: SessionManager::default(),
+        started: Instant::now(),
+        shutdown,
+    }))
 }
 
 /// Service subdomains of every host; a domain may be served only once.
