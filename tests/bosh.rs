@@ -217,3 +217,24 @@ async fn bosh_terminate_and_bad_requests() {
     assert!(r.contains("item-not-found"), "{r}");
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn bosh_polling_overactivity() {
+    let srv = TestServer::start().await;
+    let r = post(srv.http_addr, &format!("<body xmlns='{NS}' rid='10' to='localhost' wait='2' hold='0' ver='1.6' xmpp:version='1.0' xmlns:xmpp='urn:xmpp:xbosh'/>")).await;
+    let sid = attr(&r, "sid").expect("sid");
+    assert_eq!(attr(&r, "hold").as_deref(), Some("0"));
+    // Two empty polls back to back: the second breaks the polling interval.
+    let _ = post(
+        srv.http_addr,
+        &format!("<body xmlns='{NS}' rid='11' sid='{sid}'/>"),
+    )
+    .await;
+    let r = post(
+        srv.http_addr,
+        &format!("<body xmlns='{NS}' rid='12' sid='{sid}'/>"),
+    )
+    .await;
+    assert!(r.contains("policy-violation"), "{r}");
+    srv.stop().await;
+}

@@ -163,6 +163,8 @@ struct Bosh {
     terminated: bool,
     /// The client asked for acknowledgements (`ack='1'` at creation).
     acks: bool,
+    /// When the last empty poll arrived (polling sessions).
+    last_poll: Option<Instant>,
     inactivity: Duration,
     last_activity: Instant,
 }
@@ -258,6 +260,22 @@ impl Bosh {
             let _ = reply.send(terminate("item-not-found"));
             self.terminated = true;
             return;
+        }
+        // XEP-0124 §12: a polling session (hold 0) may not send empty
+        // requests more often than every `polling` seconds.
+        let empty = body.children().next().is_none()
+            && body.attr("type").is_none()
+            && body.attr("pause").is_none();
+        if self.hold == 0 && empty {
+            if self
+                .last_poll
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(POLLING))
+            {
+                let _ = reply.send(terminate("policy-violation"));
+                self.terminated = true;
+                return;
+            }
+            self.last_poll = Some(Instant::now());
         }
         if self.pending.len() as u64 > self.requests {
             let _ = reply.send(terminate("policy-violation"));
@@ -360,6 +378,7 @@ async fn session_task(
         cache: BTreeMap::new(),
         terminated: false,
         acks: first.attr("ack") == Some("1"),
+        last_poll: None,
         inactivity: Duration::from_secs(INACTIVITY),
         last_activity: Instant::now(),
     };
