@@ -44,11 +44,14 @@ fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
                     .get_child("status", ns::CLIENT)
                     .map(|s| s.text())
                     .unwrap_or_default();
-                let _ = core
+                if let Err(e) = core
                     .storage
                     .last
                     .set_last(bare.domain().as_str(), node.as_str(), now(), &status)
-                    .await;
+                    .await
+                {
+                    tracing::warn!(error = %e, "recording last activity failed");
+                }
             })
         }),
     );
@@ -56,7 +59,9 @@ fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
         50,
         Arc::new(|core, host, user| {
             Box::pin(async move {
-                let _ = core.storage.last.remove_last(&host, &user).await;
+                if let Err(e) = core.storage.last.remove_last(&host, &user).await {
+                    tracing::warn!(error = %e, "removing last activity failed");
+                }
             })
         }),
     );

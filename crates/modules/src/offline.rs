@@ -1,6 +1,7 @@
 //! XEP-0160: offline messages, delivered in order at the next available
 //! presence with a XEP-0203 `<delay/>`.
 
+use dashmap::DashMap;
 use jid::{FullJid, Jid};
 use minidom::Element;
 use palaver_proto::ns;
@@ -10,6 +11,7 @@ use palaver_server::module::PresenceEvent;
 use palaver_server::sm::SessionMsg;
 use palaver_server::{HostSetup, ModuleDef};
 use std::sync::Arc;
+use tokio::sync::mpsc::error::TrySendError;
 
 /// `mod_offline`.
 pub const MODULE: ModuleDef = ModuleDef {
@@ -42,13 +44,22 @@ fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
         50,
         Arc::new(move |core, st| Box::pin(async move { store(core, st, limit).await })),
     );
+    let busy: Arc<DashMap<String, ()>> = Arc::new(DashMap::new());
     host.hook_presence_out(
         40,
-        Arc::new(|core, jid, _st, ev| {
+        Arc::new(move |core, jid, _st, ev| {
+            let busy = busy.clone();
             Box::pin(async move {
-                if ev == PresenceEvent::Initial {
-                    deliver(core, jid).await;
+                if ev != PresenceEvent::Initial {
+                    return;
                 }
+                // One delivery per account at a time: two resources coming
+                // online together must not both get the backlog.
+                let bare = jid.to_bare().to_string();
+                if busy.insert(bare.clone(), ()).is_some() {
+                    return;
+                }
+                deliver(core, jid, Busy(busy, bare)).await;
             })
         }),
     );
@@ -63,6 +74,15 @@ fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
         }),
     );
     Ok(())
+}
+
+/// Marks an account's delivery as running until dropped (also on panic).
+struct Busy(Arc<DashMap<String, ()>>, String);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.remove(&self.1);
+    }
 }
 
 fn now() -> std::time::Duration {
@@ -115,50 +135,92 @@ async fn store(core: Arc<Core>, st: Stanza, limit: usize) -> bool {
     }
 }
 
-async fn deliver(core: Arc<Core>, jid: FullJid) {
+/// Deliver the stored messages to the session `jid` (which just sent its
+/// initial presence), in order, then delete them.
+///
+/// This runs inside the session's own task, which cannot drain its queue
+/// meanwhile: what fits in the queue is queued here; a longer backlog is
+/// finished by a task of its own that waits for room.
+async fn deliver(core: Arc<Core>, jid: FullJid, busy: Busy) {
     let host = jid.domain().to_string();
-    let Some(node) = jid.node() else { return };
-    let msgs = match core
-        .storage
-        .offline
-        .offline_messages(&host, node.as_str())
-        .await
-    {
-        Ok(m) => m,
+    let Some(node) = jid.node().map(|n| n.to_string()) else {
+        return;
+    };
+    let msgs = match core.storage.offline.offline_messages(&host, &node).await {
+        Ok(m) if !m.is_empty() => m,
+        Ok(_) => return,
         Err(e) => {
             tracing::warn!(error = %e, "reading offline messages failed");
             return;
         }
     };
+    // The session that sent the initial presence, and only that one.
+    let Some(h) = core.sm.get(&jid).filter(|h| h.priority.is_some()) else {
+        return;
+    };
     let mut last = None;
-    for (id, xml, _) in msgs {
-        match xml.parse::<Element>() {
-            Ok(el) => {
-                let from = el.attr("from").and_then(|f| Jid::new(f).ok());
-                let Some(from) = from else {
-                    last = Some(id);
-                    continue;
-                };
-                let st = Stanza::new(StanzaKind::Message, from, Some(Jid::from(jid.clone())), el);
-                // Wait for room in the session's queue: a long backlog is
-                // delivered whole, in order.
-                let Some(h) = core.sm.get(&jid) else { break };
-                if h.tx.send(SessionMsg::Stanza(Box::new(st))).await.is_err() {
-                    break;
-                }
-                last = Some(id);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, id, "skipping an unreadable offline message");
-                last = Some(id);
+    let mut msgs = msgs.into_iter();
+    while let Some((id, xml, _)) = msgs.next() {
+        let Some(st) = restore(id, &xml, &jid) else {
+            last = Some(id);
+            continue;
+        };
+        match h.tx.try_send(SessionMsg::Stanza(Box::new(st))) {
+            Ok(()) => last = Some(id),
+            Err(TrySendError::Closed(_)) => break,
+            Err(TrySendError::Full(first)) => {
+                tokio::spawn(async move {
+                    let _busy = busy;
+                    let mut next = Some((id, first));
+                    while let Some((id, msg)) = next.take() {
+                        if h.tx.send(msg).await.is_err() {
+                            break;
+                        }
+                        last = Some(id);
+                        next = msgs.by_ref().find_map(|(id, xml, _)| {
+                            let st = restore(id, &xml, &jid);
+                            if st.is_none() {
+                                last = Some(id);
+                            }
+                            st.map(|st| (id, SessionMsg::Stanza(Box::new(st))))
+                        });
+                    }
+                    delete_upto(&core, &host, &node, last).await;
+                });
+                return;
             }
         }
     }
+    delete_upto(&core, &host, &node, last).await;
+}
+
+/// A stored message as a stanza for `to`; `None` (logged) when unreadable.
+fn restore(id: i64, xml: &str, to: &FullJid) -> Option<Stanza> {
+    let el = match xml.parse::<Element>() {
+        Ok(el) => el,
+        Err(e) => {
+            tracing::warn!(error = %e, id, "skipping an unreadable offline message");
+            return None;
+        }
+    };
+    let Some(from) = el.attr("from").and_then(|f| Jid::new(f).ok()) else {
+        tracing::warn!(id, "skipping an offline message without a sender");
+        return None;
+    };
+    Some(Stanza::new(
+        StanzaKind::Message,
+        from,
+        Some(Jid::from(to.clone())),
+        el,
+    ))
+}
+
+async fn delete_upto(core: &Core, host: &str, node: &str, last: Option<i64>) {
     if let Some(id) = last
         && let Err(e) = core
             .storage
             .offline
-            .delete_offline_upto(&host, node.as_str(), id)
+            .delete_offline_upto(host, node, id)
             .await
     {
         tracing::warn!(error = %e, "deleting delivered offline messages failed");

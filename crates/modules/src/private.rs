@@ -46,11 +46,14 @@ fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
         50,
         Arc::new(|core, host, user| {
             Box::pin(async move {
-                let _ = core
+                if let Err(e) = core
                     .storage
                     .xml
                     .remove_xml_user(&host, &user, "private:")
-                    .await;
+                    .await
+                {
+                    tracing::warn!(error = %e, "removing private XML failed");
+                }
             })
         }),
     );

@@ -32,7 +32,7 @@ impl Default for Options {
     }
 }
 
-/// Bare JID → SHA-1 hex of the photo ("" when none).
+/// Bare JID of an online user with a photo → SHA-1 hex of the photo.
 type Hashes = DashMap<String, String>;
 
 fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
@@ -63,15 +63,29 @@ fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
                     .get_xml(bare.domain().as_str(), node.as_str(), "vcard")
                     .await;
                 let hash = match xml {
-                    Ok(Some(x)) => x
-                        .parse::<Element>()
-                        .ok()
-                        .and_then(|v| photo_hash(&v))
-                        .unwrap_or_default(),
-                    _ => String::new(),
+                    Ok(Some(x)) => x.parse::<Element>().ok().and_then(|v| photo_hash(&v)),
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "loading a vCard failed");
+                        None
+                    }
                 };
-                h.insert(bare.to_string(), hash);
+                if let Some(hash) = hash {
+                    h.insert(bare.to_string(), hash);
+                }
             })
+        }),
+    );
+    // Forget the hash when the user's last session is gone (the table holds
+    // online users only). The check runs under the map's shard lock, so a
+    // session bound meanwhile keeps (or re-inserts) its entry.
+    let h = hashes.clone();
+    host.hook_session_closed(
+        50,
+        Arc::new(move |core, jid| {
+            let bare = jid.to_bare();
+            h.remove_if(bare.as_str(), |_, _| !core.sm.has_sessions(&bare));
+            Box::pin(async {})
         }),
     );
     let h = hashes.clone();
@@ -82,7 +96,6 @@ fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
                 && matches!(st.type_attr(), None | Some("unavailable"))
                 && !st.el.has_child("x", NS_UPDATE)
                 && let Some(hash) = h.get(ctx.session_jid.to_bare().as_str())
-                && !hash.is_empty()
             {
                 st.el.append_child(
                     Element::builder("x", NS_UPDATE)
@@ -99,11 +112,14 @@ fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
         Arc::new(move |core, host, user| {
             h.remove(&format!("{user}@{host}"));
             Box::pin(async move {
-                let _ = core
+                if let Err(e) = core
                     .storage
                     .xml
                     .remove_xml_user(&host, &user, "vcard")
-                    .await;
+                    .await
+                {
+                    tracing::warn!(error = %e, "removing a vCard failed");
+                }
             })
         }),
     );
@@ -188,6 +204,10 @@ async fn set(req: IqRequest, max: usize, hashes: Arc<Hashes>) -> IqResult {
         .set_xml(&host, &user, "vcard", &xml)
         .await
         .map_err(internal)?;
-    hashes.insert(format!("{user}@{host}"), photo_hash(v).unwrap_or_default());
+    let bare = format!("{user}@{host}");
+    match photo_hash(v) {
+        Some(hash) => hashes.insert(bare, hash),
+        None => hashes.remove(&bare).map(|(_, h)| h),
+    };
     Ok(None)
 }

@@ -492,12 +492,14 @@ impl Core {
         host: &str,
         user: &str,
     ) -> palaver_storage::Result<()> {
+        // The account goes first, so nothing new is stored for it while the
+        // modules delete their data.
+        self.storage.accounts.delete_account(host, user).await?;
         if let Some(h) = self.hosts.get(host) {
             for (_, hook) in &h.regs.remove_user {
                 hook(self.clone(), host.to_string(), user.to_string()).await;
             }
         }
-        self.storage.accounts.delete_account(host, user).await?;
         self.auth.forget(host, user);
         if let Ok(bare) = BareJid::new(&format!("{user}@{host}")) {
             for s in self.sm.sessions(&bare) {

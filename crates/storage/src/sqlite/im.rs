@@ -273,6 +273,15 @@ impl OfflineStore for SqliteStore {
         limit: usize,
     ) -> Result<bool> {
         let mut tx = self.write_tx().await?;
+        // Never store for an account that is gone (removal may race with delivery).
+        let exists = sqlx::query("SELECT 1 FROM users WHERE host = ?1 AND username = ?2")
+            .bind(host)
+            .bind(user)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Ok(false);
+        }
         let n: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM offline_messages WHERE host = ?1 AND username = ?2",
         )
@@ -547,6 +556,7 @@ impl HostKvStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::AccountStore as _;
 
     async fn store() -> (tempfile_dir::Dir, SqliteStore) {
         let dir = tempfile_dir::Dir::new();
@@ -623,6 +633,13 @@ mod tests {
     #[tokio::test]
     async fn offline_order_and_limit() {
         let (_d, s) = store().await;
+        assert!(
+            !s.store_offline("h", "ghost", "<m/>", 1, 10).await.unwrap(),
+            "no account, no storage"
+        );
+        for u in ["u", "v"] {
+            s.create_account("h", u, &[]).await.unwrap();
+        }
         for i in 0..3 {
             assert!(
                 s.store_offline("h", "u", &format!("<m{i}/>"), i, 3)
@@ -696,6 +713,7 @@ mod tests {
     #[tokio::test]
     async fn offline_limit_holds_under_concurrency() {
         let (d, s) = store().await;
+        s.create_account("h", "u", &[]).await.unwrap();
         // A second pool on the same file: writers from both must serialise.
         let s2 = std::sync::Arc::new(SqliteStore::open(&d.0.join("db.sqlite")).await.unwrap());
         let s = std::sync::Arc::new(s);
@@ -831,6 +849,9 @@ mod tests {
     #[tokio::test]
     async fn offline_delete_upto_and_stamps() {
         let (_d, s) = store().await;
+        for u in ["u", "v"] {
+            s.create_account("h", u, &[]).await.unwrap();
+        }
         assert!(!s.store_offline("h", "u", "<m/>", 1, 0).await.unwrap());
         for i in 0..5 {
             assert!(
