@@ -337,6 +337,10 @@ impl HostSetup {
     }
 
     /// Hook presence broadcasts of local sessions.
+    ///
+    /// These hooks run inside the broadcasting session's own task: a hook
+    /// must never wait for room in that session's queue (it cannot drain
+    /// while the hook runs); hand long work to a spawned task instead.
     pub fn hook_presence_out(&mut self, priority: i32, f: PresenceOutHook) {
         self.regs.presence_out.push((priority, f));
     }
