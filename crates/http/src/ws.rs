@@ -249,13 +249,7 @@ async fn run(state: HttpState, socket: WebSocket, peer: SocketAddr) {
             }
             () = &mut timer => {
                 let now = Instant::now();
-                let due = if !session.is_bound() {
-                    auth_deadline
-                } else if idle.is_zero() {
-                    now + Duration::from_secs(86_400)
-                } else {
-                    last_read + idle
-                };
+                let due = session.deadline(auth_deadline, idle, last_read, now);
                 if now >= due {
                     next = session.stream_error(StreamError::with_text(SC::ConnectionTimeout, "timed out"));
                 } else {

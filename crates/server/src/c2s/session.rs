@@ -105,6 +105,24 @@ impl C2sSession {
         self.cb = cb;
     }
 
+    /// When the connection times out: `auth_deadline` until a resource is
+    /// bound, then `idle` after the last input (never when `idle` is zero).
+    pub fn deadline(
+        &self,
+        auth_deadline: tokio::time::Instant,
+        idle: std::time::Duration,
+        last_read: tokio::time::Instant,
+        now: tokio::time::Instant,
+    ) -> tokio::time::Instant {
+        if !self.is_bound() {
+            auth_deadline
+        } else if idle.is_zero() {
+            now + std::time::Duration::from_secs(86_400)
+        } else {
+            last_read + idle
+        }
+    }
+
     /// Whether a resource is bound.
     pub fn is_bound(&self) -> bool {
         self.bound.is_some()
