@@ -1,5 +1,17 @@
-//! Announcements as ejabberd addresses them: `HOST/announce/online`,
-//! `HOST/announce/motd`, `HOST/announce/motd/update`, `HOST/announce/motd/delete`.
+//! Announcements as ejabberd addresses them, by a message to the host with
+//! a resource:
+//!
+//! - `HOST/announce/online`: a copy (subject and body) to every bound session of HOST;
+//! - `HOST/announce/motd`: store the message of the day and send it to the
+//!   sessions online now (their users will not get it again at their next login);
+//! - `HOST/announce/motd/update`: store it without sending;
+//! - `HOST/announce/motd/delete`: delete it.
+//!
+//! A user gets the stored message once, with the first available presence
+//! of a session after it was set. Only members of the `access_acl` ACL
+//! (default `admin`) may announce; others get `forbidden`. Any other
+//! resource under `announce/` gets `item-not-found`; messages to the host
+//! with other resources are left to the server's default handling.
 
 use jid::Jid;
 use minidom::Element;
@@ -132,8 +144,7 @@ async fn announce(core: Arc<Core>, st: Stanza, acl: &str) -> bool {
         }
         "motd" => {
             let ok = store_motd(Some(xml)).await;
-            send_online(&core, &host, &st.el);
-            // Online users already got it: don't repeat it at their next login.
+            // Online users get it now: don't repeat it at their next login.
             for (bare, _) in core.sm.all() {
                 if bare.domain().as_str() == host
                     && let Some(n) = bare.node()
@@ -145,6 +156,7 @@ async fn announce(core: Arc<Core>, st: Stanza, acl: &str) -> bool {
                         .await;
                 }
             }
+            send_online(&core, &host, &st.el);
             ok
         }
         "motd/update" => store_motd(Some(xml)).await,

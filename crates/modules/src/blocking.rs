@@ -1,13 +1,27 @@
 //! XEP-0191 blocking command.
+//!
+//! The block list of every user with a bound session is cached in memory
+//! (loaded when a resource binds, dropped when the last one closes) so the
+//! stanza hooks never touch storage. Paths that reach a user without a
+//! session (offline messages, subscription requests and probes) read the
+//! stored list.
+//!
+//! Enforcement (§3.5, §3.6): nothing from a blocked entity reaches the user
+//! (messages and IQ requests are answered with `service-unavailable`,
+//! presence and subscription requests are dropped, probes go unanswered),
+//! and nothing the user sends reaches a blocked entity (messages and IQ
+//! requests are answered with `not-acceptable` + `<blocked/>`). IQs
+//! addressed to the user's bare JID and answered by the server itself
+//! (vCard…) are not filtered.
 
 use dashmap::DashMap;
-use jid::{BareJid, Jid};
+use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
 use palaver_proto::error::{Condition, StanzaError};
 use palaver_proto::ns;
 use palaver_proto::stanza::{Stanza, StanzaKind, set_attr};
 use palaver_server::core::Core;
-use palaver_server::module::HookAction;
+use palaver_server::module::{HookAction, HookCtx};
 use palaver_server::sm::SessionManager;
 use palaver_server::{HostSetup, IqRequest, IqResult, IqScope, IqType, ModuleDef};
 use std::collections::HashSet;
@@ -49,67 +63,53 @@ fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
         Arc::new(move |core, jid| {
             let c = c.clone();
             Box::pin(async move {
-                let bare = jid.to_bare();
-                let _ = load(&core, &c, &bare).await;
+                let _ = load(&core, &c, &jid.to_bare()).await;
             })
         }),
     );
     let c = cache.clone();
-    host.hook_user_receive(
-        90,
-        Arc::new(move |ctx, st| {
-            let Some(list) = c.get(ctx.session_jid.to_bare().as_str()).map(|l| l.clone()) else {
-                return HookAction::Continue;
-            };
-            // Errors (including our own "blocked" bounces) are let through.
-            if st.is_error() || !matches(&list, &st.from) {
-                return HookAction::Continue;
-            }
-            // XEP-0191 §3.5: nothing from a blocked entity reaches the user.
-            let answer = match st.kind {
-                StanzaKind::Message => !st.is_error(),
-                StanzaKind::Iq => matches!(st.type_attr(), Some("get") | Some("set")),
-                StanzaKind::Presence => false,
-            };
-            if answer {
-                ctx.core.bounce(
-                    st,
-                    Condition::ServiceUnavailable,
-                    Some(Jid::from(ctx.session_jid.to_bare())),
-                );
-            }
-            HookAction::Drop
+    host.hook_session_closed(
+        60,
+        Arc::new(move |core, jid| {
+            // Checked under the map's shard lock: a resource binding meanwhile
+            // is already in the session table, or loads its list after this.
+            let bare = jid.to_bare();
+            c.remove_if(bare.as_str(), |_, _| !core.sm.has_sessions(&bare));
+            Box::pin(async {})
         }),
     );
     let c = cache.clone();
-    host.hook_user_send(
+    host.hook_user_receive(90, Arc::new(move |ctx, st| receive(&c, ctx, st)));
+    let c = cache.clone();
+    host.hook_user_send(90, Arc::new(move |ctx, st| send(&c, ctx, st)));
+    let c = cache.clone();
+    host.hook_offline_message(
         90,
-        Arc::new(move |ctx, st| {
-            let Some(to) = st.to.clone() else {
-                return HookAction::Continue;
-            };
-            let Some(list) = c.get(ctx.session_jid.to_bare().as_str()).map(|l| l.clone()) else {
-                return HookAction::Continue;
-            };
-            if !matches(&list, &to) {
-                return HookAction::Continue;
-            }
-            let answer = match st.kind {
-                StanzaKind::Message => !st.is_error(),
-                StanzaKind::Iq => matches!(st.type_attr(), Some("get") | Some("set")),
-                StanzaKind::Presence => false,
-            };
-            if answer {
-                // §3.6: tell the user the recipient is blocked.
-                let err = StanzaError::new(Condition::NotAcceptable)
-                    .with_extra(Element::bare("blocked", NS_BLOCKED_ERR));
-                let mut bounce = st.clone();
-                bounce.from = Jid::from(ctx.session_jid.clone());
-                if let Some(reply) = bounce.error_reply(&err, Some(to)) {
-                    ctx.core.route(reply);
+        Arc::new(move |core, st| {
+            let c = c.clone();
+            Box::pin(async move {
+                if !blocked_by_recipient(&core, &c, &st).await {
+                    return false;
                 }
-            }
-            HookAction::Drop
+                let me = st.to.as_ref().map(|t| Jid::from(t.to_bare()));
+                core.bounce(&st, Condition::ServiceUnavailable, me);
+                true
+            })
+        }),
+    );
+    let c = cache.clone();
+    host.hook_presence_in(
+        90,
+        Arc::new(move |core, st| {
+            let c = c.clone();
+            Box::pin(async move {
+                // Subscription requests and probes from a blocked entity are
+                // dropped: the user looks offline and is not pestered. Other
+                // subscription states still update the roster (their delivery
+                // to the user's sessions is filtered by the receive hook).
+                matches!(st.type_attr(), Some("subscribe") | Some("probe"))
+                    && blocked_by_recipient(&core, &c, &st).await
+            })
         }),
     );
     let c = cache;
@@ -118,18 +118,111 @@ fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
         Arc::new(move |core, host, user| {
             c.remove(&format!("{user}@{host}"));
             Box::pin(async move {
-                let _ = core.storage.blocks.unblock(&host, &user, &[]).await;
+                if let Err(e) = core.storage.blocks.unblock(&host, &user, &[]).await {
+                    tracing::warn!(error = %e, "removing block list failed");
+                }
             })
         }),
     );
     Ok(())
 }
 
-/// Whether `jid` is covered by a block list entry (full JID, bare JID or domain).
+/// §3.5: a stanza from a blocked entity to a session of the user.
+fn receive(cache: &Cache, ctx: &HookCtx<'_>, st: &mut Stanza) -> HookAction {
+    // Errors are let through: they include the user's own "blocked" bounces.
+    if st.is_error() {
+        return HookAction::Continue;
+    }
+    let me = ctx.session_jid.to_bare();
+    let Some(list) = cache.get(me.as_str()).map(|l| l.clone()) else {
+        return HookAction::Continue;
+    };
+    if list.is_empty() || st.from.to_bare() == me || !matches(&list, &st.from) {
+        return HookAction::Continue;
+    }
+    if answerable(st) {
+        ctx.core
+            .bounce(st, Condition::ServiceUnavailable, Some(Jid::from(me)));
+    }
+    HookAction::Drop
+}
+
+/// §3.6: a stanza from the user to a blocked entity.
+fn send(cache: &Cache, ctx: &HookCtx<'_>, st: &mut Stanza) -> HookAction {
+    let Some(to) = st.to.clone() else {
+        return HookAction::Continue;
+    };
+    let me = ctx.session_jid.to_bare();
+    let Some(list) = cache.get(me.as_str()).map(|l| l.clone()) else {
+        return HookAction::Continue;
+    };
+    if list.is_empty() || to.to_bare() == me || !matches(&list, &to) {
+        return HookAction::Continue;
+    }
+    if answerable(st) {
+        let err = StanzaError::new(Condition::NotAcceptable)
+            .with_extra(Element::bare("blocked", NS_BLOCKED_ERR));
+        let mut bounce = st.clone();
+        bounce.from = Jid::from(ctx.session_jid.clone());
+        if let Some(reply) = bounce.error_reply(&err, Some(to)) {
+            ctx.core.route(reply);
+        }
+    }
+    HookAction::Drop
+}
+
+/// Messages and IQ requests get an error back; presence, results and errors don't.
+fn answerable(st: &Stanza) -> bool {
+    match st.kind {
+        StanzaKind::Message => !st.is_error(),
+        StanzaKind::Iq => matches!(st.type_attr(), Some("get") | Some("set")),
+        StanzaKind::Presence => false,
+    }
+}
+
+/// Whether the local recipient of `st` (online or not) blocks its sender.
+async fn blocked_by_recipient(core: &Arc<Core>, cache: &Cache, st: &Stanza) -> bool {
+    let Some(to) = &st.to else { return false };
+    let bare = to.to_bare();
+    if st.from.to_bare() == bare {
+        return false;
+    }
+    if let Some(list) = cache.get(bare.as_str()).map(|l| l.clone()) {
+        return matches(&list, &st.from);
+    }
+    let Some(node) = bare.node() else {
+        return false;
+    };
+    match core
+        .storage
+        .blocks
+        .blocklist(bare.domain().as_str(), node.as_str())
+        .await
+    {
+        Ok(list) => {
+            let list: HashSet<String> = list.into_iter().collect();
+            matches(&list, &st.from)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "blocklist lookup failed");
+            false
+        }
+    }
+}
+
+/// Whether `jid` is covered by a block list entry (XEP-0191 §3.7 / XEP-0016
+/// matching: the full JID, the bare JID, the domain with the resource, or the domain).
 fn matches(list: &HashSet<String>, jid: &Jid) -> bool {
-    list.contains(jid.as_str())
+    if list.contains(jid.as_str())
         || list.contains(jid.to_bare().as_str())
         || list.contains(jid.domain().as_str())
+    {
+        return true;
+    }
+    match jid.resource() {
+        Some(r) if jid.node().is_some() => list.contains(&format!("{}/{}", jid.domain(), r)),
+        _ => false,
+    }
 }
 
 fn internal(e: impl std::fmt::Display) -> StanzaError {
@@ -137,6 +230,7 @@ fn internal(e: impl std::fmt::Display) -> StanzaError {
     StanzaError::new(Condition::InternalServerError)
 }
 
+/// Read the stored list; refresh the cache while the user has sessions.
 async fn load(
     core: &Arc<Core>,
     cache: &Cache,
@@ -155,12 +249,10 @@ async fn load(
         .into_iter()
         .collect();
     let list = Arc::new(list);
-    cache.insert(bare.to_string(), list.clone());
+    if core.sm.has_sessions(bare) {
+        cache.insert(bare.to_string(), list.clone());
+    }
     Ok(list)
-}
-
-fn own(req: &IqRequest) -> Result<BareJid, StanzaError> {
-    req.own_account().map(|(me, _, _)| me)
 }
 
 fn item(jid: &str) -> Element {
@@ -170,7 +262,7 @@ fn item(jid: &str) -> Element {
 }
 
 async fn get(req: IqRequest, cache: Arc<Cache>) -> IqResult {
-    let me = own(&req)?;
+    let (me, _, _) = req.own_account()?;
     let list = load(&req.core, &cache, &me).await?;
     let mut sorted: Vec<&String> = list.iter().collect();
     sorted.sort();
@@ -182,12 +274,7 @@ async fn get(req: IqRequest, cache: Arc<Cache>) -> IqResult {
 }
 
 async fn set(req: IqRequest, cache: Arc<Cache>) -> IqResult {
-    let me = own(&req)?;
-    let node = me
-        .node()
-        .map(|n| n.to_string())
-        .ok_or_else(|| StanzaError::new(Condition::Forbidden))?;
-    let host = me.domain().to_string();
+    let (me, host, node) = req.own_account()?;
     let p = req
         .payload()
         .ok_or_else(|| StanzaError::new(Condition::BadRequest))?;
@@ -201,7 +288,10 @@ async fn set(req: IqRequest, cache: Arc<Cache>) -> IqResult {
             .attr("jid")
             .ok_or_else(|| StanzaError::new(Condition::BadRequest))?;
         let j = Jid::new(raw).map_err(|_| StanzaError::new(Condition::JidMalformed))?;
-        jids.push(j.to_string());
+        let j = j.to_string();
+        if !jids.contains(&j) {
+            jids.push(j);
+        }
     }
     if block && jids.is_empty() {
         return Err(StanzaError::new(Condition::BadRequest).text("block needs at least one item"));
@@ -222,12 +312,77 @@ async fn set(req: IqRequest, cache: Arc<Cache>) -> IqResult {
             .map_err(internal)?;
     }
     load(&core, &cache, &me).await?;
-    // Push the change to every resource of the user (§3.3, §3.4).
+    push(&core, &me, block, &jids);
+    if block {
+        // §3.3: newly blocked contacts see the user go offline.
+        for j in jids.iter().filter(|j| !before.contains(*j)) {
+            let Ok(to) = Jid::new(j) else { continue };
+            for full in available(&core, &me) {
+                let mut el = Element::bare("presence", ns::CLIENT);
+                set_attr(&mut el, "type", "unavailable");
+                core.route(Stanza::new(
+                    StanzaKind::Presence,
+                    Jid::from(full),
+                    Some(to.clone()),
+                    el,
+                ));
+            }
+        }
+    } else {
+        // §3.4: unblocked contacts subscribed to the user's presence get it again.
+        let unblocked: Vec<String> = if jids.is_empty() {
+            before.iter().cloned().collect()
+        } else {
+            jids.into_iter().filter(|j| before.contains(j)).collect()
+        };
+        for j in unblocked {
+            let subscribed = matches!(
+                core.storage.roster.roster_item(&host, &node, &j).await,
+                Ok(Some(it)) if it.subscription.has_from()
+            );
+            let Ok(to) = Jid::new(&j) else { continue };
+            if !subscribed {
+                continue;
+            }
+            for h in core.sm.sessions(&me) {
+                let (Some(_), Some(p)) = (h.priority, h.presence.as_ref()) else {
+                    continue;
+                };
+                let Ok(full) = me.with_resource_str(&h.resource) else {
+                    continue;
+                };
+                let mut st = Stanza::new(
+                    StanzaKind::Presence,
+                    Jid::from(full.clone()),
+                    Some(to.clone()),
+                    (**p).clone(),
+                );
+                if core.run_user_send(&full, &mut st) == HookAction::Continue {
+                    core.route(st);
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Full JIDs of the user's available resources.
+fn available(core: &Arc<Core>, me: &BareJid) -> Vec<FullJid> {
+    core.sm
+        .sessions(me)
+        .into_iter()
+        .filter(|h| h.priority.is_some())
+        .filter_map(|h| me.with_resource_str(&h.resource).ok())
+        .collect()
+}
+
+/// §3.3.3 / §3.4.3: tell every resource of the user about the change.
+fn push(core: &Arc<Core>, me: &BareJid, block: bool, jids: &[String]) {
     let mut payload = Element::bare(if block { "block" } else { "unblock" }, NS_BLOCKING);
-    for j in &jids {
+    for j in jids {
         payload.append_child(item(j));
     }
-    for h in core.sm.sessions(&me) {
+    for h in core.sm.sessions(me) {
         let Ok(full) = me.with_resource_str(&h.resource) else {
             continue;
         };
@@ -249,27 +404,4 @@ async fn set(req: IqRequest, cache: Arc<Cache>) -> IqResult {
             ),
         );
     }
-    if block {
-        // §3.3.4: newly blocked contacts see the user go offline.
-        for j in jids.iter().filter(|j| !before.contains(*j)) {
-            let Ok(to) = Jid::new(j) else { continue };
-            for h in core.sm.sessions(&me) {
-                if h.priority.is_none() {
-                    continue;
-                }
-                let Ok(full) = me.with_resource_str(&h.resource) else {
-                    continue;
-                };
-                let mut el = Element::bare("presence", ns::CLIENT);
-                set_attr(&mut el, "type", "unavailable");
-                core.route(Stanza::new(
-                    StanzaKind::Presence,
-                    Jid::from(full),
-                    Some(to.clone()),
-                    el,
-                ));
-            }
-        }
-    }
-    Ok(None)
 }

@@ -2,6 +2,7 @@
 //! change password, cancel the account.
 
 use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 use jid::BareJid;
 use minidom::Element;
 use palaver_proto::error::{Condition, ErrorType, StanzaError};
@@ -148,17 +149,71 @@ async fn pre_auth(s: Arc<State>, req: PreAuthIq) -> IqResult {
     if password.chars().count() < s.opts.password_min_length.max(1) {
         return Err(StanzaError::new(Condition::NotAcceptable).text("password too short"));
     }
-    let ip = req.peer.ip();
-    if s.opts.registration_timeout > 0
-        && let Some(last) = s.last_by_ip.get(&ip)
-        && last.elapsed() < Duration::from_secs(s.opts.registration_timeout)
-    {
-        return Err(StanzaError::new(Condition::ResourceConstraint)
-            .with_type(ErrorType::Wait)
-            .text("too many registrations from your address; try later"));
+    match req.core.storage.accounts.account_exists(&host, &node).await {
+        Ok(false) => {}
+        Ok(true) => return Err(StanzaError::new(Condition::Conflict)),
+        Err(e) => return Err(internal(e)),
     }
+    let ip = req.peer.ip();
+    let previous = reserve(&s, ip)?;
+    let created = create(&req, &host, &node, &password).await;
+    if created.is_err() {
+        // A failed attempt does not count against the address.
+        release(&s, ip, previous);
+    }
+    created?;
+    tracing::info!(user = %bare, "account registered in-band");
+    Ok(None)
+}
+
+/// Reserve the address's registration slot (XEP-0077 §9.3 rate limit);
+/// returns the previous registration time, to restore on failure.
+fn reserve(s: &State, ip: IpAddr) -> Result<Option<Instant>, StanzaError> {
+    let window = Duration::from_secs(s.opts.registration_timeout);
+    if window.is_zero() {
+        return Ok(None);
+    }
+    s.last_by_ip.retain(|_, t| t.elapsed() < window);
+    match s.last_by_ip.entry(ip) {
+        Entry::Occupied(mut e) => {
+            if e.get().elapsed() < window {
+                return Err(StanzaError::new(Condition::ResourceConstraint)
+                    .with_type(ErrorType::Wait)
+                    .text("too many registrations from your address; try later"));
+            }
+            Ok(Some(e.insert(Instant::now())))
+        }
+        Entry::Vacant(e) => {
+            e.insert(Instant::now());
+            Ok(None)
+        }
+    }
+}
+
+fn release(s: &State, ip: IpAddr, previous: Option<Instant>) {
+    if s.opts.registration_timeout == 0 {
+        return;
+    }
+    match previous {
+        Some(t) => {
+            s.last_by_ip.insert(ip, t);
+        }
+        None => {
+            s.last_by_ip.remove(&ip);
+        }
+    }
+}
+
+/// Derive the credentials off the async threads, store the account and
+/// remember the password so the first login skips PBKDF2.
+async fn create(
+    req: &PreAuthIq,
+    host: &str,
+    node: &str,
+    password: &str,
+) -> Result<(), StanzaError> {
     let iterations = req.core.config.scram_iterations;
-    let pw = password.clone();
+    let pw = password.to_string();
     let creds =
         tokio::task::spawn_blocking(move || palaver_server::auth::derive_all(&pw, iterations))
             .await
@@ -167,21 +222,15 @@ async fn pre_auth(s: Arc<State>, req: PreAuthIq) -> IqResult {
         .core
         .storage
         .accounts
-        .create_account(&host, &node, &creds)
+        .create_account(host, node, &creds)
         .await
     {
         Ok(()) => {}
         Err(StorageError::Conflict) => return Err(StanzaError::new(Condition::Conflict)),
         Err(e) => return Err(internal(e)),
     }
-    req.core.auth.remember(&host, &node, &creds, &password);
-    if s.opts.registration_timeout > 0 {
-        s.last_by_ip
-            .retain(|_, t| t.elapsed() < Duration::from_secs(s.opts.registration_timeout));
-        s.last_by_ip.insert(ip, Instant::now());
-    }
-    tracing::info!(user = %bare, "account registered in-band");
-    Ok(None)
+    req.core.auth.remember(host, node, &creds, password);
+    Ok(())
 }
 
 async fn account_set(s: Arc<State>, req: IqRequest) -> IqResult {
@@ -208,7 +257,12 @@ async fn account_set(s: Arc<State>, req: IqRequest) -> IqResult {
     let (Some(user), Some(password)) = (field(q, "username"), field(q, "password")) else {
         return Err(StanzaError::new(Condition::BadRequest));
     };
-    if user != node {
+    // Compare in canonical (nodeprep) form.
+    let same = BareJid::new(&format!("{user}@{host}"))
+        .ok()
+        .and_then(|b| b.node().map(|n| n.as_str() == node))
+        .unwrap_or(false);
+    if !same {
         return Err(
             StanzaError::new(Condition::NotAllowed).text("you can only change your own password")
         );
