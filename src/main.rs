@@ -31,6 +31,25 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// Database schema tools.
+    Db {
+        #[command(subcommand)]
+        cmd: DbCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum DbCmd {
+    /// Bring the database schema up to date (also done at server start).
+    Migrate {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Show the backend, the database's schema version and this binary's.
+    Status {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -138,14 +157,98 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::User { cmd } => user(cmd).await,
+        Cmd::Db { cmd } => db(cmd).await,
     }
+}
+
+/// Where the database is, for messages (never the password).
+fn db_location(config: &Config) -> String {
+    match config.sql_url() {
+        Some(url) => redact_url(&url),
+        None => config.sqlite_path.display().to_string(),
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+fn redact_url(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[start..];
+    let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..auth_end].rfind('@') {
+        Some(at) => match rest[..at].find(':') {
+            Some(colon) => format!("{}{}:***{}", &url[..start], &rest[..colon], &rest[at..]),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// Schema version in the database and the one this binary supports.
+async fn db_versions(config: &Config) -> Result<(&'static str, i64, i64)> {
+    Ok(match config.sql_url() {
+        Some(url) => {
+            let (found, supported) = palaver_storage::status::postgres(&url).await?;
+            ("postgresql", found, supported)
+        }
+        None => {
+            let (found, supported) = palaver_storage::status::sqlite(&config.sqlite_path).await?;
+            ("sqlite", found, supported)
+        }
+    })
+}
+
+async fn db(cmd: DbCmd) -> Result<()> {
+    let path = match &cmd {
+        DbCmd::Migrate { config } | DbCmd::Status { config } => config.clone(),
+    };
+    let config = load_config(path.as_ref())?;
+    init_logging("warn");
+    match cmd {
+        DbCmd::Migrate { .. } => {
+            let (_, before, _) = db_versions(&config).await?;
+            // Opening migrates (under a lock on PostgreSQL).
+            let storage = palaver_server::server::open_storage(&config).await?;
+            let (backend, after, _) = db_versions(&config).await?;
+            drop(storage);
+            if before == after {
+                println!(
+                    "{backend} database {} is up to date (schema version {after})",
+                    db_location(&config)
+                );
+            } else {
+                println!(
+                    "{backend} database {} migrated from schema version {before} to {after}",
+                    db_location(&config)
+                );
+            }
+        }
+        DbCmd::Status { .. } => {
+            let (backend, found, supported) = db_versions(&config).await?;
+            println!("backend: {backend}");
+            println!("database: {}", db_location(&config));
+            println!("schema version: {found}");
+            println!("supported version: {supported}");
+            if found > supported {
+                bail!(
+                    "the database schema ({found}) is newer than this binary supports ({supported}); upgrade palaver"
+                );
+            } else if found < supported {
+                println!("status: migration pending (run `palaver db migrate`)");
+            } else {
+                println!("status: up to date");
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn serve(config_path: Option<PathBuf>) -> Result<()> {
     let config = load_config(config_path.as_ref())?;
     init_logging(&config.loglevel);
     let data = config.data_dir.clone();
-    let db = config.sqlite_path.clone();
+    let db = db_location(&config);
     let mut server = palaver_server::Server::start(config, &palaver_modules::registry()).await?;
     palaver_http::start(&mut server);
     println!(
@@ -160,7 +263,7 @@ async fn serve(config_path: Option<PathBuf>) -> Result<()> {
         );
     }
     println!("  data directory: {}", data.display());
-    println!("  database: {}", db.display());
+    println!("  database: {db}");
     wait_for_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await;

@@ -210,3 +210,24 @@ pub async fn raw_login(
     c.login_plain(user, host, password, resource).await;
     c
 }
+
+impl TestServer {
+    /// Start from a full config text whose `data_dir` is `dir`.
+    pub async fn start_with_config_text(dir: tempfile::TempDir, text: &str) -> TestServer {
+        let config = Config::parse(text).expect("config");
+        let mut server = Server::start(config, &palaver_modules::registry())
+            .await
+            .expect("server starts");
+        palaver_http::start(&mut server);
+        let http_addr = server.http_addr().expect("http");
+        let addr = server.c2s_addr().expect("c2s");
+        let tls_addr = server.c2s_tls_addr().expect("tls");
+        TestServer {
+            server: Some(server),
+            dir,
+            addr,
+            tls_addr,
+            http_addr,
+        }
+    }
+}

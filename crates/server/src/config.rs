@@ -253,6 +253,59 @@ pub struct SqlConfig {
     pub url: Option<String>,
 }
 
+/// Percent-encode everything but RFC 3986 unreserved characters.
+fn url_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl SqlConfig {
+    /// Default server, port, database and user when only parts are given.
+    pub const DEFAULT_SERVER: &str = "localhost";
+    /// Default port.
+    pub const DEFAULT_PORT: u16 = 5432;
+    /// Default database and user name.
+    pub const DEFAULT_NAME: &str = "palaver";
+
+    /// `sql_url`, or a `postgres://` URL built from the parts.
+    pub fn url(&self) -> String {
+        if let Some(u) = &self.url {
+            return u.clone();
+        }
+        let server = self.server.as_deref().unwrap_or(Self::DEFAULT_SERVER);
+        let server = if server.contains(':') && !server.starts_with('[') {
+            format!("[{server}]")
+        } else {
+            server.to_string()
+        };
+        let user = url_escape(self.username.as_deref().unwrap_or(Self::DEFAULT_NAME));
+        let auth = match self.password.as_deref() {
+            Some(p) if !p.is_empty() => format!("{user}:{}", url_escape(p)),
+            _ => user,
+        };
+        format!(
+            "postgres://{auth}@{server}:{}/{}",
+            self.port.unwrap_or(Self::DEFAULT_PORT),
+            url_escape(self.database.as_deref().unwrap_or(Self::DEFAULT_NAME))
+        )
+    }
+}
+
+impl Config {
+    /// The PostgreSQL URL when `default_db: sql` (from `sql_url` or the
+    /// `sql_server`/`sql_port`/`sql_database`/`sql_username`/`sql_password` parts).
+    pub fn sql_url(&self) -> Option<String> {
+        (self.default_db == DbKind::Sql).then(|| self.sql.url())
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -513,9 +566,35 @@ impl Config {
             url: raw.sql_url,
         };
         if c.default_db == DbKind::Sql {
-            return Err(ConfigError::msg(
-                "config key `default_db`: `sql` (PostgreSQL) is not available in this version; use `sqlite`",
-            ));
+            if c.sql_type != Some(SqlType::Pgsql) {
+                return Err(ConfigError::msg(
+                    "config key `sql_type`: `default_db: sql` requires `sql_type: pgsql`",
+                ));
+            }
+            if c.sql.pool_size == Some(0) {
+                return Err(ConfigError::msg(
+                    "config key `sql_pool_size`: must be at least 1",
+                ));
+            }
+            match &c.sql.url {
+                Some(u) => {
+                    if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
+                        return Err(ConfigError::msg(
+                            "config key `sql_url`: must be a postgres:// or postgresql:// URL",
+                        ));
+                    }
+                }
+                None => {
+                    if c.sql.server.as_deref().is_some_and(str::is_empty)
+                        || c.sql.database.as_deref().is_some_and(str::is_empty)
+                        || c.sql.username.as_deref().is_some_and(str::is_empty)
+                    {
+                        return Err(ConfigError::msg(
+                            "config keys `sql_server`, `sql_database`, `sql_username` must not be empty",
+                        ));
+                    }
+                }
+            }
         }
         if let Some(mods) = raw.modules {
             c.modules = mods

@@ -59,7 +59,14 @@ pub async fn open_storage(config: &Config) -> Result<Storage, StartError> {
     match config.default_db {
         DbKind::Sqlite => Ok(Storage::open_sqlite(&config.sqlite_path).await?),
         DbKind::Sql => {
-            Err(ConfigError::msg("default_db: sql is not available in this version").into())
+            let url = config
+                .sql_url()
+                .ok_or_else(|| ConfigError::msg("default_db: sql without a PostgreSQL URL"))?;
+            let pool = config
+                .sql
+                .pool_size
+                .unwrap_or(palaver_storage::postgres::DEFAULT_POOL_SIZE);
+            Ok(Storage::open_postgres(&url, pool).await?)
         }
     }
 }

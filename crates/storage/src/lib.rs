@@ -6,6 +6,7 @@
 
 mod error;
 pub mod im;
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -66,7 +67,7 @@ pub struct Storage {
     pub blocks: Arc<dyn BlockStore>,
     /// Host settings and per-user flags.
     pub kv: Arc<dyn HostKvStore>,
-    /// Backend name for logs ("sqlite", "memory").
+    /// Backend name for logs ("sqlite", "postgresql", "memory").
     pub backend: &'static str,
 }
 
@@ -84,5 +85,65 @@ impl Storage {
             kv: db,
             backend: "sqlite",
         })
+    }
+
+    /// Connect to PostgreSQL at `url` with up to `pool_size` connections,
+    /// migrated to the current schema.
+    pub async fn open_postgres(url: &str, pool_size: u32) -> Result<Storage> {
+        let db = Arc::new(postgres::PgStore::open(url, pool_size).await?);
+        Ok(Storage {
+            accounts: db.clone(),
+            roster: db.clone(),
+            offline: db.clone(),
+            xml: db.clone(),
+            last: db.clone(),
+            blocks: db.clone(),
+            kv: db,
+            backend: "postgresql",
+        })
+    }
+}
+
+/// Schema version of a store without migrating it, and the version this
+/// binary supports: `(found, supported)`.
+pub mod status {
+    use super::Result;
+
+    /// SQLite: a missing file reads as version 0.
+    pub async fn sqlite(path: &std::path::Path) -> Result<(i64, i64)> {
+        use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+        let supported = crate::sqlite::SCHEMA_VERSION;
+        if !path.exists() {
+            return Ok((0, supported));
+        }
+        let opts = SqliteConnectOptions::new().filename(path).read_only(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await?;
+        let table: Option<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'",
+        )
+        .fetch_optional(&pool)
+        .await?;
+        let found = match table {
+            None => 0,
+            Some(_) => {
+                sqlx::query_scalar::<_, Option<i64>>("SELECT MAX(version) FROM schema_version")
+                    .fetch_one(&pool)
+                    .await?
+                    .unwrap_or(0)
+            }
+        };
+        pool.close().await;
+        Ok((found, supported))
+    }
+
+    /// PostgreSQL: a database never migrated reads as version 0.
+    pub async fn postgres(url: &str) -> Result<(i64, i64)> {
+        let pool = crate::postgres::connect(url, 1).await?;
+        let found = crate::postgres::schema_version(&pool).await?;
+        pool.close().await;
+        Ok((found, crate::postgres::SCHEMA_VERSION))
     }
 }
