@@ -8,17 +8,13 @@ use palaver_server::config::Config;
 use palaver_storage::postgres::testdb::TestDb;
 use palaver_storage::{RosterStore, Subscription};
 
-fn sql_keys(url: &str) -> String {
-    format!("default_db: sql\nsql_type: pgsql\nsql_url: \"{url}\"\nsql_pool_size: 4\n")
-}
-
 #[tokio::test]
 async fn login_message_and_roster_persist_in_postgres() {
     let Some(db) = TestDb::create("login_message_and_roster_persist_in_postgres").await else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let text = config_text(dir.path(), "", "") + &sql_keys(&db.url);
+    let text = config_text(dir.path(), "", "") + &pg_keys(&db.url);
     let srv = TestServer::start_with_config_text(dir, &text).await;
     assert_eq!(srv.core().storage.backend, "postgresql");
     srv.add_user("alice", DOMAIN, "pw-a").await;
@@ -70,7 +66,7 @@ async fn login_message_and_roster_persist_in_postgres() {
 
     // A restarted server on the same database sees the accounts and roster.
     let dir = tempfile::tempdir().expect("tempdir");
-    let text = config_text(dir.path(), "", "") + &sql_keys(&db.url);
+    let text = config_text(dir.path(), "", "") + &pg_keys(&db.url);
     let srv = TestServer::start_with_config_text(dir, &text).await;
     let mut a = raw_login(srv.addr, "alice", DOMAIN, "pw-a", "ra2").await;
     a.send("<iq type='get' id='r2'><query xmlns='jabber:iq:roster'/></iq>")
@@ -138,7 +134,7 @@ async fn db_status_and_migrate_commands() {
         format!(
             "hosts: [localhost]\ndata_dir: {}\n{}",
             dir.path().display(),
-            sql_keys(&db.url)
+            pg_keys(&db.url)
         ),
     )
     .unwrap();

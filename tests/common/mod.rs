@@ -22,6 +22,35 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub tls_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The fresh PostgreSQL database of this server, when the suite runs on
+    /// PostgreSQL (dropped after the server).
+    pub pg: Option<palaver_storage::postgres::testdb::TestDb>,
+}
+
+/// Which backend the end-to-end suite runs on: `PALAVER_TEST_BACKEND=pgsql`
+/// puts every [`TestServer`] on a fresh PostgreSQL database (from
+/// `PALAVER_TEST_PG_URL`); anything else (or unset) on SQLite.
+pub fn backend_is_pg() -> bool {
+    matches!(
+        std::env::var("PALAVER_TEST_BACKEND").as_deref(),
+        Ok("pgsql" | "postgres" | "postgresql")
+    )
+}
+
+/// Config keys selecting the PostgreSQL database at `url`.
+pub fn pg_keys(url: &str) -> String {
+    format!("default_db: sql\nsql_type: pgsql\nsql_url: \"{url}\"\nsql_pool_size: 4\n")
+}
+
+/// A fresh database for one server when the suite runs on PostgreSQL.
+async fn suite_db() -> Option<palaver_storage::postgres::testdb::TestDb> {
+    if !backend_is_pg() {
+        return None;
+    }
+    match palaver_storage::postgres::testdb::TestDb::create("e2e suite").await {
+        Some(db) => Some(db),
+        None => panic!("PALAVER_TEST_BACKEND=pgsql needs PALAVER_TEST_PG_URL"),
+    }
 }
 
 /// Config text with both hosts, STARTTLS and direct TLS listeners on port 0.
@@ -40,22 +69,14 @@ impl TestServer {
     /// Start with extra listener options (indented under the first listener) and a modules block.
     pub async fn start_with(extra_listen: &str, modules: &str) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let text = config_text(dir.path(), extra_listen, modules);
-        let config = Config::parse(&text).expect("config");
-        let mut server = Server::start(config, &palaver_modules::registry())
-            .await
-            .expect("server starts");
-        palaver_http::start(&mut server);
-        let http_addr = server.http_addr().expect("http");
-        let addr = server.c2s_addr().expect("c2s");
-        let tls_addr = server.c2s_tls_addr().expect("tls");
-        TestServer {
-            server: Some(server),
-            dir,
-            addr,
-            tls_addr,
-            http_addr,
+        let mut text = config_text(dir.path(), extra_listen, modules);
+        let pg = suite_db().await;
+        if let Some(db) = &pg {
+            text.push_str(&pg_keys(&db.url));
         }
+        let mut srv = Self::start_with_config_text(dir, &text).await;
+        srv.pg = pg;
+        srv
     }
 
     pub fn core(&self) -> &Arc<palaver_server::Core> {
@@ -228,6 +249,7 @@ impl TestServer {
             addr,
             tls_addr,
             http_addr,
+            pg: None,
         }
     }
 }

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Every test of Palaver, as CI runs them (`.ci/run` calls exactly this):
+#  1. the whole workspace on the embedded SQLite store, including the
+#     PostgreSQL-specific tests (fresh database per test from PALAVER_TEST_PG_URL);
+#  2. the end-to-end suite (tests/*.rs) again with every server on PostgreSQL.
+# Needs PostgreSQL (default postgres://postgres@127.0.0.1:5432/postgres, trust
+# auth). Plain `cargo test --workspace` needs no service: it runs the
+# embedded-store tests and skips the PostgreSQL ones (outside CI).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PALAVER_TEST_PG_URL="${PALAVER_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+export PALAVER_TEST_REDIS_URL="${PALAVER_TEST_REDIS_URL:-redis://127.0.0.1:6379/}"
+
+echo "== workspace tests (SQLite store) =="
+cargo test --workspace --all-targets
+
+echo "== end-to-end suite on PostgreSQL =="
+PALAVER_TEST_BACKEND=pgsql cargo test --workspace --test '*'
