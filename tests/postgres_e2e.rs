@@ -182,3 +182,200 @@ async fn db_status_and_migrate_commands() {
     let (ok, out) = run(&["db", "migrate"]);
     assert!(!ok && out.contains("newer than this binary"), "{out}");
 }
+
+/// A TCP proxy in front of PostgreSQL that the test can cut: while down,
+/// every open connection is dropped and new ones are closed at once, which
+/// is what the server sees when the database restarts.
+struct PgProxy {
+    addr: std::net::SocketAddr,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl PgProxy {
+    async fn start(target: String) -> PgProxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (up2, conns2) = (up.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                conns2.lock().expect("lock").push(task.abort_handle());
+            }
+        });
+        PgProxy {
+            addr,
+            up,
+            conns,
+            accept,
+        }
+    }
+
+    fn down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().expect("lock").drain(..) {
+            c.abort();
+        }
+    }
+
+    fn up(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for PgProxy {
+    fn drop(&mut self) {
+        self.down();
+        self.accept.abort();
+    }
+}
+
+/// `host:port` of a PostgreSQL URL, and the URL with it replaced by `with`.
+fn split_pg_url(url: &str, with: &str) -> (String, String) {
+    let start = url.find("://").map(|i| i + 3).expect("scheme");
+    let rest = &url[start..];
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let (userinfo, hostport) = match authority.rfind('@') {
+        Some(at) => (&authority[..=at], &authority[at + 1..]),
+        None => ("", authority),
+    };
+    let hostport = if hostport
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:5432")
+    };
+    let replaced = format!("{}{userinfo}{with}{}", &url[..start], &rest[end..]);
+    (hostport, replaced)
+}
+
+/// Send an IQ and return its answer (the text up to its end).
+async fn iq(c: &mut RawTcp, id: &str, body: &str) -> String {
+    c.send(body).await;
+    let r = c.until(&format!("id='{id}'")).await + &c.until(">").await;
+    if r.ends_with("/>") {
+        r
+    } else {
+        r + &c.until("</iq>").await
+    }
+}
+
+#[tokio::test]
+async fn database_outage_gives_errors_and_recovers() {
+    let Some(db) = TestDb::create("database_outage_gives_errors_and_recovers").await else {
+        return;
+    };
+    let (target, _) = split_pg_url(&db.url, "");
+    let proxy = PgProxy::start(target).await;
+    let (_, via_proxy) = split_pg_url(&db.url, &proxy.addr.to_string());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config_text(dir.path(), "", "") + &pg_keys(&via_proxy) + "sql_connect_timeout: 1\n";
+    let srv = TestServer::start_with_config_text(dir, &text).await;
+    for u in ["alice", "bob", "carol"] {
+        srv.add_user(u, DOMAIN, "pw").await;
+    }
+    let mut a = raw_login(srv.addr, "alice", DOMAIN, "pw", "ra").await;
+    let r = iq(
+        &mut a,
+        "r1",
+        "<iq type='set' id='r1'><query xmlns='jabber:iq:roster'><item jid='before@localhost'/></query></iq>",
+    )
+    .await;
+    assert!(r.contains("type='result'"), "{r}");
+
+    proxy.down();
+    // Writes fail with internal-server-error, promptly, and the session lives.
+    let r = iq(
+        &mut a,
+        "r2",
+        "<iq type='set' id='r2'><query xmlns='jabber:iq:roster'><item jid='during@localhost'/></query></iq>",
+    )
+    .await;
+    assert!(
+        r.contains("type='error'") && r.contains("internal-server-error"),
+        "{r}"
+    );
+    a.send("<message to='bob@localhost' id='m1' type='chat'><body>while down</body></message>")
+        .await;
+    let r = a.until("</message>").await;
+    assert!(
+        r.contains("type='error'") && r.contains("internal-server-error"),
+        "{r}"
+    );
+    let r = iq(
+        &mut a,
+        "p1",
+        "<iq type='get' id='p1' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>",
+    )
+    .await;
+    assert!(r.contains("type='result'"), "{r}");
+    // A login that needs the database: a temporary failure, not a wrong password.
+    let mut c = Raw::connect(srv.addr).await;
+    c.open(DOMAIN).await;
+    c.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGNhcm9sAHB3</auth>")
+        .await;
+    let r = c.until("</failure>").await;
+    assert!(r.contains("temporary-auth-failure"), "{r}");
+    drop(c);
+
+    proxy.up();
+    // Everything works again without a restart.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let mut n = 0;
+    loop {
+        n += 1;
+        let id = format!("r3-{n}");
+        let r = iq(
+            &mut a,
+            &id,
+            &format!(
+                "<iq type='set' id='{id}'><query xmlns='jabber:iq:roster'><item jid='after@localhost'/></query></iq>"
+            ),
+        )
+        .await;
+        if r.contains("type='result'") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no recovery: {r}");
+    }
+    assert!(n <= 2, "recovered only after {n} tries");
+    let mut c = raw_login(srv.addr, "carol", DOMAIN, "pw", "rc").await;
+    c.send(
+        "<message to='bob@localhost' id='m2' type='chat'><body>after the outage</body></message>",
+    )
+    .await;
+    let r = iq(
+        &mut a,
+        "g1",
+        "<iq type='get' id='g1'><query xmlns='jabber:iq:roster'/></iq>",
+    )
+    .await;
+    assert!(
+        r.contains("before@localhost") && r.contains("after@localhost") && !r.contains("during@"),
+        "{r}"
+    );
+    let mut b = raw_login(srv.addr, "bob", DOMAIN, "pw", "rb").await;
+    b.send("<presence/>").await;
+    let r = b.until("after the outage").await;
+    assert!(!r.contains("while down"), "{r}");
+    drop((a, b, c));
+    srv.stop().await;
+}

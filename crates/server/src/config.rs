@@ -207,6 +207,10 @@ struct RawConfig {
     #[serde(default)]
     sql_url: Option<String>,
     #[serde(default)]
+    sql_connect_timeout: Option<u64>,
+    #[serde(default)]
+    sql_query_timeout: Option<u64>,
+    #[serde(default)]
     modules: Option<BTreeMap<String, Spanned<Option<serde_json::Value>>>>,
     #[serde(default)]
     acl: BTreeMap<String, Spanned<AclSpec>>,
@@ -251,6 +255,10 @@ pub struct SqlConfig {
     pub pool_size: Option<u32>,
     /// Full URL, overriding the parts.
     pub url: Option<String>,
+    /// Seconds a request waits for a database connection (`sql_connect_timeout`).
+    pub connect_timeout: Option<u64>,
+    /// Seconds a query may run (`sql_query_timeout`).
+    pub query_timeout: Option<u64>,
 }
 
 /// Percent-encode everything but RFC 3986 unreserved characters.
@@ -267,6 +275,22 @@ fn url_escape(s: &str) -> String {
 }
 
 impl SqlConfig {
+    /// Pool settings, with defaults for what is not configured.
+    pub fn settings(&self) -> palaver_storage::postgres::PgSettings {
+        let d = palaver_storage::postgres::PgSettings::default();
+        palaver_storage::postgres::PgSettings {
+            pool_size: self.pool_size.unwrap_or(d.pool_size),
+            connect_timeout: self
+                .connect_timeout
+                .map(std::time::Duration::from_secs)
+                .unwrap_or(d.connect_timeout),
+            query_timeout: self
+                .query_timeout
+                .map(std::time::Duration::from_secs)
+                .unwrap_or(d.query_timeout),
+        }
+    }
+
     /// Default server, port, database and user when only parts are given.
     pub const DEFAULT_SERVER: &str = "localhost";
     /// Default port.
@@ -564,6 +588,8 @@ impl Config {
             password: raw.sql_password,
             pool_size: raw.sql_pool_size,
             url: raw.sql_url,
+            connect_timeout: raw.sql_connect_timeout,
+            query_timeout: raw.sql_query_timeout,
         };
         if c.default_db == DbKind::Sql {
             if c.sql_type != Some(SqlType::Pgsql) {
@@ -574,6 +600,11 @@ impl Config {
             if c.sql.pool_size == Some(0) {
                 return Err(ConfigError::msg(
                     "config key `sql_pool_size`: must be at least 1",
+                ));
+            }
+            if c.sql.connect_timeout == Some(0) || c.sql.query_timeout == Some(0) {
+                return Err(ConfigError::msg(
+                    "config keys `sql_connect_timeout`, `sql_query_timeout`: seconds, at least 1",
                 ));
             }
             match &c.sql.url {

@@ -244,14 +244,16 @@ impl Core {
         });
     }
 
-    async fn user_exists_for(&self, st: &Stanza) -> bool {
-        let Some(to) = &st.to else { return false };
-        let Some(node) = to.node() else { return false };
+    /// Whether the addressee's account exists (`Err` when storage failed).
+    async fn user_exists_for(&self, st: &Stanza) -> palaver_storage::Result<bool> {
+        let Some(to) = &st.to else { return Ok(false) };
+        let Some(node) = to.node() else {
+            return Ok(false);
+        };
         self.storage
             .accounts
             .account_exists(to.domain().as_str(), node.as_str())
             .await
-            .unwrap_or(false)
     }
 
     fn deliver(self: &Arc<Self>, handle: &SessionHandle, st: Stanza) {
@@ -423,9 +425,17 @@ impl Core {
     }
 
     async fn offline_one(self: &Arc<Self>, host: Arc<Host>, st: Stanza) {
-        if !self.user_exists_for(&st).await {
-            self.bounce(&st, Condition::ServiceUnavailable, None);
-            return;
+        match self.user_exists_for(&st).await {
+            Ok(true) => {}
+            Ok(false) => {
+                self.bounce(&st, Condition::ServiceUnavailable, None);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "account lookup failed");
+                self.bounce(&st, Condition::InternalServerError, None);
+                return;
+            }
         }
         if matches!(st.type_attr(), Some("headline") | Some("groupchat")) {
             return;

@@ -62,11 +62,7 @@ pub async fn open_storage(config: &Config) -> Result<Storage, StartError> {
             let url = config
                 .sql_url()
                 .ok_or_else(|| ConfigError::msg("default_db: sql without a PostgreSQL URL"))?;
-            let pool = config
-                .sql
-                .pool_size
-                .unwrap_or(palaver_storage::postgres::DEFAULT_POOL_SIZE);
-            Ok(Storage::open_postgres(&url, pool).await?)
+            Ok(Storage::open_postgres(&url, &config.sql.settings()).await?)
         }
     }
 }

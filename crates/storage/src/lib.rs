@@ -87,10 +87,10 @@ impl Storage {
         })
     }
 
-    /// Connect to PostgreSQL at `url` with up to `pool_size` connections,
-    /// migrated to the current schema.
-    pub async fn open_postgres(url: &str, pool_size: u32) -> Result<Storage> {
-        let db = Arc::new(postgres::PgStore::open(url, pool_size).await?);
+    /// Connect to PostgreSQL at `url` with `settings`, migrated to the
+    /// current schema.
+    pub async fn open_postgres(url: &str, settings: &postgres::PgSettings) -> Result<Storage> {
+        let db = Arc::new(postgres::PgStore::open_with(url, settings).await?);
         Ok(Storage {
             accounts: db.clone(),
             roster: db.clone(),
@@ -141,7 +141,8 @@ pub mod status {
 
     /// PostgreSQL: a database never migrated reads as version 0.
     pub async fn postgres(url: &str) -> Result<(i64, i64)> {
-        let pool = crate::postgres::connect(url, 1).await?;
+        let pool =
+            crate::postgres::connect(url, &crate::postgres::PgSettings::with_pool_size(1)).await?;
         let found = crate::postgres::schema_version(&pool).await?;
         pool.close().await;
         Ok((found, crate::postgres::SCHEMA_VERSION))

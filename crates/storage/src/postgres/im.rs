@@ -990,7 +990,9 @@ mod tests {
         };
         let creds = vec![ScramCredentials::generate(ScramHash::Sha256, "pw", 4096)];
         {
-            let pool = super::super::connect(&d.url, 1).await.unwrap();
+            let pool = super::super::connect(&d.url, &super::super::PgSettings::with_pool_size(1))
+                .await
+                .unwrap();
             assert_eq!(schema_version(&pool).await.unwrap(), 0);
             migrate_with(&pool, &MIGRATIONS[..1]).await.unwrap();
             assert_eq!(schema_version(&pool).await.unwrap(), 1);

@@ -20,6 +20,40 @@ pub use migrations::{SCHEMA_VERSION, schema_version};
 /// Default number of pooled connections.
 pub const DEFAULT_POOL_SIZE: u32 = 10;
 
+/// Connection pool settings (`sql_pool_size`, `sql_connect_timeout`,
+/// `sql_query_timeout`).
+#[derive(Debug, Clone, Copy)]
+pub struct PgSettings {
+    /// Most connections open at once.
+    pub pool_size: u32,
+    /// How long a caller waits for a connection (from the pool, or a new one)
+    /// before its request fails: bounds the wait while the database is down.
+    pub connect_timeout: Duration,
+    /// Server-side `statement_timeout` of every connection: a query running
+    /// longer is cancelled, so a stuck database cannot hold requests forever.
+    pub query_timeout: Duration,
+}
+
+impl Default for PgSettings {
+    fn default() -> Self {
+        PgSettings {
+            pool_size: DEFAULT_POOL_SIZE,
+            connect_timeout: Duration::from_secs(5),
+            query_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl PgSettings {
+    /// Default settings with `pool_size` connections.
+    pub fn with_pool_size(pool_size: u32) -> Self {
+        PgSettings {
+            pool_size,
+            ..Default::default()
+        }
+    }
+}
+
 /// PostgreSQL-backed store.
 pub struct PgStore {
     pool: PgPool,
@@ -43,21 +77,29 @@ fn conflict_or(e: sqlx::Error) -> StorageError {
 }
 
 /// A pool on `url` without migrating (for `db status` and tools).
-pub async fn connect(url: &str, pool_size: u32) -> Result<PgPool> {
+pub async fn connect(url: &str, settings: &PgSettings) -> Result<PgPool> {
+    let statement_timeout = format!("{}", settings.query_timeout.as_millis().max(1));
     let opts = PgConnectOptions::from_str(url)
         .map_err(|e| StorageError::Backend(format!("invalid PostgreSQL URL: {e}")))?
-        .application_name("palaver");
+        .application_name("palaver")
+        .options([("statement_timeout", statement_timeout.as_str())]);
     Ok(PgPoolOptions::new()
-        .max_connections(pool_size.max(1))
-        .acquire_timeout(Duration::from_secs(30))
+        .max_connections(settings.pool_size.max(1))
+        .acquire_timeout(settings.connect_timeout)
         .connect_with(opts)
         .await?)
 }
 
 impl PgStore {
-    /// Connect and migrate to [`SCHEMA_VERSION`].
+    /// Connect with default settings and `pool_size` connections, and
+    /// migrate to [`SCHEMA_VERSION`].
     pub async fn open(url: &str, pool_size: u32) -> Result<PgStore> {
-        let pool = connect(url, pool_size).await?;
+        Self::open_with(url, &PgSettings::with_pool_size(pool_size)).await
+    }
+
+    /// Connect with `settings` and migrate to [`SCHEMA_VERSION`].
+    pub async fn open_with(url: &str, settings: &PgSettings) -> Result<PgStore> {
+        let pool = connect(url, settings).await?;
         migrations::migrate(&pool).await?;
         Ok(PgStore { pool })
     }
