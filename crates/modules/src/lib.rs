@@ -11,6 +11,7 @@ pub mod ping;
 pub mod private;
 pub mod register;
 pub mod roster;
+pub mod stream_mgmt;
 pub mod time;
 pub mod vcard;
 pub mod version;
@@ -33,5 +34,6 @@ pub fn registry() -> Vec<ModuleDef> {
         blocking::MODULE,
         register::MODULE,
         announce::MODULE,
+        stream_mgmt::MODULE,
     ]
 }

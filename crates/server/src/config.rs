@@ -377,6 +377,7 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "mod_blocking",
     "mod_register",
     "mod_announce",
+    "mod_stream_mgmt",
 ];
 
 fn default_listeners() -> Vec<Listener> {

@@ -18,7 +18,9 @@ use tokio::sync::watch;
 const OFFLINE_SHARDS: usize = 4;
 
 /// Sender side of one ordered offline-handling queue.
-pub type OfflineQueue = tokio::sync::mpsc::Sender<(Arc<Host>, Stanza)>;
+/// The ticket keeps the sender's stream-management acknowledgement back
+/// until the message is handled (stored).
+pub type OfflineQueue = tokio::sync::mpsc::Sender<(Arc<Host>, Stanza, Option<crate::ack::Ticket>)>;
 
 /// Shared state of a running server.
 pub struct Core {
@@ -180,7 +182,9 @@ impl Core {
                     return;
                 }
                 let core = self.clone();
+                let ticket = crate::ack::current();
                 tokio::spawn(async move {
+                    let _ticket = ticket;
                     for (_, hook) in &host.regs.host_message {
                         if hook(core.clone(), st.clone()).await {
                             return;
@@ -229,7 +233,9 @@ impl Core {
         st: Stanza,
     ) {
         let core = self.clone();
+        let ticket = crate::ack::current();
         tokio::spawn(async move {
+            let _ticket = ticket;
             let req_copy = st.clone();
             let res = handler(IqRequest {
                 stanza: st,
@@ -323,7 +329,9 @@ impl Core {
                 ) {
                     // Subscription management and probes are answered by the server (RFC 6121 §3, §4.3).
                     let core = self.clone();
+                    let ticket = crate::ack::current();
                     tokio::spawn(async move {
+                        let _ticket = ticket;
                         for (_, hook) in &host.regs.presence_in {
                             if hook(core.clone(), st.clone()).await {
                                 return;
@@ -396,12 +404,13 @@ impl Core {
         let queues = self.offline_queues.get_or_init(|| {
             (0..OFFLINE_SHARDS)
                 .map(|_| {
-                    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Arc<Host>, Stanza)>(10_000);
+                    let (tx, mut rx) = tokio::sync::mpsc::channel(10_000);
                     let core = Arc::downgrade(self);
                     tokio::spawn(async move {
-                        while let Some((host, st)) = rx.recv().await {
+                        while let Some((host, st, ticket)) = rx.recv().await {
                             let Some(core) = core.upgrade() else { return };
                             core.offline_one(host, st).await;
+                            drop(ticket);
                         }
                     });
                     tx
@@ -417,8 +426,8 @@ impl Core {
             .bytes()
             .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
             % OFFLINE_SHARDS;
-        if let Err(e) = queues[shard].try_send((host, st)) {
-            let (_, st) = e.into_inner();
+        if let Err(e) = queues[shard].try_send((host, st, crate::ack::current())) {
+            let (_, st, _) = e.into_inner();
             tracing::warn!("offline queue full; bouncing message");
             self.bounce(&st, Condition::ResourceConstraint, None);
         }

@@ -1,6 +1,7 @@
 //! The Palaver kernel: configuration, virtual hosts, the router and session
 //! manager, the module API, TLS and the c2s listener.
 
+pub mod ack;
 pub mod auth;
 pub mod c2s;
 pub mod config;

@@ -171,6 +171,8 @@ pub struct Registrations {
     /// Service subdomains (upload.example.org…) and their IQ handlers.
     pub(crate) services: Vec<String>,
     pub(crate) service_iq: HashMap<(String, IqType, String), IqHandler>,
+    /// XEP-0198 settings when stream management is offered.
+    pub(crate) stream_mgmt: Option<crate::c2s::StreamMgmtConfig>,
 }
 
 /// Registration surface handed to each module when a host starts.
@@ -282,6 +284,11 @@ impl HostSetup {
     /// Hook account removal, to delete the module's data.
     pub fn hook_remove_user(&mut self, priority: i32, f: RemoveUserHook) {
         self.regs.remove_user.push((priority, f));
+    }
+
+    /// Offer XEP-0198 stream management (acknowledgements) on c2s streams.
+    pub fn enable_stream_mgmt(&mut self, cfg: crate::c2s::StreamMgmtConfig) {
+        self.regs.stream_mgmt = Some(cfg);
     }
 
     /// Add c2s stream features (offered after authentication).

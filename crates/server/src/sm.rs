@@ -16,6 +16,9 @@ pub enum SessionMsg {
     Replaced,
     /// An administrator ended the session.
     Kick(String),
+    /// Deferred work of the session's own stanzas finished (produced by the
+    /// session itself while it waits to acknowledge; never queued).
+    Wake,
 }
 
 /// Handle to a session, held in the table.

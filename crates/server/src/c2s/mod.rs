@@ -2,9 +2,11 @@
 //! SASL, resource binding, and the established session's stanza flow.
 
 mod session;
+mod stream_mgmt;
 mod transport;
 
 pub use session::{C2sSession, Next};
+pub use stream_mgmt::{NS as SM_NS, StreamMgmtConfig};
 pub use transport::Transport;
 
 use crate::config::Listener;

@@ -1,6 +1,7 @@
 //! The c2s session state machine, independent of the byte transport.
 
 use crate::auth::AuthOutcome;
+use crate::c2s::stream_mgmt::{self, AckError, StreamMgmt};
 use crate::config::Listener;
 use crate::core::Core;
 use crate::host::Host;
@@ -71,6 +72,8 @@ pub struct C2sSession {
     sasl: SaslState,
     auth_failures: u8,
     bound: Option<Bound>,
+    /// XEP-0198 state once the client enabled it.
+    sm: Option<StreamMgmt>,
     closing: bool,
 }
 
@@ -95,6 +98,7 @@ impl C2sSession {
             sasl: SaslState::None,
             auth_failures: 0,
             bound: None,
+            sm: None,
             closing: false,
         }
     }
@@ -148,10 +152,21 @@ impl C2sSession {
     }
 
     /// Wait for a message to the session (pending forever before binding).
+    /// While an acknowledgement waits for deferred work, also wakes
+    /// ([`SessionMsg::Wake`]) when some of that work finishes.
     pub async fn recv(&mut self) -> Option<SessionMsg> {
-        match &mut self.bound {
-            Some(b) => b.rx.recv().await,
-            None => std::future::pending().await,
+        let Some(b) = &mut self.bound else {
+            return std::future::pending().await;
+        };
+        match &self.sm {
+            Some(sm) if sm.ack_wanted.is_some() => {
+                let tracker = sm.tracker.clone();
+                tokio::select! {
+                    m = b.rx.recv() => m,
+                    () = tracker.changed() => Some(SessionMsg::Wake),
+                }
+            }
+            _ => b.rx.recv().await,
         }
     }
 
@@ -305,6 +320,9 @@ impl C2sSession {
             self.out.push_str(
                 "<session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>",
             );
+            if self.stream_mgmt_config().is_some() {
+                self.out.push_str("<sm xmlns='urn:xmpp:sm:3'/>");
+            }
             if let Some(host) = self.host.clone() {
                 for f in &host.regs.stream_features {
                     for el in f(&host) {
@@ -329,7 +347,16 @@ impl C2sSession {
             return Err(StreamError::new(SC::NotWellFormed));
         }
         if self.bound.is_some() {
-            return self.handle_stanza(el).await;
+            if el.has_ns(stream_mgmt::NS) {
+                return self.handle_sm(el);
+            }
+            let Some(sm) = &mut self.sm else {
+                return self.handle_stanza(el).await;
+            };
+            // Number the stanza; work the router defers for it holds its ack.
+            sm.received += 1;
+            let (tracker, seq) = (sm.tracker.clone(), sm.received);
+            return crate::ack::scope(tracker, seq, self.handle_stanza(el)).await;
         }
         if el.is("starttls", ns::TLS) {
             if !self.tls_possible() {
@@ -369,10 +396,89 @@ impl C2sSession {
         if el.is("iq", ns::CLIENT) {
             return self.handle_pre_bind_iq(el).await;
         }
+        if el.has_ns(stream_mgmt::NS) && (el.name() == "enable" || el.name() == "resume") {
+            // XEP-0198: enable only after binding; resumption is not offered
+            // (a client may bind a resource right after this).
+            let cond = if el.name() == "resume" {
+                Condition::ItemNotFound
+            } else {
+                Condition::UnexpectedRequest
+            };
+            self.sm_failed(cond);
+            return Ok(Next::Continue);
+        }
         Err(StreamError::with_text(
             SC::NotAuthorized,
             "bind a resource first",
         ))
+    }
+
+    /// The host's XEP-0198 settings, when `mod_stream_mgmt` is enabled.
+    fn stream_mgmt_config(&self) -> Option<stream_mgmt::StreamMgmtConfig> {
+        self.host.as_ref().and_then(|h| h.regs.stream_mgmt)
+    }
+
+    fn sm_failed(&mut self, cond: Condition) {
+        self.out.push_str("<failed xmlns='urn:xmpp:sm:3'><");
+        self.out.push_str(cond.name());
+        self.out
+            .push_str(" xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>");
+    }
+
+    fn write_ack(&mut self, h: u32) {
+        self.out.push_str("<a xmlns='urn:xmpp:sm:3' h='");
+        self.out.push_str(&h.to_string());
+        self.out.push_str("'/>");
+    }
+
+    /// A XEP-0198 element on a bound stream.
+    fn handle_sm(&mut self, el: Element) -> Result<Next, StreamError> {
+        match (el.name(), &mut self.sm) {
+            ("enable", None) => match self.stream_mgmt_config() {
+                Some(cfg) => {
+                    self.sm = Some(StreamMgmt::new(cfg));
+                    // No 'resume': this server does not keep sessions for resumption.
+                    self.out.push_str("<enabled xmlns='urn:xmpp:sm:3'/>");
+                }
+                None => self.sm_failed(Condition::FeatureNotImplemented),
+            },
+            ("enable", Some(_)) => self.sm_failed(Condition::UnexpectedRequest),
+            ("resume", _) => self.sm_failed(Condition::UnexpectedRequest),
+            ("r", Some(sm)) => {
+                sm.ack_wanted = Some(sm.received);
+                if let Some(h) = sm.ack_ready() {
+                    self.write_ack(h);
+                }
+            }
+            ("a", Some(sm)) => match sm.on_ack(el.attr("h")) {
+                Ok(()) => {}
+                Err(AckError::Malformed) => {
+                    return Err(StreamError::with_text(
+                        SC::InvalidXml,
+                        "<a/> needs a numeric 'h'",
+                    ));
+                }
+                Err(AckError::TooHigh(h, sent)) => {
+                    return Err(StreamError::with_text(
+                        SC::UndefinedCondition,
+                        format!("handled-count-too-high: h={h}, sent {sent}"),
+                    ));
+                }
+            },
+            ("r" | "a", None) => {
+                return Err(StreamError::with_text(
+                    SC::UnsupportedStanzaType,
+                    "stream management is not enabled",
+                ));
+            }
+            (other, _) => {
+                return Err(StreamError::with_text(
+                    SC::UnsupportedStanzaType,
+                    format!("<{other}/> is not supported"),
+                ));
+            }
+        }
+        Ok(Next::Continue)
     }
 
     fn sasl_failure(&mut self, f: SaslFailure, text: Option<&str>) -> Next {
@@ -881,7 +987,7 @@ impl C2sSession {
                 if self.core.run_user_receive(&me, &mut st) == HookAction::Drop {
                     return Next::Continue;
                 }
-                write_element(&mut self.out, &st.el, ns::CLIENT);
+                self.emit(st);
                 // Drain whatever else is queued, so a burst costs one write.
                 let mut n = 0;
                 while n < 64 {
@@ -890,13 +996,31 @@ impl C2sSession {
                         Ok(SessionMsg::Stanza(st)) => {
                             let mut st = *st;
                             if self.core.run_user_receive(&me, &mut st) != HookAction::Drop {
-                                write_element(&mut self.out, &st.el, ns::CLIENT);
+                                self.emit(st);
                             }
                         }
-                        Ok(other) => return self.handle_msg(other),
+                        Ok(other) => {
+                            self.request_ack();
+                            return self.handle_msg(other);
+                        }
                         Err(_) => break,
                     }
                     n += 1;
+                }
+                self.request_ack();
+                match &self.sm {
+                    Some(sm) if sm.unacked.len() > sm.max_queue => {
+                        self.stream_error(StreamError::with_text(
+                            SC::PolicyViolation,
+                            "too many unacknowledged stanzas",
+                        ))
+                    }
+                    _ => Next::Continue,
+                }
+            }
+            SessionMsg::Wake => {
+                if let Some(h) = self.sm.as_mut().and_then(StreamMgmt::ack_ready) {
+                    self.write_ack(h);
                 }
                 Next::Continue
             }
@@ -910,6 +1034,49 @@ impl C2sSession {
             }
             SessionMsg::Kick(reason) => {
                 self.stream_error(StreamError::with_text(SC::PolicyViolation, reason))
+            }
+        }
+    }
+
+    /// Write a stanza to the client; with stream management, keep it until acknowledged.
+    fn emit(&mut self, st: Stanza) {
+        write_element(&mut self.out, &st.el, ns::CLIENT);
+        if let Some(sm) = &mut self.sm {
+            sm.unacked.push_back(st);
+        }
+    }
+
+    /// Ask the client to acknowledge what was written (one `<r/>` outstanding).
+    fn request_ack(&mut self) {
+        if let Some(sm) = &mut self.sm
+            && !sm.requested
+            && !sm.unacked.is_empty()
+        {
+            sm.requested = true;
+            self.out.push_str("<r xmlns='urn:xmpp:sm:3'/>");
+        }
+    }
+
+    /// XEP-0198 §4: stanzas the client never acknowledged are not lost when
+    /// the session ends: messages go to the account again (another resource,
+    /// or offline storage), IQ requests are answered with an error.
+    fn reroute(&self, stanzas: std::collections::VecDeque<Stanza>) {
+        for mut st in stanzas {
+            match st.kind {
+                StanzaKind::Message => {
+                    if matches!(st.type_attr(), Some("error" | "groupchat" | "headline")) {
+                        continue;
+                    }
+                    let Some(to) = st.to.as_ref().map(|t| Jid::from(t.to_bare())) else {
+                        continue;
+                    };
+                    st.set_to(Some(to));
+                    self.core.route(st);
+                }
+                StanzaKind::Iq if matches!(st.type_attr(), Some("get" | "set")) => {
+                    self.core.bounce(&st, Condition::ServiceUnavailable, None);
+                }
+                _ => {}
             }
         }
     }
@@ -930,8 +1097,20 @@ impl C2sSession {
         if let Some(st) = &unavailable {
             self.send_directed_unavailable(st);
         }
-        let Some(b) = self.bound.take() else { return };
+        let Some(mut b) = self.bound.take() else {
+            return;
+        };
         self.core.sm.unbind(&b.jid, b.id);
+        // Stanzas still queued for this session were never written: like
+        // unacknowledged ones, they go to the account again.
+        b.rx.close();
+        let mut pending = self.sm.take().map(|sm| sm.unacked).unwrap_or_default();
+        while let Ok(msg) = b.rx.try_recv() {
+            if let SessionMsg::Stanza(st) = msg {
+                pending.push_back(*st);
+            }
+        }
+        self.reroute(pending);
         if let Some(st) = &unavailable {
             let bare = b.jid.to_bare();
             for h in self.core.sm.sessions(&bare) {

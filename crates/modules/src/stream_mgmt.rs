@@ -1,0 +1,40 @@
+//! XEP-0198 Stream Management: acknowledgements on c2s streams. The protocol
+//! runs in the c2s session (`palaver_server::c2s`); this module offers it on
+//! a host and holds its options. An `<a/>` from the server means the stanza
+//! is handled, including any storage the router deferred for it.
+//! Stream resumption is not offered (`<enabled/>` carries no `resume`).
+
+use palaver_server::c2s::StreamMgmtConfig;
+use palaver_server::{HostSetup, ModuleDef};
+
+/// `mod_stream_mgmt`.
+pub const MODULE: ModuleDef = ModuleDef {
+    name: "mod_stream_mgmt",
+    start,
+};
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Options {
+    /// Most unacknowledged stanzas to a client before its stream is closed.
+    max_ack_queue: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            max_ack_queue: 5000,
+        }
+    }
+}
+
+fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
+    let o: Options = palaver_server::module::parse_options(opts)?;
+    if o.max_ack_queue == 0 {
+        return Err("max_ack_queue must be at least 1".into());
+    }
+    host.enable_stream_mgmt(StreamMgmtConfig {
+        max_ack_queue: o.max_ack_queue,
+    });
+    Ok(())
+}
