@@ -50,6 +50,26 @@ enum DbCmd {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Write one host's accounts and user data as a XEP-0227 file.
+    Export {
+        /// Host to export.
+        host: String,
+        /// Output file (created with mode 0600; `-` writes to standard output).
+        file: PathBuf,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Import every host of a XEP-0227 file (with its xi:include files).
+    Import {
+        /// The file (the main file when the export is split with xi:include).
+        file: PathBuf,
+        /// Replace the credentials and data of accounts that already exist
+        /// (without it, an existing account stops the import before anything is written).
+        #[arg(long)]
+        force: bool,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -201,7 +221,10 @@ async fn db_versions(config: &Config) -> Result<(&'static str, i64, i64)> {
 
 async fn db(cmd: DbCmd) -> Result<()> {
     let path = match &cmd {
-        DbCmd::Migrate { config } | DbCmd::Status { config } => config.clone(),
+        DbCmd::Migrate { config }
+        | DbCmd::Status { config }
+        | DbCmd::Export { config, .. }
+        | DbCmd::Import { config, .. } => config.clone(),
     };
     let config = load_config(path.as_ref())?;
     init_logging("warn");
@@ -240,7 +263,126 @@ async fn db(cmd: DbCmd) -> Result<()> {
                 println!("status: up to date");
             }
         }
+        DbCmd::Export { host, file, .. } => db_export(&config, &host, &file).await?,
+        DbCmd::Import { file, force, .. } => db_import(&config, &file, force).await?,
     }
+    Ok(())
+}
+
+/// `palaver db export HOST FILE`.
+async fn db_export(config: &Config, host: &str, file: &std::path::Path) -> Result<()> {
+    use palaver_server::piefxis;
+    if !config.hosts.iter().any(|h| h == host) {
+        return Err(piefxis::PieError::UnknownHost {
+            host: host.to_string(),
+            served: config.hosts.join(", "),
+        }
+        .into());
+    }
+    let storage = palaver_server::server::open_storage(config).await?;
+    let (doc, rep) = piefxis::export_host(&storage, host).await?;
+    for w in &rep.warnings {
+        eprintln!("warning: {w}");
+    }
+    let xml = piefxis::to_xml(&doc);
+    let to_stdout = file.as_os_str() == "-";
+    if to_stdout {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        out.write_all(xml.as_bytes())
+            .and_then(|()| out.flush())
+            .context("writing to standard output")?;
+    } else {
+        write_private_file(file, xml.as_bytes())
+            .with_context(|| format!("writing {}", file.display()))?;
+    }
+    let summary = format!(
+        "exported {} account(s) of {host} to {}: {} roster item(s), {} subscription request(s), {} vCard(s), {} private XML element(s), {} offline message(s), {} blocked JID(s)",
+        rep.accounts,
+        if to_stdout {
+            "standard output".to_string()
+        } else {
+            file.display().to_string()
+        },
+        rep.roster_items,
+        rep.pending,
+        rep.vcards,
+        rep.private,
+        rep.offline,
+        rep.blocked
+    );
+    if to_stdout {
+        eprintln!("{summary}");
+    } else {
+        println!("{summary}");
+    }
+    Ok(())
+}
+
+/// Write `data` to `path` through a temporary file in the same directory,
+/// readable by the owner only (the export holds credentials).
+fn write_private_file(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "export".into());
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let result = (|| {
+        let mut f = opts.open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// `palaver db import FILE [--force]`.
+async fn db_import(config: &Config, file: &std::path::Path, force: bool) -> Result<()> {
+    use palaver_server::piefxis;
+    // The whole file (and what it includes) is checked before the database is opened.
+    let parsed = piefxis::read_file(file)?;
+    for w in &parsed.warnings {
+        eprintln!("warning: {w}");
+    }
+    let storage = palaver_server::server::open_storage(config).await?;
+    let opts = piefxis::ImportOptions {
+        force,
+        iterations: config.scram_iterations,
+        hosts: config.hosts.clone(),
+    };
+    let rep = piefxis::import(&storage, &parsed.doc, &opts).await?;
+    for w in &rep.warnings {
+        eprintln!("warning: {w}");
+    }
+    println!(
+        "imported {} account(s) from {} ({} created, {} replaced; {} with credentials derived from a plaintext password): {} roster item(s), {} subscription request(s), {} vCard(s), {} private XML element(s), {} offline message(s), {} blocked JID(s)",
+        rep.created.len() + rep.replaced.len(),
+        file.display(),
+        rep.created.len(),
+        rep.replaced.len(),
+        rep.derived,
+        rep.roster_items,
+        rep.pending,
+        rep.vcards,
+        rep.private,
+        rep.offline,
+        rep.blocked
+    );
     Ok(())
 }
 

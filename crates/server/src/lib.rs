@@ -8,6 +8,7 @@ pub mod config;
 pub mod core;
 pub mod host;
 pub mod module;
+pub mod piefxis;
 pub mod server;
 pub mod sm;
 pub mod tls;
