@@ -31,7 +31,7 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
-    /// Database schema tools.
+    /// Database tools: schema migrations, XEP-0227 export and import.
     Db {
         #[command(subcommand)]
         cmd: DbCmd,

@@ -387,7 +387,7 @@ fn parse_tree(data: &[u8], file: &Arc<Path>) -> Result<Node, PieError> {
             Event::StartElement(_, (ns, name), attrs) => {
                 // The whitespace before the root is counted in its event.
                 let mut s = start;
-                while s < offset && data[s].is_ascii_whitespace() {
+                while s < offset.min(data.len()) && data[s].is_ascii_whitespace() {
                     s += 1;
                 }
                 let at = lines.at(file, s);
@@ -2111,6 +2111,22 @@ mod tests {
     }
 
     #[test]
+    fn truncated_or_mangled_files_never_panic() {
+        let xml = to_xml(&sample());
+        let bytes = xml.as_bytes();
+        for n in 0..bytes.len() {
+            let _ = parse_bytes(&bytes[..n], Path::new("t.xml"));
+        }
+        for i in (0..bytes.len()).step_by(3) {
+            for b in [b'<', b'>', b'\'', b'&', 0xFF, b'/', 0] {
+                let mut m = bytes.to_vec();
+                m[i] = b;
+                let _ = parse_bytes(&m, Path::new("t.xml"));
+            }
+        }
+    }
+
+    #[test]
     fn skipped_items_are_warnings() {
         let p = ok(&wrap(
             "<user name='a' password='x'>
@@ -2236,5 +2252,111 @@ mod tests {
         let dave = &p.doc.hosts[1].users[0];
         assert_eq!(dave.password.as_deref(), Some("dave pw \"quoted\" <&>"));
         assert_eq!(dave.roster[0].subscription, Subscription::From);
+    }
+
+    /// A roster store that fails for one user, over a real one.
+    struct FailFor(Arc<dyn palaver_storage::RosterStore>, &'static str);
+
+    type SResult<T> = palaver_storage::Result<T>;
+
+    #[async_trait::async_trait]
+    impl palaver_storage::RosterStore for FailFor {
+        async fn roster(&self, h: &str, u: &str) -> SResult<(i64, Vec<RosterItem>)> {
+            self.0.roster(h, u).await
+        }
+        async fn roster_version(&self, h: &str, u: &str) -> SResult<i64> {
+            self.0.roster_version(h, u).await
+        }
+        async fn roster_item(&self, h: &str, u: &str, j: &str) -> SResult<Option<RosterItem>> {
+            self.0.roster_item(h, u, j).await
+        }
+        async fn roster_count(&self, h: &str, u: &str) -> SResult<usize> {
+            self.0.roster_count(h, u).await
+        }
+        async fn put_roster_item(&self, h: &str, u: &str, i: &RosterItem) -> SResult<i64> {
+            if u == self.1 {
+                return Err(StorageError::Backend("injected failure".into()));
+            }
+            self.0.put_roster_item(h, u, i).await
+        }
+        async fn delete_roster_item(&self, h: &str, u: &str, j: &str) -> SResult<i64> {
+            self.0.delete_roster_item(h, u, j).await
+        }
+        async fn add_pending_in(&self, h: &str, u: &str, j: &str, s: &str) -> SResult<()> {
+            self.0.add_pending_in(h, u, j, s).await
+        }
+        async fn remove_pending_in(&self, h: &str, u: &str, j: &str) -> SResult<bool> {
+            self.0.remove_pending_in(h, u, j).await
+        }
+        async fn pending_in(&self, h: &str, u: &str) -> SResult<Vec<(String, String)>> {
+            self.0.pending_in(h, u).await
+        }
+        async fn remove_roster_user(&self, h: &str, u: &str) -> SResult<()> {
+            self.0.remove_roster_user(h, u).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_account_is_rolled_back_and_named() {
+        let path = std::env::temp_dir().join(format!(
+            "palaver-piefxis-{}-{}.db",
+            std::process::id(),
+            now_ms()
+        ));
+        let mut st = Storage::open_sqlite(&path)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        st.roster = Arc::new(FailFor(st.roster.clone(), "bob"));
+        let p = ok(&wrap(
+            "<user name='alice' password='a'><query xmlns='jabber:iq:roster'><item jid='x@y'/></query></user>
+             <user name='bob' password='b'><vCard xmlns='vcard-temp'/><offline-messages><message xmlns='jabber:client' from='x@y'><body>b</body></message></offline-messages><query xmlns='jabber:iq:roster'><item jid='x@y'/></query></user>
+             <user name='carol' password='c'/>",
+        ));
+        let opts = ImportOptions {
+            force: false,
+            iterations: 4096,
+            hosts: vec!["example.com".into()],
+        };
+        let e = import(&st, &p.doc, &opts).await.map(|_| ()).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            matches!(&e, PieError::Partial { imported, failed, .. }
+                if imported == &["alice@example.com"] && failed == "bob@example.com"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("injected failure") && msg.contains("alice@example.com"),
+            "{msg}"
+        );
+        let h = "example.com";
+        assert!(
+            st.accounts
+                .account_exists(h, "alice")
+                .await
+                .unwrap_or(false)
+        );
+        assert!(!st.accounts.account_exists(h, "bob").await.unwrap_or(true));
+        assert!(!st.accounts.account_exists(h, "carol").await.unwrap_or(true));
+        assert_eq!(st.xml.get_xml(h, "bob", "vcard").await.ok(), Some(None));
+        assert_eq!(st.offline.offline_count(h, "bob").await.ok(), Some(0));
+        // Host checks and existing accounts stop before any write.
+        let e = import(&st, &p.doc, &opts).await.map(|_| ()).unwrap_err();
+        assert!(
+            matches!(&e, PieError::Exists { accounts } if accounts == &["alice@example.com"]),
+            "{e}"
+        );
+        let other = ImportOptions {
+            hosts: vec!["elsewhere".into()],
+            ..opts.clone()
+        };
+        let e = import(&st, &p.doc, &other).await.map(|_| ()).unwrap_err();
+        assert!(
+            e.to_string().contains("test.xml:3:1") && e.to_string().contains("not served"),
+            "{e}"
+        );
+        assert!(!st.accounts.account_exists(h, "carol").await.unwrap_or(true));
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+        }
     }
 }
