@@ -2,7 +2,6 @@
 //! "stored", unacknowledged stanzas surviving a lost connection.
 mod common;
 use common::*;
-use palaver_storage::RosterStore as _;
 
 /// Enable stream management on a logged-in raw client.
 async fn enable(c: &mut RawTcp) {

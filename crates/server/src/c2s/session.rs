@@ -159,7 +159,7 @@ impl C2sSession {
             return std::future::pending().await;
         };
         match &self.sm {
-            Some(sm) if sm.ack_wanted.is_some() => {
+            Some(sm) if sm.ack_pending() => {
                 let tracker = sm.tracker.clone();
                 tokio::select! {
                     m = b.rx.recv() => m,
@@ -445,7 +445,7 @@ impl C2sSession {
             ("enable", Some(_)) => self.sm_failed(Condition::UnexpectedRequest),
             ("resume", _) => self.sm_failed(Condition::UnexpectedRequest),
             ("r", Some(sm)) => {
-                sm.ack_wanted = Some(sm.received);
+                sm.ack_requested();
                 if let Some(h) = sm.ack_ready() {
                     self.write_ack(h);
                 }

@@ -19,6 +19,9 @@ use std::sync::Arc;
 /// Namespace of XEP-0198 version 3.
 pub const NS: &str = "urn:xmpp:sm:3";
 
+/// Unanswered `<r/>`s remembered one by one.
+const MAX_PENDING_REQUESTS: usize = 1024;
+
 /// Per-host settings (from `mod_stream_mgmt`).
 #[derive(Debug, Clone, Copy)]
 pub struct StreamMgmtConfig {
@@ -31,9 +34,9 @@ pub(crate) struct StreamMgmt {
     pub tracker: Arc<AckTracker>,
     /// Inbound stanzas received since enabling.
     pub received: u64,
-    /// The client asked (`<r/>`) when this many stanzas had been received,
-    /// and is waiting for their deferred work.
-    pub ack_wanted: Option<u64>,
+    /// Unanswered `<r/>`s, oldest first: how many stanzas had been received
+    /// when each came. The answer to one waits for their deferred work.
+    ack_wanted: VecDeque<u64>,
     /// Outbound stanzas not yet acknowledged, oldest first.
     pub unacked: VecDeque<Stanza>,
     /// Outbound stanzas acknowledged so far.
@@ -56,7 +59,7 @@ impl StreamMgmt {
         StreamMgmt {
             tracker: AckTracker::new(),
             received: 0,
-            ack_wanted: None,
+            ack_wanted: VecDeque::new(),
             unacked: VecDeque::new(),
             acked: 0,
             requested: false,
@@ -64,15 +67,33 @@ impl StreamMgmt {
         }
     }
 
-    /// The `h` to answer a pending `<r/>` with, once every stanza received
-    /// before it is handled (later ones may be included when done too).
+    /// Whether an `<r/>` waits for its answer.
+    pub fn ack_pending(&self) -> bool {
+        !self.ack_wanted.is_empty()
+    }
+
+    /// The client sent `<r/>`.
+    pub fn ack_requested(&mut self) {
+        // Each request is answered as soon as what came before it is handled,
+        // so acks keep flowing while storage lags behind a busy client.
+        // Many unanswered requests share answers (the newest is kept).
+        if self.ack_wanted.len() >= MAX_PENDING_REQUESTS {
+            self.ack_wanted.pop_back();
+        }
+        self.ack_wanted.push_back(self.received);
+    }
+
+    /// The `h` answering every pending `<r/>` whose stanzas are all handled
+    /// (one `<a/>` for all of them, counting what else is done).
     pub fn ack_ready(&mut self) -> Option<u32> {
-        let wanted = self.ack_wanted?;
+        let first = *self.ack_wanted.front()?;
         let done = self.tracker.handled(self.received);
-        if done < wanted {
+        if done < first {
             return None;
         }
-        self.ack_wanted = None;
+        while self.ack_wanted.front().is_some_and(|w| *w <= done) {
+            self.ack_wanted.pop_front();
+        }
         Some(done as u32)
     }
 
