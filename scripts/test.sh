@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Every test of Palaver, as CI runs them (`.ci/run` calls exactly this):
+#  0. browser/setup.sh installs Debian's chromium and the pinned npm packages
+#     for the Converse.js test (once; idempotent);
 #  1. the whole workspace on the embedded SQLite store, including the
 #     PostgreSQL-specific tests (fresh database per test from PALAVER_TEST_PG_URL);
 #  2. the end-to-end suite (tests/*.rs) again with every server on PostgreSQL.
@@ -10,6 +12,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PALAVER_TEST_PG_URL="${PALAVER_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 export PALAVER_TEST_REDIS_URL="${PALAVER_TEST_REDIS_URL:-redis://127.0.0.1:6379/}"
+
+echo "== browser test setup (chromium, npm packages) =="
+bash browser/setup.sh
 
 echo "== workspace tests (SQLite store) =="
 cargo test --workspace --all-targets

@@ -13,7 +13,9 @@ use common::*;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use palaver_proto::sasl::{ScramClient, ScramHash, decode_sasl_payload, encode_sasl_payload};
+use palaver_proto::sasl::{
+    ScramClient, ScramCredentials, ScramHash, decode_sasl_payload, encode_sasl_payload,
+};
 use tokio::io::AsyncReadExt;
 
 const SASL_NS: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
@@ -1598,5 +1600,52 @@ async fn pipelined_login_and_keepalives() {
     ping(&mut c, "after-ws").await;
     c.send("\n").await;
     ping(&mut c, "after-nl").await;
+    srv.stop().await;
+}
+
+/// An account imported with SCRAM-SHA-1 credentials only (ejabberd's
+/// default): SCRAM-SHA-256 cannot work yet, PLAIN does and derives the
+/// missing credentials, after which every SCRAM variant works.
+#[tokio::test]
+async fn sha1_only_account_gains_all_credentials_at_plain_login() {
+    let srv = TestServer::start().await;
+    let sha1 = ScramCredentials::generate(ScramHash::Sha1, "pw-old", 4096);
+    srv.core()
+        .storage
+        .accounts
+        .create_account(DOMAIN, "olduser", &[sha1])
+        .await
+        .expect("create");
+    let mut c = Raw::connect(srv.addr).await;
+    c.open(DOMAIN).await;
+    let r = scram(
+        &mut c,
+        ScramClient::new(ScramHash::Sha256, "olduser", "pw-old", None),
+        true,
+    )
+    .await;
+    assert!(r.is_err(), "no SHA-256 credentials yet: {r:?}");
+    drop(c);
+    let mut c = Raw::connect(srv.addr).await;
+    c.open(DOMAIN).await;
+    let r = send_auth(&mut c, "PLAIN", &plain_token("", "olduser", "pw-old")).await;
+    assert!(r.starts_with("<success"), "{r}");
+    drop(c);
+    for hash in [ScramHash::Sha256, ScramHash::Sha512, ScramHash::Sha1] {
+        let mut c = Raw::connect(srv.addr).await;
+        c.open(DOMAIN).await;
+        scram(
+            &mut c,
+            ScramClient::new(hash, "olduser", "pw-old", None),
+            true,
+        )
+        .await
+        .unwrap_or_else(|f| panic!("SCRAM-{} after upgrade: {f}", hash.name()));
+    }
+    // A wrong password derives nothing.
+    let mut c = Raw::connect(srv.addr).await;
+    c.open(DOMAIN).await;
+    let r = send_auth(&mut c, "PLAIN", &plain_token("", "olduser", "wrong")).await;
+    assert_sasl_failure(&r, "not-authorized");
     srv.stop().await;
 }

@@ -346,6 +346,20 @@ impl Bosh {
     }
 }
 
+/// XEP-0124 §7.1: answer with the lower of the client's `ver` and ours (1.11).
+fn bosh_version(client: Option<&str>) -> String {
+    const OURS: (u32, u32) = (1, 11);
+    let parsed = client.and_then(|v| {
+        let (major, minor) = v.trim().split_once('.')?;
+        Some((major.parse::<u32>().ok()?, minor.parse::<u32>().ok()?))
+    });
+    let (major, minor) = match parsed {
+        Some(v) if v < OURS => v,
+        _ => OURS,
+    };
+    format!("{major}.{minor}")
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn session_task(
     state: HttpState,
@@ -396,8 +410,9 @@ async fn session_task(
         b.session.stream_error(e);
     }
     b.collect();
+    let ver = bosh_version(first.attr("ver"));
     let mut attrs = format!(
-        " sid='{}' wait='{wait}' hold='{hold}' requests='{requests}' inactivity='{INACTIVITY}' polling='{POLLING}' maxpause='{MAX_PAUSE}' ver='1.11' xmpp:version='1.0' xmlns:xmpp='{NS_XBOSH}' xmlns:stream='http://etherx.jabber.org/streams'",
+        " sid='{}' wait='{wait}' hold='{hold}' requests='{requests}' inactivity='{INACTIVITY}' polling='{POLLING}' maxpause='{MAX_PAUSE}' ver='{ver}' xmpp:version='1.0' xmlns:xmpp='{NS_XBOSH}' xmlns:stream='http://etherx.jabber.org/streams'",
         b.sid
     );
     if let Some(to) = first.attr("to") {
@@ -481,4 +496,19 @@ async fn session_task(
     // Requests that arrive after termination get item-not-found from the handler.
     b.session.closed_by_peer();
     b.session.finish();
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::bosh_version;
+
+    #[test]
+    fn lower_version_wins() {
+        assert_eq!(bosh_version(Some("1.6")), "1.6");
+        assert_eq!(bosh_version(Some("1.11")), "1.11");
+        assert_eq!(bosh_version(Some("1.12")), "1.11");
+        assert_eq!(bosh_version(Some("2.0")), "1.11");
+        assert_eq!(bosh_version(Some("junk")), "1.11");
+        assert_eq!(bosh_version(None), "1.11");
+    }
 }

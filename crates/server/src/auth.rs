@@ -59,28 +59,28 @@ impl Authenticator {
     }
 
     /// Check a plaintext password (SASL PLAIN).
+    ///
+    /// Accounts imported with credentials for some hashes only (ejabberd
+    /// keeps SCRAM-SHA-1 alone) get the missing ones derived on a successful
+    /// check, so their next SCRAM-SHA-256/512 login works too.
     pub async fn check_password(&self, host: &str, user: &str, password: &str) -> AuthOutcome {
-        let creds = match self
-            .storage
-            .accounts
-            .credentials(host, user, ScramHash::Sha256)
-            .await
-        {
-            Ok(Some(c)) => c,
-            Ok(None) => match self
-                .storage
-                .accounts
-                .credentials(host, user, ScramHash::Sha1)
-                .await
-            {
-                Ok(Some(c)) => c,
-                Ok(None) => return AuthOutcome::Denied,
-                Err(_) => return AuthOutcome::Temporary,
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "credential lookup failed");
-                return AuthOutcome::Temporary;
+        let mut missing = false;
+        let mut found = None;
+        for hash in [ScramHash::Sha256, ScramHash::Sha512, ScramHash::Sha1] {
+            match self.storage.accounts.credentials(host, user, hash).await {
+                Ok(Some(c)) => {
+                    found = Some(c);
+                    break;
+                }
+                Ok(None) => missing = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "credential lookup failed");
+                    return AuthOutcome::Temporary;
+                }
             }
+        }
+        let Some(creds) = found else {
+            return AuthOutcome::Denied;
         };
         let token = self.token(&creds, password);
         let key = (host.to_string(), user.to_string());
@@ -93,12 +93,31 @@ impl Authenticator {
         let ok = tokio::task::spawn_blocking(move || creds.verify_password(&pw))
             .await
             .unwrap_or(false);
-        if ok {
-            self.verified.insert(key, token);
-            AuthOutcome::Ok
-        } else {
-            AuthOutcome::Denied
+        if !ok {
+            return AuthOutcome::Denied;
         }
+        if missing {
+            let iterations = self.iterations;
+            let pw = password.to_string();
+            if let Ok(all) = tokio::task::spawn_blocking(move || derive_all(&pw, iterations)).await
+            {
+                match self
+                    .storage
+                    .accounts
+                    .set_credentials(host, user, &all)
+                    .await
+                {
+                    Ok(()) => {
+                        tracing::info!(host, user, "derived missing SCRAM credentials at login");
+                        self.remember(host, user, &all, password);
+                        return AuthOutcome::Ok;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "storing derived credentials failed"),
+                }
+            }
+        }
+        self.verified.insert(key, token);
+        AuthOutcome::Ok
     }
 
     /// Derive credentials for every supported hash.
