@@ -7,8 +7,10 @@
 //! storage: committed). The session acknowledges stanza `n` only when no
 //! ticket for `n` or an earlier stanza is left ([`AckTracker::handled`]).
 //!
-//! Sessions without stream management never enter a scope, so the router's
-//! hot path pays one task-local lookup at deferral points and nothing else.
+//! Every session numbers its stanzas this way; besides acknowledgements the
+//! count of stanzas with work in flight gives back-pressure (a client with
+//! too much outstanding work is not read from until some of it is done).
+//! Delivery to online sessions defers nothing and takes no ticket.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -34,6 +36,11 @@ impl AckTracker {
             Some(&first) => received.min(first.saturating_sub(1)),
             None => received,
         }
+    }
+
+    /// Number of stanzas with work still in flight.
+    pub fn pending(&self) -> usize {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Resolves when a ticket was dropped since the last call (a permit is

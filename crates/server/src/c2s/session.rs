@@ -37,6 +37,10 @@ pub enum Next {
 
 /// Queue length of a session's inbox.
 const INBOX: usize = 256;
+/// Stanzas of one session whose deferred work may be in flight at once.
+const MAX_INFLIGHT: usize = 32;
+/// Longest wait for in-flight work before reading the next stanza anyway.
+const INFLIGHT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// SASL attempts before the stream is closed.
 const MAX_AUTH_FAILURES: u8 = 5;
 
@@ -74,6 +78,11 @@ pub struct C2sSession {
     bound: Option<Bound>,
     /// XEP-0198 state once the client enabled it.
     sm: Option<StreamMgmt>,
+    /// Work the router deferred for this session's stanzas (storage, IQ
+    /// handlers), by inbound stanza number; see [`crate::ack`].
+    inflight: Arc<crate::ack::AckTracker>,
+    /// Stanzas received since binding.
+    received: u64,
     closing: bool,
 }
 
@@ -99,6 +108,8 @@ impl C2sSession {
             auth_failures: 0,
             bound: None,
             sm: None,
+            inflight: crate::ack::AckTracker::new(),
+            received: 0,
             closing: false,
         }
     }
@@ -160,10 +171,9 @@ impl C2sSession {
         };
         match &self.sm {
             Some(sm) if sm.ack_pending() => {
-                let tracker = sm.tracker.clone();
                 tokio::select! {
                     m = b.rx.recv() => m,
-                    () = tracker.changed() => Some(SessionMsg::Wake),
+                    () = self.inflight.changed() => Some(SessionMsg::Wake),
                 }
             }
             _ => b.rx.recv().await,
@@ -350,13 +360,33 @@ impl C2sSession {
             if el.has_ns(stream_mgmt::NS) {
                 return self.handle_sm(el);
             }
-            let Some(sm) = &mut self.sm else {
-                return self.handle_stanza(el).await;
-            };
-            // Number the stanza; work the router defers for it holds its ack.
-            sm.received += 1;
-            let (tracker, seq) = (sm.tracker.clone(), sm.received);
-            return crate::ack::scope(tracker, seq, self.handle_stanza(el)).await;
+            // Back-pressure: while this client has too much deferred work in
+            // flight (a flood of IQs, messages to offline users), stop reading
+            // its stream, so one client cannot take the database pool or the
+            // offline queue from everyone else.
+            while self.inflight.pending() >= MAX_INFLIGHT {
+                if tokio::time::timeout(INFLIGHT_WAIT, self.inflight.changed())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            // Number the stanza; work the router defers for it carries a
+            // ticket, which holds back its acknowledgement (XEP-0198).
+            self.received += 1;
+            let (tracker, seq) = (self.inflight.clone(), self.received);
+            let next = crate::ack::scope(tracker, seq, self.handle_stanza(el)).await;
+            // The wait above may have taken the wake-up a pending <a/> needed.
+            let (inflight, received) = (&self.inflight, self.received);
+            if let Some(h) = self
+                .sm
+                .as_mut()
+                .and_then(|sm| sm.ack_ready(inflight, received))
+            {
+                self.write_ack(h);
+            }
+            return next;
         }
         if el.is("starttls", ns::TLS) {
             if !self.tls_possible() {
@@ -436,7 +466,7 @@ impl C2sSession {
         match (el.name(), &mut self.sm) {
             ("enable", None) => match self.stream_mgmt_config() {
                 Some(cfg) => {
-                    self.sm = Some(StreamMgmt::new(cfg));
+                    self.sm = Some(StreamMgmt::new(cfg, self.received));
                     // No 'resume': this server does not keep sessions for resumption.
                     self.out.push_str("<enabled xmlns='urn:xmpp:sm:3'/>");
                 }
@@ -445,8 +475,8 @@ impl C2sSession {
             ("enable", Some(_)) => self.sm_failed(Condition::UnexpectedRequest),
             ("resume", _) => self.sm_failed(Condition::UnexpectedRequest),
             ("r", Some(sm)) => {
-                sm.ack_requested();
-                if let Some(h) = sm.ack_ready() {
+                sm.ack_requested(self.received);
+                if let Some(h) = sm.ack_ready(&self.inflight, self.received) {
                     self.write_ack(h);
                 }
             }
@@ -1019,7 +1049,12 @@ impl C2sSession {
                 }
             }
             SessionMsg::Wake => {
-                if let Some(h) = self.sm.as_mut().and_then(StreamMgmt::ack_ready) {
+                let (inflight, received) = (&self.inflight, self.received);
+                if let Some(h) = self
+                    .sm
+                    .as_mut()
+                    .and_then(|sm| sm.ack_ready(inflight, received))
+                {
                     self.write_ack(h);
                 }
                 Next::Continue

@@ -14,7 +14,6 @@
 use crate::ack::AckTracker;
 use palaver_proto::stanza::Stanza;
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 /// Namespace of XEP-0198 version 3.
 pub const NS: &str = "urn:xmpp:sm:3";
@@ -31,10 +30,10 @@ pub struct StreamMgmtConfig {
 
 /// Stream management state of one session, once enabled.
 pub(crate) struct StreamMgmt {
-    pub tracker: Arc<AckTracker>,
-    /// Inbound stanzas received since enabling.
-    pub received: u64,
-    /// Unanswered `<r/>`s, oldest first: how many stanzas had been received
+    /// The session's inbound stanza count when stream management was enabled
+    /// (`h` counts from there).
+    base: u64,
+    /// Unanswered `<r/>`s, oldest first: the session's inbound stanza count
     /// when each came. The answer to one waits for their deferred work.
     ack_wanted: VecDeque<u64>,
     /// Outbound stanzas not yet acknowledged, oldest first.
@@ -55,10 +54,10 @@ pub(crate) enum AckError {
 }
 
 impl StreamMgmt {
-    pub fn new(cfg: StreamMgmtConfig) -> Self {
+    /// Enabled when the session had received `received` stanzas.
+    pub fn new(cfg: StreamMgmtConfig, received: u64) -> Self {
         StreamMgmt {
-            tracker: AckTracker::new(),
-            received: 0,
+            base: received,
             ack_wanted: VecDeque::new(),
             unacked: VecDeque::new(),
             acked: 0,
@@ -72,29 +71,29 @@ impl StreamMgmt {
         !self.ack_wanted.is_empty()
     }
 
-    /// The client sent `<r/>`.
-    pub fn ack_requested(&mut self) {
+    /// The client sent `<r/>` after the session's `received`th stanza.
+    pub fn ack_requested(&mut self, received: u64) {
         // Each request is answered as soon as what came before it is handled,
         // so acks keep flowing while storage lags behind a busy client.
         // Many unanswered requests share answers (the newest is kept).
         if self.ack_wanted.len() >= MAX_PENDING_REQUESTS {
             self.ack_wanted.pop_back();
         }
-        self.ack_wanted.push_back(self.received);
+        self.ack_wanted.push_back(received);
     }
 
     /// The `h` answering every pending `<r/>` whose stanzas are all handled
     /// (one `<a/>` for all of them, counting what else is done).
-    pub fn ack_ready(&mut self) -> Option<u32> {
+    pub fn ack_ready(&mut self, inflight: &AckTracker, received: u64) -> Option<u32> {
         let first = *self.ack_wanted.front()?;
-        let done = self.tracker.handled(self.received);
+        let done = inflight.handled(received);
         if done < first {
             return None;
         }
         while self.ack_wanted.front().is_some_and(|w| *w <= done) {
             self.ack_wanted.pop_front();
         }
-        Some(done as u32)
+        Some(done.saturating_sub(self.base) as u32)
     }
 
     /// Outbound stanzas sent since enabling.
