@@ -7,6 +7,7 @@
 mod error;
 pub mod im;
 pub mod postgres;
+mod sql;
 pub mod sqlite;
 
 use async_trait::async_trait;
