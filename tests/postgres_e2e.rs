@@ -302,7 +302,8 @@ async fn database_outage_gives_errors_and_recovers() {
     assert!(r.contains("type='result'"), "{r}");
 
     proxy.down();
-    // Writes fail with internal-server-error, promptly, and the session lives.
+    // Writes fail with resource-constraint (wait: retry later), promptly,
+    // and the session lives.
     let r = iq(
         &mut a,
         "r2",
@@ -310,14 +311,14 @@ async fn database_outage_gives_errors_and_recovers() {
     )
     .await;
     assert!(
-        r.contains("type='error'") && r.contains("internal-server-error"),
+        r.contains("type='wait'") && r.contains("resource-constraint"),
         "{r}"
     );
     a.send("<message to='bob@localhost' id='m1' type='chat'><body>while down</body></message>")
         .await;
     let r = a.until("</message>").await;
     assert!(
-        r.contains("type='error'") && r.contains("internal-server-error"),
+        r.contains("type='wait'") && r.contains("resource-constraint"),
         "{r}"
     );
     let r = iq(

@@ -225,9 +225,8 @@ fn matches(list: &HashSet<String>, jid: &Jid) -> bool {
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> StanzaError {
-    tracing::warn!(error = %e, "blocklist storage error");
-    StanzaError::new(Condition::InternalServerError)
+fn internal(e: palaver_storage::StorageError) -> StanzaError {
+    palaver_server::module::storage_failure("blocklist", &e)
 }
 
 /// Read the stored list; refresh the cache while the user has sessions.

@@ -84,9 +84,8 @@ fn query(seconds: u64, status: Option<&str>) -> Element {
     q
 }
 
-fn internal(e: impl std::fmt::Display) -> StanzaError {
-    tracing::warn!(error = %e, "last activity storage error");
-    StanzaError::new(Condition::InternalServerError)
+fn internal(e: palaver_storage::StorageError) -> StanzaError {
+    palaver_server::module::storage_failure("last activity", &e)
 }
 
 async fn user_last(req: IqRequest) -> IqResult {

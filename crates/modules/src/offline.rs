@@ -4,7 +4,6 @@
 use dashmap::DashMap;
 use jid::{FullJid, Jid};
 use minidom::Element;
-use palaver_proto::error::Condition;
 use palaver_proto::ns;
 use palaver_proto::stanza::{Stanza, StanzaKind, set_attr};
 use palaver_server::core::Core;
@@ -131,8 +130,8 @@ async fn store(core: Arc<Core>, st: Stanza, limit: usize) -> bool {
         Ok(stored) => stored,
         Err(e) => {
             // Not stored: the sender learns it (the database may be down).
-            tracing::warn!(error = %e, "storing an offline message failed");
-            core.bounce(&st, Condition::InternalServerError, None);
+            let err = palaver_server::module::storage_failure("offline message", &e);
+            core.bounce_with(&st, err, None);
             true
         }
     }

@@ -60,9 +60,8 @@ fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
     Ok(())
 }
 
-fn internal(e: impl std::fmt::Display) -> StanzaError {
-    tracing::warn!(error = %e, "private storage error");
-    StanzaError::new(Condition::InternalServerError)
+fn internal(e: palaver_storage::StorageError) -> StanzaError {
+    palaver_server::module::storage_failure("private", &e)
 }
 
 async fn handle(req: IqRequest, max: usize, set: bool) -> IqResult {
@@ -98,7 +97,9 @@ async fn handle(req: IqRequest, max: usize, set: bool) -> IqResult {
         return Ok(None);
     }
     let stored = match store.get_xml(&host, &node, &key).await.map_err(internal)? {
-        Some(x) => x.parse::<Element>().map_err(internal)?,
+        Some(x) => x
+            .parse::<Element>()
+            .map_err(|e| palaver_server::module::internal_error("stored private XML", e))?,
         None => item.clone(),
     };
     let mut out = Element::bare("query", NS_PRIVATE);

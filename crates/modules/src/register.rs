@@ -107,9 +107,8 @@ fn field(q: &Element, name: &str) -> Option<String> {
     q.get_child(name, NS_REGISTER).map(|e| e.text())
 }
 
-fn internal(e: impl std::fmt::Display) -> StanzaError {
-    tracing::warn!(error = %e, "registration storage error");
-    StanzaError::new(Condition::InternalServerError)
+fn internal(e: palaver_storage::StorageError) -> StanzaError {
+    palaver_server::module::storage_failure("registration", &e)
 }
 
 async fn pre_auth(s: Arc<State>, req: PreAuthIq) -> IqResult {
@@ -217,7 +216,7 @@ async fn create(
     let creds =
         tokio::task::spawn_blocking(move || palaver_server::auth::derive_all(&pw, iterations))
             .await
-            .map_err(internal)?;
+            .map_err(|e| palaver_server::module::internal_error("deriving credentials", e))?;
     match req
         .core
         .storage
@@ -275,7 +274,7 @@ async fn account_set(s: Arc<State>, req: IqRequest) -> IqResult {
     let creds =
         tokio::task::spawn_blocking(move || palaver_server::auth::derive_all(&pw, iterations))
             .await
-            .map_err(internal)?;
+            .map_err(|e| palaver_server::module::internal_error("deriving credentials", e))?;
     req.core
         .storage
         .accounts

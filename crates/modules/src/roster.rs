@@ -124,9 +124,8 @@ fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
     Ok(())
 }
 
-fn internal(e: impl std::fmt::Display) -> StanzaError {
-    tracing::warn!(error = %e, "roster storage error");
-    StanzaError::new(Condition::InternalServerError)
+fn internal(e: palaver_storage::StorageError) -> StanzaError {
+    palaver_server::module::storage_failure("roster", &e)
 }
 
 /// The account (host, user) an account-scope IQ is about, only for its owner.

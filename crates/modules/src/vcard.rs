@@ -152,9 +152,8 @@ fn target(req: &IqRequest) -> Result<(String, String), StanzaError> {
     Ok((to.domain().to_string(), node.to_string()))
 }
 
-fn internal(e: impl std::fmt::Display) -> StanzaError {
-    tracing::warn!(error = %e, "vcard storage error");
-    StanzaError::new(Condition::InternalServerError)
+fn internal(e: palaver_storage::StorageError) -> StanzaError {
+    palaver_server::module::storage_failure("vcard", &e)
 }
 
 async fn get(req: IqRequest) -> IqResult {
@@ -177,7 +176,9 @@ async fn get(req: IqRequest) -> IqResult {
         .await
         .map_err(internal)?
     {
-        Some(x) => Ok(Some(x.parse::<Element>().map_err(internal)?)),
+        Some(x) => Ok(Some(x.parse::<Element>().map_err(|e| {
+            palaver_server::module::internal_error("stored vCard", e)
+        })?)),
         None => Ok(Some(Element::bare("vCard", NS_VCARD))),
     }
 }

@@ -441,8 +441,8 @@ impl Core {
                 return;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "account lookup failed");
-                self.bounce(&st, Condition::InternalServerError, None);
+                let err = crate::module::storage_failure("account lookup", &e);
+                self.bounce_with(&st, err, None);
                 return;
             }
         }

@@ -9,7 +9,7 @@
 use crate::core::Core;
 use futures_util::future::BoxFuture;
 use minidom::Element;
-use palaver_proto::error::StanzaError;
+use palaver_proto::error::{Condition, StanzaError};
 use palaver_proto::stanza::Stanza;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
@@ -173,6 +173,25 @@ pub struct Registrations {
     pub(crate) service_iq: HashMap<(String, IqType, String), IqHandler>,
     /// XEP-0198 settings when stream management is offered.
     pub(crate) stream_mgmt: Option<crate::c2s::StreamMgmtConfig>,
+}
+
+/// A storage failure as the stanza error the user sees (and a log line):
+/// `resource-constraint` (type wait: retry later) while the database is
+/// unreachable or its pool exhausted, `internal-server-error` otherwise.
+pub fn storage_failure(what: &str, e: &palaver_storage::StorageError) -> StanzaError {
+    tracing::warn!(error = %e, "{what} storage error");
+    match e {
+        palaver_storage::StorageError::Unavailable(_) => {
+            StanzaError::new(Condition::ResourceConstraint)
+        }
+        _ => StanzaError::new(Condition::InternalServerError),
+    }
+}
+
+/// Any other failure while serving a request: `internal-server-error`, logged.
+pub fn internal_error(what: &str, e: impl std::fmt::Display) -> StanzaError {
+    tracing::warn!(error = %e, "{what} failed");
+    StanzaError::new(Condition::InternalServerError)
 }
 
 /// Registration surface handed to each module when a host starts.

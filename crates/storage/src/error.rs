@@ -22,7 +22,11 @@ pub enum StorageError {
     /// Stored data could not be decoded.
     #[error("corrupt data: {0}")]
     Corrupt(String),
-    /// The backend failed (connection, I/O, SQL).
+    /// The database cannot be reached, or every pooled connection stayed
+    /// busy past the connect timeout: worth retrying later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The backend failed (SQL, protocol).
     #[error("database error: {0}")]
     Backend(String),
 }
@@ -34,6 +38,10 @@ impl From<sqlx::Error> for StorageError {
             sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
                 StorageError::Corrupt(e.to_string())
             }
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => StorageError::Unavailable(e.to_string()),
             _ => StorageError::Backend(e.to_string()),
         }
     }
