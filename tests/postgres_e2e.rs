@@ -380,3 +380,224 @@ async fn database_outage_gives_errors_and_recovers() {
     drop((a, b, c));
     srv.stop().await;
 }
+
+/// A PostgreSQL server of the test's own (initdb in a temporary directory,
+/// its own port), so the test can really stop and restart it without
+/// touching the machine's shared server.
+struct OwnPostgres {
+    bin: std::path::PathBuf,
+    data: std::path::PathBuf,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl OwnPostgres {
+    /// `None` when PostgreSQL tests are skipped; panics under CI when the
+    /// server binaries are missing.
+    fn create() -> Option<OwnPostgres> {
+        palaver_storage::postgres::testdb::admin_url("own postgres")?;
+        let bin = std::fs::read_dir("/usr/lib/postgresql").ok().and_then(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .find(|p| p.join("pg_ctl").exists())
+        });
+        let Some(bin) = bin else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "PostgreSQL server binaries (/usr/lib/postgresql/*/bin) are needed in CI"
+            );
+            eprintln!("own postgres: skipped, no /usr/lib/postgresql/*/bin/pg_ctl");
+            return None;
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).expect("data dir");
+        // PostgreSQL refuses to run as root: hand the directory to `postgres`.
+        if Self::is_root() {
+            let out = std::process::Command::new("chown")
+                .args(["-R", "postgres:"])
+                .arg(dir.path())
+                .output()
+                .expect("chown");
+            assert!(out.status.success(), "chown: {out:?}");
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let pg = OwnPostgres {
+            bin,
+            data,
+            port,
+            _dir: dir,
+        };
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                pg.data_str(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
+        pg.start();
+        Some(pg)
+    }
+
+    fn is_root() -> bool {
+        std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false)
+    }
+
+    fn data_str(&self) -> &str {
+        self.data.to_str().expect("utf-8 path")
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let exe = self.bin.join(tool);
+        let mut cmd = if Self::is_root() {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            std::process::Command::new(&exe)
+        };
+        let out = cmd.args(args).output().expect("run a PostgreSQL tool");
+        assert!(
+            out.status.success(),
+            "{tool} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn start(&self) {
+        let opts = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
+            self.port,
+            self.data_str()
+        );
+        let log = self.data.join("server.log");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                self.data_str(),
+                "-o",
+                &opts,
+                "-l",
+                log.to_str().expect("utf-8"),
+                "-w",
+                "start",
+            ],
+        );
+    }
+
+    fn stop(&self) {
+        self.run(
+            "pg_ctl",
+            &["-D", self.data_str(), "-m", "fast", "-w", "stop"],
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let exe = self.bin.join("pg_ctl");
+        let mut cmd = if Self::is_root() {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            std::process::Command::new(&exe)
+        };
+        let _ = cmd
+            .args(["-D", self.data_str(), "-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_restart_is_survived() {
+    let Some(pg) = tokio::task::spawn_blocking(OwnPostgres::create)
+        .await
+        .expect("create")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config_text(dir.path(), "", "") + &pg_keys(&pg.url()) + "sql_connect_timeout: 1\n";
+    let srv = TestServer::start_with_config_text(dir, &text).await;
+    for u in ["alice", "bob", "carol"] {
+        srv.add_user(u, DOMAIN, "pw").await;
+    }
+    let mut a = raw_login(srv.addr, "alice", DOMAIN, "pw", "ra").await;
+    let r = iq(
+        &mut a,
+        "r1",
+        "<iq type='set' id='r1'><query xmlns='jabber:iq:roster'><item jid='before@localhost'/></query></iq>",
+    )
+    .await;
+    assert!(r.contains("type='result'"), "{r}");
+
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.stop();
+        pg
+    })
+    .await
+    .expect("stop");
+    let r = iq(
+        &mut a,
+        "r2",
+        "<iq type='set' id='r2'><query xmlns='jabber:iq:roster'><item jid='during@localhost'/></query></iq>",
+    )
+    .await;
+    assert!(r.contains("resource-constraint"), "{r}");
+    let mut c = Raw::connect(srv.addr).await;
+    c.open(DOMAIN).await;
+    c.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGNhcm9sAHB3</auth>")
+        .await;
+    let r = c.until("</failure>").await;
+    assert!(r.contains("temporary-auth-failure"), "{r}");
+    drop(c);
+
+    let _pg = tokio::task::spawn_blocking(move || {
+        pg.start();
+        pg
+    })
+    .await
+    .expect("start");
+    // The pool reconnects by itself: the next request works.
+    let r = iq(
+        &mut a,
+        "r3",
+        "<iq type='set' id='r3'><query xmlns='jabber:iq:roster'><item jid='after@localhost'/></query></iq>",
+    )
+    .await;
+    assert!(r.contains("type='result'"), "{r}");
+    let _c = raw_login(srv.addr, "carol", DOMAIN, "pw", "rc").await;
+    let r = iq(
+        &mut a,
+        "g1",
+        "<iq type='get' id='g1'><query xmlns='jabber:iq:roster'/></iq>",
+    )
+    .await;
+    assert!(
+        r.contains("before@localhost") && r.contains("after@localhost") && !r.contains("during@"),
+        "{r}"
+    );
+    drop(a);
+    srv.stop().await;
+}
