@@ -38,6 +38,33 @@ async fn http(
     (status, head, out[split + 4..].to_vec())
 }
 
+/// A PUT with a chunked body (no Content-Length); returns the status.
+async fn chunked_put(addr: SocketAddr, path: &str, body: &[u8]) -> u16 {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/pdf\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    for part in body.chunks(256) {
+        s.write_all(format!("{:x}\r\n", part.len()).as_bytes())
+            .await
+            .expect("write");
+        s.write_all(part).await.expect("write");
+        s.write_all(b"\r\n").await.expect("write");
+    }
+    s.write_all(b"0\r\n\r\n").await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(TIMEOUT, s.read_to_end(&mut out))
+        .await
+        .expect("in time")
+        .expect("read");
+    String::from_utf8_lossy(&out)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status")
+}
+
 fn url_path(url: &str) -> String {
     let rest = url.split_once("://").expect("absolute").1;
     rest[rest.find('/').expect("path")..].replace("&amp;", "&")
@@ -111,6 +138,12 @@ async fn upload_round_trip_and_errors() {
     )
     .await;
     assert_eq!(st, 403);
+    // Without a Content-Length (chunked), the streamed body is counted:
+    // too long or too short is refused and leaves nothing behind.
+    let mut longer = data.clone();
+    longer.extend_from_slice(b"extra");
+    assert_eq!(chunked_put(srv.http_addr, &put, &longer).await, 400);
+    assert_eq!(chunked_put(srv.http_addr, &put, &data[..300]).await, 400);
     let (st, _, _) = http(
         srv.http_addr,
         "PUT",

@@ -255,3 +255,67 @@ async fn connection_discovery_and_cors() {
     );
     srv.stop().await;
 }
+
+/// XEP-0198 runs over WebSocket exactly as over TCP (one state machine):
+/// each nonza is a WebSocket message of its own, acks count stored stanzas,
+/// and an unacknowledged message survives the lost connection.
+#[tokio::test]
+async fn stream_management_over_websocket() {
+    let srv = TestServer::start().await;
+    srv.add_user("alice", DOMAIN, "pw").await;
+    srv.add_user("bob", DOMAIN, "pw").await;
+    let mut ws = ws_login(&srv, "alice", "pw").await;
+    send(&mut ws, "<enable xmlns='urn:xmpp:sm:3'/>").await;
+    let r = next_text(&mut ws).await;
+    assert_eq!(r, "<enabled xmlns='urn:xmpp:sm:3'/>");
+    for i in 1..=3 {
+        send(
+            &mut ws,
+            &format!("<message xmlns='jabber:client' to='bob@localhost' type='chat'><body>ws {i}</body></message>"),
+        )
+        .await;
+    }
+    send(&mut ws, "<r xmlns='urn:xmpp:sm:3'/>").await;
+    let r = until(&mut ws, "<a ").await;
+    assert!(r.contains("<a xmlns='urn:xmpp:sm:3' h='3'/>"), "{r}");
+    assert_eq!(
+        srv.core()
+            .storage
+            .offline
+            .offline_count(DOMAIN, "bob")
+            .await
+            .expect("count"),
+        3,
+        "acknowledged means stored"
+    );
+    // Bob writes to alice's WebSocket session; alice never acks, and drops.
+    send(&mut ws, "<presence xmlns='jabber:client'/>").await;
+    until(&mut ws, "<presence").await;
+    let mut b = raw_login(srv.addr, "bob", DOMAIN, "pw", "b").await;
+    b.send("<message to='alice@localhost/web' type='chat'><body>to the browser</body></message>")
+        .await;
+    let r = until(&mut ws, "to the browser").await;
+    assert!(r.contains("to the browser"), "{r}");
+    drop(ws);
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while srv
+        .core()
+        .storage
+        .offline
+        .offline_count(DOMAIN, "alice")
+        .await
+        .expect("count")
+        == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "unacknowledged message not kept"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut a = raw_login(srv.addr, "alice", DOMAIN, "pw", "tcp").await;
+    a.send("<presence/>").await;
+    a.until("to the browser").await;
+    drop(b);
+    srv.stop().await;
+}

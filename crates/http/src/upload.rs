@@ -1,10 +1,11 @@
 //! XEP-0363 uploads and downloads for the slots `mod_http_upload` hands out.
 
 use crate::HttpState;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use palaver_server::upload::{Upload, sanitize_filename};
 use std::collections::HashMap;
 
@@ -34,7 +35,7 @@ pub(crate) async fn put(
     Path((owner, slot, name)): Path<(String, String, String)>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let Some(up) = Upload::get(&state.core) else {
         return plain(StatusCode::NOT_FOUND, "uploads are not enabled");
@@ -60,7 +61,13 @@ pub(crate) async fn put(
     if now > expiry {
         return plain(StatusCode::FORBIDDEN, "upload slot expired");
     }
-    if body.len() as u64 != size {
+    // Checked before a byte of the body is read; the body itself is
+    // streamed to disk and counted, never held in memory.
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n != size) {
         return plain(
             StatusCode::BAD_REQUEST,
             "body size differs from the requested slot",
@@ -79,26 +86,85 @@ pub(crate) async fn put(
     }
     let dir = up.dir.join(&owner).join(&slot);
     let file = dir.join(&name);
-    let res = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
-        std::fs::create_dir_all(&dir)?;
-        if file.exists() {
-            return Ok(false);
+    if tokio::fs::try_exists(&file).await.unwrap_or(false) {
+        return plain(StatusCode::CONFLICT, "this slot was already used");
+    }
+    if tokio::fs::create_dir_all(&dir).await.is_err() {
+        return plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "could not store the file",
+        );
+    }
+    // A temporary name of this request's own: concurrent PUTs to one slot
+    // never write into each other's file.
+    let tmp = dir.join(format!(".partial-{:016x}", rand::random::<u64>()));
+    let outcome = receive(body, &tmp, size).await;
+    let res = match outcome {
+        Ok(()) => {
+            let meta = dir.join(".meta");
+            let (tmp2, file2) = (tmp.clone(), file.clone());
+            tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+                std::fs::write(&meta, ct.as_bytes())?;
+                // hard_link fails when the name exists: the first PUT wins.
+                match std::fs::hard_link(&tmp2, &file2) {
+                    Ok(()) => Ok(true),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                    Err(e) => Err(e),
+                }
+            })
+            .await
+            .map_err(|_| Received::Io)
+            .and_then(|r| r.map_err(|_| Received::Io))
         }
-        let tmp = dir.join(".partial");
-        std::fs::write(&tmp, &body)?;
-        std::fs::write(dir.join(".meta"), ct.as_bytes())?;
-        std::fs::rename(&tmp, &file)?;
-        Ok(true)
-    })
-    .await;
+        Err(e) => Err(e),
+    };
+    let _ = tokio::fs::remove_file(&tmp).await;
     match res {
-        Ok(Ok(true)) => plain(StatusCode::CREATED, "created"),
-        Ok(Ok(false)) => plain(StatusCode::CONFLICT, "this slot was already used"),
-        _ => plain(
+        Ok(true) => plain(StatusCode::CREATED, "created"),
+        Ok(false) => plain(StatusCode::CONFLICT, "this slot was already used"),
+        Err(Received::WrongSize) => plain(
+            StatusCode::BAD_REQUEST,
+            "body size differs from the requested slot",
+        ),
+        Err(Received::Aborted) => plain(StatusCode::BAD_REQUEST, "upload aborted"),
+        Err(Received::Io) => plain(
             StatusCode::INTERNAL_SERVER_ERROR,
             "could not store the file",
         ),
     }
+}
+
+/// Why a PUT body was not stored.
+enum Received {
+    /// More or fewer bytes than the slot allows.
+    WrongSize,
+    /// The client went away or sent a broken body.
+    Aborted,
+    /// The disk failed.
+    Io,
+}
+
+/// Stream `body` into `tmp`, accepting exactly `size` bytes.
+async fn receive(body: Body, tmp: &std::path::Path, size: u64) -> Result<(), Received> {
+    use tokio::io::AsyncWriteExt;
+    let mut out = tokio::fs::File::create(tmp)
+        .await
+        .map_err(|_| Received::Io)?;
+    let mut stream = body.into_data_stream();
+    let mut got: u64 = 0;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| Received::Aborted)?;
+        got += chunk.len() as u64;
+        if got > size {
+            return Err(Received::WrongSize);
+        }
+        out.write_all(&chunk).await.map_err(|_| Received::Io)?;
+    }
+    if got != size {
+        return Err(Received::WrongSize);
+    }
+    out.sync_all().await.map_err(|_| Received::Io)?;
+    Ok(())
 }
 
 pub(crate) async fn get(
@@ -119,15 +185,22 @@ pub(crate) async fn get(
         return plain(StatusCode::FORBIDDEN, "bad signature");
     }
     let dir = up.dir.join(&owner).join(&slot);
-    let data = match tokio::fs::read(dir.join(&name)).await {
-        Ok(d) => d,
+    // Streamed from disk, never read into memory whole.
+    let file = match tokio::fs::File::open(dir.join(&name)).await {
+        Ok(f) => f,
+        Err(_) => return plain(StatusCode::NOT_FOUND, "not found"),
+    };
+    let len = match file.metadata().await {
+        Ok(m) => m.len(),
         Err(_) => return plain(StatusCode::NOT_FOUND, "not found"),
     };
     let ct = tokio::fs::read_to_string(dir.join(".meta"))
         .await
         .unwrap_or_else(|_| "application/octet-stream".into());
-    let mut resp = (StatusCode::OK, data).into_response();
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let mut resp = (StatusCode::OK, body).into_response();
     let h = resp.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_str(&ct).unwrap_or(HeaderValue::from_static("application/octet-stream")),
