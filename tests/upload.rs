@@ -230,3 +230,44 @@ async fn upload_round_trip_and_errors() {
     assert!(e.contains("bad-request"), "{e}");
     srv.stop().await;
 }
+
+/// A file larger than any in-memory body limit goes through (streamed).
+#[tokio::test]
+async fn large_upload_is_streamed() {
+    let srv = TestServer::start_with(
+        "",
+        "modules:\n  mod_disco: {}\n  mod_http_upload:\n    max_size: 4000000\n    secret: test-secret\n",
+    )
+    .await;
+    srv.add_user("alice", DOMAIN, "pw").await;
+    let mut c = raw_login(srv.addr, "alice", DOMAIN, "pw", "r").await;
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    let slot = request_slot(
+        &mut c,
+        "big",
+        "big.bin",
+        data.len(),
+        "application/octet-stream",
+    )
+    .await;
+    let put = url_path(between(&slot, "<put url='", "'"));
+    let get = url_path(between(&slot, "<get url='", "'"));
+    let (st, _, _) = http(
+        srv.http_addr,
+        "PUT",
+        &put,
+        "Content-Type: application/octet-stream\r\n",
+        &data,
+    )
+    .await;
+    assert_eq!(st, 201);
+    let (st, head, body) = http(srv.http_addr, "GET", &get, "", b"").await;
+    assert_eq!(st, 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-length: 3000000"),
+        "{head}"
+    );
+    assert!(body == data, "same bytes back");
+    srv.stop().await;
+}

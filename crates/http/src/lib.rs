@@ -30,10 +30,9 @@ pub struct HttpState {
 /// The HTTP application for a listener.
 pub fn app(state: HttpState) -> Router {
     let ws_path = state.cfg.websocket_path.clone();
-    let body_limit = palaver_server::upload::Upload::get(&state.core)
-        .map(|u| u.opts.max_size as usize)
-        .unwrap_or(0)
-        .max(state.cfg.max_stanza_size.saturating_mul(4));
+    // Bodies read into memory (BOSH) are bounded by the stanza limit; upload
+    // bodies are streamed to disk and counted against their slot instead.
+    let body_limit = state.cfg.max_stanza_size.saturating_mul(4);
     let cors = state.clone();
     Router::new()
         .route(&ws_path, get(ws::upgrade))
