@@ -5,6 +5,8 @@
 # Builds release binaries, starts palaver on 127.0.0.14 (domain pal.test) with
 # a fresh data dir and the default modules, registers bench0..bench{USERS-1}
 # in-band (XEP-0077), then runs login, chat and idle. Appends JSON lines to RESULTS.
+# PALAVER_BENCH_DB=pgsql puts the store on a fresh PostgreSQL database
+# palaver_bench (PALAVER_BENCH_PG, default postgres://postgres@127.0.0.1:5432).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$HERE/.."
@@ -22,10 +24,20 @@ B="$BENCH_TARGET/release/xmpp-bench"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 rm -rf "$DATA"; mkdir -p "$DATA"
+DBKEYS=""
+if [ "${PALAVER_BENCH_DB:-sqlite}" = pgsql ]; then
+  PG="${PALAVER_BENCH_PG:-postgres://postgres@127.0.0.1:5432}"
+  psql -q "$PG/postgres" -c "DROP DATABASE IF EXISTS palaver_bench WITH (FORCE)" -c "CREATE DATABASE palaver_bench"
+  DBKEYS="default_db: sql
+sql_type: pgsql
+sql_url: \"$PG/palaver_bench\"
+sql_pool_size: 10"
+fi
 cat >"$DATA/palaver.yml" <<YML
 hosts: [$DOMAIN]
 loglevel: warning
 data_dir: $DATA
+$DBKEYS
 listen:
   - port: 5222
     ip: "$IP"
