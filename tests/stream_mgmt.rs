@@ -217,3 +217,174 @@ async fn wait_offline(srv: &TestServer, user: &str, n: usize) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// Enable with resumption; returns the SM-ID.
+async fn enable_resumable(c: &mut RawTcp) -> String {
+    c.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+        .await;
+    let r = c.until("/>").await;
+    assert!(
+        r.contains("<enabled xmlns='urn:xmpp:sm:3' id='") && r.contains("resume='true'"),
+        "{r}"
+    );
+    assert!(r.contains("max='"), "{r}");
+    let start = r.find("id='").expect("id") + 4;
+    r[start..start + r[start..].find('\'').expect("id end")].to_string()
+}
+
+/// Authenticate a new connection (no bind) as `user`.
+async fn authenticated(srv: &TestServer, user: &str) -> RawTcp {
+    use base64::Engine as _;
+    let mut c = Raw::connect(srv.addr).await;
+    c.open(DOMAIN).await;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0pw"));
+    c.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>"
+    ))
+    .await;
+    assert!(c.until("/>").await.contains("<success"));
+    c.open(DOMAIN).await;
+    c
+}
+
+#[tokio::test]
+async fn a_lost_session_is_resumed_with_what_it_missed() {
+    let srv = TestServer::start().await;
+    srv.add_user("alice", DOMAIN, "pw").await;
+    srv.add_user("bob", DOMAIN, "pw").await;
+    let mut a = raw_login(srv.addr, "alice", DOMAIN, "pw", "phone").await;
+    let id = enable_resumable(&mut a).await;
+    a.send("<presence/>").await;
+    a.until("<presence").await; // outbound 1
+    let mut b = raw_login(srv.addr, "bob", DOMAIN, "pw", "b").await;
+    b.send("<message to='alice@localhost/phone' type='chat' id='m1'><body>seen 1</body></message>")
+        .await;
+    a.until("seen 1").await; // outbound 2
+    a.send("<message to='bob@localhost/b' type='chat'><body>from the phone</body></message>")
+        .await;
+    b.until("from the phone").await;
+    // The client acknowledges its presence only, and its network goes away.
+    a.send("<a xmlns='urn:xmpp:sm:3' h='1'/>").await;
+    a.send("<iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    a.until("id='p'").await; // outbound 3
+    drop(a);
+    // While detached the session stays: bob's message waits for it.
+    b.send(
+        "<message to='alice@localhost/phone' type='chat' id='m2'><body>while away</body></message>",
+    )
+    .await;
+    b.send("<iq type='get' id='pb' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    b.until("id='pb'").await;
+    assert_eq!(srv.core().sm.count(), 2, "alice's session is kept");
+    // Resume on a new connection: h counts alice's 3 inbound stanzas
+    // (presence, message, ping); everything after her h=1 comes again.
+    let mut a = authenticated(&srv, "alice").await;
+    a.send(&format!(
+        "<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='1'/>"
+    ))
+    .await;
+    let r = a.until("/>").await;
+    assert!(
+        r.contains(&format!(
+            "<resumed xmlns='urn:xmpp:sm:3' previd='{id}' h='3'/>"
+        )),
+        "{r}"
+    );
+    let again = a.until("while away").await;
+    assert!(
+        again.contains("seen 1"),
+        "unacknowledged, sent again: {again}"
+    );
+    // Same session, same resource: routing to it goes on.
+    b.send("<message to='alice@localhost/phone' type='chat'><body>after resume</body></message>")
+        .await;
+    a.until("after resume").await;
+    a.send("<message to='bob@localhost/b' type='chat'><body>back</body></message>")
+        .await;
+    b.until("back").await;
+    assert_eq!(ack(&mut a).await, 4);
+    // The old SM-ID stays valid for the resumed session; it is not a
+    // second session.
+    assert_eq!(srv.core().sm.count(), 2);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn resumption_is_refused_when_it_must_be() {
+    let srv = TestServer::start_with(
+        "",
+        "modules:\n  mod_roster: {}\n  mod_offline: {}\n  mod_stream_mgmt: {resume_timeout: 1}\n",
+    )
+    .await;
+    for u in ["alice", "eve"] {
+        srv.add_user(u, DOMAIN, "pw").await;
+    }
+    // Unknown SM-ID: failed, and the client may still bind.
+    let mut c = authenticated(&srv, "alice").await;
+    c.send("<resume xmlns='urn:xmpp:sm:3' previd='0123' h='0'/>")
+        .await;
+    assert!(c.until("</failed>").await.contains("item-not-found"));
+    c.bind("r").await;
+    let id = enable_resumable(&mut c).await;
+    // Another account cannot take it over.
+    let mut e = authenticated(&srv, "eve").await;
+    e.send(&format!(
+        "<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>"
+    ))
+    .await;
+    assert!(e.until("</failed>").await.contains("item-not-found"));
+    // A clean close ends the session for good.
+    c.send("</stream:stream>").await;
+    c.until_closed().await;
+    let mut c2 = authenticated(&srv, "alice").await;
+    c2.send(&format!(
+        "<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>"
+    ))
+    .await;
+    assert!(c2.until("</failed>").await.contains("item-not-found"));
+    c2.bind("r2").await;
+    // A lost session past resume_timeout (1 s) is gone, and what it held
+    // went to offline storage.
+    let id = enable_resumable(&mut c2).await;
+    c2.send("<presence/>").await;
+    c2.until("<presence").await;
+    let mut e = raw_login(srv.addr, "eve", DOMAIN, "pw", "e").await;
+    e.send("<message to='alice@localhost/r2' type='chat'><body>held</body></message>")
+        .await;
+    c2.until("held").await;
+    drop(c2);
+    wait_offline(&srv, "alice", 1).await;
+    let mut c3 = authenticated(&srv, "alice").await;
+    c3.send(&format!(
+        "<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>"
+    ))
+    .await;
+    assert!(c3.until("</failed>").await.contains("item-not-found"));
+    drop(e);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn resuming_a_still_connected_session_takes_it_over() {
+    let srv = TestServer::start().await;
+    srv.add_user("alice", DOMAIN, "pw").await;
+    let mut old = raw_login(srv.addr, "alice", DOMAIN, "pw", "phone").await;
+    let id = enable_resumable(&mut old).await;
+    // The client believes its connection dead; the server does not yet.
+    let mut new = authenticated(&srv, "alice").await;
+    new.send(&format!(
+        "<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>"
+    ))
+    .await;
+    let r = new.until("/>").await;
+    assert!(r.contains("<resumed"), "{r}");
+    let closed = old.until_closed().await;
+    assert!(closed.contains("conflict"), "the old stream ends: {closed}");
+    new.send("<iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    new.until("id='p'").await;
+    assert_eq!(srv.core().sm.count(), 1);
+    srv.stop().await;
+}

@@ -319,3 +319,40 @@ async fn stream_management_over_websocket() {
     drop(b);
     srv.stop().await;
 }
+
+/// A WebSocket session that loses its connection is resumed (XEP-0198 §5)
+/// on a new connection — here a TCP one: one state machine for all.
+#[tokio::test]
+async fn websocket_session_resumes_elsewhere() {
+    use base64::Engine as _;
+    let srv = TestServer::start().await;
+    srv.add_user("alice", DOMAIN, "pw").await;
+    srv.add_user("bob", DOMAIN, "pw").await;
+    let mut ws = ws_login(&srv, "alice", "pw").await;
+    send(&mut ws, "<enable xmlns='urn:xmpp:sm:3' resume='true'/>").await;
+    let r = next_text(&mut ws).await;
+    assert!(r.contains("resume='true'"), "{r}");
+    let start = r.find("id='").expect("id") + 4;
+    let id = r[start..start + r[start..].find('\'').expect("end")].to_string();
+    drop(ws);
+    let mut b = raw_login(srv.addr, "bob", DOMAIN, "pw", "b").await;
+    b.send("<message to='alice@localhost/web' type='chat'><body>for the tab</body></message>")
+        .await;
+    let mut c = Raw::connect(srv.addr).await;
+    c.open(DOMAIN).await;
+    let token = base64::engine::general_purpose::STANDARD.encode("\0alice\0pw");
+    c.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>"
+    ))
+    .await;
+    assert!(c.until("/>").await.contains("<success"));
+    c.open(DOMAIN).await;
+    c.send(&format!(
+        "<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>"
+    ))
+    .await;
+    let r = c.until("for the tab").await;
+    assert!(r.contains("<resumed xmlns='urn:xmpp:sm:3'"), "{r}");
+    drop(b);
+    srv.stop().await;
+}

@@ -495,7 +495,7 @@ async fn session_task(
     SESSIONS.remove(&sid);
     // Requests that arrive after termination get item-not-found from the handler.
     b.session.closed_by_peer();
-    b.session.finish();
+    b.session.end().await;
 }
 
 #[cfg(test)]

@@ -287,7 +287,7 @@ async fn run(state: HttpState, socket: WebSocket, peer: SocketAddr) {
             }
         }
     }
-    session.finish();
+    session.end().await;
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
-//! XEP-0198 Stream Management: acknowledgements on c2s streams. The protocol
-//! runs in the c2s session (`palaver_server::c2s`); this module offers it on
-//! a host and holds its options. An `<a/>` from the server means the stanza
-//! is handled, including any storage the router deferred for it.
-//! Stream resumption is not offered (`<enabled/>` carries no `resume`).
+//! XEP-0198 Stream Management: acknowledgements and stream resumption on c2s
+//! streams. The protocol runs in the c2s session (`palaver_server::c2s`);
+//! this module offers it on a host and holds its options. An `<a/>` from the
+//! server means the stanza is handled, including any storage the router
+//! deferred for it.
 
 use palaver_server::c2s::StreamMgmtConfig;
 use palaver_server::{HostSetup, ModuleDef};
@@ -18,12 +18,16 @@ pub const MODULE: ModuleDef = ModuleDef {
 struct Options {
     /// Most unacknowledged stanzas to a client before its stream is closed.
     max_ack_queue: usize,
+    /// Seconds a session that lost its connection waits to be resumed
+    /// (0: resumption is not offered).
+    resume_timeout: u64,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             max_ack_queue: 5000,
+            resume_timeout: 300,
         }
     }
 }
@@ -35,6 +39,7 @@ fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
     }
     host.enable_stream_mgmt(StreamMgmtConfig {
         max_ack_queue: o.max_ack_queue,
+        resume_timeout: o.resume_timeout,
     });
     Ok(())
 }

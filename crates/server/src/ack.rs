@@ -109,13 +109,14 @@ tokio::task_local! {
 }
 
 /// Run `fut` (the handling of inbound stanza `seq`) so that work it defers
-/// takes tickets on `tracker`.
-pub async fn scope<F: std::future::Future>(
+/// takes tickets on `tracker`. A plain function, not an `async fn`: an async
+/// wrapper would store `fut` twice in the session task's future.
+pub fn scope<F: std::future::Future>(
     tracker: Arc<AckTracker>,
     seq: u64,
     fut: F,
-) -> F::Output {
-    CURRENT.scope((tracker, seq), fut).await
+) -> impl std::future::Future<Output = F::Output> {
+    CURRENT.scope((tracker, seq), fut)
 }
 
 /// A ticket for the stanza being handled by the current task, if its session

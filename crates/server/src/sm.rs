@@ -19,6 +19,9 @@ pub enum SessionMsg {
     /// Deferred work of the session's own stanzas finished (produced by the
     /// session itself while it waits to acknowledge; never queued).
     Wake,
+    /// A new connection resumes this session (XEP-0198 §5; produced by the
+    /// session from its resumption channel, never queued).
+    Resume(crate::c2s::ResumeRequest),
 }
 
 /// Handle to a session, held in the table.
@@ -53,6 +56,9 @@ pub struct SessionManager {
     table: DashMap<String, Vec<SessionHandle>>,
     next_id: AtomicU64,
     count: AtomicU64,
+    /// Resumable sessions (XEP-0198): SM-ID → (bare JID, the session's
+    /// resumption channel).
+    resumable: DashMap<String, (String, mpsc::Sender<crate::c2s::ResumeRequest>)>,
 }
 
 /// The bare part of a normalised JID string (no allocation).
@@ -64,6 +70,34 @@ impl SessionManager {
     /// A fresh session id.
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Offer session `id` for resumption by `bare`.
+    pub(crate) fn add_resumable(
+        &self,
+        id: &str,
+        bare: &str,
+        tx: mpsc::Sender<crate::c2s::ResumeRequest>,
+    ) {
+        self.resumable
+            .insert(id.to_string(), (bare.to_string(), tx));
+    }
+
+    /// The resumption channel of SM-ID `id`, if it belongs to `bare`.
+    pub(crate) fn resumable(
+        &self,
+        id: &str,
+        bare: &str,
+    ) -> Option<mpsc::Sender<crate::c2s::ResumeRequest>> {
+        self.resumable
+            .get(id)
+            .filter(|e| e.0 == bare)
+            .map(|e| e.1.clone())
+    }
+
+    /// The session behind SM-ID `id` ended for good.
+    pub(crate) fn remove_resumable(&self, id: &str) {
+        self.resumable.remove(id);
     }
 
     /// Number of bound sessions.

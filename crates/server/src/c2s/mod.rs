@@ -5,7 +5,7 @@ mod session;
 mod stream_mgmt;
 mod transport;
 
-pub use session::{C2sSession, Next};
+pub use session::{C2sSession, Next, ResumeRequest};
 pub use stream_mgmt::{NS as SM_NS, StreamMgmtConfig};
 pub use transport::Transport;
 
@@ -175,5 +175,5 @@ async fn run(
             }
         }
     }
-    session.finish();
+    session.end().await;
 }

@@ -1,7 +1,7 @@
 //! The c2s session state machine, independent of the byte transport.
 
 use crate::auth::AuthOutcome;
-use crate::c2s::stream_mgmt::{self, AckError, StreamMgmt};
+use crate::c2s::stream_mgmt::{self, AckError, Resumption, StreamMgmt};
 use crate::config::Listener;
 use crate::core::Core;
 use crate::host::Host;
@@ -20,7 +20,7 @@ use palaver_proto::stanza::{Stanza, StanzaKind, StanzaParseError, set_attr};
 use palaver_proto::writer::{escape_into, write_element};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// What the connection loop does after an input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +61,27 @@ struct Bound {
     directed: Vec<Jid>,
 }
 
+/// A new connection asking a resumable session for its state (XEP-0198 §5).
+pub struct ResumeRequest {
+    reply: oneshot::Sender<ResumeState>,
+}
+
+impl std::fmt::Debug for ResumeRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResumeRequest")
+    }
+}
+
+/// What moves from a resumed session to the connection resuming it.
+pub struct ResumeState {
+    host: Option<Arc<Host>>,
+    user: Option<String>,
+    bound: Bound,
+    sm: StreamMgmt,
+    inflight: Arc<crate::ack::AckTracker>,
+    received: u64,
+}
+
 /// One client session.
 pub struct C2sSession {
     core: Arc<Core>,
@@ -83,6 +104,9 @@ pub struct C2sSession {
     inflight: Arc<crate::ack::AckTracker>,
     /// Stanzas received since binding.
     received: u64,
+    /// The connection ended in a way that allows resumption (lost, timed
+    /// out), not by the client's `</stream:stream>` or a stream error.
+    resumable_end: bool,
     closing: bool,
 }
 
@@ -110,6 +134,7 @@ impl C2sSession {
             sm: None,
             inflight: crate::ack::AckTracker::new(),
             received: 0,
+            resumable_end: true,
             closing: false,
         }
     }
@@ -169,14 +194,20 @@ impl C2sSession {
         let Some(b) = &mut self.bound else {
             return std::future::pending().await;
         };
-        match &self.sm {
-            Some(sm) if sm.ack_pending() => {
-                tokio::select! {
-                    m = b.rx.recv() => m,
-                    () = self.inflight.changed() => Some(SessionMsg::Wake),
+        let Some(sm) = &mut self.sm else {
+            return b.rx.recv().await;
+        };
+        let wake = sm.ack_pending();
+        let control = sm.resume.as_mut().map(|r| &mut r.control);
+        tokio::select! {
+            m = b.rx.recv() => m,
+            () = self.inflight.changed(), if wake => Some(SessionMsg::Wake),
+            Some(req) = async {
+                match control {
+                    Some(c) => c.recv().await,
+                    None => std::future::pending().await,
                 }
-            }
-            _ => b.rx.recv().await,
+            } => Some(SessionMsg::Resume(req)),
         }
     }
 
@@ -207,6 +238,8 @@ impl C2sSession {
             return Next::Close;
         }
         tracing::debug!(peer = %self.peer, error = %e, "stream error");
+        // A session that timed out may still be resumed; one we ended may not.
+        self.resumable_end &= e.condition == SC::ConnectionTimeout;
         self.write_header();
         self.out.push_str(&e.to_xml());
         self.out.push_str("</stream:stream>");
@@ -216,6 +249,7 @@ impl C2sSession {
 
     /// The client closed its stream.
     pub fn close_requested(&mut self) -> Next {
+        self.resumable_end = false;
         if !self.closing {
             self.write_header();
             self.out.push_str("</stream:stream>");
@@ -426,15 +460,13 @@ impl C2sSession {
         if el.is("iq", ns::CLIENT) {
             return self.handle_pre_bind_iq(el).await;
         }
-        if el.has_ns(stream_mgmt::NS) && (el.name() == "enable" || el.name() == "resume") {
-            // XEP-0198: enable only after binding; resumption is not offered
-            // (a client may bind a resource right after this).
-            let cond = if el.name() == "resume" {
-                Condition::ItemNotFound
-            } else {
-                Condition::UnexpectedRequest
-            };
-            self.sm_failed(cond);
+        if el.is("resume", stream_mgmt::NS) {
+            self.handle_resume(&el).await;
+            return Ok(Next::Continue);
+        }
+        if el.is("enable", stream_mgmt::NS) {
+            // XEP-0198: enable only after binding (a client may bind now).
+            self.sm_failed(Condition::UnexpectedRequest);
             return Ok(Next::Continue);
         }
         Err(StreamError::with_text(
@@ -455,6 +487,79 @@ impl C2sSession {
             .push_str(" xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>");
     }
 
+    /// `<resume previd='…' h='…'/>` after authentication (XEP-0198 §5): take
+    /// over the account's detached (or still connected) session, then send
+    /// again what the client has not acknowledged.
+    async fn handle_resume(&mut self, el: &Element) {
+        let (Some(user), Some(host)) = (self.user.clone(), self.host.clone()) else {
+            self.sm_failed(Condition::UnexpectedRequest);
+            return;
+        };
+        let bare = format!("{user}@{}", host.name);
+        let previd = el.attr("previd").unwrap_or_default();
+        let Some(tx) = self.core.sm.resumable(previd, &bare) else {
+            self.sm_failed(Condition::ItemNotFound);
+            return;
+        };
+        let (reply, answer) = oneshot::channel();
+        let wait = std::time::Duration::from_secs(10);
+        let state = match tokio::time::timeout(wait, tx.send(ResumeRequest { reply })).await {
+            Ok(Ok(())) => tokio::time::timeout(wait, answer)
+                .await
+                .ok()
+                .and_then(Result::ok),
+            _ => None,
+        };
+        let Some(state) = state else {
+            self.sm_failed(Condition::ItemNotFound);
+            return;
+        };
+        self.host = state.host;
+        self.user = state.user;
+        self.bound = Some(state.bound);
+        self.inflight = state.inflight;
+        self.received = state.received;
+        let mut sm = state.sm;
+        if el.attr("h").is_some() && sm.on_ack(el.attr("h")).is_err() {
+            // An impossible count: resume, but send everything again.
+            tracing::debug!(peer = %self.peer, "resume with a bad h");
+        }
+        let handled = self.inflight.handled(self.received);
+        let h = sm.h_of(handled);
+        self.out.push_str("<resumed xmlns='urn:xmpp:sm:3' previd='");
+        escape_into(&mut self.out, previd);
+        self.out.push_str("' h='");
+        self.out.push_str(&h.to_string());
+        self.out.push_str("'/>");
+        for st in &sm.unacked {
+            write_element(&mut self.out, &st.el, ns::CLIENT);
+        }
+        sm.requested = false;
+        self.sm = Some(sm);
+        self.request_ack();
+        tracing::debug!(peer = %self.peer, "stream resumed");
+    }
+
+    /// Hand the session's state to a connection resuming it.
+    fn hand_over(&mut self, req: ResumeRequest) {
+        let (Some(bound), Some(sm)) = (self.bound.take(), self.sm.take()) else {
+            return;
+        };
+        let state = ResumeState {
+            host: self.host.clone(),
+            user: self.user.clone(),
+            bound,
+            sm,
+            inflight: self.inflight.clone(),
+            received: self.received,
+        };
+        if let Err(state) = req.reply.send(state) {
+            // The new connection gave up meanwhile: keep the session.
+            self.bound = Some(state.bound);
+            self.sm = Some(state.sm);
+        }
+    }
+
     fn write_ack(&mut self, h: u32) {
         self.out.push_str("<a xmlns='urn:xmpp:sm:3' h='");
         self.out.push_str(&h.to_string());
@@ -466,9 +571,36 @@ impl C2sSession {
         match (el.name(), &mut self.sm) {
             ("enable", None) => match self.stream_mgmt_config() {
                 Some(cfg) => {
-                    self.sm = Some(StreamMgmt::new(cfg, self.received));
-                    // No 'resume': this server does not keep sessions for resumption.
-                    self.out.push_str("<enabled xmlns='urn:xmpp:sm:3'/>");
+                    let mut sm = StreamMgmt::new(cfg, self.received);
+                    let wants = matches!(el.attr("resume"), Some("true" | "1"));
+                    if wants && cfg.resume_timeout > 0 {
+                        // The client may ask for a shorter wait (`max`).
+                        let timeout = el
+                            .attr("max")
+                            .and_then(|m| m.parse::<u64>().ok())
+                            .filter(|m| *m > 0)
+                            .map_or(cfg.resume_timeout, |m| m.min(cfg.resume_timeout));
+                        let id = format!("{:032x}", rand::random::<u128>());
+                        let (tx, rx) = mpsc::channel(1);
+                        if let Some(b) = &self.bound {
+                            self.core
+                                .sm
+                                .add_resumable(&id, b.jid.to_bare().as_str(), tx);
+                        }
+                        self.out.push_str("<enabled xmlns='urn:xmpp:sm:3' id='");
+                        self.out.push_str(&id);
+                        self.out.push_str("' resume='true' max='");
+                        self.out.push_str(&timeout.to_string());
+                        self.out.push_str("'/>");
+                        sm.resume = Some(Resumption {
+                            id,
+                            timeout,
+                            control: rx,
+                        });
+                    } else {
+                        self.out.push_str("<enabled xmlns='urn:xmpp:sm:3'/>");
+                    }
+                    self.sm = Some(sm);
                 }
                 None => self.sm_failed(Condition::FeatureNotImplemented),
             },
@@ -1059,6 +1191,18 @@ impl C2sSession {
                 }
                 Next::Continue
             }
+            SessionMsg::Resume(req) => {
+                self.hand_over(req);
+                if self.bound.is_some() {
+                    return Next::Continue;
+                }
+                // XEP-0198 §5: the old stream of a resumed session ends.
+                self.resumable_end = false;
+                self.stream_error(StreamError::with_text(
+                    SC::Conflict,
+                    "the session was resumed on another connection",
+                ))
+            }
             SessionMsg::Replaced => {
                 // The table already holds the new session; `finish` still tells
                 // contacts and other resources that this one went away.
@@ -1116,6 +1260,71 @@ impl C2sSession {
         }
     }
 
+    /// The connection ended. A resumable session that lost its connection
+    /// waits, detached, to be resumed; otherwise (and when the wait is over)
+    /// it is finished.
+    pub async fn end(&mut self) {
+        let timeout = match &self.sm {
+            Some(StreamMgmt {
+                resume: Some(r), ..
+            }) if self.resumable_end && self.bound.is_some() => r.timeout,
+            _ => {
+                self.finish();
+                return;
+            }
+        };
+        tracing::debug!(peer = %self.peer, timeout, "session detached, waiting to be resumed");
+        let deadline = tokio::time::sleep(std::time::Duration::from_secs(timeout));
+        tokio::pin!(deadline);
+        let mut shutdown = self.core.shutdown.clone();
+        enum Event {
+            Msg(Option<SessionMsg>),
+            Resume(ResumeRequest),
+            Over,
+        }
+        loop {
+            let event = {
+                let Some(b) = &mut self.bound else { return };
+                let Some(StreamMgmt {
+                    resume: Some(r), ..
+                }) = &mut self.sm
+                else {
+                    break;
+                };
+                tokio::select! {
+                    m = b.rx.recv() => Event::Msg(m),
+                    Some(req) = r.control.recv() => Event::Resume(req),
+                    () = &mut deadline => Event::Over,
+                    _ = shutdown.changed() => Event::Over,
+                }
+            };
+            match event {
+                // Kept (unacknowledged) for the connection that resumes.
+                Event::Msg(Some(SessionMsg::Stanza(st))) => {
+                    let mut st = *st;
+                    let Some(me) = self.bound.as_ref().map(|b| b.jid.clone()) else {
+                        break;
+                    };
+                    if self.core.run_user_receive(&me, &mut st) != HookAction::Drop
+                        && let Some(sm) = &mut self.sm
+                    {
+                        sm.unacked.push_back(st);
+                        if sm.unacked.len() > sm.max_queue {
+                            break;
+                        }
+                    }
+                }
+                Event::Msg(Some(SessionMsg::Wake)) => {}
+                Event::Msg(Some(SessionMsg::Resume(req))) | Event::Resume(req) => {
+                    self.hand_over(req)
+                }
+                Event::Msg(Some(SessionMsg::Replaced | SessionMsg::Kick(_)) | None) => break,
+                Event::Over => break,
+            }
+        }
+        self.finish();
+    }
+
     /// The connection ended: unbind, tell the user's other resources, contacts
     /// and directed-presence recipients, and run the session-closed hooks.
     pub fn finish(&mut self) {
@@ -1139,7 +1348,15 @@ impl C2sSession {
         // Stanzas still queued for this session were never written: like
         // unacknowledged ones, they go to the account again.
         b.rx.close();
-        let mut pending = self.sm.take().map(|sm| sm.unacked).unwrap_or_default();
+        let mut pending = match self.sm.take() {
+            Some(sm) => {
+                if let Some(r) = &sm.resume {
+                    self.core.sm.remove_resumable(&r.id);
+                }
+                sm.unacked
+            }
+            None => Default::default(),
+        };
         while let Ok(msg) = b.rx.try_recv() {
             if let SessionMsg::Stanza(st) = msg {
                 pending.push_back(*st);

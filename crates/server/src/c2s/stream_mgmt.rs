@@ -1,5 +1,5 @@
 //! XEP-0198 Stream Management on a c2s session: acknowledgements in both
-//! directions (no resumption).
+//! directions and stream resumption.
 //!
 //! Inbound, `h` counts the client's stanzas that are *handled*: routed, and
 //! where the router deferred work (offline storage, an IQ handler's database
@@ -10,6 +10,14 @@
 //! it; when the session ends, unacknowledged messages are routed again to the
 //! account (another resource or offline storage) and unacknowledged IQ
 //! requests are answered with an error, as XEP-0198 §4 asks.
+//!
+//! Resumption (§5): a session enabled with `resume='true'` that loses its
+//! connection without a closing `</stream:stream>` stays bound, detached,
+//! for `resume_timeout` seconds, queueing what is routed to it. A new
+//! connection of the same account that sends `<resume previd='…'/>` after
+//! authenticating takes the session over (its state moves to the new
+//! connection's task through the session's resumption channel), and the
+//! unacknowledged stanzas are sent again.
 
 use crate::ack::AckTracker;
 use palaver_proto::stanza::Stanza;
@@ -26,6 +34,8 @@ const MAX_PENDING_REQUESTS: usize = 1024;
 pub struct StreamMgmtConfig {
     /// Most unacknowledged outbound stanzas before the stream is closed.
     pub max_ack_queue: usize,
+    /// Seconds a lost session waits to be resumed (0: no resumption).
+    pub resume_timeout: u64,
 }
 
 /// Stream management state of one session, once enabled.
@@ -43,6 +53,18 @@ pub(crate) struct StreamMgmt {
     /// An `<r/>` of ours is unanswered.
     pub requested: bool,
     pub max_queue: usize,
+    /// Resumption, when the client asked for it and the host allows it.
+    pub resume: Option<Resumption>,
+}
+
+/// A resumable session's identity and the channel a new connection uses
+/// to take it over.
+pub(crate) struct Resumption {
+    /// The SM-ID (`previd` of a later `<resume/>`).
+    pub id: String,
+    /// Seconds the session waits, detached, after losing its connection.
+    pub timeout: u64,
+    pub control: tokio::sync::mpsc::Receiver<super::ResumeRequest>,
 }
 
 /// Why an `<a/>` from the client is refused.
@@ -63,6 +85,7 @@ impl StreamMgmt {
             acked: 0,
             requested: false,
             max_queue: cfg.max_ack_queue,
+            resume: None,
         }
     }
 
@@ -93,7 +116,12 @@ impl StreamMgmt {
         while self.ack_wanted.front().is_some_and(|w| *w <= done) {
             self.ack_wanted.pop_front();
         }
-        Some(done.saturating_sub(self.base) as u32)
+        Some(self.h_of(done))
+    }
+
+    /// The protocol's `h` for `handled` inbound stanzas of the session.
+    pub fn h_of(&self, handled: u64) -> u32 {
+        handled.saturating_sub(self.base) as u32
     }
 
     /// Outbound stanzas sent since enabling.
