@@ -287,6 +287,8 @@ async fn run(state: HttpState, socket: WebSocket, peer: SocketAddr) {
             }
         }
     }
+    // The socket goes now; a resumable session may wait on without it.
+    drop((tx, rx));
     session.end().await;
 }
 

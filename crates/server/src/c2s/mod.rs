@@ -64,6 +64,18 @@ pub async fn serve(ctx: Arc<C2sListener>, tcp: TcpStream, peer: SocketAddr) {
 async fn run(
     ctx: Arc<C2sListener>,
     mut session: C2sSession,
+    transport: Transport,
+    auth_deadline: Instant,
+) {
+    drive(&ctx, &mut session, transport, auth_deadline).await;
+    // The socket is closed by now; a resumable session may wait on without it.
+    session.end().await;
+}
+
+/// The connection's read/write loop, until the connection ends.
+async fn drive(
+    ctx: &Arc<C2sListener>,
+    session: &mut C2sSession,
     mut transport: Transport,
     auth_deadline: Instant,
 ) {
@@ -175,5 +187,4 @@ async fn run(
             }
         }
     }
-    session.end().await;
 }

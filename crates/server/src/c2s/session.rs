@@ -77,7 +77,7 @@ pub struct ResumeState {
     host: Option<Arc<Host>>,
     user: Option<String>,
     bound: Bound,
-    sm: StreamMgmt,
+    sm: Box<StreamMgmt>,
     inflight: Arc<crate::ack::AckTracker>,
     received: u64,
 }
@@ -98,7 +98,8 @@ pub struct C2sSession {
     auth_failures: u8,
     bound: Option<Bound>,
     /// XEP-0198 state once the client enabled it.
-    sm: Option<StreamMgmt>,
+    /// (Boxed: most sessions never enable it, and idle sessions stay small.)
+    sm: Option<Box<StreamMgmt>>,
     /// Work the router deferred for this session's stanzas (storage, IQ
     /// handlers), by inbound stanza number; see [`crate::ack`].
     inflight: Arc<crate::ack::AckTracker>,
@@ -600,7 +601,7 @@ impl C2sSession {
                     } else {
                         self.out.push_str("<enabled xmlns='urn:xmpp:sm:3'/>");
                     }
-                    self.sm = Some(sm);
+                    self.sm = Some(Box::new(sm));
                 }
                 None => self.sm_failed(Condition::FeatureNotImplemented),
             },
@@ -1264,7 +1265,7 @@ impl C2sSession {
     /// waits, detached, to be resumed; otherwise (and when the wait is over)
     /// it is finished.
     pub async fn end(&mut self) {
-        let timeout = match &self.sm {
+        let timeout = match self.sm.as_deref() {
             Some(StreamMgmt {
                 resume: Some(r), ..
             }) if self.resumable_end && self.bound.is_some() => r.timeout,
@@ -1287,7 +1288,7 @@ impl C2sSession {
                 let Some(b) = &mut self.bound else { return };
                 let Some(StreamMgmt {
                     resume: Some(r), ..
-                }) = &mut self.sm
+                }) = self.sm.as_deref_mut()
                 else {
                     break;
                 };
