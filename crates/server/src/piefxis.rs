@@ -31,9 +31,8 @@
 //! ejabberd before `scram-credentials` existed) and SCRAM values that are
 //! base64-encoded twice (ejabberd 23.01 writes them so).
 //!
-//! Export limits: the [`palaver_storage::XmlStore`] trait cannot list a user's
-//! keys, so private XML is exported for the namespaces in [`PRIVATE_KEYS`]
-//! only; last activity (XEP-0012) has no XEP-0227 form and is not exported.
+//! Export limits: last activity (XEP-0012) has no XEP-0227 form and is not
+//! exported.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -61,18 +60,6 @@ const NS_PRIVACY: &str = "jabber:iq:privacy";
 const NS_VCARD: &str = "vcard-temp";
 const NS_BLOCKING: &str = "urn:xmpp:blocking";
 const NS_LEGACY_DELAY: &str = "jabber:x:delay";
-
-/// Private XML (XEP-0049) elements exported: `(namespace, element name)`.
-/// The storage traits cannot enumerate a user's keys, so only these are
-/// looked up (import takes any namespace).
-pub const PRIVATE_KEYS: &[(&str, &str)] = &[
-    ("storage:bookmarks", "storage"),    // XEP-0048 bookmarks
-    ("storage:rosternotes", "storage"),  // XEP-0145 annotations
-    ("storage:metacontacts", "storage"), // XEP-0209 metacontacts
-    ("roster:delimiter", "roster"),      // XEP-0083 nested roster groups
-    ("exodus:prefs", "exodus"),          // Exodus/Jabber client preferences
-    ("storage:imprefs", "storage"),      // Pidgin/Psi IM preferences
-];
 
 /// Deepest element nesting accepted in a file.
 const MAX_DEPTH: usize = 200;
@@ -1469,8 +1456,12 @@ pub async fn export_host(
                     .push(format!("{jid}: stored vCard is unreadable ({e}); left out")),
             }
         }
-        for (ns_, el_name) in PRIVATE_KEYS {
-            let key = format!("private:{ns_}:{el_name}");
+        let keys = storage
+            .xml
+            .xml_keys(host, &name, "private:")
+            .await
+            .map_err(storage_err(format!("listing the private XML of {jid}")))?;
+        for key in keys {
             if let Some(xml) = storage
                 .xml
                 .get_xml(host, &name, &key)

@@ -135,6 +135,8 @@ pub trait XmlStore: Send + Sync {
     async fn get_xml(&self, host: &str, user: &str, key: &str) -> Result<Option<String>>;
     /// Store (replace) a document; an empty string removes it.
     async fn set_xml(&self, host: &str, user: &str, key: &str, xml: &str) -> Result<()>;
+    /// The keys of a user's documents that start with `prefix`, sorted.
+    async fn xml_keys(&self, host: &str, user: &str, prefix: &str) -> Result<Vec<String>>;
     /// Delete all documents whose key starts with `prefix`.
     async fn remove_xml_user(&self, host: &str, user: &str, prefix: &str) -> Result<()>;
 }

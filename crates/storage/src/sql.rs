@@ -640,6 +640,24 @@ macro_rules! sql_stores {
                 Ok(())
             }
 
+            async fn xml_keys(
+                &self,
+                host: &str,
+                user: &str,
+                prefix: &str,
+            ) -> $crate::Result<Vec<String>> {
+                Ok(sqlx::query_scalar(concat!(
+                    "SELECT key FROM xml_documents WHERE host = $1 AND username = $2 \
+                     AND substr(key, 1, length($3)) = $3 ORDER BY key",
+                    $c
+                ))
+                .bind(host)
+                .bind(user)
+                .bind(prefix)
+                .fetch_all(self.pool())
+                .await?)
+            }
+
             async fn remove_xml_user(
                 &self,
                 host: &str,
@@ -1215,6 +1233,18 @@ macro_rules! sql_store_tests {
             );
             s.set_xml("h", "u", "vcard", "").await.unwrap();
             assert_eq!(s.get_xml("h", "u", "vcard").await.unwrap(), None);
+            assert_eq!(
+                s.xml_keys("h", "u", "private").await.unwrap(),
+                ["private:a%b", "privateX"]
+            );
+            assert_eq!(
+                s.xml_keys("h", "u", "private:").await.unwrap(),
+                ["private:a%b"]
+            );
+            assert!(
+                s.xml_keys("h", "u", "_").await.unwrap().is_empty(),
+                "no wildcard"
+            );
             s.remove_xml_user("h", "u", "private:").await.unwrap();
             assert_eq!(s.get_xml("h", "u", "private:a%b").await.unwrap(), None);
             assert!(s.get_xml("h", "u", "privateX").await.unwrap().is_some());
