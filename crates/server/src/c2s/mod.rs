@@ -43,7 +43,7 @@ pub async fn serve(ctx: Arc<C2sListener>, tcp: TcpStream, peer: SocketAddr) {
     let auth_deadline = Instant::now() + Duration::from_secs(ctx.cfg.auth_timeout.max(1));
     let transport = if ctx.cfg.tls {
         let acceptor = tokio_rustls::TlsAcceptor::from(ctx.direct.clone());
-        match tokio::time::timeout_at(auth_deadline, acceptor.accept(tcp)).await {
+        match tokio::time::timeout_at(auth_deadline, Box::pin(acceptor.accept(tcp))).await {
             Ok(Ok(s)) => Transport::Tls(Box::new(s)),
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -176,7 +176,7 @@ async fn drive(
                     break;
                 };
                 let acceptor = tokio_rustls::TlsAcceptor::from(ctx.starttls.clone());
-                match tokio::time::timeout_at(auth_deadline, acceptor.accept(tcp)).await {
+                match tokio::time::timeout_at(auth_deadline, Box::pin(acceptor.accept(tcp))).await {
                     Ok(Ok(s)) => {
                         session.set_secure(ctx.certs.channel_bindings(s.get_ref().1));
                         transport = Transport::Tls(Box::new(s));
@@ -186,5 +186,54 @@ async fn drive(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    /// An idle session's memory is mostly its task's future, whose size is
+    /// the largest state of the whole c2s state machine: keep it within a
+    /// page. Rare, large paths (TLS handshakes, SASL, presence hooks,
+    /// resumption) are boxed so that every session does not carry them.
+    #[tokio::test]
+    async fn session_task_stays_small() {
+        let dir = std::env::temp_dir().join(format!("palaver-size-{}", std::process::id()));
+        let text = format!(
+            "hosts: [localhost]\ndata_dir: {}\nmodules: {{}}\nlisten:\n  - port: 0\n    ip: 127.0.0.1\n    module: c2s\n",
+            dir.display()
+        );
+        let config = crate::Config::parse(&text).expect("config");
+        let srv = crate::Server::start(config.clone(), &[])
+            .await
+            .expect("start");
+        let certs = Arc::new(
+            CertStore::load(&config.certfiles, &config.hosts, &config.data_dir).expect("certs"),
+        );
+        let ctx = Arc::new(C2sListener {
+            core: srv.core.clone(),
+            cfg: config.listen[0].clone(),
+            starttls: certs.server_config(&[]),
+            direct: certs.server_config(&[b"xmpp-client"]),
+            certs,
+        });
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let _c = TcpStream::connect(l.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (s, peer) = l.accept().await.expect("accept");
+        let task = std::mem::size_of_val(&serve(ctx.clone(), s, peer));
+        let mut session = C2sSession::new(srv.core.clone(), ctx.cfg.clone(), peer);
+        let el = minidom::Element::bare("message", "jabber:client");
+        let stanza = std::mem::size_of_val(&session.handle_element(el));
+        assert!(
+            task <= 4096 && stanza <= 1024,
+            "session task future {task} B (budget 4096), stanza handling {stanza} B (budget 1024)"
+        );
+        srv.shutdown().await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -447,11 +447,11 @@ impl C2sSession {
                     "already authenticated",
                 ));
             }
-            return self.handle_sasl(el).await;
+            return Box::pin(self.handle_sasl(el)).await;
         }
         if self.user.is_none() {
             if el.is("iq", ns::CLIENT) {
-                return self.handle_pre_auth_iq(el).await;
+                return Box::pin(self.handle_pre_auth_iq(el)).await;
             }
             return Err(StreamError::with_text(
                 SC::NotAuthorized,
@@ -459,10 +459,10 @@ impl C2sSession {
             ));
         }
         if el.is("iq", ns::CLIENT) {
-            return self.handle_pre_bind_iq(el).await;
+            return Box::pin(self.handle_pre_bind_iq(el)).await;
         }
         if el.is("resume", stream_mgmt::NS) {
-            self.handle_resume(&el).await;
+            Box::pin(self.handle_resume(&el)).await;
             return Ok(Next::Continue);
         }
         if el.is("enable", stream_mgmt::NS) {
@@ -1009,7 +1009,9 @@ impl C2sSession {
             }
         };
         if st.kind == StanzaKind::Presence {
-            return Ok(self.handle_presence(me, st).await);
+            // Boxed: presence awaits module hooks, a large future that an idle
+            // session should not carry in its task (messages stay unboxed).
+            return Ok(Box::pin(self.handle_presence(me, st)).await);
         }
         if self.core.run_user_send(&me, &mut st) == HookAction::Drop {
             return Ok(Next::Continue);
