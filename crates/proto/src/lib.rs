@@ -4,6 +4,7 @@
 //! Nothing in this crate performs I/O; it is fed bytes and elements and
 //! returns values, so it is unit-tested without sockets.
 
+pub mod datetime;
 pub mod error;
 pub mod framer;
 pub mod ns;
