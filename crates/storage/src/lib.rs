@@ -73,10 +73,19 @@ pub struct Storage {
 }
 
 impl Storage {
-    /// Open the SQLite store at `path` (created when missing), migrated to the current schema.
-    pub async fn open_sqlite(path: &std::path::Path) -> Result<Storage> {
-        let db = Arc::new(sqlite::SqliteStore::open(path).await?);
-        Ok(Storage {
+    /// Every store of one backend that implements them all.
+    fn of<B>(db: Arc<B>, backend: &'static str) -> Storage
+    where
+        B: AccountStore
+            + RosterStore
+            + OfflineStore
+            + XmlStore
+            + LastStore
+            + BlockStore
+            + HostKvStore
+            + 'static,
+    {
+        Storage {
             accounts: db.clone(),
             roster: db.clone(),
             offline: db.clone(),
@@ -84,24 +93,25 @@ impl Storage {
             last: db.clone(),
             blocks: db.clone(),
             kv: db,
-            backend: "sqlite",
-        })
+            backend,
+        }
+    }
+
+    /// Open the SQLite store at `path` (created when missing), migrated to the current schema.
+    pub async fn open_sqlite(path: &std::path::Path) -> Result<Storage> {
+        Ok(Self::of(
+            Arc::new(sqlite::SqliteStore::open(path).await?),
+            "sqlite",
+        ))
     }
 
     /// Connect to PostgreSQL at `url` with `settings`, migrated to the
     /// current schema.
     pub async fn open_postgres(url: &str, settings: &postgres::PgSettings) -> Result<Storage> {
-        let db = Arc::new(postgres::PgStore::open_with(url, settings).await?);
-        Ok(Storage {
-            accounts: db.clone(),
-            roster: db.clone(),
-            offline: db.clone(),
-            xml: db.clone(),
-            last: db.clone(),
-            blocks: db.clone(),
-            kv: db,
-            backend: "postgresql",
-        })
+        Ok(Self::of(
+            Arc::new(postgres::PgStore::open_with(url, settings).await?),
+            "postgresql",
+        ))
     }
 }
 

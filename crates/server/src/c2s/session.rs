@@ -413,14 +413,7 @@ impl C2sSession {
             let (tracker, seq) = (self.inflight.clone(), self.received);
             let next = crate::ack::scope(tracker, seq, self.handle_stanza(el)).await;
             // The wait above may have taken the wake-up a pending <a/> needed.
-            let (inflight, received) = (&self.inflight, self.received);
-            if let Some(h) = self
-                .sm
-                .as_mut()
-                .and_then(|sm| sm.ack_ready(inflight, received))
-            {
-                self.write_ack(h);
-            }
+            self.answer_ready_acks();
             return next;
         }
         if el.is("starttls", ns::TLS) {
@@ -561,6 +554,18 @@ impl C2sSession {
         }
     }
 
+    /// Answer the pending `<r/>`s whose stanzas are all handled, if any.
+    fn answer_ready_acks(&mut self) {
+        let (inflight, received) = (&self.inflight, self.received);
+        if let Some(h) = self
+            .sm
+            .as_mut()
+            .and_then(|sm| sm.ack_ready(inflight, received))
+        {
+            self.write_ack(h);
+        }
+    }
+
     fn write_ack(&mut self, h: u32) {
         self.out.push_str("<a xmlns='urn:xmpp:sm:3' h='");
         self.out.push_str(&h.to_string());
@@ -609,9 +614,7 @@ impl C2sSession {
             ("resume", _) => self.sm_failed(Condition::UnexpectedRequest),
             ("r", Some(sm)) => {
                 sm.ack_requested(self.received);
-                if let Some(h) = sm.ack_ready(&self.inflight, self.received) {
-                    self.write_ack(h);
-                }
+                self.answer_ready_acks();
             }
             ("a", Some(sm)) => match sm.on_ack(el.attr("h")) {
                 Ok(()) => {}
@@ -1184,14 +1187,7 @@ impl C2sSession {
                 }
             }
             SessionMsg::Wake => {
-                let (inflight, received) = (&self.inflight, self.received);
-                if let Some(h) = self
-                    .sm
-                    .as_mut()
-                    .and_then(|sm| sm.ack_ready(inflight, received))
-                {
-                    self.write_ack(h);
-                }
+                self.answer_ready_acks();
                 Next::Continue
             }
             SessionMsg::Resume(req) => {
