@@ -396,7 +396,7 @@ async fn serve(config_path: Option<PathBuf>) -> Result<()> {
     println!(
         "palaver {} serving {}",
         env!("CARGO_PKG_VERSION"),
-        server.core.config.hosts.join(", ")
+        server.core.config().hosts.join(", ")
     );
     for (module, tls, addr) in &server.listeners {
         println!(
@@ -445,7 +445,7 @@ async fn user(cmd: UserCmd) -> Result<()> {
     init_logging("warn");
     let core =
         palaver_server::Server::tool_core(config.clone(), &palaver_modules::registry()).await?;
-    let storage = core.storage.clone();
+    let storage = core.storage().clone();
     match cmd {
         UserCmd::Add { jid, password, .. } => {
             let (host, node) = account(&config, &jid)?;

@@ -206,7 +206,7 @@ async fn bosh_terminate_and_bad_requests() {
     let r = post(srv.http_addr, "not xml").await;
     assert!(r.contains("bad-request"), "{r}");
     let (mut b, _) = login(&srv, "alice").await;
-    assert_eq!(srv.core().sm.count(), 1);
+    assert_eq!(srv.core().sessions().count(), 1);
     let t = b.body(
         "<presence xmlns='jabber:client' type='unavailable'/>",
         " type='terminate'",

@@ -715,7 +715,7 @@ async fn many_aborted_connections_do_not_hurt() {
         .await;
     let got = next_stanza(&mut a).await;
     assert!(got.contains("id='reply'"), "{got}");
-    assert_eq!(srv.core().sm.count(), 2);
+    assert_eq!(srv.core().sessions().count(), 2);
     srv.stop().await;
 }
 
@@ -1050,7 +1050,7 @@ async fn resource_conflict_replaces_old_session() {
         "{got}"
     );
     ping(&mut new, "new-alive").await;
-    assert_eq!(srv.core().sm.count(), 2);
+    assert_eq!(srv.core().sessions().count(), 2);
     srv.stop().await;
 }
 
@@ -1611,7 +1611,7 @@ async fn sha1_only_account_gains_all_credentials_at_plain_login() {
     let srv = TestServer::start().await;
     let sha1 = ScramCredentials::generate(ScramHash::Sha1, "pw-old", 4096);
     srv.core()
-        .storage
+        .storage()
         .accounts
         .create_account(DOMAIN, "olduser", &[sha1])
         .await

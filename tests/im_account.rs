@@ -50,7 +50,7 @@ async fn registration_closed_by_default() {
     assert!(r.contains("<not-allowed"), "{r}");
     assert!(
         !srv.core()
-            .storage
+            .storage()
             .accounts
             .account_exists(DOMAIN, "mallory")
             .await
@@ -86,7 +86,7 @@ async fn registration_validation_and_conflict() {
     assert!(r.contains("type='result'"), "{r}");
     assert!(
         srv.core()
-            .storage
+            .storage()
             .accounts
             .account_exists(DOMAIN, "carol")
             .await
@@ -137,7 +137,7 @@ async fn register_change_password_cancel() {
     );
     assert!(
         !srv.core()
-            .storage
+            .storage()
             .accounts
             .account_exists(DOMAIN, "second")
             .await
@@ -158,13 +158,13 @@ async fn register_change_password_cancel() {
     let mut other = raw_login(srv.addr, "newbie", DOMAIN, "pw2", "x").await;
     // Cancel: result, sessions closed, account and data gone.
     srv.core()
-        .storage
+        .storage()
         .blocks
         .block(DOMAIN, "newbie", &["x@localhost".into()])
         .await
         .expect("block");
     srv.core()
-        .storage
+        .storage()
         .kv
         .user_flag_set(DOMAIN, "newbie", "motd")
         .await
@@ -175,7 +175,7 @@ async fn register_change_password_cancel() {
     assert!(r.contains("id='bye'") && r.contains("type='result'"), "{r}");
     let r = other.until_closed().await;
     assert!(r.contains("</stream:stream>"), "{r}");
-    let s = &srv.core().storage;
+    let s = &srv.core().storage();
     assert!(
         !s.accounts
             .account_exists(DOMAIN, "newbie")
@@ -299,7 +299,7 @@ async fn blocking_presence_and_offline() {
         srv.add_user(u, DOMAIN, "pw").await;
     }
     // alice and bob are mutual contacts.
-    let roster = &srv.core().storage.roster;
+    let roster = &srv.core().storage().roster;
     for (u, c) in [("alice", "bob@localhost"), ("bob", "alice@localhost")] {
         let mut it = RosterItem::new(c);
         it.subscription = Subscription::Both;
@@ -309,7 +309,7 @@ async fn blocking_presence_and_offline() {
             .expect("roster");
     }
     srv.core()
-        .storage
+        .storage()
         .blocks
         .block(
             DOMAIN,
@@ -329,7 +329,7 @@ async fn blocking_presence_and_offline() {
     );
     assert_eq!(
         srv.core()
-            .storage
+            .storage()
             .offline
             .offline_count(DOMAIN, "alice")
             .await
@@ -403,7 +403,7 @@ async fn announcements_and_motd() {
     for _ in 0..50 {
         let set = srv
             .core()
-            .storage
+            .storage()
             .kv
             .host_get(DOMAIN, "motd")
             .await
@@ -434,7 +434,7 @@ async fn announcements_and_motd() {
     for _ in 0..50 {
         let v = srv
             .core()
-            .storage
+            .storage()
             .kv
             .host_get(DOMAIN, "motd")
             .await
@@ -450,7 +450,7 @@ async fn announcements_and_motd() {
     for _ in 0..50 {
         let gone = srv
             .core()
-            .storage
+            .storage()
             .kv
             .host_get(DOMAIN, "motd")
             .await

@@ -29,7 +29,7 @@ async fn offline_storage_order_limit_and_cleanup() {
     // Wait until the three stored messages are committed (no sleeps: ping round trip after the bounce).
     assert_eq!(
         srv.core()
-            .storage
+            .storage()
             .offline
             .offline_count(DOMAIN, "bob")
             .await
@@ -55,7 +55,7 @@ async fn offline_storage_order_limit_and_cleanup() {
     b.until("id='p'").await;
     assert_eq!(
         srv.core()
-            .storage
+            .storage()
             .offline
             .offline_count(DOMAIN, "bob")
             .await

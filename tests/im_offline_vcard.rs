@@ -28,7 +28,7 @@ async fn offline_count_becomes(srv: &TestServer, c: &mut RawTcp, user: &str, n: 
     for i in 0..1000 {
         let count = srv
             .core()
-            .storage
+            .storage()
             .offline
             .offline_count(DOMAIN, user)
             .await
@@ -82,7 +82,7 @@ async fn offline_backlog_larger_than_session_queue() {
         e.contains(&format!("id='m{}'", N + 1)) && e.contains("service-unavailable"),
         "{e}"
     );
-    let s = &srv.core().storage;
+    let s = &srv.core().storage();
     assert_eq!(
         s.offline.offline_count(DOMAIN, "bob").await.expect("count"),
         N
@@ -148,7 +148,7 @@ async fn offline_hints_types_and_target_session() {
         e.contains("id='s5'") && e.contains("type='error'") && e.contains("service-unavailable"),
         "{e}"
     );
-    let s = &srv.core().storage;
+    let s = &srv.core().storage();
     assert_eq!(
         s.offline.offline_count(DOMAIN, "bob").await.expect("count"),
         4
@@ -229,7 +229,7 @@ async fn vcard_edge_cases_and_avatar_hash() {
     let hash = sha1_hex(&photo);
     // A vCard already stored before the session binds: the hash is loaded.
     srv.core()
-        .storage
+        .storage()
         .xml
         .set_xml(
             DOMAIN,
@@ -329,13 +329,8 @@ async fn vcard_edge_cases_and_avatar_hash() {
     drop(a);
     drop(a2);
     let mut n = 0;
-    while srv
-        .core()
-        .sm
-        .all()
-        .iter()
-        .any(|(bare, _)| bare.as_str() == "alice@localhost")
-    {
+    let alice = jid::BareJid::new("alice@localhost").expect("jid");
+    while srv.core().sessions().has_sessions(&alice) {
         sync(&mut b, &format!("w{n}")).await;
         n += 1;
         assert!(n < 1000, "alice's sessions never ended");
@@ -343,7 +338,7 @@ async fn vcard_edge_cases_and_avatar_hash() {
     // (session-closed hooks run right after unbinding: one more round trip)
     sync(&mut b, "w").await;
     srv.core()
-        .storage
+        .storage()
         .xml
         .set_xml(
             DOMAIN,
@@ -440,7 +435,7 @@ async fn private_storage_edge_cases() {
         .remove_user(DOMAIN, "alice")
         .await
         .expect("remove");
-    let x = &srv.core().storage.xml;
+    let x = &srv.core().storage().xml;
     for key in [
         "private:storage:bookmarks:storage",
         "private:storage:rosternotes:storage",
@@ -460,7 +455,7 @@ async fn last_activity_edge_cases() {
     for u in ["alice", "bob", "carol", "dave"] {
         srv.add_user(u, DOMAIN, "pw").await;
     }
-    let roster = &srv.core().storage.roster;
+    let roster = &srv.core().storage().roster;
     // alice's and carol's contact bob receives their presence; dave only sends to alice.
     for (owner, contact, sub) in [
         ("alice", "bob@localhost", Subscription::Both),
@@ -520,7 +515,7 @@ async fn last_activity_edge_cases() {
     a1.send("<presence type='unavailable'><status>first</status></presence>")
         .await;
     sync(&mut a1, "s3").await;
-    let last = &srv.core().storage.last;
+    let last = &srv.core().storage().last;
     assert!(
         last.last(DOMAIN, "alice").await.expect("q").is_none(),
         "another session is still available"
@@ -586,7 +581,7 @@ async fn last_activity_edge_cases() {
         .remove_user(DOMAIN, "alice")
         .await
         .expect("remove");
-    let s = &srv.core().storage;
+    let s = &srv.core().storage();
     assert!(s.last.last(DOMAIN, "alice").await.expect("q").is_none());
     assert!(
         s.xml

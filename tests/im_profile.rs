@@ -85,7 +85,7 @@ async fn vcard_avatar_private_last() {
     .await;
     assert!(r.contains("seconds='"), "{r}");
     srv.core()
-        .storage
+        .storage()
         .roster
         .put_roster_item(
             DOMAIN,
@@ -139,7 +139,7 @@ async fn vcard_avatar_private_last() {
         .remove_user(DOMAIN, "alice")
         .await
         .expect("remove");
-    let s = &srv.core().storage;
+    let s = &srv.core().storage();
     assert!(
         s.xml
             .get_xml(DOMAIN, "alice", "vcard")

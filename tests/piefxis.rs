@@ -154,7 +154,7 @@ async fn fill(srv: &TestServer) {
         ))
         .await;
     }
-    let st = srv.core().storage.clone();
+    let st = srv.core().storage().clone();
     wait_for("offline messages and roster states stored", async || {
         let offline = st.offline.offline_count(DOMAIN, "bob").await.unwrap_or(0);
         let (_, items) = st.roster.roster(DOMAIN, "alice").await.expect("roster");
@@ -244,7 +244,7 @@ async fn round_trip(src_pg: Option<&TestDb>, dst_pg: Option<&TestDb>) {
     let out = tempfile::tempdir().expect("tempdir");
     let src = TestServer::start_with_config_text(dir, &text).await;
     fill(&src).await;
-    let before = snapshot(&src.core().storage).await;
+    let before = snapshot(src.core().storage()).await;
     assert_eq!(
         before.accounts,
         [
@@ -341,7 +341,7 @@ async fn round_trip(src_pg: Option<&TestDb>, dst_pg: Option<&TestDb>) {
 
     let text = config_for(dir2.path(), dst_pg.map(|d| d.url.as_str()));
     let dst = TestServer::start_with_config_text(dir2, &text).await;
-    let after = snapshot(&dst.core().storage).await;
+    let after = snapshot(dst.core().storage()).await;
     assert_eq!(after, before, "every exported item is back, unchanged");
 
     // The same passwords log in; the roster, vCard, private XML are served.
@@ -534,7 +534,7 @@ async fn ejabberd_fixture(pg: Option<&TestDb>) {
     d.send("<presence/>").await;
     d.until("Cross-host hello").await;
     // A plaintext password gets every hash.
-    let st = &srv.core().storage;
+    let st = srv.core().storage();
     for h in ScramHash::ALL {
         assert!(
             st.accounts

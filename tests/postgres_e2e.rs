@@ -16,7 +16,7 @@ async fn login_message_and_roster_persist_in_postgres() {
     let dir = tempfile::tempdir().expect("tempdir");
     let text = config_text(dir.path(), "", "") + &pg_keys(&db.url);
     let srv = TestServer::start_with_config_text(dir, &text).await;
-    assert_eq!(srv.core().storage.backend, "postgresql");
+    assert_eq!(srv.core().storage().backend, "postgresql");
     srv.add_user("alice", DOMAIN, "pw-a").await;
     srv.add_user("bob", DOMAIN, "pw-b").await;
 

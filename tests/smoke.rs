@@ -10,7 +10,7 @@ async fn raw_login_and_message() {
     } else {
         "sqlite"
     };
-    assert_eq!(srv.core().storage.backend, want);
+    assert_eq!(srv.core().storage().backend, want);
     srv.add_user("alice", DOMAIN, "pw1").await;
     srv.add_user("bob", DOMAIN, "pw2").await;
     let mut a = raw_login(srv.addr, "alice", DOMAIN, "pw1", "a").await;

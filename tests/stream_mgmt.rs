@@ -91,7 +91,7 @@ async fn acks_count_stanzas_and_come_after_storage() {
         .await;
     assert_eq!(ack(&mut a).await, 41);
     // The acknowledgement means committed: all of it is in the store now.
-    let store = &srv.core().storage;
+    let store = &srv.core().storage();
     assert_eq!(
         store
             .offline
@@ -202,7 +202,7 @@ async fn wait_offline(srv: &TestServer, user: &str, n: usize) {
     loop {
         let have = srv
             .core()
-            .storage
+            .storage()
             .offline
             .offline_count(DOMAIN, user)
             .await
@@ -277,7 +277,7 @@ async fn a_lost_session_is_resumed_with_what_it_missed() {
     b.send("<iq type='get' id='pb' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
         .await;
     b.until("id='pb'").await;
-    assert_eq!(srv.core().sm.count(), 2, "alice's session is kept");
+    assert_eq!(srv.core().sessions().count(), 2, "alice's session is kept");
     // Resume on a new connection: h counts alice's 3 inbound stanzas
     // (presence, message, ping); everything after her h=1 comes again.
     let mut a = authenticated(&srv, "alice").await;
@@ -307,7 +307,7 @@ async fn a_lost_session_is_resumed_with_what_it_missed() {
     assert_eq!(ack(&mut a).await, 4);
     // The old SM-ID stays valid for the resumed session; it is not a
     // second session.
-    assert_eq!(srv.core().sm.count(), 2);
+    assert_eq!(srv.core().sessions().count(), 2);
     srv.stop().await;
 }
 
@@ -385,6 +385,6 @@ async fn resuming_a_still_connected_session_takes_it_over() {
     new.send("<iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
         .await;
     new.until("id='p'").await;
-    assert_eq!(srv.core().sm.count(), 1);
+    assert_eq!(srv.core().sessions().count(), 1);
     srv.stop().await;
 }

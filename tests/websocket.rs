@@ -154,7 +154,7 @@ async fn websocket_chat_with_tcp_user() {
     let got = bob.until("hi from web").await;
     assert!(got.contains("from='alice@localhost/web'"), "{got}");
     // WebSocket sessions are in the session table like TCP ones.
-    assert_eq!(srv.core().sm.count(), 2);
+    assert_eq!(srv.core().sessions().count(), 2);
     send(
         &mut ws,
         "<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>",
@@ -280,7 +280,7 @@ async fn stream_management_over_websocket() {
     assert!(r.contains("<a xmlns='urn:xmpp:sm:3' h='3'/>"), "{r}");
     assert_eq!(
         srv.core()
-            .storage
+            .storage()
             .offline
             .offline_count(DOMAIN, "bob")
             .await
@@ -300,7 +300,7 @@ async fn stream_management_over_websocket() {
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     while srv
         .core()
-        .storage
+        .storage()
         .offline
         .offline_count(DOMAIN, "alice")
         .await

@@ -86,7 +86,7 @@ impl TestServer {
     pub async fn add_user(&self, user: &str, host: &str, password: &str) {
         let creds = palaver_server::auth::derive_all(password, 4096);
         self.core()
-            .storage
+            .storage()
             .accounts
             .create_account(host, user, &creds)
             .await

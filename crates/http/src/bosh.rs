@@ -433,7 +433,7 @@ async fn session_task(
         },
         body,
     );
-    let mut shutdown = state.core.shutdown.clone();
+    let mut shutdown = state.core.shutdown_signal();
     while !b.terminated {
         let next_deadline = b.held.iter().map(|h| h.deadline).min();
         let inactive_at = if b.held.is_empty() {

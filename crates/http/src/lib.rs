@@ -1,5 +1,6 @@
 //! Palaver's HTTP listener: XMPP over WebSocket (RFC 7395), BOSH
-//! (XEP-0124/0206) and connection discovery (XEP-0156).
+//! (XEP-0124/0206), connection discovery (XEP-0156), and the routes
+//! modules register (file upload…).
 //!
 //! WebSocket sessions run the same c2s state machine as TCP ones
 //! ([`palaver_server::c2s::C2sSession`]) and appear in the session table
@@ -7,7 +8,6 @@
 
 mod bosh;
 mod discovery;
-mod upload;
 mod ws;
 
 use axum::Router;
@@ -34,24 +34,26 @@ pub fn app(state: HttpState) -> Router {
     // bodies are streamed to disk and counted against their slot instead.
     let body_limit = state.cfg.max_stanza_size.saturating_mul(4);
     let cors = state.clone();
-    Router::new()
+    // Routes the modules registered (e.g. mod_http_upload's PUT/GET).
+    let mut modules: Router = Router::new();
+    for (path, route) in state.core.http_routes() {
+        modules = modules.route(&path, route);
+    }
+    let own: Router = Router::new()
         .route(&ws_path, get(ws::upgrade))
         .route("/bosh", axum::routing::post(bosh::handle))
-        .route(
-            "/upload/{owner}/{slot}/{name}",
-            get(upload::get).put(upload::put),
-        )
-        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .route("/.well-known/host-meta", get(discovery::host_meta_xml))
         .route(
             "/.well-known/host-meta.json",
             get(discovery::host_meta_json),
         )
+        .with_state(state);
+    own.merge(modules)
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn(move |req, next| {
             let cors = cors.clone();
             async move { discovery::cors(cors, req, next).await }
         }))
-        .with_state(state)
 }
 
 /// Serve every HTTP listener the server bound.
@@ -64,26 +66,7 @@ pub fn start(server: &mut palaver_server::RunningServer) {
 
 /// Serve HTTP on `sock` until the server shuts down.
 pub async fn serve(core: Arc<Core>, cfg: Listener, sock: TcpListener) {
-    let mut shutdown = core.shutdown.clone();
-    if let Some(up) = palaver_server::upload::Upload::get(&core) {
-        // Retention: drop expired uploads hourly.
-        let mut stop = core.shutdown.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {
-                        let up = up.clone();
-                        let n = tokio::task::spawn_blocking(move || up.cleanup()).await.unwrap_or(0);
-                        if n > 0 {
-                            tracing::info!(removed = n, "expired uploads removed");
-                        }
-                    }
-                    _ = stop.changed() => return,
-                }
-            }
-        });
-    }
+    let mut shutdown = core.shutdown_signal();
     let app = app(HttpState { core, cfg });
     let res = axum::serve(
         sock,

@@ -201,7 +201,7 @@ async fn run(state: HttpState, socket: WebSocket, peer: SocketAddr) {
     let mut session = C2sSession::new(state.core.clone(), cfg, peer);
     let (mut tx, mut rx) = socket.split();
     let mut conv = OutConverter::new();
-    let mut shutdown = state.core.shutdown.clone();
+    let mut shutdown = state.core.shutdown_signal();
     let mut last_read = Instant::now();
     let timer = tokio::time::sleep_until(auth_deadline);
     tokio::pin!(timer);

@@ -13,26 +13,37 @@
 //! resource under `announce/` gets `item-not-found`; messages to the host
 //! with other resources are left to the server's default handling.
 
+use jid::FullJid;
 use jid::Jid;
 use minidom::Element;
 use palaver_proto::error::Condition;
 use palaver_proto::ns;
 use palaver_proto::stanza::{Stanza, StanzaKind, set_attr};
-use palaver_server::core::Core;
+use palaver_server::hooks::{HostMessage, PresenceOut, RemoveUser};
 use palaver_server::module::PresenceEvent;
-use palaver_server::sm::SessionManager;
-use palaver_server::{HostSetup, ModuleDef};
+use palaver_server::{HookAction, ModuleCx};
+use palaver_server::{HostSetup, Module, ModuleDef};
 use std::sync::Arc;
 
 /// `mod_announce`.
-pub const MODULE: ModuleDef = ModuleDef {
-    name: "mod_announce",
-    start,
-};
+pub struct Announce;
 
+/// `mod_announce` in the module registry.
+pub const MODULE: ModuleDef = ModuleDef::of::<Announce>();
+
+impl Module for Announce {
+    const NAME: &'static str = "mod_announce";
+    type Options = Options;
+    fn start(host: &mut HostSetup, o: Options) -> Result<Self, String> {
+        start(host, o)?;
+        Ok(Announce)
+    }
+}
+
+/// `mod_announce` options.
 #[derive(serde::Deserialize, Clone)]
 #[serde(deny_unknown_fields, default)]
-struct Options {
+pub struct Options {
     /// ACL whose members may announce.
     access_acl: String,
 }
@@ -45,53 +56,51 @@ impl Default for Options {
     }
 }
 
-fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
-    let o: Options = palaver_server::module::parse_options(opts)?;
+fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
     let acl = Arc::new(o.access_acl);
-    host.hook_host_message(
-        50,
-        Arc::new(move |core, st| {
-            let acl = acl.clone();
-            Box::pin(async move { announce(core, st, &acl).await })
-        }),
-    );
-    host.hook_presence_out(
-        30,
-        Arc::new(|core, jid, _st, ev| {
-            Box::pin(async move {
-                if ev != PresenceEvent::Initial {
-                    return;
-                }
-                let host = jid.domain().to_string();
-                let Some(node) = jid.node() else { return };
-                let Ok(Some(xml)) = core.storage.kv.host_get(&host, "motd").await else {
-                    return;
-                };
-                if !matches!(
-                    core.storage
-                        .kv
-                        .user_flag_set(&host, node.as_str(), "motd")
-                        .await,
-                    Ok(true)
-                ) {
-                    return;
-                }
-                if let (Ok(el), Some(h)) = (xml.parse::<Element>(), core.sm.get(&jid)) {
-                    let st = message_to(&host, &el, Jid::from(jid.clone()));
-                    let _ = SessionManager::deliver(&h, st);
-                }
-            })
-        }),
-    );
-    host.hook_remove_user(
-        50,
-        Arc::new(|core, host, user| {
-            Box::pin(async move {
-                let _ = core.storage.kv.remove_user_flags(&host, &user).await;
-            })
-        }),
-    );
+    host.hook_async::<HostMessage, _>(50, move |cx, st| {
+        let acl = acl.clone();
+        async move {
+            if announce(cx, st, &acl).await {
+                HookAction::Drop
+            } else {
+                HookAction::Continue
+            }
+        }
+    });
+    host.hook_async::<PresenceOut, _>(30, |cx, p| async move {
+        if p.event == PresenceEvent::Initial {
+            motd_at_login(&cx, &p.session).await;
+        }
+        HookAction::Continue
+    });
+    host.hook_async::<RemoveUser, _>(50, |cx, a| async move {
+        let _ = cx.storage().kv.remove_user_flags(&a.host, &a.user).await;
+        HookAction::Continue
+    });
     Ok(())
+}
+
+/// The stored message of the day, once per user, at a session's first
+/// available presence.
+async fn motd_at_login(cx: &ModuleCx, jid: &FullJid) {
+    let host = jid.domain().to_string();
+    let Some(node) = jid.node() else { return };
+    let Ok(Some(xml)) = cx.storage().kv.host_get(&host, "motd").await else {
+        return;
+    };
+    if !matches!(
+        cx.storage()
+            .kv
+            .user_flag_set(&host, node.as_str(), "motd")
+            .await,
+        Ok(true)
+    ) {
+        return;
+    }
+    if let Ok(el) = xml.parse::<Element>() {
+        cx.route(message_to(&host, &el, Jid::from(jid.clone())));
+    }
 }
 
 /// A copy of the announcement (subject and body) from the host to `to`.
@@ -108,7 +117,7 @@ fn message_to(host: &str, src: &Element, to: Jid) -> Stanza {
     Stanza::new(StanzaKind::Message, from, Some(to), el)
 }
 
-async fn announce(core: Arc<Core>, st: Stanza, acl: &str) -> bool {
+async fn announce(core: ModuleCx, st: Stanza, acl: &str) -> bool {
     let Some(to) = st.to.clone() else {
         return false;
     };
@@ -118,7 +127,7 @@ async fn announce(core: Arc<Core>, st: Stanza, acl: &str) -> bool {
     let Some(what) = resource.strip_prefix("announce/") else {
         return false;
     };
-    if !core.config.acl_match(acl, st.from.to_bare().as_str()) {
+    if !core.config().acl_match(acl, st.from.to_bare().as_str()) {
         core.bounce(&st, Condition::Forbidden, None);
         return true;
     }
@@ -128,11 +137,11 @@ async fn announce(core: Arc<Core>, st: Stanza, acl: &str) -> bool {
         let host = host.clone();
         async move {
             let r = core
-                .storage
+                .storage()
                 .kv
                 .host_set(&host, "motd", xml.as_deref())
                 .await;
-            let r2 = core.storage.kv.user_flag_clear_all(&host, "motd").await;
+            let r2 = core.storage().kv.user_flag_clear_all(&host, "motd").await;
             r.is_ok() && r2.is_ok()
         }
     };
@@ -145,12 +154,10 @@ async fn announce(core: Arc<Core>, st: Stanza, acl: &str) -> bool {
         "motd" => {
             let ok = store_motd(Some(xml)).await;
             // Online users get it now: don't repeat it at their next login.
-            for (bare, _) in core.sm.all() {
-                if bare.domain().as_str() == host
-                    && let Some(n) = bare.node()
-                {
+            for full in core.sessions().online(&host) {
+                if let Some(n) = full.node() {
                     let _ = core
-                        .storage
+                        .storage()
                         .kv
                         .user_flag_set(&host, n.as_str(), "motd")
                         .await;
@@ -172,14 +179,8 @@ async fn announce(core: Arc<Core>, st: Stanza, acl: &str) -> bool {
     true
 }
 
-fn send_online(core: &Arc<Core>, host: &str, src: &Element) {
-    for (bare, h) in core.sm.all() {
-        if bare.domain().as_str() != host {
-            continue;
-        }
-        let Ok(full) = bare.with_resource_str(&h.resource) else {
-            continue;
-        };
-        let _ = SessionManager::deliver(&h, message_to(host, src, Jid::from(full)));
+fn send_online(core: &ModuleCx, host: &str, src: &Element) {
+    for full in core.sessions().online(host) {
+        core.route(message_to(host, src, Jid::from(full)));
     }
 }

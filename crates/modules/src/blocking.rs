@@ -20,18 +20,30 @@ use minidom::Element;
 use palaver_proto::error::{Condition, StanzaError};
 use palaver_proto::ns;
 use palaver_proto::stanza::{Stanza, StanzaKind, set_attr};
-use palaver_server::core::Core;
-use palaver_server::module::{HookAction, HookCtx};
-use palaver_server::sm::SessionManager;
-use palaver_server::{HostSetup, IqRequest, IqResult, IqScope, IqType, ModuleDef};
+use palaver_server::hooks::{
+    OfflineMessage, PresenceIn, RemoveUser, SessionBound, SessionClosed, UserReceive, UserSend,
+};
+use palaver_server::{HookAction, HookCx, ModuleCx};
+use palaver_server::{
+    HostSetup, IqRequest, IqResult, IqScope, IqType, Module, ModuleDef, NoOptions,
+};
 use std::collections::HashSet;
 use std::sync::Arc;
 
 /// `mod_blocking`.
-pub const MODULE: ModuleDef = ModuleDef {
-    name: "mod_blocking",
-    start,
-};
+pub struct Blocking;
+
+/// `mod_blocking` in the module registry.
+pub const MODULE: ModuleDef = ModuleDef::of::<Blocking>();
+
+impl Module for Blocking {
+    const NAME: &'static str = "mod_blocking";
+    type Options = NoOptions;
+    fn start(host: &mut HostSetup, o: NoOptions) -> Result<Self, String> {
+        start(host, o)?;
+        Ok(Blocking)
+    }
+}
 
 const NS_BLOCKING: &str = "urn:xmpp:blocking";
 const NS_BLOCKED_ERR: &str = "urn:xmpp:blocking:errors";
@@ -39,12 +51,7 @@ const NS_BLOCKED_ERR: &str = "urn:xmpp:blocking:errors";
 /// Bare JID of a user → blocked JIDs (bare, full or domain).
 type Cache = DashMap<String, Arc<HashSet<String>>>;
 
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct Options {}
-
-fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
-    palaver_server::module::parse_options::<Options>(opts)?;
+fn start(host: &mut HostSetup, _o: NoOptions) -> Result<(), String> {
     let cache: Arc<Cache> = Arc::new(DashMap::new());
     host.add_feature(NS_BLOCKING);
     let c = cache.clone();
@@ -58,82 +65,77 @@ fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
         async move { set(req, c).await }
     });
     let c = cache.clone();
-    host.hook_session_bound(
-        60,
-        Arc::new(move |core, jid| {
-            let c = c.clone();
-            Box::pin(async move {
-                let _ = load(&core, &c, &jid.to_bare()).await;
-            })
-        }),
-    );
+    host.hook_async::<SessionBound, _>(60, move |cx, jid| {
+        let c = c.clone();
+        async move {
+            let _ = load(&cx, &c, &jid.to_bare()).await;
+            HookAction::Continue
+        }
+    });
     let c = cache.clone();
-    host.hook_session_closed(
-        60,
-        Arc::new(move |core, jid| {
-            // Checked under the map's shard lock: a resource binding meanwhile
-            // is already in the session table, or loads its list after this.
-            let bare = jid.to_bare();
-            c.remove_if(bare.as_str(), |_, _| !core.sm.has_sessions(&bare));
-            Box::pin(async {})
-        }),
-    );
+    host.hook_async::<SessionClosed, _>(60, move |cx, jid| {
+        // Checked under the map's shard lock: a resource binding meanwhile
+        // is already in the session table, or loads its list after this.
+        let bare = jid.to_bare();
+        c.remove_if(bare.as_str(), |_, _| !cx.sessions().has_sessions(&bare));
+        async { HookAction::Continue }
+    });
     let c = cache.clone();
-    host.hook_user_receive(90, Arc::new(move |ctx, st| receive(&c, ctx, st)));
+    host.hook::<UserReceive>(90, move |cx, st| receive(&c, cx, st));
     let c = cache.clone();
-    host.hook_user_send(90, Arc::new(move |ctx, st| send(&c, ctx, st)));
+    host.hook::<UserSend>(90, move |cx, st| send(&c, cx, st));
     let c = cache.clone();
-    host.hook_offline_message(
-        90,
-        Arc::new(move |core, st| {
-            let c = c.clone();
-            Box::pin(async move {
-                if !blocked_by_recipient(&core, &c, &st).await {
-                    return false;
-                }
-                let me = st.to.as_ref().map(|t| Jid::from(t.to_bare()));
-                core.bounce(&st, Condition::ServiceUnavailable, me);
-                true
-            })
-        }),
-    );
+    host.hook_async::<OfflineMessage, _>(90, move |cx, st| {
+        let c = c.clone();
+        async move {
+            if !blocked_by_recipient(&cx, &c, &st).await {
+                return HookAction::Continue;
+            }
+            let me = st.to.as_ref().map(|t| Jid::from(t.to_bare()));
+            cx.bounce(&st, Condition::ServiceUnavailable, me);
+            HookAction::Drop
+        }
+    });
     let c = cache.clone();
-    host.hook_presence_in(
-        90,
-        Arc::new(move |core, st| {
-            let c = c.clone();
-            Box::pin(async move {
-                // Subscription requests and probes from a blocked entity are
-                // dropped: the user looks offline and is not pestered. Other
-                // subscription states still update the roster (their delivery
-                // to the user's sessions is filtered by the receive hook).
-                matches!(st.type_attr(), Some("subscribe") | Some("probe"))
-                    && blocked_by_recipient(&core, &c, &st).await
-            })
-        }),
-    );
+    host.hook_async::<PresenceIn, _>(90, move |cx, st| {
+        let c = c.clone();
+        async move {
+            // Subscription requests and probes from a blocked entity are
+            // dropped: the user looks offline and is not pestered. Other
+            // subscription states still update the roster (their delivery
+            // to the user's sessions is filtered by the receive hook).
+            if matches!(st.type_attr(), Some("subscribe") | Some("probe"))
+                && blocked_by_recipient(&cx, &c, &st).await
+            {
+                HookAction::Drop
+            } else {
+                HookAction::Continue
+            }
+        }
+    });
     let c = cache;
-    host.hook_remove_user(
-        50,
-        Arc::new(move |core, host, user| {
-            c.remove(&format!("{user}@{host}"));
-            Box::pin(async move {
-                if let Err(e) = core.storage.blocks.unblock(&host, &user, &[]).await {
-                    tracing::warn!(error = %e, "removing block list failed");
-                }
-            })
-        }),
-    );
+    host.hook_async::<RemoveUser, _>(50, move |cx, a| {
+        c.remove(&format!("{}@{}", a.user, a.host));
+        async move {
+            if let Err(e) = cx.storage().blocks.unblock(&a.host, &a.user, &[]).await {
+                tracing::warn!(error = %e, "removing block list failed");
+            }
+            HookAction::Continue
+        }
+    });
     Ok(())
 }
 
 /// §3.5: a stanza from a blocked entity to a session of the user.
-fn receive(cache: &Cache, ctx: &HookCtx<'_>, st: &mut Stanza) -> HookAction {
+fn receive(cache: &Cache, ctx: &HookCx<'_>, st: &mut Stanza) -> HookAction {
     // Errors are let through: they include the user's own "blocked" bounces.
     if st.is_error() {
         return HookAction::Continue;
     }
-    let me = ctx.session_jid.to_bare();
+    let Some(session) = ctx.session() else {
+        return HookAction::Continue;
+    };
+    let me = session.to_bare();
     let Some(list) = cache.get(me.as_str()).map(|l| l.clone()) else {
         return HookAction::Continue;
     };
@@ -141,18 +143,20 @@ fn receive(cache: &Cache, ctx: &HookCtx<'_>, st: &mut Stanza) -> HookAction {
         return HookAction::Continue;
     }
     if answerable(st) {
-        ctx.core
-            .bounce(st, Condition::ServiceUnavailable, Some(Jid::from(me)));
+        ctx.bounce(st, Condition::ServiceUnavailable, Some(Jid::from(me)));
     }
     HookAction::Drop
 }
 
 /// §3.6: a stanza from the user to a blocked entity.
-fn send(cache: &Cache, ctx: &HookCtx<'_>, st: &mut Stanza) -> HookAction {
+fn send(cache: &Cache, ctx: &HookCx<'_>, st: &mut Stanza) -> HookAction {
     let Some(to) = st.to.clone() else {
         return HookAction::Continue;
     };
-    let me = ctx.session_jid.to_bare();
+    let Some(session) = ctx.session() else {
+        return HookAction::Continue;
+    };
+    let me = session.to_bare();
     let Some(list) = cache.get(me.as_str()).map(|l| l.clone()) else {
         return HookAction::Continue;
     };
@@ -163,9 +167,9 @@ fn send(cache: &Cache, ctx: &HookCtx<'_>, st: &mut Stanza) -> HookAction {
         let err = StanzaError::new(Condition::NotAcceptable)
             .with_extra(Element::bare("blocked", NS_BLOCKED_ERR));
         let mut bounce = st.clone();
-        bounce.from = Jid::from(ctx.session_jid.clone());
+        bounce.from = Jid::from(session.clone());
         if let Some(reply) = bounce.error_reply(&err, Some(to)) {
-            ctx.core.route(reply);
+            ctx.route(reply);
         }
     }
     HookAction::Drop
@@ -181,7 +185,7 @@ fn answerable(st: &Stanza) -> bool {
 }
 
 /// Whether the local recipient of `st` (online or not) blocks its sender.
-async fn blocked_by_recipient(core: &Arc<Core>, cache: &Cache, st: &Stanza) -> bool {
+async fn blocked_by_recipient(core: &ModuleCx, cache: &Cache, st: &Stanza) -> bool {
     let Some(to) = &st.to else { return false };
     let bare = to.to_bare();
     if st.from.to_bare() == bare {
@@ -194,7 +198,7 @@ async fn blocked_by_recipient(core: &Arc<Core>, cache: &Cache, st: &Stanza) -> b
         return false;
     };
     match core
-        .storage
+        .storage()
         .blocks
         .blocklist(bare.domain().as_str(), node.as_str())
         .await
@@ -231,7 +235,7 @@ fn internal(e: palaver_storage::StorageError) -> StanzaError {
 
 /// Read the stored list; refresh the cache while the user has sessions.
 async fn load(
-    core: &Arc<Core>,
+    core: &ModuleCx,
     cache: &Cache,
     bare: &BareJid,
 ) -> Result<Arc<HashSet<String>>, StanzaError> {
@@ -240,7 +244,7 @@ async fn load(
         .map(|n| n.to_string())
         .ok_or_else(|| StanzaError::new(Condition::BadRequest))?;
     let list: HashSet<String> = core
-        .storage
+        .storage()
         .blocks
         .blocklist(bare.domain().as_str(), &node)
         .await
@@ -248,7 +252,7 @@ async fn load(
         .into_iter()
         .collect();
     let list = Arc::new(list);
-    if core.sm.has_sessions(bare) {
+    if core.sessions().has_sessions(bare) {
         cache.insert(bare.to_string(), list.clone());
     }
     Ok(list)
@@ -262,7 +266,7 @@ fn item(jid: &str) -> Element {
 
 async fn get(req: IqRequest, cache: Arc<Cache>) -> IqResult {
     let (me, _, _) = req.own_account()?;
-    let list = load(&req.core, &cache, &me).await?;
+    let list = load(&req.cx, &cache, &me).await?;
     let mut sorted: Vec<&String> = list.iter().collect();
     sorted.sort();
     let mut q = Element::bare("blocklist", NS_BLOCKING);
@@ -295,16 +299,16 @@ async fn set(req: IqRequest, cache: Arc<Cache>) -> IqResult {
     if block && jids.is_empty() {
         return Err(StanzaError::new(Condition::BadRequest).text("block needs at least one item"));
     }
-    let core = req.core.clone();
+    let core = req.cx.clone();
     let before = load(&core, &cache, &me).await?;
     if block {
-        core.storage
+        core.storage()
             .blocks
             .block(&host, &node, &jids)
             .await
             .map_err(internal)?;
     } else {
-        core.storage
+        core.storage()
             .blocks
             .unblock(&host, &node, &jids)
             .await
@@ -336,14 +340,14 @@ async fn set(req: IqRequest, cache: Arc<Cache>) -> IqResult {
         };
         for j in unblocked {
             let subscribed = matches!(
-                core.storage.roster.roster_item(&host, &node, &j).await,
+                core.storage().roster.roster_item(&host, &node, &j).await,
                 Ok(Some(it)) if it.subscription.has_from()
             );
             let Ok(to) = Jid::new(&j) else { continue };
             if !subscribed {
                 continue;
             }
-            for h in core.sm.sessions(&me) {
+            for h in core.sessions().sessions(&me) {
                 let (Some(_), Some(p)) = (h.priority, h.presence.as_ref()) else {
                     continue;
                 };
@@ -356,7 +360,7 @@ async fn set(req: IqRequest, cache: Arc<Cache>) -> IqResult {
                     Some(to.clone()),
                     (**p).clone(),
                 );
-                if core.run_user_send(&full, &mut st) == HookAction::Continue {
+                if core.run_hook::<UserSend>(Some(&full), &mut st) == HookAction::Continue {
                     core.route(st);
                 }
             }
@@ -366,22 +370,21 @@ async fn set(req: IqRequest, cache: Arc<Cache>) -> IqResult {
 }
 
 /// Full JIDs of the user's available resources.
-fn available(core: &Arc<Core>, me: &BareJid) -> Vec<FullJid> {
-    core.sm
-        .sessions(me)
+fn available(core: &ModuleCx, me: &BareJid) -> Vec<FullJid> {
+    core.sessions()
+        .available(me)
         .into_iter()
-        .filter(|h| h.priority.is_some())
         .filter_map(|h| me.with_resource_str(&h.resource).ok())
         .collect()
 }
 
 /// §3.3.3 / §3.4.3: tell every resource of the user about the change.
-fn push(core: &Arc<Core>, me: &BareJid, block: bool, jids: &[String]) {
+fn push(core: &ModuleCx, me: &BareJid, block: bool, jids: &[String]) {
     let mut payload = Element::bare(if block { "block" } else { "unblock" }, NS_BLOCKING);
     for j in jids {
         payload.append_child(item(j));
     }
-    for h in core.sm.sessions(me) {
+    for h in core.sessions().sessions(me) {
         let Ok(full) = me.with_resource_str(&h.resource) else {
             continue;
         };
@@ -393,14 +396,11 @@ fn push(core: &Arc<Core>, me: &BareJid, block: bool, jids: &[String]) {
             format!("block-push-{}", rand::random::<u32>()),
         );
         el.append_child(payload.clone());
-        let _ = SessionManager::deliver(
-            &h,
-            Stanza::new(
-                StanzaKind::Iq,
-                Jid::from(me.clone()),
-                Some(Jid::from(full)),
-                el,
-            ),
-        );
+        core.route(Stanza::new(
+            StanzaKind::Iq,
+            Jid::from(me.clone()),
+            Some(Jid::from(full)),
+            el,
+        ));
     }
 }

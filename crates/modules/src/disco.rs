@@ -7,19 +7,29 @@ use minidom::Element;
 use palaver_proto::error::{Condition, StanzaError};
 use palaver_proto::ns;
 use palaver_proto::stanza::{attr_name, set_attr};
-use palaver_server::{HostSetup, IqRequest, IqResult, IqScope, IqType, ModuleDef};
+use palaver_server::{HostSetup, IqRequest, IqResult, IqScope, IqType, Module, ModuleDef};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// `mod_disco`.
-pub const MODULE: ModuleDef = ModuleDef {
-    name: "mod_disco",
-    start,
-};
+pub struct Disco;
 
+/// `mod_disco` in the module registry.
+pub const MODULE: ModuleDef = ModuleDef::of::<Disco>();
+
+impl Module for Disco {
+    const NAME: &'static str = "mod_disco";
+    type Options = Options;
+    fn start(host: &mut HostSetup, o: Options) -> Result<Self, String> {
+        start(host, o)?;
+        Ok(Disco)
+    }
+}
+
+/// `mod_disco` options.
 #[derive(serde::Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct Options {
+pub struct Options {
     /// Extra items listed in disco#items of the server (JIDs).
     #[serde(default)]
     extra_items: Vec<String>,
@@ -139,8 +149,7 @@ impl Info {
     }
 }
 
-fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
-    let o: Options = palaver_server::module::parse_options(opts)?;
+fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
     for j in &o.extra_items {
         jid::Jid::new(j).map_err(|e| format!("extra_items: `{j}` is not a JID: {e}"))?;
     }
@@ -201,10 +210,10 @@ fn node_of(req: &IqRequest) -> Option<String> {
 }
 
 fn server_info(req: IqRequest, info: &Info) -> IqResult {
-    let mut q = info.query(&req.host);
+    let mut q = info.query(req.cx.host());
     if let Some(node) = node_of(&req) {
         // Only the caps node of the current verification string is known.
-        if node != format!("{CAPS_NODE}#{}", info.ver(&req.host)) {
+        if node != format!("{CAPS_NODE}#{}", info.ver(req.cx.host())) {
             return Err(StanzaError::new(Condition::ItemNotFound));
         }
         set_attr(&mut q, "node", node);
@@ -223,7 +232,7 @@ fn server_items(req: IqRequest, extra: &[String]) -> IqResult {
         return Err(StanzaError::new(Condition::ItemNotFound));
     }
     let mut q = Element::bare("query", ns::DISCO_ITEMS);
-    for j in req.host.services().iter().chain(extra) {
+    for j in req.cx.host().services().iter().chain(extra) {
         q.append_child(
             Element::builder("item", ns::DISCO_ITEMS)
                 .attr(attr_name("jid"), j.as_str())
@@ -269,7 +278,7 @@ async fn account_items(req: IqRequest) -> IqResult {
     }
     let mut q = Element::bare("query", ns::DISCO_ITEMS);
     if let Some(to) = &req.stanza.to {
-        for s in req.core.sm.sessions(&to.to_bare()) {
+        for s in req.cx.sessions().sessions(&to.to_bare()) {
             q.append_child(
                 Element::builder("item", ns::DISCO_ITEMS)
                     .attr(attr_name("jid"), format!("{}/{}", to.to_bare(), s.resource))
@@ -287,8 +296,8 @@ async fn account_exists(req: &IqRequest) -> Result<bool, StanzaError> {
     let Some(node) = to.node() else {
         return Ok(false);
     };
-    req.core
-        .storage
+    req.cx
+        .storage()
         .accounts
         .account_exists(to.domain().as_str(), node.as_str())
         .await

@@ -4,67 +4,68 @@ use minidom::Element;
 use palaver_proto::error::{Condition, StanzaError};
 use palaver_proto::ns;
 use palaver_proto::stanza::set_attr;
+use palaver_server::HookAction;
+use palaver_server::hooks::{PresenceOut, RemoveUser};
 use palaver_server::module::PresenceEvent;
-use palaver_server::{HostSetup, IqRequest, IqResult, IqScope, IqType, ModuleDef};
-use std::sync::Arc;
+use palaver_server::{
+    HostSetup, IqRequest, IqResult, IqScope, IqType, Module, ModuleDef, NoOptions,
+};
 
 /// `mod_last`.
-pub const MODULE: ModuleDef = ModuleDef {
-    name: "mod_last",
-    start,
-};
+pub struct Last;
+
+/// `mod_last` in the module registry.
+pub const MODULE: ModuleDef = ModuleDef::of::<Last>();
+
+impl Module for Last {
+    const NAME: &'static str = "mod_last";
+    type Options = NoOptions;
+    fn start(host: &mut HostSetup, o: NoOptions) -> Result<Self, String> {
+        start(host, o)?;
+        Ok(Last)
+    }
+}
 
 const NS_LAST: &str = "jabber:iq:last";
 
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct Options {}
-
-fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
-    palaver_server::module::parse_options::<Options>(opts)?;
+fn start(host: &mut HostSetup, _o: NoOptions) -> Result<(), String> {
     host.add_feature(NS_LAST);
     host.on_iq(IqScope::Server, IqType::Get, NS_LAST, |req| async move {
-        Ok(Some(query(req.core.started.elapsed().as_secs(), None)))
+        Ok(Some(query(req.cx.started().elapsed().as_secs(), None)))
     });
     host.on_iq(IqScope::Account, IqType::Get, NS_LAST, user_last);
-    host.hook_presence_out(
-        50,
-        Arc::new(|core, jid, st, ev| {
-            Box::pin(async move {
-                if ev != PresenceEvent::Unavailable {
-                    return;
-                }
-                let bare = jid.to_bare();
-                if core.sm.sessions(&bare).iter().any(|h| h.priority.is_some()) {
-                    return;
-                }
-                let Some(node) = bare.node() else { return };
-                let status = st
-                    .el
-                    .get_child("status", ns::CLIENT)
-                    .map(|s| s.text())
-                    .unwrap_or_default();
-                if let Err(e) = core
-                    .storage
-                    .last
-                    .set_last(bare.domain().as_str(), node.as_str(), now(), &status)
-                    .await
-                {
-                    tracing::warn!(error = %e, "recording last activity failed");
-                }
-            })
-        }),
-    );
-    host.hook_remove_user(
-        50,
-        Arc::new(|core, host, user| {
-            Box::pin(async move {
-                if let Err(e) = core.storage.last.remove_last(&host, &user).await {
-                    tracing::warn!(error = %e, "removing last activity failed");
-                }
-            })
-        }),
-    );
+    host.hook_async::<PresenceOut, _>(50, |cx, p| async move {
+        if p.event != PresenceEvent::Unavailable {
+            return HookAction::Continue;
+        }
+        let bare = p.session.to_bare();
+        if !cx.sessions().available(&bare).is_empty() {
+            return HookAction::Continue;
+        }
+        let Some(node) = bare.node() else {
+            return HookAction::Continue;
+        };
+        let status = p
+            .stanza
+            .el
+            .get_child("status", ns::CLIENT)
+            .map(|s| s.text())
+            .unwrap_or_default();
+        let last = &cx.storage().last;
+        if let Err(e) = last
+            .set_last(bare.domain().as_str(), node.as_str(), now(), &status)
+            .await
+        {
+            tracing::warn!(error = %e, "recording last activity failed");
+        }
+        HookAction::Continue
+    });
+    host.hook_async::<RemoveUser, _>(50, |cx, a| async move {
+        if let Err(e) = cx.storage().last.remove_last(&a.host, &a.user).await {
+            tracing::warn!(error = %e, "removing last activity failed");
+        }
+        HookAction::Continue
+    });
     Ok(())
 }
 
@@ -100,9 +101,9 @@ async fn user_last(req: IqRequest) -> IqResult {
         .map(|n| n.to_string())
         .ok_or_else(|| StanzaError::new(Condition::BadRequest))?;
     let host = to.domain().to_string();
-    let core = &req.core;
+    let core = &req.cx;
     if !core
-        .storage
+        .storage()
         .accounts
         .account_exists(&host, &node)
         .await
@@ -114,7 +115,7 @@ async fn user_last(req: IqRequest) -> IqResult {
     if requester != to {
         // Only contacts who receive the user's presence may ask (XEP-0012 §4).
         let item = core
-            .storage
+            .storage()
             .roster
             .roster_item(&host, &node, requester.as_str())
             .await
@@ -123,11 +124,16 @@ async fn user_last(req: IqRequest) -> IqResult {
             return Err(StanzaError::new(Condition::Forbidden));
         }
     }
-    if core.sm.sessions(&to).iter().any(|h| h.priority.is_some()) {
+    if core
+        .sessions()
+        .sessions(&to)
+        .iter()
+        .any(|h| h.priority.is_some())
+    {
         return Ok(Some(query(0, None)));
     }
     match core
-        .storage
+        .storage()
         .last
         .last(&host, &node)
         .await

@@ -6,24 +6,33 @@ use jid::{FullJid, Jid};
 use minidom::Element;
 use palaver_proto::ns;
 use palaver_proto::stanza::{Stanza, StanzaKind, set_attr};
-use palaver_server::core::Core;
+use palaver_server::hooks::{OfflineMessage, PresenceOut, RemoveUser};
 use palaver_server::module::PresenceEvent;
-use palaver_server::sm::SessionMsg;
-use palaver_server::{HostSetup, ModuleDef};
+use palaver_server::{HookAction, ModuleCx};
+use palaver_server::{HostSetup, Module, ModuleDef};
 use std::sync::Arc;
-use tokio::sync::mpsc::error::TrySendError;
 
 /// `mod_offline`.
-pub const MODULE: ModuleDef = ModuleDef {
-    name: "mod_offline",
-    start,
-};
+pub struct Offline;
+
+/// `mod_offline` in the module registry.
+pub const MODULE: ModuleDef = ModuleDef::of::<Offline>();
+
+impl Module for Offline {
+    const NAME: &'static str = "mod_offline";
+    type Options = Options;
+    fn start(host: &mut HostSetup, o: Options) -> Result<Self, String> {
+        start(host, o)?;
+        Ok(Offline)
+    }
+}
 
 const HINTS: &str = "urn:xmpp:hints";
 
+/// `mod_offline` options.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Options {
+pub struct Options {
     /// Most messages stored per user; past it the sender gets `service-unavailable`.
     max_user_offline_messages: usize,
 }
@@ -36,43 +45,40 @@ impl Default for Options {
     }
 }
 
-fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
-    let o: Options = palaver_server::module::parse_options(opts)?;
+fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
     let limit = o.max_user_offline_messages;
     host.add_feature("msgoffline");
-    host.hook_offline_message(
-        50,
-        Arc::new(move |core, st| Box::pin(async move { store(core, st, limit).await })),
-    );
+    host.hook_async::<OfflineMessage, _>(50, move |cx, st| async move {
+        if store(cx, st, limit).await {
+            HookAction::Drop
+        } else {
+            HookAction::Continue
+        }
+    });
     let busy: Arc<DashMap<String, ()>> = Arc::new(DashMap::new());
-    host.hook_presence_out(
-        40,
-        Arc::new(move |core, jid, _st, ev| {
-            let busy = busy.clone();
-            Box::pin(async move {
-                if ev != PresenceEvent::Initial {
-                    return;
-                }
-                // One delivery per account at a time: two resources coming
-                // online together must not both get the backlog.
-                let bare = jid.to_bare().to_string();
-                if busy.insert(bare.clone(), ()).is_some() {
-                    return;
-                }
-                deliver(core, jid, Busy(busy, bare)).await;
-            })
-        }),
-    );
-    host.hook_remove_user(
-        50,
-        Arc::new(|core, host, user| {
-            Box::pin(async move {
-                if let Err(e) = core.storage.offline.remove_offline_user(&host, &user).await {
-                    tracing::warn!(error = %e, "removing offline messages failed");
-                }
-            })
-        }),
-    );
+    host.hook_async::<PresenceOut, _>(40, move |cx, p| {
+        let busy = busy.clone();
+        async move {
+            if p.event != PresenceEvent::Initial {
+                return HookAction::Continue;
+            }
+            // One delivery per account at a time: two resources coming
+            // online together must not both get the backlog.
+            let bare = p.session.to_bare().to_string();
+            if busy.insert(bare.clone(), ()).is_some() {
+                return HookAction::Continue;
+            }
+            deliver(cx, p.session, Busy(busy, bare)).await;
+            HookAction::Continue
+        }
+    });
+    host.hook_async::<RemoveUser, _>(50, |cx, a| async move {
+        let offline = &cx.storage().offline;
+        if let Err(e) = offline.remove_offline_user(&a.host, &a.user).await {
+            tracing::warn!(error = %e, "removing offline messages failed");
+        }
+        HookAction::Continue
+    });
     Ok(())
 }
 
@@ -93,7 +99,7 @@ fn now() -> std::time::Duration {
 
 /// Returns `true` when the message was taken (stored, or dropped as not worth
 /// storing); `false` makes the router answer `service-unavailable`.
-async fn store(core: Arc<Core>, st: Stanza, limit: usize) -> bool {
+async fn store(core: ModuleCx, st: Stanza, limit: usize) -> bool {
     if !matches!(st.type_attr(), None | Some("chat") | Some("normal")) {
         return false;
     }
@@ -122,7 +128,7 @@ async fn store(core: Arc<Core>, st: Stanza, limit: usize) -> bool {
     copy.append_child(delay);
     let xml = palaver_proto::writer::to_string(&copy, "");
     match core
-        .storage
+        .storage()
         .offline
         .store_offline(&host, node.as_str(), &xml, t.as_millis() as i64, limit)
         .await
@@ -141,14 +147,15 @@ async fn store(core: Arc<Core>, st: Stanza, limit: usize) -> bool {
 /// initial presence), in order, then delete them.
 ///
 /// This runs inside the session's own task, which cannot drain its queue
-/// meanwhile: what fits in the queue is queued here; a longer backlog is
-/// finished by a task of its own that waits for room.
-async fn deliver(core: Arc<Core>, jid: FullJid, busy: Busy) {
+/// meanwhile: the messages are handed over by a task of its own that waits
+/// for room in the session's queue (through the router), so a backlog
+/// longer than the queue is neither lost nor blocks the login.
+async fn deliver(core: ModuleCx, jid: FullJid, busy: Busy) {
     let host = jid.domain().to_string();
     let Some(node) = jid.node().map(|n| n.to_string()) else {
         return;
     };
-    let msgs = match core.storage.offline.offline_messages(&host, &node).await {
+    let msgs = match core.storage().offline.offline_messages(&host, &node).await {
         Ok(m) if !m.is_empty() => m,
         Ok(_) => return,
         Err(e) => {
@@ -157,43 +164,29 @@ async fn deliver(core: Arc<Core>, jid: FullJid, busy: Busy) {
         }
     };
     // The session that sent the initial presence, and only that one.
-    let Some(h) = core.sm.get(&jid).filter(|h| h.priority.is_some()) else {
+    if core
+        .sessions()
+        .get(&jid)
+        .is_none_or(|h| h.priority.is_none())
+    {
         return;
-    };
-    let mut last = None;
-    let mut msgs = msgs.into_iter();
-    while let Some((id, xml, _)) = msgs.next() {
-        let Some(st) = restore(id, &xml, &jid) else {
-            last = Some(id);
-            continue;
-        };
-        match h.tx.try_send(SessionMsg::Stanza(Box::new(st))) {
-            Ok(()) => last = Some(id),
-            Err(TrySendError::Closed(_)) => break,
-            Err(TrySendError::Full(first)) => {
-                tokio::spawn(async move {
-                    let _busy = busy;
-                    let mut next = Some((id, first));
-                    while let Some((id, msg)) = next.take() {
-                        if h.tx.send(msg).await.is_err() {
-                            break;
-                        }
-                        last = Some(id);
-                        next = msgs.by_ref().find_map(|(id, xml, _)| {
-                            let st = restore(id, &xml, &jid);
-                            if st.is_none() {
-                                last = Some(id);
-                            }
-                            st.map(|st| (id, SessionMsg::Stanza(Box::new(st))))
-                        });
-                    }
-                    delete_upto(&core, &host, &node, last).await;
-                });
-                return;
-            }
-        }
     }
-    delete_upto(&core, &host, &node, last).await;
+    tokio::spawn(async move {
+        let _busy = busy;
+        let mut last = None;
+        for (id, xml, _) in msgs {
+            let Some(st) = restore(id, &xml, &jid) else {
+                last = Some(id);
+                continue;
+            };
+            if core.deliver_waiting(st).await.is_err() {
+                // The session went away (or stopped reading): the rest stays stored.
+                break;
+            }
+            last = Some(id);
+        }
+        delete_upto(&core, &host, &node, last).await;
+    });
 }
 
 /// A stored message as a stanza for `to`; `None` (logged) when unreadable.
@@ -217,10 +210,10 @@ fn restore(id: i64, xml: &str, to: &FullJid) -> Option<Stanza> {
     ))
 }
 
-async fn delete_upto(core: &Core, host: &str, node: &str, last: Option<i64>) {
+async fn delete_upto(core: &ModuleCx, host: &str, node: &str, last: Option<i64>) {
     if let Some(id) = last
         && let Err(e) = core
-            .storage
+            .storage()
             .offline
             .delete_offline_upto(host, node, id)
             .await

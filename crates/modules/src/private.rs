@@ -2,20 +2,31 @@
 
 use minidom::Element;
 use palaver_proto::error::{Condition, StanzaError};
-use palaver_server::{HostSetup, IqRequest, IqResult, IqScope, IqType, ModuleDef};
-use std::sync::Arc;
+use palaver_server::HookAction;
+use palaver_server::hooks::RemoveUser;
+use palaver_server::{HostSetup, IqRequest, IqResult, IqScope, IqType, Module, ModuleDef};
 
 /// `mod_private`.
-pub const MODULE: ModuleDef = ModuleDef {
-    name: "mod_private",
-    start,
-};
+pub struct Private;
+
+/// `mod_private` in the module registry.
+pub const MODULE: ModuleDef = ModuleDef::of::<Private>();
+
+impl Module for Private {
+    const NAME: &'static str = "mod_private";
+    type Options = Options;
+    fn start(host: &mut HostSetup, o: Options) -> Result<Self, String> {
+        start(host, o)?;
+        Ok(Private)
+    }
+}
 
 const NS_PRIVATE: &str = "jabber:iq:private";
 
+/// `mod_private` options.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Options {
+pub struct Options {
     /// Largest stored element in bytes.
     max_size: usize,
 }
@@ -26,8 +37,7 @@ impl Default for Options {
     }
 }
 
-fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
-    let o: Options = palaver_server::module::parse_options(opts)?;
+fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
     let max = o.max_size;
     host.add_feature(NS_PRIVATE);
     host.on_iq(
@@ -42,21 +52,13 @@ fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
         NS_PRIVATE,
         move |req| async move { handle(req, max, true).await },
     );
-    host.hook_remove_user(
-        50,
-        Arc::new(|core, host, user| {
-            Box::pin(async move {
-                if let Err(e) = core
-                    .storage
-                    .xml
-                    .remove_xml_user(&host, &user, "private:")
-                    .await
-                {
-                    tracing::warn!(error = %e, "removing private XML failed");
-                }
-            })
-        }),
-    );
+    host.hook_async::<RemoveUser, _>(50, |cx, a| async move {
+        let xml = &cx.storage().xml;
+        if let Err(e) = xml.remove_xml_user(&a.host, &a.user, "private:").await {
+            tracing::warn!(error = %e, "removing private XML failed");
+        }
+        HookAction::Continue
+    });
     Ok(())
 }
 
@@ -82,7 +84,7 @@ async fn handle(req: IqRequest, max: usize, set: bool) -> IqResult {
         );
     }
     let key = format!("private:{ns}:{}", item.name());
-    let store = &req.core.storage.xml;
+    let store = &req.cx.storage().xml;
     if set {
         let xml = palaver_proto::writer::to_string(item, "");
         if xml.len() > max {

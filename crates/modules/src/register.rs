@@ -7,24 +7,34 @@ use jid::BareJid;
 use minidom::Element;
 use palaver_proto::error::{Condition, ErrorType, StanzaError};
 use palaver_server::module::PreAuthIq;
-use palaver_server::{HostSetup, IqRequest, IqResult, IqScope, IqType, ModuleDef};
+use palaver_server::{HostSetup, IqRequest, IqResult, IqScope, IqType, Module, ModuleDef};
 use palaver_storage::StorageError;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// `mod_register`.
-pub const MODULE: ModuleDef = ModuleDef {
-    name: "mod_register",
-    start,
-};
+pub struct Register;
+
+/// `mod_register` in the module registry.
+pub const MODULE: ModuleDef = ModuleDef::of::<Register>();
+
+impl Module for Register {
+    const NAME: &'static str = "mod_register";
+    type Options = Options;
+    fn start(host: &mut HostSetup, o: Options) -> Result<Self, String> {
+        start(host, o)?;
+        Ok(Register)
+    }
+}
 
 const NS_REGISTER: &str = "jabber:iq:register";
 const NS_FEATURE: &str = "http://jabber.org/features/iq-register";
 
+/// `mod_register` options.
 #[derive(serde::Deserialize, Clone)]
 #[serde(deny_unknown_fields, default)]
-struct Options {
+pub struct Options {
     /// Access rule deciding who may register (denied when the rule is missing).
     access: String,
     /// Seconds between two registrations from one IP address (0: no limit).
@@ -48,8 +58,7 @@ struct State {
     last_by_ip: DashMap<IpAddr, Instant>,
 }
 
-fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
-    let o: Options = palaver_server::module::parse_options(opts)?;
+fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
     let state = Arc::new(State {
         opts: o,
         last_by_ip: DashMap::new(),
@@ -142,13 +151,23 @@ async fn pre_auth(s: Arc<State>, req: PreAuthIq) -> IqResult {
     if user.contains('@') || user.contains('/') {
         return Err(StanzaError::new(Condition::JidMalformed));
     }
-    if !req.core.config.access(&s.opts.access, bare.as_str(), false) {
+    if !req
+        .cx()
+        .config()
+        .access(&s.opts.access, bare.as_str(), false)
+    {
         return Err(StanzaError::new(Condition::NotAllowed).text("registration is closed"));
     }
     if password.chars().count() < s.opts.password_min_length.max(1) {
         return Err(StanzaError::new(Condition::NotAcceptable).text("password too short"));
     }
-    match req.core.storage.accounts.account_exists(&host, &node).await {
+    match req
+        .cx()
+        .storage()
+        .accounts
+        .account_exists(&host, &node)
+        .await
+    {
         Ok(false) => {}
         Ok(true) => return Err(StanzaError::new(Condition::Conflict)),
         Err(e) => return Err(internal(e)),
@@ -211,15 +230,15 @@ async fn create(
     node: &str,
     password: &str,
 ) -> Result<(), StanzaError> {
-    let iterations = req.core.config.scram_iterations;
+    let iterations = req.cx().config().scram_iterations;
     let pw = password.to_string();
     let creds =
         tokio::task::spawn_blocking(move || palaver_server::auth::derive_all(&pw, iterations))
             .await
             .map_err(|e| palaver_server::module::internal_error("deriving credentials", e))?;
     match req
-        .core
-        .storage
+        .cx()
+        .storage()
         .accounts
         .create_account(host, node, &creds)
         .await
@@ -228,7 +247,7 @@ async fn create(
         Err(StorageError::Conflict) => return Err(StanzaError::new(Condition::Conflict)),
         Err(e) => return Err(internal(e)),
     }
-    req.core.auth.remember(host, node, &creds, password);
+    req.cx().auth().remember(host, node, &creds, password);
     Ok(())
 }
 
@@ -244,7 +263,7 @@ async fn account_set(s: Arc<State>, req: IqRequest) -> IqResult {
         .ok_or_else(|| StanzaError::new(Condition::BadRequest))?;
     if q.has_child("remove", NS_REGISTER) {
         // Answer first, then remove: removal ends the session.
-        let core = req.core.clone();
+        let core = req.cx.clone();
         tokio::spawn(async move {
             tokio::task::yield_now().await;
             if let Err(e) = core.remove_user(&host, &node).await {
@@ -269,19 +288,19 @@ async fn account_set(s: Arc<State>, req: IqRequest) -> IqResult {
     if password.chars().count() < s.opts.password_min_length.max(1) {
         return Err(StanzaError::new(Condition::NotAcceptable).text("password too short"));
     }
-    let iterations = req.core.config.scram_iterations;
+    let iterations = req.cx.config().scram_iterations;
     let pw = password.clone();
     let creds =
         tokio::task::spawn_blocking(move || palaver_server::auth::derive_all(&pw, iterations))
             .await
             .map_err(|e| palaver_server::module::internal_error("deriving credentials", e))?;
-    req.core
-        .storage
+    req.cx
+        .storage()
         .accounts
         .set_credentials(&host, &node, &creds)
         .await
         .map_err(internal)?;
-    req.core.auth.forget(&host, &node);
-    req.core.auth.remember(&host, &node, &creds, &password);
+    req.cx.auth().forget(&host, &node);
+    req.cx.auth().remember(&host, &node, &creds, &password);
     Ok(None)
 }

@@ -7,15 +7,18 @@
 //! state of RFC 6121 Appendix A is represented.
 
 use dashmap::DashSet;
-use jid::{BareJid, FullJid, Jid};
+use jid::{BareJid, Jid};
 use minidom::Element;
 use palaver_proto::error::{Condition, StanzaError};
 use palaver_proto::ns;
 use palaver_proto::stanza::{Stanza, StanzaKind, set_attr};
-use palaver_server::core::Core;
-use palaver_server::module::{HookAction, PresenceEvent};
-use palaver_server::sm::SessionManager;
-use palaver_server::{HostSetup, IqRequest, IqResult, IqScope, IqType, ModuleDef};
+use palaver_server::hooks::{
+    PresenceBroadcast, PresenceIn, PresenceOut, RemoveUser, SessionClosed, SubscriptionOut,
+    UserSend,
+};
+use palaver_server::module::PresenceEvent;
+use palaver_server::{HookAction, ModuleCx};
+use palaver_server::{HostSetup, IqRequest, IqResult, IqScope, IqType, Module, ModuleDef};
 use palaver_storage::{RosterItem, Subscription};
 use std::sync::Arc;
 
@@ -23,14 +26,24 @@ use std::sync::Arc;
 pub const NS_ROSTER: &str = "jabber:iq:roster";
 
 /// `mod_roster`.
-pub const MODULE: ModuleDef = ModuleDef {
-    name: "mod_roster",
-    start,
-};
+pub struct Roster;
 
+/// `mod_roster` in the module registry.
+pub const MODULE: ModuleDef = ModuleDef::of::<Roster>();
+
+impl Module for Roster {
+    const NAME: &'static str = "mod_roster";
+    type Options = Options;
+    fn start(host: &mut HostSetup, o: Options) -> Result<Self, String> {
+        start(host, o)?;
+        Ok(Roster)
+    }
+}
+
+/// `mod_roster` options.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Options {
+pub struct Options {
     /// Most items a roster may hold.
     max_roster_size: usize,
     /// Offer roster versioning (XEP-0237).
@@ -53,8 +66,7 @@ struct State {
     interested: DashSet<String>,
 }
 
-fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
-    let o: Options = palaver_server::module::parse_options(opts)?;
+fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
     if o.max_roster_size == 0 {
         return Err("max_roster_size must be positive".into());
     }
@@ -82,45 +94,35 @@ fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
         v
     }));
     let s = state.clone();
-    host.hook_subscription_out(
-        50,
-        Arc::new(move |core, st| {
-            let s = s.clone();
-            Box::pin(async move { subscription_out(s, core, st).await })
-        }),
-    );
+    host.hook_async::<SubscriptionOut, _>(50, move |cx, st| {
+        let s = s.clone();
+        async move { subscription_out(s, cx, st).await }
+    });
     let s = state.clone();
-    host.hook_presence_in(
-        50,
-        Arc::new(move |core, st| {
-            let s = s.clone();
-            Box::pin(async move { presence_in(s, core, st).await })
-        }),
-    );
-    host.hook_presence_out(
-        50,
-        Arc::new(|core, jid, st, ev| {
-            Box::pin(async move { presence_out(core, jid, st, ev).await })
-        }),
-    );
+    host.hook_async::<PresenceIn, _>(50, move |cx, st| {
+        let s = s.clone();
+        async move { presence_in(s, cx, st).await }
+    });
+    host.hook_async::<PresenceOut, _>(50, |cx, p| async move {
+        presence_out(cx, p).await;
+        HookAction::Continue
+    });
     let s = state.clone();
-    host.hook_session_closed(
-        50,
-        Arc::new(move |_core, jid| {
-            s.interested.remove(jid.as_str());
-            Box::pin(async {})
-        }),
-    );
-    host.hook_remove_user(
-        50,
-        Arc::new(|core, host, user| {
-            Box::pin(async move {
-                if let Err(e) = core.storage.roster.remove_roster_user(&host, &user).await {
-                    tracing::warn!(error = %e, "removing roster failed");
-                }
-            })
-        }),
-    );
+    host.hook_async::<SessionClosed, _>(50, move |_cx, jid| {
+        s.interested.remove(jid.as_str());
+        async { HookAction::Continue }
+    });
+    host.hook_async::<RemoveUser, _>(50, |cx, a| async move {
+        if let Err(e) = cx
+            .storage()
+            .roster
+            .remove_roster_user(&a.host, &a.user)
+            .await
+        {
+            tracing::warn!(error = %e, "removing roster failed");
+        }
+        HookAction::Continue
+    });
     Ok(())
 }
 
@@ -167,8 +169,8 @@ async fn roster_get(s: Arc<State>, req: IqRequest) -> IqResult {
         && let Some(v) = &requested_ver
     {
         let current = req
-            .core
-            .storage
+            .cx
+            .storage()
             .roster
             .roster_version(&host, &user)
             .await
@@ -179,8 +181,8 @@ async fn roster_get(s: Arc<State>, req: IqRequest) -> IqResult {
         }
     }
     let (ver, items) = req
-        .core
-        .storage
+        .cx
+        .storage()
         .roster
         .roster(&host, &user)
         .await
@@ -221,8 +223,8 @@ async fn roster_set(s: Arc<State>, req: IqRequest) -> IqResult {
     if contact == format!("{user}@{host}") {
         return Err(StanzaError::new(Condition::NotAllowed).text("you cannot add yourself"));
     }
-    let core = req.core.clone();
-    let store = &core.storage.roster;
+    let core = req.cx.clone();
+    let store = &core.storage().roster;
     let existing = store
         .roster_item(&host, &user, &contact)
         .await
@@ -305,8 +307,8 @@ fn presence(from: Jid, to: Jid, kind: &str) -> Stanza {
 }
 
 /// Roster push to every interested resource of `user` (RFC 6121 §2.1.6).
-fn push(s: &State, core: &Arc<Core>, user: &BareJid, item: Element, ver: i64) {
-    for h in core.sm.sessions(user) {
+fn push(s: &State, core: &ModuleCx, user: &BareJid, item: Element, ver: i64) {
+    for h in core.sessions().sessions(user) {
         let Ok(full) = user.with_resource_str(&h.resource) else {
             continue;
         };
@@ -322,13 +324,12 @@ fn push(s: &State, core: &Arc<Core>, user: &BareJid, item: Element, ver: i64) {
         set_attr(&mut el, "type", "set");
         set_attr(&mut el, "id", format!("push{}", rand_id()));
         el.append_child(q);
-        let st = Stanza::new(
+        core.route(Stanza::new(
             StanzaKind::Iq,
             Jid::from(user.clone()),
             Some(Jid::from(full)),
             el,
-        );
-        let _ = SessionManager::deliver(&h, st);
+        ));
     }
 }
 
@@ -339,18 +340,19 @@ fn rand_id() -> u64 {
 }
 
 /// Deliver `st` to every available resource of `user`.
-fn deliver_available(core: &Arc<Core>, user: &BareJid, st: &Stanza) {
-    for h in core.sm.sessions(user) {
-        if h.priority.is_some() {
-            let _ = SessionManager::deliver(&h, st.clone());
-        }
+fn deliver_available(core: &ModuleCx, user: &BareJid, st: &Stanza) {
+    for h in core.sessions().available(user) {
+        let Ok(full) = user.with_resource_str(&h.resource) else {
+            continue;
+        };
+        core.deliver_to(&full, st.clone());
     }
 }
 
 /// Send the current presence of every available resource of `user` to `to`
 /// (after an approval), or unavailable presence (after a cancellation).
-fn send_presence_of(core: &Arc<Core>, user: &BareJid, to: &Jid, available: bool) {
-    for h in core.sm.sessions(user) {
+fn send_presence_of(core: &ModuleCx, user: &BareJid, to: &Jid, available: bool) {
+    for h in core.sessions().sessions(user) {
         let (Some(_), Some(p)) = (h.priority, h.presence.as_ref()) else {
             continue;
         };
@@ -376,21 +378,21 @@ fn split(bare: &BareJid) -> Option<(String, String)> {
 }
 
 /// RFC 6121 §3 and Appendix A.2: subscription presence sent by a local user.
-async fn subscription_out(s: Arc<State>, core: Arc<Core>, st: Stanza) -> bool {
+async fn subscription_out(s: Arc<State>, core: ModuleCx, st: Stanza) -> HookAction {
     let Some(to) = st.to.clone() else {
-        return false;
+        return HookAction::Continue;
     };
     let me = st.from.to_bare();
     let Some((host, user)) = split(&me) else {
-        return false;
+        return HookAction::Continue;
     };
     let contact_jid = to.to_bare();
     let contact = contact_jid.to_string();
     if contact == me.to_string() {
-        return true;
+        return HookAction::Drop;
     }
     let kind = st.type_attr().unwrap_or("").to_string();
-    let store = &core.storage.roster;
+    let store = &core.storage().roster;
     let existing = match store.roster_item(&host, &user, &contact).await {
         Ok(e) => e,
         Err(e) => {
@@ -400,7 +402,7 @@ async fn subscription_out(s: Arc<State>, core: Arc<Core>, st: Stanza) -> bool {
                 Condition::InternalServerError,
                 Some(Jid::from(me.clone())),
             );
-            return true;
+            return HookAction::Drop;
         }
     };
     let pending_in = match store.pending_in(&host, &user).await {
@@ -423,10 +425,10 @@ async fn subscription_out(s: Arc<State>, core: Arc<Core>, st: Stanza) -> bool {
                         let err = StanzaError::new(Condition::PolicyViolation)
                             .text(format!("roster is full ({} items)", s.max));
                         core.bounce_with(&st, err, Some(Jid::from(me.clone())));
-                        return true;
+                        return HookAction::Drop;
                     }
                     Ok(_) => {}
-                    Err(_) => return true,
+                    Err(_) => return HookAction::Drop,
                 }
             }
             if !item.subscription.has_to() && !item.ask {
@@ -489,7 +491,7 @@ async fn subscription_out(s: Arc<State>, core: Arc<Core>, st: Stanza) -> bool {
                 send_presence_of(&core, &me, &Jid::from(contact_jid.clone()), false);
             }
         }
-        _ => return false,
+        _ => return HookAction::Continue,
     }
     if changed && (existing.is_some() || kind == "subscribe" || kind == "subscribed") {
         match store.put_roster_item(&host, &user, &item).await {
@@ -501,7 +503,7 @@ async fn subscription_out(s: Arc<State>, core: Arc<Core>, st: Stanza) -> bool {
                     Condition::InternalServerError,
                     Some(Jid::from(me.clone())),
                 );
-                return true;
+                return HookAction::Drop;
             }
         }
     }
@@ -512,24 +514,24 @@ async fn subscription_out(s: Arc<State>, core: Arc<Core>, st: Stanza) -> bool {
         // The new subscriber gets our current presence (§3.1.5).
         send_presence_of(&core, &me, &Jid::from(contact_jid), true);
     }
-    true
+    HookAction::Drop
 }
 
 /// RFC 6121 Appendix A.3 and §4.3: subscription presence and probes to a local user.
-async fn presence_in(s: Arc<State>, core: Arc<Core>, st: Stanza) -> bool {
+async fn presence_in(s: Arc<State>, core: ModuleCx, st: Stanza) -> HookAction {
     let Some(to) = st.to.clone() else {
-        return false;
+        return HookAction::Continue;
     };
     let user_jid = to.to_bare();
     let Some((host, user)) = split(&user_jid) else {
-        return false;
+        return HookAction::Continue;
     };
     let from_bare = st.from.to_bare();
     let contact = from_bare.to_string();
     let kind = st.type_attr().unwrap_or("").to_string();
-    let store = &core.storage.roster;
+    let store = &core.storage().roster;
     let exists = core
-        .storage
+        .storage()
         .accounts
         .account_exists(&host, &user)
         .await
@@ -542,13 +544,13 @@ async fn presence_in(s: Arc<State>, core: Arc<Core>, st: Stanza) -> bool {
                 "unsubscribed",
             ));
         }
-        return true;
+        return HookAction::Drop;
     }
     let existing = match store.roster_item(&host, &user, &contact).await {
         Ok(e) => e,
         Err(e) => {
             tracing::warn!(error = %e, "roster lookup failed");
-            return true;
+            return HookAction::Drop;
         }
     };
     let mut item = existing
@@ -562,7 +564,7 @@ async fn presence_in(s: Arc<State>, core: Arc<Core>, st: Stanza) -> bool {
         "probe" => {
             if item.subscription.has_from() {
                 let mut any = false;
-                for h in core.sm.sessions(&user_jid) {
+                for h in core.sessions().sessions(&user_jid) {
                     let (Some(_), Some(p)) = (h.priority, h.presence.as_ref()) else {
                         continue;
                     };
@@ -576,7 +578,7 @@ async fn presence_in(s: Arc<State>, core: Arc<Core>, st: Stanza) -> bool {
                         Some(st.from.clone()),
                         (**p).clone(),
                     );
-                    if core.run_user_send(&full, &mut reply) == HookAction::Continue {
+                    if core.run_hook::<UserSend>(Some(&full), &mut reply) == HookAction::Continue {
                         core.route(reply);
                     }
                 }
@@ -669,19 +671,24 @@ async fn presence_in(s: Arc<State>, core: Arc<Core>, st: Stanza) -> bool {
                 deliver_available(&core, &user_jid, &delivered);
             }
         }
-        _ => return false,
+        _ => return HookAction::Continue,
     }
-    true
+    HookAction::Drop
 }
 
 /// Broadcast a session's presence to contacts (RFC 6121 §4.2–4.5); on the
 /// first presence also probe contacts and redeliver pending requests.
-async fn presence_out(core: Arc<Core>, session: FullJid, st: Stanza, ev: PresenceEvent) {
+async fn presence_out(core: ModuleCx, p: PresenceBroadcast) {
+    let PresenceBroadcast {
+        session,
+        stanza: st,
+        event: ev,
+    } = p;
     let bare = session.to_bare();
     let Some((host, user)) = split(&bare) else {
         return;
     };
-    let items = match core.storage.roster.roster(&host, &user).await {
+    let items = match core.storage().roster.roster(&host, &user).await {
         Ok((_, items)) => items,
         Err(e) => {
             tracing::warn!(error = %e, "roster lookup failed");
@@ -693,7 +700,7 @@ async fn presence_out(core: Arc<Core>, session: FullJid, st: Stanza, ev: Presenc
         if it.subscription.has_from() {
             let mut copy = st.clone();
             copy.set_to(Some(cj.clone()));
-            if core.run_user_send(&session, &mut copy) == HookAction::Continue {
+            if core.run_hook::<UserSend>(Some(&session), &mut copy) == HookAction::Continue {
                 core.route(copy);
             }
         }
@@ -703,9 +710,7 @@ async fn presence_out(core: Arc<Core>, session: FullJid, st: Stanza, ev: Presenc
     }
     if ev == PresenceEvent::Initial {
         // Pending inbound subscription requests are delivered at each login (§3.1.3).
-        if let Ok(pending) = core.storage.roster.pending_in(&host, &user).await
-            && let Some(h) = core.sm.get(&session)
-        {
+        if let Ok(pending) = core.storage().roster.pending_in(&host, &user).await {
             for (from, xml) in pending {
                 let Ok(mut el) = xml.parse::<Element>() else {
                     continue;
@@ -713,7 +718,7 @@ async fn presence_out(core: Arc<Core>, session: FullJid, st: Stanza, ev: Presenc
                 let Ok(fj) = Jid::new(&from) else { continue };
                 set_attr(&mut el, "to", bare.as_str());
                 let st = Stanza::new(StanzaKind::Presence, fj, Some(Jid::from(bare.clone())), el);
-                let _ = SessionManager::deliver(&h, st);
+                core.deliver_to(&session, st);
             }
         }
     }

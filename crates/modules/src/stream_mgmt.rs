@@ -5,17 +5,27 @@
 //! deferred for it.
 
 use palaver_server::c2s::StreamMgmtConfig;
-use palaver_server::{HostSetup, ModuleDef};
+use palaver_server::{HostSetup, Module, ModuleDef};
 
 /// `mod_stream_mgmt`.
-pub const MODULE: ModuleDef = ModuleDef {
-    name: "mod_stream_mgmt",
-    start,
-};
+pub struct StreamMgmt;
 
+/// `mod_stream_mgmt` in the module registry.
+pub const MODULE: ModuleDef = ModuleDef::of::<StreamMgmt>();
+
+impl Module for StreamMgmt {
+    const NAME: &'static str = "mod_stream_mgmt";
+    type Options = Options;
+    fn start(host: &mut HostSetup, o: Options) -> Result<Self, String> {
+        start(host, o)?;
+        Ok(StreamMgmt)
+    }
+}
+
+/// `mod_stream_mgmt` options.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Options {
+pub struct Options {
     /// Most unacknowledged stanzas to a client before its stream is closed.
     max_ack_queue: usize,
     /// Seconds a session that lost its connection waits to be resumed
@@ -32,8 +42,7 @@ impl Default for Options {
     }
 }
 
-fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
-    let o: Options = palaver_server::module::parse_options(opts)?;
+fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
     if o.max_ack_queue == 0 {
         return Err("max_ack_queue must be at least 1".into());
     }

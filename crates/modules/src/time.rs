@@ -2,20 +2,24 @@
 
 use minidom::Element;
 use palaver_proto::ns;
-use palaver_server::{HostSetup, ModuleDef};
+use palaver_server::{HostSetup, Module, ModuleDef, NoOptions};
 
 /// `mod_time`.
-pub const MODULE: ModuleDef = ModuleDef {
-    name: "mod_time",
-    start,
-};
+pub struct Time;
 
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct Options {}
+/// `mod_time` in the module registry.
+pub const MODULE: ModuleDef = ModuleDef::of::<Time>();
 
-fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
-    palaver_server::module::parse_options::<Options>(opts)?;
+impl Module for Time {
+    const NAME: &'static str = "mod_time";
+    type Options = NoOptions;
+    fn start(host: &mut HostSetup, _: NoOptions) -> Result<Self, String> {
+        start(host)?;
+        Ok(Time)
+    }
+}
+
+fn start(host: &mut HostSetup) -> Result<(), String> {
     host.add_feature(ns::TIME);
     host.on_iq_get(ns::TIME, |_req| async {
         let now = std::time::SystemTime::now()

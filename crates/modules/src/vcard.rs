@@ -5,23 +5,34 @@ use dashmap::DashMap;
 use minidom::Element;
 use palaver_proto::error::{Condition, StanzaError};
 use palaver_proto::stanza::StanzaKind;
-use palaver_server::module::HookAction;
-use palaver_server::{HostSetup, IqRequest, IqResult, IqScope, IqType, ModuleDef};
+use palaver_server::HookAction;
+use palaver_server::hooks::{RemoveUser, SessionBound, SessionClosed, UserSend};
+use palaver_server::{HostSetup, IqRequest, IqResult, IqScope, IqType, Module, ModuleDef};
 use sha1::Digest;
 use std::sync::Arc;
 
 /// `mod_vcard`.
-pub const MODULE: ModuleDef = ModuleDef {
-    name: "mod_vcard",
-    start,
-};
+pub struct Vcard;
+
+/// `mod_vcard` in the module registry.
+pub const MODULE: ModuleDef = ModuleDef::of::<Vcard>();
+
+impl Module for Vcard {
+    const NAME: &'static str = "mod_vcard";
+    type Options = Options;
+    fn start(host: &mut HostSetup, o: Options) -> Result<Self, String> {
+        start(host, o)?;
+        Ok(Vcard)
+    }
+}
 
 const NS_VCARD: &str = "vcard-temp";
 const NS_UPDATE: &str = "vcard-temp:x:update";
 
+/// `mod_vcard` options.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Options {
+pub struct Options {
     /// Largest vCard in bytes.
     max_size: usize,
 }
@@ -35,8 +46,7 @@ impl Default for Options {
 /// Bare JID of an online user with a photo → SHA-1 hex of the photo.
 type Hashes = DashMap<String, String>;
 
-fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
-    let o: Options = palaver_server::module::parse_options(opts)?;
+fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
     let max = o.max_size;
     let hashes: Arc<Hashes> = Arc::new(DashMap::new());
     host.add_feature(NS_VCARD);
@@ -50,79 +60,68 @@ fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
         Ok(Some(Element::bare("vCard", NS_VCARD)))
     });
     let h = hashes.clone();
-    host.hook_session_bound(
-        50,
-        Arc::new(move |core, jid| {
-            let h = h.clone();
-            Box::pin(async move {
-                let bare = jid.to_bare();
-                let Some(node) = bare.node() else { return };
-                let xml = core
-                    .storage
-                    .xml
-                    .get_xml(bare.domain().as_str(), node.as_str(), "vcard")
-                    .await;
-                let hash = match xml {
-                    Ok(Some(x)) => x.parse::<Element>().ok().and_then(|v| photo_hash(&v)),
-                    Ok(None) => None,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "loading a vCard failed");
-                        None
-                    }
-                };
-                if let Some(hash) = hash {
-                    h.insert(bare.to_string(), hash);
+    host.hook_async::<SessionBound, _>(50, move |cx, jid| {
+        let h = h.clone();
+        async move {
+            let bare = jid.to_bare();
+            let Some(node) = bare.node() else {
+                return HookAction::Continue;
+            };
+            let xml = cx
+                .storage()
+                .xml
+                .get_xml(bare.domain().as_str(), node.as_str(), "vcard")
+                .await;
+            let hash = match xml {
+                Ok(Some(x)) => x.parse::<Element>().ok().and_then(|v| photo_hash(&v)),
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "loading a vCard failed");
+                    None
                 }
-            })
-        }),
-    );
+            };
+            if let Some(hash) = hash {
+                h.insert(bare.to_string(), hash);
+            }
+            HookAction::Continue
+        }
+    });
     // Forget the hash when the user's last session is gone (the table holds
     // online users only). The check runs under the map's shard lock, so a
     // session bound meanwhile keeps (or re-inserts) its entry.
     let h = hashes.clone();
-    host.hook_session_closed(
-        50,
-        Arc::new(move |core, jid| {
-            let bare = jid.to_bare();
-            h.remove_if(bare.as_str(), |_, _| !core.sm.has_sessions(&bare));
-            Box::pin(async {})
-        }),
-    );
+    host.hook_async::<SessionClosed, _>(50, move |cx, jid| {
+        let bare = jid.to_bare();
+        h.remove_if(bare.as_str(), |_, _| !cx.sessions().has_sessions(&bare));
+        async { HookAction::Continue }
+    });
     let h = hashes.clone();
-    host.hook_user_send(
-        50,
-        Arc::new(move |ctx, st| {
-            if st.kind == StanzaKind::Presence
-                && matches!(st.type_attr(), None | Some("unavailable"))
-                && !st.el.has_child("x", NS_UPDATE)
-                && let Some(hash) = h.get(ctx.session_jid.to_bare().as_str())
-            {
-                st.el.append_child(
-                    Element::builder("x", NS_UPDATE)
-                        .append(Element::builder("photo", NS_UPDATE).append(hash.as_str()))
-                        .build(),
-                );
+    host.hook::<UserSend>(50, move |cx, st| {
+        if st.kind == StanzaKind::Presence
+            && matches!(st.type_attr(), None | Some("unavailable"))
+            && !st.el.has_child("x", NS_UPDATE)
+            && let Some(me) = cx.session()
+            && let Some(hash) = h.get(me.to_bare().as_str())
+        {
+            st.el.append_child(
+                Element::builder("x", NS_UPDATE)
+                    .append(Element::builder("photo", NS_UPDATE).append(hash.as_str()))
+                    .build(),
+            );
+        }
+        HookAction::Continue
+    });
+    let h = hashes;
+    host.hook_async::<RemoveUser, _>(50, move |cx, a| {
+        h.remove(&format!("{}@{}", a.user, a.host));
+        async move {
+            let xml = &cx.storage().xml;
+            if let Err(e) = xml.remove_xml_user(&a.host, &a.user, "vcard").await {
+                tracing::warn!(error = %e, "removing a vCard failed");
             }
             HookAction::Continue
-        }),
-    );
-    let h = hashes;
-    host.hook_remove_user(
-        50,
-        Arc::new(move |core, host, user| {
-            h.remove(&format!("{user}@{host}"));
-            Box::pin(async move {
-                if let Err(e) = core
-                    .storage
-                    .xml
-                    .remove_xml_user(&host, &user, "vcard")
-                    .await
-                {
-                    tracing::warn!(error = %e, "removing a vCard failed");
-                }
-            })
-        }),
-    );
+        }
+    });
     Ok(())
 }
 
@@ -159,8 +158,8 @@ fn internal(e: palaver_storage::StorageError) -> StanzaError {
 async fn get(req: IqRequest) -> IqResult {
     let (host, user) = target(&req)?;
     if !req
-        .core
-        .storage
+        .cx
+        .storage()
         .accounts
         .account_exists(&host, &user)
         .await
@@ -169,8 +168,8 @@ async fn get(req: IqRequest) -> IqResult {
         return Err(StanzaError::new(Condition::ServiceUnavailable));
     }
     match req
-        .core
-        .storage
+        .cx
+        .storage()
         .xml
         .get_xml(&host, &user, "vcard")
         .await
@@ -199,8 +198,8 @@ async fn set(req: IqRequest, max: usize, hashes: Arc<Hashes>) -> IqResult {
         return Err(StanzaError::new(Condition::NotAcceptable)
             .text(format!("vCard larger than {max} bytes")));
     }
-    req.core
-        .storage
+    req.cx
+        .storage()
         .xml
         .set_xml(&host, &user, "vcard", &xml)
         .await

@@ -2,24 +2,33 @@
 
 use minidom::Element;
 use palaver_proto::ns;
-use palaver_server::{HostSetup, ModuleDef};
+use palaver_server::{HostSetup, Module, ModuleDef};
 
 /// `mod_version`.
-pub const MODULE: ModuleDef = ModuleDef {
-    name: "mod_version",
-    start,
-};
+pub struct Version;
 
+/// `mod_version` in the module registry.
+pub const MODULE: ModuleDef = ModuleDef::of::<Version>();
+
+impl Module for Version {
+    const NAME: &'static str = "mod_version";
+    type Options = Options;
+    fn start(host: &mut HostSetup, o: Options) -> Result<Self, String> {
+        start(host, o)?;
+        Ok(Version)
+    }
+}
+
+/// `mod_version` options.
 #[derive(serde::Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct Options {
+pub struct Options {
     /// Include the operating system (off by default: it helps attackers).
     #[serde(default)]
     show_os: bool,
 }
 
-fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
-    let o: Options = palaver_server::module::parse_options(opts)?;
+fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
     host.add_feature(ns::VERSION);
     let show_os = o.show_os;
     host.on_iq_get(ns::VERSION, move |_req| async move {

@@ -119,6 +119,20 @@ pub fn scope<F: std::future::Future>(
     CURRENT.scope((tracker, seq), fut)
 }
 
+/// Run `fut` holding `ticket` (if any), so that work it defers in turn
+/// takes tickets for the same stanza ([`current`] works inside it).
+pub async fn with_ticket<F: std::future::Future>(ticket: Option<Ticket>, fut: F) -> F::Output {
+    match ticket {
+        Some(t) => {
+            let scope_of = (t.tracker.clone(), t.seq);
+            let out = CURRENT.scope(scope_of, fut).await;
+            drop(t);
+            out
+        }
+        None => fut.await,
+    }
+}
+
 /// A ticket for the stanza being handled by the current task, if its session
 /// tracks acknowledgements. Call it where work is handed to another task and
 /// move the ticket along with that work.
@@ -138,7 +152,7 @@ mod tests {
         assert_eq!(t.handled(3), 3);
         let a = scope(t.clone(), 4, async { current() }).await;
         let b = scope(t.clone(), 6, async { current() }).await;
-        let b2 = b.as_ref().map(Ticket::clone);
+        let b2 = b.clone();
         assert_eq!(t.handled(7), 3);
         drop(a);
         assert_eq!(t.handled(7), 5);

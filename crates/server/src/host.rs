@@ -1,14 +1,20 @@
 //! A virtual host: its name and what its modules registered.
 
 use crate::config::{Config, ConfigError};
-use crate::module::{HostSetup, Identity, IqHandler, IqScope, IqType, ModuleDef, Registrations};
-use std::sync::Arc;
+use crate::hooks::Hooks;
+use crate::module::{
+    HostSetup, HttpRoute, Identity, IqHandler, IqScope, IqType, ModuleCx, ModuleDef, Registrations,
+    ServiceHandler,
+};
+use std::sync::{Arc, Mutex};
 
-/// One served domain. Immutable once started.
+/// One served domain. Its registrations are immutable once started.
 pub struct Host {
     /// Domain name.
     pub name: String,
     pub(crate) regs: Registrations,
+    /// Background tasks of the modules, while they run.
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 impl Host {
@@ -29,12 +35,13 @@ impl Host {
                 )
             })?;
             setup.begin_module(def.name);
-            (def.start)(&mut setup, &m.options)
+            def.start(&mut setup, &m.options)
                 .map_err(|e| ConfigError::at(&format!("modules.{}", m.name), m.line, e))?;
         }
         Ok(Arc::new(Host {
             name: name.to_string(),
             regs: setup.finish(),
+            tasks: Mutex::new(Vec::new()),
         }))
     }
 
@@ -58,6 +65,11 @@ impl Host {
         self.regs.modules.iter().any(|m| m == name)
     }
 
+    /// The hook handlers of this host.
+    pub fn hooks(&self) -> &Hooks {
+        &self.regs.hooks
+    }
+
     pub(crate) fn iq_handler(&self, scope: IqScope, kind: IqType, ns: &str) -> Option<IqHandler> {
         // Avoid allocating a key String on lookup for the common miss/hit path.
         self.regs
@@ -67,9 +79,9 @@ impl Host {
             .map(|(_, h)| h.clone())
     }
 
-    /// Service subdomains registered by modules.
-    pub fn services(&self) -> &[String] {
-        &self.regs.services
+    /// Service subdomains registered by modules, in registration order.
+    pub fn services(&self) -> Vec<String> {
+        self.regs.services.iter().map(|(d, _)| d.clone()).collect()
     }
 
     pub(crate) fn service_iq_handler(
@@ -78,15 +90,52 @@ impl Host {
         kind: IqType,
         ns: &str,
     ) -> Option<IqHandler> {
-        self.regs
-            .service_iq
+        let (_, svc) = self.regs.services.iter().find(|(d, _)| d == domain)?;
+        svc.iq
             .iter()
-            .find(|((d, k, n), _)| d == domain && *k == kind && n == ns)
+            .find(|((k, n), _)| *k == kind && n == ns)
             .map(|(_, h)| h.clone())
+    }
+
+    pub(crate) fn service_handler(&self, domain: &str) -> Option<ServiceHandler> {
+        let (_, svc) = self.regs.services.iter().find(|(d, _)| d == domain)?;
+        svc.stanzas.clone()
     }
 
     /// Whether any module handles IQs in `ns` for `scope`.
     pub fn handles_iq_ns(&self, scope: IqScope, ns: &str) -> bool {
         self.regs.iq.keys().any(|(s, _, n)| *s == scope && n == ns)
+    }
+
+    /// HTTP routes the modules registered.
+    pub fn http_routes(&self) -> &[HttpRoute] {
+        &self.regs.http
+    }
+
+    /// Start the modules' background tasks (once, when the server runs).
+    pub(crate) fn start_tasks(&self, cx: &ModuleCx) {
+        let Ok(mut handles) = self.tasks.lock() else {
+            return;
+        };
+        let Ok(mut pending) = self.regs.tasks_to_start.lock() else {
+            return;
+        };
+        for (module, task) in pending.drain(..) {
+            tracing::debug!(host = %self.name, module, "module task started");
+            handles.push(tokio::spawn(task(cx.clone())).abort_handle());
+        }
+    }
+
+    /// Stop the modules: each module's `stop`, then its tasks are cancelled.
+    pub(crate) fn stop_modules(&self, cx: &ModuleCx) {
+        for (name, m) in &self.regs.instances {
+            tracing::debug!(host = %self.name, module = name, "stopping module");
+            m.stop(cx);
+        }
+        if let Ok(mut handles) = self.tasks.lock() {
+            for h in handles.drain(..) {
+                h.abort();
+            }
+        }
     }
 }

@@ -6,15 +6,20 @@ pub mod auth;
 pub mod c2s;
 pub mod config;
 pub mod core;
+pub mod hooks;
 pub mod host;
 pub mod module;
 pub mod piefxis;
+pub mod router;
+pub mod serial;
 pub mod server;
 pub mod sm;
 pub mod tls;
-pub mod upload;
 
 pub use crate::core::Core;
 pub use config::{Config, ConfigError};
-pub use module::{HostSetup, IqRequest, IqResult, IqScope, IqType, ModuleDef};
+pub use hooks::{HookAction, HookCx};
+pub use module::{
+    HostSetup, IqRequest, IqResult, IqScope, IqType, Module, ModuleCx, ModuleDef, NoOptions,
+};
 pub use server::{RunningServer, Server};

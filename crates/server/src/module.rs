@@ -1,12 +1,21 @@
-//! The module API: what a feature module registers on a virtual host.
+//! The module API: what a feature module is and what it registers on a
+//! virtual host.
 //!
-//! A module is a function that receives a [`HostSetup`] and its options,
-//! and registers declaratively: disco features and identities, IQ handlers
-//! by namespace, hooks with priorities, stream features. Modules never
-//! import each other; disco, the router and account removal find their
-//! registrations here.
+//! A module is a type implementing [`Module`]: a name, a `serde` options
+//! struct (parsed once, with defaults; a bad option is a config error) and a
+//! `start` that registers declaratively on a [`HostSetup`]: disco features
+//! and identities, IQ handlers by namespace, hooks with priorities
+//! ([`crate::hooks`]), stream features, service subdomains that receive every
+//! stanza kind, HTTP routes, and background tasks that `stop` ends. Modules
+//! never import each other, and never reach a session but through the
+//! router: at run time they act through a [`ModuleCx`] (route, session
+//! queries, storage, config, spawn holding the stanza's ticket).
+//!
+//! `docs/architecture.md` has a complete small example.
 
 use crate::core::Core;
+use crate::hooks::{AsyncHook, HookCx, SyncHook};
+use crate::host::Host;
 use futures_util::future::BoxFuture;
 use minidom::Element;
 use palaver_proto::error::{Condition, StanzaError};
@@ -15,6 +24,8 @@ use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+pub use crate::hooks::HookAction;
+
 /// Result of an IQ handler: a result payload (or none), or a stanza error.
 pub type IqResult = Result<Option<Element>, StanzaError>;
 
@@ -22,10 +33,8 @@ pub type IqResult = Result<Option<Element>, StanzaError>;
 pub struct IqRequest {
     /// The request stanza (`from` stamped, `to` set).
     pub stanza: Stanza,
-    /// The server core (router, storage, hosts).
-    pub core: Arc<Core>,
-    /// The virtual host the request was addressed to.
-    pub host: Arc<crate::host::Host>,
+    /// The module context of the host (or service) it was addressed to.
+    pub cx: ModuleCx,
 }
 
 impl IqRequest {
@@ -75,42 +84,17 @@ pub enum IqType {
     Set,
 }
 
-/// What a stanza hook decides.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HookAction {
-    /// Let the stanza go on.
-    Continue,
-    /// Stop: the hook consumed or dropped the stanza.
-    Drop,
-}
-
-/// Context a stanza hook runs in.
-pub struct HookCtx<'a> {
-    /// Server core.
-    pub core: &'a Arc<Core>,
-    /// The session's full JID.
-    pub session_jid: &'a jid::FullJid,
-}
-
-/// A synchronous stanza hook (hot path: no storage, no awaiting).
-pub type StanzaHook = Arc<dyn Fn(&HookCtx<'_>, &mut Stanza) -> HookAction + Send + Sync>;
-/// Called for a message that found no available resource; returns `true` when it took the message.
-pub type OfflineHook = Arc<dyn Fn(Arc<Core>, Stanza) -> BoxFuture<'static, bool> + Send + Sync>;
-/// Called when an account is removed, to delete the module's data.
-pub type RemoveUserHook =
-    Arc<dyn Fn(Arc<Core>, String, String) -> BoxFuture<'static, ()> + Send + Sync>;
 /// Adds elements to c2s stream features.
 pub type FeatureHook = Arc<dyn Fn(&crate::host::Host) -> Vec<Element> + Send + Sync>;
-/// An async stanza hook: returns `true` when it took the stanza.
-pub type AsyncStanzaHook = Arc<dyn Fn(Arc<Core>, Stanza) -> BoxFuture<'static, bool> + Send + Sync>;
-/// A presence broadcast by a local session (initial, update or unavailable).
-pub type PresenceOutHook = Arc<
-    dyn Fn(Arc<Core>, jid::FullJid, Stanza, PresenceEvent) -> BoxFuture<'static, ()> + Send + Sync,
->;
-/// A session event (bound, closed).
-pub type SessionHook = Arc<dyn Fn(Arc<Core>, jid::FullJid) -> BoxFuture<'static, ()> + Send + Sync>;
 /// An IQ before authentication (in-band registration).
 pub type PreAuthIqHook = Arc<dyn Fn(PreAuthIq) -> BoxFuture<'static, IqResult> + Send + Sync>;
+/// Handles every stanza addressed to a service subdomain that no IQ handler
+/// took (messages, presence, other IQs). Runs on the router's path: queue or
+/// spawn anything that waits.
+pub type ServiceHandler = Arc<dyn Fn(&ModuleCx, Stanza) + Send + Sync>;
+/// Builds a module's HTTP route once the server runs.
+pub type HttpRouteFn = Arc<dyn Fn(ModuleCx) -> axum::routing::MethodRouter + Send + Sync>;
+type TaskFn = Box<dyn FnOnce(ModuleCx) -> BoxFuture<'static, ()> + Send>;
 
 /// A pre-authentication IQ request on a c2s stream.
 pub struct PreAuthIq {
@@ -124,6 +108,16 @@ pub struct PreAuthIq {
     pub peer: std::net::SocketAddr,
     /// Whether the stream is encrypted.
     pub secure: bool,
+}
+
+impl PreAuthIq {
+    /// The module context of the stream's host.
+    pub fn cx(&self) -> ModuleCx {
+        ModuleCx {
+            core: self.core.clone(),
+            host: self.host.clone(),
+        }
+    }
 }
 
 /// Kind of presence broadcast.
@@ -148,29 +142,46 @@ pub struct Identity {
     pub name: Option<String>,
 }
 
-/// Everything the enabled modules registered on one host, sorted by priority.
-#[derive(Default, Clone)]
+/// A service subdomain (e.g. `upload.example.org`) served by a module.
+#[derive(Default)]
+pub(crate) struct ServiceRegs {
+    pub(crate) iq: HashMap<(IqType, String), IqHandler>,
+    pub(crate) stanzas: Option<ServiceHandler>,
+}
+
+/// A module's HTTP route.
+#[derive(Clone)]
+pub struct HttpRoute {
+    /// Path pattern (axum syntax, e.g. `/upload/{a}/{b}`).
+    pub path: String,
+    /// Module that registered it.
+    pub module: &'static str,
+    pub(crate) make: HttpRouteFn,
+}
+
+impl HttpRoute {
+    /// Build the route's handler for a running server.
+    pub fn build(&self, cx: ModuleCx) -> axum::routing::MethodRouter {
+        (self.make)(cx)
+    }
+}
+
+/// Everything the enabled modules registered on one host.
+#[derive(Default)]
 pub struct Registrations {
     pub(crate) features: Vec<String>,
     pub(crate) identities: Vec<Identity>,
     pub(crate) iq: HashMap<(IqScope, IqType, String), IqHandler>,
-    pub(crate) user_send: Vec<(i32, StanzaHook)>,
-    pub(crate) user_receive: Vec<(i32, StanzaHook)>,
-    pub(crate) offline: Vec<(i32, OfflineHook)>,
-    pub(crate) remove_user: Vec<(i32, RemoveUserHook)>,
+    pub(crate) hooks: crate::hooks::Hooks,
     pub(crate) stream_features: Vec<FeatureHook>,
     pub(crate) pre_auth_features: Vec<FeatureHook>,
     pub(crate) pre_auth_iq: HashMap<String, PreAuthIqHook>,
-    pub(crate) presence_in: Vec<(i32, AsyncStanzaHook)>,
-    pub(crate) subscription_out: Vec<(i32, AsyncStanzaHook)>,
-    pub(crate) host_message: Vec<(i32, AsyncStanzaHook)>,
-    pub(crate) presence_out: Vec<(i32, PresenceOutHook)>,
-    pub(crate) session_bound: Vec<(i32, SessionHook)>,
-    pub(crate) session_closed: Vec<(i32, SessionHook)>,
     pub(crate) modules: Vec<String>,
-    /// Service subdomains (upload.example.org…) and their IQ handlers.
-    pub(crate) services: Vec<String>,
-    pub(crate) service_iq: HashMap<(String, IqType, String), IqHandler>,
+    /// Service subdomains and what serves them, in registration order.
+    pub(crate) services: Vec<(String, ServiceRegs)>,
+    pub(crate) http: Vec<HttpRoute>,
+    pub(crate) tasks_to_start: std::sync::Mutex<Vec<(&'static str, TaskFn)>>,
+    pub(crate) instances: Vec<(&'static str, Box<dyn RunningModule>)>,
     /// XEP-0198 settings when stream management is offered.
     pub(crate) stream_mgmt: Option<crate::c2s::StreamMgmtConfig>,
 }
@@ -199,7 +210,7 @@ pub struct HostSetup {
     host: String,
     config: crate::config::Config,
     regs: Registrations,
-    current: String,
+    current: &'static str,
 }
 
 impl HostSetup {
@@ -208,13 +219,17 @@ impl HostSetup {
             host: host.to_string(),
             config: config.clone(),
             regs: Registrations::default(),
-            current: String::new(),
+            current: "",
         }
     }
 
-    pub(crate) fn begin_module(&mut self, name: &str) {
-        self.current = name.to_string();
+    pub(crate) fn begin_module(&mut self, name: &'static str) {
+        self.current = name;
         self.regs.modules.push(name.to_string());
+    }
+
+    pub(crate) fn add_instance(&mut self, m: Box<dyn RunningModule>) {
+        self.regs.instances.push((self.current, m));
     }
 
     pub(crate) fn finish(mut self) -> Registrations {
@@ -222,16 +237,6 @@ impl HostSetup {
         self.regs.features.dedup();
         self.regs.identities.sort();
         self.regs.identities.dedup();
-        self.regs.user_send.sort_by_key(|(p, _)| -*p);
-        self.regs.user_receive.sort_by_key(|(p, _)| -*p);
-        self.regs.offline.sort_by_key(|(p, _)| -*p);
-        self.regs.remove_user.sort_by_key(|(p, _)| -*p);
-        self.regs.presence_in.sort_by_key(|(p, _)| -*p);
-        self.regs.subscription_out.sort_by_key(|(p, _)| -*p);
-        self.regs.host_message.sort_by_key(|(p, _)| -*p);
-        self.regs.presence_out.sort_by_key(|(p, _)| -*p);
-        self.regs.session_bound.sort_by_key(|(p, _)| -*p);
-        self.regs.session_closed.sort_by_key(|(p, _)| -*p);
         self.regs
     }
 
@@ -245,12 +250,12 @@ impl HostSetup {
         &self.host
     }
 
-    /// Advertise a disco feature.
+    /// Advertise a disco feature of the host.
     pub fn add_feature(&mut self, var: &str) {
         self.regs.features.push(var.to_string());
     }
 
-    /// Advertise a disco identity.
+    /// Advertise a disco identity of the host.
     pub fn add_identity(&mut self, category: &str, kind: &str, name: Option<&str>) {
         self.regs.identities.push(Identity {
             category: category.into(),
@@ -285,24 +290,32 @@ impl HostSetup {
         self.on_iq(IqScope::Server, IqType::Get, ns, f)
     }
 
-    /// Hook every stanza a local user sends (before routing). Higher priority runs first.
-    pub fn hook_user_send(&mut self, priority: i32, f: StanzaHook) {
-        self.regs.user_send.push((priority, f));
+    /// Register a handler of a synchronous hook point (see [`crate::hooks`]).
+    /// Higher priority runs first.
+    pub fn hook<H: SyncHook>(
+        &mut self,
+        priority: i32,
+        f: impl Fn(&HookCx<'_>, &mut H::Arg) -> HookAction + Send + Sync + 'static,
+    ) {
+        self.regs
+            .hooks
+            .add_sync::<H>(self.current, priority, Arc::new(f));
     }
 
-    /// Hook every stanza delivered to a local session (before it is written).
-    pub fn hook_user_receive(&mut self, priority: i32, f: StanzaHook) {
-        self.regs.user_receive.push((priority, f));
-    }
-
-    /// Hook messages to users with no available resource.
-    pub fn hook_offline_message(&mut self, priority: i32, f: OfflineHook) {
-        self.regs.offline.push((priority, f));
-    }
-
-    /// Hook account removal, to delete the module's data.
-    pub fn hook_remove_user(&mut self, priority: i32, f: RemoveUserHook) {
-        self.regs.remove_user.push((priority, f));
+    /// Register a handler of an asynchronous hook point (see [`crate::hooks`]).
+    /// Higher priority runs first.
+    pub fn hook_async<H: AsyncHook, Fut>(
+        &mut self,
+        priority: i32,
+        f: impl Fn(ModuleCx, H::Arg) -> Fut + Send + Sync + 'static,
+    ) where
+        Fut: std::future::Future<Output = HookAction> + Send + 'static,
+    {
+        self.regs.hooks.add_async::<H>(
+            self.current,
+            priority,
+            Arc::new(move |cx, arg| Box::pin(f(cx, arg))),
+        );
     }
 
     /// Offer XEP-0198 stream management (acknowledgements) on c2s streams.
@@ -315,26 +328,6 @@ impl HostSetup {
         self.regs.stream_features.push(f);
     }
 
-    /// Serve a subdomain (e.g. `upload.example.org`) with IQ handlers.
-    pub fn add_service(&mut self, domain: &str) {
-        if !self.regs.services.iter().any(|d| d == domain) {
-            self.regs.services.push(domain.to_string());
-        }
-    }
-
-    /// Handle IQs of `kind` in namespace `ns` addressed to service `domain`.
-    pub fn on_service_iq<F, Fut>(&mut self, domain: &str, kind: IqType, ns: &str, f: F)
-    where
-        F: Fn(IqRequest) -> Fut + Send + Sync + 'static,
-        Fut: std::future::Future<Output = IqResult> + Send + 'static,
-    {
-        self.add_service(domain);
-        let h: IqHandler = Arc::new(move |req| Box::pin(f(req)));
-        self.regs
-            .service_iq
-            .insert((domain.to_string(), kind, ns.to_string()), h);
-    }
-
     /// Add c2s stream features offered before authentication.
     pub fn add_pre_auth_stream_features(&mut self, f: FeatureHook) {
         self.regs.pre_auth_features.push(f);
@@ -345,42 +338,119 @@ impl HostSetup {
         self.regs.pre_auth_iq.insert(ns.to_string(), f);
     }
 
-    /// Hook inbound presence to a local bare JID of type subscribe, subscribed,
-    /// unsubscribe, unsubscribed or probe.
-    pub fn hook_presence_in(&mut self, priority: i32, f: AsyncStanzaHook) {
-        self.regs.presence_in.push((priority, f));
+    fn service(&mut self, domain: &str) -> &mut ServiceRegs {
+        let pos = match self.regs.services.iter().position(|(d, _)| d == domain) {
+            Some(p) => p,
+            None => {
+                self.regs
+                    .services
+                    .push((domain.to_string(), ServiceRegs::default()));
+                self.regs.services.len() - 1
+            }
+        };
+        &mut self.regs.services[pos].1
     }
 
-    /// Hook subscription presence a local user sends (before it is routed);
-    /// a hook returning `true` routes it itself.
-    pub fn hook_subscription_out(&mut self, priority: i32, f: AsyncStanzaHook) {
-        self.regs.subscription_out.push((priority, f));
+    /// Serve a subdomain (e.g. `upload.example.org`): the routing table
+    /// sends it every stanza addressed to it or to any JID at it.
+    pub fn add_service(&mut self, domain: &str) {
+        self.service(domain);
     }
 
-    /// Hook messages addressed to the host itself (any resource).
-    pub fn hook_host_message(&mut self, priority: i32, f: AsyncStanzaHook) {
-        self.regs.host_message.push((priority, f));
+    /// Handle IQs of `kind` in namespace `ns` addressed to service `domain`
+    /// (or to any JID at it).
+    pub fn on_service_iq<F, Fut>(&mut self, domain: &str, kind: IqType, ns: &str, f: F)
+    where
+        F: Fn(IqRequest) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = IqResult> + Send + 'static,
+    {
+        let h: IqHandler = Arc::new(move |req| Box::pin(f(req)));
+        self.service(domain).iq.insert((kind, ns.to_string()), h);
     }
 
-    /// Hook presence broadcasts of local sessions.
-    ///
-    /// These hooks run inside the broadcasting session's own task: a hook
-    /// must never wait for room in that session's queue (it cannot drain
-    /// while the hook runs); hand long work to a spawned task instead.
-    pub fn hook_presence_out(&mut self, priority: i32, f: PresenceOutHook) {
-        self.regs.presence_out.push((priority, f));
+    /// Handle every other stanza (messages, presence, IQs without a
+    /// handler) addressed to service `domain`. Without one, the router
+    /// answers as RFC 6120 says (`service-unavailable` for messages and IQ
+    /// requests, presence is ignored).
+    pub fn on_service_stanza(
+        &mut self,
+        domain: &str,
+        f: impl Fn(&ModuleCx, Stanza) + Send + Sync + 'static,
+    ) {
+        self.service(domain).stanzas = Some(Arc::new(f));
     }
 
-    /// Hook a resource being bound (before any stanza is exchanged).
-    pub fn hook_session_bound(&mut self, priority: i32, f: SessionHook) {
-        self.regs.session_bound.push((priority, f));
+    /// Serve an HTTP route on every HTTP listener (axum path syntax). The
+    /// route is built once the server runs; when several hosts enable the
+    /// module, the first host's route serves all of them.
+    pub fn http_route(
+        &mut self,
+        path: &str,
+        make: impl Fn(ModuleCx) -> axum::routing::MethodRouter + Send + Sync + 'static,
+    ) {
+        self.regs.http.push(HttpRoute {
+            path: path.to_string(),
+            module: self.current,
+            make: Arc::new(make),
+        });
     }
 
-    /// Hook a session ending (after it left the session table).
-    pub fn hook_session_closed(&mut self, priority: i32, f: SessionHook) {
-        self.regs.session_closed.push((priority, f));
+    /// Run a background task of the module once the server runs; it is
+    /// cancelled when the module stops (at shutdown).
+    pub fn spawn_task<Fut>(&mut self, f: impl FnOnce(ModuleCx) -> Fut + Send + 'static)
+    where
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let task: TaskFn = Box::new(move |cx| Box::pin(f(cx)));
+        if let Ok(mut tasks) = self.regs.tasks_to_start.lock() {
+            tasks.push((self.current, task));
+        }
     }
 }
+
+/// A feature module.
+///
+/// ```ignore
+/// pub struct Ping;
+/// impl Module for Ping {
+///     const NAME: &'static str = "mod_ping";
+///     type Options = NoOptions;
+///     fn start(host: &mut HostSetup, _: NoOptions) -> Result<Self, String> {
+///         host.add_feature(ns::PING);
+///         host.on_iq_get(ns::PING, |_req| async { Ok(None) });
+///         Ok(Ping)
+///     }
+/// }
+/// pub const MODULE: ModuleDef = ModuleDef::of::<Ping>();
+/// ```
+pub trait Module: Send + Sync + Sized + 'static {
+    /// Name in the config (`mod_ping`).
+    const NAME: &'static str;
+    /// Options, read from the module's config entry (`{}` or absent:
+    /// defaults). Use `#[serde(deny_unknown_fields, default)]`.
+    type Options: DeserializeOwned + Default;
+    /// Register on a host. `Err` names the bad option.
+    fn start(host: &mut HostSetup, opts: Self::Options) -> Result<Self, String>;
+    /// The server is stopping: release what the module holds. Its background
+    /// tasks are cancelled by the kernel after this.
+    fn stop(&self, _cx: &ModuleCx) {}
+}
+
+/// A started module, as the kernel keeps it.
+pub(crate) trait RunningModule: Send + Sync {
+    fn stop(&self, cx: &ModuleCx);
+}
+
+impl<M: Module> RunningModule for M {
+    fn stop(&self, cx: &ModuleCx) {
+        Module::stop(self, cx)
+    }
+}
+
+/// Options of a module that has none: only `{}` (or nothing) is accepted.
+#[derive(serde::Deserialize, Default, Debug, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+pub struct NoOptions {}
 
 /// Parse a module's options into its serde struct (`null` means defaults).
 pub fn parse_options<T: DeserializeOwned + Default>(v: &serde_json::Value) -> Result<T, String> {
@@ -390,11 +460,158 @@ pub fn parse_options<T: DeserializeOwned + Default>(v: &serde_json::Value) -> Re
     serde_json::from_value(v.clone()).map_err(|e| e.to_string())
 }
 
-/// A module: its name and the function that registers it on a host.
+fn start_module<M: Module>(setup: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
+    let opts: M::Options = parse_options(opts)?;
+    let m = M::start(setup, opts)?;
+    setup.add_instance(Box::new(m));
+    Ok(())
+}
+
+/// A module as the registry lists it: its name and how to start it.
 #[derive(Clone, Copy)]
 pub struct ModuleDef {
     /// Config name, e.g. `mod_ping`.
     pub name: &'static str,
-    /// Register on a host with the given options; `Err` names the bad option.
-    pub start: fn(&mut HostSetup, &serde_json::Value) -> Result<(), String>,
+    start: fn(&mut HostSetup, &serde_json::Value) -> Result<(), String>,
+}
+
+impl ModuleDef {
+    /// The definition of module type `M`.
+    pub const fn of<M: Module>() -> ModuleDef {
+        ModuleDef {
+            name: M::NAME,
+            start: start_module::<M>,
+        }
+    }
+
+    /// Parse the options and register on a host; `Err` names the bad option.
+    pub(crate) fn start(
+        &self,
+        setup: &mut HostSetup,
+        opts: &serde_json::Value,
+    ) -> Result<(), String> {
+        (self.start)(setup, opts)
+    }
+}
+
+/// What a module acts through at run time: the router, the session
+/// registry (queries), storage, configuration, and tasks that hold the
+/// current stanza's acknowledgement ticket. Cheap to clone.
+#[derive(Clone)]
+pub struct ModuleCx {
+    pub(crate) core: Arc<Core>,
+    pub(crate) host: Arc<Host>,
+}
+
+impl ModuleCx {
+    /// The virtual host this context belongs to.
+    pub fn host(&self) -> &Arc<Host> {
+        &self.host
+    }
+
+    /// Route a stanza (the only way a stanza reaches anyone).
+    pub fn route(&self, st: Stanza) {
+        self.core.route(st)
+    }
+
+    /// Deliver `st` to the session bound as `session`, whatever the
+    /// stanza's own `to` (e.g. a subscription request addressed to the bare
+    /// JID, handed to each available resource). Nothing happens when no such
+    /// session is bound.
+    pub fn deliver_to(&self, session: &jid::FullJid, st: Stanza) {
+        self.core.deliver_to(session, st)
+    }
+
+    /// Deliver a stanza addressed to a local full JID, waiting (bounded) for
+    /// room in the session's queue instead of bouncing when it is full. `Err`
+    /// gives the stanza back when no such session exists or it stays full.
+    pub async fn deliver_waiting(&self, st: Stanza) -> Result<(), Stanza> {
+        self.core.deliver_waiting(st).await
+    }
+
+    /// Reply to `st` with an error (never to an error).
+    pub fn bounce(&self, st: &Stanza, cond: Condition, error_from: Option<jid::Jid>) {
+        self.core.bounce(st, cond, error_from)
+    }
+
+    /// Reply to `st` with a specific error (never to an error).
+    pub fn bounce_with(&self, st: &Stanza, err: StanzaError, error_from: Option<jid::Jid>) {
+        self.core.bounce_with(st, err, error_from)
+    }
+
+    /// The session registry (who is online, with which priority and presence).
+    pub fn sessions(&self) -> &dyn crate::sm::SessionRegistry {
+        self.core.sessions()
+    }
+
+    /// Storage.
+    pub fn storage(&self) -> &palaver_storage::Storage {
+        &self.core.storage
+    }
+
+    /// Configuration.
+    pub fn config(&self) -> &crate::config::Config {
+        &self.core.config
+    }
+
+    /// Password checks and credential cache.
+    pub fn auth(&self) -> &crate::auth::Authenticator {
+        &self.core.auth
+    }
+
+    /// Whether `domain` is a virtual host served here.
+    pub fn is_local(&self, domain: &str) -> bool {
+        self.core.is_local(domain)
+    }
+
+    /// When the server started.
+    pub fn started(&self) -> std::time::Instant {
+        self.core.started
+    }
+
+    /// Addresses of the HTTP listeners (once they are bound).
+    pub fn http_addrs(&self) -> &[std::net::SocketAddr] {
+        self.core.http_addrs.get().map_or(&[], |v| v.as_slice())
+    }
+
+    /// A receiver that becomes `true` when the server shuts down.
+    pub fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.core.shutdown.clone()
+    }
+
+    /// A ticket for the client stanza being handled, if any: keep it while
+    /// work for that stanza is pending elsewhere (XEP-0198 `<a/>` waits).
+    pub fn ticket(&self) -> Option<crate::ack::Ticket> {
+        crate::ack::current()
+    }
+
+    /// Spawn work for the stanza being handled: it holds that stanza's
+    /// ticket until it finishes, and work it routes or spawns in turn does too.
+    pub fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        let ticket = crate::ack::current();
+        tokio::spawn(crate::ack::with_ticket(ticket, fut));
+    }
+
+    /// Run a synchronous hook chain of this host in the name of `session`.
+    pub fn run_hook<H: SyncHook>(
+        &self,
+        session: Option<&jid::FullJid>,
+        arg: &mut H::Arg,
+    ) -> HookAction {
+        let hcx = HookCx { cx: self, session };
+        self.host.regs.hooks.run::<H>(&hcx, arg)
+    }
+
+    /// Run an asynchronous hook chain of this host.
+    pub fn run_hook_async<H: AsyncHook>(
+        &self,
+        arg: H::Arg,
+    ) -> impl std::future::Future<Output = HookAction> + Send + 'static {
+        self.host.regs.hooks.run_async::<H>(self, arg)
+    }
+
+    /// Remove an account and every module's data about it; its sessions end.
+    pub async fn remove_user(&self, host: &str, user: &str) -> palaver_storage::Result<()> {
+        self.core.remove_user(host, user).await
+    }
 }

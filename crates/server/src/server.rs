@@ -6,6 +6,7 @@ use crate::config::{Config, ConfigError, DbKind, ListenModule};
 use crate::core::Core;
 use crate::host::Host;
 use crate::module::ModuleDef;
+use crate::router::{Destination, RoutingTable};
 use crate::sm::SessionManager;
 use crate::tls::CertStore;
 use palaver_storage::Storage;
@@ -150,6 +151,7 @@ impl Server {
                 ListenModule::S2s | ListenModule::Component => {}
             }
         }
+        core.start_modules();
         let _ = core.http_addrs.set(
             listeners
                 .iter()
@@ -175,41 +177,37 @@ fn build_core(
     shutdown: watch::Receiver<bool>,
 ) -> Result<Arc<Core>, StartError> {
     let mut hosts = HashMap::new();
+    let routes = RoutingTable::default();
     for h in &config.hosts {
-        hosts.insert(h.clone(), Host::start(h, &config, registry)?);
+        let host = Host::start(h, &config, registry)?;
+        routes
+            .add(h, Destination::Host(host.clone()))
+            .map_err(|e| ConfigError::msg(e.to_string()))?;
+        hosts.insert(h.clone(), host);
     }
-    let services = service_map(&hosts)?;
+    // Service subdomains after every host: a domain is routed only once.
+    for h in config.hosts.iter().filter_map(|h| hosts.get(h)) {
+        for d in h.services() {
+            routes
+                .add(&d, Destination::Service(h.clone()))
+                .map_err(|_| {
+                    ConfigError::msg(format!("service domain `{d}` is configured twice"))
+                })?;
+        }
+    }
     let config = Arc::new(config);
     Ok(Arc::new(Core {
         auth: Authenticator::new(storage.clone(), config.scram_iterations),
         config,
         storage,
         hosts,
-        services,
+        routes,
         http_addrs: std::sync::OnceLock::new(),
-        upload: std::sync::OnceLock::new(),
-        offline_queues: std::sync::OnceLock::new(),
         sm: SessionManager::default(),
+        serial: Default::default(),
         started: Instant::now(),
         shutdown,
     }))
-}
-
-/// Service subdomains of every host; a domain may be served only once.
-fn service_map(
-    hosts: &HashMap<String, Arc<Host>>,
-) -> Result<HashMap<String, Arc<Host>>, StartError> {
-    let mut map = HashMap::new();
-    for h in hosts.values() {
-        for d in h.services() {
-            if hosts.contains_key(d) || map.insert(d.clone(), h.clone()).is_some() {
-                return Err(
-                    ConfigError::msg(format!("service domain `{d}` is configured twice")).into(),
-                );
-            }
-        }
-    }
-    Ok(map)
 }
 
 async fn accept_loop(ctx: Arc<C2sListener>, sock: TcpListener) {
@@ -282,6 +280,7 @@ impl RunningServer {
     /// (bounded) for them to close.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown_tx.send(true);
+        self.core.stop_modules();
         self.tasks.shutdown().await;
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.core.sm.count() > 0 && Instant::now() < deadline {

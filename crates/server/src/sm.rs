@@ -1,4 +1,15 @@
-//! The session manager: the table of bound resources, sharded by bare JID.
+//! The session table: bound resources, sharded by bare JID.
+//!
+//! Modules see it through [`SessionRegistry`] (queries: who is online, with
+//! which priority and presence; ending sessions). Only the kernel binds,
+//! unbinds and delivers: a stanza reaches a session through the router, never
+//! through this table directly.
+//!
+//! The in-process [`SessionManager`] is today's implementation. A cluster
+//! implementation keeps the same trait: the table in Redis (bare JID → the
+//! resources and the node each is bound on) with a local replica for
+//! queries, and the router delivers to a session on another node through
+//! the cluster bus instead of a local channel.
 
 use dashmap::DashMap;
 use jid::{BareJid, FullJid};
@@ -35,8 +46,8 @@ pub struct SessionHandle {
     pub priority: Option<i8>,
     /// The last available presence broadcast by the session (answers probes).
     pub presence: Option<Arc<minidom::Element>>,
-    /// Channel to the session task.
-    pub tx: mpsc::Sender<SessionMsg>,
+    /// Channel to the session task (kernel only: the router delivers).
+    pub(crate) tx: mpsc::Sender<SessionMsg>,
 }
 
 /// Why a delivery failed.
@@ -196,22 +207,11 @@ impl SessionManager {
         self.table.get(bare.as_str()).is_some_and(|e| !e.is_empty())
     }
 
-    /// All sessions of every user of `host` (announcements, shutdown).
-    pub fn all(&self) -> Vec<(BareJid, SessionHandle)> {
-        let mut out = Vec::new();
-        for e in self.table.iter() {
-            let Ok(bare) = BareJid::new(e.key()) else {
-                continue;
-            };
-            for h in e.value() {
-                out.push((bare.clone(), h.clone()));
-            }
-        }
-        out
-    }
-
     /// Queue a stanza for a session.
-    pub fn deliver(handle: &SessionHandle, st: Stanza) -> Result<(), (DeliverError, Box<Stanza>)> {
+    pub(crate) fn deliver(
+        handle: &SessionHandle,
+        st: Stanza,
+    ) -> Result<(), (DeliverError, Box<Stanza>)> {
         match handle.tx.try_send(SessionMsg::Stanza(Box::new(st))) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(SessionMsg::Stanza(s))) => {
@@ -222,6 +222,81 @@ impl SessionManager {
             }
             Err(_) => unreachable!("only stanzas are sent here"),
         }
+    }
+}
+
+/// What modules may ask of the session table.
+pub trait SessionRegistry: Send + Sync {
+    /// The session bound to a full JID.
+    fn get(&self, jid: &FullJid) -> Option<SessionHandle>;
+    /// Every session of a bare JID (available or not).
+    fn sessions(&self, bare: &BareJid) -> Vec<SessionHandle>;
+    /// Whether a bare JID has any bound session.
+    fn has_sessions(&self, bare: &BareJid) -> bool;
+    /// The available sessions of a bare JID (initial presence sent).
+    fn available(&self, bare: &BareJid) -> Vec<SessionHandle> {
+        self.sessions(bare)
+            .into_iter()
+            .filter(|h| h.priority.is_some())
+            .collect()
+    }
+    /// Full JIDs of every bound session of `host`.
+    fn online(&self, host: &str) -> Vec<FullJid>;
+    /// Number of bound sessions.
+    fn count(&self) -> u64;
+    /// End every session of `bare` with a `policy-violation` stream error
+    /// carrying `reason` (an administrator's kick, a removed account);
+    /// returns how many were told.
+    fn kick(&self, bare: &BareJid, reason: &str) -> usize;
+}
+
+impl SessionRegistry for SessionManager {
+    fn get(&self, jid: &FullJid) -> Option<SessionHandle> {
+        SessionManager::get(self, jid)
+    }
+    fn sessions(&self, bare: &BareJid) -> Vec<SessionHandle> {
+        SessionManager::sessions(self, bare)
+    }
+    fn has_sessions(&self, bare: &BareJid) -> bool {
+        SessionManager::has_sessions(self, bare)
+    }
+    fn online(&self, host: &str) -> Vec<FullJid> {
+        let mut out = Vec::new();
+        for e in self.table.iter() {
+            let Ok(bare) = BareJid::new(e.key()) else {
+                continue;
+            };
+            if bare.domain().as_str() != host {
+                continue;
+            }
+            for h in e.value() {
+                if let Ok(full) = bare.with_resource_str(&h.resource) {
+                    out.push(full);
+                }
+            }
+        }
+        out
+    }
+    fn count(&self) -> u64 {
+        SessionManager::count(self)
+    }
+    fn kick(&self, bare: &BareJid, reason: &str) -> usize {
+        let mut n = 0;
+        for s in SessionManager::sessions(self, bare) {
+            match s.tx.try_send(SessionMsg::Kick(reason.to_string())) {
+                Ok(()) => n += 1,
+                Err(mpsc::error::TrySendError::Full(msg)) => {
+                    // A busy session still gets it, once it has room.
+                    n += 1;
+                    let tx = s.tx.clone();
+                    tokio::spawn(async move {
+                        let _ = tx.send(msg).await;
+                    });
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        n
     }
 }
 

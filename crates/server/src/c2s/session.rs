@@ -1019,6 +1019,7 @@ impl C2sSession {
         if self.core.run_user_send(&me, &mut st) == HookAction::Drop {
             return Ok(Next::Continue);
         }
+        self.core.sent(&me, &st);
         self.core.route(st);
         Ok(Next::Continue)
     }

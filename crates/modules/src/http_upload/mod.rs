@@ -1,59 +1,94 @@
-//! XEP-0363 HTTP File Upload: slots on `upload.<host>`; the HTTP listener
-//! serves the signed PUT and GET URLs.
+//! XEP-0363 HTTP File Upload: slots on `upload.<host>`, and the signed PUT
+//! and GET URLs served by a route this module adds to every HTTP listener.
 
 use minidom::Element;
 use palaver_proto::error::{Condition, StanzaError};
 use palaver_proto::ns;
 use palaver_proto::stanza::set_attr;
-use palaver_server::upload::{
-    MODULE as NAME, Upload, UploadOptions, sanitize_filename, valid_content_type,
-};
-use palaver_server::{HostSetup, IqRequest, IqResult, IqType, ModuleDef};
+use palaver_server::hooks::RemoveUser;
+use palaver_server::{HookAction, HostSetup, IqRequest, IqResult, IqType, Module, ModuleDef};
+use std::sync::Arc;
+
+mod http;
+pub mod store;
+
+pub use store::{Upload, UploadOptions, sanitize_filename, valid_content_type};
 
 /// XEP-0363 namespace.
 pub const NS_UPLOAD: &str = "urn:xmpp:http:upload:0";
 
-/// `mod_http_upload`.
-pub const MODULE: ModuleDef = ModuleDef { name: NAME, start };
+/// `mod_http_upload`: slots on `upload.HOST`, PUT/GET on every HTTP
+/// listener, hourly retention.
+pub struct HttpUpload;
 
-fn start(host: &mut HostSetup, opts: &serde_json::Value) -> Result<(), String> {
-    let o: UploadOptions = palaver_server::module::parse_options(opts)?;
-    if o.max_size == 0 {
-        return Err("max_size must be positive".into());
+/// `mod_http_upload` in the module registry.
+pub const MODULE: ModuleDef = ModuleDef::of::<HttpUpload>();
+
+impl Module for HttpUpload {
+    const NAME: &'static str = "mod_http_upload";
+    type Options = UploadOptions;
+
+    fn start(host: &mut HostSetup, o: UploadOptions) -> Result<Self, String> {
+        if o.max_size == 0 {
+            return Err("max_size must be positive".into());
+        }
+        if let Some(b) = &o.base_url
+            && !(b.starts_with("http://") || b.starts_with("https://"))
+        {
+            return Err("base_url must be an http:// or https:// URL".into());
+        }
+        let domain = o.host.replace("@HOST@", host.host());
+        jid::BareJid::new(&domain)
+            .ok()
+            .filter(|j| j.node().is_none())
+            .ok_or_else(|| format!("host: `{domain}` is not a valid domain"))?;
+        let max = o.max_size;
+        let up = Arc::new(Upload::open(o, host.config().data_dir.join("upload")));
+        host.on_service_iq(
+            &domain,
+            IqType::Get,
+            ns::DISCO_INFO,
+            move |_req| async move { Ok(Some(info(max))) },
+        );
+        host.on_service_iq(&domain, IqType::Get, ns::DISCO_ITEMS, |_req| async {
+            Ok(Some(Element::bare("query", ns::DISCO_ITEMS)))
+        });
+        let u = up.clone();
+        host.on_service_iq(&domain, IqType::Get, NS_UPLOAD, move |req| {
+            slot(u.clone(), req)
+        });
+        let u = up.clone();
+        host.http_route("/upload/{owner}/{slot}/{name}", move |_cx| {
+            axum::routing::get(http::get)
+                .put(http::put)
+                .with_state(u.clone())
+        });
+        let u = up.clone();
+        host.spawn_task(move |_cx| retention(u));
+        host.hook_async::<RemoveUser, _>(50, move |_cx, a| {
+            let dir = up.dir.join(up.owner_id(&format!("{}@{}", a.user, a.host)));
+            async move {
+                let _ = tokio::fs::remove_dir_all(dir).await;
+                HookAction::Continue
+            }
+        });
+        Ok(HttpUpload)
     }
-    if let Some(b) = &o.base_url
-        && !(b.starts_with("http://") || b.starts_with("https://"))
-    {
-        return Err("base_url must be an http:// or https:// URL".into());
+}
+
+/// Drop expired uploads hourly (ended with the module).
+async fn retention(up: Arc<Upload>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let u = up.clone();
+        let n = tokio::task::spawn_blocking(move || u.cleanup())
+            .await
+            .unwrap_or(0);
+        if n > 0 {
+            tracing::info!(removed = n, "expired uploads removed");
+        }
     }
-    let domain = o.host.replace("@HOST@", host.host());
-    jid::BareJid::new(&domain)
-        .ok()
-        .filter(|j| j.node().is_none())
-        .ok_or_else(|| format!("host: `{domain}` is not a valid domain"))?;
-    let max = o.max_size;
-    host.on_service_iq(
-        &domain,
-        IqType::Get,
-        ns::DISCO_INFO,
-        move |_req| async move { Ok(Some(info(max))) },
-    );
-    host.on_service_iq(&domain, IqType::Get, ns::DISCO_ITEMS, |_req| async {
-        Ok(Some(Element::bare("query", ns::DISCO_ITEMS)))
-    });
-    host.on_service_iq(&domain, IqType::Get, NS_UPLOAD, slot);
-    host.hook_remove_user(
-        50,
-        std::sync::Arc::new(|core, host, user| {
-            Box::pin(async move {
-                if let Some(up) = Upload::get(&core) {
-                    let dir = up.dir.join(up.owner_id(&format!("{user}@{host}")));
-                    let _ = tokio::fs::remove_dir_all(dir).await;
-                }
-            })
-        }),
-    );
-    Ok(())
 }
 
 fn field(var: &str, value: &str, hidden: bool) -> Element {
@@ -102,13 +137,10 @@ fn pct(s: &str) -> String {
     o
 }
 
-async fn slot(req: IqRequest) -> IqResult {
-    let Some(up) = Upload::get(&req.core) else {
-        return Err(StanzaError::new(Condition::ServiceUnavailable));
-    };
+async fn slot(up: Arc<Upload>, req: IqRequest) -> IqResult {
     // Only accounts of this host may upload.
     let from = req.stanza.from.to_bare();
-    if from.node().is_none() || from.domain().as_str() != req.host.name {
+    if from.node().is_none() || from.domain().as_str() != req.cx.host().name {
         return Err(StanzaError::new(Condition::NotAllowed).text("only local users may upload"));
     }
     let r = req
@@ -161,8 +193,8 @@ async fn slot(req: IqRequest) -> IqResult {
     }
     let base = match &up.opts.base_url {
         Some(b) => b.trim_end_matches('/').to_string(),
-        None => match req.core.http_addrs.get().and_then(|a| a.first()) {
-            Some(addr) => format!("http://{}:{}", req.host.name, addr.port()),
+        None => match req.cx.http_addrs().first() {
+            Some(addr) => format!("http://{}:{}", req.cx.host().name, addr.port()),
             None => {
                 return Err(StanzaError::new(Condition::ServiceUnavailable)
                     .text("no HTTP listener is configured"));

@@ -1,13 +1,15 @@
-//! XEP-0363 uploads and downloads for the slots `mod_http_upload` hands out.
+//! XEP-0363 uploads and downloads (HTTP PUT/GET) for the slots
+//! `mod_http_upload` hands out: a route the module registers on every HTTP
+//! listener.
 
-use crate::HttpState;
+use super::store::{Upload, sanitize_filename};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
-use palaver_server::upload::{Upload, sanitize_filename};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 fn plain(status: StatusCode, msg: &str) -> Response {
     (
@@ -31,15 +33,12 @@ fn checked_path(owner: &str, slot: &str, name: &str) -> Option<String> {
 }
 
 pub(crate) async fn put(
-    State(state): State<HttpState>,
+    State(up): State<Arc<Upload>>,
     Path((owner, slot, name)): Path<(String, String, String)>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Some(up) = Upload::get(&state.core) else {
-        return plain(StatusCode::NOT_FOUND, "uploads are not enabled");
-    };
     let Some(path) = checked_path(&owner, &slot, &name) else {
         return plain(StatusCode::BAD_REQUEST, "invalid upload path");
     };
@@ -168,13 +167,10 @@ async fn receive(body: Body, tmp: &std::path::Path, size: u64) -> Result<(), Rec
 }
 
 pub(crate) async fn get(
-    State(state): State<HttpState>,
+    State(up): State<Arc<Upload>>,
     Path((owner, slot, name)): Path<(String, String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let Some(up) = Upload::get(&state.core) else {
-        return plain(StatusCode::NOT_FOUND, "uploads are not enabled");
-    };
     let Some(path) = checked_path(&owner, &slot, &name) else {
         return plain(StatusCode::NOT_FOUND, "not found");
     };

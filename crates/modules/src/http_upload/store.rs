@@ -1,14 +1,9 @@
-//! XEP-0363 HTTP File Upload: settings and URL signing shared by the
-//! `mod_http_upload` module (slots) and the HTTP listener (PUT/GET).
+//! XEP-0363 upload store: settings, URL signatures, quota and retention
+//! of the files `mod_http_upload` hands out slots for.
 
-use crate::core::Core;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
-use std::sync::Arc;
-
-/// Module name in the config.
-pub const MODULE: &str = "mod_http_upload";
 
 /// `mod_http_upload` options.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -50,36 +45,36 @@ pub struct Upload {
     pub opts: UploadOptions,
     /// Directory of stored files.
     pub dir: PathBuf,
-    secret: Vec<u8>,
+    secret: std::sync::OnceLock<Vec<u8>>,
 }
 
 type HmacSha256 = Hmac<Sha256>;
 
 impl Upload {
-    /// Settings of this server, `None` when the module is not enabled.
-    pub fn get(core: &Core) -> Option<Arc<Upload>> {
-        core.upload
-            .get_or_init(|| {
-                let m = core.config.modules.iter().find(|m| m.name == MODULE)?;
-                let opts: UploadOptions = crate::module::parse_options(&m.options).ok()?;
-                let dir = core.config.data_dir.join("upload");
-                let secret = if opts.secret.is_empty() {
-                    load_or_create_secret(&dir)?
-                } else {
-                    opts.secret.as_bytes().to_vec()
-                };
-                Some(Arc::new(Upload { opts, dir, secret }))
-            })
-            .clone()
-    }
-
-    /// Build from explicit values (tests, per-server instances).
-    pub fn new(opts: UploadOptions, dir: PathBuf, secret: Vec<u8>) -> Upload {
+    /// Settings for `opts`, files under `dir`. Without a secret in the
+    /// options, a random one is created and kept under `dir` on first use.
+    pub fn open(opts: UploadOptions, dir: PathBuf) -> Upload {
+        let secret = std::sync::OnceLock::new();
+        if !opts.secret.is_empty() {
+            let _ = secret.set(opts.secret.as_bytes().to_vec());
+        }
         Upload { opts, dir, secret }
     }
 
+    fn key(&self) -> &[u8] {
+        self.secret.get_or_init(|| {
+            load_or_create_secret(&self.dir).unwrap_or_else(|| {
+                tracing::warn!(
+                    dir = %self.dir.display(),
+                    "cannot keep the upload secret on disk; URLs will not survive a restart"
+                );
+                rand::random::<[u8; 32]>().to_vec()
+            })
+        })
+    }
+
     fn mac(&self, parts: &[&str]) -> String {
-        let mut m = match HmacSha256::new_from_slice(&self.secret) {
+        let mut m = match HmacSha256::new_from_slice(self.key()) {
             Ok(m) => m,
             Err(_) => unreachable!("HMAC accepts keys of any length"),
         };
@@ -115,7 +110,7 @@ impl Upload {
     /// The directory of one user's files (a keyed hash: no JID on disk).
     pub fn owner_id(&self, bare_jid: &str) -> String {
         let mut h = Sha256::new();
-        h.update(&self.secret);
+        h.update(self.key());
         h.update(bare_jid.as_bytes());
         hex::encode(&h.finalize()[..12])
     }
@@ -239,11 +234,11 @@ mod tests {
 
     #[test]
     fn signatures() {
-        let u = Upload::new(
-            UploadOptions::default(),
-            PathBuf::from("/nonexistent"),
-            b"k".to_vec(),
-        );
+        let opts = UploadOptions {
+            secret: "k".into(),
+            ..UploadOptions::default()
+        };
+        let u = Upload::open(opts, PathBuf::from("/nonexistent"));
         let s = u.put_signature("/upload/a/b/c", 10, "image/png", 99);
         assert!(Upload::verify(
             &s,

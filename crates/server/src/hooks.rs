@@ -1,0 +1,338 @@
+//! Hook points: named, typed places in the stanza flow where modules act.
+//!
+//! A hook point is a type declared once (below, or in any crate):
+//!
+//! ```ignore
+//! pub struct UserSend;
+//! impl SyncHook for UserSend {
+//!     const NAME: &'static str = "user_send_packet";
+//!     type Arg = Stanza;
+//! }
+//! ```
+//!
+//! Modules register handlers with a priority on a host
+//! ([`HostSetup::hook`](crate::module::HostSetup::hook) /
+//! [`hook_async`](crate::module::HostSetup::hook_async)); handlers run from
+//! the highest priority down, and one returning [`HookAction::Drop`] stops the
+//! chain (the stanza was taken, answered or dropped by that module).
+//!
+//! - **Synchronous** points ([`SyncHook`]) run on the hot path, inside the
+//!   task that handles the stanza; a handler gets `&mut Arg` and must not
+//!   block. The session in whose name it runs is [`HookCx::session`].
+//! - **Asynchronous** points ([`AsyncHook`]) run handlers that may await
+//!   (storage). When the kernel runs such a chain on behalf of a client's
+//!   stanza — awaited in the session, or in a task of its own — the chain
+//!   holds that stanza's XEP-0198 ticket ([`crate::ack`]): the client's
+//!   `<a/>` counts the stanza only once every handler has finished, so a
+//!   module's write is committed before it is acknowledged.
+//!
+//! Adding a hook point is one declaration; the registry is keyed by type.
+
+use crate::module::ModuleCx;
+use futures_util::future::BoxFuture;
+use jid::FullJid;
+use palaver_proto::stanza::Stanza;
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// What a hook handler decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookAction {
+    /// Let the stanza (or event) go on to the next handler and the kernel.
+    Continue,
+    /// Stop: this handler consumed, answered or dropped it.
+    Drop,
+}
+
+/// A synchronous hook point (hot path: no awaiting).
+pub trait SyncHook: 'static {
+    /// Name, for logs and documentation (ejabberd's hook name where one exists).
+    const NAME: &'static str;
+    /// What handlers receive, mutably.
+    type Arg: 'static;
+}
+
+/// An asynchronous hook point (handlers may await; the chain holds the
+/// triggering stanza's acknowledgement ticket).
+pub trait AsyncHook: 'static {
+    /// Name, for logs and documentation.
+    const NAME: &'static str;
+    /// What handlers receive (each handler gets its own clone).
+    type Arg: Clone + Send + Sync + 'static;
+}
+
+/// Context of a synchronous handler: the server and host it runs on, and
+/// the local session in whose name it runs, if any.
+pub struct HookCx<'a> {
+    pub(crate) cx: &'a ModuleCx,
+    pub(crate) session: Option<&'a FullJid>,
+}
+
+impl<'a> HookCx<'a> {
+    /// The module context (route, sessions, storage, config…).
+    pub fn cx(&self) -> &'a ModuleCx {
+        self.cx
+    }
+
+    /// The local session sending or receiving the stanza (user send/receive hooks).
+    pub fn session(&self) -> Option<&'a FullJid> {
+        self.session
+    }
+}
+
+impl std::ops::Deref for HookCx<'_> {
+    type Target = ModuleCx;
+    fn deref(&self) -> &ModuleCx {
+        self.cx
+    }
+}
+
+type SyncHandler<A> = Arc<dyn Fn(&HookCx<'_>, &mut A) -> HookAction + Send + Sync>;
+type AsyncHandler<A> = Arc<dyn Fn(ModuleCx, A) -> BoxFuture<'static, HookAction> + Send + Sync>;
+
+#[derive(Clone)]
+struct Chain<F> {
+    handlers: Vec<(i32, F)>,
+}
+
+/// Every handler registered on one host, by hook point, sorted by priority.
+/// Each entry holds an `Arc<Chain<handler type of that point>>`.
+#[derive(Default)]
+pub struct Hooks {
+    chains: HashMap<TypeId, Box<dyn Any + Send + Sync>>,
+    names: Vec<(&'static str, i32, String)>,
+}
+
+impl Hooks {
+    fn push<F: Clone + Send + Sync + 'static>(&mut self, id: TypeId, priority: i32, f: F) {
+        let entry = self
+            .chains
+            .entry(id)
+            .or_insert_with(|| Box::new(Arc::new(Chain::<F> { handlers: vec![] })));
+        match entry.downcast_mut::<Arc<Chain<F>>>() {
+            Some(arc) => {
+                // Registration happens before the host is shared: no copy is made.
+                let chain = Arc::make_mut(arc);
+                chain.handlers.push((priority, f));
+                chain.handlers.sort_by_key(|(p, _)| -*p);
+            }
+            // A hook point type always has the same handler type.
+            None => {
+                *entry = Box::new(Arc::new(Chain::<F> {
+                    handlers: vec![(priority, f)],
+                }))
+            }
+        }
+    }
+
+    /// Register a handler of a synchronous hook point.
+    pub(crate) fn add_sync<H: SyncHook>(
+        &mut self,
+        module: &str,
+        priority: i32,
+        f: SyncHandler<H::Arg>,
+    ) {
+        self.names.push((H::NAME, priority, module.to_string()));
+        self.push(TypeId::of::<H>(), priority, f);
+    }
+
+    /// Register a handler of an asynchronous hook point.
+    pub(crate) fn add_async<H: AsyncHook>(
+        &mut self,
+        module: &str,
+        priority: i32,
+        f: AsyncHandler<H::Arg>,
+    ) {
+        self.names.push((H::NAME, priority, module.to_string()));
+        self.push(TypeId::of::<H>(), priority, f);
+    }
+
+    fn sync_chain<H: SyncHook>(&self) -> Option<&Chain<SyncHandler<H::Arg>>> {
+        self.chains
+            .get(&TypeId::of::<H>())
+            .and_then(|c| c.downcast_ref::<Arc<Chain<SyncHandler<H::Arg>>>>())
+            .map(|a| &**a)
+    }
+
+    fn async_chain<H: AsyncHook>(&self) -> Option<Arc<Chain<AsyncHandler<H::Arg>>>> {
+        self.chains
+            .get(&TypeId::of::<H>())
+            .and_then(|c| c.downcast_ref::<Arc<Chain<AsyncHandler<H::Arg>>>>())
+            .cloned()
+    }
+
+    /// Whether any handler is registered for `H`.
+    pub fn has<H: 'static>(&self) -> bool {
+        self.chains.contains_key(&TypeId::of::<H>())
+    }
+
+    /// Run a synchronous chain.
+    pub fn run<H: SyncHook>(&self, cx: &HookCx<'_>, arg: &mut H::Arg) -> HookAction {
+        if let Some(chain) = self.sync_chain::<H>() {
+            for (_, h) in &chain.handlers {
+                if h(cx, arg) == HookAction::Drop {
+                    return HookAction::Drop;
+                }
+            }
+        }
+        HookAction::Continue
+    }
+
+    /// Run an asynchronous chain to its end (or the first `Drop`).
+    pub fn run_async<H: AsyncHook>(
+        &self,
+        cx: &ModuleCx,
+        arg: H::Arg,
+    ) -> impl std::future::Future<Output = HookAction> + Send + 'static {
+        let chain = self.async_chain::<H>();
+        let cx = cx.clone();
+        async move {
+            let Some(chain) = chain else {
+                return HookAction::Continue;
+            };
+            for (_, h) in &chain.handlers {
+                if h(cx.clone(), arg.clone()).await == HookAction::Drop {
+                    return HookAction::Drop;
+                }
+            }
+            HookAction::Continue
+        }
+    }
+
+    /// `(hook point, priority, module)` of every registration, for
+    /// diagnostics and documentation.
+    pub fn registrations(&self) -> &[(&'static str, i32, String)] {
+        &self.names
+    }
+}
+
+macro_rules! sync_hook {
+    ($(#[$m:meta])* $name:ident, $hook:literal, $arg:ty) => {
+        $(#[$m])*
+        pub struct $name;
+        impl SyncHook for $name {
+            const NAME: &'static str = $hook;
+            type Arg = $arg;
+        }
+    };
+}
+
+macro_rules! async_hook {
+    ($(#[$m:meta])* $name:ident, $hook:literal, $arg:ty) => {
+        $(#[$m])*
+        pub struct $name;
+        impl AsyncHook for $name {
+            const NAME: &'static str = $hook;
+            type Arg = $arg;
+        }
+    };
+}
+
+sync_hook!(
+    /// Every stanza a local session sends, before it is routed (the session
+    /// is [`HookCx::session`]); `Drop` stops it (the module answered it).
+    UserSend,
+    "user_send_packet",
+    Stanza
+);
+sync_hook!(
+    /// Every stanza about to be written to a local session (the session is
+    /// [`HookCx::session`]); `Drop` keeps it from the client.
+    UserReceive,
+    "user_receive_packet",
+    Stanza
+);
+async_hook!(
+    /// A message for an existing local account with no available resource,
+    /// in arrival order per account. A module that takes it (stores it, or
+    /// answers it) returns `Drop`; the sender's acknowledgement waits for the
+    /// chain. Without a taker the router answers `service-unavailable`.
+    OfflineMessage,
+    "offline_message_hook",
+    Stanza
+);
+async_hook!(
+    /// A stanza a local session sent, after the synchronous hooks and while
+    /// it is routed: for modules that must write it somewhere (an archive)
+    /// before the client's `<a/>` counts it. Runs in a task of its own that
+    /// holds the stanza's ticket.
+    UserSent,
+    "user_sent_async",
+    SentStanza
+);
+async_hook!(
+    /// Presence of type subscribe, subscribed, unsubscribe, unsubscribed or
+    /// probe addressed to a local bare JID (RFC 6121 §3, §4.3).
+    PresenceIn,
+    "s2s_receive_presence",
+    Stanza
+);
+async_hook!(
+    /// Subscription presence a local user sends, before it is routed; a
+    /// handler returning `Drop` routed it itself.
+    SubscriptionOut,
+    "roster_out_subscription",
+    Stanza
+);
+async_hook!(
+    /// A message addressed to a host itself (any resource).
+    HostMessage,
+    "local_send_to_resource_hook",
+    Stanza
+);
+async_hook!(
+    /// A local session's broadcast presence: initial, update or unavailable.
+    /// Runs in the broadcasting session's task: never wait for room in that
+    /// session's own queue (it cannot drain meanwhile).
+    PresenceOut,
+    "user_presence_broadcast",
+    PresenceBroadcast
+);
+async_hook!(
+    /// A resource was bound (before any stanza is exchanged).
+    SessionBound,
+    "sm_register_connection_hook",
+    FullJid
+);
+async_hook!(
+    /// A session ended (after it left the session table).
+    SessionClosed,
+    "sm_remove_connection_hook",
+    FullJid
+);
+async_hook!(
+    /// An account was removed: delete the module's data about it.
+    RemoveUser,
+    "remove_user",
+    Account
+);
+
+/// A stanza a local session sent ([`UserSent`]).
+#[derive(Clone, Debug)]
+pub struct SentStanza {
+    /// The sending session.
+    pub session: FullJid,
+    /// The stanza as routed.
+    pub stanza: Stanza,
+}
+
+/// A presence broadcast ([`PresenceOut`]).
+#[derive(Clone, Debug)]
+pub struct PresenceBroadcast {
+    /// The broadcasting session.
+    pub session: FullJid,
+    /// The presence as broadcast.
+    pub stanza: Stanza,
+    /// Initial, update or unavailable.
+    pub event: crate::module::PresenceEvent,
+}
+
+/// An account of a local host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Account {
+    /// Host.
+    pub host: String,
+    /// Local part.
+    pub user: String,
+}

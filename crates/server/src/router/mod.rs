@@ -1,0 +1,239 @@
+//! The router: every stanza, from whatever door it came in by, is delivered
+//! by [`Core::route`]. The routing table maps a domain to its destination:
+//!
+//! - a **virtual host** served here: its users' sessions and the server
+//!   entity, by the RFC 6121 §8.5 rules in [`local`];
+//! - a **service** subdomain of a module (upload, and later MUC, PubSub…),
+//!   which gets every stanza kind addressed to it, with the full `to`;
+//! - an **external** destination ([`StanzaSink`]): the slot for external
+//!   components (XEP-0114) and, for domains in no entry, the remote-server
+//!   fallback (s2s). A session on another cluster node is reached through
+//!   the session registry ([`crate::sm`]), not through this table.
+//!
+//! The router is the only way a stanza reaches a session, for modules and
+//! for the kernel alike. It never blocks: slow paths (storage, IQ handlers,
+//! async hooks) run in tasks that hold the stanza's acknowledgement ticket.
+
+pub mod local;
+
+use crate::core::Core;
+use crate::host::Host;
+use crate::module::{IqHandler, IqRequest, IqScope, IqType};
+use jid::Jid;
+use palaver_proto::error::{Condition, StanzaError};
+use palaver_proto::stanza::{Stanza, StanzaKind};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+/// A destination that takes stanzas for a whole domain (an external
+/// component, a remote server's connection, a cluster node's link). It owns
+/// the stanza from then on: delivered, queued or bounced, never lost.
+pub trait StanzaSink: Send + Sync {
+    /// What it is, for logs (`component`, `s2s`…).
+    fn kind(&self) -> &'static str;
+    /// Take a stanza; must not block.
+    fn deliver(&self, core: &Arc<Core>, st: Stanza);
+}
+
+/// Where the stanzas of one domain go.
+#[derive(Clone)]
+pub enum Destination {
+    /// A virtual host served here.
+    Host(Arc<Host>),
+    /// A service subdomain registered by a module of this host.
+    Service(Arc<Host>),
+    /// An external destination (component).
+    External(Arc<dyn StanzaSink>),
+}
+
+/// Why a domain cannot be added to the routing table.
+#[derive(Debug, thiserror::Error)]
+#[error("domain `{0}` is already routed")]
+pub struct DomainTaken(pub String);
+
+/// Domain → destination, plus the fallback for every other domain.
+#[derive(Default)]
+pub struct RoutingTable {
+    domains: RwLock<HashMap<String, Destination>>,
+    remote: RwLock<Option<Arc<dyn StanzaSink>>>,
+}
+
+impl RoutingTable {
+    /// Add a domain; a domain is routed to one destination only.
+    pub fn add(&self, domain: &str, dest: Destination) -> Result<(), DomainTaken> {
+        let mut map = self
+            .domains
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if map.contains_key(domain) {
+            return Err(DomainTaken(domain.to_string()));
+        }
+        map.insert(domain.to_string(), dest);
+        Ok(())
+    }
+
+    /// Remove a domain (a component disconnected); `true` when it was routed.
+    pub fn remove(&self, domain: &str) -> bool {
+        self.domains
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(domain)
+            .is_some()
+    }
+
+    /// The destination of `domain`, if it has an entry.
+    pub fn lookup(&self, domain: &str) -> Option<Destination> {
+        self.domains
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(domain)
+            .cloned()
+    }
+
+    /// Every routed domain, sorted.
+    pub fn domains(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .domains
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Set where stanzas for domains without an entry go (s2s). Without it
+    /// they are answered `remote-server-not-found`.
+    pub fn set_remote(&self, sink: Option<Arc<dyn StanzaSink>>) {
+        *self
+            .remote
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = sink;
+    }
+
+    fn remote(&self) -> Option<Arc<dyn StanzaSink>> {
+        self.remote
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+impl Core {
+    /// Route a stanza to its destination. Never blocks.
+    pub fn route(self: &Arc<Self>, st: Stanza) {
+        let Some(to) = &st.to else {
+            // Stanzas without `to` are addressed to the sender's account (RFC 6120 §10.3).
+            let bare: Jid = st.from.to_bare().into();
+            let mut st = st;
+            st.set_to(Some(bare));
+            return self.route(st);
+        };
+        match self.routes.lookup(to.domain().as_str()) {
+            Some(Destination::Host(host)) => local::route(self, host, st),
+            Some(Destination::Service(host)) => self.route_to_service(host, st),
+            Some(Destination::External(sink)) => sink.deliver(self, st),
+            None => match self.routes.remote() {
+                Some(sink) => sink.deliver(self, st),
+                None => {
+                    let domain = Jid::from(to.to_bare());
+                    self.bounce(&st, Condition::RemoteServerNotFound, Some(domain));
+                }
+            },
+        }
+    }
+
+    /// Reply to `st` with an error, unless it is an error itself.
+    pub fn bounce(self: &Arc<Self>, st: &Stanza, cond: Condition, error_from: Option<Jid>) {
+        self.bounce_with(st, StanzaError::new(cond), error_from);
+    }
+
+    /// Reply to `st` with a specific error, unless it is an error itself.
+    pub fn bounce_with(self: &Arc<Self>, st: &Stanza, err: StanzaError, error_from: Option<Jid>) {
+        if let Some(reply) = st.error_reply(&err, error_from) {
+            self.route(reply);
+        }
+    }
+
+    /// A stanza for a service subdomain: IQ requests go to the handler of
+    /// their payload namespace, everything else (and IQs without a handler)
+    /// to the service's stanza handler; without one, RFC 6120 defaults.
+    fn route_to_service(self: &Arc<Self>, host: Arc<Host>, st: Stanza) {
+        let domain = st
+            .to
+            .as_ref()
+            .map(|t| t.domain().to_string())
+            .unwrap_or_default();
+        if st.kind == StanzaKind::Iq {
+            let kind = match st.type_attr() {
+                Some("get") => Some(IqType::Get),
+                Some("set") => Some(IqType::Set),
+                Some("result") | Some("error") => None,
+                _ => {
+                    self.bounce(&st, Condition::BadRequest, None);
+                    return;
+                }
+            };
+            let handler = kind.and_then(|kind| {
+                st.payload()
+                    .and_then(|p| host.service_iq_handler(&domain, kind, &p.ns()))
+            });
+            if let Some(handler) = handler {
+                self.run_iq_handler(handler, host, st);
+                return;
+            }
+        }
+        if let Some(handler) = host.service_handler(&domain) {
+            handler(&self.cx(&host), st);
+            return;
+        }
+        match st.kind {
+            StanzaKind::Iq if matches!(st.type_attr(), Some("get" | "set")) => {
+                self.bounce(&st, Condition::ServiceUnavailable, None)
+            }
+            StanzaKind::Message => self.bounce(&st, Condition::ServiceUnavailable, None),
+            _ => {}
+        }
+    }
+
+    /// Hand an IQ to the module handling its payload namespace, or answer
+    /// `service-unavailable` (RFC 6120 §8.4). Results and errors are never answered.
+    pub(crate) fn dispatch_iq(self: &Arc<Self>, host: Arc<Host>, scope: IqScope, st: Stanza) {
+        let kind = match st.type_attr() {
+            Some("get") => IqType::Get,
+            Some("set") => IqType::Set,
+            Some("result") | Some("error") => return,
+            _ => {
+                self.bounce(&st, Condition::BadRequest, None);
+                return;
+            }
+        };
+        let mut children = st.el.children();
+        let (Some(payload), None) = (children.next(), children.next()) else {
+            self.bounce(&st, Condition::BadRequest, None);
+            return;
+        };
+        let handler = host.iq_handler(scope, kind, &payload.ns());
+        let Some(handler) = handler else {
+            self.bounce(&st, Condition::ServiceUnavailable, None);
+            return;
+        };
+        self.run_iq_handler(handler, host, st);
+    }
+
+    /// Run an IQ handler in its own task (holding the request's ticket) and
+    /// answer with its result or error.
+    fn run_iq_handler(self: &Arc<Self>, handler: IqHandler, host: Arc<Host>, st: Stanza) {
+        let cx = self.cx(&host);
+        let core = self.clone();
+        cx.clone().spawn(async move {
+            let req_copy = st.clone();
+            let res = handler(IqRequest { stanza: st, cx }).await;
+            match res {
+                Ok(payload) => core.route(req_copy.iq_result(payload)),
+                Err(e) => core.bounce_with(&req_copy, e, None),
+            }
+        });
+    }
+}
