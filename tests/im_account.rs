@@ -163,9 +163,7 @@ async fn register_change_password_cancel() {
         .block(DOMAIN, "newbie", &["x@localhost".into()])
         .await
         .expect("block");
-    srv.core()
-        .storage()
-        .kv
+    palaver_modules::announce::store::KvSql::new(srv.core().storage().db.clone())
         .user_flag_set(DOMAIN, "newbie", "motd")
         .await
         .expect("flag");
@@ -190,7 +188,8 @@ async fn register_change_password_cancel() {
             .is_empty()
     );
     assert!(
-        s.kv.user_flag_set(DOMAIN, "newbie", "motd")
+        palaver_modules::announce::store::KvSql::new(s.db.clone())
+            .user_flag_set(DOMAIN, "newbie", "motd")
             .await
             .expect("q"),
         "flags were removed"
@@ -401,10 +400,7 @@ async fn announcements_and_motd() {
     b.until("welcome!").await;
     let mut got = String::new();
     for _ in 0..50 {
-        let set = srv
-            .core()
-            .storage()
-            .kv
+        let set = palaver_modules::announce::store::KvSql::new(srv.core().storage().db.clone())
             .host_get(DOMAIN, "motd")
             .await
             .expect("q")
@@ -432,10 +428,7 @@ async fn announcements_and_motd() {
     adm.send("<message to='localhost/announce/motd/update'><body>v2!</body></message>")
         .await;
     for _ in 0..50 {
-        let v = srv
-            .core()
-            .storage()
-            .kv
+        let v = palaver_modules::announce::store::KvSql::new(srv.core().storage().db.clone())
             .host_get(DOMAIN, "motd")
             .await
             .expect("q");
@@ -448,10 +441,7 @@ async fn announcements_and_motd() {
     adm.send("<message to='localhost/announce/motd/delete'/>")
         .await;
     for _ in 0..50 {
-        let gone = srv
-            .core()
-            .storage()
-            .kv
+        let gone = palaver_modules::announce::store::KvSql::new(srv.core().storage().db.clone())
             .host_get(DOMAIN, "motd")
             .await
             .expect("q")

@@ -515,7 +515,7 @@ async fn last_activity_edge_cases() {
     a1.send("<presence type='unavailable'><status>first</status></presence>")
         .await;
     sync(&mut a1, "s3").await;
-    let last = &srv.core().storage().last;
+    let last = palaver_modules::last::store::LastSql::new(srv.core().storage().db.clone());
     assert!(
         last.last(DOMAIN, "alice").await.expect("q").is_none(),
         "another session is still available"
@@ -582,7 +582,8 @@ async fn last_activity_edge_cases() {
         .await
         .expect("remove");
     let s = &srv.core().storage();
-    assert!(s.last.last(DOMAIN, "alice").await.expect("q").is_none());
+    let last = palaver_modules::last::store::LastSql::new(s.db.clone());
+    assert!(last.last(DOMAIN, "alice").await.expect("q").is_none());
     assert!(
         s.xml
             .get_xml(DOMAIN, "alice", "vcard")

@@ -154,7 +154,8 @@ async fn vcard_avatar_private_last() {
             .expect("q")
             .is_none()
     );
-    assert!(s.last.last(DOMAIN, "alice").await.expect("q").is_none());
+    let last = palaver_modules::last::store::LastSql::new(s.db.clone());
+    assert!(last.last(DOMAIN, "alice").await.expect("q").is_none());
     assert_eq!(s.roster.roster_count(DOMAIN, "alice").await.expect("q"), 0);
     srv.stop().await;
 }

@@ -57,6 +57,7 @@ impl Default for Options {
 }
 
 fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
+    host.migrations(store::MIGRATIONS);
     let acl = Arc::new(o.access_acl);
     host.hook_async::<HostMessage, _>(50, move |cx, st| {
         let acl = acl.clone();
@@ -75,7 +76,9 @@ fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
         HookAction::Continue
     });
     host.hook_async::<RemoveUser, _>(50, |cx, a| async move {
-        let _ = cx.storage().kv.remove_user_flags(&a.host, &a.user).await;
+        let _ = store::KvSql::of(&cx)
+            .remove_user_flags(&a.host, &a.user)
+            .await;
         HookAction::Continue
     });
     Ok(())
@@ -86,12 +89,11 @@ fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
 async fn motd_at_login(cx: &ModuleCx, jid: &FullJid) {
     let host = jid.domain().to_string();
     let Some(node) = jid.node() else { return };
-    let Ok(Some(xml)) = cx.storage().kv.host_get(&host, "motd").await else {
+    let Ok(Some(xml)) = store::KvSql::of(cx).host_get(&host, "motd").await else {
         return;
     };
     if !matches!(
-        cx.storage()
-            .kv
+        store::KvSql::of(cx)
             .user_flag_set(&host, node.as_str(), "motd")
             .await,
         Ok(true)
@@ -136,12 +138,12 @@ async fn announce(core: ModuleCx, st: Stanza, acl: &str) -> bool {
         let core = core.clone();
         let host = host.clone();
         async move {
-            let r = core
-                .storage()
-                .kv
+            let r = store::KvSql::of(&core)
                 .host_set(&host, "motd", xml.as_deref())
                 .await;
-            let r2 = core.storage().kv.user_flag_clear_all(&host, "motd").await;
+            let r2 = store::KvSql::of(&core)
+                .user_flag_clear_all(&host, "motd")
+                .await;
             r.is_ok() && r2.is_ok()
         }
     };
@@ -156,9 +158,7 @@ async fn announce(core: ModuleCx, st: Stanza, acl: &str) -> bool {
             // Online users get it now: don't repeat it at their next login.
             for full in core.sessions().online(&host) {
                 if let Some(n) = full.node() {
-                    let _ = core
-                        .storage()
-                        .kv
+                    let _ = store::KvSql::of(&core)
                         .user_flag_set(&host, n.as_str(), "motd")
                         .await;
                 }
@@ -182,5 +182,118 @@ async fn announce(core: ModuleCx, st: Stanza, acl: &str) -> bool {
 fn send_online(core: &ModuleCx, host: &str, src: &Element) {
     for full in core.sessions().online(host) {
         core.route(message_to(host, src, Jid::from(full)));
+    }
+}
+
+/// The store of `mod_announce` (message of the day, per-user "seen" flags),
+/// beside the module (see `palaver_storage::Db`).
+pub mod store {
+    use palaver_server::ModuleCx;
+    use palaver_storage::{Db, ModuleMigration, Result, on_db};
+
+    /// The module's own tables. (Created by the base schema before stores
+    /// moved beside their modules; this step keeps new databases right.)
+    pub const MIGRATIONS: &[ModuleMigration] = &[ModuleMigration {
+        sqlite: "CREATE TABLE IF NOT EXISTS host_kv (host TEXT NOT NULL, key TEXT NOT NULL, \
+                 value TEXT NOT NULL, PRIMARY KEY (host, key)); \
+                 CREATE TABLE IF NOT EXISTS user_flags (host TEXT NOT NULL, username TEXT NOT NULL, \
+                 key TEXT NOT NULL, PRIMARY KEY (host, username, key))",
+        postgres: "CREATE TABLE IF NOT EXISTS host_kv (host TEXT NOT NULL, key TEXT NOT NULL, \
+                   value TEXT NOT NULL, PRIMARY KEY (host, key)); \
+                   CREATE TABLE IF NOT EXISTS user_flags (host TEXT NOT NULL, username TEXT NOT NULL, \
+                   key TEXT NOT NULL, PRIMARY KEY (host, username, key)); \
+                   CREATE INDEX IF NOT EXISTS user_flags_key ON user_flags (host, key)",
+    }];
+
+    /// Per-host settings and per-user flags, on either backend.
+    pub struct KvSql(Db);
+
+    impl KvSql {
+        /// The store over the server's pool.
+        pub fn new(db: Db) -> KvSql {
+            KvSql(db)
+        }
+
+        /// The store of a running server.
+        pub fn of(cx: &ModuleCx) -> KvSql {
+            KvSql(cx.storage().db.clone())
+        }
+
+        /// Value of a host setting.
+        pub async fn host_get(&self, host: &str, key: &str) -> Result<Option<String>> {
+            Ok(on_db!(&self.0, |pool| {
+                sqlx::query_scalar("SELECT value FROM host_kv WHERE host = $1 AND key = $2")
+                    .bind(host)
+                    .bind(key)
+                    .fetch_optional(pool)
+                    .await?
+            }))
+        }
+
+        /// Set (or with `None` delete) a host setting.
+        pub async fn host_set(&self, host: &str, key: &str, value: Option<&str>) -> Result<()> {
+            on_db!(&self.0, |pool| match value {
+                Some(v) => {
+                    sqlx::query(
+                        "INSERT INTO host_kv (host, key, value) VALUES ($1, $2, $3) \
+                         ON CONFLICT (host, key) DO UPDATE SET value = excluded.value",
+                    )
+                    .bind(host)
+                    .bind(key)
+                    .bind(v)
+                    .execute(pool)
+                    .await?;
+                }
+                None => {
+                    sqlx::query("DELETE FROM host_kv WHERE host = $1 AND key = $2")
+                        .bind(host)
+                        .bind(key)
+                        .execute(pool)
+                        .await?;
+                }
+            });
+            Ok(())
+        }
+
+        /// Set a per-user flag; `true` when it was not set before.
+        pub async fn user_flag_set(&self, host: &str, user: &str, key: &str) -> Result<bool> {
+            let n = on_db!(&self.0, |pool| {
+                sqlx::query(
+                    "INSERT INTO user_flags (host, username, key) VALUES ($1, $2, $3) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(host)
+                .bind(user)
+                .bind(key)
+                .execute(pool)
+                .await?
+                .rows_affected()
+            });
+            Ok(n > 0)
+        }
+
+        /// Clear a flag for every user of the host.
+        pub async fn user_flag_clear_all(&self, host: &str, key: &str) -> Result<()> {
+            on_db!(&self.0, |pool| {
+                sqlx::query("DELETE FROM user_flags WHERE host = $1 AND key = $2")
+                    .bind(host)
+                    .bind(key)
+                    .execute(pool)
+                    .await?;
+            });
+            Ok(())
+        }
+
+        /// Delete all flags of a user.
+        pub async fn remove_user_flags(&self, host: &str, user: &str) -> Result<()> {
+            on_db!(&self.0, |pool| {
+                sqlx::query("DELETE FROM user_flags WHERE host = $1 AND username = $2")
+                    .bind(host)
+                    .bind(user)
+                    .execute(pool)
+                    .await?;
+            });
+            Ok(())
+        }
     }
 }

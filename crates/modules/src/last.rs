@@ -29,6 +29,7 @@ impl Module for Last {
 const NS_LAST: &str = "jabber:iq:last";
 
 fn start(host: &mut HostSetup, _o: NoOptions) -> Result<(), String> {
+    host.migrations(store::MIGRATIONS);
     host.add_feature(NS_LAST);
     host.on_iq(IqScope::Server, IqType::Get, NS_LAST, |req| async move {
         Ok(Some(query(req.cx.started().elapsed().as_secs(), None)))
@@ -51,7 +52,7 @@ fn start(host: &mut HostSetup, _o: NoOptions) -> Result<(), String> {
             .get_child("status", ns::CLIENT)
             .map(|s| s.text())
             .unwrap_or_default();
-        let last = &cx.storage().last;
+        let last = store::LastSql::of(&cx);
         if let Err(e) = last
             .set_last(bare.domain().as_str(), node.as_str(), now(), &status)
             .await
@@ -61,7 +62,8 @@ fn start(host: &mut HostSetup, _o: NoOptions) -> Result<(), String> {
         HookAction::Continue
     });
     host.hook_async::<RemoveUser, _>(50, |cx, a| async move {
-        if let Err(e) = cx.storage().last.remove_last(&a.host, &a.user).await {
+        let last = store::LastSql::of(&cx);
+        if let Err(e) = last.remove_last(&a.host, &a.user).await {
             tracing::warn!(error = %e, "removing last activity failed");
         }
         HookAction::Continue
@@ -132,9 +134,7 @@ async fn user_last(req: IqRequest) -> IqResult {
     {
         return Ok(Some(query(0, None)));
     }
-    match core
-        .storage()
-        .last
+    match store::LastSql::of(core)
         .last(&host, &node)
         .await
         .map_err(internal)?
@@ -144,5 +144,83 @@ async fn user_last(req: IqRequest) -> IqResult {
             Some(&status),
         ))),
         None => Err(StanzaError::new(Condition::ItemNotFound)),
+    }
+}
+
+/// The store of `mod_last`, beside the module (see `palaver_storage::Db`).
+pub mod store {
+    use palaver_server::ModuleCx;
+    use palaver_storage::{Db, ModuleMigration, Result, on_db};
+
+    /// The module's own table. (Created by the base schema before stores
+    /// moved beside their modules; this step keeps new databases right.)
+    pub const MIGRATIONS: &[ModuleMigration] = &[ModuleMigration {
+        sqlite: "CREATE TABLE IF NOT EXISTS last_activity (host TEXT NOT NULL, username TEXT NOT NULL, \
+                 seconds INTEGER NOT NULL, status TEXT NOT NULL, PRIMARY KEY (host, username))",
+        postgres: "CREATE TABLE IF NOT EXISTS last_activity (host TEXT NOT NULL, username TEXT NOT NULL, \
+                   seconds BIGINT NOT NULL, status TEXT NOT NULL, PRIMARY KEY (host, username))",
+    }];
+
+    /// Users' last logout (XEP-0012), on either backend.
+    pub struct LastSql(Db);
+
+    impl LastSql {
+        /// The store over the server's pool.
+        pub fn new(db: Db) -> LastSql {
+            LastSql(db)
+        }
+
+        /// The store of a running server.
+        pub fn of(cx: &ModuleCx) -> LastSql {
+            LastSql(cx.storage().db.clone())
+        }
+
+        /// Record a logout at `seconds` (Unix time) with a status.
+        pub async fn set_last(
+            &self,
+            host: &str,
+            user: &str,
+            seconds: i64,
+            status: &str,
+        ) -> Result<()> {
+            on_db!(&self.0, |pool| {
+                sqlx::query(
+                    "INSERT INTO last_activity (host, username, seconds, status) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (host, username) DO UPDATE SET seconds = excluded.seconds, status = excluded.status",
+                )
+                .bind(host)
+                .bind(user)
+                .bind(seconds)
+                .bind(status)
+                .execute(pool)
+                .await?;
+            });
+            Ok(())
+        }
+
+        /// The last logout: (Unix time, status).
+        pub async fn last(&self, host: &str, user: &str) -> Result<Option<(i64, String)>> {
+            Ok(on_db!(&self.0, |pool| {
+                sqlx::query_as(
+                    "SELECT seconds, status FROM last_activity WHERE host = $1 AND username = $2",
+                )
+                .bind(host)
+                .bind(user)
+                .fetch_optional(pool)
+                .await?
+            }))
+        }
+
+        /// Forget a user.
+        pub async fn remove_last(&self, host: &str, user: &str) -> Result<()> {
+            on_db!(&self.0, |pool| {
+                sqlx::query("DELETE FROM last_activity WHERE host = $1 AND username = $2")
+                    .bind(host)
+                    .bind(user)
+                    .execute(pool)
+                    .await?;
+            });
+            Ok(())
+        }
     }
 }

@@ -8,6 +8,7 @@ use palaver_proto::ns;
 use palaver_proto::stanza::{Stanza, StanzaKind, set_attr};
 use palaver_server::hooks::{OfflineMessage, PresenceOut, RemoveUser};
 use palaver_server::module::PresenceEvent;
+use palaver_server::router::local::Undelivered;
 use palaver_server::{HookAction, ModuleCx};
 use palaver_server::{HostSetup, Module, ModuleDef};
 use std::sync::Arc;
@@ -147,9 +148,9 @@ async fn store(core: ModuleCx, st: Stanza, limit: usize) -> bool {
 /// initial presence), in order, then delete them.
 ///
 /// This runs inside the session's own task, which cannot drain its queue
-/// meanwhile: the messages are handed over by a task of its own that waits
-/// for room in the session's queue (through the router), so a backlog
-/// longer than the queue is neither lost nor blocks the login.
+/// meanwhile: what fits in the queue is handed over here; a longer backlog
+/// is finished by a task of its own that waits for room (through the
+/// router), so it is neither lost nor blocks the login.
 async fn deliver(core: ModuleCx, jid: FullJid, busy: Busy) {
     let host = jid.domain().to_string();
     let Some(node) = jid.node().map(|n| n.to_string()) else {
@@ -171,22 +172,41 @@ async fn deliver(core: ModuleCx, jid: FullJid, busy: Busy) {
     {
         return;
     }
-    tokio::spawn(async move {
-        let _busy = busy;
-        let mut last = None;
-        for (id, xml, _) in msgs {
-            let Some(st) = restore(id, &xml, &jid) else {
-                last = Some(id);
-                continue;
-            };
-            if core.deliver_waiting(st).await.is_err() {
-                // The session went away (or stopped reading): the rest stays stored.
-                break;
-            }
+    let mut last = None;
+    let mut msgs = msgs.into_iter();
+    while let Some((id, xml, _)) = msgs.next() {
+        let Some(st) = restore(id, &xml, &jid) else {
             last = Some(id);
+            continue;
+        };
+        match core.try_deliver(st) {
+            Ok(()) => last = Some(id),
+            Err(Undelivered::NoSession(_)) => break,
+            Err(Undelivered::Full(first)) => {
+                tokio::spawn(async move {
+                    let _busy = busy;
+                    let mut next = Some((id, *first));
+                    while let Some((id, st)) = next.take() {
+                        if core.deliver_waiting(st).await.is_err() {
+                            // Gone, or stopped reading: the rest stays stored.
+                            break;
+                        }
+                        last = Some(id);
+                        next = msgs.by_ref().find_map(|(id, xml, _)| {
+                            let st = restore(id, &xml, &jid);
+                            if st.is_none() {
+                                last = Some(id);
+                            }
+                            st.map(|st| (id, st))
+                        });
+                    }
+                    delete_upto(&core, &host, &node, last).await;
+                });
+                return;
+            }
         }
-        delete_upto(&core, &host, &node, last).await;
-    });
+    }
+    delete_upto(&core, &host, &node, last).await;
 }
 
 /// A stored message as a stanza for `to`; `None` (logged) when unreadable.

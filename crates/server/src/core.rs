@@ -242,6 +242,21 @@ impl Core {
         out
     }
 
+    /// Apply the schema steps of every enabled module's own tables.
+    pub(crate) async fn migrate_modules(&self) -> palaver_storage::Result<()> {
+        let mut done: Vec<&str> = Vec::new();
+        for h in self.hosts.values() {
+            for (module, steps) in &h.regs.migrations {
+                if done.contains(module) {
+                    continue;
+                }
+                done.push(module);
+                self.storage.db.migrate_module(module, steps).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Start the modules' background tasks on every host.
     pub(crate) fn start_modules(self: &Arc<Self>) {
         for h in self.hosts.values() {

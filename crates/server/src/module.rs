@@ -182,6 +182,7 @@ pub struct Registrations {
     pub(crate) http: Vec<HttpRoute>,
     pub(crate) tasks_to_start: std::sync::Mutex<Vec<(&'static str, TaskFn)>>,
     pub(crate) instances: Vec<(&'static str, Box<dyn RunningModule>)>,
+    pub(crate) migrations: Vec<(&'static str, &'static [palaver_storage::ModuleMigration])>,
     /// XEP-0198 settings when stream management is offered.
     pub(crate) stream_mgmt: Option<crate::c2s::StreamMgmtConfig>,
 }
@@ -395,6 +396,13 @@ impl HostSetup {
         });
     }
 
+    /// The module's own tables: schema steps applied (once per module, in
+    /// order, under its name) before the server serves; see
+    /// `palaver_storage::Db` for writing the store beside the module.
+    pub fn migrations(&mut self, steps: &'static [palaver_storage::ModuleMigration]) {
+        self.regs.migrations.push((self.current, steps));
+    }
+
     /// Run a background task of the module once the server runs; it is
     /// cancelled when the module stops (at shutdown).
     pub fn spawn_task<Fut>(&mut self, f: impl FnOnce(ModuleCx) -> Fut + Send + 'static)
@@ -520,6 +528,12 @@ impl ModuleCx {
     /// session is bound.
     pub fn deliver_to(&self, session: &jid::FullJid, st: Stanza) {
         self.core.deliver_to(session, st)
+    }
+
+    /// Deliver a stanza addressed to a local full JID now if the session's
+    /// queue has room; otherwise it comes back (nothing is bounced).
+    pub fn try_deliver(&self, st: Stanza) -> Result<(), crate::router::local::Undelivered> {
+        self.core.try_deliver(st)
     }
 
     /// Deliver a stanza addressed to a local full JID, waiting (bounded) for

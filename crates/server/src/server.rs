@@ -85,7 +85,9 @@ impl Server {
     ) -> Result<Arc<Core>, StartError> {
         let storage = open_storage(&config).await?;
         let (_tx, shutdown) = watch::channel(false);
-        build_core(config, registry, storage, shutdown)
+        let core = build_core(config, registry, storage, shutdown)?;
+        core.migrate_modules().await?;
+        Ok(core)
     }
 
     /// Open storage, start hosts and listeners.
@@ -110,6 +112,7 @@ impl Server {
         )?);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let core = build_core(config, registry, storage, shutdown_rx)?;
+        core.migrate_modules().await?;
         let config = core.config.clone();
         let mut tasks = JoinSet::new();
         let mut listeners = Vec::new();

@@ -141,17 +141,6 @@ pub trait XmlStore: Send + Sync {
     async fn remove_xml_user(&self, host: &str, user: &str, prefix: &str) -> Result<()>;
 }
 
-/// Last activity (XEP-0012): last logout time and status.
-#[async_trait]
-pub trait LastStore: Send + Sync {
-    /// Record a logout at `seconds` (Unix time) with a status.
-    async fn set_last(&self, host: &str, user: &str, seconds: i64, status: &str) -> Result<()>;
-    /// Last logout.
-    async fn last(&self, host: &str, user: &str) -> Result<Option<(i64, String)>>;
-    /// Forget.
-    async fn remove_last(&self, host: &str, user: &str) -> Result<()>;
-}
-
 /// Block lists (XEP-0191).
 #[async_trait]
 pub trait BlockStore: Send + Sync {
@@ -161,19 +150,4 @@ pub trait BlockStore: Send + Sync {
     async fn block(&self, host: &str, user: &str, jids: &[String]) -> Result<()>;
     /// Remove JIDs; an empty slice removes all.
     async fn unblock(&self, host: &str, user: &str, jids: &[String]) -> Result<()>;
-}
-
-/// Per-host key/value settings (message of the day…) and per-user flags.
-#[async_trait]
-pub trait HostKvStore: Send + Sync {
-    /// Value of a host setting.
-    async fn host_get(&self, host: &str, key: &str) -> Result<Option<String>>;
-    /// Set (or with `None` delete) a host setting.
-    async fn host_set(&self, host: &str, key: &str, value: Option<&str>) -> Result<()>;
-    /// Set a per-user flag; returns `true` when it was not set before.
-    async fn user_flag_set(&self, host: &str, user: &str, key: &str) -> Result<bool>;
-    /// Clear a flag for every user of the host.
-    async fn user_flag_clear_all(&self, host: &str, key: &str) -> Result<()>;
-    /// Delete all flags of a user.
-    async fn remove_user_flags(&self, host: &str, user: &str) -> Result<()>;
 }

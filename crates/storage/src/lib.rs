@@ -4,6 +4,7 @@
 //! has one trait; a backend implements all of them. [`Storage`] bundles the
 //! trait objects the server uses. The embedded default is SQLite.
 
+mod db;
 mod error;
 pub mod im;
 pub mod postgres;
@@ -11,6 +12,7 @@ mod sql;
 pub mod sqlite;
 
 use async_trait::async_trait;
+pub use db::{Db, Dialect, ModuleMigration};
 pub use error::StorageError;
 pub use im::*;
 use palaver_proto::sasl::{ScramCredentials, ScramHash};
@@ -62,56 +64,44 @@ pub struct Storage {
     pub offline: Arc<dyn OfflineStore>,
     /// Per-user XML documents (vCard, private storage).
     pub xml: Arc<dyn XmlStore>,
-    /// Last activity.
-    pub last: Arc<dyn LastStore>,
     /// Block lists.
     pub blocks: Arc<dyn BlockStore>,
-    /// Host settings and per-user flags.
-    pub kv: Arc<dyn HostKvStore>,
     /// Backend name for logs ("sqlite", "postgresql", "memory").
     pub backend: &'static str,
+    /// The pool itself, for stores that live beside their module ([`Db`]).
+    pub db: Db,
 }
 
 impl Storage {
     /// Every store of one backend that implements them all.
-    fn of<B>(db: Arc<B>, backend: &'static str) -> Storage
+    fn of<B>(db: Arc<B>, backend: &'static str, pool: Db) -> Storage
     where
-        B: AccountStore
-            + RosterStore
-            + OfflineStore
-            + XmlStore
-            + LastStore
-            + BlockStore
-            + HostKvStore
-            + 'static,
+        B: AccountStore + RosterStore + OfflineStore + XmlStore + BlockStore + 'static,
     {
         Storage {
             accounts: db.clone(),
             roster: db.clone(),
             offline: db.clone(),
             xml: db.clone(),
-            last: db.clone(),
-            blocks: db.clone(),
-            kv: db,
+            blocks: db,
             backend,
+            db: pool,
         }
     }
 
     /// Open the SQLite store at `path` (created when missing), migrated to the current schema.
     pub async fn open_sqlite(path: &std::path::Path) -> Result<Storage> {
-        Ok(Self::of(
-            Arc::new(sqlite::SqliteStore::open(path).await?),
-            "sqlite",
-        ))
+        let store = sqlite::SqliteStore::open(path).await?;
+        let pool = Db::Sqlite(store.pool().clone());
+        Ok(Self::of(Arc::new(store), "sqlite", pool))
     }
 
     /// Connect to PostgreSQL at `url` with `settings`, migrated to the
     /// current schema.
     pub async fn open_postgres(url: &str, settings: &postgres::PgSettings) -> Result<Storage> {
-        Ok(Self::of(
-            Arc::new(postgres::PgStore::open_with(url, settings).await?),
-            "postgresql",
-        ))
+        let store = postgres::PgStore::open_with(url, settings).await?;
+        let pool = Db::Postgres(store.pool().clone());
+        Ok(Self::of(Arc::new(store), "postgresql", pool))
     }
 }
 

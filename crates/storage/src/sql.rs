@@ -680,53 +680,6 @@ macro_rules! sql_stores {
         }
 
         #[async_trait::async_trait]
-        impl $crate::LastStore for $store {
-            async fn set_last(
-                &self,
-                host: &str,
-                user: &str,
-                seconds: i64,
-                status: &str,
-            ) -> $crate::Result<()> {
-                sqlx::query(
-                    "INSERT INTO last_activity (host, username, seconds, status) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (host, username) DO UPDATE SET seconds = excluded.seconds, status = excluded.status",
-                )
-                .bind(host)
-                .bind(user)
-                .bind(seconds)
-                .bind(status)
-                .execute(self.pool())
-                .await?;
-                Ok(())
-            }
-
-            async fn last(&self, host: &str, user: &str) -> $crate::Result<Option<(i64, String)>> {
-                use sqlx::Row as _;
-                let row = sqlx::query(
-                    "SELECT seconds, status FROM last_activity WHERE host = $1 AND username = $2",
-                )
-                .bind(host)
-                .bind(user)
-                .fetch_optional(self.pool())
-                .await?;
-                match row {
-                    None => Ok(None),
-                    Some(r) => Ok(Some((r.try_get("seconds")?, r.try_get("status")?))),
-                }
-            }
-
-            async fn remove_last(&self, host: &str, user: &str) -> $crate::Result<()> {
-                sqlx::query("DELETE FROM last_activity WHERE host = $1 AND username = $2")
-                    .bind(host)
-                    .bind(user)
-                    .execute(self.pool())
-                    .await?;
-                Ok(())
-            }
-        }
-
-        #[async_trait::async_trait]
         impl $crate::BlockStore for $store {
             async fn blocklist(&self, host: &str, user: &str) -> $crate::Result<Vec<String>> {
                 Ok(sqlx::query_scalar(concat!(
@@ -789,82 +742,6 @@ macro_rules! sql_stores {
             }
         }
 
-        #[async_trait::async_trait]
-        impl $crate::HostKvStore for $store {
-            async fn host_get(&self, host: &str, key: &str) -> $crate::Result<Option<String>> {
-                Ok(
-                    sqlx::query_scalar("SELECT value FROM host_kv WHERE host = $1 AND key = $2")
-                        .bind(host)
-                        .bind(key)
-                        .fetch_optional(self.pool())
-                        .await?,
-                )
-            }
-
-            async fn host_set(
-                &self,
-                host: &str,
-                key: &str,
-                value: Option<&str>,
-            ) -> $crate::Result<()> {
-                match value {
-                    Some(v) => {
-                        sqlx::query(
-                            "INSERT INTO host_kv (host, key, value) VALUES ($1, $2, $3) \
-                             ON CONFLICT (host, key) DO UPDATE SET value = excluded.value",
-                        )
-                        .bind(host)
-                        .bind(key)
-                        .bind(v)
-                        .execute(self.pool())
-                        .await?;
-                    }
-                    None => {
-                        sqlx::query("DELETE FROM host_kv WHERE host = $1 AND key = $2")
-                            .bind(host)
-                            .bind(key)
-                            .execute(self.pool())
-                            .await?;
-                    }
-                }
-                Ok(())
-            }
-
-            async fn user_flag_set(
-                &self,
-                host: &str,
-                user: &str,
-                key: &str,
-            ) -> $crate::Result<bool> {
-                let r = sqlx::query(
-                    "INSERT INTO user_flags (host, username, key) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                )
-                .bind(host)
-                .bind(user)
-                .bind(key)
-                .execute(self.pool())
-                .await?;
-                Ok(r.rows_affected() > 0)
-            }
-
-            async fn user_flag_clear_all(&self, host: &str, key: &str) -> $crate::Result<()> {
-                sqlx::query("DELETE FROM user_flags WHERE host = $1 AND key = $2")
-                    .bind(host)
-                    .bind(key)
-                    .execute(self.pool())
-                    .await?;
-                Ok(())
-            }
-
-            async fn remove_user_flags(&self, host: &str, user: &str) -> $crate::Result<()> {
-                sqlx::query("DELETE FROM user_flags WHERE host = $1 AND username = $2")
-                    .bind(host)
-                    .bind(user)
-                    .execute(self.pool())
-                    .await?;
-                Ok(())
-            }
-        }
     };
 }
 
@@ -1220,8 +1097,8 @@ macro_rules! sql_store_tests {
         }
 
         #[tokio::test]
-        async fn xml_last_blocks_kv() {
-            let Some((_d, s)) = store("xml_last_blocks_kv").await else {
+        async fn xml_and_blocks() {
+            let Some((_d, s)) = store("xml_and_blocks").await else {
                 return;
             };
             s.set_xml("h", "u", "vcard", "<v/>").await.unwrap();
@@ -1249,11 +1126,6 @@ macro_rules! sql_store_tests {
             assert_eq!(s.get_xml("h", "u", "private:a%b").await.unwrap(), None);
             assert!(s.get_xml("h", "u", "privateX").await.unwrap().is_some());
 
-            s.set_last("h", "u", 10, "bye").await.unwrap();
-            assert_eq!(s.last("h", "u").await.unwrap(), Some((10, "bye".into())));
-            s.remove_last("h", "u").await.unwrap();
-            assert_eq!(s.last("h", "u").await.unwrap(), None);
-
             s.block("h", "u", &["b@h".into(), "a@h".into(), "a@h".into()])
                 .await
                 .unwrap();
@@ -1268,25 +1140,11 @@ macro_rules! sql_store_tests {
             );
             s.unblock("h", "u", &[]).await.unwrap();
             assert!(s.blocklist("h", "u").await.unwrap().is_empty());
-
-            s.host_set("h", "motd", Some("<m/>")).await.unwrap();
-            assert_eq!(
-                s.host_get("h", "motd").await.unwrap().as_deref(),
-                Some("<m/>")
-            );
-            s.host_set("h", "motd", None).await.unwrap();
-            assert_eq!(s.host_get("h", "motd").await.unwrap(), None);
-            assert!(s.user_flag_set("h", "u", "motd").await.unwrap());
-            assert!(!s.user_flag_set("h", "u", "motd").await.unwrap());
-            s.user_flag_clear_all("h", "motd").await.unwrap();
-            assert!(s.user_flag_set("h", "u", "motd").await.unwrap());
-            s.remove_user_flags("h", "u").await.unwrap();
-            assert!(s.user_flag_set("h", "u", "motd").await.unwrap());
         }
 
         #[tokio::test]
-        async fn xml_last_blocks_kv_details() {
-            let Some((_d, s)) = store("xml_last_blocks_kv_details").await else {
+        async fn xml_and_blocks_details() {
+            let Some((_d, s)) = store("xml_and_blocks_details").await else {
                 return;
             };
             s.set_xml("h", "u", "vcard", "<v1/>").await.unwrap();
@@ -1312,13 +1170,6 @@ macro_rules! sql_store_tests {
             );
             s.set_xml("h", "u", "nothing", "").await.unwrap();
 
-            assert_eq!(s.last("h", "u").await.unwrap(), None);
-            s.set_last("h", "u", 1, "a").await.unwrap();
-            s.set_last("h", "u", 2, "").await.unwrap();
-            assert_eq!(s.last("h", "u").await.unwrap(), Some((2, String::new())));
-            s.remove_last("h", "u").await.unwrap();
-            s.remove_last("h", "u").await.unwrap();
-
             s.block("h", "u", &["a@h".into()]).await.unwrap();
             s.block("h", "u", &["a@h".into(), "c@h/res".into()])
                 .await
@@ -1331,27 +1182,6 @@ macro_rules! sql_store_tests {
             s.unblock("h", "u", &[]).await.unwrap();
             assert!(s.blocklist("h", "u").await.unwrap().is_empty());
             assert_eq!(s.blocklist("h", "v").await.unwrap(), ["z@h"]);
-
-            s.host_set("h", "motd", Some("one")).await.unwrap();
-            s.host_set("h", "motd", Some("two")).await.unwrap();
-            assert_eq!(
-                s.host_get("h", "motd").await.unwrap().as_deref(),
-                Some("two")
-            );
-            assert_eq!(s.host_get("h2", "motd").await.unwrap(), None);
-            s.host_set("h", "absent", None).await.unwrap();
-
-            assert!(s.user_flag_set("h", "u", "motd").await.unwrap());
-            assert!(s.user_flag_set("h", "v", "motd").await.unwrap());
-            assert!(s.user_flag_set("h", "u", "other").await.unwrap());
-            assert!(s.user_flag_set("h2", "u", "motd").await.unwrap());
-            s.user_flag_clear_all("h", "motd").await.unwrap();
-            assert!(s.user_flag_set("h", "v", "motd").await.unwrap());
-            assert!(!s.user_flag_set("h", "u", "other").await.unwrap());
-            assert!(!s.user_flag_set("h2", "u", "motd").await.unwrap());
-            s.remove_user_flags("h", "u").await.unwrap();
-            assert!(s.user_flag_set("h", "u", "other").await.unwrap());
-            assert!(!s.user_flag_set("h", "v", "motd").await.unwrap());
         }
     };
 }

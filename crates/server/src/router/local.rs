@@ -133,13 +133,25 @@ fn to_bare(core: &Arc<Core>, host: Arc<Host>, to: BareJid, st: Stanza) {
                 // Subscription management and probes are answered by the
                 // server (RFC 6121 §3, §4.3), one transition of the account
                 // at a time.
+                let key = to.to_string();
+                let target = to.clone();
                 let cx = core.cx(&host);
                 let ticket = cx.ticket();
+                let refused = st.clone();
                 let job = crate::ack::with_ticket(ticket, async move {
-                    cx.run_hook_async::<hooks::PresenceIn>(st).await;
+                    let taken = cx.run_hook_async::<hooks::PresenceIn>(st.clone()).await;
+                    if taken == HookAction::Continue && st.type_attr() != Some("probe") {
+                        // No module keeps subscriptions: the user's clients decide.
+                        for h in cx.core.sm.sessions(&target) {
+                            if h.priority.is_some() {
+                                deliver(&cx.core, &h, st.clone());
+                            }
+                        }
+                    }
                 });
-                if core.serial.try_run(to.as_str(), job).is_err() {
-                    tracing::warn!(to = %to, "subscription queue full; presence not handled");
+                if core.serial.try_run(&key, job).is_err() {
+                    tracing::warn!(to = %key, "subscription queue full; bouncing presence");
+                    core.bounce(&refused, Condition::ResourceConstraint, None);
                 }
                 return;
             }
@@ -254,6 +266,15 @@ fn no_session(core: &Arc<Core>, host: Arc<Host>, st: Stanza) {
     }
 }
 
+/// A stanza [`Core::try_deliver`] could not hand to a session.
+#[derive(Debug)]
+pub enum Undelivered {
+    /// The session's queue is full (try again, or wait).
+    Full(Box<Stanza>),
+    /// No session is bound to that full JID (or it is not local).
+    NoSession(Box<Stanza>),
+}
+
 impl Core {
     /// Deliver `st` to the session bound as `session`, whatever the stanza's
     /// own `to` (a subscription request addressed to the bare JID, handed to
@@ -262,6 +283,20 @@ impl Core {
     pub fn deliver_to(self: &Arc<Self>, session: &FullJid, st: Stanza) {
         if let Some(h) = self.sm.get(session) {
             deliver(self, &h, st);
+        }
+    }
+
+    /// Deliver a stanza to a local full JID now if its session's queue has
+    /// room; otherwise give it back and say why (nothing is bounced).
+    pub(crate) fn try_deliver(self: &Arc<Self>, st: Stanza) -> Result<(), Undelivered> {
+        let full = match st.to.as_ref().map(|t| t.try_as_full()) {
+            Some(Ok(full)) => full.clone(),
+            _ => return Err(Undelivered::NoSession(Box::new(st))),
+        };
+        match self.sm.deliver_full(&full, st) {
+            Ok(()) => Ok(()),
+            Err((DeliverError::Full, st)) => Err(Undelivered::Full(st)),
+            Err((_, st)) => Err(Undelivered::NoSession(st)),
         }
     }
 

@@ -1,0 +1,92 @@
+//! The stores that live beside their modules, on both backends: SQLite
+//! always, PostgreSQL when `PALAVER_TEST_PG_URL` is set (required in CI).
+
+use palaver_modules::announce::store::{KvSql, MIGRATIONS as KV_MIGRATIONS};
+use palaver_modules::last::store::{LastSql, MIGRATIONS as LAST_MIGRATIONS};
+use palaver_storage::Storage;
+
+/// Every backend available here, each with the modules' tables migrated.
+async fn backends(test: &str) -> Vec<(Storage, Box<dyn std::any::Any>)> {
+    let mut out = Vec::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Storage::open_sqlite(&dir.path().join("db.sqlite"))
+        .await
+        .expect("sqlite");
+    out.push((s, Box::new(dir) as Box<dyn std::any::Any>));
+    if let Some(db) = palaver_storage::postgres::testdb::TestDb::create(test).await {
+        let s = Storage::open_postgres(&db.url, &Default::default())
+            .await
+            .expect("postgres");
+        out.push((s, Box::new(db)));
+    }
+    for (s, _) in &out {
+        s.db.migrate_module("mod_last", LAST_MIGRATIONS)
+            .await
+            .expect("migrate");
+        s.db.migrate_module("mod_announce", KV_MIGRATIONS)
+            .await
+            .expect("migrate");
+        // Applying again is a no-op.
+        s.db.migrate_module("mod_last", LAST_MIGRATIONS)
+            .await
+            .expect("again");
+        assert_eq!(s.db.module_version("mod_last").await.expect("v"), 1);
+    }
+    out
+}
+
+#[tokio::test]
+async fn last_activity_round_trip() {
+    for (s, _dir) in backends("last_activity_round_trip").await {
+        let l = LastSql::new(s.db.clone());
+        assert_eq!(l.last("h", "u").await.expect("q"), None);
+        l.set_last("h", "u", 1, "a").await.expect("set");
+        l.set_last("h", "u", 2, "").await.expect("set");
+        l.set_last("h", "v", 10, "bye").await.expect("set");
+        assert_eq!(l.last("h", "u").await.expect("q"), Some((2, String::new())));
+        l.remove_last("h", "u").await.expect("rm");
+        l.remove_last("h", "u").await.expect("rm twice");
+        assert_eq!(l.last("h", "u").await.expect("q"), None);
+        assert_eq!(l.last("h", "v").await.expect("q"), Some((10, "bye".into())));
+    }
+}
+
+#[tokio::test]
+async fn host_settings_and_user_flags() {
+    for (s, _dir) in backends("host_settings_and_user_flags").await {
+        let kv = KvSql::new(s.db.clone());
+        kv.host_set("h", "motd", Some("one")).await.expect("set");
+        kv.host_set("h", "motd", Some("two")).await.expect("set");
+        assert_eq!(
+            kv.host_get("h", "motd").await.expect("q").as_deref(),
+            Some("two")
+        );
+        assert_eq!(kv.host_get("h2", "motd").await.expect("q"), None);
+        kv.host_set("h", "motd", None).await.expect("delete");
+        assert_eq!(kv.host_get("h", "motd").await.expect("q"), None);
+        kv.host_set("h", "absent", None)
+            .await
+            .expect("delete absent");
+
+        assert!(kv.user_flag_set("h", "u", "motd").await.expect("q"));
+        assert!(!kv.user_flag_set("h", "u", "motd").await.expect("q"));
+        assert!(kv.user_flag_set("h", "v", "motd").await.expect("q"));
+        assert!(kv.user_flag_set("h", "u", "other").await.expect("q"));
+        assert!(kv.user_flag_set("h2", "u", "motd").await.expect("q"));
+        kv.user_flag_clear_all("h", "motd").await.expect("clear");
+        assert!(kv.user_flag_set("h", "v", "motd").await.expect("q"));
+        assert!(!kv.user_flag_set("h", "u", "other").await.expect("q"));
+        assert!(!kv.user_flag_set("h2", "u", "motd").await.expect("q"));
+        kv.remove_user_flags("h", "u").await.expect("rm");
+        assert!(kv.user_flag_set("h", "u", "other").await.expect("q"));
+        assert!(!kv.user_flag_set("h", "v", "motd").await.expect("q"));
+    }
+}
+
+#[tokio::test]
+async fn a_newer_module_schema_is_refused() {
+    for (s, _dir) in backends("a_newer_module_schema_is_refused").await {
+        let err = s.db.migrate_module("mod_last", &[]).await;
+        assert!(err.is_err(), "version 1 in the database, 0 known: refused");
+    }
+}
