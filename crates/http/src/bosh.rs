@@ -394,6 +394,9 @@ impl Transport for BoshTransport {
             if self.terminated {
                 return Input::Lost;
             }
+            // Requests taken without payload (empty polls) are answered
+            // now if over `hold`; the session has no output waiting.
+            self.flush();
             let inactive_at = if self.held.is_empty() {
                 self.last_activity + self.inactivity
             } else {
