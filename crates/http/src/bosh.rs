@@ -602,4 +602,42 @@ mod transport_tests {
         // The session is over: the loop is told so.
         assert!(matches!(t.recv().await, Input::Lost));
     }
+
+    /// Long polling: a request over `hold` answers the oldest held one at
+    /// once, also without payload.
+    #[tokio::test]
+    async fn requests_over_hold_answer_the_oldest() {
+        let (tx, rx) = mpsc::channel(4);
+        let (reply, _answer) = oneshot::channel();
+        let first = body(
+            "<body xmlns='http://jabber.org/protocol/httpbind' rid='1' to='localhost' wait='30' hold='1'/>",
+        );
+        let mut t = BoshTransport::new("s2".into(), rx, 1, &first, reply);
+        assert!(matches!(t.next_buffered(), Some(Input::Open(_))));
+        let mut out = Output::new(Framing::Documents);
+        t.send(&mut out).await.expect("send");
+        let short = std::time::Duration::from_millis(50);
+        let mut answers = Vec::new();
+        for rid in [2, 3] {
+            let (reply, answer) = oneshot::channel();
+            let b = body(&format!(
+                "<body xmlns='http://jabber.org/protocol/httpbind' rid='{rid}' sid='s2'/>"
+            ));
+            tx.send(Request {
+                rid,
+                body: b,
+                reply,
+            })
+            .await
+            .expect("queued");
+            answers.push(answer);
+            // Nothing for the session: recv keeps waiting.
+            assert!(tokio::time::timeout(short, t.recv()).await.is_err());
+        }
+        assert_eq!(
+            answers[0].try_recv().as_deref(),
+            Ok("<body xmlns='http://jabber.org/protocol/httpbind'/>")
+        );
+        assert!(answers[1].try_recv().is_err(), "held");
+    }
 }

@@ -1,5 +1,11 @@
 //! Client-to-server connections (RFC 6120): stream negotiation, STARTTLS,
 //! SASL, resource binding, and the established session's stanza flow.
+//!
+//! [`C2sSession`] (`session.rs`, with one file per concern beside it) is the
+//! state machine; [`run`] (`connection.rs`) is the one connection loop that
+//! drives it over a [`Transport`]: TCP/TLS here (`tcp.rs`), WebSocket and
+//! BOSH in `palaver-http`. The session writes [`Output`] frames
+//! (`output.rs`), which each transport serializes its own way.
 
 mod bind;
 mod connection;

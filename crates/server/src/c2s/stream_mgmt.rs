@@ -18,6 +18,10 @@
 //! authenticating takes the session over (its state moves to the new
 //! connection's task through the session's resumption channel), and the
 //! unacknowledged stanzas are sent again.
+//!
+//! This file holds the state ([`StreamMgmt`]) and the session's part of it:
+//! `<enable/>`, `<r/>`/`<a/>`, `<resume/>`, the hand-over to a resuming
+//! connection, and the detached wait of [`C2sSession::end`].
 
 use super::session::{Bound, C2sSession, Next};
 use crate::ack::AckTracker;
