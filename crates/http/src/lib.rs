@@ -2,9 +2,9 @@
 //! (XEP-0124/0206), connection discovery (XEP-0156), and the routes
 //! modules register (file upload…).
 //!
-//! WebSocket sessions run the same c2s state machine as TCP ones
-//! ([`palaver_server::c2s::C2sSession`]) and appear in the session table
-//! exactly like them; only the framing differs.
+//! WebSocket and BOSH sessions run the same c2s state machine and connection
+//! loop as TCP ones ([`palaver_server::c2s::run`]) and appear in the session
+//! table exactly like them; only their transports differ.
 
 mod bosh;
 mod discovery;

@@ -5,13 +5,14 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use minidom::Element;
 use palaver_proto::error::{StreamError, StreamErrorCondition as SC};
 use palaver_proto::framer::{Frame, Framer, Limits, StreamHeader};
 use palaver_proto::ns;
-use palaver_proto::writer::{escape_into, write_element};
-use palaver_server::c2s::{C2sSession, Next};
+use palaver_proto::writer::escape_into;
+use palaver_server::c2s::{self, C2sSession, Framing, Input, OutFrame, Output, Transport};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -67,112 +68,21 @@ pub fn parse_message(text: &str, limits: Limits) -> Result<Element, StreamError>
         .ok_or_else(|| StreamError::with_text(SC::NotWellFormed, "no element in WebSocket message"))
 }
 
-/// Turns the c2s session's stream output into RFC 7395 messages.
-pub(crate) struct OutConverter {
-    framer: Framer,
-}
-
-/// One unit of session output.
-pub(crate) enum OutItem {
-    /// The stream header, as an RFC 7395 `<open/>`.
-    Open(String),
-    /// A top-level element as a standalone document.
-    Element(String),
-    /// The end of the stream.
-    Close,
-}
-
-impl OutConverter {
-    pub(crate) fn new() -> Self {
-        OutConverter {
-            framer: Framer::new(Self::limits()),
+/// The RFC 7395 message of one frame of session output.
+pub(crate) fn message(frame: OutFrame) -> String {
+    match frame {
+        OutFrame::Open(o) => {
+            let mut s = format!("<open xmlns='{FRAMING}' from='");
+            escape_into(&mut s, &o.from);
+            s.push_str("' id='");
+            escape_into(&mut s, &o.id);
+            s.push_str("' version='1.0' xml:lang='en'/>");
+            s
         }
+        // Already a standalone document.
+        OutFrame::Element(s) => s,
+        OutFrame::Close => format!("<close xmlns='{FRAMING}'/>"),
     }
-
-    fn limits() -> Limits {
-        Limits {
-            max_stanza_bytes: 64 << 20,
-            max_depth: 4096,
-            max_attributes: 4096,
-        }
-    }
-
-    fn convert(&mut self, out: &str, msgs: &mut Vec<String>) {
-        let mut items = Vec::new();
-        self.items(out, &mut items);
-        msgs.extend(items.into_iter().map(|i| match i {
-            OutItem::Open(s) | OutItem::Element(s) => s,
-            OutItem::Close => format!("<close xmlns='{FRAMING}'/>"),
-        }));
-    }
-
-    /// Split the session's stream output into items.
-    pub(crate) fn items(&mut self, out: &str, items: &mut Vec<OutItem>) {
-        let mut rest = out;
-        while !rest.is_empty() {
-            let split = rest
-                .get(1..)
-                .and_then(|r| r.find("<?xml"))
-                .map(|i| i + 1)
-                .unwrap_or(rest.len());
-            let (chunk, next) = rest.split_at(split);
-            rest = next;
-            if chunk.starts_with("<?xml") {
-                // A new stream header: the session restarted its stream.
-                self.framer = Framer::new(Self::limits());
-            }
-            let mut data = chunk.as_bytes();
-            loop {
-                match self.framer.next_frame(&mut data) {
-                    Ok(Some(Frame::Open(h))) => items.push(OutItem::Open(open_element(&h))),
-                    Ok(Some(Frame::Element(el))) => {
-                        items.push(OutItem::Element(element_message(&el)))
-                    }
-                    Ok(Some(Frame::Close)) => items.push(OutItem::Close),
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot reframe c2s output");
-                        break;
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn open_element(h: &StreamHeader) -> String {
-    let mut s = format!("<open xmlns='{FRAMING}'");
-    for (name, v) in [("from", &h.from), ("id", &h.id), ("version", &h.version)] {
-        if let Some(v) = v {
-            s.push(' ');
-            s.push_str(name);
-            s.push_str("='");
-            escape_into(&mut s, v);
-            s.push('\'');
-        }
-    }
-    s.push_str(" xml:lang='en'/>");
-    s
-}
-
-/// Every message is a standalone document: stanzas carry `xmlns`, and
-/// stream-namespace elements use the `stream:` prefix, declared locally.
-fn element_message(el: &Element) -> String {
-    let mut s = String::with_capacity(256);
-    if el.has_ns(ns::STREAM) {
-        s.push_str("<stream:");
-        s.push_str(el.name());
-        s.push_str(" xmlns:stream='http://etherx.jabber.org/streams'>");
-        for child in el.children() {
-            write_element(&mut s, child, "");
-        }
-        s.push_str("</stream:");
-        s.push_str(el.name());
-        s.push('>');
-    } else {
-        write_element(&mut s, el, "");
-    }
-    s
 }
 
 pub(crate) fn header_of(el: &Element) -> StreamHeader {
@@ -187,7 +97,9 @@ pub(crate) fn header_of(el: &Element) -> StreamHeader {
     }
 }
 
-async fn run(state: HttpState, socket: WebSocket, peer: SocketAddr) {
+/// The connection's future (not an `async fn`, so that the session and its
+/// transport are stored in the task once).
+fn run(state: HttpState, socket: WebSocket, peer: SocketAddr) -> impl Future<Output = ()> {
     let mut cfg = state.cfg.clone();
     cfg.starttls = false;
     cfg.tls = false;
@@ -198,98 +110,86 @@ async fn run(state: HttpState, socket: WebSocket, peer: SocketAddr) {
     };
     let auth_deadline = Instant::now() + Duration::from_secs(cfg.auth_timeout.max(1));
     let idle = Duration::from_secs(cfg.idle_timeout);
-    let mut session = C2sSession::new(state.core.clone(), cfg, peer);
-    let (mut tx, mut rx) = socket.split();
-    let mut conv = OutConverter::new();
-    let mut shutdown = state.core.shutdown_signal();
-    let mut last_read = Instant::now();
-    let timer = tokio::time::sleep_until(auth_deadline);
-    tokio::pin!(timer);
-    let mut keepalive = tokio::time::interval(Duration::from_secs(30));
+    let session = C2sSession::new(state.core.clone(), cfg, peer, Framing::Documents);
+    let (tx, rx) = socket.split();
+    let mut keepalive = tokio::time::interval(KEEPALIVE);
     keepalive.reset();
-    let mut msgs = Vec::new();
-    loop {
-        let mut next = Next::Continue;
-        tokio::select! {
-            m = rx.next() => match m {
-                Some(Ok(Message::Text(text))) => {
-                    last_read = Instant::now();
-                    next = match parse_message(text.as_str(), limits) {
-                        Ok(el) if el.is("open", FRAMING) => match session.handle_open(&header_of(&el)) {
-                            Ok(()) => Next::Continue,
-                            Err(e) => session.stream_error(e),
-                        },
-                        Ok(el) if el.is("close", FRAMING) => session.close_requested(),
-                        Ok(el) => match session.handle_element(el).await {
-                            Ok(n) => n,
-                            Err(e) => session.stream_error(e),
-                        },
-                        Err(e) => session.stream_error(e),
-                    };
+    let transport = WsTransport {
+        tx,
+        rx,
+        limits,
+        keepalive,
+    };
+    c2s::run(session, transport, auth_deadline, idle)
+}
+
+/// Interval of our WebSocket pings.
+const KEEPALIVE: Duration = Duration::from_secs(30);
+/// Longest wait for a client to take a message.
+const WRITE_LIMIT: Duration = Duration::from_secs(30);
+
+/// A c2s connection over a WebSocket: one element per message.
+struct WsTransport {
+    tx: SplitSink<WebSocket, Message>,
+    rx: SplitStream<WebSocket>,
+    limits: Limits,
+    /// Pings keep proxies from closing a quiet connection.
+    keepalive: tokio::time::Interval,
+}
+
+impl Transport for WsTransport {
+    async fn recv(&mut self) -> Input {
+        loop {
+            tokio::select! {
+                m = self.rx.next() => return match m {
+                    Some(Ok(Message::Text(text))) => match parse_message(text.as_str(), self.limits) {
+                        Ok(el) if el.is("open", FRAMING) => Input::Open(header_of(&el)),
+                        Ok(el) if el.is("close", FRAMING) => Input::Close,
+                        Ok(el) => Input::Element(el),
+                        Err(e) => Input::Error(e),
+                    },
+                    Some(Ok(Message::Binary(_))) => Input::Error(StreamError::with_text(
+                        SC::BadFormat,
+                        "binary WebSocket frames are not XMPP",
+                    )),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => Input::Alive,
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => Input::Lost,
+                },
+                _ = self.keepalive.tick() => {
+                    if self.tx.send(Message::Ping(Default::default())).await.is_err() {
+                        return Input::Lost;
+                    }
                 }
-                Some(Ok(Message::Binary(_))) => {
-                    next = session.stream_error(StreamError::with_text(SC::BadFormat, "binary WebSocket frames are not XMPP"));
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => last_read = Instant::now(),
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                    session.closed_by_peer();
-                    break;
-                }
-            },
-            msg = session.recv() => {
-                if let Some(msg) = msg {
-                    next = session.handle_msg(msg);
-                }
-            }
-            _ = keepalive.tick() => {
-                if tx.send(Message::Ping(Default::default())).await.is_err() {
-                    session.closed_by_peer();
-                    break;
-                }
-            }
-            () = &mut timer => {
-                let now = Instant::now();
-                let due = session.deadline(auth_deadline, idle, last_read, now);
-                if now >= due {
-                    next = session.stream_error(StreamError::with_text(SC::ConnectionTimeout, "timed out"));
-                } else {
-                    timer.as_mut().reset(due);
-                }
-            }
-            _ = shutdown.changed() => {
-                next = session.stream_error(StreamError::new(SC::SystemShutdown));
-            }
-        }
-        if session.has_output() {
-            let out = session.take_output();
-            conv.convert(&out, &mut msgs);
-            session.recycle_output(out);
-            let mut failed = false;
-            for m in msgs.drain(..) {
-                let sent =
-                    tokio::time::timeout(Duration::from_secs(30), tx.send(Message::Text(m.into())))
-                        .await;
-                if !matches!(sent, Ok(Ok(()))) {
-                    failed = true;
-                    break;
-                }
-            }
-            if failed {
-                session.closed_by_peer();
-                break;
-            }
-        }
-        match next {
-            Next::Continue | Next::Restart => {}
-            Next::Close | Next::StartTls => {
-                let _ = tx.send(Message::Close(None)).await;
-                break;
             }
         }
     }
-    // The socket goes now; a resumable session may wait on without it.
-    drop((tx, rx));
-    session.end().await;
+
+    fn next_buffered(&mut self) -> Option<Input> {
+        None
+    }
+
+    async fn send(&mut self, out: &mut Output) -> std::io::Result<()> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        let mut res = Ok(());
+        for frame in out.drain_frames() {
+            let m = Message::Text(message(frame).into());
+            if !matches!(
+                tokio::time::timeout(WRITE_LIMIT, self.tx.send(m)).await,
+                Ok(Ok(()))
+            ) {
+                res = Err(std::io::ErrorKind::BrokenPipe.into());
+                break;
+            }
+        }
+        out.clear();
+        res
+    }
+
+    async fn close(&mut self) {
+        let _ = self.tx.send(Message::Close(None)).await;
+    }
 }
 
 #[cfg(test)]
@@ -309,19 +209,47 @@ mod tests {
         assert!(parse_message("<message>", l).is_err());
         assert!(parse_message("", l).is_err());
         assert!(parse_message("<!-- x --><a/>", l).is_err());
-        let mut c = OutConverter::new();
-        let mut msgs = Vec::new();
-        c.convert("<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' id='x' from='localhost' version='1.0' xml:lang='en'><stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></stream:features><iq type='result' id='1'/>", &mut msgs);
-        assert_eq!(msgs.len(), 3, "{msgs:?}");
-        assert!(msgs[0].starts_with(
-            "<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' from='localhost' id='x'"
-        ));
-        assert!(msgs[1].starts_with("<stream:features xmlns:stream="));
-        assert_eq!(msgs[2], "<iq xmlns='jabber:client' id='1' type='result'/>");
-        msgs.clear();
-        c.convert("<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>", &mut msgs);
-        assert_eq!(msgs.len(), 2);
-        assert!(msgs[0].starts_with("<stream:error xmlns:stream="));
-        assert!(msgs[1].starts_with("<close"));
+    }
+
+    /// Each frame of session output is one RFC 7395 message; elements come
+    /// from the session already standalone (no second parse).
+    #[test]
+    fn frames_become_messages() {
+        let mut out = Output::new(Framing::Documents);
+        out.open("x", "localhost");
+        out.stream_element("features", |s, _| {
+            s.push_str("<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>")
+        });
+        let mut iq = Element::bare("iq", ns::CLIENT);
+        palaver_proto::stanza::set_attr(&mut iq, "id", "1");
+        out.element(&iq);
+        out.stream_error(&StreamError::new(SC::Conflict));
+        out.close();
+        let msgs: Vec<String> = out.drain_frames().map(message).collect();
+        assert_eq!(msgs.len(), 5, "{msgs:?}");
+        assert_eq!(
+            msgs[0],
+            "<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' from='localhost' id='x' version='1.0' xml:lang='en'/>"
+        );
+        assert_eq!(
+            msgs[1],
+            "<stream:features xmlns:stream='http://etherx.jabber.org/streams'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></stream:features>"
+        );
+        assert_eq!(msgs[2], "<iq xmlns='jabber:client' id='1'/>");
+        assert!(
+            msgs[3].starts_with("<stream:error xmlns:stream="),
+            "{}",
+            msgs[3]
+        );
+        assert_eq!(
+            msgs[4],
+            "<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>"
+        );
+        // What the client gets parses back as what the session meant.
+        let l = Limits::default();
+        for m in &msgs {
+            assert!(parse_message(m, l).is_ok(), "{m}");
+        }
+        assert!(parse_message(&msgs[2], l).is_ok_and(|el| el.is("iq", ns::CLIENT)));
     }
 }

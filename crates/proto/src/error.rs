@@ -96,16 +96,23 @@ impl StreamError {
     /// Serialize as `<stream:error>` (using the `stream` prefix bound on the stream header).
     pub fn to_xml(&self) -> String {
         let mut s = String::with_capacity(160);
-        s.push_str("<stream:error><");
-        s.push_str(self.condition.name());
-        s.push_str(" xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>");
-        if let Some(text) = &self.text {
-            s.push_str("<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>");
-            crate::writer::escape_into(&mut s, text);
-            s.push_str("</text>");
-        }
+        s.push_str("<stream:error>");
+        self.write_children(&mut s);
         s.push_str("</stream:error>");
         s
+    }
+
+    /// Serialize the content of `<stream:error>` (the condition and the
+    /// text, each declaring its namespace) into `out`.
+    pub fn write_children(&self, out: &mut String) {
+        out.push('<');
+        out.push_str(self.condition.name());
+        out.push_str(" xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>");
+        if let Some(text) = &self.text {
+            out.push_str("<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>");
+            crate::writer::escape_into(out, text);
+            out.push_str("</text>");
+        }
     }
 }
 

@@ -1,0 +1,72 @@
+//! Resource binding (RFC 6120 §7): the IQs of an authenticated stream
+//! before a resource is bound, and entering the session table.
+
+use super::session::{Bound, C2sSession, Next, random_id};
+use crate::sm::SessionHandle;
+use jid::FullJid;
+use minidom::Element;
+use palaver_proto::error::{Condition, StreamError, StreamErrorCondition as SC};
+use palaver_proto::ns;
+use palaver_proto::writer::escape_into;
+use tokio::sync::mpsc;
+
+/// Queue length of a session's inbox.
+const INBOX: usize = 256;
+
+impl C2sSession {
+    /// An IQ after authentication, before binding: only `<bind/>` is allowed.
+    pub(super) async fn handle_pre_bind_iq(&mut self, el: Element) -> Result<Next, StreamError> {
+        let id = el.attr("id").map(str::to_string);
+        let bind = el.get_child("bind", ns::BIND);
+        if el.attr("type") != Some("set") || bind.is_none() {
+            return Err(StreamError::with_text(
+                SC::NotAuthorized,
+                "bind a resource first",
+            ));
+        }
+        let (Some(user), Some(host)) = (self.user.clone(), self.host.clone()) else {
+            return Err(StreamError::new(SC::InternalServerError));
+        };
+        let requested = bind
+            .and_then(|b| b.get_child("resource", ns::BIND))
+            .map(|r| r.text())
+            .filter(|r| !r.trim().is_empty());
+        let resource = match requested {
+            Some(r) => r,
+            None => format!("palaver-{}", &random_id()[..10]),
+        };
+        let jid = match FullJid::new(&format!("{user}@{}/{resource}", host.name)) {
+            Ok(j) => j,
+            Err(_) => {
+                self.iq_error_raw(id.as_deref(), Condition::BadRequest);
+                return Ok(Next::Continue);
+            }
+        };
+        let (tx, rx) = mpsc::channel(INBOX);
+        let sid = self.core.sm.next_id();
+        self.core.sm.bind(
+            &jid,
+            SessionHandle {
+                id: sid,
+                resource: jid.resource().as_str().to_string(),
+                priority: None,
+                presence: None,
+                tx,
+            },
+        );
+        self.core.run_session_bound(&jid).await;
+        let mut inner = String::from("<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>");
+        escape_into(&mut inner, jid.as_str());
+        inner.push_str("</jid></bind>");
+        self.iq_reply_raw(id.as_deref(), "result", &inner);
+        tracing::debug!(peer = %self.peer, jid = %jid, "resource bound");
+        self.bound = Some(Bound {
+            jid,
+            id: sid,
+            rx,
+            priority: None,
+            directed: Vec::new(),
+        });
+        Ok(Next::Continue)
+    }
+}

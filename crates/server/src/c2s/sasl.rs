@@ -1,0 +1,228 @@
+//! SASL authentication (RFC 6120 §6): PLAIN and SCRAM (with channel
+//! binding), failures counted against the stream.
+
+use super::session::{C2sSession, Next};
+use crate::auth::AuthOutcome;
+use crate::host::Host;
+use jid::BareJid;
+use minidom::Element;
+use palaver_proto::error::{StreamError, StreamErrorCondition as SC};
+use palaver_proto::sasl::{
+    Mechanism, SaslFailure, ScramServer, decode_sasl_payload, encode_sasl_payload, parse_plain,
+};
+use palaver_proto::writer::escape_into;
+use std::sync::Arc;
+
+/// SASL attempts before the stream is closed.
+const MAX_AUTH_FAILURES: u8 = 5;
+
+/// An exchange in progress.
+pub(super) enum SaslState {
+    None,
+    /// SCRAM (or PLAIN) waiting for the client's first message (empty initial response).
+    ScramStart(Mechanism),
+    /// SCRAM waiting for client-final.
+    Scram(Box<ScramServer>),
+}
+
+impl C2sSession {
+    fn sasl_failure(&mut self, f: SaslFailure, text: Option<&str>) -> Next {
+        self.sasl = SaslState::None;
+        self.out.element_with(|out, _| {
+            out.push_str("<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><");
+            out.push_str(f.condition());
+            out.push_str("/>");
+            if let Some(t) = text {
+                out.push_str("<text xml:lang='en'>");
+                escape_into(out, t);
+                out.push_str("</text>");
+            }
+            out.push_str("</failure>");
+        });
+        if f != SaslFailure::Aborted {
+            self.auth_failures += 1;
+        }
+        if self.auth_failures >= MAX_AUTH_FAILURES {
+            return self.stream_error(StreamError::with_text(
+                SC::PolicyViolation,
+                "too many authentication failures",
+            ));
+        }
+        Next::Continue
+    }
+
+    fn sasl_success(&mut self, user: String, additional: Option<Vec<u8>>) -> Next {
+        self.sasl = SaslState::None;
+        self.out.element_with(|out, _| {
+            out.push_str("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'");
+            match additional {
+                Some(data) => {
+                    out.push('>');
+                    out.push_str(&encode_sasl_payload(&data));
+                    out.push_str("</success>");
+                }
+                None => out.push_str("/>"),
+            }
+        });
+        tracing::debug!(peer = %self.peer, user, "authenticated");
+        self.user = Some(user);
+        Next::Restart
+    }
+
+    /// Normalise a SASL username to a node of this host.
+    fn nodeprep(&self, user: &str) -> Option<String> {
+        let host = self.host.as_ref()?;
+        let bare = BareJid::new(&format!("{user}@{}", host.name)).ok()?;
+        let node = bare.node()?.as_str().to_string();
+        // Reject usernames that smuggle a different domain or resource.
+        if user.contains('@') || user.contains('/') {
+            return None;
+        }
+        Some(node)
+    }
+
+    pub(super) async fn handle_sasl(&mut self, el: Element) -> Result<Next, StreamError> {
+        let Some(host) = self.host.clone() else {
+            return Err(StreamError::new(SC::InternalServerError));
+        };
+        match el.name() {
+            "abort" => Ok(self.sasl_failure(SaslFailure::Aborted, None)),
+            "auth" => {
+                if !matches!(self.sasl, SaslState::None) {
+                    return Ok(self.sasl_failure(
+                        SaslFailure::MalformedRequest,
+                        Some("exchange in progress"),
+                    ));
+                }
+                let Some(mech) = el.attr("mechanism").and_then(Mechanism::from_name) else {
+                    return Ok(self.sasl_failure(SaslFailure::InvalidMechanism, None));
+                };
+                if mech == Mechanism::Plain && !self.plain_allowed() {
+                    return Ok(self.sasl_failure(SaslFailure::EncryptionRequired, None));
+                }
+                if !self.offers(mech) {
+                    return Ok(self.sasl_failure(SaslFailure::InvalidMechanism, None));
+                }
+                let data = match decode_sasl_payload(&el.text()) {
+                    Ok(d) => d,
+                    Err(f) => return Ok(self.sasl_failure(f, None)),
+                };
+                match mech {
+                    Mechanism::Plain => {
+                        if data.is_empty() {
+                            // Empty initial response: ask for the credentials.
+                            self.out
+                                .raw("<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+                            self.sasl = SaslState::ScramStart(Mechanism::Plain);
+                            return Ok(Next::Continue);
+                        }
+                        Ok(self.plain(&host, &data).await)
+                    }
+                    Mechanism::Scram { .. } => {
+                        if data.is_empty() {
+                            self.out
+                                .raw("<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+                            self.sasl = SaslState::ScramStart(mech);
+                            return Ok(Next::Continue);
+                        }
+                        Ok(self.scram_first(&host, mech, &data).await)
+                    }
+                }
+            }
+            "response" => {
+                let data = match decode_sasl_payload(&el.text()) {
+                    Ok(d) => d,
+                    Err(f) => return Ok(self.sasl_failure(f, None)),
+                };
+                match std::mem::replace(&mut self.sasl, SaslState::None) {
+                    SaslState::None => Ok(self.sasl_failure(
+                        SaslFailure::MalformedRequest,
+                        Some("no exchange in progress"),
+                    )),
+                    SaslState::ScramStart(Mechanism::Plain) => Ok(self.plain(&host, &data).await),
+                    SaslState::ScramStart(mech) => Ok(self.scram_first(&host, mech, &data).await),
+                    SaslState::Scram(mut server) => match server.client_final(&data) {
+                        Ok(v) => {
+                            let user = server.username().to_string();
+                            match self.nodeprep(&user) {
+                                Some(node) => Ok(self.sasl_success(node, Some(v))),
+                                None => Ok(self.sasl_failure(SaslFailure::NotAuthorized, None)),
+                            }
+                        }
+                        Err(f) => Ok(self.sasl_failure(f, None)),
+                    },
+                }
+            }
+            _ => Err(StreamError::with_text(
+                SC::UnsupportedStanzaType,
+                "unknown SASL element",
+            )),
+        }
+    }
+
+    fn authzid_ok(&self, authzid: Option<&str>, node: &str, host: &Host) -> bool {
+        match authzid {
+            None => true,
+            Some(a) => BareJid::new(a).ok().is_some_and(|j| {
+                j.node().map(|n| n.as_str()) == Some(node) && j.domain().as_str() == host.name
+            }),
+        }
+    }
+
+    async fn plain(&mut self, host: &Arc<Host>, data: &[u8]) -> Next {
+        let (authzid, authcid, password) = match parse_plain(data) {
+            Ok(p) => p,
+            Err(f) => return self.sasl_failure(f, None),
+        };
+        let Some(node) = self.nodeprep(&authcid) else {
+            return self.sasl_failure(SaslFailure::NotAuthorized, None);
+        };
+        if !self.authzid_ok(authzid.as_deref(), &node, host) {
+            return self.sasl_failure(SaslFailure::InvalidAuthzid, None);
+        }
+        match self
+            .core
+            .auth
+            .check_password(&host.name, &node, &password)
+            .await
+        {
+            AuthOutcome::Ok => self.sasl_success(node, None),
+            AuthOutcome::Denied => self.sasl_failure(SaslFailure::NotAuthorized, None),
+            AuthOutcome::Temporary => self.sasl_failure(SaslFailure::TemporaryAuthFailure, None),
+        }
+    }
+
+    async fn scram_first(&mut self, host: &Arc<Host>, mech: Mechanism, data: &[u8]) -> Next {
+        let Mechanism::Scram { hash, plus } = mech else {
+            return self.sasl_failure(SaslFailure::InvalidMechanism, None);
+        };
+        let mut server = match ScramServer::new(hash, plus, &self.cb, data) {
+            Ok(s) => s,
+            Err(f) => return self.sasl_failure(f, None),
+        };
+        let node = self.nodeprep(server.username());
+        if let Some(node) = &node
+            && !self.authzid_ok(server.authzid(), node, host)
+        {
+            return self.sasl_failure(SaslFailure::InvalidAuthzid, None);
+        }
+        let creds = match &node {
+            Some(n) => match self.core.auth.credentials(&host.name, n, hash).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "credential lookup failed");
+                    return self.sasl_failure(SaslFailure::TemporaryAuthFailure, None);
+                }
+            },
+            None => None,
+        };
+        let challenge = server.server_first(creds.as_ref());
+        self.out.element_with(|out, _| {
+            out.push_str("<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>");
+            out.push_str(&encode_sasl_payload(&challenge));
+            out.push_str("</challenge>");
+        });
+        self.sasl = SaslState::Scram(Box::new(server));
+        Next::Continue
+    }
+}
