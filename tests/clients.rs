@@ -1118,11 +1118,12 @@ async fn all_mechanisms_over_tls(mode: Mode) {
             "{mode:?} wrong {ty:?} value"
         );
     }
-    // `y`: "I could bind but you did not offer it" although -PLUS was offered.
+    // `y`: "I could bind but you did not offer it" although -PLUS was
+    // offered: refused (RFC 5802 downgrade detection), as negotiation.
     let client = ScramClient::new(ScramHash::Sha256, "alice", PASSWORD, None).with_gs2_flag_y();
     assert_eq!(
         scram(&mut raw, client).await,
-        Err(SaslCondition::NotAuthorized),
+        Err(SaslCondition::InvalidMechanism),
         "{mode:?} downgrade flag y"
     );
     let cb = channel_binding(&raw, ChannelBindingType::TlsExporter);
@@ -1176,7 +1177,7 @@ async fn raw_tls12_offers_server_end_point_only() {
         );
         assert_eq!(
             scram(&mut raw, client).await,
-            Err(SaslCondition::NotAuthorized),
+            Err(SaslCondition::InvalidMechanism),
             "{mode:?} tls-exporter on TLS 1.2"
         );
         let cb = channel_binding(&raw, ChannelBindingType::TlsServerEndPoint);
@@ -1191,6 +1192,58 @@ async fn raw_tls12_offers_server_end_point_only() {
             .unwrap_or_else(|f| panic!("{mode:?} tls-server-end-point on TLS 1.2: {f:?}"));
         finish_session(&mut raw, "tls12").await;
     }
+    srv.stop().await;
+}
+
+/// What Debian's slixmpp 1.8.3 sends on a TLS 1.3 connection: every -PLUS
+/// mechanism with `p=tls-unique` (undefined for TLS 1.3), then every plain
+/// SCRAM with the `y` flag. Each is refused as negotiation
+/// (`<invalid-mechanism/>`), none counts against the limit of password
+/// failures: after these six and four wrong passwords the same stream still
+/// logs in (slixmpp's next choice is PLAIN), and a fifth wrong password
+/// would end it.
+#[tokio::test]
+async fn raw_negotiation_refusals_do_not_count_as_failures() {
+    let srv = server().await;
+    let tls13 = &rustls::version::TLS13;
+    let (mut raw, features) = tls_connect(&srv, Mode::StartTls, tls13).await;
+    assert_tls_features(&features, true);
+    for hash in ScramHash::ALL {
+        raw.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-{}-PLUS'>{}</auth>",
+            hash.name(),
+            B64.encode("p=tls-unique,,n=alice,r=0123456789012345")
+        ))
+        .await;
+        match sasl_reply(&mut raw).await {
+            SaslReply::Failure(f) => assert_eq!(f, SaslCondition::InvalidMechanism, "{hash}"),
+            _ => panic!("SCRAM-{hash}-PLUS with tls-unique was not refused"),
+        }
+    }
+    for hash in ScramHash::ALL {
+        let client = ScramClient::new(hash, "alice", PASSWORD, None).with_gs2_flag_y();
+        assert_eq!(
+            scram(&mut raw, client).await,
+            Err(SaslCondition::InvalidMechanism),
+            "SCRAM-{hash} with y"
+        );
+    }
+    raw.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='DIGEST-MD5'/>")
+        .await;
+    match sasl_reply(&mut raw).await {
+        SaslReply::Failure(f) => assert_eq!(f, SaslCondition::InvalidMechanism),
+        _ => panic!("DIGEST-MD5 was not refused"),
+    }
+    for _ in 0..4 {
+        assert_eq!(
+            plain(&mut raw, "wrong").await,
+            Err(SaslCondition::NotAuthorized)
+        );
+    }
+    plain(&mut raw, PASSWORD)
+        .await
+        .expect("PLAIN after negotiation refusals and four wrong passwords");
+    finish_session(&mut raw, "slixmpp-like").await;
     srv.stop().await;
 }
 

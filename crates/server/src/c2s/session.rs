@@ -41,7 +41,7 @@ const INBOX: usize = 256;
 const MAX_INFLIGHT: usize = 32;
 /// Longest wait for in-flight work before reading the next stanza anyway.
 const INFLIGHT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-/// SASL attempts before the stream is closed.
+/// Wrong credentials (not-authorized) before the stream is closed.
 const MAX_AUTH_FAILURES: u8 = 5;
 
 enum SaslState {
@@ -659,7 +659,10 @@ impl C2sSession {
             self.out.push_str("</text>");
         }
         self.out.push_str("</failure>");
-        if f != SaslFailure::Aborted {
+        // Only wrong credentials count towards the limit; negotiation
+        // (invalid-mechanism, a refused channel-binding type or `y` flag,
+        // aborted, malformed) never does, so a client may try its mechanisms.
+        if f == SaslFailure::NotAuthorized {
             self.auth_failures += 1;
         }
         if self.auth_failures >= MAX_AUTH_FAILURES {
