@@ -665,6 +665,52 @@ async fn tokio_xmpp_messages_and_directed_presence() {
     srv.stop().await;
 }
 
+/// The client interop matrix row for tokio-xmpp (the other rows are in
+/// tests/interop.rs): log in on its defaults with TLS (STARTTLS, TLS 1.3, so
+/// SCRAM-SHA-256-PLUS with tls-exporter), get the roster, send a message to
+/// another user and receive one.
+#[tokio::test]
+async fn tokio_xmpp_interop_matrix() {
+    let srv = server().await;
+    let mut alice = starttls_client(&srv, "alice@localhost/matrix");
+    let mut bob = tcp_client(&srv, "bob@localhost/b");
+    let a = online(&mut alice).await;
+    let b = online(&mut bob).await;
+    go_available(&mut bob, &b, 0).await;
+
+    let item: Element =
+        "<query xmlns='jabber:iq:roster'><item jid='bob@localhost' name='Bob'/></query>"
+            .parse()
+            .expect("roster item");
+    let token = alice.send_iq(None, IqRequest::Set(item)).await;
+    let set = within("roster set", token).await.expect("IQ sent");
+    assert!(iq_result(set).is_none());
+    let roster = iq_result(
+        iq_get(
+            &mut alice,
+            "alice@localhost",
+            Element::builder("query", "jabber:iq:roster").build(),
+        )
+        .await,
+    )
+    .expect("roster result");
+    let items: Vec<_> = roster.children().filter_map(|i| i.attr("jid")).collect();
+    assert_eq!(items, ["bob@localhost"], "{roster:?}");
+
+    send_chat(&mut alice, b.to_bare().into(), "tokio-xmpp to bob").await;
+    let m = message(&mut bob, "message for bob").await;
+    assert_eq!(m.from, Some(a.clone().into()));
+    assert_eq!(body_of(&m).as_deref(), Some("tokio-xmpp to bob"));
+    send_chat(&mut bob, a.clone().into(), "bob to tokio-xmpp").await;
+    let m = message(&mut alice, "message for alice").await;
+    assert_eq!(m.from, Some(b.clone().into()));
+    assert_eq!(body_of(&m).as_deref(), Some("bob to tokio-xmpp"));
+
+    end(alice).await;
+    end(bob).await;
+    srv.stop().await;
+}
+
 // ---------------------------------------------------------------------------
 // 4. Server queries (disco, ping, version, time)
 // ---------------------------------------------------------------------------

@@ -2171,7 +2171,11 @@ mod tests {
     #[test]
     fn gs2_flag_n_is_always_accepted() {
         let c = creds(ScramHash::Sha512, "pw");
-        for cb in [tls13_bindings(), tls12_bindings(), ChannelBindings::default()] {
+        for cb in [
+            tls13_bindings(),
+            tls12_bindings(),
+            ChannelBindings::default(),
+        ] {
             let client = ScramClient::new(ScramHash::Sha512, "juliet", "pw", None);
             assert_eq!(exchange(client, false, &cb, Some(&c)), Ok(()), "{cb:?}");
         }
@@ -2291,7 +2295,12 @@ mod tests {
         }
         for flag in ["p=", "p=tls_exporter", "p=tls exporter", "x", "yes"] {
             assert_eq!(
-                first_message(ScramHash::Sha1, true, &cb, &format!("{flag},,n=juliet,r=abc")),
+                first_message(
+                    ScramHash::Sha1,
+                    true,
+                    &cb,
+                    &format!("{flag},,n=juliet,r=abc")
+                ),
                 SaslFailure::MalformedRequest,
                 "{flag}"
             );
