@@ -683,10 +683,11 @@ impl ScramServer {
     ///   empty), RFC 5802 §6 says the server MUST fail: either an attacker
     ///   removed `-PLUS` from the features, or the client ignored them.
     ///   XEP-0440 does not relax this for a client whose only binding type
-    ///   is not offered; it asks such a client to send `n` instead, and the
-    ///   server cannot tell that case from the downgrade one (an attacker
-    ///   in the middle controls everything the client said before). So `y`
-    ///   stays refused, with [`SaslFailure::InvalidMechanism`].
+    ///   is not offered: it lets such a client send `n` instead and warns
+    ///   that `y` may be refused. The server cannot tell that case from the
+    ///   downgrade one (an attacker in the middle also controls what the
+    ///   client seemed to try earlier on the stream), so `y` stays refused,
+    ///   with [`SaslFailure::InvalidMechanism`].
     /// * `p=` without `plus` is malformed.
     ///
     /// None of these refusals involves a credential, so none of them is
