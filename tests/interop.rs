@@ -375,13 +375,26 @@ fn xmppjs_missing() -> Vec<String> {
     missing
 }
 
+/// Node.js's major version (0 when unknown).
+fn node_major() -> u32 {
+    std::process::Command::new("node")
+        .args(["-p", "process.versions.node.split('.')[0]"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 fn xmppjs_command(srv: &TestServer, service: String) -> Command {
     let dir = clients_dir().join("xmppjs");
     let mut cmd = Command::new("node");
-    cmd.current_dir(&dir)
-        // Node 20 has no global WebSocket without it (Node 22 has it anyway).
-        .arg("--experimental-websocket")
-        .arg("drive.mjs")
+    cmd.current_dir(&dir);
+    if node_major() < 22 {
+        // Node 20 and 21 have a global WebSocket only with this flag.
+        cmd.arg("--experimental-websocket");
+    }
+    cmd.arg("drive.mjs")
         .env("NODE_EXTRA_CA_CERTS", srv.cert_path())
         .env("XMPP_SERVICE", service)
         .env("XMPP_DOMAIN", DOMAIN)
