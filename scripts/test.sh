@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test of Palaver, as CI runs them (`.ci/run` calls exactly this):
 #  0. browser/setup.sh installs Debian's chromium and the pinned npm packages
-#     for the Converse.js test (once; idempotent);
+#     for the Converse.js test, clients/setup.sh the clients of the interop
+#     matrix (tests/interop.rs) (once; idempotent);
 #  1. the whole workspace on the embedded SQLite store, including the
 #     PostgreSQL-specific tests (fresh database per test from PALAVER_TEST_PG_URL);
 #  2. the end-to-end suite (tests/*.rs) again with every server on PostgreSQL.
@@ -15,6 +16,9 @@ export PALAVER_TEST_REDIS_URL="${PALAVER_TEST_REDIS_URL:-redis://127.0.0.1:6379/
 
 echo "== browser test setup (chromium, npm packages) =="
 bash browser/setup.sh
+
+echo "== client interop matrix setup (slixmpp, xmpp.js, mcabber, sendxmpp) =="
+bash clients/setup.sh
 
 echo "== workspace tests (SQLite store) =="
 cargo test --workspace --all-targets

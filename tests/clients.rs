@@ -665,6 +665,52 @@ async fn tokio_xmpp_messages_and_directed_presence() {
     srv.stop().await;
 }
 
+/// The client interop matrix row for tokio-xmpp (the other rows are in
+/// tests/interop.rs): log in on its defaults with TLS (STARTTLS, TLS 1.3, so
+/// SCRAM-SHA-256-PLUS with tls-exporter), get the roster, send a message to
+/// another user and receive one.
+#[tokio::test]
+async fn tokio_xmpp_interop_matrix() {
+    let srv = server().await;
+    let mut alice = starttls_client(&srv, "alice@localhost/matrix");
+    let mut bob = tcp_client(&srv, "bob@localhost/b");
+    let a = online(&mut alice).await;
+    let b = online(&mut bob).await;
+    go_available(&mut bob, &b, 0).await;
+
+    let item: Element =
+        "<query xmlns='jabber:iq:roster'><item jid='bob@localhost' name='Bob'/></query>"
+            .parse()
+            .expect("roster item");
+    let token = alice.send_iq(None, IqRequest::Set(item)).await;
+    let set = within("roster set", token).await.expect("IQ sent");
+    assert!(iq_result(set).is_none());
+    let roster = iq_result(
+        iq_get(
+            &mut alice,
+            "alice@localhost",
+            Element::builder("query", "jabber:iq:roster").build(),
+        )
+        .await,
+    )
+    .expect("roster result");
+    let items: Vec<_> = roster.children().filter_map(|i| i.attr("jid")).collect();
+    assert_eq!(items, ["bob@localhost"], "{roster:?}");
+
+    send_chat(&mut alice, b.to_bare().into(), "tokio-xmpp to bob").await;
+    let m = message(&mut bob, "message for bob").await;
+    assert_eq!(m.from, Some(a.clone().into()));
+    assert_eq!(body_of(&m).as_deref(), Some("tokio-xmpp to bob"));
+    send_chat(&mut bob, a.clone().into(), "bob to tokio-xmpp").await;
+    let m = message(&mut alice, "message for alice").await;
+    assert_eq!(m.from, Some(b.clone().into()));
+    assert_eq!(body_of(&m).as_deref(), Some("bob to tokio-xmpp"));
+
+    end(alice).await;
+    end(bob).await;
+    srv.stop().await;
+}
+
 // ---------------------------------------------------------------------------
 // 4. Server queries (disco, ping, version, time)
 // ---------------------------------------------------------------------------
@@ -1118,11 +1164,12 @@ async fn all_mechanisms_over_tls(mode: Mode) {
             "{mode:?} wrong {ty:?} value"
         );
     }
-    // `y`: "I could bind but you did not offer it" although -PLUS was offered.
+    // `y`: "I could bind but you did not offer it" although -PLUS was
+    // offered: refused (RFC 5802 downgrade detection), as negotiation.
     let client = ScramClient::new(ScramHash::Sha256, "alice", PASSWORD, None).with_gs2_flag_y();
     assert_eq!(
         scram(&mut raw, client).await,
-        Err(SaslCondition::NotAuthorized),
+        Err(SaslCondition::InvalidMechanism),
         "{mode:?} downgrade flag y"
     );
     let cb = channel_binding(&raw, ChannelBindingType::TlsExporter);
@@ -1176,7 +1223,7 @@ async fn raw_tls12_offers_server_end_point_only() {
         );
         assert_eq!(
             scram(&mut raw, client).await,
-            Err(SaslCondition::NotAuthorized),
+            Err(SaslCondition::InvalidMechanism),
             "{mode:?} tls-exporter on TLS 1.2"
         );
         let cb = channel_binding(&raw, ChannelBindingType::TlsServerEndPoint);
@@ -1191,6 +1238,58 @@ async fn raw_tls12_offers_server_end_point_only() {
             .unwrap_or_else(|f| panic!("{mode:?} tls-server-end-point on TLS 1.2: {f:?}"));
         finish_session(&mut raw, "tls12").await;
     }
+    srv.stop().await;
+}
+
+/// What Debian's slixmpp 1.8.3 sends on a TLS 1.3 connection: every -PLUS
+/// mechanism with `p=tls-unique` (undefined for TLS 1.3), then every plain
+/// SCRAM with the `y` flag. Each is refused as negotiation
+/// (`<invalid-mechanism/>`), none counts against the limit of password
+/// failures: after these six and four wrong passwords the same stream still
+/// logs in (slixmpp's next choice is PLAIN), and a fifth wrong password
+/// would end it.
+#[tokio::test]
+async fn raw_negotiation_refusals_do_not_count_as_failures() {
+    let srv = server().await;
+    let tls13 = &rustls::version::TLS13;
+    let (mut raw, features) = tls_connect(&srv, Mode::StartTls, tls13).await;
+    assert_tls_features(&features, true);
+    for hash in ScramHash::ALL {
+        raw.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-{}-PLUS'>{}</auth>",
+            hash.name(),
+            B64.encode("p=tls-unique,,n=alice,r=0123456789012345")
+        ))
+        .await;
+        match sasl_reply(&mut raw).await {
+            SaslReply::Failure(f) => assert_eq!(f, SaslCondition::InvalidMechanism, "{hash}"),
+            _ => panic!("SCRAM-{hash}-PLUS with tls-unique was not refused"),
+        }
+    }
+    for hash in ScramHash::ALL {
+        let client = ScramClient::new(hash, "alice", PASSWORD, None).with_gs2_flag_y();
+        assert_eq!(
+            scram(&mut raw, client).await,
+            Err(SaslCondition::InvalidMechanism),
+            "SCRAM-{hash} with y"
+        );
+    }
+    raw.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='DIGEST-MD5'/>")
+        .await;
+    match sasl_reply(&mut raw).await {
+        SaslReply::Failure(f) => assert_eq!(f, SaslCondition::InvalidMechanism),
+        _ => panic!("DIGEST-MD5 was not refused"),
+    }
+    for _ in 0..4 {
+        assert_eq!(
+            plain(&mut raw, "wrong").await,
+            Err(SaslCondition::NotAuthorized)
+        );
+    }
+    plain(&mut raw, PASSWORD)
+        .await
+        .expect("PLAIN after negotiation refusals and four wrong passwords");
+    finish_session(&mut raw, "slixmpp-like").await;
     srv.stop().await;
 }
 

@@ -662,13 +662,40 @@ impl ScramServer {
     /// bindings this connection supports (pass an empty value when `-PLUS`
     /// was not advertised).
     ///
-    /// GS2 rules (RFC 5802 §6): with `plus`, the flag must be `p=<type>` with
-    /// a type available in `cb` ([`SaslFailure::NotAuthorized`] otherwise).
-    /// Without `plus`, `n` is accepted, `y` is accepted only when `cb` is
-    /// empty (otherwise the server advertised `-PLUS` and this is a
-    /// downgrade attack: [`SaslFailure::NotAuthorized`]), and `p=` is
-    /// malformed. Mandatory extensions (`m=`) are refused. The username and
-    /// authzid have `=2C` / `=3D` decoded; other `=` escapes are malformed.
+    /// # Channel-binding negotiation (the GS2 flag)
+    ///
+    /// * With `plus`, the flag must be `p=<type>`; `n` and `y` are
+    ///   [`SaslFailure::MalformedRequest`]. A type that is not available in
+    ///   `cb` — unknown to us, such as `tls-unique` (RFC 9266 leaves it
+    ///   undefined for TLS 1.3, and rustls does not expose it), or known but
+    ///   not on this connection, such as `tls-exporter` over TLS 1.2 — is
+    ///   [`SaslFailure::InvalidMechanism`]: "SCRAM-…-PLUS with that type" is
+    ///   not a mechanism this connection offers (RFC 5802's
+    ///   `unsupported-channel-binding-type`; XEP-0440 lists the types that
+    ///   are). The binding data itself is verified in
+    ///   [`ScramServer::client_final`].
+    /// * Without `plus`, `n` ("I do not bind") is always accepted, even when
+    ///   `-PLUS` was advertised: XEP-0440 §3 lets a client that shares no
+    ///   binding type with the server say exactly that, as the alternative
+    ///   to a `y` the server may refuse.
+    /// * Without `plus`, `y` ("I can bind but you cannot") is accepted only
+    ///   when `cb` is empty. When the server advertised `-PLUS` (`cb` not
+    ///   empty), RFC 5802 §6 says the server MUST fail: either an attacker
+    ///   removed `-PLUS` from the features, or the client ignored them.
+    ///   XEP-0440 does not relax this for a client whose only binding type
+    ///   is not offered: it lets such a client send `n` instead and warns
+    ///   that `y` may be refused. The server cannot tell that case from the
+    ///   downgrade one (an attacker in the middle also controls what the
+    ///   client seemed to try earlier on the stream), so `y` stays refused,
+    ///   with [`SaslFailure::InvalidMechanism`].
+    /// * `p=` without `plus` is malformed.
+    ///
+    /// None of these refusals involves a credential, so none of them is
+    /// [`SaslFailure::NotAuthorized`]; a caller limiting password guesses
+    /// can count that condition alone.
+    ///
+    /// Mandatory extensions (`m=`) are refused. The username and authzid
+    /// have `=2C` / `=3D` decoded; other `=` escapes are malformed.
     pub fn new(
         hash: ScramHash,
         plus: bool,
@@ -709,14 +736,17 @@ impl ScramServer {
         let (flag, rest) = text.split_once(',').ok_or(SaslFailure::MalformedRequest)?;
         let (authz_field, bare) = rest.split_once(',').ok_or(SaslFailure::MalformedRequest)?;
 
+        // See "Channel-binding negotiation" in the docs of `ScramServer::new`.
         let cb_type = match flag {
             "n" if !plus => None,
             "y" if !plus => {
                 if !cb.is_empty() {
-                    // The client supports channel binding but believes we
-                    // do not, although we do: someone removed the -PLUS
-                    // mechanisms from our advertisement.
-                    return Err(SaslFailure::NotAuthorized);
+                    // RFC 5802 §6 "server-does-support-channel-binding": the
+                    // client could bind and believes we cannot, although we
+                    // advertised -PLUS. Either someone stripped -PLUS from our
+                    // features (a downgrade) or the client ignored them; both
+                    // are refused. Not a credential failure.
+                    return Err(SaslFailure::InvalidMechanism);
                 }
                 None
             }
@@ -728,9 +758,13 @@ impl ScramServer {
                 if !plus {
                     return Err(SaslFailure::MalformedRequest);
                 }
+                // RFC 5802 "unsupported-channel-binding-type": e.g.
+                // `tls-unique`, which RFC 9266 leaves undefined for TLS 1.3,
+                // or `tls-exporter` on a TLS 1.2 connection. A negotiation
+                // failure, not a credential one.
                 let ty = ChannelBindingType::from_name(name)
                     .filter(|t| cb.get(*t).is_some())
-                    .ok_or(SaslFailure::NotAuthorized)?;
+                    .ok_or(SaslFailure::InvalidMechanism)?;
                 Some(ty)
             }
         };
@@ -1373,7 +1407,7 @@ mod tests {
         );
         assert_eq!(
             exchange(unsupported, true, &cb, Some(&c)),
-            Err(SaslFailure::NotAuthorized)
+            Err(SaslFailure::InvalidMechanism)
         );
         // Unknown (but well-formed) binding type.
         assert_eq!(
@@ -1384,7 +1418,7 @@ mod tests {
                 b"p=tls-unique,,n=juliet,r=abc"
             )
             .map(|_| ()),
-            Err(SaslFailure::NotAuthorized)
+            Err(SaslFailure::InvalidMechanism)
         );
         // Empty data counts as unavailable.
         let empty = ChannelBindings {
@@ -1468,7 +1502,7 @@ mod tests {
         let client = ScramClient::new(ScramHash::Sha1, "juliet", "pw", None).with_gs2_flag_y();
         assert_eq!(
             exchange(client, false, &both_bindings(), Some(&c)),
-            Err(SaslFailure::NotAuthorized)
+            Err(SaslFailure::InvalidMechanism)
         );
         // Without channel binding on the server, "y" is fine.
         let client = ScramClient::new(ScramHash::Sha1, "juliet", "pw", None).with_gs2_flag_y();
@@ -1510,7 +1544,7 @@ mod tests {
                 b"p=tls-exporter,,n=juliet,r=abc"
             )
             .map(|_| ()),
-            Err(SaslFailure::NotAuthorized)
+            Err(SaslFailure::InvalidMechanism)
         );
         assert_eq!(new(true, "p=tls-exporter,,n=juliet,r=abc"), Ok(()));
     }
@@ -2038,6 +2072,271 @@ mod tests {
         );
         assert_eq!(encode_sasl_payload(b""), "=");
         assert_eq!(encode_sasl_payload(b"n,,"), "biws");
+    }
+
+    /// What a TLS 1.3 connection offers: `tls-exporter` and
+    /// `tls-server-end-point`, never `tls-unique`.
+    fn tls13_bindings() -> ChannelBindings {
+        both_bindings()
+    }
+
+    /// What a TLS 1.2 connection offers here: `tls-server-end-point` only.
+    fn tls12_bindings() -> ChannelBindings {
+        ChannelBindings {
+            tls_exporter: None,
+            tls_server_end_point: Some(vec![0x22; 32]),
+        }
+    }
+
+    fn first_message(hash: ScramHash, plus: bool, cb: &ChannelBindings, msg: &str) -> SaslFailure {
+        match ScramServer::new(hash, plus, cb, msg.as_bytes()) {
+            Ok(_) => panic!("{msg:?} was accepted"),
+            Err(f) => f,
+        }
+    }
+
+    /// Debian's slixmpp 1.8.3 on a TLS 1.3 connection: `p=tls-unique` with
+    /// every -PLUS mechanism, then `y` with every plain SCRAM one. Each is
+    /// refused as negotiation (invalid-mechanism), never as not-authorized,
+    /// so none of them may count as a password guess.
+    #[test]
+    fn slixmpp_tls_unique_then_flag_y_on_tls13() {
+        let cb = tls13_bindings();
+        for hash in ScramHash::ALL {
+            assert_eq!(
+                first_message(hash, true, &cb, "p=tls-unique,,n=juliet,r=0123456789"),
+                SaslFailure::InvalidMechanism,
+                "{hash}-PLUS with tls-unique"
+            );
+        }
+        for hash in ScramHash::ALL {
+            assert_eq!(
+                first_message(hash, false, &cb, "y,,n=juliet,r=0123456789"),
+                SaslFailure::InvalidMechanism,
+                "{hash} with y"
+            );
+        }
+        // The same client once it says "n" (slixmpp ≥ 1.8.5 on TLS 1.3, or
+        // any XEP-0440 client without a common binding type) logs in.
+        for hash in ScramHash::ALL {
+            let c = creds(hash, "pw");
+            let client = ScramClient::new(hash, "juliet", "pw", None);
+            assert_eq!(exchange(client, false, &cb, Some(&c)), Ok(()), "{hash} n");
+        }
+    }
+
+    /// `y` is RFC 5802's downgrade detector: refused whenever -PLUS is
+    /// offered (whatever binding types), accepted when it is not.
+    #[test]
+    fn gs2_flag_y_with_and_without_plus_advertised() {
+        let c = creds(ScramHash::Sha256, "pw");
+        for cb in [tls13_bindings(), tls12_bindings()] {
+            let client =
+                ScramClient::new(ScramHash::Sha256, "juliet", "pw", None).with_gs2_flag_y();
+            assert_eq!(
+                exchange(client, false, &cb, Some(&c)),
+                Err(SaslFailure::InvalidMechanism),
+                "{cb:?}"
+            );
+        }
+        let none = ChannelBindings::default();
+        let client = ScramClient::new(ScramHash::Sha256, "juliet", "pw", None).with_gs2_flag_y();
+        assert_eq!(exchange(client, false, &none, Some(&c)), Ok(()));
+        // A `y` client with the wrong password is a credential failure.
+        let client = ScramClient::new(ScramHash::Sha256, "juliet", "bad", None).with_gs2_flag_y();
+        assert_eq!(
+            exchange(client, false, &none, Some(&c)),
+            Err(SaslFailure::NotAuthorized)
+        );
+        // The c= attribute must repeat the `y` header exactly: a client
+        // that said `y` first and `n` in its final message is refused.
+        let mut client = ScramClient::new(ScramHash::Sha256, "juliet", "pw", None);
+        let first = client.client_first();
+        let mut server = ScramServer::new(
+            ScramHash::Sha256,
+            false,
+            &none,
+            &[b"y".as_slice(), &first[1..]].concat(),
+        )
+        .expect("y accepted without -PLUS");
+        let client_final = client
+            .handle_server_first(&server.server_first(Some(&c)))
+            .expect("server-first");
+        assert_eq!(
+            server.client_final(&client_final),
+            Err(SaslFailure::NotAuthorized)
+        );
+    }
+
+    /// `n` is accepted with or without -PLUS on offer.
+    #[test]
+    fn gs2_flag_n_is_always_accepted() {
+        let c = creds(ScramHash::Sha512, "pw");
+        for cb in [
+            tls13_bindings(),
+            tls12_bindings(),
+            ChannelBindings::default(),
+        ] {
+            let client = ScramClient::new(ScramHash::Sha512, "juliet", "pw", None);
+            assert_eq!(exchange(client, false, &cb, Some(&c)), Ok(()), "{cb:?}");
+        }
+    }
+
+    /// `tls-exporter` on TLS 1.3: the right value logs in; a value off by
+    /// one bit, or a value for another connection, is not-authorized
+    /// (checked in constant time with the proof).
+    #[test]
+    fn tls_exporter_good_and_tampered() {
+        let cb = tls13_bindings();
+        let good = cb
+            .get(ChannelBindingType::TlsExporter)
+            .expect("exporter")
+            .to_vec();
+        for hash in ScramHash::ALL {
+            let c = creds(hash, "pw");
+            let client = ScramClient::new(
+                hash,
+                "juliet",
+                "pw",
+                Some((ChannelBindingType::TlsExporter, good.clone())),
+            );
+            assert_eq!(exchange(client, true, &cb, Some(&c)), Ok(()), "{hash}");
+            let mut flipped = good.clone();
+            flipped[31] ^= 0x01;
+            let other_connection = vec![0x5a; 32];
+            for bad in [flipped, other_connection, Vec::new()] {
+                let client = ScramClient::new(
+                    hash,
+                    "juliet",
+                    "pw",
+                    Some((ChannelBindingType::TlsExporter, bad)),
+                );
+                assert_eq!(
+                    exchange(client, true, &cb, Some(&c)),
+                    Err(SaslFailure::NotAuthorized),
+                    "{hash}"
+                );
+            }
+            // The client binds to the server-end-point value while claiming
+            // tls-exporter.
+            let client = ScramClient::new(
+                hash,
+                "juliet",
+                "pw",
+                Some((
+                    ChannelBindingType::TlsExporter,
+                    cb.get(ChannelBindingType::TlsServerEndPoint)
+                        .expect("endpoint")
+                        .to_vec(),
+                )),
+            );
+            assert_eq!(
+                exchange(client, true, &cb, Some(&c)),
+                Err(SaslFailure::NotAuthorized),
+                "{hash}"
+            );
+        }
+    }
+
+    /// `tls-exporter` over TLS 1.2 (not offered there) and `tls-unique`
+    /// over TLS 1.3 (undefined by RFC 9266) are unsupported types.
+    #[test]
+    fn binding_type_not_on_this_connection() {
+        assert_eq!(
+            first_message(
+                ScramHash::Sha256,
+                true,
+                &tls12_bindings(),
+                "p=tls-exporter,,n=juliet,r=abc"
+            ),
+            SaslFailure::InvalidMechanism
+        );
+        assert_eq!(
+            first_message(
+                ScramHash::Sha256,
+                true,
+                &tls13_bindings(),
+                "p=tls-unique,,n=juliet,r=abc"
+            ),
+            SaslFailure::InvalidMechanism
+        );
+        // tls-server-end-point works on both.
+        let c = creds(ScramHash::Sha256, "pw");
+        for cb in [tls12_bindings(), tls13_bindings()] {
+            let data = cb
+                .get(ChannelBindingType::TlsServerEndPoint)
+                .expect("endpoint")
+                .to_vec();
+            let client = ScramClient::new(
+                ScramHash::Sha256,
+                "juliet",
+                "pw",
+                Some((ChannelBindingType::TlsServerEndPoint, data)),
+            );
+            assert_eq!(exchange(client, true, &cb, Some(&c)), Ok(()), "{cb:?}");
+        }
+    }
+
+    /// A well-formed but unknown type is a negotiation failure; a badly
+    /// formed one is malformed.
+    #[test]
+    fn unknown_binding_type() {
+        let cb = tls13_bindings();
+        for name in ["tls-unique-for-telnet", "x-made-up", "TLS-EXPORTER"] {
+            assert_eq!(
+                first_message(
+                    ScramHash::Sha1,
+                    true,
+                    &cb,
+                    &format!("p={name},,n=juliet,r=abc")
+                ),
+                SaslFailure::InvalidMechanism,
+                "{name}"
+            );
+        }
+        for flag in ["p=", "p=tls_exporter", "p=tls exporter", "x", "yes"] {
+            assert_eq!(
+                first_message(
+                    ScramHash::Sha1,
+                    true,
+                    &cb,
+                    &format!("{flag},,n=juliet,r=abc")
+                ),
+                SaslFailure::MalformedRequest,
+                "{flag}"
+            );
+        }
+    }
+
+    /// The negotiation refusals are never the credential condition, so a
+    /// caller that counts not-authorized counts password guesses only.
+    #[test]
+    fn negotiation_refusals_are_not_credential_failures() {
+        let cb = tls13_bindings();
+        let refused = [
+            (true, "p=tls-unique,,n=juliet,r=abc"),
+            (true, "p=unknown,,n=juliet,r=abc"),
+            (true, "n,,n=juliet,r=abc"),
+            (true, "y,,n=juliet,r=abc"),
+            (false, "y,,n=juliet,r=abc"),
+            (false, "p=tls-exporter,,n=juliet,r=abc"),
+        ];
+        for (plus, msg) in refused {
+            assert_ne!(
+                first_message(ScramHash::Sha256, plus, &cb, msg),
+                SaslFailure::NotAuthorized,
+                "{plus} {msg}"
+            );
+        }
+        assert_ne!(
+            first_message(
+                ScramHash::Sha256,
+                true,
+                &ChannelBindings::default(),
+                "p=tls-exporter,,n=juliet,r=abc"
+            ),
+            SaslFailure::NotAuthorized
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use palaver_proto::sasl::{
 use palaver_proto::writer::escape_into;
 use std::sync::Arc;
 
-/// SASL attempts before the stream is closed.
+/// Wrong credentials (not-authorized) before the stream is closed.
 const MAX_AUTH_FAILURES: u8 = 5;
 
 /// An exchange in progress.
@@ -39,7 +39,10 @@ impl C2sSession {
             }
             out.push_str("</failure>");
         });
-        if f != SaslFailure::Aborted {
+        // Only wrong credentials count towards the limit; negotiation
+        // (invalid-mechanism, a refused channel-binding type or `y` flag,
+        // aborted, malformed) never does, so a client may try its mechanisms.
+        if f == SaslFailure::NotAuthorized {
             self.auth_failures += 1;
         }
         if self.auth_failures >= MAX_AUTH_FAILURES {
