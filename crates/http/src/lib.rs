@@ -7,6 +7,7 @@
 
 mod bosh;
 mod discovery;
+mod tls;
 mod upload;
 mod ws;
 
@@ -83,6 +84,13 @@ pub async fn serve(core: Arc<Core>, cfg: Listener, sock: TcpListener) {
                 }
             }
         });
+    }
+    if cfg.tls {
+        let app = app(HttpState {
+            core: core.clone(),
+            cfg: cfg.clone(),
+        });
+        return tls::serve(core, cfg, app, sock).await;
     }
     let app = app(HttpState { core, cfg });
     let res = axum::serve(
