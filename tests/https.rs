@@ -112,6 +112,9 @@ async fn websocket_login_over_wss() {
     assert!(open.starts_with("<open"), "{open}");
     let feats = next_text(&mut ws).await;
     assert!(feats.contains("SCRAM-SHA-256"), "{feats}");
+    // Over wss the session is encrypted: PLAIN and channel binding are offered.
+    assert!(feats.contains(">PLAIN<"), "{feats}");
+    assert!(feats.contains("-PLUS"), "{feats}");
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut client = ScramClient::new(ScramHash::Sha256, "alice", "pw", None);
     ws.send(send(format!(

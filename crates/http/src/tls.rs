@@ -21,6 +21,11 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower_service::Service;
 
+/// Set on every request that came over TLS: the connection's channel
+/// bindings, so a WebSocket session over `wss://` counts as encrypted.
+#[derive(Clone)]
+pub(crate) struct TlsSession(pub(crate) palaver_proto::sasl::ChannelBindings);
+
 /// Time a client has to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -58,6 +63,7 @@ pub(crate) async fn serve(core: Arc<Core>, cfg: Listener, app: Router, sock: Tcp
         };
         let acceptor = acceptor.clone();
         let app = app.clone();
+        let certs = certs.clone();
         let mut stop = core.shutdown.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -73,8 +79,10 @@ pub(crate) async fn serve(core: Arc<Core>, cfg: Listener, app: Router, sock: Tcp
                     return;
                 }
             };
+            let session = TlsSession(certs.channel_bindings(tls.get_ref().1));
             let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
+                req.extensions_mut().insert(session.clone());
                 app.clone().call(req)
             });
             let builder = hyper::server::conn::http1::Builder::new();

@@ -25,7 +25,9 @@ pub(crate) async fn upgrade(
     ws: WebSocketUpgrade,
     State(state): State<HttpState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    tls: Option<axum::Extension<crate::tls::TlsSession>>,
 ) -> Response {
+    let tls = tls.map(|t| t.0.0);
     let ws = ws.protocols(["xmpp"]);
     if ws.selected_protocol().is_none() {
         return (
@@ -36,7 +38,7 @@ pub(crate) async fn upgrade(
     }
     let limit = state.cfg.max_stanza_size;
     ws.max_message_size(limit.saturating_add(1024))
-        .on_upgrade(move |socket| run(state, socket, peer))
+        .on_upgrade(move |socket| run(state, socket, peer, tls))
 }
 
 /// Parse one WebSocket message: exactly one complete element.
@@ -187,7 +189,12 @@ pub(crate) fn header_of(el: &Element) -> StreamHeader {
     }
 }
 
-async fn run(state: HttpState, socket: WebSocket, peer: SocketAddr) {
+async fn run(
+    state: HttpState,
+    socket: WebSocket,
+    peer: SocketAddr,
+    tls: Option<palaver_proto::sasl::ChannelBindings>,
+) {
     let mut cfg = state.cfg.clone();
     cfg.starttls = false;
     cfg.tls = false;
@@ -199,6 +206,9 @@ async fn run(state: HttpState, socket: WebSocket, peer: SocketAddr) {
     let auth_deadline = Instant::now() + Duration::from_secs(cfg.auth_timeout.max(1));
     let idle = Duration::from_secs(cfg.idle_timeout);
     let mut session = C2sSession::new(state.core.clone(), cfg, peer);
+    if let Some(cb) = tls {
+        session.set_secure(cb);
+    }
     let (mut tx, mut rx) = socket.split();
     let mut conv = OutConverter::new();
     let mut shutdown = state.core.shutdown.clone();

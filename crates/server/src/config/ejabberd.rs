@@ -4,7 +4,7 @@
 //! `mod_opt_type/1` and `mod_options/1`; module names since 16.x and the
 //! ejabberd-contrib modules). Only names are kept, to tell an ejabberd option
 //! Palaver does not use (a warning) from a typo (an error). Sorted: searched
-//! with `binary_search`.
+//! with `binary_search`. Regenerate with `scripts/gen-ejabberd-keys.py`.
 
 /// Top-level options.
 pub(crate) const TOP_LEVEL: &[&str] = &[
