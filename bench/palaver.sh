@@ -5,6 +5,9 @@
 # Builds release binaries, starts palaver on 127.0.0.14 (domain pal.test) with
 # a fresh data dir and the default modules, registers bench0..bench{USERS-1}
 # in-band (XEP-0077), then runs login, chat and idle. Appends JSON lines to RESULTS.
+# PALAVER_BIN=/path/to/palaver runs that binary instead of building this
+# checkout (A/B against an older commit built into its own target dir).
+# PALAVER_BENCH_ROSTER=0 skips the roster storm (1,000 users x 10 contacts).
 # PALAVER_BENCH_DB=pgsql puts the store on a fresh PostgreSQL database
 # palaver_bench (PALAVER_BENCH_PG, default postgres://postgres@127.0.0.1:5432).
 set -euo pipefail
@@ -16,8 +19,12 @@ DATA=/tmp/bench-palaver
 IP=127.0.0.14
 DOMAIN=pal.test
 export CARGO_TARGET_DIR="${PALAVER_TARGET:-/tmp/palaver-release}"
-cargo build --quiet --release --manifest-path "$ROOT/Cargo.toml"
-PAL="$CARGO_TARGET_DIR/release/palaver"
+if [ -n "${PALAVER_BIN:-}" ]; then
+  PAL="$PALAVER_BIN"   # a build made elsewhere (A/B against an older commit)
+else
+  cargo build --quiet --release --manifest-path "$ROOT/Cargo.toml"
+  PAL="$CARGO_TARGET_DIR/release/palaver"
+fi
 BENCH_TARGET=/tmp/xmpp-bench-target
 CARGO_TARGET_DIR=$BENCH_TARGET cargo build --quiet --release --locked --manifest-path "$ROOT/../shared/bench/xmpp-bench/Cargo.toml"
 B="$BENCH_TARGET/release/xmpp-bench"
@@ -72,4 +79,10 @@ sleep 2
 taskset -c 1 "$B" chat --users $((USERS / 2)) --window 4 --duration 20 --grace 15 "${T[@]}"
 sleep 2
 taskset -c 1 "$B" idle --users "$USERS" --hold 10 "${T[@]}"
+if [ "${PALAVER_BENCH_ROSTER:-1}" = 1 ]; then
+  sleep 2
+  # The roster storm: 1,000 users, 10 ring neighbours each, every request
+  # approved at once; `roster_both_ok_users` must be 1000.
+  taskset -c 1 "$B" roster --users 1000 --contacts 10 "${T[@]}"
+fi
 echo "server pid $PID; results appended to $RESULTS" >&2

@@ -78,8 +78,9 @@ enum UserCmd {
     Add {
         /// user@host
         jid: String,
-        /// Password.
-        password: String,
+        /// Password (asked on the terminal without echo, or read as one line
+        /// from standard input, when omitted — keeps it out of shell history).
+        password: Option<String>,
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -87,8 +88,8 @@ enum UserCmd {
     Passwd {
         /// user@host
         jid: String,
-        /// New password.
-        password: String,
+        /// New password (asked for when omitted, like `user add`).
+        password: Option<String>,
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -117,11 +118,167 @@ enum ConfigCmd {
     },
 }
 
-fn load_config(path: Option<&PathBuf>) -> Result<Config> {
-    match path {
-        Some(p) => Ok(Config::load(p)?),
-        None => Ok(Config::defaults()),
+/// Where the configuration is looked for when `--config` is not given, in order.
+const SYSTEM_CONFIG: &str = "/etc/palaver/palaver.yml";
+const LOCAL_CONFIG: &str = "palaver.yml";
+
+/// The configuration file to use: `--config`, `$PALAVER_CONFIG`,
+/// `./palaver.yml`, `/etc/palaver/palaver.yml` (with how it was found).
+fn find_config(explicit: Option<&PathBuf>) -> Result<Option<(PathBuf, &'static str)>> {
+    if let Some(p) = explicit {
+        return Ok(Some((p.clone(), "--config")));
     }
+    if let Some(p) = std::env::var_os("PALAVER_CONFIG").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            bail!("PALAVER_CONFIG names {}, which is not a file", p.display());
+        }
+        return Ok(Some((p, "$PALAVER_CONFIG")));
+    }
+    for (p, how) in [
+        (LOCAL_CONFIG, "found in the current directory"),
+        (SYSTEM_CONFIG, "found in /etc/palaver"),
+    ] {
+        if std::path::Path::new(p).is_file() {
+            return Ok(Some((PathBuf::from(p), how)));
+        }
+    }
+    Ok(None)
+}
+
+/// What a command does without any configuration file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NoConfig {
+    /// `serve`: run on the embedded defaults (the one-command promise).
+    Defaults,
+    /// Account and database commands: use the embedded defaults only when
+    /// their data exists (`./palaver-data`, made by `palaver serve` without
+    /// a config); otherwise say so rather than create an empty store.
+    DefaultsIfTheirDataExists,
+    /// `config check`: there is nothing to check.
+    Refuse,
+}
+
+/// Find and read the configuration, telling on stderr which file was used
+/// and every warning (ejabberd options Palaver ignores…).
+fn load_config(path: Option<&PathBuf>, none: NoConfig) -> Result<Config> {
+    const LOOKED: &str = "--config FILE, $PALAVER_CONFIG, ./palaver.yml, /etc/palaver/palaver.yml";
+    match find_config(path)? {
+        Some((p, how)) => {
+            eprintln!("palaver: using configuration {} ({how})", p.display());
+            let c = Config::load(&p)?;
+            for w in &c.warnings {
+                eprintln!("warning: {w}");
+            }
+            Ok(c)
+        }
+        None => {
+            let defaults = Config::defaults();
+            match none {
+                NoConfig::Defaults => {
+                    eprintln!(
+                        "palaver: no configuration file (looked for {LOOKED}): running on the embedded defaults"
+                    );
+                    Ok(defaults)
+                }
+                NoConfig::DefaultsIfTheirDataExists if defaults.data_dir.is_dir() => {
+                    eprintln!(
+                        "palaver: no configuration file: using the embedded defaults and their data in ./{}",
+                        defaults.data_dir.display()
+                    );
+                    Ok(defaults)
+                }
+                NoConfig::DefaultsIfTheirDataExists => bail!(
+                    "no configuration file found (looked for {LOOKED}), and no ./{} from `palaver serve` on its embedded defaults here",
+                    defaults.data_dir.display()
+                ),
+                NoConfig::Refuse => {
+                    bail!("no configuration file found to check (looked for {LOOKED})")
+                }
+            }
+        }
+    }
+}
+
+/// A password from the command line, else from the terminal (no echo,
+/// typed twice when `confirm`), else one line of standard input.
+fn password_for(jid: &str, given: Option<String>, confirm: bool) -> Result<String> {
+    use std::io::IsTerminal;
+    let pw = match given {
+        Some(p) => p,
+        None if std::io::stdin().is_terminal() => {
+            let first = prompt_hidden(&format!("Password for {jid}: "))?;
+            if confirm && prompt_hidden("Retype the password: ")? != first {
+                bail!("the passwords do not match");
+            }
+            first
+        }
+        None => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the password from standard input")?;
+            let trimmed = line.strip_suffix('\n').unwrap_or(&line);
+            trimmed.strip_suffix('\r').unwrap_or(trimmed).to_string()
+        }
+    };
+    if pw.is_empty() {
+        bail!("the password must not be empty");
+    }
+    Ok(pw)
+}
+
+/// Ask on the controlling terminal with echo off.
+#[cfg(unix)]
+fn prompt_hidden(prompt: &str) -> Result<String> {
+    use std::io::{BufRead, Write};
+    use std::os::fd::AsRawFd;
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .context("opening the terminal")?;
+    let fd = tty.as_raw_fd();
+    // SAFETY: termios is plain data; tcgetattr fills it for a valid fd.
+    let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is an open terminal; saved is a valid termios to fill.
+    if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
+        bail!("cannot read the terminal settings");
+    }
+    struct Restore(i32, libc::termios);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: restores settings read from the same open fd.
+            unsafe { libc::tcsetattr(self.0, libc::TCSANOW, &self.1) };
+        }
+    }
+    let mut quiet = saved;
+    quiet.c_lflag &= !libc::ECHO;
+    quiet.c_lflag |= libc::ECHONL;
+    let mut out = &tty;
+    out.write_all(prompt.as_bytes())?;
+    out.flush()?;
+    // SAFETY: fd is open; quiet is a valid termios derived from the current one.
+    if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) } != 0 {
+        bail!("cannot turn off the terminal echo");
+    }
+    let _restore = Restore(fd, saved);
+    let mut line = String::new();
+    std::io::BufReader::new(&tty)
+        .read_line(&mut line)
+        .context("reading the password")?;
+    let trimmed = line.strip_suffix('\n').unwrap_or(&line);
+    Ok(trimmed.strip_suffix('\r').unwrap_or(trimmed).to_string())
+}
+
+#[cfg(not(unix))]
+fn prompt_hidden(prompt: &str) -> Result<String> {
+    use std::io::Write;
+    eprint!("{prompt}");
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }
 
 fn init_logging(level: &str) {
@@ -166,13 +323,24 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Config {
             cmd: ConfigCmd::Check { config },
         } => {
-            let c = load_config(config.as_ref())?;
-            check_modules(&c, &palaver_modules::registry())?;
+            let c = load_config(config.as_ref(), NoConfig::Refuse)?;
+            let warnings = check_modules(&c, &palaver_modules::registry())?;
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
+            let mut modules = c.modules.clone();
+            modules.retain(|m| palaver_modules::registry().iter().any(|d| d.name == m.name));
+            let n = c.warnings.len() + warnings.len();
             println!(
-                "configuration OK: {} host(s), {} listener(s), {} module(s)",
+                "configuration OK: {} host(s), {} listener(s), {} module(s){}",
                 c.hosts.len(),
                 c.listen.len(),
-                c.modules.len()
+                modules.len(),
+                if n > 0 {
+                    format!(", {n} warning(s)")
+                } else {
+                    String::new()
+                }
             );
             Ok(())
         }
@@ -226,7 +394,7 @@ async fn db(cmd: DbCmd) -> Result<()> {
         | DbCmd::Export { config, .. }
         | DbCmd::Import { config, .. } => config.clone(),
     };
-    let config = load_config(path.as_ref())?;
+    let config = load_config(path.as_ref(), NoConfig::DefaultsIfTheirDataExists)?;
     init_logging("warn");
     match cmd {
         DbCmd::Migrate { .. } => {
@@ -387,7 +555,7 @@ async fn db_import(config: &Config, file: &std::path::Path, force: bool) -> Resu
 }
 
 async fn serve(config_path: Option<PathBuf>) -> Result<()> {
-    let config = load_config(config_path.as_ref())?;
+    let config = load_config(config_path.as_ref(), NoConfig::Defaults)?;
     init_logging(&config.loglevel);
     let data = config.data_dir.clone();
     let db = db_location(&config);
@@ -441,7 +609,7 @@ async fn user(cmd: UserCmd) -> Result<()> {
         | UserCmd::Del { config, .. }
         | UserCmd::List { config, .. } => config.clone(),
     };
-    let config = load_config(path.as_ref())?;
+    let config = load_config(path.as_ref(), NoConfig::DefaultsIfTheirDataExists)?;
     init_logging("warn");
     let core =
         palaver_server::Server::tool_core(config.clone(), &palaver_modules::registry()).await?;
@@ -449,9 +617,7 @@ async fn user(cmd: UserCmd) -> Result<()> {
     match cmd {
         UserCmd::Add { jid, password, .. } => {
             let (host, node) = account(&config, &jid)?;
-            if password.is_empty() {
-                bail!("the password must not be empty");
-            }
+            let password = password_for(&jid, password, true)?;
             let creds = palaver_server::auth::derive_all(&password, config.scram_iterations);
             match storage.accounts.create_account(&host, &node, &creds).await {
                 Ok(()) => println!("created {node}@{host}"),
@@ -463,9 +629,7 @@ async fn user(cmd: UserCmd) -> Result<()> {
         }
         UserCmd::Passwd { jid, password, .. } => {
             let (host, node) = account(&config, &jid)?;
-            if password.is_empty() {
-                bail!("the password must not be empty");
-            }
+            let password = password_for(&jid, password, true)?;
             let creds = palaver_server::auth::derive_all(&password, config.scram_iterations);
             match storage.accounts.set_credentials(&host, &node, &creds).await {
                 Ok(()) => println!("password changed for {node}@{host}"),

@@ -136,3 +136,89 @@ fn config_check_reports_key_and_line() {
     let (ok, out) = run(&["config", "check", "--config", "palaver.example.yml"]);
     assert!(ok, "{out}");
 }
+
+fn run_in(
+    dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: &str,
+) -> (bool, String) {
+    use std::io::Write;
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("PALAVER_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("run palaver");
+    if let Some(mut si) = child.stdin.take() {
+        let _ = si.write_all(stdin.as_bytes());
+    }
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn finds_its_config_and_reads_passwords_from_stdin() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    // No config anywhere: account and check commands say so and create nothing.
+    let (ok, out) = run_in(d, &["user", "list"], &[], "");
+    assert!(!ok && out.contains("no configuration file found"), "{out}");
+    assert!(!d.join("palaver-data").exists(), "nothing created");
+    let (ok, out) = run_in(d, &["config", "check"], &[], "");
+    assert!(
+        !ok && out.contains("no configuration file found to check"),
+        "{out}"
+    );
+    // ./palaver-data from `palaver serve` on the defaults: the defaults are used.
+    std::fs::create_dir(d.join("palaver-data")).expect("mkdir");
+    let (ok, out) = run_in(d, &["user", "list"], &[], "");
+    assert!(ok && out.contains("embedded defaults"), "{out}");
+
+    // ./palaver.yml is found, and said so.
+    let data = d.join("data");
+    std::fs::write(d.join("palaver.yml"), config_text(&data, "", "")).expect("write");
+    let (ok, out) = run_in(d, &["config", "check"], &[], "");
+    assert!(
+        ok && out.contains("using configuration palaver.yml (found in the current directory)"),
+        "{out}"
+    );
+    // $PALAVER_CONFIG wins over ./palaver.yml.
+    let other = d.join("other.yml");
+    std::fs::write(&other, config_text(&data, "", "")).expect("write");
+    let other_s = other.to_str().expect("path");
+    let (ok, out) = run_in(d, &["user", "list"], &[("PALAVER_CONFIG", other_s)], "");
+    assert!(
+        ok && out.contains(&format!("using configuration {other_s} ($PALAVER_CONFIG)")),
+        "{out}"
+    );
+    let (ok, out) = run_in(
+        d,
+        &["user", "list"],
+        &[("PALAVER_CONFIG", "/nonexistent.yml")],
+        "",
+    );
+    assert!(!ok && out.contains("PALAVER_CONFIG"), "{out}");
+
+    // No password argument and stdin is not a terminal: one line of stdin.
+    let (ok, out) = run_in(d, &["user", "add", "carol@localhost"], &[], "pa ss\n");
+    assert!(ok && out.contains("created carol@localhost"), "{out}");
+    let (ok, out) = run_in(d, &["user", "passwd", "carol@localhost"], &[], "");
+    assert!(!ok && out.contains("must not be empty"), "{out}");
+    let (ok, out) = run_in(d, &["user", "passwd", "carol@localhost"], &[], "n3w\r\n");
+    assert!(ok && out.contains("password changed"), "{out}");
+    let (ok, out) = run_in(d, &["user", "list"], &[], "");
+    assert!(ok && out.contains("carol@localhost"), "{out}");
+}

@@ -8,6 +8,7 @@
 
 mod bosh;
 mod discovery;
+mod tls;
 mod ws;
 
 use axum::Router;
@@ -67,6 +68,13 @@ pub fn start(server: &mut palaver_server::RunningServer) {
 /// Serve HTTP on `sock` until the server shuts down.
 pub async fn serve(core: Arc<Core>, cfg: Listener, sock: TcpListener) {
     let mut shutdown = core.shutdown_signal();
+    if cfg.tls {
+        let app = app(HttpState {
+            core: core.clone(),
+            cfg: cfg.clone(),
+        });
+        return tls::serve(core, cfg, app, sock).await;
+    }
     let app = app(HttpState { core, cfg });
     let res = axum::serve(
         sock,

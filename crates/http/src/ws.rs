@@ -26,7 +26,9 @@ pub(crate) async fn upgrade(
     ws: WebSocketUpgrade,
     State(state): State<HttpState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    tls: Option<axum::Extension<crate::tls::TlsSession>>,
 ) -> Response {
+    let tls = tls.map(|t| t.0.0);
     let ws = ws.protocols(["xmpp"]);
     if ws.selected_protocol().is_none() {
         return (
@@ -37,7 +39,7 @@ pub(crate) async fn upgrade(
     }
     let limit = state.cfg.max_stanza_size;
     ws.max_message_size(limit.saturating_add(1024))
-        .on_upgrade(move |socket| run(state, socket, peer))
+        .on_upgrade(move |socket| run(state, socket, peer, tls))
 }
 
 /// Parse one WebSocket message: exactly one complete element.
@@ -99,7 +101,12 @@ pub(crate) fn header_of(el: &Element) -> StreamHeader {
 
 /// The connection's future (not an `async fn`, so that the session and its
 /// transport are stored in the task once).
-fn run(state: HttpState, socket: WebSocket, peer: SocketAddr) -> impl Future<Output = ()> {
+fn run(
+    state: HttpState,
+    socket: WebSocket,
+    peer: SocketAddr,
+    tls: Option<palaver_proto::sasl::ChannelBindings>,
+) -> impl Future<Output = ()> {
     let mut cfg = state.cfg.clone();
     cfg.starttls = false;
     cfg.tls = false;
@@ -110,7 +117,11 @@ fn run(state: HttpState, socket: WebSocket, peer: SocketAddr) -> impl Future<Out
     };
     let auth_deadline = Instant::now() + Duration::from_secs(cfg.auth_timeout.max(1));
     let idle = Duration::from_secs(cfg.idle_timeout);
-    let session = C2sSession::new(state.core.clone(), cfg, peer, Framing::Documents);
+    let mut session = C2sSession::new(state.core.clone(), cfg, peer, Framing::Documents);
+    if let Some(cb) = tls {
+        // wss://: the connection is encrypted, with these channel bindings.
+        session.set_secure(cb);
+    }
     let (tx, rx) = socket.split();
     let mut keepalive = tokio::time::interval(KEEPALIVE);
     keepalive.reset();

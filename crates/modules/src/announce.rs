@@ -129,7 +129,11 @@ async fn announce(core: ModuleCx, st: Stanza, acl: &str) -> bool {
     let Some(what) = resource.strip_prefix("announce/") else {
         return false;
     };
-    if !core.config().acl_match(acl, st.from.to_bare().as_str()) {
+    let host_name = core.host().name.clone();
+    if !core
+        .config()
+        .acl_match_on(&host_name, acl, st.from.to_bare().as_str())
+    {
         core.bounce(&st, Condition::Forbidden, None);
         return true;
     }

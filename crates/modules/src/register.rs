@@ -65,7 +65,8 @@ fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
     });
     host.add_feature(NS_REGISTER);
     // Advertised only where registration is open to new users.
-    let open = host.config().access(
+    let open = host.config().access_on(
+        host.host(),
         &state.opts.access,
         &format!("new-user@{}", host.host()),
         false,
@@ -154,7 +155,7 @@ async fn pre_auth(s: Arc<State>, req: PreAuthIq) -> IqResult {
     if !req
         .cx()
         .config()
-        .access(&s.opts.access, bare.as_str(), false)
+        .access_on(&host, &s.opts.access, bare.as_str(), false)
     {
         return Err(StanzaError::new(Condition::NotAllowed).text("registration is closed"));
     }

@@ -25,7 +25,7 @@ impl Host {
         registry: &[ModuleDef],
     ) -> Result<Arc<Host>, ConfigError> {
         let mut setup = HostSetup::new(name, config);
-        for m in &config.modules {
+        for m in config.modules_for(name) {
             let def = registry.iter().find(|d| d.name == m.name).ok_or_else(|| {
                 let known: Vec<&str> = registry.iter().map(|d| d.name).collect();
                 ConfigError::at(

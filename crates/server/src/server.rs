@@ -68,12 +68,15 @@ pub async fn open_storage(config: &Config) -> Result<Storage, StartError> {
     }
 }
 
-/// Validate module options for every host without starting anything.
-pub fn check_modules(config: &Config, registry: &[ModuleDef]) -> Result<(), ConfigError> {
+/// Validate module options for every host without starting anything; the
+/// warnings name modules and ejabberd options Palaver does not use.
+pub fn check_modules(config: &Config, registry: &[ModuleDef]) -> Result<Vec<String>, ConfigError> {
+    let mut config = config.clone();
+    let warnings = config.resolve_modules(registry)?;
     for h in &config.hosts {
-        Host::start(h, config, registry)?;
+        Host::start(h, &config, registry)?;
     }
-    Ok(())
+    Ok(warnings)
 }
 
 impl Server {
@@ -179,6 +182,10 @@ fn build_core(
     storage: Storage,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Arc<Core>, StartError> {
+    let mut config = config;
+    for w in config.resolve_modules(registry)? {
+        tracing::warn!("{w}");
+    }
     let mut hosts = HashMap::new();
     let routes = RoutingTable::default();
     for h in &config.hosts {

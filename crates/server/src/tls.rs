@@ -71,9 +71,10 @@ fn end_point_hash(der: &[u8]) -> Vec<u8> {
     }
 }
 
-fn load_pem(
+/// What one PEM file holds: a certificate chain and/or a private key.
+fn read_pem(
     path: &Path,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+) -> Result<(Vec<CertificateDer<'static>>, Option<PrivateKeyDer<'static>>), TlsError> {
     let err = |msg: String| TlsError::File {
         path: path.to_path_buf(),
         msg,
@@ -82,12 +83,74 @@ fn load_pem(
         .map_err(|e| err(e.to_string()))?
         .collect::<Result<_, _>>()
         .map_err(|e| err(e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_file(path).ok();
+    if certs.is_empty() && key.is_none() {
+        return Err(err("no certificate or private key found".into()));
+    }
+    Ok((certs, key))
+}
+
+fn load_pem(
+    path: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let err = |msg: String| TlsError::File {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let (certs, key) = read_pem(path)?;
     if certs.is_empty() {
         return Err(err("no certificate found".into()));
     }
-    let key = PrivateKeyDer::from_pem_file(path)
-        .map_err(|e| err(format!("no usable private key: {e}")))?;
+    let key = key.ok_or_else(|| err("no usable private key".into()))?;
     Ok((certs, key))
+}
+
+/// Expand `certfiles` as ejabberd does: a path with `*`, `?` or `[...]` in
+/// it stands for the files it matches (sorted; none is a warning), e.g.
+/// `/etc/letsencrypt/live/*/fullchain.pem`; other paths are taken as they are.
+pub fn expand_certfiles(patterns: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for p in patterns {
+        let text = p.to_string_lossy();
+        if !crate::config::is_glob(&text) {
+            out.push(p.clone());
+            continue;
+        }
+        let mut found = vec![PathBuf::new()];
+        for comp in p.components() {
+            let part = comp.as_os_str().to_string_lossy().into_owned();
+            let mut next = Vec::new();
+            for base in &found {
+                if !crate::config::is_glob(&part) {
+                    next.push(base.join(comp.as_os_str()));
+                    continue;
+                }
+                let dir = if base.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    base.clone()
+                };
+                let Ok(rd) = std::fs::read_dir(&dir) else {
+                    continue;
+                };
+                let mut names: Vec<String> = rd
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with('.') && crate::config::glob_match(&part, n))
+                    .collect();
+                names.sort();
+                next.extend(names.into_iter().map(|n| base.join(n)));
+            }
+            found = next;
+        }
+        found.retain(|f| f.is_file());
+        if found.is_empty() {
+            tracing::warn!(pattern = %p.display(), "certfiles: no file matches");
+        }
+        out.extend(found);
+    }
+    out.dedup();
+    out
 }
 
 fn certified(
@@ -129,9 +192,29 @@ impl CertStore {
         data_dir: &Path,
     ) -> Result<CertStore, TlsError> {
         let mut loaded = Vec::new();
-        for p in certfiles {
-            let (certs, key) = load_pem(p)?;
-            loaded.push(Arc::new(certified(certs, key, p)?));
+        // Files may hold a chain and its key together, or apart (Let's
+        // Encrypt's fullchain.pem and privkey.pem): pair each chain with the
+        // key in its file, else with whichever loose key matches it.
+        let mut chains = Vec::new();
+        let mut loose_keys = Vec::new();
+        for p in expand_certfiles(certfiles) {
+            match read_pem(&p)? {
+                (certs, Some(key)) if !certs.is_empty() => {
+                    loaded.push(Arc::new(certified(certs, key, &p)?));
+                }
+                (certs, None) => chains.push((p, certs)),
+                (_, Some(key)) => loose_keys.push(key),
+            }
+        }
+        for (p, certs) in chains {
+            let entry = loose_keys
+                .iter()
+                .find_map(|k| certified(certs.clone(), k.clone_key(), &p).ok())
+                .ok_or_else(|| TlsError::File {
+                    path: p.clone(),
+                    msg: "no private key in certfiles matches this certificate".into(),
+                })?;
+            loaded.push(Arc::new(entry));
         }
         let mut by_name = HashMap::new();
         for host in hosts {
