@@ -184,6 +184,8 @@ pub struct Registrations {
     pub(crate) instances: Vec<(&'static str, Box<dyn RunningModule>)>,
     /// XEP-0198 settings when stream management is offered.
     pub(crate) stream_mgmt: Option<crate::c2s::StreamMgmtConfig>,
+    /// The modules' parts of portable account data (XEP-0227).
+    pub(crate) account_data: Vec<crate::account_data::AccountDataPart>,
 }
 
 /// A storage failure as the stanza error the user sees (and a log line):
@@ -393,6 +395,15 @@ impl HostSetup {
             module: self.current,
             make: Arc::new(make),
         });
+    }
+
+    /// Export and import the module's part of an account's portable data
+    /// (the children of a XEP-0227 `<user/>` it owns; see
+    /// [`crate::account_data`]).
+    pub fn account_data<T: crate::account_data::AccountData>(&mut self, part: T) {
+        self.regs
+            .account_data
+            .push(crate::account_data::AccountDataPart::new(self.current, part));
     }
 
     /// Run a background task of the module once the server runs; it is
