@@ -3,11 +3,11 @@
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use palaver_admin::Request;
-use serde_json::{Map, Value, json};
-use std::process::ExitCode;
 use palaver_server::config::Config;
 use palaver_server::server::check_modules;
+use serde_json::{Map, Value, json};
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(name = "palaver", version, about = "Palaver XMPP server")]
@@ -45,7 +45,11 @@ enum Cmd {
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// The command and its arguments (positional, or `--NAME VALUE`).
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND ARG")]
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "COMMAND ARG"
+        )]
         words: Vec<String>,
     },
 }
@@ -461,8 +465,14 @@ async fn user(cmd: UserCmd) -> Result<()> {
             };
             let mut all = Vec::new();
             for h in hosts {
-                let users = command(config.clone(), "registered_users", json!({ "host": h })).await?;
-                for u in users.as_array().into_iter().flatten().filter_map(Value::as_str) {
+                let users =
+                    command(config.clone(), "registered_users", json!({ "host": h })).await?;
+                for u in users
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                {
                     all.push(Value::String(format!("{u}@{h}")));
                 }
             }
@@ -491,7 +501,10 @@ async fn ctl(config: Option<PathBuf>, words: Vec<String>) -> Result<ExitCode> {
         }
     }
     let Some((name, args)) = rest.split_first() else {
-        eprintln!("usage: palaver ctl COMMAND [ARG…]\n\nCommands:\n{}", palaver_admin::commands::list());
+        eprintln!(
+            "usage: palaver ctl COMMAND [ARG…]\n\nCommands:\n{}",
+            palaver_admin::commands::list()
+        );
         return Ok(ExitCode::from(2));
     };
     if name == "help" {
@@ -504,14 +517,20 @@ async fn ctl(config: Option<PathBuf>, words: Vec<String>) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let cmd = palaver_admin::find(name)
-        .ok_or_else(|| anyhow!("unknown command `{name}` (`palaver ctl help` lists the commands)"))?;
+    let cmd = palaver_admin::find(name).ok_or_else(|| {
+        anyhow!("unknown command `{name}` (`palaver ctl help` lists the commands)")
+    })?;
     if args.iter().any(|a| a == "--help" || a == "-h") {
         print!("{}", cmd.help());
         return Ok(ExitCode::SUCCESS);
     }
-    let mut map = palaver_admin::command::args_from_words(cmd, args).map_err(|e| anyhow!(e.message))?;
-    for spec in cmd.args.iter().filter(|a| a.ty == palaver_admin::ArgType::Path) {
+    let mut map =
+        palaver_admin::command::args_from_words(cmd, args).map_err(|e| anyhow!(e.message))?;
+    for spec in cmd
+        .args
+        .iter()
+        .filter(|a| a.ty == palaver_admin::ArgType::Path)
+    {
         if let Some(Value::String(p)) = map.get(spec.name)
             && p != "-"
         {

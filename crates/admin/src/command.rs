@@ -376,7 +376,8 @@ fn parse_value(
     config: &Config,
 ) -> Result<ArgValue, CommandError> {
     let name = spec.name;
-    let bad = |what: String| CommandError::arg(format!("argument `{name}` of `{}`: {what}", cmd.name));
+    let bad =
+        |what: String| CommandError::arg(format!("argument `{name}` of `{}`: {what}", cmd.name));
     let text = || -> Result<String, CommandError> {
         match v {
             Value::String(s) => Ok(s.clone()),
@@ -492,7 +493,10 @@ pub fn parse_args(
 /// `--NAME VALUE`, `--NAME` alone for a boolean, and the rest in the
 /// order of the command's arguments. Values stay text; [`parse_args`]
 /// checks them.
-pub fn args_from_words(cmd: &Command, words: &[String]) -> Result<Map<String, Value>, CommandError> {
+pub fn args_from_words(
+    cmd: &Command,
+    words: &[String],
+) -> Result<Map<String, Value>, CommandError> {
     let mut out = Map::new();
     let mut positional = Vec::new();
     let mut i = 0;

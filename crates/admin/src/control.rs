@@ -187,7 +187,10 @@ async fn serve_one(core: Arc<Core>, mut stream: UnixStream, uid: u32) {
             Err(e) => Response::Error(e),
         },
         Ok(c) => {
-            tracing::warn!(uid = c.uid(), "control socket: refused a peer of another user");
+            tracing::warn!(
+                uid = c.uid(),
+                "control socket: refused a peer of another user"
+            );
             Response::Error(CommandError::new(
                 ErrorCode::Forbidden,
                 "only the server's own user may use the control socket",

@@ -227,6 +227,7 @@ async fn delete_upto(core: &ModuleCx, host: &str, node: &str, last: Option<i64>)
 /// `<offline-messages>` with `jabber:client` messages, each carrying a
 /// XEP-0203 `<delay/>` (the legacy XEP-0091 stamp is read too).
 mod portable {
+    use jid::Jid;
     use minidom::Element;
     use palaver_proto::datetime::{format_datetime, parse_datetime};
     use palaver_proto::ns;
@@ -235,7 +236,6 @@ mod portable {
     use palaver_server::account_data::{AccountData, Tally, describe};
     use palaver_server::hooks::Account;
     use palaver_storage::StorageError;
-    use jid::Jid;
 
     /// XEP-0227 namespace (the element lives in it).
     const NS_PIE: &str = "urn:xmpp:pie:0";

@@ -730,6 +730,7 @@ async fn presence_out(core: ModuleCx, p: PresenceBroadcast) {
 /// pending inbound subscription requests as `jabber:client` presence.
 mod portable {
     use super::NS_ROSTER;
+    use jid::{BareJid, Jid};
     use minidom::Element;
     use palaver_proto::ns;
     use palaver_proto::stanza::set_attr;
@@ -737,7 +738,6 @@ mod portable {
     use palaver_server::account_data::{AccountData, Tally, describe};
     use palaver_server::hooks::Account;
     use palaver_storage::{RosterItem, StorageError, Subscription};
-    use jid::{BareJid, Jid};
 
     const ITEMS: &str = "roster item(s)";
     const PENDING: &str = "subscription request(s)";
@@ -765,7 +765,11 @@ mod portable {
             set_attr(&mut i, "approved", "true");
         }
         for g in &it.groups {
-            i.append_child(Element::builder("group", NS_ROSTER).append(g.clone()).build());
+            i.append_child(
+                Element::builder("group", NS_ROSTER)
+                    .append(g.clone())
+                    .build(),
+            );
         }
         i
     }
@@ -894,7 +898,10 @@ mod portable {
         }
 
         async fn clear(&self, cx: &ModuleCx, a: &Account) -> Result<(), StorageError> {
-            cx.storage().roster.remove_roster_user(&a.host, &a.user).await
+            cx.storage()
+                .roster
+                .remove_roster_user(&a.host, &a.user)
+                .await
         }
 
         async fn write(

@@ -247,7 +247,10 @@ mod portable {
                     Ok(vec![v])
                 }
                 Ok(v) => {
-                    tally.warn(format!("{jid}: stored vCard is a <{}/>; left out", v.name()));
+                    tally.warn(format!(
+                        "{jid}: stored vCard is a <{}/>; left out",
+                        v.name()
+                    ));
                     Ok(vec![])
                 }
                 Err(e) => {

@@ -288,7 +288,12 @@ impl PartData {
     }
 
     /// Read one claimed `<user/>` child.
-    pub fn read(&mut self, account: &Account, el: &Element, tally: &mut Tally) -> Result<(), String> {
+    pub fn read(
+        &mut self,
+        account: &Account,
+        el: &Element,
+        tally: &mut Tally,
+    ) -> Result<(), String> {
         self.part.imp.read(account, el, &mut *self.data, tally)
     }
 

@@ -403,7 +403,10 @@ impl HostSetup {
     pub fn account_data<T: crate::account_data::AccountData>(&mut self, part: T) {
         self.regs
             .account_data
-            .push(crate::account_data::AccountDataPart::new(self.current, part));
+            .push(crate::account_data::AccountDataPart::new(
+                self.current,
+                part,
+            ));
     }
 
     /// Run a background task of the module once the server runs; it is

@@ -14,7 +14,8 @@ fn not_found(user: &str, host: &str) -> CommandError {
 
 pub(super) async fn register(cx: Ctx, a: Args) -> Result<Value, CommandError> {
     let (host, user) = account(&a)?;
-    let creds = palaver_server::auth::derive_all(a.text("password")?, cx.core.config().scram_iterations);
+    let creds =
+        palaver_server::auth::derive_all(a.text("password")?, cx.core.config().scram_iterations);
     match cx
         .core
         .storage()
@@ -42,7 +43,8 @@ pub(super) async fn unregister(cx: Ctx, a: Args) -> Result<Value, CommandError> 
 
 pub(super) async fn change_password(cx: Ctx, a: Args) -> Result<Value, CommandError> {
     let (host, user) = account(&a)?;
-    let creds = palaver_server::auth::derive_all(a.text("newpass")?, cx.core.config().scram_iterations);
+    let creds =
+        palaver_server::auth::derive_all(a.text("newpass")?, cx.core.config().scram_iterations);
     match cx
         .core
         .storage()
@@ -63,7 +65,13 @@ pub(super) async fn change_password(cx: Ctx, a: Args) -> Result<Value, CommandEr
 
 pub(super) async fn check_account(cx: Ctx, a: Args) -> Result<Value, CommandError> {
     let (host, user) = account(&a)?;
-    if cx.core.storage().accounts.account_exists(&host, &user).await? {
+    if cx
+        .core
+        .storage()
+        .accounts
+        .account_exists(&host, &user)
+        .await?
+    {
         Ok(Value::String(format!("{user}@{host} exists")))
     } else {
         Err(not_found(&user, &host))

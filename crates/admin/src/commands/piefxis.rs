@@ -31,9 +31,8 @@ pub(super) async fn export(cx: Ctx, a: Args) -> Result<Value, CommandError> {
     let xml = piefxis::to_xml(&doc);
     let to_stdout = file == "-";
     if !to_stdout {
-        write_private_file(Path::new(file), xml.as_bytes()).map_err(|e| {
-            CommandError::new(ErrorCode::Io, format!("writing {file}: {e}"))
-        })?;
+        write_private_file(Path::new(file), xml.as_bytes())
+            .map_err(|e| CommandError::new(ErrorCode::Io, format!("writing {file}: {e}")))?;
     }
     let mut out = json!({
         "message": format!(
@@ -92,7 +91,10 @@ pub(crate) fn write_private_file(path: &Path, data: &[u8]) -> std::io::Result<()
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "export".into());
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    // Unique per process and call: a server may run two exports at once.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{}.{seq}.tmp", std::process::id()));
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]

@@ -42,9 +42,6 @@ pub(super) async fn user_resources(cx: Ctx, a: Args) -> Result<Value, CommandErr
 
 pub(super) async fn kick_user(cx: Ctx, a: Args) -> Result<Value, CommandError> {
     let bare = bare(&a)?;
-    let n = cx
-        .core
-        .sessions()
-        .kick(&bare, "kicked by an administrator");
+    let n = cx.core.sessions().kick(&bare, "kicked by an administrator");
     Ok(Value::from(n))
 }

@@ -9,7 +9,6 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use palaver_proto::sasl::{ScramCredentials, ScramHash};
 
-
 /// `SCRAM-SHA-256` (or its `-PLUS` variant, same credentials) → hash.
 pub(super) fn mechanism_hash(mech: &str) -> Option<ScramHash> {
     let m = mech.strip_suffix("-PLUS").unwrap_or(mech);
@@ -113,4 +112,3 @@ pub(super) fn ejabberd_scram_password(p: &str) -> Option<ScramPassword> {
     }
     Some(iterations(iter).and_then(|n| scram_values(ScramHash::Sha1, n, stored, server, salt)))
 }
-

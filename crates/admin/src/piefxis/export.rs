@@ -54,8 +54,9 @@ pub async fn export_host(
             }
         }
         if u.scram.is_empty() {
-            rep.tally
-                .warn(format!("{jid} has no credentials; it is exported without any"));
+            rep.tally.warn(format!(
+                "{jid} has no credentials; it is exported without any"
+            ));
         }
         for part in cx.host().account_data() {
             let els = part

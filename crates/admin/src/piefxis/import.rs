@@ -255,12 +255,10 @@ async fn write_user(
                 .kick(&bare, "account data replaced by an import");
         }
         for part in cx.host().account_data() {
-            part.clear(cx, &account)
-                .await
-                .map_err(storage_err(format!(
-                    "clearing the {} data of {jid}",
-                    part.module()
-                )))?;
+            part.clear(cx, &account).await.map_err(storage_err(format!(
+                "clearing the {} data of {jid}",
+                part.module()
+            )))?;
         }
     } else {
         match storage.accounts.create_account(host, name, &creds).await {

@@ -33,7 +33,6 @@ pub struct Parsed {
     pub warnings: Vec<String>,
 }
 
-
 /// An element with the place it starts at; `head` has no children.
 #[derive(Debug)]
 pub(super) struct Node {
@@ -232,7 +231,6 @@ fn parse_tree(data: &[u8], file: &Arc<Path>) -> Result<Node, PieError> {
         msg: "the file has no root element".into(),
     })
 }
-
 
 /// Read and check a XEP-0227 file and every file it includes.
 pub fn read_file(path: &Path) -> Result<Parsed, PieError> {
@@ -626,7 +624,15 @@ mod tests {
             .iter()
             .map(|i| i.at.as_ref().map(|a| a.to_string()).unwrap_or_default())
             .collect();
-        assert_eq!(at, ["test.xml:5:1", "test.xml:6:3", "test.xml:6:47", "test.xml:6:66"]);
+        assert_eq!(
+            at,
+            [
+                "test.xml:5:1",
+                "test.xml:6:3",
+                "test.xml:6:47",
+                "test.xml:6:66"
+            ]
+        );
         assert!(u.data[1].el.is("vCard", "vcard-temp"));
         assert!(p.warnings.is_empty(), "{:?}", p.warnings);
     }
