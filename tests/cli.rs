@@ -133,6 +133,64 @@ async fn serve_and_manage_users_while_running() {
     let (_, out) = run(&["user", "list", "localhost", "--config", cfg_s]);
     assert!(!out.contains("alice@"), "{out}");
 
+    // XEP-0227 export and import run in the running server.
+    let (ok, out) = run(&["user", "add", "erin@localhost", "e-pw", "--config", cfg_s]);
+    assert!(ok, "{out}");
+    let export = dir.path().join("out.xml");
+    let (ok, out) = run(&[
+        "db",
+        "export",
+        "localhost",
+        export.to_str().expect("path"),
+        "--config",
+        cfg_s,
+    ]);
+    assert!(
+        ok && out.contains("exported 2 account(s) of localhost"),
+        "{out}"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&export)
+            .expect("export")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+    let (ok, out) = run(&["db", "export", "localhost", "-", "--config", cfg_s]);
+    assert!(ok && out.contains("<user name='erin'"), "{out}");
+    let file = dir.path().join("in.xml");
+    std::fs::write(
+        &file,
+        "<server-data xmlns='urn:xmpp:pie:0'><host jid='localhost'><user name='frank' password='f-pw'><vCard xmlns='vcard-temp'><FN>Frank</FN></vCard></user></host></server-data>",
+    )
+    .expect("write");
+    let (ok, out) = run(&[
+        "db",
+        "import",
+        file.to_str().expect("path"),
+        "--config",
+        cfg_s,
+    ]);
+    assert!(
+        ok && out.contains("imported 1 account(s)") && out.contains("1 vCard(s)"),
+        "{out}"
+    );
+    let mut c = raw_login(addr, "frank", DOMAIN, "f-pw", "r").await;
+    c.send("</stream:stream>").await;
+    c.until_closed().await;
+    let (ok, out) = run(&[
+        "db",
+        "import",
+        file.to_str().expect("path"),
+        "--config",
+        cfg_s,
+    ]);
+    assert!(
+        !ok && out.contains("already exist: frank@localhost"),
+        "{out}"
+    );
+
     // SIGTERM: graceful shutdown.
     let pid = child.id().expect("pid");
     let _ = Command::new("kill")
