@@ -17,10 +17,10 @@
 //! impl AccountData for PrivatePart {
 //!     type Data = Vec<Element>;
 //!     const ELEMENTS: &'static [(&'static str, &'static str)] = &[("query", "jabber:iq:private")];
-//!     async fn export(&self, cx: &ModuleCx, a: &Account, t: &mut Tally) -> Result<Vec<Element>, StorageError> { … }
-//!     fn read(&self, a: &Account, el: &Element, data: &mut Vec<Element>, t: &mut Tally) -> Result<(), String> { … }
-//!     async fn clear(&self, cx: &ModuleCx, a: &Account) -> Result<(), StorageError> { … }
-//!     async fn write(&self, cx: &ModuleCx, a: &Account, data: Vec<Element>, t: &mut Tally) -> Result<(), StorageError> { … }
+//!     async fn export(&self, cx: &ModuleCx, a: &Account, t: &mut Tally) -> Result<Vec<Element>, StorageError> { todo!() }
+//!     fn read(&self, a: &Account, el: &Element, data: &mut Vec<Element>, t: &mut Tally) -> Result<(), String> { todo!() }
+//!     async fn clear(&self, cx: &ModuleCx, a: &Account) -> Result<(), StorageError> { todo!() }
+//!     async fn write(&self, cx: &ModuleCx, a: &Account, data: Vec<Element>, t: &mut Tally) -> Result<(), StorageError> { todo!() }
 //! }
 //! // in Module::start:
 //! host.account_data(PrivatePart);

@@ -6,7 +6,8 @@
 //! `start` that registers declaratively on a [`HostSetup`]: disco features
 //! and identities, IQ handlers by namespace, hooks with priorities
 //! ([`crate::hooks`]), stream features, service subdomains that receive every
-//! stanza kind, HTTP routes, and background tasks that `stop` ends. Modules
+//! stanza kind, HTTP routes, background tasks that `stop` ends, and its part
+//! of an account's portable data ([`crate::account_data`]). Modules
 //! never import each other, and never reach a session but through the
 //! router: at run time they act through a [`ModuleCx`] (route, session
 //! queries, storage, config, spawn holding the stanza's ticket).

@@ -17,7 +17,7 @@
 //!   then every account is written, one at a time (a failed account is
 //!   rolled back and named).
 //! * [`export`](mod@export): each account's credentials, then every module
-//!   part's elements; [`write`]: [`to_xml`].
+//!   part's elements; [`write`](mod@write): [`to_xml`].
 //!
 //! What the modules of this build carry, both ways: roster items
 //! (`jabber:iq:roster`, with `ask`, `approved`, groups) and pending inbound

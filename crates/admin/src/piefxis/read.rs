@@ -2,7 +2,7 @@
 //! `<server-data>`/`<host>`/`<user>` structure and credentials. Located
 //! errors (`FILE:LINE:COLUMN`) for what makes the file unusable; every other
 //! child of a `<user/>` is kept, with its location, for the module that
-//! owns it (see [`super::import`]).
+//! owns it (see [`super::import()`]).
 
 use super::credentials::{ejabberd_scram_password, mechanism_hash, scram_element};
 use super::model::{Document, HostData, Item, Location, UserData};
