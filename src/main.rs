@@ -1,10 +1,13 @@
 //! `palaver`: the XMPP server binary and its command-line tools.
 
 use anyhow::{Context, Result, anyhow, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use palaver_admin::Request;
 use palaver_server::config::Config;
 use palaver_server::server::check_modules;
+use serde_json::{Map, Value, json};
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(name = "palaver", version, about = "Palaver XMPP server")]
@@ -21,7 +24,7 @@ enum Cmd {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Manage accounts (works while the server runs).
+    /// Manage accounts (through the running server when there is one).
     User {
         #[command(subcommand)]
         cmd: UserCmd,
@@ -35,6 +38,19 @@ enum Cmd {
     Db {
         #[command(subcommand)]
         cmd: DbCmd,
+    },
+    /// Run an administration command (in the running server when there is
+    /// one): `palaver ctl COMMAND ARG…`, `palaver ctl help [COMMAND]`.
+    Ctl {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The command and its arguments (positional, or `--NAME VALUE`).
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "COMMAND ARG"
+        )]
+        words: Vec<String>,
     },
 }
 
@@ -290,26 +306,26 @@ fn init_logging(level: &str) {
         .try_init();
 }
 
-/// Split `user@host` and check the host is served.
-fn account(config: &Config, jid: &str) -> Result<(String, String)> {
+/// Split `user@host` (the command layer checks both parts).
+fn account(jid: &str) -> Result<(String, String)> {
     let bare =
         palaver_proto::BareJid::new(jid).map_err(|e| anyhow!("`{jid}` is not a valid JID: {e}"))?;
     let node = bare
         .node()
         .ok_or_else(|| anyhow!("`{jid}` has no user part (expected user@host)"))?
         .to_string();
-    let host = bare.domain().to_string();
-    if !config.hosts.contains(&host) {
-        bail!(
-            "host `{host}` is not served by this configuration (hosts: {})",
-            config.hosts.join(", ")
-        );
-    }
-    Ok((host, node))
+    Ok((bare.domain().to_string(), node))
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+fn main() -> Result<ExitCode> {
+    let list = format!(
+        "Commands (`palaver ctl help COMMAND` shows one):\n{}",
+        palaver_admin::commands::list()
+    );
+    let matches = Cli::command()
+        .mut_subcommand("ctl", |c| c.after_help(list))
+        .get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -317,8 +333,15 @@ fn main() -> Result<()> {
     rt.block_on(run(cli))
 }
 
-async fn run(cli: Cli) -> Result<()> {
-    match cli.cmd {
+async fn run(cli: Cli) -> Result<ExitCode> {
+    if let Cmd::Ctl { config, words } = cli.cmd {
+        return ctl(config, words).await;
+    }
+    run_other(cli.cmd).await.map(|()| ExitCode::SUCCESS)
+}
+
+async fn run_other(cmd: Cmd) -> Result<()> {
+    match cmd {
         Cmd::Serve { config } => serve(config).await,
         Cmd::Config {
             cmd: ConfigCmd::Check { config },
@@ -346,6 +369,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::User { cmd } => user(cmd).await,
         Cmd::Db { cmd } => db(cmd).await,
+        Cmd::Ctl { config, words } => ctl(config, words).await.map(|_| ()),
     }
 }
 
@@ -431,127 +455,101 @@ async fn db(cmd: DbCmd) -> Result<()> {
                 println!("status: up to date");
             }
         }
-        DbCmd::Export { host, file, .. } => db_export(&config, &host, &file).await?,
-        DbCmd::Import { file, force, .. } => db_import(&config, &file, force).await?,
-    }
-    Ok(())
-}
-
-/// `palaver db export HOST FILE`.
-async fn db_export(config: &Config, host: &str, file: &std::path::Path) -> Result<()> {
-    use palaver_server::piefxis;
-    if !config.hosts.iter().any(|h| h == host) {
-        return Err(piefxis::PieError::UnknownHost {
-            host: host.to_string(),
-            served: config.hosts.join(", "),
+        DbCmd::Export { host, file, .. } => {
+            let to_stdout = file.as_os_str() == "-";
+            let file = if to_stdout {
+                "-".to_string()
+            } else {
+                absolute(&file)?
+            };
+            let out = command(
+                config,
+                "export_piefxis_host",
+                json!({ "host": host, "file": file }),
+            )
+            .await?;
+            if to_stdout {
+                use std::io::Write;
+                let xml = out.get("xml").and_then(Value::as_str).unwrap_or_default();
+                let mut stdout = std::io::stdout().lock();
+                stdout
+                    .write_all(xml.as_bytes())
+                    .and_then(|()| stdout.flush())
+                    .context("writing to standard output")?;
+            }
+            print_report(&out, to_stdout);
         }
-        .into());
+        DbCmd::Import { file, force, .. } => {
+            let file = absolute(&file)?;
+            let out = command(
+                config,
+                "import_piefxis",
+                json!({ "file": file, "force": force }),
+            )
+            .await?;
+            print_report(&out, false);
+        }
     }
-    let storage = palaver_server::server::open_storage(config).await?;
-    let (doc, rep) = piefxis::export_host(&storage, host).await?;
-    for w in &rep.warnings {
-        eprintln!("warning: {w}");
+    Ok(())
+}
+
+/// `path` made absolute (the server may run in another directory).
+fn absolute(path: &std::path::Path) -> Result<String> {
+    let abs = std::path::absolute(path).with_context(|| format!("{}", path.display()))?;
+    abs.to_str()
+        .map(String::from)
+        .ok_or_else(|| anyhow!("{} is not valid UTF-8", abs.display()))
+}
+
+/// Run a command of the table: in the running server when there is one,
+/// here otherwise. An error of the command is the error of the program.
+async fn command(config: Config, name: &str, args: Value) -> Result<Value> {
+    let args = match args {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    let req = Request {
+        command: name.to_string(),
+        args,
+    };
+    let (_, res) = palaver_admin::dispatch(config, &palaver_modules::registry(), &req).await?;
+    res.map_err(|e| anyhow!(e.message))
+}
+
+/// A report's warnings on standard error, then its message (on standard
+/// error too when standard output carries data).
+fn print_report(v: &Value, message_to_stderr: bool) {
+    if let Some(ws) = v.get("warnings").and_then(Value::as_array) {
+        for w in ws.iter().filter_map(Value::as_str) {
+            eprintln!("warning: {w}");
+        }
     }
-    let xml = piefxis::to_xml(&doc);
-    let to_stdout = file.as_os_str() == "-";
-    if to_stdout {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        out.write_all(xml.as_bytes())
-            .and_then(|()| out.flush())
-            .context("writing to standard output")?;
-    } else {
-        write_private_file(file, xml.as_bytes())
-            .with_context(|| format!("writing {}", file.display()))?;
-    }
-    let summary = format!(
-        "exported {} account(s) of {host} to {}: {} roster item(s), {} subscription request(s), {} vCard(s), {} private XML element(s), {} offline message(s), {} blocked JID(s)",
-        rep.accounts,
-        if to_stdout {
-            "standard output".to_string()
+    if let Some(m) = v.get("message").and_then(Value::as_str) {
+        if message_to_stderr {
+            eprintln!("{m}");
         } else {
-            file.display().to_string()
-        },
-        rep.roster_items,
-        rep.pending,
-        rep.vcards,
-        rep.private,
-        rep.offline,
-        rep.blocked
-    );
-    if to_stdout {
-        eprintln!("{summary}");
-    } else {
-        println!("{summary}");
+            println!("{m}");
+        }
     }
-    Ok(())
 }
 
-/// Write `data` to `path` through a temporary file in the same directory,
-/// readable by the owner only (the export holds credentials).
-fn write_private_file(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "export".into());
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
+/// Print a command's result: a sentence or number as a line, a list one
+/// item per line, a report as warnings and its message.
+fn print_result(v: &Value) {
+    match v {
+        Value::String(s) => println!("{s}"),
+        Value::Array(items) => {
+            for i in items {
+                match i {
+                    Value::String(s) => println!("{s}"),
+                    other => println!("{other}"),
+                }
+            }
+        }
+        Value::Object(o) if o.contains_key("message") => print_report(v, false),
+        Value::Null => {}
+        other => println!("{other}"),
     }
-    let result = (|| {
-        let mut f = opts.open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// `palaver db import FILE [--force]`.
-async fn db_import(config: &Config, file: &std::path::Path, force: bool) -> Result<()> {
-    use palaver_server::piefxis;
-    // The whole file (and what it includes) is checked before the database is opened.
-    let parsed = piefxis::read_file(file)?;
-    for w in &parsed.warnings {
-        eprintln!("warning: {w}");
-    }
-    let storage = palaver_server::server::open_storage(config).await?;
-    let opts = piefxis::ImportOptions {
-        force,
-        iterations: config.scram_iterations,
-        hosts: config.hosts.clone(),
-    };
-    let rep = piefxis::import(&storage, &parsed.doc, &opts).await?;
-    for w in &rep.warnings {
-        eprintln!("warning: {w}");
-    }
-    println!(
-        "imported {} account(s) from {} ({} created, {} replaced; {} with credentials derived from a plaintext password): {} roster item(s), {} subscription request(s), {} vCard(s), {} private XML element(s), {} offline message(s), {} blocked JID(s)",
-        rep.created.len() + rep.replaced.len(),
-        file.display(),
-        rep.created.len(),
-        rep.replaced.len(),
-        rep.derived,
-        rep.roster_items,
-        rep.pending,
-        rep.vcards,
-        rep.private,
-        rep.offline,
-        rep.blocked
-    );
-    Ok(())
 }
 
 async fn serve(config_path: Option<PathBuf>) -> Result<()> {
@@ -561,6 +559,7 @@ async fn serve(config_path: Option<PathBuf>) -> Result<()> {
     let db = db_location(&config);
     let mut server = palaver_server::Server::start(config, &palaver_modules::registry()).await?;
     palaver_http::start(&mut server);
+    let control = palaver_admin::control::start(&mut server)?;
     println!(
         "palaver {} serving {}",
         env!("CARGO_PKG_VERSION"),
@@ -572,6 +571,7 @@ async fn serve(config_path: Option<PathBuf>) -> Result<()> {
             if *tls { ", direct TLS" } else { "" }
         );
     }
+    println!("  control socket: {}", control.display());
     println!("  data directory: {}", data.display());
     println!("  database: {db}");
     wait_for_signal().await;
@@ -611,60 +611,111 @@ async fn user(cmd: UserCmd) -> Result<()> {
     };
     let config = load_config(path.as_ref(), NoConfig::DefaultsIfTheirDataExists)?;
     init_logging("warn");
-    let core =
-        palaver_server::Server::tool_core(config.clone(), &palaver_modules::registry()).await?;
-    let storage = core.storage().clone();
-    match cmd {
+    let out = match cmd {
         UserCmd::Add { jid, password, .. } => {
-            let (host, node) = account(&config, &jid)?;
+            let (host, user) = account(&jid)?;
             let password = password_for(&jid, password, true)?;
-            let creds = palaver_server::auth::derive_all(&password, config.scram_iterations);
-            match storage.accounts.create_account(&host, &node, &creds).await {
-                Ok(()) => println!("created {node}@{host}"),
-                Err(palaver_storage::StorageError::Conflict) => {
-                    bail!("{node}@{host} already exists")
-                }
-                Err(e) => return Err(e.into()),
-            }
+            let args = json!({ "user": user, "host": host, "password": password });
+            command(config, "register", args).await?
         }
         UserCmd::Passwd { jid, password, .. } => {
-            let (host, node) = account(&config, &jid)?;
+            let (host, user) = account(&jid)?;
             let password = password_for(&jid, password, true)?;
-            let creds = palaver_server::auth::derive_all(&password, config.scram_iterations);
-            match storage.accounts.set_credentials(&host, &node, &creds).await {
-                Ok(()) => println!("password changed for {node}@{host}"),
-                Err(palaver_storage::StorageError::NotFound) => {
-                    bail!("{node}@{host} does not exist")
-                }
-                Err(e) => return Err(e.into()),
-            }
+            let args = json!({ "user": user, "host": host, "newpass": password });
+            command(config, "change_password", args).await?
         }
         UserCmd::Del { jid, .. } => {
-            let (host, node) = account(&config, &jid)?;
-            match core.remove_user(&host, &node).await {
-                Ok(()) => println!("deleted {node}@{host}"),
-                Err(palaver_storage::StorageError::NotFound) => {
-                    bail!("{node}@{host} does not exist")
-                }
-                Err(e) => return Err(e.into()),
-            }
+            let (host, user) = account(&jid)?;
+            command(config, "unregister", json!({ "user": user, "host": host })).await?
         }
         UserCmd::List { host, .. } => {
             let hosts = match host {
-                Some(h) => {
-                    if !config.hosts.contains(&h) {
-                        bail!("host `{h}` is not served by this configuration");
-                    }
-                    vec![h]
-                }
+                Some(h) => vec![h],
                 None => config.hosts.clone(),
             };
+            let mut all = Vec::new();
             for h in hosts {
-                for u in storage.accounts.list_accounts(&h).await? {
-                    println!("{u}@{h}");
+                let users =
+                    command(config.clone(), "registered_users", json!({ "host": h })).await?;
+                for u in users
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                {
+                    all.push(Value::String(format!("{u}@{h}")));
                 }
             }
+            Value::Array(all)
+        }
+    };
+    print_result(&out);
+    Ok(())
+}
+
+/// `palaver ctl [--config FILE] COMMAND ARG…`: any command of the table.
+async fn ctl(config: Option<PathBuf>, words: Vec<String>) -> Result<ExitCode> {
+    // `--config` may also come after the command.
+    let mut config = config;
+    let mut rest = Vec::new();
+    let mut it = words.into_iter();
+    while let Some(w) = it.next() {
+        if w == "--config" || w == "-c" {
+            config = Some(PathBuf::from(
+                it.next().ok_or_else(|| anyhow!("{w} needs a file"))?,
+            ));
+        } else if let Some(p) = w.strip_prefix("--config=") {
+            config = Some(PathBuf::from(p));
+        } else {
+            rest.push(w);
         }
     }
-    Ok(())
+    let Some((name, args)) = rest.split_first() else {
+        eprintln!(
+            "usage: palaver ctl COMMAND [ARG…]\n\nCommands:\n{}",
+            palaver_admin::commands::list()
+        );
+        return Ok(ExitCode::from(2));
+    };
+    if name == "help" {
+        match args.first() {
+            None => print!("Commands:\n{}", palaver_admin::commands::list()),
+            Some(c) => match palaver_admin::find(c) {
+                Some(cmd) => print!("{}", cmd.help()),
+                None => bail!("unknown command `{c}` (`palaver ctl help` lists the commands)"),
+            },
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cmd = palaver_admin::find(name).ok_or_else(|| {
+        anyhow!("unknown command `{name}` (`palaver ctl help` lists the commands)")
+    })?;
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        print!("{}", cmd.help());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut map =
+        palaver_admin::command::args_from_words(cmd, args).map_err(|e| anyhow!(e.message))?;
+    for spec in cmd
+        .args
+        .iter()
+        .filter(|a| a.ty == palaver_admin::ArgType::Path)
+    {
+        if let Some(Value::String(p)) = map.get(spec.name)
+            && p != "-"
+        {
+            let abs = absolute(std::path::Path::new(p))?;
+            map.insert(spec.name.to_string(), Value::String(abs));
+        }
+    }
+    let config = load_config(config.as_ref(), NoConfig::DefaultsIfTheirDataExists)?;
+    init_logging("warn");
+    let out = command(config, cmd.name, Value::Object(map)).await?;
+    if let Some(xml) = out.get("xml").and_then(Value::as_str) {
+        print!("{xml}");
+        print_report(&out, true);
+    } else {
+        print_result(&out);
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,4 +1,5 @@
-//! The `palaver` binary: serve, user management while serving, config check.
+//! The `palaver` binary: serve, user management and `palaver ctl` through
+//! the running server's control socket (and offline), config check.
 mod common;
 use common::*;
 use std::process::{Command, Stdio};
@@ -27,6 +28,13 @@ async fn serve_and_manage_users_while_running() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = write_config(dir.path());
     let cfg_s = cfg.to_str().expect("utf-8 path");
+    // A socket file left by a killed server: offline tools and a new server
+    // see nobody answers on it.
+    let sock = dir.path().join("palaver.sock");
+    drop(std::os::unix::net::UnixListener::bind(&sock).expect("bind stale socket"));
+    assert!(sock.exists());
+    let (ok, out) = run(&["user", "add", "zed@localhost", "z", "--config", cfg_s]);
+    assert!(ok, "offline with a stale socket: {out}");
     let mut child = tokio::process::Command::new(BIN)
         .args(["serve", "--config", cfg_s])
         .stdout(Stdio::piped())
@@ -50,6 +58,20 @@ async fn serve_and_manage_users_while_running() {
     }
     let addr = addr.expect("serve printed its c2s address");
     assert!(saw_data, "serve prints its data directory");
+    {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let meta = std::fs::metadata(&sock).expect("control socket");
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
+    // A second server on the same data directory refuses to start.
+    let (ok, out) = run(&["serve", "--config", cfg_s]);
+    assert!(
+        !ok && out.contains("another palaver server is running"),
+        "{out}"
+    );
+    let (ok, out) = run(&["ctl", "status", "--config", cfg_s]);
+    assert!(ok && out.contains("is running"), "{out}");
 
     let (ok, out) = run(&[
         "user",
@@ -85,12 +107,89 @@ async fn serve_and_manage_users_while_running() {
     c.send("</stream:stream>").await;
     c.until_closed().await;
 
+    // Deleting a connected user ends its session in the running server.
+    let mut c = raw_login(addr, "alice", DOMAIN, "n3w", "desk").await;
+    let (ok, out) = run(&["ctl", "connected_users", "--config", cfg_s]);
+    assert!(ok && out.trim() == "alice@localhost/desk", "{out}");
+    let (ok, out) = run(&["ctl", "user_resources", "alice", "localhost", "-c", cfg_s]);
+    assert!(ok && out.trim() == "desk", "{out}");
     let (ok, out) = run(&["user", "del", "alice@localhost", "--config", cfg_s]);
-    assert!(ok, "{out}");
+    assert!(ok && out.contains("deleted alice@localhost"), "{out}");
+    let closed = c.until_closed().await;
+    assert!(closed.contains("</stream:stream>"), "{closed}");
+    let (ok, out) = run(&["ctl", "connected_users", "--config", cfg_s]);
+    assert!(ok && out.trim().is_empty(), "{out}");
+    let (ok, out) = run(&[
+        "ctl",
+        "check_account",
+        "alice",
+        "localhost",
+        "--config",
+        cfg_s,
+    ]);
+    assert!(!ok && out.contains("does not exist"), "{out}");
     let (ok, out) = run(&["user", "del", "alice@localhost", "--config", cfg_s]);
     assert!(!ok && out.contains("does not exist"), "{out}");
     let (_, out) = run(&["user", "list", "localhost", "--config", cfg_s]);
     assert!(!out.contains("alice@"), "{out}");
+
+    // XEP-0227 export and import run in the running server.
+    let (ok, out) = run(&["user", "add", "erin@localhost", "e-pw", "--config", cfg_s]);
+    assert!(ok, "{out}");
+    let export = dir.path().join("out.xml");
+    let (ok, out) = run(&[
+        "db",
+        "export",
+        "localhost",
+        export.to_str().expect("path"),
+        "--config",
+        cfg_s,
+    ]);
+    assert!(
+        ok && out.contains("exported 2 account(s) of localhost"),
+        "{out}"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&export)
+            .expect("export")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+    let (ok, out) = run(&["db", "export", "localhost", "-", "--config", cfg_s]);
+    assert!(ok && out.contains("<user name='erin'"), "{out}");
+    let file = dir.path().join("in.xml");
+    std::fs::write(
+        &file,
+        "<server-data xmlns='urn:xmpp:pie:0'><host jid='localhost'><user name='frank' password='f-pw'><vCard xmlns='vcard-temp'><FN>Frank</FN></vCard></user></host></server-data>",
+    )
+    .expect("write");
+    let (ok, out) = run(&[
+        "db",
+        "import",
+        file.to_str().expect("path"),
+        "--config",
+        cfg_s,
+    ]);
+    assert!(
+        ok && out.contains("imported 1 account(s)") && out.contains("1 vCard(s)"),
+        "{out}"
+    );
+    let mut c = raw_login(addr, "frank", DOMAIN, "f-pw", "r").await;
+    c.send("</stream:stream>").await;
+    c.until_closed().await;
+    let (ok, out) = run(&[
+        "db",
+        "import",
+        file.to_str().expect("path"),
+        "--config",
+        cfg_s,
+    ]);
+    assert!(
+        !ok && out.contains("already exist: frank@localhost"),
+        "{out}"
+    );
 
     // SIGTERM: graceful shutdown.
     let pid = child.id().expect("pid");
@@ -103,6 +202,157 @@ async fn serve_and_manage_users_while_running() {
         .expect("exits on SIGTERM")
         .expect("wait");
     assert!(status.success(), "{status:?}");
+    assert!(!sock.exists(), "the control socket is removed at shutdown");
+}
+
+#[test]
+fn ctl_offline_and_argument_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(dir.path());
+    let cfg_s = cfg.to_str().expect("utf-8 path");
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["ctl", "--config", cfg_s];
+        all.extend_from_slice(args);
+        run(&all)
+    };
+    // Help lists the commands and their arguments.
+    let (ok, out) = run(&["ctl", "--help"]);
+    assert!(
+        ok && out.contains("connected_users") && out.contains("kick_user"),
+        "{out}"
+    );
+    let (ok, out) = ctl(&["help", "register"]);
+    assert!(
+        ok && out.contains("register USER HOST PASSWORD") && out.contains("password"),
+        "{out}"
+    );
+    let (ok, out) = ctl(&["import_piefxis", "--help"]);
+    assert!(ok && out.contains("[--force]"), "{out}");
+
+    // Commands that need a running server say so.
+    for cmd in ["connected_users", "status"] {
+        let (ok, out) = ctl(&[cmd]);
+        assert!(!ok && out.contains("server is not running"), "{out}");
+    }
+    let (ok, out) = ctl(&["kick_user", "alice", "localhost"]);
+    assert!(!ok && out.contains("server is not running"), "{out}");
+
+    // Offline, the others run here.
+    let (ok, out) = ctl(&["register", "Bob", "localhost", "pw"]);
+    assert!(ok && out.contains("created bob@localhost"), "{out}");
+    let (ok, out) = ctl(&["check_account", "--user", "bob", "--host=localhost"]);
+    assert!(ok && out.contains("bob@localhost exists"), "{out}");
+    let (ok, out) = ctl(&["registered_users", "localhost"]);
+    assert!(ok && out.trim() == "bob", "{out}");
+    let (ok, out) = ctl(&["change_password", "bob", "localhost", "pw2"]);
+    assert!(ok, "{out}");
+    let (ok, out) = run(&["user", "list", "--config", cfg_s]);
+    assert!(ok && out.contains("bob@localhost"), "{out}");
+    let (ok, out) = ctl(&["unregister", "bob", "localhost"]);
+    assert!(ok && out.contains("deleted bob@localhost"), "{out}");
+    let (ok, out) = ctl(&["registered_vhosts"]);
+    assert!(
+        ok && out.contains("localhost") && out.contains("example.test"),
+        "{out}"
+    );
+
+    // Argument errors name the argument.
+    let bad = |args: &[&str], needles: &[&str]| {
+        let (ok, out) = ctl(args);
+        assert!(!ok, "{args:?}: {out}");
+        for n in needles {
+            assert!(out.contains(n), "{args:?}: {n:?} in {out}");
+        }
+    };
+    bad(&["nope"], &["unknown command `nope`"]);
+    bad(&["help", "nope"], &["unknown command `nope`"]);
+    bad(
+        &["register", "bob"],
+        &["missing argument `host`", "register USER HOST PASSWORD"],
+    );
+    bad(
+        &["register", "bob", "localhost", "pw", "extra"],
+        &["extra argument `extra`"],
+    );
+    bad(
+        &["register", "a@b", "localhost", "pw"],
+        &["argument `user`", "`a@b` is not a valid JID localpart"],
+    );
+    bad(
+        &["register", "bob", "localhost", ""],
+        &["argument `password`", "must not be empty"],
+    );
+    bad(
+        &["registered_users", "nothere.example"],
+        &["argument `host`", "not served"],
+    );
+    bad(
+        &["registered_users", "--bogus=1"],
+        &["unknown argument `--bogus`"],
+    );
+    bad(
+        &["registered_users", "--host"],
+        &["`--host`", "needs a value"],
+    );
+    bad(
+        &["import_piefxis", "x.xml", "--force=maybe"],
+        &["argument `force`", "not true or false"],
+    );
+    bad(
+        &["check_account", "nobody", "localhost"],
+        &["nobody@localhost does not exist"],
+    );
+    bad(&["connected_users", "extra"], &["extra argument `extra`"]);
+}
+
+/// The control channel protocol, spoken directly.
+#[tokio::test]
+async fn control_socket_protocol() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config_text(dir.path(), "", "");
+    let config = palaver_server::config::Config::parse(&text).expect("config");
+    let mut server = palaver_server::Server::start(config, &palaver_modules::registry())
+        .await
+        .expect("server starts");
+    let path = palaver_admin::control::start(&mut server).expect("control socket");
+    let call = |raw: &'static str| {
+        let path = path.clone();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::UnixStream::connect(&path)
+                .await
+                .expect("connect");
+            s.write_all(raw.as_bytes()).await.expect("write");
+            s.shutdown().await.expect("shutdown");
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.expect("read");
+            serde_json::from_str::<serde_json::Value>(&out).expect("JSON response")
+        }
+    };
+    let r = call(r#"{"command": "register", "args": {"user": "carol", "host": "localhost", "password": "pw"}}"#).await;
+    assert_eq!(r, serde_json::json!({"ok": "created carol@localhost"}));
+    let r = call(r#"{"command": "registered_users", "args": {"host": "localhost"}}"#).await;
+    assert_eq!(r, serde_json::json!({"ok": ["carol"]}));
+    let r = call(r#"{"command": "connected_users_number"}"#).await;
+    assert_eq!(r, serde_json::json!({"ok": 0}));
+    let r = call(r#"{"command": "register", "args": {"user": "carol", "host": "localhost", "password": "pw"}}"#).await;
+    assert_eq!(r["error"]["code"], "conflict", "{r}");
+    let r = call(r#"{"command": "register", "args": {"user": "carol", "host": "localhost", "password": 5, "x": 1}}"#).await;
+    assert_eq!(r["error"]["code"], "bad_argument", "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("unknown argument `x`")),
+        "{r}"
+    );
+    let r = call(r#"{"command": "kick_user", "args": {"user": "carol", "host": 7}}"#).await;
+    assert_eq!(r["error"]["code"], "bad_argument", "{r}");
+    let r = call(r#"{"command": "nope"}"#).await;
+    assert_eq!(r["error"]["code"], "unknown_command", "{r}");
+    let r = call("not json").await;
+    assert_eq!(r["error"]["code"], "bad_request", "{r}");
+    server.shutdown().await;
+    assert!(!path.exists(), "removed at shutdown");
 }
 
 #[test]

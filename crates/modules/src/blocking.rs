@@ -113,6 +113,7 @@ fn start(host: &mut HostSetup, _o: NoOptions) -> Result<(), String> {
             }
         }
     });
+    host.account_data(portable::BlockingData);
     let c = cache;
     host.hook_async::<RemoveUser, _>(50, move |cx, a| {
         c.remove(&format!("{}@{}", a.user, a.host));
@@ -402,5 +403,101 @@ fn push(core: &ModuleCx, me: &BareJid, block: bool, jids: &[String]) {
             Some(Jid::from(full)),
             el,
         ));
+    }
+}
+
+/// The block list's part of portable account data: `<blocklist
+/// xmlns='urn:xmpp:blocking'>` (XEP-0191 as an extension of XEP-0227; other
+/// servers ignore it, as the XEP allows). Privacy lists (XEP-0016) from
+/// other servers are reported and skipped.
+mod portable {
+    use super::NS_BLOCKING;
+    use jid::Jid;
+    use minidom::Element;
+    use palaver_proto::stanza::set_attr;
+    use palaver_server::ModuleCx;
+    use palaver_server::account_data::{AccountData, Tally, describe};
+    use palaver_server::hooks::Account;
+    use palaver_storage::StorageError;
+
+    const NS_PRIVACY: &str = "jabber:iq:privacy";
+    const BLOCKED: &str = "blocked JID(s)";
+
+    pub(super) struct BlockingData;
+
+    impl AccountData for BlockingData {
+        type Data = Vec<String>;
+        const ELEMENTS: &'static [(&'static str, &'static str)] =
+            &[("blocklist", NS_BLOCKING), ("query", NS_PRIVACY)];
+
+        async fn export(
+            &self,
+            cx: &ModuleCx,
+            a: &Account,
+            tally: &mut Tally,
+        ) -> Result<Vec<Element>, StorageError> {
+            let list = cx.storage().blocks.blocklist(&a.host, &a.user).await?;
+            tally.count(BLOCKED, list.len());
+            if list.is_empty() {
+                return Ok(vec![]);
+            }
+            let mut b = Element::bare("blocklist", NS_BLOCKING);
+            for j in list {
+                let mut i = Element::bare("item", NS_BLOCKING);
+                set_attr(&mut i, "jid", j);
+                b.append_child(i);
+            }
+            Ok(vec![b])
+        }
+
+        fn read(
+            &self,
+            a: &Account,
+            el: &Element,
+            data: &mut Vec<String>,
+            tally: &mut Tally,
+        ) -> Result<(), String> {
+            let jid = a.jid();
+            if el.is("query", NS_PRIVACY) {
+                tally.warn(format!(
+                    "{jid}: privacy lists (XEP-0016) are not supported by Palaver; ignored (XEP-0191 block lists are)"
+                ));
+                return Ok(());
+            }
+            for item in el.children() {
+                match item.attr("jid").map(Jid::new) {
+                    Some(Ok(j)) if item.is("item", NS_BLOCKING) => {
+                        let j = j.to_string();
+                        if !data.contains(&j) {
+                            data.push(j);
+                        }
+                    }
+                    _ => tally.warn(format!(
+                        "{jid}: ignored block list entry {}",
+                        describe(item)
+                    )),
+                }
+            }
+            Ok(())
+        }
+
+        async fn clear(&self, cx: &ModuleCx, a: &Account) -> Result<(), StorageError> {
+            cx.storage().blocks.unblock(&a.host, &a.user, &[]).await
+        }
+
+        async fn write(
+            &self,
+            cx: &ModuleCx,
+            a: &Account,
+            data: Vec<String>,
+            tally: &mut Tally,
+        ) -> Result<(), StorageError> {
+            tally.count(BLOCKED, 0);
+            if !data.is_empty() {
+                cx.storage().blocks.block(&a.host, &a.user, &data).await?;
+                tally.count(BLOCKED, data.len());
+            }
+            Ok(())
+        }
     }
 }

@@ -73,6 +73,7 @@ fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
             HookAction::Continue
         }
     });
+    host.account_data(portable::OfflineData);
     host.hook_async::<RemoveUser, _>(50, |cx, a| async move {
         let offline = &cx.storage().offline;
         if let Err(e) = offline.remove_offline_user(&a.host, &a.user).await {
@@ -239,5 +240,201 @@ async fn delete_upto(core: &ModuleCx, host: &str, node: &str, last: Option<i64>)
             .await
     {
         tracing::warn!(error = %e, "deleting delivered offline messages failed");
+    }
+}
+
+/// Offline messages' part of portable account data (XEP-0227):
+/// `<offline-messages>` with `jabber:client` messages, each carrying a
+/// XEP-0203 `<delay/>` (the legacy XEP-0091 stamp is read too).
+mod portable {
+    use jid::Jid;
+    use minidom::Element;
+    use palaver_proto::datetime::{format_datetime, parse_datetime};
+    use palaver_proto::ns;
+    use palaver_proto::stanza::set_attr;
+    use palaver_server::ModuleCx;
+    use palaver_server::account_data::{AccountData, Tally, describe};
+    use palaver_server::hooks::Account;
+    use palaver_storage::StorageError;
+
+    /// XEP-0227 namespace (the element lives in it).
+    const NS_PIE: &str = "urn:xmpp:pie:0";
+    /// XEP-0227 before version 1.0.
+    const NS_PIE_DRAFT: &str = "http://www.xmpp.org/extensions/xep-0227.html#ns";
+    const NS_LEGACY_DELAY: &str = "jabber:x:delay";
+    const OFFLINE: &str = "offline message(s)";
+
+    pub(super) struct OfflineData;
+
+    fn now_ms() -> i64 {
+        super::now().as_millis() as i64
+    }
+
+    fn delay_el(host: &str, ms: i64) -> Element {
+        let mut delay = Element::bare("delay", ns::DELAY);
+        set_attr(&mut delay, "from", host.to_string());
+        set_attr(&mut delay, "stamp", format_datetime(ms));
+        delay
+    }
+
+    /// XEP-0091 legacy stamp `CCYYMMDDThh:mm:ss` (UTC).
+    pub(super) fn parse_legacy_stamp(s: &str) -> Option<i64> {
+        let (date, time) = s.trim().split_once('T')?;
+        if date.len() != 8 || !date.is_ascii() {
+            return None;
+        }
+        parse_datetime(&format!(
+            "{}-{}-{}T{}Z",
+            &date[..4],
+            &date[4..6],
+            &date[6..],
+            time
+        ))
+    }
+
+    impl AccountData for OfflineData {
+        /// Messages with their receive time (ms since the epoch), oldest first.
+        type Data = Vec<(Element, i64)>;
+        const ELEMENTS: &'static [(&'static str, &'static str)] = &[
+            ("offline-messages", NS_PIE),
+            ("offline-messages", NS_PIE_DRAFT),
+        ];
+
+        async fn export(
+            &self,
+            cx: &ModuleCx,
+            a: &Account,
+            tally: &mut Tally,
+        ) -> Result<Vec<Element>, StorageError> {
+            let jid = a.jid();
+            let mut o = Element::bare("offline-messages", NS_PIE);
+            let mut n = 0;
+            for (id, xml, stamp) in cx
+                .storage()
+                .offline
+                .offline_messages(&a.host, &a.user)
+                .await?
+            {
+                match xml.parse::<Element>() {
+                    Ok(mut el) if el.is("message", ns::CLIENT) => {
+                        if !el.has_child("delay", ns::DELAY) {
+                            el.append_child(delay_el(&a.host, stamp));
+                        }
+                        o.append_child(el);
+                        n += 1;
+                    }
+                    Ok(_) | Err(_) => tally.warn(format!(
+                        "{jid}: stored offline message {id} is unreadable; left out"
+                    )),
+                }
+            }
+            tally.count(OFFLINE, n);
+            Ok(if n == 0 { vec![] } else { vec![o] })
+        }
+
+        fn read(
+            &self,
+            a: &Account,
+            el: &Element,
+            data: &mut Self::Data,
+            tally: &mut Tally,
+        ) -> Result<(), String> {
+            let bare = a.jid();
+            for m in el.children() {
+                if !m.is("message", ns::CLIENT) {
+                    tally.warn(format!(
+                        "{bare}: ignored {} in <offline-messages/> (expected jabber:client messages)",
+                        describe(m)
+                    ));
+                    continue;
+                }
+                if !matches!(m.attr("from").map(Jid::new), Some(Ok(_))) {
+                    tally.warn(format!(
+                        "{bare}: ignored offline message without a valid from"
+                    ));
+                    continue;
+                }
+                let mut msg = m.clone();
+                let to_ok = msg
+                    .attr("to")
+                    .and_then(|t| Jid::new(t).ok())
+                    .is_some_and(|t| t.to_bare().to_string() == bare);
+                if !to_ok {
+                    set_attr(&mut msg, "to", bare.clone());
+                }
+                let stamp = msg
+                    .get_child("delay", ns::DELAY)
+                    .and_then(|d| d.attr("stamp"))
+                    .and_then(parse_datetime)
+                    .or_else(|| {
+                        msg.get_child("x", NS_LEGACY_DELAY)
+                            .and_then(|d| d.attr("stamp"))
+                            .and_then(parse_legacy_stamp)
+                    });
+                let stamp = match stamp {
+                    Some(s) => s,
+                    None => {
+                        let now = now_ms();
+                        if !msg.has_child("delay", ns::DELAY) {
+                            msg.append_child(delay_el(&a.host, now));
+                        }
+                        tally.warn(format!(
+                            "{bare}: offline message without a readable delay stamp; stamped with the import time"
+                        ));
+                        now
+                    }
+                };
+                data.push((msg, stamp));
+            }
+            Ok(())
+        }
+
+        async fn clear(&self, cx: &ModuleCx, a: &Account) -> Result<(), StorageError> {
+            cx.storage()
+                .offline
+                .remove_offline_user(&a.host, &a.user)
+                .await
+        }
+
+        async fn write(
+            &self,
+            cx: &ModuleCx,
+            a: &Account,
+            data: Self::Data,
+            tally: &mut Tally,
+        ) -> Result<(), StorageError> {
+            tally.count(OFFLINE, 0);
+            for (msg, stamp) in &data {
+                let xml = palaver_proto::writer::to_string(msg, "");
+                let stored = cx
+                    .storage()
+                    .offline
+                    .store_offline(&a.host, &a.user, &xml, *stamp, usize::MAX)
+                    .await?;
+                if stored {
+                    tally.count(OFFLINE, 1);
+                } else {
+                    tally.warn(format!(
+                        "{}: the store refused an offline message; it was not imported",
+                        a.jid()
+                    ));
+                }
+            }
+            Ok(())
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn legacy_stamps() {
+            assert_eq!(
+                parse_legacy_stamp("20261202T00:31:40"),
+                parse_datetime("2026-12-02T00:31:40Z")
+            );
+            assert_eq!(parse_legacy_stamp("2026-12-02"), None);
+        }
     }
 }

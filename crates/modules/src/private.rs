@@ -52,6 +52,7 @@ fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
         NS_PRIVATE,
         move |req| async move { handle(req, max, true).await },
     );
+    host.account_data(portable::PrivateData);
     host.hook_async::<RemoveUser, _>(50, |cx, a| async move {
         let xml = &cx.storage().xml;
         if let Err(e) = xml.remove_xml_user(&a.host, &a.user, "private:").await {
@@ -107,4 +108,112 @@ async fn handle(req: IqRequest, max: usize, set: bool) -> IqResult {
     let mut out = Element::bare("query", NS_PRIVATE);
     out.append_child(stored);
     Ok(Some(out))
+}
+
+/// Private XML's part of portable account data (XEP-0227):
+/// `<query xmlns='jabber:iq:private'>` with every stored element.
+mod portable {
+    use super::NS_PRIVATE;
+    use minidom::Element;
+    use palaver_proto::ns;
+    use palaver_server::ModuleCx;
+    use palaver_server::account_data::{AccountData, Tally, describe};
+    use palaver_server::hooks::Account;
+    use palaver_storage::StorageError;
+
+    const PRIVATE: &str = "private XML element(s)";
+
+    pub(super) struct PrivateData;
+
+    impl AccountData for PrivateData {
+        type Data = Vec<Element>;
+        const ELEMENTS: &'static [(&'static str, &'static str)] = &[("query", NS_PRIVATE)];
+
+        async fn export(
+            &self,
+            cx: &ModuleCx,
+            a: &Account,
+            tally: &mut Tally,
+        ) -> Result<Vec<Element>, StorageError> {
+            let store = &cx.storage().xml;
+            let jid = a.jid();
+            let mut q = Element::bare("query", NS_PRIVATE);
+            let mut n = 0;
+            for key in store.xml_keys(&a.host, &a.user, "private:").await? {
+                let Some(xml) = store.get_xml(&a.host, &a.user, &key).await? else {
+                    continue;
+                };
+                match xml.parse::<Element>() {
+                    Ok(el) => {
+                        q.append_child(el);
+                        n += 1;
+                    }
+                    Err(e) => tally.warn(format!(
+                        "{jid}: stored private XML {key} is unreadable ({e}); left out"
+                    )),
+                }
+            }
+            tally.count(PRIVATE, n);
+            Ok(if n == 0 { vec![] } else { vec![q] })
+        }
+
+        fn read(
+            &self,
+            a: &Account,
+            el: &Element,
+            data: &mut Vec<Element>,
+            tally: &mut Tally,
+        ) -> Result<(), String> {
+            let jid = a.jid();
+            for item in el.children() {
+                let ns = item.ns();
+                if ns.is_empty() || matches!(ns.as_str(), ns::CLIENT | ns::SERVER | NS_PRIVATE) {
+                    tally.warn(format!(
+                        "{jid}: ignored private XML {}: this namespace cannot be stored",
+                        describe(item)
+                    ));
+                    continue;
+                }
+                if let Some(i) = data
+                    .iter()
+                    .position(|p| p.name() == item.name() && p.ns() == ns)
+                {
+                    tally.warn(format!(
+                        "{jid}: private XML {} appears twice; the last one is kept",
+                        describe(item)
+                    ));
+                    data.remove(i);
+                }
+                data.push(item.clone());
+            }
+            Ok(())
+        }
+
+        async fn clear(&self, cx: &ModuleCx, a: &Account) -> Result<(), StorageError> {
+            cx.storage()
+                .xml
+                .remove_xml_user(&a.host, &a.user, "private:")
+                .await
+        }
+
+        async fn write(
+            &self,
+            cx: &ModuleCx,
+            a: &Account,
+            data: Vec<Element>,
+            tally: &mut Tally,
+        ) -> Result<(), StorageError> {
+            tally.count(PRIVATE, 0);
+            for p in &data {
+                let key = format!("private:{}:{}", p.ns(), p.name());
+                let xml = palaver_proto::writer::to_string(p, "");
+                cx.storage()
+                    .xml
+                    .set_xml(&a.host, &a.user, &key, &xml)
+                    .await?;
+                tally.count(PRIVATE, 1);
+            }
+            Ok(())
+        }
+    }
 }

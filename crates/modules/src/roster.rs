@@ -112,6 +112,7 @@ fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
         s.interested.remove(jid.as_str());
         async { HookAction::Continue }
     });
+    host.account_data(portable::RosterData);
     host.hook_async::<RemoveUser, _>(50, |cx, a| async move {
         if let Err(e) = cx
             .storage()
@@ -720,6 +721,210 @@ async fn presence_out(core: ModuleCx, p: PresenceBroadcast) {
                 let st = Stanza::new(StanzaKind::Presence, fj, Some(Jid::from(bare.clone())), el);
                 core.deliver_to(&session, st);
             }
+        }
+    }
+}
+
+/// The roster's part of portable account data (XEP-0227): roster items as
+/// `<query xmlns='jabber:iq:roster'>` (with `ask`, `approved`, groups) and
+/// pending inbound subscription requests as `jabber:client` presence.
+mod portable {
+    use super::NS_ROSTER;
+    use jid::{BareJid, Jid};
+    use minidom::Element;
+    use palaver_proto::ns;
+    use palaver_proto::stanza::set_attr;
+    use palaver_server::ModuleCx;
+    use palaver_server::account_data::{AccountData, Tally, describe};
+    use palaver_server::hooks::Account;
+    use palaver_storage::{RosterItem, StorageError, Subscription};
+
+    const ITEMS: &str = "roster item(s)";
+    const PENDING: &str = "subscription request(s)";
+
+    pub(super) struct RosterData;
+
+    #[derive(Default)]
+    pub(super) struct Data {
+        items: Vec<RosterItem>,
+        /// `(bare JID, presence stanza)`.
+        pending: Vec<(String, Element)>,
+    }
+
+    fn item_element(it: &RosterItem) -> Element {
+        let mut i = Element::bare("item", NS_ROSTER);
+        set_attr(&mut i, "jid", it.jid.clone());
+        if let Some(n) = &it.name {
+            set_attr(&mut i, "name", n.clone());
+        }
+        set_attr(&mut i, "subscription", it.subscription.as_str());
+        if it.ask {
+            set_attr(&mut i, "ask", "subscribe");
+        }
+        if it.approved {
+            set_attr(&mut i, "approved", "true");
+        }
+        for g in &it.groups {
+            i.append_child(
+                Element::builder("group", NS_ROSTER)
+                    .append(g.clone())
+                    .build(),
+            );
+        }
+        i
+    }
+
+    impl AccountData for RosterData {
+        type Data = Data;
+        const ELEMENTS: &'static [(&'static str, &'static str)] =
+            &[("query", NS_ROSTER), ("presence", ns::CLIENT)];
+
+        async fn export(
+            &self,
+            cx: &ModuleCx,
+            a: &Account,
+            tally: &mut Tally,
+        ) -> Result<Vec<Element>, StorageError> {
+            let store = &cx.storage().roster;
+            let jid = a.jid();
+            let (_, items) = store.roster(&a.host, &a.user).await?;
+            let mut out = Vec::new();
+            tally.count(ITEMS, items.len());
+            if !items.is_empty() {
+                let mut q = Element::bare("query", NS_ROSTER);
+                for it in &items {
+                    q.append_child(item_element(it));
+                }
+                out.push(q);
+            }
+            let pending = store.pending_in(&a.host, &a.user).await?;
+            tally.count(PENDING, pending.len());
+            for (from, xml) in pending {
+                // Keep the request itself even when the stored stanza is unreadable.
+                let mut el = match xml.parse::<Element>() {
+                    Ok(el) if el.is("presence", ns::CLIENT) => el,
+                    _ => Element::bare("presence", ns::CLIENT),
+                };
+                set_attr(&mut el, "from", from);
+                set_attr(&mut el, "to", jid.clone());
+                set_attr(&mut el, "type", "subscribe");
+                out.push(el);
+            }
+            Ok(out)
+        }
+
+        fn read(
+            &self,
+            a: &Account,
+            el: &Element,
+            data: &mut Data,
+            tally: &mut Tally,
+        ) -> Result<(), String> {
+            let jid = a.jid();
+            if el.is("presence", ns::CLIENT) {
+                if el.attr("type") != Some("subscribe") {
+                    tally.warn(format!(
+                        "{jid}: ignored presence of type '{}' (only pending subscribe requests are kept)",
+                        el.attr("type").unwrap_or("available")
+                    ));
+                    return Ok(());
+                }
+                let Some(Ok(from)) = el.attr("from").map(Jid::new) else {
+                    tally.warn(format!(
+                        "{jid}: ignored subscription request without a valid from"
+                    ));
+                    return Ok(());
+                };
+                let from = from.to_bare().to_string();
+                let mut p = el.clone();
+                set_attr(&mut p, "from", from.clone());
+                set_attr(&mut p, "to", jid.clone());
+                data.pending.retain(|(f, _)| *f != from);
+                data.pending.push((from, p));
+                return Ok(());
+            }
+            for item in el.children() {
+                if !item.is("item", NS_ROSTER) {
+                    tally.warn(format!("{jid}: ignored {} in the roster", describe(item)));
+                    continue;
+                }
+                let Some(contact) = item.attr("jid") else {
+                    tally.warn(format!("{jid}: ignored roster item without jid"));
+                    continue;
+                };
+                let contact = match BareJid::new(contact) {
+                    Ok(c) => c.to_string(),
+                    Err(e) => {
+                        tally.warn(format!("{jid}: ignored roster item `{contact}`: {e}"));
+                        continue;
+                    }
+                };
+                let sub = item.attr("subscription").unwrap_or("none");
+                let Some(subscription) = Subscription::parse(sub) else {
+                    tally.warn(format!(
+                        "{jid}: ignored roster item {contact} with subscription='{sub}'"
+                    ));
+                    continue;
+                };
+                let mut groups: Vec<String> = item
+                    .children()
+                    .filter(|g| g.is("group", NS_ROSTER))
+                    .map(|g| g.text())
+                    .filter(|g| !g.is_empty())
+                    .collect();
+                groups.sort();
+                groups.dedup();
+                let new = RosterItem {
+                    jid: contact.clone(),
+                    name: item
+                        .attr("name")
+                        .filter(|n| !n.is_empty())
+                        .map(String::from),
+                    subscription,
+                    ask: item.attr("ask") == Some("subscribe"),
+                    approved: matches!(item.attr("approved"), Some("true" | "1")),
+                    groups,
+                };
+                if let Some(old) = data.items.iter_mut().find(|i| i.jid == contact) {
+                    tally.warn(format!(
+                        "{jid}: roster item {contact} appears twice; the last one is kept"
+                    ));
+                    *old = new;
+                } else {
+                    data.items.push(new);
+                }
+            }
+            Ok(())
+        }
+
+        async fn clear(&self, cx: &ModuleCx, a: &Account) -> Result<(), StorageError> {
+            cx.storage()
+                .roster
+                .remove_roster_user(&a.host, &a.user)
+                .await
+        }
+
+        async fn write(
+            &self,
+            cx: &ModuleCx,
+            a: &Account,
+            mut data: Data,
+            tally: &mut Tally,
+        ) -> Result<(), StorageError> {
+            let store = &cx.storage().roster;
+            data.items.sort_by(|x, y| x.jid.cmp(&y.jid));
+            tally.count(ITEMS, 0);
+            tally.count(PENDING, 0);
+            for item in &data.items {
+                store.put_roster_item(&a.host, &a.user, item).await?;
+                tally.count(ITEMS, 1);
+            }
+            for (from, el) in &data.pending {
+                let xml = palaver_proto::writer::to_string(el, "");
+                store.add_pending_in(&a.host, &a.user, from, &xml).await?;
+                tally.count(PENDING, 1);
+            }
+            Ok(())
         }
     }
 }

@@ -111,6 +111,7 @@ fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
         }
         HookAction::Continue
     });
+    host.account_data(portable::VcardData);
     let h = hashes;
     host.hook_async::<RemoveUser, _>(50, move |cx, a| {
         h.remove(&format!("{}@{}", a.user, a.host));
@@ -210,4 +211,93 @@ async fn set(req: IqRequest, max: usize, hashes: Arc<Hashes>) -> IqResult {
         None => hashes.remove(&bare).map(|(_, h)| h),
     };
     Ok(None)
+}
+
+/// The vCard's part of portable account data (XEP-0227): `<vCard xmlns='vcard-temp'>`.
+mod portable {
+    use super::NS_VCARD;
+    use minidom::Element;
+    use palaver_server::ModuleCx;
+    use palaver_server::account_data::{AccountData, Tally};
+    use palaver_server::hooks::Account;
+    use palaver_storage::StorageError;
+
+    const VCARDS: &str = "vCard(s)";
+
+    pub(super) struct VcardData;
+
+    impl AccountData for VcardData {
+        type Data = Option<Element>;
+        const ELEMENTS: &'static [(&'static str, &'static str)] = &[("vCard", NS_VCARD)];
+
+        async fn export(
+            &self,
+            cx: &ModuleCx,
+            a: &Account,
+            tally: &mut Tally,
+        ) -> Result<Vec<Element>, StorageError> {
+            tally.count(VCARDS, 0);
+            let Some(xml) = cx.storage().xml.get_xml(&a.host, &a.user, "vcard").await? else {
+                return Ok(vec![]);
+            };
+            let jid = a.jid();
+            match xml.parse::<Element>() {
+                Ok(v) if v.is("vCard", NS_VCARD) => {
+                    tally.count(VCARDS, 1);
+                    Ok(vec![v])
+                }
+                Ok(v) => {
+                    tally.warn(format!(
+                        "{jid}: stored vCard is a <{}/>; left out",
+                        v.name()
+                    ));
+                    Ok(vec![])
+                }
+                Err(e) => {
+                    tally.warn(format!("{jid}: stored vCard is unreadable ({e}); left out"));
+                    Ok(vec![])
+                }
+            }
+        }
+
+        fn read(
+            &self,
+            a: &Account,
+            el: &Element,
+            data: &mut Option<Element>,
+            _tally: &mut Tally,
+        ) -> Result<(), String> {
+            if data.is_some() {
+                return Err(format!("{} has a second vCard", a.jid()));
+            }
+            *data = Some(el.clone());
+            Ok(())
+        }
+
+        async fn clear(&self, cx: &ModuleCx, a: &Account) -> Result<(), StorageError> {
+            cx.storage()
+                .xml
+                .remove_xml_user(&a.host, &a.user, "vcard")
+                .await
+        }
+
+        async fn write(
+            &self,
+            cx: &ModuleCx,
+            a: &Account,
+            data: Option<Element>,
+            tally: &mut Tally,
+        ) -> Result<(), StorageError> {
+            tally.count(VCARDS, 0);
+            if let Some(v) = data {
+                let xml = palaver_proto::writer::to_string(&v, "");
+                cx.storage()
+                    .xml
+                    .set_xml(&a.host, &a.user, "vcard", &xml)
+                    .await?;
+                tally.count(VCARDS, 1);
+            }
+            Ok(())
+        }
+    }
 }

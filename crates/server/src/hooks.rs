@@ -336,3 +336,18 @@ pub struct Account {
     /// Local part.
     pub user: String,
 }
+
+impl Account {
+    /// An account of `host`.
+    pub fn new(host: impl Into<String>, user: impl Into<String>) -> Self {
+        Account {
+            host: host.into(),
+            user: user.into(),
+        }
+    }
+
+    /// `user@host`.
+    pub fn jid(&self) -> String {
+        format!("{}@{}", self.user, self.host)
+    }
+}

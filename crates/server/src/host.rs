@@ -107,6 +107,11 @@ impl Host {
         self.regs.iq.keys().any(|(s, _, n)| *s == scope && n == ns)
     }
 
+    /// The modules' parts of portable account data, in module order.
+    pub fn account_data(&self) -> &[crate::account_data::AccountDataPart] {
+        &self.regs.account_data
+    }
+
     /// HTTP routes the modules registered.
     pub fn http_routes(&self) -> &[HttpRoute] {
         &self.regs.http

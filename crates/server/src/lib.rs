@@ -1,6 +1,7 @@
 //! The Palaver kernel: configuration, virtual hosts, the router and session
 //! manager, the module API, TLS and the c2s listener.
 
+pub mod account_data;
 pub mod ack;
 pub mod auth;
 pub mod c2s;
@@ -9,7 +10,6 @@ pub mod core;
 pub mod hooks;
 pub mod host;
 pub mod module;
-pub mod piefxis;
 pub mod router;
 pub mod serial;
 pub mod server;

@@ -6,7 +6,8 @@
 //! `start` that registers declaratively on a [`HostSetup`]: disco features
 //! and identities, IQ handlers by namespace, hooks with priorities
 //! ([`crate::hooks`]), stream features, service subdomains that receive every
-//! stanza kind, HTTP routes, and background tasks that `stop` ends. Modules
+//! stanza kind, HTTP routes, background tasks that `stop` ends, and its part
+//! of an account's portable data ([`crate::account_data`]). Modules
 //! never import each other, and never reach a session but through the
 //! router: at run time they act through a [`ModuleCx`] (route, session
 //! queries, storage, config, spawn holding the stanza's ticket).
@@ -185,6 +186,8 @@ pub struct Registrations {
     pub(crate) migrations: Vec<(&'static str, &'static [palaver_storage::ModuleMigration])>,
     /// XEP-0198 settings when stream management is offered.
     pub(crate) stream_mgmt: Option<crate::c2s::StreamMgmtConfig>,
+    /// The modules' parts of portable account data (XEP-0227).
+    pub(crate) account_data: Vec<crate::account_data::AccountDataPart>,
 }
 
 /// A storage failure as the stanza error the user sees (and a log line):
@@ -401,6 +404,18 @@ impl HostSetup {
     /// `palaver_storage::Db` for writing the store beside the module.
     pub fn migrations(&mut self, steps: &'static [palaver_storage::ModuleMigration]) {
         self.regs.migrations.push((self.current, steps));
+    }
+
+    /// Export and import the module's part of an account's portable data
+    /// (the children of a XEP-0227 `<user/>` it owns; see
+    /// [`crate::account_data`]).
+    pub fn account_data<T: crate::account_data::AccountData>(&mut self, part: T) {
+        self.regs
+            .account_data
+            .push(crate::account_data::AccountDataPart::new(
+                self.current,
+                part,
+            ));
     }
 
     /// Run a background task of the module once the server runs; it is

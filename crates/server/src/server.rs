@@ -87,6 +87,15 @@ impl Server {
         registry: &[ModuleDef],
     ) -> Result<Arc<Core>, StartError> {
         let storage = open_storage(&config).await?;
+        Self::tool_core_with_storage(config, registry, storage).await
+    }
+
+    /// [`Server::tool_core`] over an already opened storage.
+    pub async fn tool_core_with_storage(
+        config: Config,
+        registry: &[ModuleDef],
+        storage: Storage,
+    ) -> Result<Arc<Core>, StartError> {
         let (_tx, shutdown) = watch::channel(false);
         let core = build_core(config, registry, storage, shutdown)?;
         core.migrate_modules().await?;

@@ -1,0 +1,36 @@
+//! The server itself: status, registered_vhosts.
+
+use crate::command::{Args, CommandError, Ctx};
+use serde_json::Value;
+
+pub(super) async fn status(cx: Ctx, _a: Args) -> Result<Value, CommandError> {
+    let core = &cx.core;
+    let uptime = core
+        .config()
+        .hosts
+        .first()
+        .and_then(|h| core.cx_of(h))
+        .map(|m| m.started().elapsed().as_secs())
+        .unwrap_or(0);
+    Ok(Value::String(format!(
+        "palaver {} is running: {} session(s), up {}, serving {}",
+        env!("CARGO_PKG_VERSION"),
+        core.sessions().count(),
+        duration(uptime),
+        core.config().hosts.join(", ")
+    )))
+}
+
+fn duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
+pub(super) async fn registered_vhosts(cx: Ctx, _a: Args) -> Result<Value, CommandError> {
+    Ok(Value::from(cx.core.config().hosts.clone()))
+}

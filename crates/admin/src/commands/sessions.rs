@@ -1,0 +1,47 @@
+//! Sessions of a running server: connected_users, connected_users_number,
+//! user_resources, kick_user.
+
+use crate::command::{Args, CommandError, Ctx};
+use serde_json::Value;
+
+fn bare(a: &Args) -> Result<palaver_proto::BareJid, CommandError> {
+    let jid = format!("{}@{}", a.text("user")?, a.text("host")?);
+    palaver_proto::BareJid::new(&jid)
+        .map_err(|e| CommandError::arg(format!("`{jid}` is not a valid JID ({e})")))
+}
+
+pub(super) async fn connected_users(cx: Ctx, _a: Args) -> Result<Value, CommandError> {
+    let mut all: Vec<String> = cx
+        .core
+        .config()
+        .hosts
+        .iter()
+        .flat_map(|h| cx.core.sessions().online(h))
+        .map(|j| j.to_string())
+        .collect();
+    all.sort();
+    Ok(Value::from(all))
+}
+
+pub(super) async fn connected_users_number(cx: Ctx, _a: Args) -> Result<Value, CommandError> {
+    Ok(Value::from(cx.core.sessions().count()))
+}
+
+pub(super) async fn user_resources(cx: Ctx, a: Args) -> Result<Value, CommandError> {
+    let bare = bare(&a)?;
+    let mut res: Vec<String> = cx
+        .core
+        .sessions()
+        .sessions(&bare)
+        .into_iter()
+        .map(|h| h.resource)
+        .collect();
+    res.sort();
+    Ok(Value::from(res))
+}
+
+pub(super) async fn kick_user(cx: Ctx, a: Args) -> Result<Value, CommandError> {
+    let bare = bare(&a)?;
+    let n = cx.core.sessions().kick(&bare, "kicked by an administrator");
+    Ok(Value::from(n))
+}
