@@ -13,13 +13,16 @@ fn write_config(dir: &std::path::Path) -> std::path::PathBuf {
     path
 }
 
+/// Run the binary; stdout then stderr, without the line that says which
+/// configuration file was used.
 fn run(args: &[&str]) -> (bool, String) {
     let out = Command::new(BIN).args(args).output().expect("run palaver");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr: String = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| !l.starts_with("palaver: using configuration"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let text = format!("{}{stderr}", String::from_utf8_lossy(&out.stdout));
     (out.status.success(), text)
 }
 

@@ -155,3 +155,31 @@ async fn websocket_login_over_wss() {
     let _ = ws.close(None).await;
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn bosh_over_https_is_encrypted_without_channel_binding() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let srv = https_server().await;
+    let cfg = tlsutil::client_config(&srv.cert_path(), &[b"http/1.1"]);
+    let mut s = tlsutil::connect(srv.http_addr, DOMAIN, cfg)
+        .await
+        .expect("TLS");
+    let body = format!(
+        "<body xmlns='http://jabber.org/protocol/httpbind' xmlns:xmpp='urn:xmpp:xbosh' \
+         rid='1000' to='{DOMAIN}' ver='1.6' wait='5' hold='1' xmpp:version='1.0'/>"
+    );
+    let req = format!(
+        "POST /bosh HTTP/1.1\r\nHost: {DOMAIN}\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(TIMEOUT, s.read_to_end(&mut buf)).await;
+    let resp = String::from_utf8_lossy(&buf);
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    // Encrypted: PLAIN is offered. One BOSH session spans several TLS
+    // connections, so there is no channel to bind: no -PLUS mechanism.
+    assert!(resp.contains("<mechanism>PLAIN</mechanism>"), "{resp}");
+    assert!(!resp.contains("-PLUS"), "{resp}");
+    srv.stop().await;
+}

@@ -124,7 +124,12 @@ fn body_text(stanza: &str) -> Option<String> {
 /// The server with Alice (the client under test, Bob already in her roster)
 /// and Bob (raw TCP, available); returns the server and Bob.
 async fn setup() -> (TestServer, RawTcp) {
-    let srv = TestServer::start().await;
+    setup_with("").await
+}
+
+/// [`setup`] with extra listeners (YAML list items) before the others.
+async fn setup_with(extra_listen: &str) -> (TestServer, RawTcp) {
+    let srv = TestServer::start_with(extra_listen, "").await;
     srv.add_user("alice", DOMAIN, ALICE_PW).await;
     srv.add_user("bob", DOMAIN, BOB_PW).await;
 
@@ -431,6 +436,29 @@ async fn xmppjs_websocket() {
     }
     let (srv, mut bob) = setup().await;
     let cmd = xmppjs_command(&srv, format!("ws://{}/ws", srv.http_addr));
+    let online = chat(test, cmd, &mut bob).await;
+    assert_eq!(online["mechanism"], "SCRAM-SHA-1", "{online}");
+    srv.stop().await;
+}
+
+/// xmpp.js over WebSocket on an HTTPS listener (`wss:`), the server's
+/// certificate trusted through NODE_EXTRA_CA_CERTS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xmppjs_websocket_tls() {
+    let test = "xmppjs_websocket_tls";
+    if !prerequisites(test, xmppjs_missing()) {
+        return;
+    }
+    let https = "  - port: 0\n    ip: 127.0.0.1\n    module: http\n    tls: true\n";
+    let (srv, mut bob) = setup_with(https).await;
+    let running = srv.server.as_ref().expect("running");
+    let addr = running
+        .listeners
+        .iter()
+        .find(|(m, tls, _)| *m == palaver_server::config::ListenModule::Http && *tls)
+        .map(|(_, _, a)| *a)
+        .expect("the HTTPS listener");
+    let cmd = xmppjs_command(&srv, format!("wss://{DOMAIN}:{}/ws", addr.port()));
     let online = chat(test, cmd, &mut bob).await;
     assert_eq!(online["mechanism"], "SCRAM-SHA-1", "{online}");
     srv.stop().await;

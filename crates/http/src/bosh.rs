@@ -86,6 +86,7 @@ fn num(el: &Element, name: &str) -> Option<u64> {
 pub(crate) async fn handle(
     State(state): State<HttpState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    tls: Option<axum::Extension<crate::tls::TlsSession>>,
     bytes: Bytes,
 ) -> Response {
     let limits = Limits {
@@ -109,7 +110,10 @@ pub(crate) async fn handle(
             let sid = format!("{:032x}", rand_u128());
             let (req_tx, req_rx) = mpsc::channel(8);
             SESSIONS.insert(sid.clone(), req_tx);
-            tokio::spawn(session_task(state, sid, peer, rid, body, tx, req_rx));
+            let secure = tls.is_some();
+            tokio::spawn(session_task(
+                state, sid, peer, secure, rid, body, tx, req_rx,
+            ));
         }
         Some(sid) => {
             let Some(chan) = SESSIONS.get(&sid).map(|c| c.clone()) else {
@@ -489,10 +493,12 @@ fn bosh_version(client: Option<&str>) -> String {
 
 /// A new BOSH session's task (not an `async fn`, so that the session and
 /// its transport are stored in the task once).
+#[allow(clippy::too_many_arguments)]
 fn session_task(
     state: HttpState,
     sid: String,
     peer: SocketAddr,
+    secure: bool,
     rid: u64,
     first: Element,
     reply: oneshot::Sender<String>,
@@ -503,7 +509,12 @@ fn session_task(
     cfg.tls = false;
     let auth_deadline = Instant::now() + Duration::from_secs(cfg.auth_timeout.max(1));
     let transport = BoshTransport::new(sid, rx, rid, &first, reply);
-    let session = C2sSession::new(state.core.clone(), cfg, peer, Framing::Documents);
+    let mut session = C2sSession::new(state.core.clone(), cfg, peer, Framing::Documents);
+    if secure {
+        // Over HTTPS: encrypted, but a BOSH session spans several
+        // connections, so there is no channel to bind (-PLUS is not offered).
+        session.set_secure(palaver_proto::sasl::ChannelBindings::default());
+    }
     // No idle timeout: BOSH has its own inactivity rule (XEP-0124 §12).
     c2s::run(session, transport, auth_deadline, Duration::ZERO)
 }

@@ -10,7 +10,7 @@ use crate::host::Host;
 use crate::module::{ModuleCx, PresenceEvent};
 use crate::router::RoutingTable;
 use crate::serial::Serializer;
-use crate::sm::{SessionManager, SessionRegistry};
+use crate::sessions::{SessionManager, SessionRegistry};
 use jid::{BareJid, FullJid};
 use palaver_proto::stanza::Stanza;
 use palaver_storage::Storage;
@@ -32,7 +32,7 @@ pub struct Core {
     /// Bound HTTP listener addresses (set once listeners are up).
     pub(crate) http_addrs: std::sync::OnceLock<Vec<std::net::SocketAddr>>,
     /// Local session table.
-    pub(crate) sm: SessionManager,
+    pub(crate) registry: SessionManager,
     /// Per-account ordered work.
     pub(crate) serial: Serializer,
     /// Password checks.
@@ -71,7 +71,7 @@ impl Core {
 
     /// The session registry (queries).
     pub fn sessions(&self) -> &dyn SessionRegistry {
-        &self.sm
+        &self.registry
     }
 
     /// The routing table.
@@ -222,7 +222,7 @@ impl Core {
         }
         self.auth.forget(host, user);
         if let Ok(bare) = BareJid::new(&format!("{user}@{host}")) {
-            self.sm.kick(&bare, "account removed");
+            self.registry.kick(&bare, "account removed");
         }
         Ok(())
     }

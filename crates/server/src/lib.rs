@@ -13,7 +13,7 @@ pub mod module;
 pub mod router;
 pub mod serial;
 pub mod server;
-pub mod sm;
+pub mod sessions;
 pub mod tls;
 
 pub use crate::core::Core;

@@ -569,7 +569,7 @@ impl ModuleCx {
     }
 
     /// The session registry (who is online, with which priority and presence).
-    pub fn sessions(&self) -> &dyn crate::sm::SessionRegistry {
+    pub fn sessions(&self) -> &dyn crate::sessions::SessionRegistry {
         self.core.sessions()
     }
 

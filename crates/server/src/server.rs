@@ -7,7 +7,7 @@ use crate::core::Core;
 use crate::host::Host;
 use crate::module::ModuleDef;
 use crate::router::{Destination, RoutingTable};
-use crate::sm::SessionManager;
+use crate::sessions::SessionManager;
 use crate::tls::CertStore;
 use palaver_storage::Storage;
 use std::collections::HashMap;
@@ -222,7 +222,7 @@ fn build_core(
         hosts,
         routes,
         http_addrs: std::sync::OnceLock::new(),
-        sm: SessionManager::default(),
+        registry: SessionManager::default(),
         serial: Default::default(),
         started: Instant::now(),
         shutdown,
@@ -302,7 +302,7 @@ impl RunningServer {
         self.core.stop_modules();
         self.tasks.shutdown().await;
         let deadline = Instant::now() + Duration::from_secs(5);
-        while self.core.sm.count() > 0 && Instant::now() < deadline {
+        while self.core.registry.count() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

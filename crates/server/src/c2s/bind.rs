@@ -2,7 +2,7 @@
 //! before a resource is bound, and entering the session table.
 
 use super::session::{Bound, C2sSession, Next, random_id};
-use crate::sm::SessionHandle;
+use crate::sessions::SessionHandle;
 use jid::FullJid;
 use minidom::Element;
 use palaver_proto::error::{Condition, StreamError, StreamErrorCondition as SC};
@@ -43,8 +43,8 @@ impl C2sSession {
             }
         };
         let (tx, rx) = mpsc::channel(INBOX);
-        let sid = self.core.sm.next_id();
-        self.core.sm.bind(
+        let sid = self.core.registry.next_id();
+        self.core.registry.bind(
             &jid,
             SessionHandle {
                 id: sid,

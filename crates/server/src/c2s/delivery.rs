@@ -5,7 +5,7 @@
 
 use super::session::{C2sSession, Next};
 use crate::module::HookAction;
-use crate::sm::SessionMsg;
+use crate::sessions::SessionMsg;
 use jid::Jid;
 use palaver_proto::error::{Condition, StreamError, StreamErrorCondition as SC};
 use palaver_proto::stanza::{Stanza, StanzaKind};

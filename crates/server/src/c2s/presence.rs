@@ -32,9 +32,11 @@ impl C2sSession {
                     };
                     let first = b.priority.is_none();
                     b.priority = Some(prio);
-                    self.core
-                        .sm
-                        .set_presence(&b.jid, b.id, Some((prio, Arc::new(st.el.clone()))));
+                    self.core.registry.set_presence(
+                        &b.jid,
+                        b.id,
+                        Some((prio, Arc::new(st.el.clone()))),
+                    );
                     if first {
                         PresenceEvent::Initial
                     } else {
@@ -52,7 +54,7 @@ impl C2sSession {
                         return Next::Continue;
                     }
                     b.priority = None;
-                    self.core.sm.set_presence(&b.jid, b.id, None);
+                    self.core.registry.set_presence(&b.jid, b.id, None);
                     self.send_directed_unavailable(&st);
                     PresenceEvent::Unavailable
                 }
@@ -99,7 +101,7 @@ impl C2sSession {
     fn broadcast_own(&self, me: &FullJid, st: &Stanza) {
         let bare = me.to_bare();
         let my_id = self.bound.as_ref().map_or(0, |b| b.id);
-        for h in self.core.sm.sessions(&bare) {
+        for h in self.core.registry.sessions(&bare) {
             if (h.priority.is_some() || h.id == my_id)
                 && let Ok(to) = bare.with_resource_str(&h.resource)
             {
@@ -143,7 +145,7 @@ impl C2sSession {
     /// available resources.
     pub(super) fn broadcast_final_unavailable(&self, me: &FullJid, st: &Stanza) {
         let bare = me.to_bare();
-        for h in self.core.sm.sessions(&bare) {
+        for h in self.core.registry.sessions(&bare) {
             if h.priority.is_some()
                 && let Ok(to) = bare.with_resource_str(&h.resource)
             {

@@ -13,7 +13,7 @@ use crate::config::Listener;
 use crate::core::Core;
 use crate::host::Host;
 use crate::module::{HookAction, PresenceEvent};
-use crate::sm::SessionMsg;
+use crate::sessions::SessionMsg;
 use jid::{FullJid, Jid};
 use minidom::Element;
 use palaver_proto::error::{Condition, StanzaError, StreamError, StreamErrorCondition as SC};
@@ -428,14 +428,14 @@ impl C2sSession {
         let Some(mut b) = self.bound.take() else {
             return;
         };
-        self.core.sm.unbind(&b.jid, b.id);
+        self.core.registry.unbind(&b.jid, b.id);
         // Stanzas still queued for this session were never written: like
         // unacknowledged ones, they go to the account again.
         b.rx.close();
         let mut pending = match self.stream_mgmt.take() {
             Some(mgmt) => {
                 if let Some(r) = &mgmt.resume {
-                    self.core.sm.remove_resumable(&r.id);
+                    self.core.registry.remove_resumable(&r.id);
                 }
                 mgmt.unacked
             }

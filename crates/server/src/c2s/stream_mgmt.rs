@@ -27,7 +27,7 @@ use super::session::{Bound, C2sSession, Next};
 use crate::ack::AckTracker;
 use crate::host::Host;
 use crate::module::HookAction;
-use crate::sm::SessionMsg;
+use crate::sessions::SessionMsg;
 use minidom::Element;
 use palaver_proto::error::{Condition, StreamError, StreamErrorCondition as SC};
 use palaver_proto::stanza::Stanza;
@@ -204,7 +204,7 @@ impl C2sSession {
         };
         let bare = format!("{user}@{}", host.name);
         let previd = el.attr("previd").unwrap_or_default();
-        let Some(tx) = self.core.sm.resumable(previd, &bare) else {
+        let Some(tx) = self.core.registry.resumable(previd, &bare) else {
             self.stream_mgmt_failed(Condition::ItemNotFound);
             return;
         };
@@ -318,7 +318,7 @@ impl C2sSession {
                         let (tx, rx) = mpsc::channel(1);
                         if let Some(b) = &self.bound {
                             self.core
-                                .sm
+                                .registry
                                 .add_resumable(&id, b.jid.to_bare().as_str(), tx);
                         }
                         self.out.element_with(|out, _| {

@@ -20,7 +20,7 @@ use crate::core::Core;
 use crate::hooks::{self, HookAction};
 use crate::host::Host;
 use crate::module::IqScope;
-use crate::sm::{DeliverError, SessionHandle, SessionManager, SessionMsg};
+use crate::sessions::{DeliverError, SessionHandle, SessionManager, SessionMsg};
 use jid::{BareJid, FullJid};
 use palaver_proto::error::Condition;
 use palaver_proto::stanza::{Stanza, StanzaKind};
@@ -90,7 +90,7 @@ fn deliver(core: &Arc<Core>, handle: &SessionHandle, st: Stanza) {
 }
 
 fn to_full(core: &Arc<Core>, host: Arc<Host>, to: FullJid, st: Stanza) {
-    let st = match core.sm.deliver_full(&to, st) {
+    let st = match core.registry.deliver_full(&to, st) {
         Ok(()) => return,
         Err((DeliverError::NoSession, st)) => *st,
         Err((DeliverError::Full, st)) => {
@@ -142,7 +142,7 @@ fn to_bare(core: &Arc<Core>, host: Arc<Host>, to: BareJid, st: Stanza) {
                     let taken = cx.run_hook_async::<hooks::PresenceIn>(st.clone()).await;
                     if taken == HookAction::Continue && st.type_attr() != Some("probe") {
                         // No module keeps subscriptions: the user's clients decide.
-                        for h in cx.core.sm.sessions(&target) {
+                        for h in cx.core.registry.sessions(&target) {
                             if h.priority.is_some() {
                                 deliver(&cx.core, &h, st.clone());
                             }
@@ -156,14 +156,14 @@ fn to_bare(core: &Arc<Core>, host: Arc<Host>, to: BareJid, st: Stanza) {
                 return;
             }
             // Presence to a bare JID goes to every available resource (RFC 6121 §8.5.2.1.2).
-            for h in core.sm.sessions(&to) {
+            for h in core.registry.sessions(&to) {
                 if h.priority.is_some() {
                     deliver(core, &h, st.clone());
                 }
             }
         }
         StanzaKind::Message => {
-            let sessions = core.sm.sessions(&to);
+            let sessions = core.registry.sessions(&to);
             let top = sessions
                 .iter()
                 .filter_map(|h| h.priority)
@@ -281,7 +281,7 @@ impl Core {
     /// each available resource). Nothing happens when no such session is
     /// bound; a full queue bounces it with `resource-constraint`.
     pub fn deliver_to(self: &Arc<Self>, session: &FullJid, st: Stanza) {
-        if let Some(h) = self.sm.get(session) {
+        if let Some(h) = self.registry.get(session) {
             deliver(self, &h, st);
         }
     }
@@ -293,7 +293,7 @@ impl Core {
             Some(Ok(full)) => full.clone(),
             _ => return Err(Undelivered::NoSession(Box::new(st))),
         };
-        match self.sm.deliver_full(&full, st) {
+        match self.registry.deliver_full(&full, st) {
             Ok(()) => Ok(()),
             Err((DeliverError::Full, st)) => Err(Undelivered::Full(st)),
             Err((_, st)) => Err(Undelivered::NoSession(st)),
@@ -311,7 +311,7 @@ impl Core {
                 return Ok(());
             }
         };
-        let Some(h) = self.sm.get(&full) else {
+        let Some(h) = self.registry.get(&full) else {
             return Err(st);
         };
         match tokio::time::timeout(DELIVER_WAIT, h.tx.reserve()).await {
