@@ -1107,6 +1107,31 @@ async fn iq_result_and_error_to_server_get_no_reply() {
     srv.stop().await;
 }
 
+/// RFC 6120 §8.2.3/§8.3.1: an IQ result or error to a full JID with no
+/// session is dropped; only a request gets `service-unavailable`.
+#[tokio::test]
+async fn iq_result_and_error_to_absent_resource_get_no_reply() {
+    let srv = server().await;
+    let mut a = alice(&srv, "a").await;
+    a.send("<iq type='result' id='r1' to='alice@localhost/gone'/>")
+        .await;
+    a.send("<iq type='error' id='e1' to='alice@localhost/gone'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>").await;
+    a.send("<iq type='result' id='r2' to='nobody@localhost/gone'/>")
+        .await;
+    // A request over the same path is answered; it must be the first reply.
+    a.send(
+        "<iq type='get' id='g1' to='alice@localhost/gone'><query xmlns='jabber:iq:version'/></iq>",
+    )
+    .await;
+    let r = next_stanza(&mut a).await;
+    assert!(
+        r.contains("id='g1'") && r.contains(&stanza_cond("service-unavailable")),
+        "{r}"
+    );
+    ping(&mut a, "p1").await;
+    srv.stop().await;
+}
+
 #[tokio::test]
 async fn error_message_to_nonexistent_user_gets_no_reply() {
     let srv = server().await;

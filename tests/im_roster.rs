@@ -479,3 +479,80 @@ async fn cross_host_subscription_and_probe_privacy() {
     .await;
     srv.stop().await;
 }
+
+/// The roster storm of `../shared/bench` in small: users in a ring each
+/// subscribe to their `K` nearest neighbours and approve every request, all
+/// at once, so both sides of each pair change the same two roster items
+/// concurrently. One account's state changes one transition at a time:
+/// every roster must end with all `K` contacts in `both`, none pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_mutual_subscriptions_all_end_in_both() {
+    const N: usize = 40;
+    const K: usize = 6;
+    let srv = TestServer::start_with("", "modules:\n  mod_ping: {}\n  mod_roster: {}\n").await;
+    let name = |i: usize| format!("storm{}", i % N);
+    for i in 0..N {
+        srv.add_user(&name(i), DOMAIN, "pw").await;
+    }
+    let mut clients = Vec::new();
+    for i in 0..N {
+        let mut c = Client::login(&srv, &name(i), DOMAIN, "r").await;
+        c.roster(None).await;
+        clients.push(c);
+    }
+    let mut tasks = Vec::new();
+    for (i, mut c) in clients.into_iter().enumerate() {
+        let contacts: Vec<String> = (1..=K / 2)
+            .flat_map(|d| [name(i + d), name(i + N - d)])
+            .map(|u| format!("{u}@{DOMAIN}"))
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            c.send("<presence/>").await;
+            for j in &contacts {
+                c.send(&format!("<presence to='{j}' type='subscribe'/>"))
+                    .await;
+            }
+            let (mut approved, mut subscribed) = (0, 0);
+            while approved < K || subscribed < K {
+                let p = c
+                    .expect("subscription presence", |e| {
+                        e.name() == "presence"
+                            && matches!(e.attr("type"), Some("subscribe" | "subscribed"))
+                    })
+                    .await;
+                let from = p.attr("from").unwrap_or_default().to_string();
+                assert!(contacts.contains(&from), "{}: from {from}", c.jid);
+                if p.attr("type") == Some("subscribe") {
+                    c.send(&format!("<presence to='{from}' type='subscribed'/>"))
+                        .await;
+                    approved += 1;
+                } else {
+                    subscribed += 1;
+                }
+            }
+            // Everything this session sent is handled once this is answered.
+            c.assert_none("error", |e| e.attr("type") == Some("error"))
+                .await;
+            c
+        }));
+    }
+    let mut done = Vec::new();
+    for t in tasks {
+        done.push(t.await.expect("client task"));
+    }
+    let store = &srv.core().storage().roster;
+    let mut bad = Vec::new();
+    for i in 0..N {
+        let (_, items) = store.roster(DOMAIN, &name(i)).await.expect("roster");
+        let both = items
+            .iter()
+            .filter(|it| it.subscription == palaver_storage::Subscription::Both && !it.ask)
+            .count();
+        if items.len() != K || both != K {
+            bad.push(format!("{}: {both} of {} in both", name(i), items.len()));
+        }
+    }
+    assert!(bad.is_empty(), "rosters not all `both`: {bad:?}");
+    drop(done);
+    srv.stop().await;
+}

@@ -108,7 +108,12 @@ fn to_full(core: &Arc<Core>, host: Arc<Host>, to: FullJid, st: Stanza) {
             Some("headline") => {}
             _ => to_bare(core, host, to.to_bare(), st),
         },
-        StanzaKind::Iq => core.bounce(&st, Condition::ServiceUnavailable, None),
+        // A request gets an error; a result or error is never answered
+        // (RFC 6120 §8.2.3, §8.3.1).
+        StanzaKind::Iq if matches!(st.type_attr(), Some("get" | "set")) => {
+            core.bounce(&st, Condition::ServiceUnavailable, None)
+        }
+        StanzaKind::Iq => {}
         StanzaKind::Presence => match st.type_attr() {
             Some("subscribe") | Some("subscribed") | Some("unsubscribe") | Some("unsubscribed") => {
                 to_bare(core, host, to.to_bare(), st)
