@@ -157,9 +157,7 @@ async fn register_change_password_cancel() {
     assert!(old.until("</failure>").await.contains("not-authorized"));
     let mut other = raw_login(srv.addr, "newbie", DOMAIN, "pw2", "x").await;
     // Cancel: result, sessions closed, account and data gone.
-    srv.core()
-        .storage()
-        .blocks
+    palaver_modules::blocking::store::BlocksSql::new(srv.core().storage().db.clone())
         .block(DOMAIN, "newbie", &["x@localhost".into()])
         .await
         .expect("block");
@@ -181,7 +179,7 @@ async fn register_change_password_cancel() {
             .expect("q")
     );
     assert!(
-        s.blocks
+        palaver_modules::blocking::store::BlocksSql::new(s.db.clone())
             .blocklist(DOMAIN, "newbie")
             .await
             .expect("q")
@@ -307,9 +305,7 @@ async fn blocking_presence_and_offline() {
             .await
             .expect("roster");
     }
-    srv.core()
-        .storage()
-        .blocks
+    palaver_modules::blocking::store::BlocksSql::new(srv.core().storage().db.clone())
         .block(
             DOMAIN,
             "alice",

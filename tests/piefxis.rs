@@ -229,8 +229,12 @@ async fn snapshot(st: &Storage) -> Snapshot {
                     .map(|(_, x, t)| (x, t))
                     .collect(),
             );
-            s.blocks
-                .push(st.blocks.blocklist(host, &u).await.expect("blocks"));
+            s.blocks.push(
+                palaver_modules::blocking::store::BlocksSql::new(st.db.clone())
+                    .blocklist(host, &u)
+                    .await
+                    .expect("blocks"),
+            );
         }
     }
     s

@@ -130,7 +130,10 @@ async fn xep_example_is_imported_by_the_modules() {
             .is_some_and(|x| x.contains("Juliet Capulet"))
     );
     assert_eq!(
-        st.blocks.blocklist(H, "juliet").await.unwrap_or_default(),
+        palaver_modules::blocking::store::BlocksSql::new(st.db.clone())
+            .blocklist(H, "juliet")
+            .await
+            .unwrap_or_default(),
         ["spam@example.net"]
     );
 }
@@ -281,7 +284,11 @@ async fn export_imports_back_identically() {
     );
     assert_eq!(st.offline.offline_count(H, "juliet").await.ok(), Some(0));
     assert_eq!(
-        st.blocks.blocklist(H, "juliet").await.map(|b| b.len()).ok(),
+        palaver_modules::blocking::store::BlocksSql::new(st.db.clone())
+            .blocklist(H, "juliet")
+            .await
+            .map(|b| b.len())
+            .ok(),
         Some(0)
     );
     assert!(

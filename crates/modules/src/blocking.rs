@@ -52,6 +52,7 @@ const NS_BLOCKED_ERR: &str = "urn:xmpp:blocking:errors";
 type Cache = DashMap<String, Arc<HashSet<String>>>;
 
 fn start(host: &mut HostSetup, _o: NoOptions) -> Result<(), String> {
+    host.migrations(store::MIGRATIONS);
     let cache: Arc<Cache> = Arc::new(DashMap::new());
     host.add_feature(NS_BLOCKING);
     let c = cache.clone();
@@ -118,7 +119,10 @@ fn start(host: &mut HostSetup, _o: NoOptions) -> Result<(), String> {
     host.hook_async::<RemoveUser, _>(50, move |cx, a| {
         c.remove(&format!("{}@{}", a.user, a.host));
         async move {
-            if let Err(e) = cx.storage().blocks.unblock(&a.host, &a.user, &[]).await {
+            if let Err(e) = store::BlocksSql::of(&cx)
+                .unblock(&a.host, &a.user, &[])
+                .await
+            {
                 tracing::warn!(error = %e, "removing block list failed");
             }
             HookAction::Continue
@@ -198,9 +202,7 @@ async fn blocked_by_recipient(core: &ModuleCx, cache: &Cache, st: &Stanza) -> bo
     let Some(node) = bare.node() else {
         return false;
     };
-    match core
-        .storage()
-        .blocks
+    match store::BlocksSql::of(core)
         .blocklist(bare.domain().as_str(), node.as_str())
         .await
     {
@@ -244,9 +246,7 @@ async fn load(
         .node()
         .map(|n| n.to_string())
         .ok_or_else(|| StanzaError::new(Condition::BadRequest))?;
-    let list: HashSet<String> = core
-        .storage()
-        .blocks
+    let list: HashSet<String> = store::BlocksSql::of(core)
         .blocklist(bare.domain().as_str(), &node)
         .await
         .map_err(internal)?
@@ -303,14 +303,12 @@ async fn set(req: IqRequest, cache: Arc<Cache>) -> IqResult {
     let core = req.cx.clone();
     let before = load(&core, &cache, &me).await?;
     if block {
-        core.storage()
-            .blocks
+        store::BlocksSql::of(&core)
             .block(&host, &node, &jids)
             .await
             .map_err(internal)?;
     } else {
-        core.storage()
-            .blocks
+        store::BlocksSql::of(&core)
             .unblock(&host, &node, &jids)
             .await
             .map_err(internal)?;
@@ -436,7 +434,9 @@ mod portable {
             a: &Account,
             tally: &mut Tally,
         ) -> Result<Vec<Element>, StorageError> {
-            let list = cx.storage().blocks.blocklist(&a.host, &a.user).await?;
+            let list = super::store::BlocksSql::of(cx)
+                .blocklist(&a.host, &a.user)
+                .await?;
             tally.count(BLOCKED, list.len());
             if list.is_empty() {
                 return Ok(vec![]);
@@ -482,7 +482,9 @@ mod portable {
         }
 
         async fn clear(&self, cx: &ModuleCx, a: &Account) -> Result<(), StorageError> {
-            cx.storage().blocks.unblock(&a.host, &a.user, &[]).await
+            super::store::BlocksSql::of(cx)
+                .unblock(&a.host, &a.user, &[])
+                .await
         }
 
         async fn write(
@@ -494,9 +496,110 @@ mod portable {
         ) -> Result<(), StorageError> {
             tally.count(BLOCKED, 0);
             if !data.is_empty() {
-                cx.storage().blocks.block(&a.host, &a.user, &data).await?;
+                super::store::BlocksSql::of(cx)
+                    .block(&a.host, &a.user, &data)
+                    .await?;
                 tally.count(BLOCKED, data.len());
             }
+            Ok(())
+        }
+    }
+}
+
+/// The store of `mod_blocking`, beside the module (see `palaver_storage::Db`).
+pub mod store {
+    use palaver_server::ModuleCx;
+    use palaver_storage::{Db, Dialect, ModuleMigration, Result, on_db};
+
+    /// The module's own table. (Created by the base schema before stores
+    /// moved beside their modules; this step keeps new databases right.)
+    pub const MIGRATIONS: &[ModuleMigration] = &[ModuleMigration {
+        sqlite: "CREATE TABLE IF NOT EXISTS blocklist (host TEXT NOT NULL, username TEXT NOT NULL, \
+                 jid TEXT NOT NULL, PRIMARY KEY (host, username, jid))",
+        postgres: "CREATE TABLE IF NOT EXISTS blocklist (host TEXT NOT NULL, username TEXT NOT NULL, \
+                   jid TEXT NOT NULL, PRIMARY KEY (host, username, jid))",
+    }];
+
+    /// Block lists (XEP-0191), on either backend.
+    pub struct BlocksSql(Db);
+
+    impl BlocksSql {
+        /// The store over the server's pool.
+        pub fn new(db: Db) -> BlocksSql {
+            BlocksSql(db)
+        }
+
+        /// The store of a running server.
+        pub fn of(cx: &ModuleCx) -> BlocksSql {
+            BlocksSql(cx.storage().db.clone())
+        }
+
+        /// Blocked JIDs of a user, sorted byte-wise.
+        pub async fn blocklist(&self, host: &str, user: &str) -> Result<Vec<String>> {
+            // PostgreSQL's default collation is locale-aware; order as bytes.
+            let sql = match self.0.dialect() {
+                Dialect::Sqlite => {
+                    "SELECT jid FROM blocklist WHERE host = $1 AND username = $2 ORDER BY jid"
+                }
+                Dialect::Postgres => {
+                    "SELECT jid FROM blocklist WHERE host = $1 AND username = $2 ORDER BY jid COLLATE \"C\""
+                }
+            };
+            Ok(on_db!(&self.0, |pool| {
+                sqlx::query_scalar(sql)
+                    .bind(host)
+                    .bind(user)
+                    .fetch_all(pool)
+                    .await?
+            }))
+        }
+
+        /// Add JIDs (already present ones are ignored), all or none.
+        pub async fn block(&self, host: &str, user: &str, jids: &[String]) -> Result<()> {
+            if jids.is_empty() {
+                return Ok(());
+            }
+            on_db!(&self.0, |pool| {
+                let mut tx = pool.begin().await?;
+                for j in jids {
+                    sqlx::query(
+                        "INSERT INTO blocklist (host, username, jid) VALUES ($1, $2, $3) \
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .bind(host)
+                    .bind(user)
+                    .bind(j)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+            });
+            Ok(())
+        }
+
+        /// Remove JIDs; an empty slice removes the whole list.
+        pub async fn unblock(&self, host: &str, user: &str, jids: &[String]) -> Result<()> {
+            on_db!(&self.0, |pool| {
+                let mut tx = pool.begin().await?;
+                if jids.is_empty() {
+                    sqlx::query("DELETE FROM blocklist WHERE host = $1 AND username = $2")
+                        .bind(host)
+                        .bind(user)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                for j in jids {
+                    sqlx::query(
+                        "DELETE FROM blocklist WHERE host = $1 AND username = $2 AND jid = $3",
+                    )
+                    .bind(host)
+                    .bind(user)
+                    .bind(j)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+            });
             Ok(())
         }
     }

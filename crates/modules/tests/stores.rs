@@ -2,6 +2,7 @@
 //! always, PostgreSQL when `PALAVER_TEST_PG_URL` is set (required in CI).
 
 use palaver_modules::announce::store::{KvSql, MIGRATIONS as KV_MIGRATIONS};
+use palaver_modules::blocking::store::{BlocksSql, MIGRATIONS as BLOCK_MIGRATIONS};
 use palaver_modules::last::store::{LastSql, MIGRATIONS as LAST_MIGRATIONS};
 use palaver_storage::Storage;
 
@@ -21,6 +22,9 @@ async fn backends(test: &str) -> Vec<(Storage, Box<dyn std::any::Any>)> {
     }
     for (s, _) in &out {
         s.db.migrate_module("mod_last", LAST_MIGRATIONS)
+            .await
+            .expect("migrate");
+        s.db.migrate_module("mod_blocking", BLOCK_MIGRATIONS)
             .await
             .expect("migrate");
         s.db.migrate_module("mod_announce", KV_MIGRATIONS)
@@ -88,5 +92,33 @@ async fn a_newer_module_schema_is_refused() {
     for (s, _dir) in backends("a_newer_module_schema_is_refused").await {
         let err = s.db.migrate_module("mod_last", &[]).await;
         assert!(err.is_err(), "version 1 in the database, 0 known: refused");
+    }
+}
+
+#[tokio::test]
+async fn block_lists() {
+    for (s, _dir) in backends("block_lists").await {
+        let b = BlocksSql::new(s.db.clone());
+        b.block("h", "u", &["b@h".into(), "a@h".into(), "a@h".into()])
+            .await
+            .expect("block");
+        assert_eq!(b.blocklist("h", "u").await.expect("q"), ["a@h", "b@h"]);
+        b.block("h", "u", &["a@h".into(), "c@h/res".into(), "Z@h".into()])
+            .await
+            .expect("block");
+        b.block("h", "u", &[]).await.expect("nothing");
+        b.block("h", "v", &["z@h".into()]).await.expect("block");
+        // Byte order on both backends (upper case first).
+        assert_eq!(
+            b.blocklist("h", "u").await.expect("q"),
+            ["Z@h", "a@h", "b@h", "c@h/res"]
+        );
+        b.unblock("h", "u", &["a@h".into(), "nope@h".into()])
+            .await
+            .expect("unblock");
+        assert_eq!(b.blocklist("h", "u").await.expect("q").len(), 3);
+        b.unblock("h", "u", &[]).await.expect("unblock all");
+        assert!(b.blocklist("h", "u").await.expect("q").is_empty());
+        assert_eq!(b.blocklist("h", "v").await.expect("q"), ["z@h"]);
     }
 }

@@ -140,14 +140,3 @@ pub trait XmlStore: Send + Sync {
     /// Delete all documents whose key starts with `prefix`.
     async fn remove_xml_user(&self, host: &str, user: &str, prefix: &str) -> Result<()>;
 }
-
-/// Block lists (XEP-0191).
-#[async_trait]
-pub trait BlockStore: Send + Sync {
-    /// Blocked JIDs, sorted.
-    async fn blocklist(&self, host: &str, user: &str) -> Result<Vec<String>>;
-    /// Add JIDs (already present ones are ignored).
-    async fn block(&self, host: &str, user: &str, jids: &[String]) -> Result<()>;
-    /// Remove JIDs; an empty slice removes all.
-    async fn unblock(&self, host: &str, user: &str, jids: &[String]) -> Result<()>;
-}

@@ -64,8 +64,6 @@ pub struct Storage {
     pub offline: Arc<dyn OfflineStore>,
     /// Per-user XML documents (vCard, private storage).
     pub xml: Arc<dyn XmlStore>,
-    /// Block lists.
-    pub blocks: Arc<dyn BlockStore>,
     /// Backend name for logs ("sqlite", "postgresql", "memory").
     pub backend: &'static str,
     /// The pool itself, for stores that live beside their module ([`Db`]).
@@ -76,14 +74,13 @@ impl Storage {
     /// Every store of one backend that implements them all.
     fn of<B>(db: Arc<B>, backend: &'static str, pool: Db) -> Storage
     where
-        B: AccountStore + RosterStore + OfflineStore + XmlStore + BlockStore + 'static,
+        B: AccountStore + RosterStore + OfflineStore + XmlStore + 'static,
     {
         Storage {
             accounts: db.clone(),
             roster: db.clone(),
             offline: db.clone(),
-            xml: db.clone(),
-            blocks: db,
+            xml: db,
             backend,
             db: pool,
         }

@@ -679,69 +679,6 @@ macro_rules! sql_stores {
             }
         }
 
-        #[async_trait::async_trait]
-        impl $crate::BlockStore for $store {
-            async fn blocklist(&self, host: &str, user: &str) -> $crate::Result<Vec<String>> {
-                Ok(sqlx::query_scalar(concat!(
-                    "SELECT jid FROM blocklist WHERE host = $1 AND username = $2 ORDER BY jid",
-                    $c
-                ))
-                .bind(host)
-                .bind(user)
-                .fetch_all(self.pool())
-                .await?)
-            }
-
-            async fn block(&self, host: &str, user: &str, jids: &[String]) -> $crate::Result<()> {
-                if jids.is_empty() {
-                    return Ok(());
-                }
-                let mut tx = self.write_tx().await?;
-                for j in jids {
-                    sqlx::query(
-                        "INSERT INTO blocklist (host, username, jid) VALUES ($1, $2, $3) \
-                         ON CONFLICT DO NOTHING",
-                    )
-                    .bind(host)
-                    .bind(user)
-                    .bind(j)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                tx.commit().await?;
-                Ok(())
-            }
-
-            async fn unblock(
-                &self,
-                host: &str,
-                user: &str,
-                jids: &[String],
-            ) -> $crate::Result<()> {
-                if jids.is_empty() {
-                    sqlx::query("DELETE FROM blocklist WHERE host = $1 AND username = $2")
-                        .bind(host)
-                        .bind(user)
-                        .execute(self.pool())
-                        .await?;
-                    return Ok(());
-                }
-                let mut tx = self.write_tx().await?;
-                for j in jids {
-                    sqlx::query(
-                        "DELETE FROM blocklist WHERE host = $1 AND username = $2 AND jid = $3",
-                    )
-                    .bind(host)
-                    .bind(user)
-                    .bind(j)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                tx.commit().await?;
-                Ok(())
-            }
-        }
-
     };
 }
 
@@ -1097,8 +1034,8 @@ macro_rules! sql_store_tests {
         }
 
         #[tokio::test]
-        async fn xml_and_blocks() {
-            let Some((_d, s)) = store("xml_and_blocks").await else {
+        async fn xml_documents() {
+            let Some((_d, s)) = store("xml_documents").await else {
                 return;
             };
             s.set_xml("h", "u", "vcard", "<v/>").await.unwrap();
@@ -1125,26 +1062,11 @@ macro_rules! sql_store_tests {
             s.remove_xml_user("h", "u", "private:").await.unwrap();
             assert_eq!(s.get_xml("h", "u", "private:a%b").await.unwrap(), None);
             assert!(s.get_xml("h", "u", "privateX").await.unwrap().is_some());
-
-            s.block("h", "u", &["b@h".into(), "a@h".into(), "a@h".into()])
-                .await
-                .unwrap();
-            assert_eq!(
-                s.blocklist("h", "u").await.unwrap(),
-                vec!["a@h".to_string(), "b@h".to_string()]
-            );
-            s.unblock("h", "u", &["a@h".into()]).await.unwrap();
-            assert_eq!(
-                s.blocklist("h", "u").await.unwrap(),
-                vec!["b@h".to_string()]
-            );
-            s.unblock("h", "u", &[]).await.unwrap();
-            assert!(s.blocklist("h", "u").await.unwrap().is_empty());
         }
 
         #[tokio::test]
-        async fn xml_and_blocks_details() {
-            let Some((_d, s)) = store("xml_and_blocks_details").await else {
+        async fn xml_documents_details() {
+            let Some((_d, s)) = store("xml_documents_details").await else {
                 return;
             };
             s.set_xml("h", "u", "vcard", "<v1/>").await.unwrap();
@@ -1169,19 +1091,6 @@ macro_rules! sql_store_tests {
                 Some("<w/>")
             );
             s.set_xml("h", "u", "nothing", "").await.unwrap();
-
-            s.block("h", "u", &["a@h".into()]).await.unwrap();
-            s.block("h", "u", &["a@h".into(), "c@h/res".into()])
-                .await
-                .unwrap();
-            s.block("h", "u", &[]).await.unwrap();
-            s.block("h", "v", &["z@h".into()]).await.unwrap();
-            assert_eq!(s.blocklist("h", "u").await.unwrap(), ["a@h", "c@h/res"]);
-            s.unblock("h", "u", &["nope@h".into()]).await.unwrap();
-            assert_eq!(s.blocklist("h", "u").await.unwrap().len(), 2);
-            s.unblock("h", "u", &[]).await.unwrap();
-            assert!(s.blocklist("h", "u").await.unwrap().is_empty());
-            assert_eq!(s.blocklist("h", "v").await.unwrap(), ["z@h"]);
         }
     };
 }
