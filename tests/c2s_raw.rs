@@ -1674,3 +1674,61 @@ async fn sha1_only_account_gains_all_credentials_at_plain_login() {
     assert_sasl_failure(&r, "not-authorized");
     srv.stop().await;
 }
+
+/// Authenticate as `user` and try to bind `resource`; the bind reply.
+async fn try_bind(
+    srv: &TestServer,
+    user: &str,
+    password: &str,
+    resource: &str,
+) -> (RawTcp, String) {
+    use base64::Engine;
+    let mut c = Raw::connect(srv.addr).await;
+    c.open(DOMAIN).await;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+    c.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>"
+    ))
+    .await;
+    assert!(c.until("/>").await.contains("<success"));
+    c.open(DOMAIN).await;
+    c.send(&format!("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>")).await;
+    let r = c.until("</iq>").await;
+    (c, r)
+}
+
+/// ejabberd's `max_user_sessions` shaper rule: a bind beyond the limit gets
+/// `resource-constraint` (RFC 6120 §7.6.2.1), replacing a resource does not
+/// count, and logins of one account in parallel cannot overshoot it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn max_user_sessions_is_enforced_atomically() {
+    let srv = TestServer::start_with("", "shaper_rules:\n  max_user_sessions: 2\n").await;
+    add_users(&srv).await;
+    let _a1 = alice(&srv, "r1").await;
+    let _a2 = alice(&srv, "r2").await;
+    let (_a3, r) = try_bind(&srv, "alice", "pw-alice", "r3").await;
+    assert!(
+        r.contains("type='error'") && r.contains(&stanza_cond("resource-constraint")),
+        "{r}"
+    );
+    // The same resource again replaces the old session: allowed.
+    let (_a1b, r) = try_bind(&srv, "alice", "pw-alice", "r1").await;
+    assert!(r.contains("<jid>alice@localhost/r1</jid>"), "{r}");
+
+    // Six logins of bob at once: exactly two get a resource.
+    let names: Vec<String> = (0..6).map(|i| format!("p{i}")).collect();
+    let results =
+        futures::future::join_all(names.iter().map(|n| try_bind(&srv, "bob", "pw-bob", n))).await;
+    let bound = results.iter().filter(|(_, r)| r.contains("<jid>")).count();
+    let refused = results
+        .iter()
+        .filter(|(_, r)| r.contains(&stanza_cond("resource-constraint")))
+        .count();
+    assert_eq!(
+        (bound, refused),
+        (2, 4),
+        "{:?}",
+        results.iter().map(|(_, r)| r).collect::<Vec<_>>()
+    );
+    srv.stop().await;
+}

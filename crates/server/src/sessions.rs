@@ -117,8 +117,16 @@ impl SessionManager {
     }
 
     /// Bind `jid`; an existing session with the same resource is told it was replaced
-    /// (RFC 6120 §7.7.2.2: the new session wins).
-    pub fn bind(&self, jid: &FullJid, handle: SessionHandle) {
+    /// (RFC 6120 §7.7.2.2: the new session wins). A new resource beyond
+    /// `max` sessions of the account is refused (the handle comes back);
+    /// the check and the insertion happen under the account's shard lock, so
+    /// parallel logins cannot overshoot.
+    pub fn bind(
+        &self,
+        jid: &FullJid,
+        handle: SessionHandle,
+        max: usize,
+    ) -> Result<(), SessionHandle> {
         let mut entry = self
             .table
             .entry(bare_str(jid.as_str()).to_string())
@@ -126,10 +134,13 @@ impl SessionManager {
         if let Some(pos) = entry.iter().position(|h| h.resource == handle.resource) {
             let old = entry.swap_remove(pos);
             let _ = old.tx.try_send(SessionMsg::Replaced);
+        } else if entry.len() >= max {
+            return Err(handle);
         } else {
             self.count.fetch_add(1, Ordering::Relaxed);
         }
         entry.push(handle);
+        Ok(())
     }
 
     /// Remove the session `id` bound as `jid` (no-op when it was already replaced).

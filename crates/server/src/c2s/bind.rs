@@ -44,16 +44,20 @@ impl C2sSession {
         };
         let (tx, rx) = mpsc::channel(INBOX);
         let sid = self.core.registry.next_id();
-        self.core.registry.bind(
-            &jid,
-            SessionHandle {
-                id: sid,
-                resource: jid.resource().as_str().to_string(),
-                priority: None,
-                presence: None,
-                tx,
-            },
-        );
+        let max = max_user_sessions(&self.core.config, &host.name, jid.to_bare().as_str());
+        let handle = SessionHandle {
+            id: sid,
+            resource: jid.resource().as_str().to_string(),
+            priority: None,
+            presence: None,
+            tx,
+        };
+        if self.core.registry.bind(&jid, handle, max).is_err() {
+            // RFC 6120 §7.6.2.1: the account is at its limit of resources.
+            tracing::warn!(peer = %self.peer, jid = %jid.to_bare(), max, "max_user_sessions reached; bind refused");
+            self.iq_error_raw(id.as_deref(), Condition::ResourceConstraint);
+            return Ok(Next::Continue);
+        }
         self.core.run_session_bound(&jid).await;
         let mut inner = String::from("<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>");
         escape_into(&mut inner, jid.as_str());
@@ -68,5 +72,16 @@ impl C2sSession {
             directed: Vec::new(),
         });
         Ok(Next::Continue)
+    }
+}
+
+/// Sessions one account may have at once: ejabberd's `max_user_sessions`
+/// shaper rule (a number or `infinity`), 10 when no rule says otherwise.
+pub(crate) fn max_user_sessions(config: &crate::config::Config, host: &str, bare: &str) -> usize {
+    const DEFAULT: usize = 10;
+    match config.shaper_rule_value(Some(host), "max_user_sessions", bare) {
+        None => DEFAULT,
+        Some("infinity" | "unlimited") => usize::MAX,
+        Some(v) => v.trim().parse::<usize>().unwrap_or(DEFAULT),
     }
 }

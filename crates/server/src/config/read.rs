@@ -477,8 +477,13 @@ impl Reader<'_> {
             }
             "shaper_rules" => {
                 ho.shaper_rules.clear();
+                // Enforced: max_user_sessions. The others are kept and warned.
+                let mut not_enforced = Vec::new();
                 for (rk, rv) in entries_of(v, &full, files)? {
                     let name = rk.scalar().unwrap_or_default();
+                    if name != "max_user_sessions" {
+                        not_enforced.push(name.clone());
+                    }
                     let rule = acl::parse_shaper_rule(&name, rv, files)?;
                     self.rule_refs.push((
                         host.map(str::to_string),
@@ -488,7 +493,16 @@ impl Reader<'_> {
                     ));
                     ho.shaper_rules.insert(name, rule);
                 }
-                self.warn(&full, k.pos, "parsed and kept, but traffic shaping and limits from shaper_rules are not enforced yet");
+                if !not_enforced.is_empty() {
+                    self.warn(
+                        &full,
+                        k.pos,
+                        &format!(
+                            "parsed and kept, but not enforced yet: {} (max_user_sessions is)",
+                            not_enforced.join(", ")
+                        ),
+                    );
+                }
             }
             "auth_method" => {
                 let methods = strings(v, &full, files)?;
