@@ -1732,3 +1732,49 @@ async fn max_user_sessions_is_enforced_atomically() {
     );
     srv.stop().await;
 }
+
+/// `mod_fail2ban`: after `c2s_max_auth_failures` wrong passwords from one
+/// address, a new stream from it is refused with `policy-violation` (even
+/// with the right password); other addresses are served.
+#[tokio::test]
+async fn failed_logins_ban_the_address() {
+    use base64::Engine;
+    let srv = TestServer::start_with(
+        "",
+        "modules:\n  mod_ping: {}\n  mod_fail2ban: {c2s_max_auth_failures: 3, c2s_auth_ban_lifetime: 60}\n",
+    )
+    .await;
+    add_users(&srv).await;
+    let wrong = base64::engine::general_purpose::STANDARD.encode("\0alice\0nope");
+    let mut c = Raw::connect(srv.addr).await;
+    c.open(DOMAIN).await;
+    for _ in 0..3 {
+        c.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{wrong}</auth>"
+        ))
+        .await;
+        assert!(c.until("</failure>").await.contains("not-authorized"));
+    }
+    // A new stream from the same address: refused before authentication.
+    let mut c2 = Raw::connect(srv.addr).await;
+    c2.send(&header(DOMAIN)).await;
+    let r = c2.until_closed().await;
+    assert!(
+        r.contains("policy-violation") && r.contains("failed authentications"),
+        "{r}"
+    );
+    // Another address is served.
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind("127.0.0.2:0".parse().expect("addr"))
+        .expect("bind 127.0.0.2");
+    let s = sock.connect(srv.addr).await.expect("connect");
+    let mut other = Raw {
+        s,
+        buf: String::new(),
+    };
+    let jid = other
+        .login_plain("alice", DOMAIN, "pw-alice", "elsewhere")
+        .await;
+    assert_eq!(jid, "alice@localhost/elsewhere");
+    srv.stop().await;
+}

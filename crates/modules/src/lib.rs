@@ -4,6 +4,7 @@
 pub mod announce;
 pub mod blocking;
 pub mod disco;
+pub mod fail2ban;
 pub mod http_upload;
 pub mod last;
 pub mod offline;
@@ -35,5 +36,6 @@ pub fn registry() -> Vec<ModuleDef> {
         register::MODULE,
         announce::MODULE,
         stream_mgmt::MODULE,
+        fail2ban::MODULE,
     ]
 }

@@ -243,6 +243,42 @@ sync_hook!(
     "user_receive_packet",
     Stanza
 );
+sync_hook!(
+    /// A client stream was opened (and again after STARTTLS and SASL) from
+    /// `ip`, before anything else is done on it: a module that refuses the
+    /// address sets [`StreamOpen::refuse`] (the stream ends with
+    /// `policy-violation` and that text).
+    StreamOpened,
+    "c2s_stream_started",
+    StreamOpen
+);
+sync_hook!(
+    /// A login failed with wrong credentials (`not-authorized`).
+    AuthFailed,
+    "c2s_auth_result",
+    AuthFailure
+);
+
+/// A client stream being opened ([`StreamOpened`]).
+#[derive(Clone, Debug)]
+pub struct StreamOpen {
+    /// The client's address.
+    pub ip: std::net::IpAddr,
+    /// Set by a module to refuse the stream, with the reason.
+    pub refuse: Option<String>,
+}
+
+/// A failed login ([`AuthFailed`]).
+#[derive(Clone, Debug)]
+pub struct AuthFailure {
+    /// The client's address.
+    pub ip: std::net::IpAddr,
+    /// The user name it tried (as given).
+    pub user: String,
+    /// The host of the stream.
+    pub host: String,
+}
+
 async_hook!(
     /// A message for an existing local account with no available resource,
     /// in arrival order per account. A module that takes it (stores it, or

@@ -61,6 +61,19 @@ impl C2sSession {
         {
             return Err(StreamError::new(SC::HostUnknown));
         }
+        if host.hooks().has::<crate::hooks::StreamOpened>() {
+            let mut open = crate::hooks::StreamOpen {
+                ip: self.peer.ip(),
+                refuse: None,
+            };
+            self.core
+                .cx(&host)
+                .run_hook::<crate::hooks::StreamOpened>(None, &mut open);
+            if let Some(reason) = open.refuse {
+                self.host = Some(host);
+                return Err(StreamError::with_text(SC::PolicyViolation, reason));
+            }
+        }
         self.host = Some(host);
         match h.version.as_deref() {
             Some(v) if v.split('.').next().and_then(|m| m.parse::<u32>().ok()) == Some(1) => {}

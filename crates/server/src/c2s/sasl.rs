@@ -44,6 +44,7 @@ impl C2sSession {
         // aborted, malformed) never does, so a client may try its mechanisms.
         if f == SaslFailure::NotAuthorized {
             self.auth_failures += 1;
+            self.report_auth_failure();
         }
         if self.auth_failures >= MAX_AUTH_FAILURES {
             return self.stream_error(StreamError::with_text(
@@ -52,6 +53,33 @@ impl C2sSession {
             ));
         }
         Next::Continue
+    }
+
+    /// Log a failed login with the address (a line fail2ban can match) and
+    /// run the [`AuthFailed`](crate::hooks::AuthFailed) hooks.
+    fn report_auth_failure(&mut self) {
+        let user = std::mem::take(&mut self.last_auth_user);
+        let host = self
+            .host
+            .as_ref()
+            .map(|h| h.name.clone())
+            .unwrap_or_default();
+        tracing::warn!(
+            "failed c2s authentication for {user}@{host} from {}",
+            self.peer.ip()
+        );
+        if let Some(h) = self.host.clone()
+            && h.hooks().has::<crate::hooks::AuthFailed>()
+        {
+            let mut arg = crate::hooks::AuthFailure {
+                ip: self.peer.ip(),
+                user,
+                host,
+            };
+            self.core
+                .cx(&h)
+                .run_hook::<crate::hooks::AuthFailed>(None, &mut arg);
+        }
     }
 
     fn sasl_success(&mut self, user: String, additional: Option<Vec<u8>>) -> Next {
@@ -177,6 +205,7 @@ impl C2sSession {
             Ok(p) => p,
             Err(f) => return self.sasl_failure(f, None),
         };
+        self.last_auth_user = authcid.clone();
         let Some(node) = self.nodeprep(&authcid) else {
             return self.sasl_failure(SaslFailure::NotAuthorized, None);
         };
@@ -203,6 +232,7 @@ impl C2sSession {
             Ok(s) => s,
             Err(f) => return self.sasl_failure(f, None),
         };
+        self.last_auth_user = server.username().to_string();
         let node = self.nodeprep(server.username());
         if let Some(node) = &node
             && !self.authzid_ok(server.authzid(), node, host)

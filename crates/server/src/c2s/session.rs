@@ -70,6 +70,8 @@ pub struct C2sSession {
     pub(super) user: Option<String>,
     pub(super) sasl: SaslState,
     pub(super) auth_failures: u8,
+    /// The user name of the SASL exchange in progress (for the failure log).
+    pub(super) last_auth_user: String,
     pub(super) bound: Option<Bound>,
     /// XEP-0198 state once the client enabled it.
     /// (Boxed: most sessions never enable it, and idle sessions stay small.)
@@ -106,6 +108,7 @@ impl C2sSession {
             user: None,
             sasl: SaslState::None,
             auth_failures: 0,
+            last_auth_user: String::new(),
             bound: None,
             stream_mgmt: None,
             inflight: crate::ack::AckTracker::new(),

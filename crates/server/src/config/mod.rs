@@ -271,6 +271,7 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "mod_register",
     "mod_announce",
     "mod_stream_mgmt",
+    "mod_fail2ban",
 ];
 
 fn default_listeners() -> Vec<Listener> {
