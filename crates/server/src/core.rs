@@ -148,10 +148,19 @@ impl Core {
             session: session.clone(),
             stanza: st.clone(),
         };
+        // In the order the account sent them (an archive keeps that order),
+        // holding the stanza's ticket.
         let chain = cx.run_hook_async::<hooks::UserSent>(arg);
-        cx.spawn(async move {
+        let job = crate::ack::with_ticket(cx.ticket(), async move {
             chain.await;
         });
+        let key = session.to_bare().to_string();
+        if let Err(crate::serial::Busy(job)) = self.serial.try_run_boxed(&key, Box::pin(job)) {
+            // The account's queue is full: run it anyway (never dropped),
+            // out of order.
+            tracing::warn!(account = %key, "ordered queue full; user_sent hooks run unordered");
+            tokio::spawn(job);
+        }
     }
 
     /// Run the subscription-out hooks for the sender's account, one

@@ -291,8 +291,8 @@ async_hook!(
 async_hook!(
     /// A stanza a local session sent, after the synchronous hooks and while
     /// it is routed: for modules that must write it somewhere (an archive)
-    /// before the client's `<a/>` counts it. Runs in a task of its own that
-    /// holds the stanza's ticket.
+    /// before the client's `<a/>` counts it. Runs holding the stanza's
+    /// ticket, in the order the account sent its stanzas.
     UserSent,
     "user_sent_async",
     SentStanza

@@ -9,6 +9,9 @@
 //! a fixed number of shards, each drained by one task; a shard's queue is
 //! bounded, and a full queue is reported to the caller (who answers
 //! `resource-constraint` or waits), never silently dropped.
+//!
+//! A job may queue more work ([`Serializer::try_run`]) but must never wait
+//! for another job ([`Serializer::run`]): it could be queued behind itself.
 
 use futures_util::future::BoxFuture;
 use std::sync::OnceLock;
@@ -19,7 +22,8 @@ const SHARDS: usize = 16;
 /// Queued jobs per shard before callers are told it is full.
 const CAPACITY: usize = 4096;
 
-type Job = BoxFuture<'static, ()>;
+/// A unit of ordered work.
+pub type Job = BoxFuture<'static, ()>;
 
 /// Sharded, ordered executor.
 #[derive(Default)]
@@ -27,9 +31,14 @@ pub struct Serializer {
     shards: OnceLock<Vec<mpsc::Sender<Job>>>,
 }
 
-/// The queue of the key's shard is full.
-#[derive(Debug)]
-pub struct Busy;
+/// The queue of the key's shard is full; the work comes back.
+pub struct Busy<T = ()>(pub T);
+
+impl<T> std::fmt::Debug for Busy<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Busy")
+    }
+}
 
 fn shard_of(key: &str) -> usize {
     key.bytes()
@@ -63,7 +72,14 @@ impl Serializer {
     ) -> Result<(), Busy> {
         self.shards()[shard_of(key)]
             .try_send(Box::pin(fut))
-            .map_err(|_| Busy)
+            .map_err(|_| Busy(()))
+    }
+
+    /// [`Serializer::try_run`] that gives the work back when the queue is full.
+    pub fn try_run_boxed(&self, key: &str, job: Job) -> Result<(), Busy<Job>> {
+        self.shards()[shard_of(key)]
+            .try_send(job)
+            .map_err(|e| Busy(e.into_inner()))
     }
 
     /// Run `fut` after the work already queued for `key` and wait for its
