@@ -5,7 +5,9 @@
 #     matrix (tests/interop.rs) (once; idempotent);
 #  1. the whole workspace on the embedded SQLite store, including the
 #     PostgreSQL-specific tests (fresh database per test from PALAVER_TEST_PG_URL);
-#  2. the end-to-end suite (tests/*.rs) again with every server on PostgreSQL.
+#  2. every fuzz target (fuzz/, cargo-fuzz on stable via RUSTC_BOOTSTRAP) for
+#     PALAVER_FUZZ_SECONDS each (default 10; 7 targets), failing on any crash;
+#  3. the end-to-end suite (tests/*.rs) again with every server on PostgreSQL.
 # Needs PostgreSQL (default postgres://postgres@127.0.0.1:5432/postgres, trust
 # auth). Plain `cargo test --workspace` needs no service: it runs the
 # embedded-store tests and skips the PostgreSQL ones (outside CI).
@@ -22,6 +24,9 @@ bash clients/setup.sh
 
 echo "== workspace tests (SQLite store) =="
 cargo test --workspace --all-targets
+
+echo "== fuzz targets (${PALAVER_FUZZ_SECONDS:-10} s each) =="
+bash fuzz/run.sh "${PALAVER_FUZZ_SECONDS:-10}"
 
 echo "== end-to-end suite on PostgreSQL =="
 PALAVER_TEST_BACKEND=pgsql cargo test --workspace --test '*'

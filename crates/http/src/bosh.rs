@@ -56,7 +56,7 @@ fn xml_response(status: StatusCode, body: String) -> Response {
 }
 
 /// Parse the request: one `<body/>` in the httpbind namespace.
-fn parse_body(bytes: &[u8], limits: Limits) -> Option<Element> {
+pub fn parse_body(bytes: &[u8], limits: Limits) -> Option<Element> {
     let text = std::str::from_utf8(bytes).ok()?;
     let text = text.trim_start();
     let text = match text.strip_prefix("<?xml") {

@@ -11,6 +11,13 @@ mod discovery;
 mod tls;
 mod ws;
 
+/// Entry points of the fuzz targets in `fuzz/` (not a stable API).
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::bosh::parse_body;
+    pub use crate::ws::parse_message;
+}
+
 use axum::Router;
 use axum::routing::get;
 use palaver_server::Core;

@@ -163,9 +163,11 @@ impl Framer {
                 ));
             }
             if !self.opened && self.header_raw.is_empty() {
-                // Anything but markup before the header is not XML (e.g. an HTTP request).
-                match data.iter().find(|b| !b.is_ascii_whitespace()) {
-                    Some(b'<') => {}
+                // Whitespace before the header is skipped (whether it arrives
+                // alone or with the header); anything but markup is not XML
+                // (e.g. an HTTP request).
+                match data.iter().position(|b| !b.is_ascii_whitespace()) {
+                    Some(i) if data[i] == b'<' => *data = &data[i..],
                     Some(_) => {
                         return Err(StreamError::with_text(
                             C::NotWellFormed,
@@ -493,6 +495,21 @@ mod tests {
             .len(),
             2
         );
+    }
+
+    /// Found by fuzzing: whitespace before the header was skipped when it
+    /// arrived alone but refused by the parser when it arrived with the
+    /// header.
+    #[test]
+    fn whitespace_before_header_in_any_chunking() {
+        let input = format!("\r\n  {HDR}<presence/>");
+        let whole = run(&mut Framer::new(Limits::default()), input.as_bytes()).unwrap();
+        assert_eq!(whole.len(), 2);
+        let mut f = Framer::new(Limits::default());
+        let mut split = run(&mut f, b"\r\n  ").unwrap();
+        split.extend(run(&mut f, format!("{HDR}<presence/>").as_bytes()).unwrap());
+        assert_eq!(split.len(), 2);
+        assert!(matches!(&whole[0], Frame::Open(h) if h.default_ns.as_deref() == Some(ns::CLIENT)));
     }
 
     #[test]
