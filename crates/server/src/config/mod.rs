@@ -256,6 +256,31 @@ pub struct Config {
     pub source: Option<PathBuf>,
 }
 
+/// Largest config file read (the main file or an included one).
+const MAX_CONFIG_FILE: u64 = 16 << 20;
+
+/// Read a config file: a regular file of at most [`MAX_CONFIG_FILE`] bytes
+/// (not a device or pipe that would be read forever), as UTF-8.
+pub(crate) fn read_config_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut text = String::new();
+    file.take(MAX_CONFIG_FILE + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_CONFIG_FILE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {} MiB", MAX_CONFIG_FILE >> 20),
+        ));
+    }
+    Ok(text)
+}
+
 /// Modules enabled when the config does not list any.
 pub const DEFAULT_MODULES: &[&str] = &[
     "mod_disco",
@@ -327,7 +352,7 @@ impl Config {
     /// the current directory, like ejabberd's; included files against the
     /// including file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
+        let text = read_config_file(path)
             .map_err(|e| ConfigError::msg(format!("cannot read {}: {e}", path.display())))?;
         let vars: Vec<(String, String)> = std::env::vars().collect();
         Self::parse_full(&text, Some(path), &|k| std::env::var(k).ok(), &vars)

@@ -1,4 +1,5 @@
 //! Config reading: Palaver keys and ejabberd.yml compatibility.
+use std::path::Path;
 
 use super::*;
 
@@ -244,6 +245,16 @@ fn include_config_file() {
     .unwrap();
     let e = Config::load(&dir.join("loop.yml")).unwrap_err();
     assert!(e.message.contains("includes itself"), "{}", e.message);
+    // A device is not a config file: refused at once, not read forever.
+    std::fs::write(
+        dir.join("dev.yml"),
+        "hosts: [a]\ninclude_config_file: /dev/zero\n",
+    )
+    .unwrap();
+    let e = Config::load(&dir.join("dev.yml")).unwrap_err();
+    assert!(e.message.contains("not a regular file"), "{}", e.message);
+    let e = Config::load(Path::new("/dev/zero")).unwrap_err();
+    assert!(e.message.contains("not a regular file"), "{}", e.message);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

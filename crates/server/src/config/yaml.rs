@@ -289,7 +289,7 @@ pub(crate) fn top_entries(
                     path.display()
                 )));
             }
-            let text = std::fs::read_to_string(&path).map_err(|e| {
+            let text = super::read_config_file(&path).map_err(|e| {
                 ConfigError::msg(format!(
                     "config key `include_config_file` ({}): cannot read {}: {e}",
                     files.describe(path_node.pos),
