@@ -70,9 +70,7 @@ impl Serializer {
         key: &str,
         fut: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), Busy> {
-        self.shards()[shard_of(key)]
-            .try_send(Box::pin(fut))
-            .map_err(|_| Busy(()))
+        self.try_run_boxed(key, Box::pin(fut)).map_err(|_| Busy(()))
     }
 
     /// [`Serializer::try_run`] that gives the work back when the queue is full.

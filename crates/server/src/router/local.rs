@@ -123,6 +123,15 @@ fn to_full(core: &Arc<Core>, host: Arc<Host>, to: FullJid, st: Stanza) {
     }
 }
 
+/// A copy of `st` to every available resource of `to`.
+fn to_available(core: &Arc<Core>, to: &BareJid, st: &Stanza) {
+    for h in core.registry.sessions(to) {
+        if h.priority.is_some() {
+            deliver(core, &h, st.clone());
+        }
+    }
+}
+
 fn to_bare(core: &Arc<Core>, host: Arc<Host>, to: BareJid, st: Stanza) {
     match st.kind {
         StanzaKind::Iq => core.dispatch_iq(host, IqScope::Account, st),
@@ -147,11 +156,7 @@ fn to_bare(core: &Arc<Core>, host: Arc<Host>, to: BareJid, st: Stanza) {
                     let taken = cx.run_hook_async::<hooks::PresenceIn>(st.clone()).await;
                     if taken == HookAction::Continue && st.type_attr() != Some("probe") {
                         // No module keeps subscriptions: the user's clients decide.
-                        for h in cx.core.registry.sessions(&target) {
-                            if h.priority.is_some() {
-                                deliver(&cx.core, &h, st.clone());
-                            }
-                        }
+                        to_available(&cx.core, &target, &st);
                     }
                 });
                 if core.serial.try_run(&key, job).is_err() {
@@ -161,11 +166,7 @@ fn to_bare(core: &Arc<Core>, host: Arc<Host>, to: BareJid, st: Stanza) {
                 return;
             }
             // Presence to a bare JID goes to every available resource (RFC 6121 §8.5.2.1.2).
-            for h in core.registry.sessions(&to) {
-                if h.priority.is_some() {
-                    deliver(core, &h, st.clone());
-                }
-            }
+            to_available(core, &to, &st);
         }
         StanzaKind::Message => {
             let sessions = core.registry.sessions(&to);

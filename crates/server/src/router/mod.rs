@@ -237,3 +237,63 @@ impl Core {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A sink that keeps what it gets.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl StanzaSink for Recorder {
+        fn kind(&self) -> &'static str {
+            "test"
+        }
+        fn deliver(&self, _core: &Arc<Core>, st: Stanza) {
+            let to = st.to.map(|t| t.to_string()).unwrap_or_default();
+            self.0.lock().map(|mut v| v.push(to)).ok();
+        }
+    }
+
+    fn message(to: &str) -> Stanza {
+        let el = minidom::Element::bare("message", palaver_proto::ns::CLIENT);
+        let from = Jid::new("alice@localhost/r").expect("jid");
+        Stanza::new(StanzaKind::Message, from, Jid::new(to).ok(), el)
+    }
+
+    /// The component slot (a domain entry) and the remote fallback (no entry)
+    /// receive what is routed to them; a domain is routed once.
+    #[tokio::test]
+    async fn external_and_remote_destinations() {
+        let dir = std::env::temp_dir().join(format!("palaver-route-{}", std::process::id()));
+        let text = format!(
+            "hosts: [localhost]\ndata_dir: {}\nmodules: {{}}\n",
+            dir.display()
+        );
+        let config = crate::Config::parse(&text).expect("config");
+        let core = crate::Server::tool_core(config, &[]).await.expect("core");
+        let component = Arc::new(Recorder::default());
+        let remote = Arc::new(Recorder::default());
+        core.routes()
+            .add("comp.localhost", Destination::External(component.clone()))
+            .expect("free domain");
+        assert!(
+            core.routes()
+                .add("localhost", Destination::External(component.clone()))
+                .is_err(),
+            "a host's domain is taken"
+        );
+        core.routes().set_remote(Some(remote.clone()));
+        core.route(message("bot@comp.localhost/x"));
+        core.route(message("bob@example.net"));
+        assert!(core.routes().remove("comp.localhost"));
+        core.route(message("bot@comp.localhost"));
+        let got = |r: &Recorder| r.0.lock().map(|v| v.clone()).unwrap_or_default();
+        assert_eq!(got(&component), ["bot@comp.localhost/x"]);
+        assert_eq!(got(&remote), ["bob@example.net", "bot@comp.localhost"]);
+        assert_eq!(core.routes().domains(), ["localhost"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
