@@ -99,6 +99,13 @@ pub struct C2sSession {
     /// A server-answered request read from the client, waiting for the
     /// deferred work of the stanzas before it (see `handle_element`).
     pub(super) held: Option<Element>,
+    /// When the client's next stream header is due (a new connection, or
+    /// one restarted after STARTTLS or SASL); `None` once it came.
+    pub(super) header_due: Option<tokio::time::Instant>,
+    /// This connection counted against its address until it authenticates.
+    pub(super) unauth: Option<crate::limits::UnauthGuard>,
+    /// Wait this long before writing the answer to a failed login.
+    pub(super) auth_delay: Option<std::time::Duration>,
 }
 
 pub(super) fn random_id() -> String {
@@ -130,6 +137,48 @@ impl C2sSession {
             resumable_end: true,
             closing: false,
             held: None,
+            header_due: None,
+            unauth: None,
+            auth_delay: None,
+        }
+    }
+
+    /// Count this connection against its address until it authenticates.
+    pub fn set_unauthenticated(&mut self, guard: crate::limits::UnauthGuard) {
+        self.unauth = Some(guard);
+    }
+
+    /// A stream header is expected now (a new or restarted stream): it must
+    /// come within the listener's `stream_header_timeout`.
+    pub fn expect_header(&mut self) {
+        self.header_due = Some(
+            tokio::time::Instant::now()
+                + std::time::Duration::from_secs(self.cfg.stream_header_timeout.max(1)),
+        );
+    }
+
+    /// The traffic shaper for this connection now: the listener's
+    /// `shaper_rule` (or `shaper`) for the authenticated user, or its
+    /// `shaper` for the address before authentication.
+    pub fn shaper(&self) -> Option<crate::config::Shaper> {
+        let ip = Some(self.peer.ip());
+        match &self.bound {
+            Some(b) => {
+                let name = self.cfg.shaper_rule.as_ref().or(self.cfg.shaper.as_ref())?;
+                let jid = b.jid.to_bare();
+                let who = crate::config::Subject {
+                    jid: Some(jid.as_str()),
+                    ip,
+                };
+                self.core
+                    .config
+                    .shaper_for(Some(b.jid.domain().as_str()), name, who)
+            }
+            None => {
+                let name = self.cfg.shaper.as_ref()?;
+                let who = crate::config::Subject { jid: None, ip };
+                self.core.config.shaper_for(None, name, who)
+            }
         }
     }
 
@@ -137,6 +186,11 @@ impl C2sSession {
     pub fn set_secure(&mut self, cb: ChannelBindings) {
         self.secure = true;
         self.cb = cb;
+    }
+
+    /// The listener's settings.
+    pub fn listener(&self) -> &Listener {
+        &self.cfg
     }
 
     /// The server core.
@@ -154,7 +208,10 @@ impl C2sSession {
         now: tokio::time::Instant,
     ) -> tokio::time::Instant {
         if !self.is_bound() {
-            auth_deadline
+            match self.header_due {
+                Some(due) => due.min(auth_deadline),
+                None => auth_deadline,
+            }
         } else if idle.is_zero() {
             now + std::time::Duration::from_secs(86_400)
         } else {
@@ -259,7 +316,12 @@ impl C2sSession {
                     "already authenticated",
                 ));
             }
-            return Box::pin(self.handle_sasl(el)).await;
+            let next = Box::pin(self.handle_sasl(el)).await;
+            if let Some(delay) = self.auth_delay.take() {
+                // A failure answered later (mod_fail2ban's growing delay).
+                Box::pin(tokio::time::sleep(delay)).await;
+            }
+            return next;
         }
         if self.user.is_none() {
             if el.is("iq", ns::CLIENT) {
