@@ -43,6 +43,8 @@ pub struct Core {
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Connections not yet authenticated, by address.
     pub(crate) unauth: Arc<crate::limits::Unauthenticated>,
+    /// The certificates every TLS listener serves (set once at start).
+    pub(crate) certs: std::sync::OnceLock<Arc<crate::tls::CertStore>>,
 }
 
 impl Core {
@@ -78,6 +80,36 @@ impl Core {
             tracing::warn!(%ip, cap, "closed a connection: too many unauthenticated connections from this address");
         }
         guard
+    }
+
+    /// The certificates every TLS listener serves (c2s, HTTPS).
+    pub fn certs(&self) -> Option<&Arc<crate::tls::CertStore>> {
+        self.certs.get()
+    }
+
+    /// Read the certificate files again (renewed certificates): new TLS
+    /// handshakes use them, established connections stay. On an error the
+    /// current certificates stay in use.
+    pub fn reload_certificates(&self) -> Result<(), String> {
+        let Some(certs) = self.certs.get() else {
+            return Ok(());
+        };
+        match certs.reload() {
+            Ok(()) => {
+                tracing::info!("certificates reloaded");
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                for w in certs.warnings(now) {
+                    tracing::warn!("{w}");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "certificate reload failed; the current certificates stay in use");
+                Err(e.to_string())
+            }
+        }
     }
 
     /// The configuration.
