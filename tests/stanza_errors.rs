@@ -221,3 +221,69 @@ async fn errors_are_never_answered_with_errors() {
     );
     srv.stop().await;
 }
+
+/// The race named in issue 11: errors and results sent to a full JID whose
+/// session is ending at that very moment get no answer (RFC 6120 §8.3.1); a
+/// request gets at most one, an error.
+#[tokio::test]
+async fn errors_to_a_session_ending_now_are_not_answered() {
+    let srv = TestServer::start().await;
+    for u in ["alice", "carol"] {
+        srv.add_user(u, DOMAIN, "pw").await;
+    }
+    let mut a = Client::login(&srv, "alice", DOMAIN, "a").await;
+    a.send("<presence/>").await;
+    a.drain().await;
+    let err = "<error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error>";
+    for round in 0..20 {
+        let mut c = Client::login(&srv, "carol", DOMAIN, &format!("c{round}")).await;
+        c.send("<presence/>").await;
+        c.drain().await;
+        let to = format!("carol@localhost/c{round}");
+        let burst = format!(
+            "<iq to='{to}' type='error' id='ie{round}'>{err}</iq>\
+             <iq to='{to}' type='result' id='ir{round}'/>\
+             <message to='{to}' type='error' id='me{round}'>{err}</message>\
+             <presence to='{to}' type='error' id='pe{round}'>{err}</presence>\
+             <iq to='{to}' type='get' id='ig{round}'><query xmlns='urn:example:x'/></iq>"
+        );
+        if round % 2 == 0 {
+            drop(c);
+            a.send(&burst).await;
+        } else {
+            a.send(&burst).await;
+            drop(c);
+        }
+        let ig = format!("ig{round}");
+        let mut got = a.drain().await;
+        got.extend(a.drain().await);
+        // The request may have reached carol's socket before it closed
+        // (then nobody answers: TCP without stream management cannot tell);
+        // otherwise it gets one error. The others get nothing.
+        let answers: Vec<&Element> = got
+            .iter()
+            .filter(|e| e.attr("id") == Some(ig.as_str()))
+            .collect();
+        assert!(
+            answers.len() <= 1 && answers.iter().all(|e| e.attr("type") == Some("error")),
+            "round {round}: {:?}",
+            answers.iter().map(|e| xml(e)).collect::<Vec<_>>()
+        );
+        for e in &got {
+            let id = e.attr("id").unwrap_or("");
+            assert!(
+                ![
+                    format!("ie{round}"),
+                    format!("ir{round}"),
+                    format!("me{round}"),
+                    format!("pe{round}"),
+                ]
+                .iter()
+                .any(|x| x == id),
+                "round {round}: an error or result was answered: {}",
+                xml(e)
+            );
+        }
+    }
+    srv.stop().await;
+}
