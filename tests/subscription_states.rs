@@ -244,6 +244,28 @@ fn is_push(jid: &str, s: State) -> impl Fn(&Element) -> bool + use<> {
     }
 }
 
+/// Every roster push about `jid` still queued at `c` shows `want` (a push
+/// only ever reports the state the row ends in).
+fn no_other_push(c: &Client, jid: &str, want: State, row: &str) {
+    let any_push = |e: &Element| {
+        e.name() == "iq"
+            && e.attr("type") == Some("set")
+            && e.get_child("query", ROSTER)
+                .and_then(|q| q.get_child("item", ROSTER))
+                .is_some_and(|i| i.attr("jid") == Some(jid))
+    };
+    let right = is_push(jid, want);
+    for e in c.queue.iter().filter(|e| any_push(e)) {
+        assert!(
+            right(e),
+            "{row}: {} got a push for another state than {}: {}",
+            c.jid,
+            name(want),
+            xml(e)
+        );
+    }
+}
+
 /// Wait (one round trip of `c` at a time) until `user`'s state is `want`.
 async fn await_state(
     srv: &TestServer,
@@ -388,8 +410,15 @@ async fn appendix_a_outbound_table() {
                     &format!("{row} (driving)"),
                 )
                 .await;
-                a.queue.clear();
-                b.queue.clear();
+                // The last push of the driving shows the driven state: what
+                // arrives after it belongs to the row.
+                for (x, jid, want) in [(&mut a, &cj, s), (&mut b, &uj, mirror(s))] {
+                    if (want.sub, want.out) != (No, false) {
+                        x.expect(&format!("{row}: push of the driving"), is_push(jid, want))
+                            .await;
+                    }
+                    x.queue.clear();
+                }
 
                 a.send(&format!("<presence to='{cj}' type='{kind}'/>"))
                     .await;
@@ -435,6 +464,9 @@ async fn appendix_a_outbound_table() {
                         b.queue.iter().map(xml).collect::<Vec<_>>()
                     );
                 }
+                a.drain_keep().await;
+                no_other_push(&a, &cj, a_final, &row);
+                no_other_push(&b, &uj, b_new, &row);
                 // The server's answer on b's behalf is delivered to a only
                 // if a's state asks for it (A.3.3).
                 if answered && inbound("subscribed", a_new).0 {
@@ -527,6 +559,7 @@ async fn appendix_a_inbound_table() {
                         b.queue.iter().map(xml).collect::<Vec<_>>()
                     );
                 }
+                no_other_push(&b, &uj, b_new, &row);
             }
         })
         .await;
