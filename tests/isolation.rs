@@ -14,7 +14,8 @@ use xclient::*;
 
 const MODULES: &str = "modules:\n  mod_disco: {}\n  mod_ping: {}\n  mod_roster: {}\n  mod_offline: {}\n  mod_vcard: {}\n  mod_private: {}\n  mod_blocking: {}\n  mod_last: {}\n  mod_announce: {}\n  mod_register: {}\n  mod_http_upload:\n    max_size: 1000\n    quota: 1500\n    secret: isolation-secret\nacl:\n  admin:\n    user: ['admin@localhost']\naccess_rules:\n  register:\n    allow: [all]\n";
 
-/// Words only bob's data contains: none may appear in an answer to alice.
+/// Words only bob's data contains (alice's requests never name them): none
+/// may appear in an answer to alice.
 const SECRETS: &[&str] = &[
     "carol@localhost",
     "BobSecretName",
@@ -44,7 +45,7 @@ fn assert_refused(e: &Element, conditions: &[&str], what: &str) {
 
 async fn server() -> TestServer {
     let srv = TestServer::start_with("", MODULES).await;
-    for u in ["alice", "bob", "carol", "mallory", "admin"] {
+    for u in ["alice", "bob", "carol", "dave", "mallory", "admin"] {
         srv.add_user(u, DOMAIN, "pw").await;
     }
     srv
@@ -56,6 +57,7 @@ async fn bob_data(srv: &TestServer) {
     let mut b = Client::login(srv, "bob", DOMAIN, "b").await;
     for q in [
         "<iq type='set'><query xmlns='jabber:iq:roster'><item jid='carol@localhost' name='Carol'/></query></iq>",
+        "<iq type='set'><query xmlns='jabber:iq:roster'><item jid='dave@localhost'/></query></iq>",
         "<iq type='set'><vCard xmlns='vcard-temp'><FN>BobSecretName</FN></vCard></iq>",
         "<iq type='set'><query xmlns='jabber:iq:private'><note xmlns='urn:example:notes'>BobPrivateNote</note></query></iq>",
         "<iq type='set'><block xmlns='urn:xmpp:blocking'><item jid='mallory@localhost'/></block></iq>",
@@ -104,7 +106,7 @@ async fn account_data_of_another_user() {
         .await;
     assert_refused(&r, &["forbidden", "service-unavailable"], "roster set");
     let r = a
-        .iq("<iq type='set' to='bob@localhost'><query xmlns='jabber:iq:roster'><item jid='carol@localhost' subscription='remove'/></query></iq>")
+        .iq("<iq type='set' to='bob@localhost'><query xmlns='jabber:iq:roster'><item jid='dave@localhost' subscription='remove'/></query></iq>")
         .await;
     assert_refused(&r, &["forbidden", "service-unavailable"], "roster remove");
 
@@ -134,7 +136,7 @@ async fn account_data_of_another_user() {
         .await;
     assert_refused(&r, &["forbidden"], "unblock all");
     let r = a
-        .iq("<iq type='set' to='bob@localhost'><block xmlns='urn:xmpp:blocking'><item jid='carol@localhost'/></block></iq>")
+        .iq("<iq type='set' to='bob@localhost'><block xmlns='urn:xmpp:blocking'><item jid='dave@localhost'/></block></iq>")
         .await;
     assert_refused(&r, &["forbidden"], "block");
 
@@ -188,7 +190,9 @@ async fn account_data_of_another_user() {
         .await;
     let s = xml(&r);
     assert!(
-        s.contains("carol@localhost") && !s.contains("alice@localhost"),
+        s.contains("carol@localhost")
+            && s.contains("dave@localhost")
+            && !s.contains("alice@localhost"),
         "{s}"
     );
     let r = b
@@ -208,7 +212,7 @@ async fn account_data_of_another_user() {
         .await;
     let s = xml(&r);
     assert!(
-        s.contains("mallory@localhost") && !s.contains("carol@localhost"),
+        s.contains("mallory@localhost") && !s.contains("dave@localhost"),
         "{s}"
     );
     b.send("<presence/>").await;
