@@ -21,6 +21,8 @@ enum Target {
     UnknownFull,
     /// localhost: the server itself.
     Server,
+    /// localhost/nothing: a resource of the server nobody serves.
+    ServerFull,
 }
 
 impl Target {
@@ -31,6 +33,7 @@ impl Target {
             Target::Unknown => "nobody@localhost",
             Target::UnknownFull => "nobody@localhost/r",
             Target::Server => "localhost",
+            Target::ServerFull => "localhost/nothing",
         }
     }
 }
@@ -88,7 +91,7 @@ fn expected(kind: &str, ty: &str, target: Target) -> Back {
         // §8.5.1: no such user: ignore or service-unavailable.
         ("message", _, Unknown | UnknownFull) => NothingOrError("service-unavailable"),
         // RFC 6120 §10.3: the server handles what it can, errors the rest.
-        ("message", _, Server) => NothingOrError("service-unavailable"),
+        ("message", _, Server | ServerFull) => NothingOrError("service-unavailable"),
         ("presence", "probe", _) => NothingOrUnsubscribed,
         // §8.5.1, §8.5.2.2.2, §8.5.3.2.2: presence is never bounced.
         ("presence", _, _) => Nothing,
@@ -148,6 +151,7 @@ async fn errors_are_never_answered_with_errors() {
         Target::Unknown,
         Target::UnknownFull,
         Target::Server,
+        Target::ServerFull,
     ];
     let mut rows = Vec::new();
     for target in targets {
