@@ -155,7 +155,6 @@ async fn sighup_reloads_certificates_and_keeps_clients() {
 
     // TLS 1.1 is refused; TLS 1.2 works (the same client otherwise).
     if which("openssl") {
-        let addr_s = addr.to_string();
         let try_version = |v: &str| {
             let mut c = std::process::Command::new("openssl")
                 .args([
