@@ -3,6 +3,7 @@
 
 pub mod announce;
 pub mod blocking;
+pub mod carboncopy;
 pub mod disco;
 pub mod fail2ban;
 pub mod http_upload;
@@ -37,5 +38,6 @@ pub fn registry() -> Vec<ModuleDef> {
         announce::MODULE,
         stream_mgmt::MODULE,
         fail2ban::MODULE,
+        carboncopy::MODULE,
     ]
 }
