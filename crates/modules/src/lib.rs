@@ -8,6 +8,7 @@ pub mod disco;
 pub mod fail2ban;
 pub mod http_upload;
 pub mod last;
+pub mod mam;
 pub mod offline;
 pub mod ping;
 pub mod private;
@@ -39,5 +40,6 @@ pub fn registry() -> Vec<ModuleDef> {
         stream_mgmt::MODULE,
         fail2ban::MODULE,
         carboncopy::MODULE,
+        mam::MODULE,
     ]
 }

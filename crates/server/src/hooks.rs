@@ -244,6 +244,19 @@ sync_hook!(
     Stanza
 );
 sync_hook!(
+    /// A message addressed to a user of a local host (bare or full JID), as
+    /// the router takes it — before any delivery decision (a session, the
+    /// offline hooks, an error), whatever its origin (a local session, a
+    /// service, a remote server, a stanza routed again after its session
+    /// ended). Runs inside the routing task (`ModuleCx::spawn` holds the
+    /// sender's ticket); `Drop` stops the message. For modules that stamp
+    /// or record every message an account receives (an archive adding
+    /// XEP-0359 stanza-ids).
+    MessageIn,
+    "message_to_user",
+    Stanza
+);
+sync_hook!(
     /// A client stream was opened (and again after STARTTLS and SASL) from
     /// `ip`, before anything else is done on it: a module that refuses the
     /// address sets [`StreamOpen::refuse`] (the stream ends with

@@ -171,6 +171,7 @@ impl HttpRoute {
 #[derive(Default)]
 pub struct Registrations {
     pub(crate) features: Vec<String>,
+    pub(crate) account_features: Vec<String>,
     pub(crate) identities: Vec<Identity>,
     pub(crate) iq: HashMap<(IqScope, IqType, String), IqHandler>,
     pub(crate) hooks: crate::hooks::Hooks,
@@ -239,6 +240,8 @@ impl HostSetup {
     pub(crate) fn finish(mut self) -> Registrations {
         self.regs.features.sort();
         self.regs.features.dedup();
+        self.regs.account_features.sort();
+        self.regs.account_features.dedup();
         self.regs.identities.sort();
         self.regs.identities.dedup();
         self.regs
@@ -257,6 +260,12 @@ impl HostSetup {
     /// Advertise a disco feature of the host.
     pub fn add_feature(&mut self, var: &str) {
         self.regs.features.push(var.to_string());
+    }
+
+    /// Advertise a disco feature of every account of the host (the
+    /// disco#info of a user's bare JID, e.g. XEP-0313 archives).
+    pub fn add_account_feature(&mut self, var: &str) {
+        self.regs.account_features.push(var.to_string());
     }
 
     /// Advertise a disco identity of the host.
