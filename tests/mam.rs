@@ -36,6 +36,8 @@ struct Hit {
 struct Page {
     hits: Vec<Hit>,
     fin: String,
+    /// Everything received for the query.
+    raw: String,
 }
 
 impl Page {
@@ -94,7 +96,11 @@ async fn query(c: &mut RawTcp, qid: &str, fields: &str, rsm: &str, extra: &str) 
         let from = between(inner, "from='", "'").unwrap_or("").to_string();
         hits.push(Hit { id, body, from });
     }
-    Page { hits, fin: rest }
+    Page {
+        hits,
+        raw: text + &rest,
+        fin: rest,
+    }
 }
 
 fn field(var: &str, value: &str) -> String {
@@ -579,4 +585,104 @@ async fn an_acknowledged_archive_survives_kill_9() {
     )
     .await;
     assert_eq!(p.count(), Some(N));
+}
+
+fn run(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(BIN)
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run palaver");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test]
+async fn the_archive_goes_through_xep_0227_export_and_import() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config_text(dir.path(), "", MODULES);
+    let cfg = dir.path().join("palaver.yml");
+    std::fs::write(&cfg, &text).expect("config");
+    let path = |p: &std::path::Path| p.to_str().expect("utf-8").to_string();
+    let src = TestServer::start_with_config_text(dir, &text).await;
+    src.add_user("alice", DOMAIN, "pw").await;
+    src.add_user("bob", DOMAIN, "pw").await;
+    let mut alice = raw_login(src.addr, "alice", DOMAIN, "pw", "a").await;
+    let mut bob = raw_login(src.addr, "bob", DOMAIN, "pw", "b").await;
+    enable_sm(&mut bob).await;
+    alice.send("<presence/>").await;
+    for k in 0..5 {
+        bob.send(&format!(
+            "<message to='alice@localhost' type='chat' id='m{k}'><body>m{k}</body></message>"
+        ))
+        .await;
+    }
+    acked(&mut bob, 5).await;
+    let before = query(&mut alice, "e1", "", "", "").await;
+    assert_eq!(before.bodies(), vec!["m0", "m1", "m2", "m3", "m4"]);
+
+    let out = tempfile::tempdir().expect("tempdir");
+    let file = out.path().join("export.xml");
+    let (ok, msg) = run(&[
+        "db",
+        "export",
+        DOMAIN,
+        &path(&file),
+        "--config",
+        &path(&cfg),
+    ]);
+    assert!(ok, "{msg}");
+    src.stop().await;
+    let xml = std::fs::read_to_string(&file).expect("read");
+    assert!(
+        xml.contains("<archive xmlns='urn:xmpp:pie:0#mam'>"),
+        "{xml}"
+    );
+    assert_eq!(
+        xml.matches("<result xmlns='urn:xmpp:mam:2'").count(),
+        10,
+        "both archives"
+    );
+    // A stanza-id in the file claiming to be alice's archive is not trusted.
+    let xml = xml.replacen(
+        "<body>m0</body>",
+        "<body>m0</body><stanza-id xmlns='urn:xmpp:sid:0' by='alice@localhost' id='spoof'/>",
+        2,
+    );
+    std::fs::write(&file, xml).expect("write");
+
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    let text2 = config_text(dir2.path(), "", MODULES);
+    let cfg2 = dir2.path().join("palaver.yml");
+    std::fs::write(&cfg2, &text2).expect("config");
+    let (ok, msg) = run(&["db", "import", &path(&file), "--config", &path(&cfg2)]);
+    assert!(ok && msg.contains("imported"), "{msg}");
+    let dst = TestServer::start_with_config_text(dir2, &text2).await;
+    let mut alice = raw_login(dst.addr, "alice", DOMAIN, "pw", "a").await;
+    let after = query(&mut alice, "e2", "", "", "").await;
+    assert_eq!(after.bodies(), before.bodies());
+    assert_eq!(
+        after
+            .hits
+            .iter()
+            .map(|h| h.from.clone())
+            .collect::<Vec<_>>(),
+        before
+            .hits
+            .iter()
+            .map(|h| h.from.clone())
+            .collect::<Vec<_>>()
+    );
+    assert!(after.raw.contains("<body>m0</body>"), "{}", after.raw);
+    assert!(!after.raw.contains("spoof"), "{}", after.raw);
+    let mut bob = raw_login(dst.addr, "bob", DOMAIN, "pw", "b").await;
+    let sent = query(&mut bob, "e4", &field("with", "alice@localhost"), "", "").await;
+    assert_eq!(sent.bodies(), before.bodies());
+    dst.stop().await;
 }
