@@ -4,6 +4,7 @@
 pub mod announce;
 pub mod blocking;
 pub mod carboncopy;
+pub mod client_state;
 pub mod disco;
 pub mod fail2ban;
 pub mod http_upload;
@@ -41,5 +42,6 @@ pub fn registry() -> Vec<ModuleDef> {
         fail2ban::MODULE,
         carboncopy::MODULE,
         mam::MODULE,
+        client_state::MODULE,
     ]
 }

@@ -272,6 +272,53 @@ sync_hook!(
     AuthFailure
 );
 
+sync_hook!(
+    /// XEP-0352: the client of a session ([`HookCx::session`]) says it is
+    /// `<active/>` or `<inactive/>`. Without a handler the kernel refuses
+    /// both (`unsupported-stanza-type`); a handler accepts by setting
+    /// [`ClientState::accepted`] and, going inactive, the most stanzas the
+    /// session may hold back ([`ClientState::max_held`]).
+    ClientStateChanged,
+    "csi_activity",
+    ClientState
+);
+sync_hook!(
+    /// XEP-0352: a stanza about to be written to a session whose client is
+    /// inactive (after the user-receive hooks). A handler sets
+    /// [`HeldStanza::hold`] to keep it back: the session keeps it, in order,
+    /// and writes every held stanza before the next one that is not held
+    /// (or when the client becomes active, or more than
+    /// [`ClientState::max_held`] wait). A held stanza with a `key` replaces
+    /// the held one with the same key (the latest presence of a contact).
+    /// Held stanzas are never lost: a session that ends or detaches treats
+    /// them as written and unacknowledged (resent on resumption, routed to
+    /// the account again otherwise).
+    CsiFilter,
+    "csi_filter_stanza",
+    HeldStanza
+);
+
+/// A client's XEP-0352 state change ([`ClientStateChanged`]).
+#[derive(Clone, Debug)]
+pub struct ClientState {
+    /// `<active/>` (or `<inactive/>`).
+    pub active: bool,
+    /// Set by the module that implements XEP-0352.
+    pub accepted: bool,
+    /// While inactive, the most stanzas held back before all are written.
+    pub max_held: usize,
+}
+
+/// A stanza for an inactive client ([`CsiFilter`]).
+#[derive(Clone, Debug)]
+pub struct HeldStanza {
+    /// The stanza (read-only for the decision; changes are ignored).
+    pub stanza: Stanza,
+    /// `None`: write it (after what is held). `Some(key)`: hold it; a
+    /// non-empty key replaces a held stanza with the same key.
+    pub hold: Option<String>,
+}
+
 /// A client stream being opened ([`StreamOpened`]).
 #[derive(Clone, Debug)]
 pub struct StreamOpen {

@@ -50,6 +50,8 @@ impl C2sSession {
             resource: jid.resource().as_str().to_string(),
             priority: None,
             presence: None,
+            inactive_since: None,
+            detached: false,
             tx,
         };
         if self.core.registry.bind(&jid, handle, max).is_err() {

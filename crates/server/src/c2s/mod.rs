@@ -9,6 +9,7 @@
 
 mod bind;
 mod connection;
+mod csi;
 mod delivery;
 mod negotiation;
 mod output;

@@ -76,6 +76,8 @@ pub struct C2sSession {
     /// XEP-0198 state once the client enabled it.
     /// (Boxed: most sessions never enable it, and idle sessions stay small.)
     pub(super) stream_mgmt: Option<Box<StreamMgmt>>,
+    /// XEP-0352: stanzas held back while the client is inactive (`csi.rs`).
+    pub(super) csi: Option<Box<super::csi::Held>>,
     /// Work the router deferred for this session's stanzas (storage, IQ
     /// handlers), by inbound stanza number; see [`crate::ack`].
     pub(super) inflight: Arc<crate::ack::AckTracker>,
@@ -111,6 +113,7 @@ impl C2sSession {
             last_auth_user: String::new(),
             bound: None,
             stream_mgmt: None,
+            csi: None,
             inflight: crate::ack::AckTracker::new(),
             received: 0,
             resumable_end: true,
@@ -220,6 +223,9 @@ impl C2sSession {
         if self.bound.is_some() {
             if el.has_ns(stream_mgmt::NS) {
                 return self.handle_stream_mgmt(el);
+            }
+            if el.has_ns(super::csi::NS) {
+                return self.handle_csi(&el);
             }
             // Back-pressure: while this client has too much deferred work in
             // flight (a flood of IQs, messages to offline users), stop reading
@@ -444,6 +450,10 @@ impl C2sSession {
             }
             None => Default::default(),
         };
+        // Held back for an inactive client (XEP-0352): never written either.
+        if let Some(held) = self.csi.take() {
+            pending.extend(held.into_stanzas());
+        }
         while let Ok(msg) = b.rx.try_recv() {
             if let SessionMsg::Stanza(st) = msg {
                 pending.push_back(*st);
