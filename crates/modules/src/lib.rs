@@ -13,6 +13,7 @@ pub mod mam;
 pub mod offline;
 pub mod ping;
 pub mod private;
+pub mod push;
 pub mod register;
 pub mod roster;
 pub mod stream_mgmt;
@@ -43,5 +44,6 @@ pub fn registry() -> Vec<ModuleDef> {
         carboncopy::MODULE,
         mam::MODULE,
         client_state::MODULE,
+        push::MODULE,
     ]
 }

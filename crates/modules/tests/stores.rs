@@ -7,6 +7,7 @@ use palaver_modules::last::store::{LastSql, MIGRATIONS as LAST_MIGRATIONS};
 use palaver_modules::mam::store::{
     Filter, Item, MIGRATIONS as MAM_MIGRATIONS, MamSql, StoredPrefs,
 };
+use palaver_modules::push::store::{MIGRATIONS as PUSH_MIGRATIONS, PushSql};
 use palaver_storage::Storage;
 
 /// Every backend available here, each with the modules' tables migrated.
@@ -34,6 +35,9 @@ async fn backends(test: &str) -> Vec<(Storage, Box<dyn std::any::Any>)> {
             .await
             .expect("migrate");
         s.db.migrate_module("mod_mam", MAM_MIGRATIONS)
+            .await
+            .expect("migrate");
+        s.db.migrate_module("mod_push", PUSH_MIGRATIONS)
             .await
             .expect("migrate");
         // Applying again is a no-op.
@@ -236,5 +240,43 @@ async fn message_archive() {
         assert_eq!(m.prefs("h", "u").await.expect("prefs"), Some(p2));
         m.remove_prefs("h", "u").await.expect("rm");
         assert_eq!(m.prefs("h", "u").await.expect("prefs"), None);
+    }
+}
+
+#[tokio::test]
+async fn push_registrations() {
+    for (s, _dir) in backends("push_registrations").await {
+        let p = PushSql::new(s.db.clone());
+        assert!(p.list("h", "u").await.expect("list").is_empty());
+        p.add("h", "u", "a.example", "n1", Some("<x/>"))
+            .await
+            .expect("add");
+        p.add("h", "u", "a.example", "n2", None).await.expect("add");
+        p.add("h", "u", "b.example", "n1", None).await.expect("add");
+        p.add("h", "v", "a.example", "n1", None).await.expect("add");
+        // The same node again replaces its options.
+        p.add("h", "u", "a.example", "n1", Some("<y/>"))
+            .await
+            .expect("add");
+        let l = p.list("h", "u").await.expect("list");
+        assert_eq!(
+            l,
+            vec![
+                ("a.example".into(), "n1".into(), Some("<y/>".into())),
+                ("a.example".into(), "n2".into(), None),
+                ("b.example".into(), "n1".into(), None),
+            ]
+        );
+        p.remove("h", "u", Some("a.example"), Some("n2"))
+            .await
+            .expect("rm");
+        assert_eq!(p.list("h", "u").await.expect("list").len(), 2);
+        p.remove("h", "u", Some("a.example"), None)
+            .await
+            .expect("rm");
+        assert_eq!(p.list("h", "u").await.expect("list").len(), 1);
+        p.remove("h", "u", None, None).await.expect("rm");
+        assert!(p.list("h", "u").await.expect("list").is_empty());
+        assert_eq!(p.list("h", "v").await.expect("list").len(), 1);
     }
 }

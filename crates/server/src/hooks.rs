@@ -257,6 +257,14 @@ sync_hook!(
     Stanza
 );
 sync_hook!(
+    /// An IQ result or error addressed to a local host or to a user's bare
+    /// JID: the answer to a request a module sent in that name (a push
+    /// notification, a ping). Without a handler it is dropped, as before.
+    IqResponse,
+    "iq_response",
+    Stanza
+);
+sync_hook!(
     /// A client stream was opened (and again after STARTTLS and SASL) from
     /// `ip`, before anything else is done on it: a module that refuses the
     /// address sets [`StreamOpen::refuse`] (the stream ends with
