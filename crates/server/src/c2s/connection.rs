@@ -106,10 +106,11 @@ async fn drive<T: Transport>(
     // registers no timers.
     let timer = tokio::time::sleep_until(auth_deadline);
     tokio::pin!(timer);
+    let inflight = session.inflight();
     loop {
         let mut next = Next::Continue;
         tokio::select! {
-            input = transport.recv() => {
+            input = transport.recv(), if session.reading() => {
                 last_read = Instant::now();
                 let mut input = Some(input);
                 while let Some(i) = input {
@@ -138,8 +139,20 @@ async fn drive<T: Transport>(
                         }
                         Next::StartTls | Next::Close => break,
                     }
-                    input = transport.next_buffered();
+                    // A burst is handled whole unless the session stops
+                    // reading (back-pressure); the rest stays buffered.
+                    input = if session.reading() {
+                        transport.next_buffered()
+                    } else {
+                        None
+                    };
                 }
+            }
+            () = inflight.changed(), if session.waits_on_inflight() => {
+                next = match session.inflight_progress().await {
+                    Ok(n) => n,
+                    Err(e) => session.stream_error(e),
+                };
             }
             msg = session.recv() => {
                 if let Some(msg) = msg {
