@@ -29,7 +29,7 @@ use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
 use palaver_proto::ns;
 use palaver_proto::stanza::{Stanza, StanzaKind, set_attr};
-use palaver_server::hooks::{RemoveUser, SessionClosed, UserReceive, UserSend};
+use palaver_server::hooks::{Bind2Inline, RemoveUser, SessionClosed, UserReceive, UserSend};
 use palaver_server::{
     HookAction, HookCx, HostSetup, IqScope, IqType, Module, ModuleDef, NoOptions,
 };
@@ -90,6 +90,17 @@ impl Module for Carbons {
                 }
                 Ok(None)
             }
+        });
+        // XEP-0386: `<enable xmlns='urn:xmpp:carbons:2'/>` while binding.
+        host.add_bind2_feature(NS_CARBONS);
+        let e = enabled.clone();
+        host.hook::<Bind2Inline>(0, move |cx, req| {
+            if let Some(me) = cx.session()
+                && req.requests.iter().any(|r| r.is("enable", NS_CARBONS))
+            {
+                set(&e, me, true);
+            }
+            HookAction::Continue
         });
         let e = enabled.clone();
         host.hook_async::<SessionClosed, _>(50, move |_cx, jid| {

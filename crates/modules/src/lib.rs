@@ -2,6 +2,7 @@
 //! function registering the module's handlers on a virtual host.
 
 pub mod announce;
+pub mod auth_fast;
 pub mod blocking;
 pub mod carboncopy;
 pub mod client_state;
@@ -45,5 +46,6 @@ pub fn registry() -> Vec<ModuleDef> {
         mam::MODULE,
         client_state::MODULE,
         push::MODULE,
+        auth_fast::MODULE,
     ]
 }

@@ -306,6 +306,27 @@ sync_hook!(
     HeldStanza
 );
 
+sync_hook!(
+    /// XEP-0386 Bind 2: a resource was just bound inside a XEP-0388
+    /// authentication; the client's inline requests in other namespaces
+    /// (`<enable xmlns='urn:xmpp:carbons:2'/>`…) are offered to the modules
+    /// that advertised them with `HostSetup::add_bind2_feature`. A handler
+    /// acts on its own namespace and may add elements to the `<bound/>`
+    /// answer. (XEP-0198 `<enable/>` is the kernel's own.)
+    Bind2Inline,
+    "bind2_inline",
+    Bind2Request
+);
+
+/// The inline part of a Bind 2 request ([`Bind2Inline`]).
+#[derive(Clone, Debug, Default)]
+pub struct Bind2Request {
+    /// The client's `<bind/>` children other than `<tag/>`.
+    pub requests: Vec<minidom::Element>,
+    /// Elements for the `<bound/>` answer.
+    pub results: Vec<minidom::Element>,
+}
+
 /// A client's XEP-0352 state change ([`ClientStateChanged`]).
 #[derive(Clone, Debug)]
 pub struct ClientState {

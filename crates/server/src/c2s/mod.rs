@@ -8,6 +8,7 @@
 //! (`output.rs`), which each transport serializes its own way.
 
 mod bind;
+mod bind2;
 mod connection;
 mod csi;
 mod delivery;
@@ -15,6 +16,7 @@ mod negotiation;
 mod output;
 mod presence;
 mod sasl;
+mod sasl2;
 mod session;
 mod stream_mgmt;
 mod tcp;

@@ -80,6 +80,8 @@ pub struct C2sSession {
     pub(super) cb: ChannelBindings,
     pub(super) user: Option<String>,
     pub(super) sasl: SaslState,
+    /// A XEP-0388 exchange in progress (`sasl2.rs`).
+    pub(super) sasl2: Option<Box<super::sasl2::Sasl2>>,
     pub(super) auth_failures: u8,
     /// The user name of the SASL exchange in progress (for the failure log).
     pub(super) last_auth_user: String,
@@ -123,6 +125,7 @@ impl C2sSession {
             cb: ChannelBindings::default(),
             user: None,
             sasl: SaslState::None,
+            sasl2: None,
             auth_failures: 0,
             last_auth_user: String::new(),
             bound: None,
@@ -257,6 +260,9 @@ impl C2sSession {
                 SC::PolicyViolation,
                 "STARTTLS is required",
             ));
+        }
+        if el.has_ns(super::sasl2::NS) {
+            return Box::pin(self.handle_sasl2(el)).await;
         }
         if el.has_ns(ns::SASL) {
             if self.user.is_some() {
