@@ -64,12 +64,13 @@ pub struct Push;
 pub const MODULE: ModuleDef = ModuleDef::of::<Push>();
 
 /// Options (ejabberd's names).
-#[derive(serde::Deserialize, Debug, Clone, Copy)]
+#[derive(serde::Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields, default)]
 pub struct Options {
-    /// Put the message body in the notification (off: it goes through
-    /// third parties).
-    pub include_body: bool,
+    /// Put the message body in the notification (`false`: it goes
+    /// through third parties; a text: that text instead of the body, as
+    /// ejabberd does).
+    pub include_body: IncludeBody,
     /// Put the sender's JID in the notification.
     pub include_sender: bool,
 }
@@ -77,10 +78,18 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            include_body: false,
+            include_body: IncludeBody::Flag(false),
             include_sender: true,
         }
     }
+}
+
+/// `include_body`: a flag, or a text sent in place of the body.
+#[derive(serde::Deserialize, Debug, Clone)]
+#[serde(untagged)]
+pub enum IncludeBody {
+    Flag(bool),
+    Text(String),
 }
 
 struct State {
@@ -266,10 +275,13 @@ async fn notify(state: &State, cx: &ModuleCx, account: &BareJid, st: &Stanza) {
         if state.opts.include_sender {
             summary = summary.field(Field::text("last-message-sender", st.from.to_string()));
         }
-        if state.opts.include_body
-            && let Some(b) = st.el.get_child("body", ns::CLIENT)
-        {
-            summary = summary.field(Field::text("last-message-body", b.text()));
+        let body = match &state.opts.include_body {
+            IncludeBody::Flag(true) => st.el.get_child("body", ns::CLIENT).map(|b| b.text()),
+            IncludeBody::Flag(false) => None,
+            IncludeBody::Text(t) => Some(t.clone()),
+        };
+        if let Some(b) = body {
+            summary = summary.field(Field::text("last-message-body", b));
         }
         let mut notification = Element::bare("notification", NS_PUSH);
         notification.append_child(summary.to_element());

@@ -2,6 +2,7 @@
 //! always, PostgreSQL when `PALAVER_TEST_PG_URL` is set (required in CI).
 
 use palaver_modules::announce::store::{KvSql, MIGRATIONS as KV_MIGRATIONS};
+use palaver_modules::auth_fast::store::{FastSql, MIGRATIONS as FAST_MIGRATIONS, Row};
 use palaver_modules::blocking::store::{BlocksSql, MIGRATIONS as BLOCK_MIGRATIONS};
 use palaver_modules::last::store::{LastSql, MIGRATIONS as LAST_MIGRATIONS};
 use palaver_modules::mam::store::{
@@ -38,6 +39,9 @@ async fn backends(test: &str) -> Vec<(Storage, Box<dyn std::any::Any>)> {
             .await
             .expect("migrate");
         s.db.migrate_module("mod_push", PUSH_MIGRATIONS)
+            .await
+            .expect("migrate");
+        s.db.migrate_module("mod_auth_fast", FAST_MIGRATIONS)
             .await
             .expect("migrate");
         // Applying again is a no-op.
@@ -278,5 +282,42 @@ async fn push_registrations() {
         p.remove("h", "u", None, None).await.expect("rm");
         assert!(p.list("h", "u").await.expect("list").is_empty());
         assert_eq!(p.list("h", "v").await.expect("list").len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn fast_tokens_keep_two_per_client() {
+    for (s, _dir) in backends("fast_tokens_keep_two_per_client").await {
+        let f = FastSql::new(s.db.clone());
+        let row = |id: &str, issued: i64| Row {
+            id: id.into(),
+            hash: format!("h{id}"),
+            mark: "m".into(),
+            expiry: 10_000,
+            issued,
+        };
+        for (i, id) in ["a", "b", "c"].iter().enumerate() {
+            f.add("h", "u", "agent", &row(id, i as i64))
+                .await
+                .expect("add");
+        }
+        f.add("h", "u", "other", &row("x", 1)).await.expect("add");
+        // The newest two, newest first.
+        let l = f.list("h", "u", "agent").await.expect("list");
+        assert_eq!(l, vec![row("c", 2), row("b", 1)]);
+        f.remove_up_to("h", "u", "agent", 2, false)
+            .await
+            .expect("rotate");
+        assert_eq!(
+            f.list("h", "u", "agent").await.expect("list"),
+            vec![row("c", 2)]
+        );
+        f.remove_up_to("h", "u", "agent", 2, true)
+            .await
+            .expect("invalidate");
+        assert!(f.list("h", "u", "agent").await.expect("list").is_empty());
+        assert_eq!(f.list("h", "u", "other").await.expect("list").len(), 1);
+        f.remove_user("h", "u").await.expect("rm");
+        assert!(f.list("h", "u", "other").await.expect("list").is_empty());
     }
 }
