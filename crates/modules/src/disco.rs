@@ -265,6 +265,9 @@ async fn account_info(req: IqRequest) -> IqResult {
     );
     q.append_child(feature(ns::DISCO_INFO));
     q.append_child(feature(ns::DISCO_ITEMS));
+    for f in req.cx.host().account_features() {
+        q.append_child(feature(f));
+    }
     Ok(Some(q))
 }
 

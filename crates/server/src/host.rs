@@ -45,6 +45,11 @@ impl Host {
         }))
     }
 
+    /// Disco features of every account's bare JID, sorted.
+    pub fn account_features(&self) -> &[String] {
+        &self.regs.account_features
+    }
+
     /// Disco features of the server entity, sorted.
     pub fn features(&self) -> &[String] {
         &self.regs.features

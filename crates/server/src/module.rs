@@ -171,6 +171,9 @@ impl HttpRoute {
 #[derive(Default)]
 pub struct Registrations {
     pub(crate) features: Vec<String>,
+    pub(crate) account_features: Vec<String>,
+    pub(crate) bind2_features: Vec<String>,
+    pub(crate) fast: Option<Arc<dyn FastTokens>>,
     pub(crate) identities: Vec<Identity>,
     pub(crate) iq: HashMap<(IqScope, IqType, String), IqHandler>,
     pub(crate) hooks: crate::hooks::Hooks,
@@ -239,6 +242,8 @@ impl HostSetup {
     pub(crate) fn finish(mut self) -> Registrations {
         self.regs.features.sort();
         self.regs.features.dedup();
+        self.regs.account_features.sort();
+        self.regs.account_features.dedup();
         self.regs.identities.sort();
         self.regs.identities.dedup();
         self.regs
@@ -257,6 +262,24 @@ impl HostSetup {
     /// Advertise a disco feature of the host.
     pub fn add_feature(&mut self, var: &str) {
         self.regs.features.push(var.to_string());
+    }
+
+    /// Advertise a disco feature of every account of the host (the
+    /// disco#info of a user's bare JID, e.g. XEP-0313 archives).
+    pub fn add_account_feature(&mut self, var: &str) {
+        self.regs.account_features.push(var.to_string());
+    }
+
+    /// Advertise an inline feature of XEP-0386 Bind 2 (the namespace of
+    /// what the client may enable while binding; the module handles the
+    /// [`Bind2Inline`](crate::hooks::Bind2Inline) hook for it).
+    pub fn add_bind2_feature(&mut self, var: &str) {
+        self.regs.bind2_features.push(var.to_string());
+    }
+
+    /// Offer XEP-0484 FAST tokens in XEP-0388 authentication, kept by `tokens`.
+    pub fn fast_tokens(&mut self, tokens: Arc<dyn FastTokens>) {
+        self.regs.fast = Some(tokens);
     }
 
     /// Advertise a disco identity of the host.
@@ -429,6 +452,35 @@ impl HostSetup {
             tasks.push((self.current, task));
         }
     }
+}
+
+/// XEP-0484 FAST tokens of a host (`mod_auth_fast`): issued after a
+/// XEP-0388 authentication that asks for one, checked by the `HT-*`
+/// mechanisms. The kernel never sees how they are stored.
+pub trait FastTokens: Send + Sync {
+    /// A new token for `user`'s client `agent` (XEP-0388 user-agent id):
+    /// `(token, expiry in ms since the epoch)`. The previous token of that
+    /// client stays valid until this one is used (rotation).
+    fn issue(
+        &self,
+        cx: ModuleCx,
+        user: String,
+        agent: String,
+    ) -> BoxFuture<'static, Option<(String, i64)>>;
+
+    /// Check an `HT-SHA-256-*` proof (`HMAC(token, "Initiator" || cb)`) of
+    /// `user`'s client `agent`; the token it matches, when it does (for
+    /// the server's answer `HMAC(token, "Responder" || cb)`). `invalidate`:
+    /// the client asks for that token to be forgotten after this login.
+    fn verify(
+        &self,
+        cx: ModuleCx,
+        user: String,
+        agent: String,
+        proof: Vec<u8>,
+        cb: Vec<u8>,
+        invalidate: bool,
+    ) -> BoxFuture<'static, Option<String>>;
 }
 
 /// A feature module.
