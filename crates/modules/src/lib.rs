@@ -7,6 +7,7 @@ pub mod disco;
 pub mod fail2ban;
 pub mod http_upload;
 pub mod last;
+pub mod muc;
 pub mod offline;
 pub mod ping;
 pub mod private;
@@ -37,5 +38,6 @@ pub fn registry() -> Vec<ModuleDef> {
         announce::MODULE,
         stream_mgmt::MODULE,
         fail2ban::MODULE,
+        muc::MODULE,
     ]
 }

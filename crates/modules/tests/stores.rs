@@ -4,6 +4,7 @@
 use palaver_modules::announce::store::{KvSql, MIGRATIONS as KV_MIGRATIONS};
 use palaver_modules::blocking::store::{BlocksSql, MIGRATIONS as BLOCK_MIGRATIONS};
 use palaver_modules::last::store::{LastSql, MIGRATIONS as LAST_MIGRATIONS};
+use palaver_modules::muc::store::{MIGRATIONS as MUC_MIGRATIONS, MucSql, StoredRoom};
 use palaver_storage::Storage;
 
 /// Every backend available here, each with the modules' tables migrated.
@@ -28,6 +29,9 @@ async fn backends(test: &str) -> Vec<(Storage, Box<dyn std::any::Any>)> {
             .await
             .expect("migrate");
         s.db.migrate_module("mod_announce", KV_MIGRATIONS)
+            .await
+            .expect("migrate");
+        s.db.migrate_module("mod_muc", MUC_MIGRATIONS)
             .await
             .expect("migrate");
         // Applying again is a no-op.
@@ -120,5 +124,51 @@ async fn block_lists() {
         b.unblock("h", "u", &[]).await.expect("unblock all");
         assert!(b.blocklist("h", "u").await.expect("q").is_empty());
         assert_eq!(b.blocklist("h", "v").await.expect("q"), ["z@h"]);
+    }
+}
+
+#[tokio::test]
+async fn muc_rooms() {
+    for (s, _dir) in backends("muc_rooms").await {
+        let m = MucSql::new(s.db.clone());
+        let mut room = StoredRoom {
+            name: "tea".into(),
+            config: "{\"persistent\":true}".into(),
+            subject: "Tea".into(),
+            subject_by: "Alice".into(),
+            salt: "s".into(),
+            affiliations: vec![
+                ("alice@h".into(), "owner".into(), String::new()),
+                ("bob@h".into(), "outcast".into(), "rude".into()),
+            ],
+        };
+        m.save("conference.h", &room).await.expect("save");
+        let other = StoredRoom {
+            name: "b".into(),
+            affiliations: vec![("bob@h".into(), "member".into(), String::new())],
+            ..StoredRoom::default()
+        };
+        m.save("conference.h", &other).await.expect("save");
+        m.save("muc.other", &room).await.expect("save elsewhere");
+        assert_eq!(
+            m.rooms("conference.h").await.expect("rooms"),
+            [other.clone(), room.clone()]
+        );
+        // Saving again replaces the row and the affiliations.
+        room.subject = "Coffee".into();
+        room.affiliations.remove(1);
+        m.save("conference.h", &room).await.expect("save");
+        let rooms = m.rooms("conference.h").await.expect("rooms");
+        assert_eq!(rooms[1], room);
+        // A removed account loses its affiliations everywhere.
+        assert_eq!(m.remove_jid("bob@h").await.expect("remove"), 2);
+        assert!(
+            m.rooms("conference.h").await.expect("rooms")[0]
+                .affiliations
+                .is_empty()
+        );
+        m.delete("conference.h", "tea").await.expect("delete");
+        assert_eq!(m.rooms("conference.h").await.expect("rooms").len(), 1);
+        assert_eq!(m.rooms("muc.other").await.expect("rooms").len(), 1);
     }
 }
