@@ -94,8 +94,16 @@ impl Conn {
         if rest.ends_with("/>") {
             return s;
         }
-        s.push_str(&self.until(&format!("</{name}>")).await);
-        s
+        // Nested elements of the same name (a forwarded message) close first.
+        let close = format!("</{name}>");
+        loop {
+            s.push_str(&self.until(&close).await);
+            let opens =
+                s.matches(&format!("<{name} ")).count() + s.matches(&format!("<{name}>")).count();
+            if s.matches(&close).count() >= opens {
+                return s;
+            }
+        }
     }
 }
 
@@ -926,5 +934,143 @@ async fn persistent_room_survives_restart_and_account_removal_cleans_affiliation
     )
     .await;
     assert!(gone.contains("item-not-found"), "{gone}");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn room_archive_pages_with_rsm() {
+    let srv = TestServer::start_with("", MODULES).await;
+    users(&srv, &["alice", "bob"]).await;
+    let mut alice = tcp(&srv, "alice", "r").await;
+    let mut bob = tcp(&srv, "bob", "r").await;
+    join(&mut alice, ROOM, "Alice", "").await;
+    // Not archived yet: the query is refused and the feature not advertised.
+    let q = "<query xmlns='urn:xmpp:mam:2' queryid='q0'/>";
+    let r = iq(&mut alice, "a0", ROOM, "set", q).await;
+    assert!(r.contains("service-unavailable"), "{r}");
+    let r = iq(
+        &mut alice,
+        "c1",
+        ROOM,
+        "set",
+        &submit(&[("mam", "1"), ("muc#roomconfig_membersonly", "1")]),
+    )
+    .await;
+    assert!(r.contains("type='result'"), "{r}");
+    let info = iq(
+        &mut alice,
+        "i1",
+        ROOM,
+        "get",
+        "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+    )
+    .await;
+    assert!(info.contains("var='urn:xmpp:mam:2'"), "{info}");
+    let mut ids = Vec::new();
+    for i in 1..=5 {
+        alice.send(&format!("<message to='{ROOM}' type='groupchat'><body>n{i}</body><stanza-id xmlns='urn:xmpp:sid:0' id='forged' by='{ROOM}'/></message>")).await;
+        let m = alice.stanza_with(&format!("n{i}")).await;
+        assert!(!m.contains("id='forged'"), "{m}");
+        let sid = m.split("<stanza-id").nth(1).expect("stanza-id");
+        assert!(sid.contains(&format!("by='{ROOM}'")), "{m}");
+        ids.push(
+            sid.split("id='")
+                .nth(1)
+                .and_then(|s| s.split('\'').next())
+                .expect("id")
+                .to_string(),
+        );
+    }
+    // The search form.
+    let f = iq(
+        &mut alice,
+        "f1",
+        ROOM,
+        "get",
+        "<query xmlns='urn:xmpp:mam:2'/>",
+    )
+    .await;
+    assert!(
+        f.contains("var='before-id'") && f.contains("var='start'"),
+        "{f}"
+    );
+    // First page of two, then the next after its last id.
+    let page = |extra: &str| {
+        format!(
+            "<query xmlns='urn:xmpp:mam:2' queryid='q1'><set xmlns='http://jabber.org/protocol/rsm'>{extra}</set></query>"
+        )
+    };
+    alice
+        .send(&format!(
+            "<iq type='set' id='p1' to='{ROOM}'>{}</iq>",
+            page("<max>2</max>")
+        ))
+        .await;
+    let r1 = alice.stanza_with("queryid='q1'").await;
+    assert!(
+        r1.contains("n1") && r1.contains("urn:xmpp:forward:0") && r1.contains("urn:xmpp:delay"),
+        "{r1}"
+    );
+    assert!(r1.contains(&format!("from='{ROOM}/Alice'")), "{r1}");
+    assert!(alice.stanza_with("queryid='q1'").await.contains("n2"));
+    let fin = alice.stanza_with("id='p1'").await;
+    assert!(
+        fin.contains("<fin")
+            && !fin.contains("complete='true'")
+            && fin.contains(&format!("<last>{}</last>", ids[1])),
+        "{fin}"
+    );
+    alice
+        .send(&format!(
+            "<iq type='set' id='p2' to='{ROOM}'>{}</iq>",
+            page(&format!("<max>10</max><after>{}</after>", ids[1]))
+        ))
+        .await;
+    let mut got = String::new();
+    loop {
+        let s = alice.next_stanza().await;
+        got.push_str(&s);
+        if s.contains("id='p2'") {
+            break;
+        }
+    }
+    assert!(
+        !got.contains(">n2<")
+            && got.contains("n3")
+            && got.contains("n5")
+            && got.contains("complete='true'"),
+        "{got}"
+    );
+    // The last page (empty <before/>).
+    alice
+        .send(&format!(
+            "<iq type='set' id='p3' to='{ROOM}'>{}</iq>",
+            page("<max>1</max><before/>")
+        ))
+        .await;
+    let last = alice.stanza_with("queryid='q1'").await;
+    assert!(last.contains("n5"), "{last}");
+    // A filter by time that excludes everything.
+    let none = iq(&mut alice, "p4", ROOM, "set", "<query xmlns='urn:xmpp:mam:2'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>urn:xmpp:mam:2</value></field><field var='end'><value>2000-01-01T00:00:00Z</value></field></x></query>").await;
+    assert!(none.contains("complete='true'"), "{none}");
+    // A non-member may not read a members-only room's archive.
+    let r = iq(
+        &mut bob,
+        "b1",
+        ROOM,
+        "set",
+        "<query xmlns='urn:xmpp:mam:2'/>",
+    )
+    .await;
+    assert!(r.contains("forbidden"), "{r}");
+    let r = iq(
+        &mut alice,
+        "p5",
+        ROOM,
+        "set",
+        &page("<after>nonsense</after>"),
+    )
+    .await;
+    assert!(r.contains("item-not-found"), "{r}");
     srv.stop().await;
 }

@@ -4,7 +4,9 @@
 use palaver_modules::announce::store::{KvSql, MIGRATIONS as KV_MIGRATIONS};
 use palaver_modules::blocking::store::{BlocksSql, MIGRATIONS as BLOCK_MIGRATIONS};
 use palaver_modules::last::store::{LastSql, MIGRATIONS as LAST_MIGRATIONS};
-use palaver_modules::muc::store::{MIGRATIONS as MUC_MIGRATIONS, MucSql, StoredRoom};
+use palaver_modules::muc::store::{
+    ArchiveQuery, Archived, MIGRATIONS as MUC_MIGRATIONS, MucSql, StoredRoom,
+};
 use palaver_storage::Storage;
 
 /// Every backend available here, each with the modules' tables migrated.
@@ -170,5 +172,123 @@ async fn muc_rooms() {
         m.delete("conference.h", "tea").await.expect("delete");
         assert_eq!(m.rooms("conference.h").await.expect("rooms").len(), 1);
         assert_eq!(m.rooms("muc.other").await.expect("rooms").len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn muc_archive() {
+    for (s, _dir) in backends("muc_archive").await {
+        let m = MucSql::new(s.db.clone());
+        for i in 1..=5i64 {
+            let a = Archived {
+                id: i * 10,
+                ts: i * 1000,
+                nick: if i % 2 == 0 { "b" } else { "a" }.into(),
+                xml: format!("<m{i}/>"),
+            };
+            m.archive("c.h", "r", &a).await.expect("archive");
+        }
+        m.archive(
+            "c.h",
+            "other",
+            &Archived {
+                id: 1,
+                ts: 1,
+                nick: "a".into(),
+                xml: String::new(),
+            },
+        )
+        .await
+        .expect("archive");
+        let ids = |v: Vec<Archived>| v.into_iter().map(|a| a.id).collect::<Vec<_>>();
+        let q = |f: fn(&mut ArchiveQuery)| {
+            let mut q = ArchiveQuery {
+                limit: 10,
+                ..Default::default()
+            };
+            f(&mut q);
+            q
+        };
+        assert_eq!(
+            ids(m.archived("c.h", "r", &q(|_| {})).await.expect("q")),
+            [10, 20, 30, 40, 50]
+        );
+        assert_eq!(
+            ids(m
+                .archived(
+                    "c.h",
+                    "r",
+                    &q(|q| {
+                        q.after = Some(20);
+                        q.limit = 2
+                    })
+                )
+                .await
+                .expect("q")),
+            [30, 40]
+        );
+        assert_eq!(
+            ids(m
+                .archived(
+                    "c.h",
+                    "r",
+                    &q(|q| {
+                        q.backwards = true;
+                        q.limit = 2
+                    })
+                )
+                .await
+                .expect("q")),
+            [40, 50]
+        );
+        assert_eq!(
+            ids(m
+                .archived(
+                    "c.h",
+                    "r",
+                    &q(|q| {
+                        q.before = Some(30);
+                        q.backwards = true
+                    })
+                )
+                .await
+                .expect("q")),
+            [10, 20]
+        );
+        assert_eq!(
+            ids(m
+                .archived(
+                    "c.h",
+                    "r",
+                    &q(|q| {
+                        q.start = Some(2000);
+                        q.end = Some(4000)
+                    })
+                )
+                .await
+                .expect("q")),
+            [20, 30, 40]
+        );
+        assert_eq!(
+            ids(m
+                .archived("c.h", "r", &q(|q| q.nick = Some("b".into())))
+                .await
+                .expect("q")),
+            [20, 40]
+        );
+        m.purge_archive("c.h", "r").await.expect("purge");
+        assert!(
+            m.archived("c.h", "r", &q(|_| {}))
+                .await
+                .expect("q")
+                .is_empty()
+        );
+        assert_eq!(
+            m.archived("c.h", "other", &q(|_| {}))
+                .await
+                .expect("q")
+                .len(),
+            1
+        );
     }
 }

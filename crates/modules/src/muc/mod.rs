@@ -41,7 +41,13 @@ pub const NS_ROOMINFO: &str = "http://jabber.org/protocol/muc#roominfo";
 pub const NS_OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";
 pub const NS_SELF_PING_OPT: &str = "http://jabber.org/protocol/muc#self-ping-optimization";
 pub const NS_STABLE_ID: &str = "http://jabber.org/protocol/muc#stable_id";
+pub const NS_MAM: &str = "urn:xmpp:mam:2";
+pub const NS_SID: &str = "urn:xmpp:sid:0";
+const NS_FORWARD: &str = "urn:xmpp:forward:0";
 const NS_VCARD: &str = "vcard-temp";
+/// Archive page size without `<max/>`, and the most a page may hold.
+const MAM_PAGE: usize = 50;
+const MAM_PAGE_MAX: usize = 250;
 /// Most history stanzas a joiner can ask for (advertised in room info).
 pub const HISTORY_FETCH: usize = 50;
 
@@ -401,8 +407,24 @@ impl Service {
         for st in fx.out {
             cx.route(st);
         }
+        if let Some(m) = fx.archive {
+            let (store, svc, room) = (store::MucSql::of(cx), self.domain.clone(), name.to_string());
+            cx.spawn(async move {
+                if let Err(e) = store.archive(&svc, &room, &m).await {
+                    tracing::warn!(error = %e, room = %room, "archiving a room message failed");
+                }
+            });
+        }
         if (fx.save || remove) && was_persistent {
             self.sync(cx, name.to_string());
+        }
+        if remove {
+            let (store, svc, room) = (store::MucSql::of(cx), self.domain.clone(), name.to_string());
+            cx.spawn(async move {
+                if let Err(e) = store.purge_archive(&svc, &room).await {
+                    tracing::warn!(error = %e, room = %room, "removing a room's archive failed");
+                }
+            });
         }
         Some(r)
     }
@@ -610,6 +632,21 @@ impl Service {
         let admin = self.is_service_admin(cx, &st.from);
         let persist_ok = self.access(cx, 3, &st.from, true);
         let ns = q.ns();
+        if ns == NS_MAM && q.name() == "query" {
+            let allowed = {
+                let room = lock(&arc);
+                if room.dead {
+                    Err(StanzaError::new(Condition::ItemNotFound))
+                } else {
+                    room.may_read_archive(&from)
+                }
+            };
+            return match (allowed, get) {
+                (Err(e), _) => cx.bounce_with(&st, e, None),
+                (Ok(()), true) => cx.route(st.iq_result(Some(mam_form()))),
+                (Ok(()), false) => self.mam_query(cx, st, q, name.to_string()),
+            };
+        }
         let reply = self.with_room(
             cx,
             name,
@@ -653,6 +690,145 @@ impl Service {
             }
             None => cx.bounce(&st, Condition::ItemNotFound, None),
         }
+    }
+
+    /// XEP-0313 query of the room's archive: the matching messages, then
+    /// the IQ result with the page's RSM description.
+    fn mam_query(self: &Arc<Self>, cx: &ModuleCx, st: Stanza, q: Element, name: String) {
+        let bad = |text: &str| StanzaError::new(Condition::BadRequest).text(text);
+        let rsm = match palaver_proto::rsm::RsmRequest::find_in(&q) {
+            Ok(r) => r.unwrap_or_default(),
+            Err(e) => return cx.bounce_with(&st, bad(&e.to_string()), None),
+        };
+        let id_of = |s: &str| s.parse::<i64>().ok();
+        let mut query = store::ArchiveQuery {
+            limit: rsm.limit(MAM_PAGE, MAM_PAGE_MAX) + 1,
+            ..Default::default()
+        };
+        if let Some(form) = palaver_proto::forms::DataForm::find_in(&q) {
+            let Ok(form) = form else {
+                return cx.bounce_with(&st, bad("bad data form"), None);
+            };
+            let time = |var: &str| -> Result<Option<i64>, StanzaError> {
+                match form.value(var) {
+                    None | Some("") => Ok(None),
+                    Some(v) => palaver_proto::datetime::parse_datetime(v)
+                        .map(Some)
+                        .ok_or_else(|| bad(&format!("{var} is not a date"))),
+                }
+            };
+            match (time("start"), time("end")) {
+                (Ok(s), Ok(e)) => (query.start, query.end) = (s, e),
+                (Err(e), _) | (_, Err(e)) => return cx.bounce_with(&st, e, None),
+            }
+            if let Some(with) = form.value("with").filter(|w| !w.is_empty()) {
+                match Jid::new(with)
+                    .ok()
+                    .and_then(|j| j.resource().map(|r| r.to_string()))
+                {
+                    Some(nick) => query.nick = Some(nick),
+                    None => {
+                        return cx.bounce_with(
+                            &st,
+                            bad("with must be an occupant's room JID"),
+                            None,
+                        );
+                    }
+                }
+            }
+            for (var, slot) in [
+                ("after-id", &mut query.after),
+                ("before-id", &mut query.before),
+            ] {
+                if let Some(v) = form.value(var).filter(|v| !v.is_empty()) {
+                    match id_of(v) {
+                        Some(i) => *slot = Some(i),
+                        None => return cx.bounce(&st, Condition::ItemNotFound, None),
+                    }
+                }
+            }
+        }
+        if let Some(a) = &rsm.after {
+            match id_of(a) {
+                Some(i) => query.after = Some(query.after.map_or(i, |x| x.max(i))),
+                None => return cx.bounce(&st, Condition::ItemNotFound, None),
+            }
+        }
+        if let Some(b) = rsm.before_id() {
+            match id_of(b) {
+                Some(i) => query.before = Some(query.before.map_or(i, |x| x.min(i))),
+                None => return cx.bounce(&st, Condition::ItemNotFound, None),
+            }
+        }
+        query.backwards = rsm.before.is_some();
+        let page = query.limit - 1;
+        let queryid = q.attr("queryid").map(str::to_string);
+        let store = store::MucSql::of(cx);
+        let svc = self.domain.clone();
+        let cx2 = cx.clone();
+        cx.spawn(async move {
+            let cx = cx2;
+            let mut rows = match store.archived(&svc, &name, &query).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let err = palaver_server::module::storage_failure("room archive", &e);
+                    return cx.bounce_with(&st, err, None);
+                }
+            };
+            let more = rows.len() > page;
+            if more {
+                if query.backwards {
+                    rows.remove(0);
+                } else {
+                    rows.truncate(page);
+                }
+            }
+            let room: Jid = st
+                .to
+                .clone()
+                .map(|t| t.to_bare().into())
+                .unwrap_or_else(|| st.from.clone());
+            for m in &rows {
+                let Ok(msg) = m.xml.parse::<Element>() else {
+                    continue;
+                };
+                let mut delay = Element::bare("delay", ns::DELAY);
+                set_attr(
+                    &mut delay,
+                    "stamp",
+                    palaver_proto::datetime::format_datetime(m.ts),
+                );
+                let mut fwd = Element::bare("forwarded", NS_FORWARD);
+                fwd.append_child(delay);
+                fwd.append_child(msg);
+                let mut result = Element::bare("result", NS_MAM);
+                if let Some(q) = &queryid {
+                    set_attr(&mut result, "queryid", q.as_str());
+                }
+                set_attr(&mut result, "id", m.id.to_string());
+                result.append_child(fwd);
+                let mut out = Element::bare("message", ns::CLIENT);
+                out.append_child(result);
+                cx.route(Stanza::new(
+                    StanzaKind::Message,
+                    room.clone(),
+                    Some(st.from.clone()),
+                    out,
+                ));
+            }
+            let mut fin = Element::bare("fin", NS_MAM);
+            // Complete: no more in the direction of paging.
+            if !more {
+                set_attr(&mut fin, "complete", "true");
+            }
+            let rsm_out = palaver_proto::rsm::RsmResult {
+                first: rows.first().map(|m| (m.id.to_string(), None)),
+                last: rows.last().map(|m| m.id.to_string()),
+                count: None,
+            };
+            fin.append_child(rsm_out.to_element());
+            cx.route(st.iq_result(Some(fin)));
+        });
     }
 
     /// An IQ to `room/nick`: self-ping answered here (XEP-0410), vCard
@@ -742,6 +918,20 @@ impl Service {
             _ => {}
         }
     }
+}
+
+/// The archive's search form (XEP-0313 §6).
+fn mam_form() -> Element {
+    use palaver_proto::forms::{DataForm, Field, FieldType, FormType};
+    let form = DataForm::with_form_type(FormType::Form, NS_MAM)
+        .field(Field::new("with", FieldType::JidSingle, vec![]))
+        .field(Field::new("start", FieldType::TextSingle, vec![]))
+        .field(Field::new("end", FieldType::TextSingle, vec![]))
+        .field(Field::new("before-id", FieldType::TextSingle, vec![]))
+        .field(Field::new("after-id", FieldType::TextSingle, vec![]));
+    let mut q = Element::bare("query", NS_MAM);
+    q.append_child(form.to_element());
+    q
 }
 
 fn encode_id(from: &FullJid, id: &str) -> String {

@@ -107,6 +107,8 @@ pub struct Effects {
     pub destroyed: bool,
     /// Users (bare JIDs) that became occupants (+1) or stopped being (-1).
     pub joined: Vec<(String, i32)>,
+    /// A message to add to the room's archive.
+    pub archive: Option<super::store::Archived>,
 }
 
 /// A room.
@@ -129,6 +131,8 @@ pub struct Room {
     voice_requests: HashMap<String, i64>,
     /// Service administrators seen here (`access_admin`): owners, not stored.
     service_admins: std::collections::HashSet<String>,
+    /// The last archive id given (ids increase; milliseconds × 1000).
+    last_archive_id: i64,
 }
 
 fn now_ms() -> i64 {
@@ -194,6 +198,7 @@ impl Room {
             dead: false,
             voice_requests: HashMap::new(),
             service_admins: Default::default(),
+            last_archive_id: 0,
         }
     }
 
@@ -946,15 +951,34 @@ impl Room {
         let mut msg = st.el.clone();
         remove_attr(&mut msg, "from");
         remove_attr(&mut msg, "to");
-        // XEP-0421 §4: an occupant-id from the sender is never passed on.
+        // XEP-0421 §4 and XEP-0359 §3.1: ids from the sender are never passed on.
         remove_children(&mut msg, "occupant-id", NS_OCCUPANT_ID);
+        remove_children(&mut msg, "stanza-id", super::NS_SID);
         let mut oid = el("occupant-id", NS_OCCUPANT_ID);
         set_attr(&mut oid, "id", occ.id.as_str());
         msg.append_child(oid);
         let from_jid = self.nick_jid(&occ.nick);
+        let now = now_ms();
+        if has_body && self.config.mam {
+            let id = (now.saturating_mul(1000)).max(self.last_archive_id + 1);
+            self.last_archive_id = id;
+            let mut sid = el("stanza-id", super::NS_SID);
+            set_attr(&mut sid, "id", id.to_string());
+            set_attr(&mut sid, "by", self.jid.as_str());
+            msg.append_child(sid);
+            let mut stored = msg.clone();
+            set_attr(&mut stored, "from", from_jid.as_str());
+            let mut xml = String::new();
+            palaver_proto::writer::write_element(&mut xml, &stored, "");
+            fx.archive = Some(super::store::Archived {
+                id,
+                ts: now,
+                nick: occ.nick.clone(),
+                xml,
+            });
+        }
         self.broadcast_message(from_jid.clone(), &msg, fx);
         if has_body && history_size > 0 {
-            let now = now_ms();
             let mut h = msg;
             set_attr(&mut h, "from", from_jid.as_str());
             remove_attr(&mut h, "to");
@@ -1672,6 +1696,26 @@ impl Room {
         }
     }
 
+    /// Whether `from` may read the room's archive (XEP-0313 §5: those who
+    /// could join it); `Err` is the error to answer.
+    pub fn may_read_archive(&self, from: &FullJid) -> Result<(), StanzaError> {
+        if !self.config.mam {
+            return Err(
+                StanzaError::new(Condition::ServiceUnavailable).text("This room is not archived")
+            );
+        }
+        let aff = self.affiliation(&from.to_bare());
+        let occupant = self.by_jid.contains_key(from);
+        if aff == Affiliation::Outcast
+            || (self.config.members_only && aff < Affiliation::Member)
+            || (self.config.password_protected && !occupant && aff < Affiliation::Admin)
+            || (self.locked && aff != Affiliation::Owner)
+        {
+            return Err(StanzaError::new(Condition::Forbidden));
+        }
+        Ok(())
+    }
+
     /// Remove a deleted account's affiliation; `true` when it had one.
     pub fn forget(&mut self, bare: &str) -> bool {
         self.affiliations.remove(bare).is_some()
@@ -1703,6 +1747,10 @@ impl Room {
             "jabber:x:conference",
         ];
         feats.extend(self.config.features());
+        if self.config.mam {
+            feats.push(super::NS_MAM);
+            feats.push(super::NS_SID);
+        }
         for f in feats {
             let mut e = el("feature", ns::DISCO_INFO);
             set_attr(&mut e, "var", f);

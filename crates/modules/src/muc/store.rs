@@ -26,7 +26,41 @@ pub const MIGRATIONS: &[ModuleMigration] = &[
         sqlite: "CREATE INDEX IF NOT EXISTS muc_affiliation_jid ON muc_affiliation (jid)",
         postgres: "CREATE INDEX IF NOT EXISTS muc_affiliation_jid ON muc_affiliation (jid)",
     },
+    ModuleMigration {
+        sqlite: "CREATE TABLE IF NOT EXISTS muc_archive (service TEXT NOT NULL, room TEXT NOT NULL, \
+                 id BIGINT NOT NULL, ts BIGINT NOT NULL, nick TEXT NOT NULL, xml TEXT NOT NULL, \
+                 PRIMARY KEY (service, room, id))",
+        postgres: "CREATE TABLE IF NOT EXISTS muc_archive (service TEXT NOT NULL, room TEXT NOT NULL, \
+                   id BIGINT NOT NULL, ts BIGINT NOT NULL, nick TEXT NOT NULL, xml TEXT NOT NULL, \
+                   PRIMARY KEY (service, room, id))",
+    },
 ];
+
+/// One archived groupchat message (XEP-0313 on the room's JID).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Archived {
+    /// Increasing within a room; the XEP-0359 stanza id.
+    pub id: i64,
+    /// Milliseconds since the epoch.
+    pub ts: i64,
+    pub nick: String,
+    /// The message as the room broadcast it (`from` = room/nick, no `to`).
+    pub xml: String,
+}
+
+/// Which archived messages a query wants (all bounds exclusive but times).
+#[derive(Debug, Clone, Default)]
+pub struct ArchiveQuery {
+    pub start: Option<i64>,
+    pub end: Option<i64>,
+    pub after: Option<i64>,
+    pub before: Option<i64>,
+    /// Only this nickname's messages.
+    pub nick: Option<String>,
+    /// Newest first (the last page).
+    pub backwards: bool,
+    pub limit: usize,
+}
 
 /// A stored room.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -155,6 +189,73 @@ impl MucSql {
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Archive a message of a room.
+    pub async fn archive(&self, service: &str, room: &str, m: &Archived) -> Result<()> {
+        on_db!(&self.0, |pool| {
+            sqlx::query(
+                "INSERT INTO muc_archive (service, room, id, ts, nick, xml) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(service)
+            .bind(room)
+            .bind(m.id)
+            .bind(m.ts)
+            .bind(&m.nick)
+            .bind(&m.xml)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Archived messages of a room, oldest first, at most `q.limit`.
+    pub async fn archived(
+        &self,
+        service: &str,
+        room: &str,
+        q: &ArchiveQuery,
+    ) -> Result<Vec<Archived>> {
+        let sql = format!(
+            "SELECT id, ts, nick, xml FROM muc_archive WHERE service = $1 AND room = $2 \
+             AND ts >= $3 AND ts <= $4 AND id > $5 AND id < $6 AND ($7 = '' OR nick = $7) \
+             ORDER BY id {} LIMIT $8",
+            if q.backwards { "DESC" } else { "ASC" }
+        );
+        let rows: Vec<(i64, i64, String, String)> = on_db!(&self.0, |pool| {
+            sqlx::query_as(&sql)
+                .bind(service)
+                .bind(room)
+                .bind(q.start.unwrap_or(i64::MIN))
+                .bind(q.end.unwrap_or(i64::MAX))
+                .bind(q.after.unwrap_or(i64::MIN))
+                .bind(q.before.unwrap_or(i64::MAX))
+                .bind(q.nick.as_deref().unwrap_or(""))
+                .bind(q.limit.min(i64::MAX as usize) as i64)
+                .fetch_all(pool)
+                .await?
+        });
+        let mut out: Vec<Archived> = rows
+            .into_iter()
+            .map(|(id, ts, nick, xml)| Archived { id, ts, nick, xml })
+            .collect();
+        if q.backwards {
+            out.reverse();
+        }
+        Ok(out)
+    }
+
+    /// Forget a destroyed room's archive.
+    pub async fn purge_archive(&self, service: &str, room: &str) -> Result<()> {
+        on_db!(&self.0, |pool| {
+            sqlx::query("DELETE FROM muc_archive WHERE service = $1 AND room = $2")
+                .bind(service)
+                .bind(room)
+                .execute(pool)
+                .await?;
         });
         Ok(())
     }
