@@ -11,6 +11,7 @@ pub mod fail2ban;
 pub mod http_upload;
 pub mod last;
 pub mod mam;
+pub mod muc;
 pub mod offline;
 pub mod ping;
 pub mod private;
@@ -47,5 +48,6 @@ pub fn registry() -> Vec<ModuleDef> {
         client_state::MODULE,
         push::MODULE,
         auth_fast::MODULE,
+        muc::MODULE,
     ]
 }

@@ -8,6 +8,9 @@ use palaver_modules::last::store::{LastSql, MIGRATIONS as LAST_MIGRATIONS};
 use palaver_modules::mam::store::{
     Filter, Item, MIGRATIONS as MAM_MIGRATIONS, MamSql, StoredPrefs,
 };
+use palaver_modules::muc::store::{
+    ArchiveQuery, Archived, MIGRATIONS as MUC_MIGRATIONS, MucSql, StoredRoom,
+};
 use palaver_modules::push::store::{MIGRATIONS as PUSH_MIGRATIONS, PushSql};
 use palaver_storage::Storage;
 
@@ -42,6 +45,9 @@ async fn backends(test: &str) -> Vec<(Storage, Box<dyn std::any::Any>)> {
             .await
             .expect("migrate");
         s.db.migrate_module("mod_auth_fast", FAST_MIGRATIONS)
+            .await
+            .expect("migrate");
+        s.db.migrate_module("mod_muc", MUC_MIGRATIONS)
             .await
             .expect("migrate");
         // Applying again is a no-op.
@@ -319,5 +325,169 @@ async fn fast_tokens_keep_two_per_client() {
         assert_eq!(f.list("h", "u", "other").await.expect("list").len(), 1);
         f.remove_user("h", "u").await.expect("rm");
         assert!(f.list("h", "u", "other").await.expect("list").is_empty());
+    }
+}
+
+#[tokio::test]
+async fn muc_rooms() {
+    for (s, _dir) in backends("muc_rooms").await {
+        let m = MucSql::new(s.db.clone());
+        let mut room = StoredRoom {
+            name: "tea".into(),
+            config: "{\"persistent\":true}".into(),
+            subject: "Tea".into(),
+            subject_by: "Alice".into(),
+            salt: "s".into(),
+            affiliations: vec![
+                ("alice@h".into(), "owner".into(), String::new()),
+                ("bob@h".into(), "outcast".into(), "rude".into()),
+            ],
+        };
+        m.save("conference.h", &room).await.expect("save");
+        let other = StoredRoom {
+            name: "b".into(),
+            affiliations: vec![("bob@h".into(), "member".into(), String::new())],
+            ..StoredRoom::default()
+        };
+        m.save("conference.h", &other).await.expect("save");
+        m.save("muc.other", &room).await.expect("save elsewhere");
+        assert_eq!(
+            m.rooms("conference.h").await.expect("rooms"),
+            [other.clone(), room.clone()]
+        );
+        // Saving again replaces the row and the affiliations.
+        room.subject = "Coffee".into();
+        room.affiliations.remove(1);
+        m.save("conference.h", &room).await.expect("save");
+        let rooms = m.rooms("conference.h").await.expect("rooms");
+        assert_eq!(rooms[1], room);
+        // A removed account loses its affiliations everywhere.
+        assert_eq!(m.remove_jid("bob@h").await.expect("remove"), 2);
+        assert!(
+            m.rooms("conference.h").await.expect("rooms")[0]
+                .affiliations
+                .is_empty()
+        );
+        m.delete("conference.h", "tea").await.expect("delete");
+        assert_eq!(m.rooms("conference.h").await.expect("rooms").len(), 1);
+        assert_eq!(m.rooms("muc.other").await.expect("rooms").len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn muc_archive() {
+    for (s, _dir) in backends("muc_archive").await {
+        let m = MucSql::new(s.db.clone());
+        for i in 1..=5i64 {
+            let a = Archived {
+                id: i * 10,
+                ts: i * 1000,
+                nick: if i % 2 == 0 { "b" } else { "a" }.into(),
+                xml: format!("<m{i}/>"),
+            };
+            m.archive("c.h", "r", &a).await.expect("archive");
+        }
+        m.archive(
+            "c.h",
+            "other",
+            &Archived {
+                id: 1,
+                ts: 1,
+                nick: "a".into(),
+                xml: String::new(),
+            },
+        )
+        .await
+        .expect("archive");
+        let ids = |v: Vec<Archived>| v.into_iter().map(|a| a.id).collect::<Vec<_>>();
+        let q = |f: fn(&mut ArchiveQuery)| {
+            let mut q = ArchiveQuery {
+                limit: 10,
+                ..Default::default()
+            };
+            f(&mut q);
+            q
+        };
+        assert_eq!(
+            ids(m.archived("c.h", "r", &q(|_| {})).await.expect("q")),
+            [10, 20, 30, 40, 50]
+        );
+        assert_eq!(
+            ids(m
+                .archived(
+                    "c.h",
+                    "r",
+                    &q(|q| {
+                        q.after = Some(20);
+                        q.limit = 2
+                    })
+                )
+                .await
+                .expect("q")),
+            [30, 40]
+        );
+        assert_eq!(
+            ids(m
+                .archived(
+                    "c.h",
+                    "r",
+                    &q(|q| {
+                        q.backwards = true;
+                        q.limit = 2
+                    })
+                )
+                .await
+                .expect("q")),
+            [40, 50]
+        );
+        assert_eq!(
+            ids(m
+                .archived(
+                    "c.h",
+                    "r",
+                    &q(|q| {
+                        q.before = Some(30);
+                        q.backwards = true
+                    })
+                )
+                .await
+                .expect("q")),
+            [10, 20]
+        );
+        assert_eq!(
+            ids(m
+                .archived(
+                    "c.h",
+                    "r",
+                    &q(|q| {
+                        q.start = Some(2000);
+                        q.end = Some(4000)
+                    })
+                )
+                .await
+                .expect("q")),
+            [20, 30, 40]
+        );
+        assert_eq!(
+            ids(m
+                .archived("c.h", "r", &q(|q| q.nick = Some("b".into())))
+                .await
+                .expect("q")),
+            [20, 40]
+        );
+        m.purge_archive("c.h", "r").await.expect("purge");
+        assert!(
+            m.archived("c.h", "r", &q(|_| {}))
+                .await
+                .expect("q")
+                .is_empty()
+        );
+        assert_eq!(
+            m.archived("c.h", "other", &q(|_| {}))
+                .await
+                .expect("q")
+                .len(),
+            1
+        );
     }
 }

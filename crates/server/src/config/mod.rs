@@ -529,6 +529,22 @@ impl Config {
         self.shapers.get(value).cloned()
     }
 
+    /// Whether an access rule given inline in a module's options (ejabberd
+    /// accepts `access: [allow]` or `access_admin: [{allow: admin}]` as
+    /// well as a rule's name; see [`inline_access_rule`]) allows `jid` on
+    /// `host`: the first entry whose conditions all match decides; deny
+    /// when none does.
+    pub fn inline_access(&self, host: &str, rule: &AccessRule, jid: &str) -> bool {
+        let env = acl::Env {
+            hosts: &self.hosts,
+            acl: self.scope(Some(host)).0,
+        };
+        rule.entries
+            .iter()
+            .find(|(_, conds)| env.all_match(conds, Subject::jid(jid)))
+            .is_some_and(|(action, _)| *action == AccessAction::Allow)
+    }
+
     /// The value of a shaper rule for `jid` on `host` (first matching entry).
     pub fn shaper_rule_value(&self, host: Option<&str>, rule: &str, jid: &str) -> Option<&str> {
         let h = host.and_then(|h| self.host_options.get(h));
@@ -542,6 +558,14 @@ impl Config {
                 .then_some(v.as_str())
         })
     }
+}
+
+/// Read an access rule written inline in a module's options, in any of
+/// ejabberd's forms (`[allow]`, `[{allow: admin}, deny]`, `{allow: [admin]}`).
+/// `key` names the option in the error.
+pub fn inline_access_rule(key: &str, v: &serde_json::Value) -> Result<AccessRule, String> {
+    acl::parse_access_rule(key, &yaml::Node::from_json(v), &Files::default())
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -397,3 +397,19 @@ fn modules_palaver_lacks_are_warnings() {
         e.message
     );
 }
+
+#[test]
+fn inline_access_rules_in_module_options() {
+    let c = Config::parse("hosts: [a]\nacl:\n  admin: {user: [root@a]}\n").expect("config");
+    let v: serde_json::Value = serde_json::json!([{"allow": "admin"}, "deny"]);
+    let rule = super::inline_access_rule("mod_x.access", &v).expect("rule");
+    assert!(c.inline_access("a", &rule, "root@a"));
+    assert!(!c.inline_access("a", &rule, "eve@a"));
+    let all =
+        super::inline_access_rule("mod_x.access", &serde_json::json!(["allow"])).expect("rule");
+    assert!(c.inline_access("a", &all, "eve@a"));
+    assert!(
+        super::inline_access_rule("mod_x.access", &serde_json::json!([{"maybe": "admin"}]))
+            .is_err()
+    );
+}
