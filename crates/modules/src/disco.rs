@@ -263,8 +263,22 @@ async fn account_info(req: IqRequest) -> IqResult {
             .attr(attr_name("type"), "registered")
             .build(),
     );
-    q.append_child(feature(ns::DISCO_INFO));
-    q.append_child(feature(ns::DISCO_ITEMS));
+    for id in req.cx.host().account_identities() {
+        let mut b = Element::builder("identity", ns::DISCO_INFO)
+            .attr(attr_name("category"), id.category.as_str())
+            .attr(attr_name("type"), id.kind.as_str());
+        if let Some(n) = &id.name {
+            b = b.attr(attr_name("name"), n.as_str());
+        }
+        q.append_child(b.build());
+    }
+    let mut feats: Vec<&str> = vec![ns::DISCO_INFO, ns::DISCO_ITEMS];
+    feats.extend(req.cx.host().account_features().iter().map(String::as_str));
+    feats.sort_unstable();
+    feats.dedup();
+    for f in feats {
+        q.append_child(feature(f));
+    }
     Ok(Some(q))
 }
 

@@ -10,6 +10,7 @@ pub mod last;
 pub mod offline;
 pub mod ping;
 pub mod private;
+pub mod pubsub;
 pub mod register;
 pub mod roster;
 pub mod stream_mgmt;
@@ -37,5 +38,6 @@ pub fn registry() -> Vec<ModuleDef> {
         announce::MODULE,
         stream_mgmt::MODULE,
         fail2ban::MODULE,
+        pubsub::MODULE,
     ]
 }

@@ -55,6 +55,16 @@ impl Host {
         &self.regs.identities
     }
 
+    /// Disco features the modules added to every account's bare JID.
+    pub fn account_features(&self) -> &[String] {
+        &self.regs.account_features
+    }
+
+    /// Disco identities the modules added to every account's bare JID.
+    pub fn account_identities(&self) -> &[Identity] {
+        &self.regs.account_identities
+    }
+
     /// Names of the enabled modules.
     pub fn modules(&self) -> &[String] {
         &self.regs.modules

@@ -172,6 +172,8 @@ impl HttpRoute {
 pub struct Registrations {
     pub(crate) features: Vec<String>,
     pub(crate) identities: Vec<Identity>,
+    pub(crate) account_features: Vec<String>,
+    pub(crate) account_identities: Vec<Identity>,
     pub(crate) iq: HashMap<(IqScope, IqType, String), IqHandler>,
     pub(crate) hooks: crate::hooks::Hooks,
     pub(crate) stream_features: Vec<FeatureHook>,
@@ -241,6 +243,10 @@ impl HostSetup {
         self.regs.features.dedup();
         self.regs.identities.sort();
         self.regs.identities.dedup();
+        self.regs.account_features.sort();
+        self.regs.account_features.dedup();
+        self.regs.account_identities.sort();
+        self.regs.account_identities.dedup();
         self.regs
     }
 
@@ -262,6 +268,22 @@ impl HostSetup {
     /// Advertise a disco identity of the host.
     pub fn add_identity(&mut self, category: &str, kind: &str, name: Option<&str>) {
         self.regs.identities.push(Identity {
+            category: category.into(),
+            kind: kind.into(),
+            name: name.map(Into::into),
+        });
+    }
+
+    /// Advertise a disco feature of every account's bare JID (services the
+    /// server runs on the account's behalf, e.g. PEP).
+    pub fn add_account_feature(&mut self, var: &str) {
+        self.regs.account_features.push(var.to_string());
+    }
+
+    /// Advertise a disco identity of every account's bare JID (e.g.
+    /// `pubsub/pep`).
+    pub fn add_account_identity(&mut self, category: &str, kind: &str, name: Option<&str>) {
+        self.regs.account_identities.push(Identity {
             category: category.into(),
             kind: kind.into(),
             name: name.map(Into::into),
