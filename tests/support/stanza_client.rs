@@ -170,7 +170,10 @@ impl Client {
             feats.push(format!("{n}+notify"));
         }
         feats.sort();
-        let mut s = String::from("client/pc//Test<");
+        // A name of its own per session, so every session is asked (a
+        // verification string seen before is answered from the cache).
+        let name = format!("Test {}", self.jid);
+        let mut s = format!("client/pc//{name}<");
         for f in &feats {
             s.push_str(f);
             s.push('<');
@@ -192,7 +195,7 @@ impl Client {
             })
             .await;
         let mut reply = format!(
-            "<iq type='result' id='{}' to='{}'><query xmlns='{DISCO_INFO}' node='{node}#{ver}'><identity category='client' type='pc' name='Test'/>",
+            "<iq type='result' id='{}' to='{}'><query xmlns='{DISCO_INFO}' node='{node}#{ver}'><identity category='client' type='pc' name='{name}'/>",
             q.attr("id").unwrap_or(""),
             q.attr("from").unwrap_or("")
         );
