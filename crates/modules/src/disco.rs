@@ -175,7 +175,12 @@ fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
     let i = info.clone();
     host.on_iq(IqScope::Server, IqType::Get, ns::DISCO_INFO, move |req| {
         let i = i.clone();
-        async move { server_info(req, &i) }
+        async move {
+            if let Some(h) = node_of(&req).and_then(|n| req.cx.host().disco_node(&n)) {
+                return h(req, false).await;
+            }
+            server_info(req, &i)
+        }
     });
     // XEP-0115 §6.3: the server's capabilities in stream features.
     let i = info.clone();
@@ -191,7 +196,12 @@ fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
     let items = std::sync::Arc::new(o.extra_items);
     host.on_iq(IqScope::Server, IqType::Get, ns::DISCO_ITEMS, move |req| {
         let items = items.clone();
-        async move { server_items(req, &items) }
+        async move {
+            if let Some(h) = node_of(&req).and_then(|n| req.cx.host().disco_node(&n)) {
+                return h(req, true).await;
+            }
+            server_items(req, &items)
+        }
     });
     host.on_iq(IqScope::Account, IqType::Get, ns::DISCO_INFO, account_info);
     host.on_iq(
