@@ -250,3 +250,70 @@ async fn bookmarks_bridge_between_pep_and_private_storage() {
     );
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn pep_nodes_in_xep0227_export_and_import() {
+    let srv = TestServer::start_with("", MODULES).await;
+    srv.add_user("alice", DOMAIN, "pw").await;
+    srv.add_user("eve", DOMAIN, "pw").await;
+    let mut a = Client::login(&srv, "alice", "r").await;
+    let open = options(&[("pubsub#access_model", "open")]);
+    a.ok(&format!(
+        "<iq type='set' id='{{id}}'><pubsub xmlns='{NS_PUBSUB}'><publish node='{OMEMO}'><item id='current'><list xmlns='eu.siacs.conversations.axolotl'><device id='4242'/></list></item></publish>{open}</pubsub></iq>"
+    ))
+    .await;
+    a.ok(&avatar("bbb")).await;
+    let run = |command: &str, args: serde_json::Value| {
+        let req = palaver_admin::Request {
+            command: command.into(),
+            args: args.as_object().cloned().unwrap_or_default(),
+        };
+        let core = srv.core().clone();
+        async move { palaver_admin::execute(&core, true, &req).await }
+    };
+    let out = run(
+        "export_piefxis_host",
+        serde_json::json!({"host": DOMAIN, "file": "-"}),
+    )
+    .await
+    .expect("export");
+    let xml = out["xml"].as_str().expect("xml").to_string();
+    assert!(
+        xml.contains("http://jabber.org/protocol/pubsub#owner")
+            && xml.contains("4242")
+            && xml.contains("bbb"),
+        "{xml}"
+    );
+    assert!(
+        out["message"].as_str().unwrap_or("").contains("PEP"),
+        "{out}"
+    );
+    // Lose the PEP data, then import the file over the account.
+    let db = palaver_modules::pubsub::store::PubsubSql::new(srv.core().storage().db.clone());
+    db.delete_service("alice@localhost").await.expect("delete");
+    let path = srv.dir.path().join("export.xml");
+    std::fs::write(&path, &xml).expect("write");
+    run(
+        "import_piefxis",
+        serde_json::json!({"file": path.display().to_string(), "force": true}),
+    )
+    .await
+    .expect("import");
+    assert_eq!(
+        db.nodes("alice@localhost").await.expect("nodes"),
+        [OMEMO.to_string(), AVATAR.to_string()]
+    );
+    // The node's configuration came back too: a stranger reads the open device list.
+    let mut e = Client::login(&srv, "eve", "r").await;
+    let r = e
+        .ok(&format!("<iq type='get' id='{{id}}' to='alice@localhost'><pubsub xmlns='{NS_PUBSUB}'><items node='{OMEMO}'/></pubsub></iq>"))
+        .await;
+    assert!(String::from(&r).contains("4242"), "{r:?}");
+    e.fails(
+        &format!("<iq type='get' id='{{id}}' to='alice@localhost'><pubsub xmlns='{NS_PUBSUB}'><items node='{AVATAR}'/></pubsub></iq>"),
+        "not-authorized",
+        None,
+    )
+    .await;
+    srv.stop().await;
+}
