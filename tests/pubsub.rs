@@ -262,3 +262,54 @@ async fn presence_access_model_refuses_a_non_contact() {
     e.ok(&format!("<iq type='get' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_PUBSUB}'><items node='club'/></pubsub></iq>")).await;
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn subscription_options_turn_delivery_off_and_on() {
+    let srv = TestServer::start_with("", MODULES).await;
+    users(&srv, &["alice", "bob"]).await;
+    let mut a = Client::login(&srv, "alice", "r").await;
+    let mut b = Client::login(&srv, "bob", "r").await;
+    let opts = |deliver: &str| {
+        format!(
+            "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#subscribe_options</value></field><field var='pubsub#deliver'><value>{deliver}</value></field></x>"
+        )
+    };
+    a.ok(&format!("<iq type='set' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_PUBSUB}'><create node='quiet'/></pubsub></iq>")).await;
+    // Options for a subscription that does not exist yet.
+    b.fails(
+        &format!("<iq type='get' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_PUBSUB}'><options node='quiet' jid='bob@localhost'/></pubsub></iq>"),
+        "unexpected-request",
+        Some("not-subscribed"),
+    )
+    .await;
+    // Subscribe with options: delivery off.
+    b.ok(&format!(
+        "<iq type='set' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_PUBSUB}'><subscribe node='quiet' jid='bob@localhost'/><options>{}</options></pubsub></iq>",
+        opts("0")
+    ))
+    .await;
+    let r = b
+        .ok(&format!("<iq type='get' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_PUBSUB}'><options node='quiet' jid='bob@localhost'/></pubsub></iq>"))
+        .await;
+    assert!(String::from(&r).contains("pubsub#deliver"), "{r:?}");
+    a.ok(&publish("quiet", "1", "unheard")).await;
+    b.sync().await;
+    assert!(!b.queued(|m| m.name() == "message"), "delivery is off");
+    // Unsupported options are refused.
+    b.fails(
+        &format!("<iq type='set' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_PUBSUB}'><options node='quiet' jid='bob@localhost'><x xmlns='jabber:x:data' type='submit'><field var='pubsub#digest'><value>1</value></field></x></options></pubsub></iq>"),
+        "not-acceptable",
+        Some("invalid-options"),
+    )
+    .await;
+    // Delivery on again.
+    b.ok(&format!(
+        "<iq type='set' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_PUBSUB}'><options node='quiet' jid='bob@localhost'>{}</options></pubsub></iq>",
+        opts("1")
+    ))
+    .await;
+    a.ok(&publish("quiet", "2", "heard")).await;
+    let m = b.event(SVC, "quiet").await;
+    assert!(String::from(&m).contains("heard"), "{m:?}");
+    srv.stop().await;
+}

@@ -99,6 +99,7 @@ async fn nodes_items_affiliations_subscriptions() {
                     jid: j.into(),
                     subid: "s".into(),
                     state: "subscribed".into(),
+                    deliver: j != "cc@h",
                 },
             )
             .await

@@ -48,6 +48,8 @@ pub const NS_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
 /// XEP-0060 application errors.
 pub const NS_PUBSUB_ERRORS: &str = "http://jabber.org/protocol/pubsub#errors";
 const NS_CAPS: &str = "http://jabber.org/protocol/caps";
+/// Most outstanding capability queries at once.
+const MAX_PENDING_CAPS: usize = 10_000;
 
 /// `mod_pubsub`.
 pub struct Pubsub;
@@ -154,6 +156,7 @@ pub fn features() -> Vec<String> {
         "retrieve-items",
         "retrieve-subscriptions",
         "subscribe",
+        "subscription-options",
     ] {
         v.push(format!("{NS_PUBSUB}#{f}"));
     }
@@ -245,6 +248,7 @@ fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
     let s = st.clone();
     host.hook_async::<SessionClosed, _>(40, move |_cx, full| {
         s.sessions.remove(full.as_str());
+        s.pending.retain(|_, (f, _, _)| *f != full);
         async { HookAction::Continue }
     });
     let s = st.clone();
@@ -462,6 +466,10 @@ fn presence_out(
         && let Some(known) = st.caps.get(ver).map(|k| k.clone())
     {
         set_session_caps(st, cx, full, known);
+        return;
+    }
+    // Bounded: queries a client never answers are dropped with its session.
+    if st.pending.len() >= MAX_PENDING_CAPS {
         return;
     }
     let id = format!("caps-{:016x}", rand::random::<u64>());

@@ -144,13 +144,21 @@ pub async fn handle(st: Arc<State>, t: Target, req: IqRequest) -> IqResult {
                 .await
         }
         ("retract", false) => sv.retract(&from, a).await,
-        ("subscribe", false) => sv.subscribe(&from, a).await,
+        ("subscribe", false) => {
+            sv.subscribe(&from, a, p.get_child("options", NS_PUBSUB))
+                .await
+        }
         ("unsubscribe", false) => sv.unsubscribe(&from, a).await,
         ("items", true) => sv.items(&from, a).await,
         ("subscriptions", true) => sv.my_subscriptions(&from, a).await,
         ("affiliations", true) => sv.my_affiliations(&from, a).await,
-        ("options", _) => Err(unsupported("subscription-options")),
-        ("default", true) => Err(unsupported("subscription-options")),
+        ("options", true) => sv.get_options(&from, a).await,
+        ("options", false) => sv.set_options(&from, a).await,
+        ("default", true) => {
+            let mut d = Element::bare("default", NS_PUBSUB);
+            d.append_child(sub_options_form(true).to_element());
+            Ok(Some(wrap(d)))
+        }
         _ => Err(bad("wrong IQ type for this action")),
     }
 }
@@ -522,6 +530,9 @@ impl Svc {
             if j.resource().is_none() {
                 bare_subs.insert(j.to_string());
             }
+            if !s.deliver {
+                continue;
+            }
             if self.affiliation(&n.name, &j.to_bare()).await? == "outcast" {
                 continue;
             }
@@ -626,8 +637,15 @@ impl Svc {
         Ok(None)
     }
 
-    async fn subscribe(&self, who: &Jid, a: &Element) -> IqResult {
+    async fn subscribe(&self, who: &Jid, a: &Element, options: Option<&Element>) -> IqResult {
         let name = node_attr(a)?;
+        let deliver = match options.and_then(DataForm::find_in) {
+            Some(Ok(f)) => parse_sub_options(&f)?,
+            Some(Err(e)) => {
+                return Err(perr(Condition::BadRequest, "invalid-options").text(e.to_string()));
+            }
+            None => true,
+        };
         let jid_s = a
             .attr("jid")
             .ok_or_else(|| perr(Condition::BadRequest, "invalid-jid"))?;
@@ -652,6 +670,7 @@ impl Svc {
             jid: jid.to_string(),
             subid: format!("{:016x}", rand::random::<u64>()),
             state: if pending { "pending" } else { "subscribed" }.into(),
+            deliver,
         };
         self.db
             .subscribe(&self.t.key, &sub)
@@ -686,6 +705,52 @@ impl Svc {
             }
         }
         Ok(Some(wrap(sub_el(&sub, NS_PUBSUB))))
+    }
+
+    /// The subscription of `jid` to a node that `who` may look at (the
+    /// subscriber itself or an owner).
+    async fn subscription_of(&self, who: &Jid, a: &Element) -> Result<SubRow, StanzaError> {
+        let name = node_attr(a)?;
+        self.node(&name).await?;
+        let jid = a
+            .attr("jid")
+            .and_then(|j| Jid::new(j).ok())
+            .ok_or_else(|| perr(Condition::BadRequest, "jid-required"))?;
+        if jid.to_bare() != who.to_bare()
+            && self.affiliation(&name, &who.to_bare()).await? != "owner"
+        {
+            return Err(StanzaError::new(Condition::Forbidden));
+        }
+        self.db
+            .subscriptions(&self.t.key, &name)
+            .await
+            .map_err(storage)?
+            .into_iter()
+            .find(|s| s.jid == jid.as_str())
+            .ok_or_else(|| perr(Condition::UnexpectedRequest, "not-subscribed"))
+    }
+
+    /// §6.3: a subscription's options form.
+    async fn get_options(&self, who: &Jid, a: &Element) -> IqResult {
+        let s = self.subscription_of(who, a).await?;
+        let mut o = Element::bare("options", NS_PUBSUB);
+        set_attr(&mut o, "node", s.node.as_str());
+        set_attr(&mut o, "jid", s.jid.as_str());
+        set_attr(&mut o, "subid", s.subid.as_str());
+        o.append_child(sub_options_form(s.deliver).to_element());
+        Ok(Some(wrap(o)))
+    }
+
+    /// §6.3.5: change a subscription's options.
+    async fn set_options(&self, who: &Jid, a: &Element) -> IqResult {
+        let mut s = self.subscription_of(who, a).await?;
+        let form = match DataForm::find_in(a) {
+            Some(Ok(f)) => f,
+            _ => return Err(perr(Condition::BadRequest, "invalid-options")),
+        };
+        s.deliver = parse_sub_options(&form)?;
+        self.db.subscribe(&self.t.key, &s).await.map_err(storage)?;
+        Ok(None)
     }
 
     /// §8.6: ask the node's owners to approve a pending subscription.
@@ -986,11 +1051,22 @@ impl Svc {
                         .map_err(storage)?;
                 }
                 Some(state @ ("subscribed" | "pending")) => {
+                    let old = self
+                        .db
+                        .subscriptions(&self.t.key, &name)
+                        .await
+                        .map_err(storage)?
+                        .into_iter()
+                        .find(|s| s.jid == jid.as_str());
                     let row = SubRow {
                         node: name.clone(),
                         jid: jid.to_string(),
-                        subid: format!("{:016x}", rand::random::<u64>()),
+                        subid: old
+                            .as_ref()
+                            .map(|s| s.subid.clone())
+                            .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>())),
                         state: state.into(),
+                        deliver: old.is_none_or(|s| s.deliver),
                     };
                     self.db
                         .subscribe(&self.t.key, &row)
@@ -1294,6 +1370,29 @@ impl Svc {
         }
         Ok(Some(q))
     }
+}
+
+const SUBSCRIBE_OPTIONS: &str = "http://jabber.org/protocol/pubsub#subscribe_options";
+
+/// The subscription options form (only `pubsub#deliver` is supported).
+fn sub_options_form(deliver: bool) -> DataForm {
+    DataForm::with_form_type(FormType::Form, SUBSCRIBE_OPTIONS).field(
+        palaver_proto::forms::Field::boolean("pubsub#deliver", deliver).label("Enable delivery?"),
+    )
+}
+
+/// A submitted options form: `pubsub#deliver`; other options are refused.
+fn parse_sub_options(f: &DataForm) -> Result<bool, StanzaError> {
+    let bad = |t: String| perr(Condition::NotAcceptable, "invalid-options").text(t);
+    for fl in &f.fields {
+        match fl.var.as_deref() {
+            Some("FORM_TYPE") | Some("pubsub#deliver") | None => {}
+            Some(other) => return Err(bad(format!("unsupported option {other}"))),
+        }
+    }
+    f.boolean("pubsub#deliver")
+        .map(|d| d.unwrap_or(true))
+        .map_err(|e| bad(e.to_string()))
 }
 
 fn feature(var: &str) -> Element {

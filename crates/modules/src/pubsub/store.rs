@@ -30,10 +30,10 @@ pub const MIGRATIONS: &[ModuleMigration] = &[
     ModuleMigration {
         sqlite: "CREATE TABLE IF NOT EXISTS pubsub_subscription (service TEXT NOT NULL, node TEXT NOT NULL, \
                  jid TEXT NOT NULL, subid TEXT NOT NULL, state TEXT NOT NULL, \
-                 PRIMARY KEY (service, node, jid))",
+                 deliver INTEGER NOT NULL DEFAULT 1, PRIMARY KEY (service, node, jid))",
         postgres: "CREATE TABLE IF NOT EXISTS pubsub_subscription (service TEXT NOT NULL, node TEXT NOT NULL, \
                    jid TEXT NOT NULL, subid TEXT NOT NULL, state TEXT NOT NULL, \
-                   PRIMARY KEY (service, node, jid))",
+                   deliver BIGINT NOT NULL DEFAULT 1, PRIMARY KEY (service, node, jid))",
     },
 ];
 
@@ -59,6 +59,8 @@ pub struct SubRow {
     pub subid: String,
     /// `subscribed` or `pending`.
     pub state: String,
+    /// Subscription option `pubsub#deliver`: notifications wanted.
+    pub deliver: bool,
 }
 
 impl From<(String, String, String)> for ItemRow {
@@ -71,13 +73,16 @@ impl From<(String, String, String)> for ItemRow {
     }
 }
 
-impl From<(String, String, String, String)> for SubRow {
-    fn from((node, jid, subid, state): (String, String, String, String)) -> Self {
+type SubTuple = (String, String, String, String, i64);
+
+impl From<SubTuple> for SubRow {
+    fn from((node, jid, subid, state, deliver): SubTuple) -> Self {
         SubRow {
             node,
             jid,
             subid,
             state,
+            deliver: deliver != 0,
         }
     }
 }
@@ -430,12 +435,12 @@ impl PubsubSql {
     /// Subscriptions of a node, sorted by JID.
     pub async fn subscriptions(&self, service: &str, node: &str) -> Result<Vec<SubRow>> {
         let sql = format!(
-            "SELECT node, jid, subid, state FROM pubsub_subscription WHERE service = $1 AND node = $2 \
+            "SELECT node, jid, subid, state, deliver FROM pubsub_subscription WHERE service = $1 AND node = $2 \
              ORDER BY jid{}",
             self.c()
         );
-        let rows: Vec<(String, String, String, String)> = on_db!(&self.0, |pool| {
-            sqlx::query_as::<_, (String, String, String, String)>(&sql)
+        let rows: Vec<SubTuple> = on_db!(&self.0, |pool| {
+            sqlx::query_as::<_, SubTuple>(&sql)
                 .bind(service)
                 .bind(node)
                 .fetch_all(pool)
@@ -448,14 +453,14 @@ impl PubsubSql {
     /// (`bare` is a bare JID).
     pub async fn subscriptions_of(&self, service: &str, bare: &str) -> Result<Vec<SubRow>> {
         let sql = format!(
-            "SELECT node, jid, subid, state FROM pubsub_subscription WHERE service = $1 \
+            "SELECT node, jid, subid, state, deliver FROM pubsub_subscription WHERE service = $1 \
              AND (jid = $2 OR substr(jid, 1, length($3)) = $3) ORDER BY node{}, jid{}",
             self.c(),
             self.c()
         );
         let prefix = format!("{bare}/");
-        let rows: Vec<(String, String, String, String)> = on_db!(&self.0, |pool| {
-            sqlx::query_as::<_, (String, String, String, String)>(&sql)
+        let rows: Vec<SubTuple> = on_db!(&self.0, |pool| {
+            sqlx::query_as::<_, SubTuple>(&sql)
                 .bind(service)
                 .bind(bare)
                 .bind(&prefix)
@@ -469,14 +474,16 @@ impl PubsubSql {
     pub async fn subscribe(&self, service: &str, sub: &SubRow) -> Result<()> {
         on_db!(&self.0, |pool| {
             sqlx::query(
-                "INSERT INTO pubsub_subscription (service, node, jid, subid, state) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (service, node, jid) DO UPDATE SET subid = excluded.subid, state = excluded.state",
+                "INSERT INTO pubsub_subscription (service, node, jid, subid, state, deliver) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (service, node, jid) DO UPDATE SET subid = excluded.subid, state = excluded.state, \
+                 deliver = excluded.deliver",
             )
             .bind(service)
             .bind(&sub.node)
             .bind(&sub.jid)
             .bind(&sub.subid)
             .bind(&sub.state)
+            .bind(i64::from(sub.deliver))
             .execute(pool)
             .await?;
         });
