@@ -313,3 +313,90 @@ async fn subscription_options_turn_delivery_off_and_on() {
     assert!(String::from(&m).contains("heard"), "{m:?}");
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn roster_whitelist_members_ids_and_payloadless_notifications() {
+    let srv = TestServer::start_with("", MODULES).await;
+    users(&srv, &["alice", "bob", "carol"]).await;
+    // bob is in alice's "family" group, carol in no group.
+    for (who, groups) in [("bob", vec!["family".to_string()]), ("carol", vec![])] {
+        let mut it = palaver_storage::im::RosterItem::new(&format!("{who}@{DOMAIN}"));
+        it.subscription = palaver_storage::im::Subscription::Both;
+        it.groups = groups;
+        srv.core()
+            .storage()
+            .roster
+            .put_roster_item(DOMAIN, "alice", &it)
+            .await
+            .expect("roster");
+    }
+    let mut a = Client::login(&srv, "alice", "r").await;
+    let mut b = Client::login(&srv, "bob", "r").await;
+    let mut c = Client::login(&srv, "carol", "r").await;
+    let create = |node: &str, fields: &str| {
+        format!(
+            "<iq type='set' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_PUBSUB}'><create node='{node}'/><configure><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#node_config</value></field>{fields}</x></configure></pubsub></iq>"
+        )
+    };
+    let items = |node: &str, inner: &str| {
+        format!(
+            "<iq type='get' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_PUBSUB}'><items node='{node}'>{inner}</items></pubsub></iq>"
+        )
+    };
+    // Roster access: the allowed group only.
+    a.ok(&create("family", "<field var='pubsub#access_model'><value>roster</value></field><field var='pubsub#roster_groups_allowed'><value>family</value></field>")).await;
+    a.ok(&publish("family", "f1", "dinner")).await;
+    a.ok(&publish("family", "f2", "lunch")).await;
+    b.ok(&items("family", "")).await;
+    c.fails(
+        &items("family", ""),
+        "not-authorized",
+        Some("not-in-roster-group"),
+    )
+    .await;
+    // Retrieval by id.
+    let r = b.ok(&items("family", "<item id='f1'/>")).await;
+    let s = String::from(&r);
+    assert!(s.contains("dinner") && !s.contains("lunch"), "{s}");
+    // Whitelist: closed until the owner makes carol a member.
+    a.ok(&create("club", "<field var='pubsub#access_model'><value>whitelist</value></field><field var='pubsub#deliver_payloads'><value>0</value></field>")).await;
+    c.fails(&items("club", ""), "not-allowed", Some("closed-node"))
+        .await;
+    a.ok(&format!("<iq type='set' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_OWNER}'><affiliations node='club'><affiliation jid='carol@localhost' affiliation='member'/></affiliations></pubsub></iq>")).await;
+    let r = a
+        .ok(&format!("<iq type='get' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_OWNER}'><affiliations node='club'/></pubsub></iq>"))
+        .await;
+    let s = String::from(&r);
+    assert!(
+        s.contains("carol@localhost") && s.contains("member") && s.contains("owner"),
+        "{s}"
+    );
+    c.ok(&format!("<iq type='set' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_PUBSUB}'><subscribe node='club' jid='carol@localhost'/></pubsub></iq>")).await;
+    // Notifications without payload (deliver_payloads off), item kept.
+    a.ok(&publish("club", "c1", "secret")).await;
+    let m = c.event(SVC, "club").await;
+    let s = String::from(&m);
+    assert!(s.contains("c1") && !s.contains("secret"), "{s}");
+    let r = c.ok(&items("club", "")).await;
+    assert!(String::from(&r).contains("secret"), "{r:?}");
+    // The owner's view of subscriptions; the subscriber's own view.
+    let r = a
+        .ok(&format!("<iq type='get' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_OWNER}'><subscriptions node='club'/></pubsub></iq>"))
+        .await;
+    assert!(String::from(&r).contains("carol@localhost"), "{r:?}");
+    let r = c
+        .ok(&format!("<iq type='get' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_PUBSUB}'><subscriptions/></pubsub></iq>"))
+        .await;
+    assert!(String::from(&r).contains("club"), "{r:?}");
+    // Purge: items gone.
+    a.ok(&format!("<iq type='set' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_OWNER}'><purge node='club'/></pubsub></iq>")).await;
+    let r = c.ok(&items("club", "")).await;
+    assert!(!String::from(&r).contains("c1"), "{r:?}");
+    // Node disco lists what the requester may see.
+    let r = c
+        .ok(&format!("<iq type='get' id='{{id}}' to='{SVC}'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>"))
+        .await;
+    let s = String::from(&r);
+    assert!(s.contains("club") && !s.contains("family"), "{s}");
+    srv.stop().await;
+}

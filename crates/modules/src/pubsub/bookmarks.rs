@@ -27,6 +27,8 @@ use std::sync::Arc;
 
 /// The XEP-0402 node (and payload namespace).
 pub const NODE: &str = "urn:xmpp:bookmarks:1";
+/// XEP-0402 §4: the account's bookmarks are in step with private storage.
+pub const COMPAT: &str = "urn:xmpp:bookmarks:1#compat";
 const NS_LEGACY: &str = "storage:bookmarks";
 /// mod_private's key of `<storage xmlns='storage:bookmarks'/>` in the
 /// private-XML store (`private:NAMESPACE:NAME`).

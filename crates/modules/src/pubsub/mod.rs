@@ -221,6 +221,8 @@ fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
         host.add_account_feature(&f);
     }
     host.add_account_identity("pubsub", "pep", None);
+    // XEP-0402 §4: XEP-0048 private-storage bookmarks are kept in step.
+    host.add_account_feature(bookmarks::COMPAT);
     for (kind, ns_) in [
         (IqType::Get, NS_PUBSUB),
         (IqType::Set, NS_PUBSUB),
