@@ -347,13 +347,13 @@ async fn run_other(cmd: Cmd) -> Result<()> {
             cmd: ConfigCmd::Check { config },
         } => {
             let c = load_config(config.as_ref(), NoConfig::Refuse)?;
-            let mut warnings = check_modules(&c, &palaver_modules::registry())?;
+            let mut warnings = check_modules(&c, &palaver_admin::registry())?;
             warnings.extend(check_certificates(&c));
             for w in &warnings {
                 eprintln!("warning: {w}");
             }
             let mut modules = c.modules.clone();
-            modules.retain(|m| palaver_modules::registry().iter().any(|d| d.name == m.name));
+            modules.retain(|m| palaver_admin::registry().iter().any(|d| d.name == m.name));
             let n = c.warnings.len() + warnings.len();
             println!(
                 "configuration OK: {} host(s), {} listener(s), {} module(s){}",
@@ -532,7 +532,7 @@ async fn command(config: Config, name: &str, args: Value) -> Result<Value> {
         command: name.to_string(),
         args,
     };
-    let (_, res) = palaver_admin::dispatch(config, &palaver_modules::registry(), &req).await?;
+    let (_, res) = palaver_admin::dispatch(config, &palaver_admin::registry(), &req).await?;
     res.map_err(|e| anyhow!(e.message))
 }
 
@@ -577,7 +577,7 @@ async fn serve(config_path: Option<PathBuf>) -> Result<()> {
     init_logging(&config.loglevel);
     let data = config.data_dir.clone();
     let db = db_location(&config);
-    let mut server = palaver_server::Server::start(config, &palaver_modules::registry()).await?;
+    let mut server = palaver_server::Server::start(config, &palaver_admin::registry()).await?;
     palaver_http::start(&mut server);
     let control = palaver_admin::control::start(&mut server)?;
     println!(

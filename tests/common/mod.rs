@@ -241,7 +241,7 @@ impl TestServer {
     /// Start from a full config text whose `data_dir` is `dir`.
     pub async fn start_with_config_text(dir: tempfile::TempDir, text: &str) -> TestServer {
         let config = Config::parse(text).expect("config");
-        let mut server = Server::start(config, &palaver_modules::registry())
+        let mut server = Server::start(config, &palaver_admin::registry())
             .await
             .expect("server starts");
         palaver_http::start(&mut server);

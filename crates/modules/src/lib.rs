@@ -15,6 +15,7 @@ pub mod muc;
 pub mod offline;
 pub mod ping;
 pub mod private;
+pub mod pubsub;
 pub mod push;
 pub mod register;
 pub mod roster;
@@ -49,5 +50,6 @@ pub fn registry() -> Vec<ModuleDef> {
         push::MODULE,
         auth_fast::MODULE,
         muc::MODULE,
+        pubsub::MODULE,
     ]
 }

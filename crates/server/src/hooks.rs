@@ -430,6 +430,14 @@ async_hook!(
     FullJid
 );
 async_hook!(
+    /// An element was stored in a user's private XML storage (XEP-0049) at
+    /// the user's request; modules keeping another copy of it follow (e.g.
+    /// XEP-0048 bookmarks mirrored into XEP-0402 PEP items, XEP-0411).
+    PrivateStored,
+    "private_set",
+    PrivateXml
+);
+async_hook!(
     /// An account was removed: delete the module's data about it.
     RemoveUser,
     "remove_user",
@@ -443,6 +451,15 @@ pub struct SentStanza {
     pub session: FullJid,
     /// The stanza as routed.
     pub stanza: Stanza,
+}
+
+/// An element stored in private XML storage ([`PrivateStored`]).
+#[derive(Clone, Debug)]
+pub struct PrivateXml {
+    /// Whose storage.
+    pub account: Account,
+    /// The stored element.
+    pub element: minidom::Element,
 }
 
 /// A presence broadcast ([`PresenceOut`]).

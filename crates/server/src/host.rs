@@ -60,6 +60,16 @@ impl Host {
         &self.regs.identities
     }
 
+    /// Disco identities the modules added to every account's bare JID.
+    pub fn account_identities(&self) -> &[Identity] {
+        &self.regs.account_identities
+    }
+
+    /// The handler a module registered for a disco node of the host.
+    pub fn disco_node(&self, node: &str) -> Option<crate::module::DiscoNodeHandler> {
+        self.regs.disco_nodes.get(node).cloned()
+    }
+
     /// Names of the enabled modules.
     pub fn modules(&self) -> &[String] {
         &self.regs.modules

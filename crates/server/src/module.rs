@@ -85,6 +85,11 @@ pub enum IqType {
     Set,
 }
 
+/// Answers disco#info (`items == false`) or disco#items for one node of
+/// the host (e.g. XEP-0050's command list).
+pub type DiscoNodeHandler =
+    Arc<dyn Fn(IqRequest, bool) -> BoxFuture<'static, IqResult> + Send + Sync>;
+
 /// Adds elements to c2s stream features.
 pub type FeatureHook = Arc<dyn Fn(&crate::host::Host) -> Vec<Element> + Send + Sync>;
 /// An IQ before authentication (in-band registration).
@@ -175,6 +180,8 @@ pub struct Registrations {
     pub(crate) bind2_features: Vec<String>,
     pub(crate) fast: Option<Arc<dyn FastTokens>>,
     pub(crate) identities: Vec<Identity>,
+    pub(crate) account_identities: Vec<Identity>,
+    pub(crate) disco_nodes: HashMap<String, DiscoNodeHandler>,
     pub(crate) iq: HashMap<(IqScope, IqType, String), IqHandler>,
     pub(crate) hooks: crate::hooks::Hooks,
     pub(crate) stream_features: Vec<FeatureHook>,
@@ -246,6 +253,8 @@ impl HostSetup {
         self.regs.account_features.dedup();
         self.regs.identities.sort();
         self.regs.identities.dedup();
+        self.regs.account_identities.sort();
+        self.regs.account_identities.dedup();
         self.regs
     }
 
@@ -265,7 +274,8 @@ impl HostSetup {
     }
 
     /// Advertise a disco feature of every account of the host (the
-    /// disco#info of a user's bare JID, e.g. XEP-0313 archives).
+    /// disco#info of a user's bare JID: services the server runs on the
+    /// account's behalf, e.g. XEP-0313 archives, PEP).
     pub fn add_account_feature(&mut self, var: &str) {
         self.regs.account_features.push(var.to_string());
     }
@@ -289,6 +299,27 @@ impl HostSetup {
             kind: kind.into(),
             name: name.map(Into::into),
         });
+    }
+
+    /// Advertise a disco identity of every account's bare JID (e.g.
+    /// `pubsub/pep`).
+    pub fn add_account_identity(&mut self, category: &str, kind: &str, name: Option<&str>) {
+        self.regs.account_identities.push(Identity {
+            category: category.into(),
+            kind: kind.into(),
+            name: name.map(Into::into),
+        });
+    }
+
+    /// Answer disco#info and disco#items queries to the host for `node`
+    /// (the disco module asks the handler; `items` tells which query).
+    pub fn on_disco_node<F, Fut>(&mut self, node: &str, f: F)
+    where
+        F: Fn(IqRequest, bool) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = IqResult> + Send + 'static,
+    {
+        let h: DiscoNodeHandler = Arc::new(move |req, items| Box::pin(f(req, items)));
+        self.regs.disco_nodes.insert(node.to_string(), h);
     }
 
     /// Handle IQs of `kind` whose payload is in namespace `ns`.
@@ -582,6 +613,11 @@ impl ModuleCx {
     /// The virtual host this context belongs to.
     pub fn host(&self) -> &Arc<Host> {
         &self.host
+    }
+
+    /// The server core (for the command layer, which runs over it).
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
     }
 
     /// Route a stanza (the only way a stanza reaches anyone).

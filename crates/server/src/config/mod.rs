@@ -297,6 +297,8 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "mod_announce",
     "mod_stream_mgmt",
     "mod_fail2ban",
+    "mod_pubsub",
+    "mod_adhoc",
 ];
 
 fn default_listeners() -> Vec<Listener> {
