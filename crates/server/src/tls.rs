@@ -275,6 +275,13 @@ impl CertStore {
         &self.default
     }
 
+    /// The certificate and key served for `name` (SNI; the default without
+    /// one): for s2s, which presents it as a TLS client too and builds its
+    /// own configs (client certificates requested).
+    pub fn certified_key(&self, name: Option<&str>) -> Arc<CertifiedKey> {
+        self.entry_for(name).key.clone()
+    }
+
     /// A rustls server config with the given ALPN protocols.
     pub fn server_config(self: &Arc<Self>, alpn: &[&[u8]]) -> Arc<ServerConfig> {
         let mut cfg =
