@@ -2,6 +2,7 @@
 //! `s2s_hosts` overrides), and an external component (XEP-0114).
 
 mod common;
+mod tlsutil;
 
 use common::{Raw, RawTcp, raw_login};
 use palaver_server::Server;
@@ -15,7 +16,9 @@ struct Node {
     server: Option<palaver_server::RunningServer>,
     c2s: SocketAddr,
     s2s: SocketAddr,
+    s2s_tls: Option<SocketAddr>,
     components: Vec<SocketAddr>,
+    fed: std::sync::Arc<palaver_s2s::S2s>,
     _dir: tempfile::TempDir,
 }
 
@@ -62,7 +65,13 @@ async fn node(domain: &str, s2s_port: u16, extra: &str, extra_listen: &str) -> N
     Node {
         c2s: server.c2s_addr().expect("c2s"),
         s2s: started.s2s_addrs[0].1,
+        s2s_tls: started
+            .s2s_addrs
+            .iter()
+            .find(|(tls, _)| *tls)
+            .map(|(_, a)| *a),
         components: started.component_addrs.clone(),
+        fed: started.s2s.clone(),
         server: Some(server),
         _dir: dir,
     }
@@ -178,6 +187,65 @@ async fn dialback_over_tls_with_self_signed_certificates() {
     b.stop().await;
 }
 
+/// An idle outgoing stream closes after `s2s_timeout`; the next stanza
+/// opens a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_streams_close_and_reopen() {
+    let (a, b) = pair("s2s_timeout: 1\n", "").await;
+    let mut alice = online(a.c2s, "alice", "a.test").await;
+    let mut bob = online(b.c2s, "bob", "b.test").await;
+    alice
+        .send("<message to='bob@b.test/r' id='i1'><body>first</body></message>")
+        .await;
+    bob.until("first</body>").await;
+    assert_eq!(
+        a.fed.out.connected(),
+        [("a.test".to_string(), "b.test".to_string())]
+    );
+    let deadline = tokio::time::Instant::now() + common::TIMEOUT;
+    while !a.fed.out.connected().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "idle stream not closed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    alice
+        .send("<message to='bob@b.test/r' id='i2'><body>second</body></message>")
+        .await;
+    bob.until("second</body>").await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// XEP-0368: an s2s listener with `tls: true` speaks TLS from the first
+/// byte with ALPN `xmpp-server`, and offers no STARTTLS inside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_tls_listener() {
+    let b = node(
+        "b.test",
+        free_port(),
+        "",
+        "  - port: 0\n    ip: 127.0.0.1\n    module: ejabberd_s2s_in\n    tls: true\n",
+    )
+    .await;
+    let pem = b._dir.path().join("certs").join("b.test.pem");
+    let cfg = tlsutil::client_config(&pem, &[b"xmpp-server"]);
+    let tls = tlsutil::connect(b.s2s_tls.expect("direct TLS listener"), "b.test", cfg)
+        .await
+        .expect("TLS");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"xmpp-server"[..]));
+    let mut raw = Raw {
+        s: tls,
+        buf: String::new(),
+    };
+    raw.send("<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='x.test' to='b.test' version='1.0'>").await;
+    let f = raw.until("</stream:features>").await;
+    assert!(!f.contains("starttls"), "{f}");
+    assert!(f.contains("urn:xmpp:features:dialback"), "{f}");
+    b.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dialback_only_without_tls() {
     let (a, b) = pair("s2s_use_starttls: false\n", "s2s_use_starttls: false\n").await;
@@ -278,7 +346,7 @@ async fn unreachable_remotes_bounce() {
         "a.test",
         free_port(),
         &format!(
-            "outgoing_s2s_timeout: 1\ns2s_hosts:\n  silent.test: '{silent_addr}'\n  closed.test: '127.0.0.1:{closed}'\n"
+            "outgoing_s2s_timeout: 1\ns2s_queue_limit: 1\ns2s_hosts:\n  silent.test: '{silent_addr}'\n  slow.test: '{silent_addr}'\n  closed.test: '127.0.0.1:{closed}'\n"
         ),
         "",
     )

@@ -137,7 +137,8 @@ pub struct Started {
 }
 
 /// Start federation on a running server with the system resolver: bind the
-/// s2s and component listeners and take the routing table's remote slot.
+/// s2s and component listeners and, when there is an s2s listener, take
+/// the routing table's remote slot.
 pub async fn start(server: &mut RunningServer) -> Result<Started, S2sError> {
     let dns = resolve::Hickory::system(Duration::from_secs(server.core.config().s2s.dns_timeout))
         .map_err(|e| S2sError::Setup(format!("DNS resolver: {e}")))?;
@@ -193,6 +194,11 @@ pub async fn start_with(
             started.component_addrs.push(local);
             server.spawn(component::accept_loop(core.clone(), l.clone(), sock));
         }
+    }
+    if started.s2s_addrs.is_empty() {
+        // No s2s listener: no federation (remote domains stay
+        // `remote-server-not-found`); components are still served.
+        return Ok(started);
     }
     core.routes()
         .set_remote(Some(Arc::new(outgoing::RemoteSink(s2s.clone()))));

@@ -70,6 +70,20 @@ impl Dns for Hickory {
     }
 }
 
+/// No resolver (the system configuration could not be read): every lookup
+/// fails with the reason; `s2s_hosts` still apply.
+pub struct NoDns(pub String);
+
+#[async_trait::async_trait]
+impl Dns for NoDns {
+    async fn srv(&self, _name: &str) -> io::Result<Vec<Srv>> {
+        Err(io::Error::other(self.0.clone()))
+    }
+    async fn ips(&self, _host: &str) -> io::Result<Vec<IpAddr>> {
+        Err(io::Error::other(self.0.clone()))
+    }
+}
+
 /// A place to connect to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
