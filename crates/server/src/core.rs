@@ -41,6 +41,8 @@ pub struct Core {
     pub(crate) started: Instant,
     /// Becomes `true` on shutdown.
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// Connections not yet authenticated, by address.
+    pub(crate) unauth: Arc<crate::limits::Unauthenticated>,
 }
 
 impl Core {
@@ -57,6 +59,25 @@ impl Core {
     /// Whether `domain` is a virtual host served here.
     pub fn is_local(&self, domain: &str) -> bool {
         self.hosts.contains_key(domain)
+    }
+
+    /// Count a new unauthenticated connection from `ip` against `cap`,
+    /// waiting until `deadline` while that address has `cap` open; `None`
+    /// (close it) when none freed up in time.
+    pub async fn unauthenticated(
+        &self,
+        ip: std::net::IpAddr,
+        cap: usize,
+        deadline: tokio::time::Instant,
+    ) -> Option<crate::limits::UnauthGuard> {
+        if let Some(g) = self.unauth.try_acquire(ip, cap) {
+            return Some(g);
+        }
+        let guard = self.unauth.acquire(ip, cap, deadline).await;
+        if guard.is_none() {
+            tracing::warn!(%ip, cap, "closed a connection: too many unauthenticated connections from this address");
+        }
+        guard
     }
 
     /// The configuration.

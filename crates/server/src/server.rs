@@ -226,6 +226,7 @@ fn build_core(
         serial: Default::default(),
         started: Instant::now(),
         shutdown,
+        unauth: Default::default(),
     }))
 }
 

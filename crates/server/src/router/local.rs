@@ -322,7 +322,7 @@ impl Core {
         };
         match tokio::time::timeout(DELIVER_WAIT, h.tx.reserve()).await {
             Ok(Ok(permit)) => {
-                permit.send(SessionMsg::Stanza(Box::new(st)));
+                permit.send(SessionMsg::Stanza(Box::new(st), None));
                 Ok(())
             }
             // The session ended, or stayed full.
