@@ -52,6 +52,34 @@ fn free_port() -> u16 {
 }
 
 async fn node(domain: &str, s2s_port: u16, extra: &str, extra_listen: &str) -> Node {
+    node_dns(domain, s2s_port, extra, extra_listen, None).await
+}
+
+/// DNS for the tests: SRV records by name, every host at 127.0.0.1.
+struct FakeDns(Vec<(String, palaver_s2s::resolve::Srv)>);
+
+#[async_trait::async_trait]
+impl palaver_s2s::resolve::Dns for FakeDns {
+    async fn srv(&self, name: &str) -> std::io::Result<Vec<palaver_s2s::resolve::Srv>> {
+        Ok(self
+            .0
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, s)| s.clone())
+            .collect())
+    }
+    async fn ips(&self, _host: &str) -> std::io::Result<Vec<std::net::IpAddr>> {
+        Ok(vec![std::net::IpAddr::from([127, 0, 0, 1])])
+    }
+}
+
+async fn node_dns(
+    domain: &str,
+    s2s_port: u16,
+    extra: &str,
+    extra_listen: &str,
+    dns: Option<FakeDns>,
+) -> Node {
     let dir = tempfile::tempdir().expect("tempdir");
     let text = format!(
         "hosts: [{domain}]\nloglevel: warning\ndata_dir: {d}\nlisten:\n  - port: 0\n    ip: 127.0.0.1\n    module: c2s\n    allow_plain_without_tls: true\n  - port: {s2s_port}\n    ip: 127.0.0.1\n    module: ejabberd_s2s_in\n{extra_listen}{extra}",
@@ -61,7 +89,11 @@ async fn node(domain: &str, s2s_port: u16, extra: &str, extra_listen: &str) -> N
     let mut server = Server::start(config, &palaver_modules::registry())
         .await
         .expect("server starts");
-    let started = palaver_s2s::start(&mut server).await.expect("s2s starts");
+    let started = match dns {
+        Some(d) => palaver_s2s::start_with(&mut server, std::sync::Arc::new(d)).await,
+        None => palaver_s2s::start(&mut server).await,
+    }
+    .expect("s2s starts");
     Node {
         c2s: server.c2s_addr().expect("c2s"),
         s2s: started.s2s_addrs[0].1,
@@ -215,6 +247,63 @@ async fn idle_streams_close_and_reopen() {
         .await;
     bob.until("second</body>").await;
     a.stop().await;
+    b.stop().await;
+}
+
+/// DNS: a.test finds b.test by its `_xmpps-server._tcp` SRV record and
+/// connects with direct TLS (XEP-0368); b.test finds a.test (for dialback)
+/// by `_xmpp-server._tcp`. Then the usual conversation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srv_records_and_direct_tls_outgoing() {
+    use palaver_s2s::resolve::Srv;
+    let (pa, pb, pb_tls) = (free_port(), free_port(), free_port());
+    let srv = |port: u16, target: &str| Srv {
+        priority: 0,
+        weight: 0,
+        port,
+        target: target.into(),
+    };
+    let dns_a = FakeDns(vec![(
+        "_xmpps-server._tcp.b.test.".into(),
+        srv(pb_tls, "xmpp.b.test"),
+    )]);
+    let dns_b = FakeDns(vec![(
+        "_xmpp-server._tcp.a.test.".into(),
+        srv(pa, "xmpp.a.test"),
+    )]);
+    let a = node_dns("a.test", pa, "", "", Some(dns_a)).await;
+    let b = node_dns(
+        "b.test",
+        pb,
+        "",
+        &format!(
+            "  - port: {pb_tls}\n    ip: 127.0.0.1\n    module: ejabberd_s2s_in\n    tls: true\n"
+        ),
+        Some(dns_b),
+    )
+    .await;
+    a.add_user("alice", "a.test").await;
+    b.add_user("bob", "b.test").await;
+    converse(&a, &b).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A stanza over the s2s listener's `max_stanza_size` ends the stream with
+/// policy-violation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_stanza_is_refused() {
+    let b = node("b.test", free_port(), "", "").await;
+    let mut raw = Raw::connect(b.s2s).await;
+    raw.send("<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='x.test' to='b.test' version='1.0'>").await;
+    raw.until("</stream:features>").await;
+    let big = "x".repeat(300_000);
+    raw.send_bytes(
+        format!("<message from='a@x.test' to='bob@b.test'><body>{big}</body></message>").as_bytes(),
+    )
+    .await;
+    let r = raw.until_closed().await;
+    assert!(r.contains("<policy-violation"), "{r}");
     b.stop().await;
 }
 

@@ -111,7 +111,8 @@ async fn run(
     registered: &mut Option<String>,
 ) -> Result<(), StreamError> {
     let auth_limit = Duration::from_secs(l.auth_timeout.max(1));
-    let h = match st.next_within(auth_limit).await {
+    let header_limit = Duration::from_secs(l.stream_header_timeout.max(1));
+    let h = match st.next_within(header_limit).await {
         Ok(Frame::Open(h)) => h,
         Ok(_) => return Err(StreamError::new(C::NotWellFormed)),
         Err(StreamEnd::Xml(e)) => return Err(e),

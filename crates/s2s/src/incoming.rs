@@ -60,10 +60,17 @@ pub(crate) async fn accept_loop(s2s: Arc<S2s>, l: Listener, sock: TcpListener) {
 async fn serve(s2s: Arc<S2s>, l: Arc<Listener>, tcp: TcpStream, peer: SocketAddr) {
     let _count = Counted::new(&s2s.incoming_count);
     let _ = tcp.set_nodelay(true);
-    let mut st = XmlStream::new(Io::Plain(tcp), s2s.limits());
+    // The listener's limits (ejabberd's `max_stanza_size` on `ejabberd_s2s_in`).
+    let limits = palaver_proto::framer::Limits {
+        max_stanza_bytes: l.max_stanza_size,
+        max_depth: l.max_xml_depth,
+        max_attributes: l.max_xml_attributes,
+    };
+    let mut st = XmlStream::new(Io::Plain(tcp), limits);
     let auth_limit = Duration::from_secs(l.auth_timeout.max(1));
+    let tls_limit = Duration::from_secs(l.tls_handshake_timeout.max(1));
     if l.tls {
-        match tokio::time::timeout(auth_limit, st.accept_tls(s2s.tls.server(true))).await {
+        match tokio::time::timeout(tls_limit, st.accept_tls(s2s.tls.server(true))).await {
             Ok(Ok(())) => {}
             _ => return,
         }
@@ -74,7 +81,8 @@ async fn serve(s2s: Arc<S2s>, l: Arc<Listener>, tcp: TcpStream, peer: SocketAddr
         sasl_done: false,
         header_sent: false,
     };
-    match conn.run(&mut st, auth_limit).await {
+    let header_limit = Duration::from_secs(l.stream_header_timeout.max(1));
+    match conn.run(&mut st, auth_limit, header_limit, tls_limit).await {
         Ok(()) => st.close().await,
         Err(e) => {
             tracing::info!(%peer, error = %e, "s2s incoming stream refused");
@@ -107,13 +115,19 @@ fn stream_err(c: C, text: &str) -> StreamError {
 }
 
 impl Conn {
-    async fn run(&mut self, st: &mut XmlStream, auth_limit: Duration) -> Result<(), StreamError> {
+    async fn run(
+        &mut self,
+        st: &mut XmlStream,
+        auth_limit: Duration,
+        header_limit: Duration,
+        tls_limit: Duration,
+    ) -> Result<(), StreamError> {
         let s2s = self.s2s.clone();
         let (vtx, mut vrx) = mpsc::channel::<(String, String, bool)>(16);
         let idle = s2s.idle().unwrap_or(Duration::from_secs(86_400 * 365));
         let mut shutdown = s2s.core.shutdown_signal();
         'stream: loop {
-            let h = match st.next_within(auth_limit).await {
+            let h = match st.next_within(header_limit).await {
                 Ok(Frame::Open(h)) => h,
                 Ok(_) => return Err(stream_err(C::NotWellFormed, "expected a stream header")),
                 Err(StreamEnd::Xml(e)) => return Err(e),
@@ -219,8 +233,11 @@ impl Conn {
                     st.send_raw("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
                         .await
                         .map_err(|_| stream_err(C::UndefinedCondition, "write failed"))?;
-                    if st.accept_tls(s2s.tls.server(false)).await.is_err() {
-                        return Ok(());
+                    match tokio::time::timeout(tls_limit, st.accept_tls(s2s.tls.server(false)))
+                        .await
+                    {
+                        Ok(Ok(())) => {}
+                        _ => return Ok(()),
                     }
                     continue 'stream;
                 }

@@ -44,7 +44,8 @@ pub struct S2sConfig {
     pub queue_limit: usize,
     /// `s2s_max_connections`: outgoing streams open at once.
     pub max_connections: usize,
-    /// `s2s_max_stanza_size`: largest stanza read on an s2s stream (bytes).
+    /// `s2s_max_stanza_size`: largest stanza read on an outgoing s2s stream
+    /// (bytes); incoming streams use their listener's `max_stanza_size`.
     pub max_stanza_size: usize,
     /// `s2s_hosts`: static addresses (`DOMAIN: "IP:PORT"`), used before DNS.
     pub hosts: BTreeMap<String, String>,
