@@ -575,6 +575,97 @@ async fn spoofed_from_is_refused() {
     b.stop().await;
 }
 
+/// Several domain pairs on one incoming stream (XEP-0220 §2.4): raw.test
+/// authenticates to b.test, then to c.test (served by the same instance) on
+/// the same stream; a wrong key gets `invalid` for that pair only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_domain_pairs_on_one_stream() {
+    let auth = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let auth_addr = auth.local_addr().expect("addr");
+    // raw.test's authoritative server: valid only for the key "k-good".
+    let verifier = tokio::spawn(async move {
+        for _ in 0..3 {
+            let (s, _) = auth.accept().await.expect("accept");
+            tokio::spawn(async move {
+                let mut v = Raw {
+                    s,
+                    buf: String::new(),
+                };
+                v.until("<stream:stream").await;
+                v.until(">").await;
+                v.send("<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='raw.test' id='v1' version='1.0'><stream:features/>").await;
+                v.until("<db:verify").await;
+                let rest = v.until("</db:verify>").await;
+                let attr = |name: &str| {
+                    let start = rest.find(&format!("{name}='")).expect("attr") + name.len() + 2;
+                    rest[start..start + rest[start..].find('\'').expect("quote")].to_string()
+                };
+                let t = if rest.contains(">k-good<") {
+                    "valid"
+                } else {
+                    "invalid"
+                };
+                v.send(&format!(
+                    "<db:verify from='raw.test' to='{}' id='{}' type='{t}'/>",
+                    attr("from"),
+                    attr("id")
+                ))
+                .await;
+                let _ = v.s.read(&mut [0u8; 64]).await;
+            });
+        }
+    });
+    let b = node(
+        "b.test, c.test",
+        free_port(),
+        &format!("s2s_hosts:\n  raw.test: '{auth_addr}'\n"),
+        "",
+    )
+    .await;
+    b.add_user("carol", "c.test").await;
+    let mut carol = online(b.c2s, "carol", "c.test").await;
+    let mut raw = Raw::connect(b.s2s).await;
+    raw.send("<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='raw.test' to='b.test' version='1.0'>").await;
+    raw.until("</stream:features>").await;
+    raw.send("<db:result from='raw.test' to='b.test'>k-good</db:result>")
+        .await;
+    let r = raw.until("/>").await;
+    assert!(
+        r.contains("to='raw.test'") && r.contains("type='valid'") && r.contains("from='b.test'"),
+        "{r}"
+    );
+    raw.send("<db:result from='raw.test' to='c.test'>k-bad</db:result>")
+        .await;
+    let r = raw.until("/>").await;
+    assert!(
+        r.contains("from='c.test'") && r.contains("type='invalid'"),
+        "{r}"
+    );
+    raw.send("<db:result from='raw.test' to='c.test'>k-good</db:result>")
+        .await;
+    let r = raw.until("/>").await;
+    assert!(
+        r.contains("from='c.test'") && r.contains("type='valid'"),
+        "{r}"
+    );
+    raw.send(
+        "<message from='eve@raw.test/x' to='carol@c.test' type='chat'><body>to c</body></message>",
+    )
+    .await;
+    let m = carol.until("to c</body>").await;
+    assert!(m.contains("from='eve@raw.test/x'"), "{m}");
+    // A pair to a domain not served here is refused in dialback.
+    raw.send("<db:result from='raw.test' to='elsewhere.test'>k-good</db:result>")
+        .await;
+    let r = raw.until("</db:result>").await;
+    assert!(
+        r.contains("type='error'") && r.contains("item-not-found"),
+        "{r}"
+    );
+    verifier.await.expect("verifier");
+    b.stop().await;
+}
+
 /// A component connects with the handshake, is listed in the host's
 /// disco#items, receives a message for its subdomain and answers; a wrong
 /// secret and a second component for the same domain are refused.
