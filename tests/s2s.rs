@@ -741,3 +741,36 @@ fn hex_sha1(s: &str) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// `palaver config check` warns about a host without a certificate other
+/// servers can verify when federation is configured, and not without it.
+#[test]
+fn config_check_warns_about_s2s_certificates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |listen: &str| {
+        let path = dir.path().join("palaver.yml");
+        std::fs::write(
+            &path,
+            format!(
+                "hosts: [a.test]\ndata_dir: {d}/data\nlisten:\n  - port: 5222\n    module: c2s\n{listen}",
+                d = dir.path().display()
+            ),
+        )
+        .expect("write");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_palaver"))
+            .args(["config", "check", "--config"])
+            .arg(&path)
+            .env_remove("PALAVER_CONFIG")
+            .output()
+            .expect("run palaver");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = run("  - port: 5269\n    module: ejabberd_s2s_in\n");
+    assert!(
+        err.contains("warning: config key `hosts` (`a.test`): no certificate"),
+        "{err}"
+    );
+    let err = run("");
+    assert!(!err.contains("no certificate"), "{err}");
+}

@@ -196,6 +196,7 @@ impl Ejabberd {
         let st = e
             .ctl()
             .args(["register", "eve", "ej.test", "pw"])
+            .stdout(Stdio::null())
             .status()
             .expect("register");
         assert!(st.success(), "ejabberdctl register failed");

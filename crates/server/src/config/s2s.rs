@@ -14,7 +14,8 @@ pub enum S2sTls {
     Off,
     /// Offered and attempted, not required (`optional`, `true`).
     Optional,
-    /// Required in both directions (`required`, `required_trusted`).
+    /// Required in both directions (`required`; `required_trusted` also
+    /// turns dialback off, so only trusted certificates authenticate).
     Required,
 }
 
@@ -103,7 +104,12 @@ pub(super) fn read(
             s.use_starttls = match (&v.v, v.as_str()) {
                 (V::Bool(false), _) | (_, Some("false")) => S2sTls::Off,
                 (V::Bool(true), _) | (_, Some("true" | "optional")) => S2sTls::Optional,
-                (_, Some("required" | "required_trusted")) => S2sTls::Required,
+                (_, Some("required")) => S2sTls::Required,
+                (_, Some("required_trusted")) => {
+                    // Only peers with a trusted certificate: no dialback.
+                    s.dialback = false;
+                    S2sTls::Required
+                }
                 _ => {
                     return Err(bad(
                         files,
