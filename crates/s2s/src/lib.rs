@@ -152,10 +152,14 @@ pub async fn start_with(
 ) -> Result<Started, S2sError> {
     let core = server.core.clone();
     let config = core.config().clone();
-    let certs = Arc::new(
-        CertStore::load(&config.certfiles, &config.hosts, &config.data_dir)
-            .map_err(|e| S2sError::Setup(e.to_string()))?,
-    );
+    // The server's certificates: reloaded on SIGHUP with c2s's and HTTPS's.
+    let certs = match core.certs() {
+        Some(c) => c.clone(),
+        None => Arc::new(
+            CertStore::load(&config.certfiles, &config.hosts, &config.data_dir)
+                .map_err(|e| S2sError::Setup(e.to_string()))?,
+        ),
+    };
     let roots = tls::roots(config.s2s.cafile.as_deref()).map_err(S2sError::Setup)?;
     let tls = tls::Tls::new(certs, roots).map_err(S2sError::Setup)?;
     let mut secret = [0u8; 32];
