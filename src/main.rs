@@ -546,7 +546,12 @@ fn print_result(v: &Value) {
                 }
             }
         }
-        Value::Object(o) if o.contains_key("message") => print_report(v, false),
+        Value::Object(o) if o.contains_key("message") => {
+            print_report(v, false);
+            if let Some(t) = o.get("token").and_then(Value::as_str) {
+                println!("{t}");
+            }
+        }
         Value::Null => {}
         other => println!("{other}"),
     }
@@ -654,6 +659,37 @@ async fn user(cmd: UserCmd) -> Result<()> {
 }
 
 /// `palaver ctl [--config FILE] COMMAND ARG…`: any command of the table.
+/// `token create --scope S [--scope S…] [--description D]`, `token list`,
+/// `token revoke ID`: the api_token_* commands (scopes repeated or `a;b`).
+fn token_alias(words: Vec<String>) -> Result<Vec<String>> {
+    if words.first().map(String::as_str) != Some("token") {
+        return Ok(words);
+    }
+    let sub = words.get(1).map(String::as_str).unwrap_or("");
+    let name = match sub {
+        "create" => "api_token_create",
+        "list" => "api_token_list",
+        "revoke" => "api_token_revoke",
+        _ => bail!("usage: palaver ctl token create --scope SCOPE… | token list | token revoke ID"),
+    };
+    let mut out = vec![name.to_string()];
+    let mut scopes = Vec::new();
+    let mut it = words.into_iter().skip(2);
+    while let Some(w) = it.next() {
+        if w == "--scope" {
+            scopes.push(it.next().ok_or_else(|| anyhow!("--scope needs a value"))?);
+        } else if let Some(v) = w.strip_prefix("--scope=") {
+            scopes.push(v.to_string());
+        } else {
+            out.push(w);
+        }
+    }
+    if !scopes.is_empty() {
+        out.push(format!("--scope={}", scopes.join(";")));
+    }
+    Ok(out)
+}
+
 async fn ctl(config: Option<PathBuf>, words: Vec<String>) -> Result<ExitCode> {
     // `--config` may also come after the command.
     let mut config = config;
@@ -670,6 +706,7 @@ async fn ctl(config: Option<PathBuf>, words: Vec<String>) -> Result<ExitCode> {
             rest.push(w);
         }
     }
+    let rest = token_alias(rest)?;
     let Some((name, args)) = rest.split_first() else {
         eprintln!(
             "usage: palaver ctl COMMAND [ARG…]\n\nCommands:\n{}",

@@ -13,6 +13,7 @@ pub mod command;
 pub mod commands;
 pub mod control;
 pub mod piefxis;
+pub mod tokens;
 
 pub use command::{
     ArgSpec, ArgType, Args, Command, CommandError, Ctx, ErrorCode, Permission, Request, Response,

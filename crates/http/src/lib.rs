@@ -6,6 +6,7 @@
 //! loop as TCP ones ([`palaver_server::c2s::run`]) and appear in the session
 //! table exactly like them; only their transports differ.
 
+pub mod api;
 mod bosh;
 mod discovery;
 mod tls;
@@ -50,6 +51,8 @@ pub fn app(state: HttpState) -> Router {
     let own: Router = Router::new()
         .route(&ws_path, get(ws::upgrade))
         .route("/bosh", axum::routing::post(bosh::handle))
+        .route("/api/openapi.json", get(api::openapi_json))
+        .route("/api/{command}", axum::routing::post(api::call))
         .route("/.well-known/host-meta", get(discovery::host_meta_xml))
         .route(
             "/.well-known/host-meta.json",

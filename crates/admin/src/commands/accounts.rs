@@ -84,3 +84,25 @@ pub(super) async fn registered_users(cx: Ctx, a: Args) -> Result<Value, CommandE
     users.sort();
     Ok(Value::from(users))
 }
+
+pub(super) async fn check_password(cx: Ctx, a: Args) -> Result<Value, CommandError> {
+    let (host, user) = account(&a)?;
+    let Some(m) = cx.core.cx_of(&host) else {
+        return Err(CommandError::arg(format!("host `{host}` is not served")));
+    };
+    match m
+        .auth()
+        .check_password(&host, &user, a.text("password")?)
+        .await
+    {
+        palaver_server::auth::AuthOutcome::Ok => Ok(Value::from(0)),
+        palaver_server::auth::AuthOutcome::Denied => Err(CommandError::new(
+            ErrorCode::Failed,
+            format!("wrong password for {user}@{host}, or no such account"),
+        )),
+        palaver_server::auth::AuthOutcome::Temporary => Err(CommandError::new(
+            ErrorCode::Storage,
+            "the authentication backend failed; try again later",
+        )),
+    }
+}
