@@ -149,6 +149,12 @@ impl C2sSession {
                         }
                         Ok(self.plain(&host, &data).await)
                     }
+                    // RFC 4505: the optional trace data is ignored; the
+                    // session gets a fresh random user name.
+                    Mechanism::Anonymous => {
+                        let node = format!("anon-{:016x}", rand::random::<u64>());
+                        Ok(self.sasl_success(node, None))
+                    }
                     Mechanism::Scram { .. } => {
                         if data.is_empty() {
                             self.out
