@@ -562,6 +562,8 @@ async fn serve(config_path: Option<PathBuf>) -> Result<()> {
     init_logging(&config.loglevel);
     let data = config.data_dir.clone();
     let db = db_location(&config);
+    // Metrics recorded while starting count too.
+    palaver_http::metrics::install();
     let mut server = palaver_server::Server::start(config, &palaver_modules::registry()).await?;
     palaver_http::start(&mut server);
     let control = palaver_admin::control::start(&mut server)?;

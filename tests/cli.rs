@@ -75,6 +75,32 @@ async fn serve_and_manage_users_while_running() {
     );
     let (ok, out) = run(&["ctl", "status", "--config", cfg_s]);
     assert!(ok && out.contains("is running"), "{out}");
+    let (ok, out) = run(&["ctl", "stats", "--config", cfg_s]);
+    assert!(
+        ok && out.contains("onlineusers 0") && out.contains("registeredusers 1"),
+        "{out}"
+    );
+    let (ok, out) = run(&["ctl", "stats", "registeredusers", "--config", cfg_s]);
+    assert!(ok && out.trim() == "1", "{out}");
+    // REST API tokens: created through the running server, shown once.
+    let (ok, out) = run(&[
+        "ctl", "token", "create", "--scope", "accounts", "--scope", "status", "--config", cfg_s,
+    ]);
+    let token = out
+        .lines()
+        .find(|l| l.starts_with("pvt_"))
+        .unwrap_or_else(|| panic!("token printed: {out}"))
+        .to_string();
+    assert!(ok);
+    let stored = std::fs::read_to_string(dir.path().join("api_tokens.json")).expect("tokens");
+    assert!(!stored.contains(&token) && stored.contains("accounts"));
+    let (ok, out) = run(&["ctl", "token", "list", "--config", cfg_s]);
+    assert!(
+        ok && out.contains("\"status\"") && !out.contains(&token),
+        "{out}"
+    );
+    let (ok, out) = run(&["ctl", "token", "bogus", "--config", cfg_s]);
+    assert!(!ok && out.contains("usage"), "{out}");
 
     let (ok, out) = run(&[
         "user",

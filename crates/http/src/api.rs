@@ -213,7 +213,7 @@ pub fn authorize(caller: &Caller, cmd: &Command, args: &Map<String, Value>) -> R
 /// The REST shape of a command's result.
 fn shape(cmd: &Command, v: Value) -> Value {
     match cmd.result {
-        ResultType::Integer => json!({ cmd.result_name: v }),
+        ResultType::Integer if v.is_number() => json!({ cmd.result_name: v }),
         _ => v,
     }
 }
@@ -292,10 +292,13 @@ pub async fn call(
         command: cmd.name.to_string(),
         args,
     };
-    match palaver_admin::execute(&state.core, true, &req).await {
+    let r = match palaver_admin::execute(&state.core, true, &req).await {
         Ok(v) => json_response(StatusCode::OK, &shape(cmd, v)),
         Err(e) => command_error(Some(cmd), &e),
-    }
+    };
+    metrics::counter!("palaver_api_calls_total", "command" => cmd.name, "status" => r.status().as_u16().to_string())
+        .increment(1);
+    r
 }
 
 fn arg_schema(ty: ArgType) -> Value {

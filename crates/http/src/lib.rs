@@ -9,6 +9,7 @@
 pub mod api;
 mod bosh;
 mod discovery;
+pub mod metrics;
 mod tls;
 mod ws;
 
@@ -52,6 +53,8 @@ pub fn app(state: HttpState) -> Router {
         .route(&ws_path, get(ws::upgrade))
         .route("/bosh", axum::routing::post(bosh::handle))
         .route("/api/openapi.json", get(api::openapi_json))
+        .route("/metrics", get(metrics::metrics))
+        .route("/health", get(metrics::health))
         .route("/api/{command}", axum::routing::post(api::call))
         .route("/.well-known/host-meta", get(discovery::host_meta_xml))
         .route(
@@ -69,6 +72,7 @@ pub fn app(state: HttpState) -> Router {
 
 /// Serve every HTTP listener the server bound.
 pub fn start(server: &mut palaver_server::RunningServer) {
+    metrics::install();
     for (cfg, sock) in server.take_http_listeners() {
         let core = server.core.clone();
         server.spawn(serve(core, cfg, sock));

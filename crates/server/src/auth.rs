@@ -155,6 +155,18 @@ impl Authenticator {
         }
     }
 
+    /// Count a login of `host` (SASL, the REST API) for the metrics:
+    /// `palaver_auth_total{method, result}`.
+    pub fn record(&self, host: &str, outcome: &AuthOutcome) {
+        let result = match outcome {
+            AuthOutcome::Ok => "success",
+            AuthOutcome::Denied => "failure",
+            AuthOutcome::Temporary => "temporary_failure",
+        };
+        metrics::counter!("palaver_auth_total", "method" => self.method_name(host), "result" => result)
+            .increment(1);
+    }
+
     /// Check a password with `host`'s backend (SASL PLAIN, the REST API's
     /// basic authentication, `check_password`).
     pub async fn check_password(&self, host: &str, user: &str, password: &str) -> AuthOutcome {
@@ -170,12 +182,15 @@ impl Authenticator {
                 {
                     return AuthOutcome::Ok;
                 }
+                let started = Instant::now();
                 let outcome = match external {
                     Backend::Http(h) => h.check_password(host, user, password).await,
                     Backend::External(x) => x.check_password(host, user, password).await,
                     Backend::Jwt(j) => j.check(host, user, password),
                     Backend::Internal | Backend::None => AuthOutcome::Denied,
                 };
+                metrics::histogram!("palaver_auth_backend_seconds", "method" => self.method_name(host))
+                    .record(started.elapsed().as_secs_f64());
                 let life = self
                     .hosts
                     .get(host)

@@ -223,8 +223,12 @@ impl SessionManager {
         handle: &SessionHandle,
         st: Stanza,
     ) -> Result<(), (DeliverError, Box<Stanza>)> {
+        let kind = st.el.name().to_string();
         match handle.tx.try_send(SessionMsg::Stanza(Box::new(st))) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                metrics::counter!("palaver_stanzas_delivered_total", "kind" => kind).increment(1);
+                Ok(())
+            }
             Err(mpsc::error::TrySendError::Full(SessionMsg::Stanza(s))) => {
                 Err((DeliverError::Full, s))
             }

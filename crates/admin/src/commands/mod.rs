@@ -392,8 +392,8 @@ pub static COMMANDS: &[Command] = &[
     },
     Command {
         name: "stats",
-        description: "A statistic: registeredusers, onlineusers, onlineusersnode, uptimeseconds.",
-        args: &[ArgSpec::req(
+        description: "A statistic: registeredusers, onlineusers, onlineusersnode, uptimeseconds (without a name: all of them, and sessions per host).",
+        args: &[ArgSpec::opt(
             "name",
             ArgType::String,
             "registeredusers, onlineusers, onlineusersnode or uptimeseconds",

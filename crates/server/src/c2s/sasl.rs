@@ -42,6 +42,18 @@ impl C2sSession {
         // Only wrong credentials count towards the limit; negotiation
         // (invalid-mechanism, a refused channel-binding type or `y` flag,
         // aborted, malformed) never does, so a client may try its mechanisms.
+        if let Some(h) = &self.host
+            && matches!(
+                f,
+                SaslFailure::NotAuthorized | SaslFailure::TemporaryAuthFailure
+            )
+        {
+            let outcome = match f {
+                SaslFailure::NotAuthorized => AuthOutcome::Denied,
+                _ => AuthOutcome::Temporary,
+            };
+            self.core.auth.record(&h.name, &outcome);
+        }
         if f == SaslFailure::NotAuthorized {
             self.auth_failures += 1;
             self.report_auth_failure();
@@ -96,6 +108,9 @@ impl C2sSession {
             }
         });
         tracing::debug!(peer = %self.peer, user, "authenticated");
+        if let Some(h) = &self.host {
+            self.core.auth.record(&h.name, &AuthOutcome::Ok);
+        }
         self.user = Some(user);
         Next::Restart
     }
