@@ -6,6 +6,7 @@
 //! loop as TCP ones ([`palaver_server::c2s::run`]) and appear in the session
 //! table exactly like them; only their transports differ.
 
+pub mod admin;
 pub mod api;
 mod bosh;
 mod discovery;
@@ -55,6 +56,15 @@ pub fn app(state: HttpState) -> Router {
         .route("/api/openapi.json", get(api::openapi_json))
         .route("/metrics", get(metrics::metrics))
         .route("/health", get(metrics::health))
+        .route("/admin", get(admin::index))
+        .route("/admin/login", axum::routing::post(admin::login))
+        .route("/admin/logout", axum::routing::post(admin::logout))
+        .route("/admin/users/add", axum::routing::post(admin::add_user))
+        .route(
+            "/admin/users/remove",
+            axum::routing::post(admin::remove_user),
+        )
+        .route("/admin/kick", axum::routing::post(admin::kick))
         .route("/api/{command}", axum::routing::post(api::call))
         .route("/.well-known/host-meta", get(discovery::host_meta_xml))
         .route(
