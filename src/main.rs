@@ -23,6 +23,10 @@ enum Cmd {
         /// Configuration file (YAML).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Log to this file instead of standard output (also
+        /// `PALAVER_LOG_FILE`); reopened on SIGUSR1 and by `palaver ctl reopen_log`.
+        #[arg(long)]
+        log_file: Option<PathBuf>,
     },
     /// Manage accounts (through the running server when there is one).
     User {
@@ -342,7 +346,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 
 async fn run_other(cmd: Cmd) -> Result<()> {
     match cmd {
-        Cmd::Serve { config } => serve(config).await,
+        Cmd::Serve { config, log_file } => serve(config, log_file).await,
         Cmd::Config {
             cmd: ConfigCmd::Check { config },
         } => {
@@ -557,9 +561,37 @@ fn print_result(v: &Value) {
     }
 }
 
-async fn serve(config_path: Option<PathBuf>) -> Result<()> {
+async fn serve(config_path: Option<PathBuf>, log_file: Option<PathBuf>) -> Result<()> {
     let config = load_config(config_path.as_ref(), NoConfig::Defaults)?;
-    init_logging(&config.loglevel);
+    let log_file = log_file.or_else(|| std::env::var_os("PALAVER_LOG_FILE").map(PathBuf::from));
+    match &log_file {
+        Some(p) => {
+            let f = palaver_admin::logfile::open(p)
+                .with_context(|| format!("log file {}", p.display()))?;
+            let filter = std::env::var("PALAVER_LOG")
+                .unwrap_or_else(|_| format!("{},sqlx=warn,rustls=warn", config.loglevel));
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_target(false)
+                .with_ansi(false)
+                .with_writer(move || palaver_admin::logfile::LogWriter(f.clone()))
+                .try_init();
+            tokio::spawn(async {
+                let Ok(mut usr1) =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+                else {
+                    return;
+                };
+                while usr1.recv().await.is_some() {
+                    match palaver_admin::logfile::reopen() {
+                        Ok(p) => tracing::info!(path = %p.display(), "log file reopened"),
+                        Err(e) => eprintln!("palaver: reopening the log file failed: {e}"),
+                    }
+                }
+            });
+        }
+        None => init_logging(&config.loglevel),
+    }
     let data = config.data_dir.clone();
     let db = db_location(&config);
     // Metrics recorded while starting count too.

@@ -12,6 +12,7 @@
 pub mod command;
 pub mod commands;
 pub mod control;
+pub mod logfile;
 pub mod piefxis;
 pub mod tokens;
 

@@ -406,6 +406,25 @@ pub static COMMANDS: &[Command] = &[
         handler: |cx, a| Box::pin(server::stats(cx, a)),
     },
     Command {
+        name: "reopen_log",
+        description: "Reopen the log file (after it was rotated); also done on SIGUSR1.",
+        args: &[],
+        result: ResultType::Message,
+        permission: Permission::Admin,
+        online_only: true,
+        group: "server",
+        result_name: "res",
+        handler: |_cx, _a| {
+            Box::pin(async {
+                crate::logfile::reopen()
+                    .map(|p| serde_json::Value::from(format!("reopened {}", p.display())))
+                    .map_err(|e| {
+                        crate::command::CommandError::new(crate::command::ErrorCode::Io, e)
+                    })
+            })
+        },
+    },
+    Command {
         name: "api_token_create",
         description: "Create a REST API bearer token for scopes (admin, a command group, or command names); the token is shown once and stored hashed.",
         args: &[
