@@ -245,6 +245,31 @@ async fn permissions_tokens_and_basic_auth() {
 }
 
 #[tokio::test]
+async fn forbidden_for_every_command() {
+    let api = Api::start().await;
+    let (_, tok) = palaver_admin::tokens::create(
+        &api.srv.core().config().data_dir,
+        vec!["vcard".into()],
+        String::new(),
+    )
+    .await
+    .unwrap();
+    for c in palaver_admin::COMMANDS {
+        // A user, for another account (or an admin command).
+        let (s, v) = api
+            .call_as(Auth::Basic("alice@localhost", "alicepw"), c.name, u("bob"))
+            .await;
+        assert_eq!(s, 403, "{} as alice for bob: {v}", c.name);
+        // A token without the command's group.
+        if c.group != "vcard" {
+            let (s, v) = api.call_as(Auth::Bearer(&tok), c.name, json!({})).await;
+            assert_eq!(s, 403, "{} with a vcard token: {v}", c.name);
+        }
+    }
+    api.srv.stop().await;
+}
+
+#[tokio::test]
 async fn address_allow_list() {
     let srv = TestServer::start_with(
         "",
