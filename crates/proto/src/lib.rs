@@ -6,8 +6,10 @@
 
 pub mod datetime;
 pub mod error;
+pub mod forms;
 pub mod framer;
 pub mod ns;
+pub mod rsm;
 pub mod sasl;
 pub mod stanza;
 pub mod writer;

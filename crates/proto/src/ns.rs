@@ -34,3 +34,7 @@ pub const TIME: &str = "urn:xmpp:time";
 pub const DELAY: &str = "urn:xmpp:delay";
 /// The XML namespace (for `xml:lang`).
 pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
+/// XEP-0004 data forms.
+pub const DATA_FORMS: &str = "jabber:x:data";
+/// XEP-0059 result set management.
+pub const RSM: &str = "http://jabber.org/protocol/rsm";

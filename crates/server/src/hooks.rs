@@ -277,6 +277,9 @@ pub struct AuthFailure {
     pub user: String,
     /// The host of the stream.
     pub host: String,
+    /// How long to wait before answering the failure (a handler sets it:
+    /// a delay growing with the address's failures slows password guessing).
+    pub delay: std::time::Duration,
 }
 
 async_hook!(

@@ -18,18 +18,28 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc;
 
+/// Stanzas a session's queue holds at most (its memory bound: this many
+/// stanzas of at most `max_stanza_size` each).
+pub const SESSION_QUEUE: usize = 1024;
+/// Queue length past which deliveries slow their sender down (see
+/// [`SessionMsg::Stanza`]).
+pub const SOFT_QUEUE: usize = 32;
+/// Longest an error stanza waits for room in a full session queue.
+const ERROR_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What can be sent to a session task.
 #[derive(Debug)]
 pub enum SessionMsg {
-    /// Deliver this stanza.
-    Stanza(Box<Stanza>),
+    /// Deliver this stanza. The ticket, taken when the session's queue was
+    /// already long, holds back the sender's reading (and its XEP-0198
+    /// acknowledgement) until this session has written the stanza: a fast
+    /// sender is slowed to the pace of its slowest recipient instead of
+    /// overrunning its queue.
+    Stanza(Box<Stanza>, Option<crate::ack::Ticket>),
     /// Another session bound the same resource: close with `<conflict/>`.
     Replaced,
     /// An administrator ended the session.
     Kick(String),
-    /// Deferred work of the session's own stanzas finished (produced by the
-    /// session itself while it waits to acknowledge; never queued).
-    Wake,
     /// A new connection resumes this session (XEP-0198 §5; produced by the
     /// session from its resumption channel, never queued).
     Resume(crate::c2s::ResumeRequest),
@@ -219,20 +229,48 @@ impl SessionManager {
     }
 
     /// Queue a stanza for a session.
+    ///
+    /// Past [`SOFT_QUEUE`] queued stanzas the delivery carries a ticket of
+    /// the sender's stanza (when a session's stanza caused it), so the sender
+    /// stops being read until this session catches up. A queue that is full
+    /// all the same (many senders at once) refuses the stanza (`Full`: the
+    /// sender gets `resource-constraint`), except an error, which is never
+    /// answered and so waits (bounded) for room instead.
     pub(crate) fn deliver(
         handle: &SessionHandle,
         st: Stanza,
     ) -> Result<(), (DeliverError, Box<Stanza>)> {
+        let queued = handle.tx.max_capacity() - handle.tx.capacity();
+        let ticket = if queued >= SOFT_QUEUE {
+            crate::ack::current()
+        } else {
+            None
+        };
         let kind = st.el.name().to_string();
-        match handle.tx.try_send(SessionMsg::Stanza(Box::new(st))) {
+        match handle.tx.try_send(SessionMsg::Stanza(Box::new(st), ticket)) {
             Ok(()) => {
                 metrics::counter!("palaver_stanzas_delivered_total", "kind" => kind).increment(1);
                 Ok(())
             }
-            Err(mpsc::error::TrySendError::Full(SessionMsg::Stanza(s))) => {
+            Err(mpsc::error::TrySendError::Full(msg @ SessionMsg::Stanza(..))) if matches!(&msg, SessionMsg::Stanza(s, _) if s.is_error()) =>
+            {
+                let tx = handle.tx.clone();
+                tokio::spawn(async move {
+                    if tokio::time::timeout(ERROR_WAIT, tx.send(msg))
+                        .await
+                        .is_err()
+                    {
+                        tracing::warn!(
+                            "session queue stayed full; an error stanza was not delivered"
+                        );
+                    }
+                });
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(SessionMsg::Stanza(s, _))) => {
                 Err((DeliverError::Full, s))
             }
-            Err(mpsc::error::TrySendError::Closed(SessionMsg::Stanza(s))) => {
+            Err(mpsc::error::TrySendError::Closed(SessionMsg::Stanza(s, _))) => {
                 Err((DeliverError::Gone, s))
             }
             Err(_) => unreachable!("only stanzas are sent here"),

@@ -10,9 +10,6 @@ use palaver_proto::ns;
 use palaver_proto::writer::escape_into;
 use tokio::sync::mpsc;
 
-/// Queue length of a session's inbox.
-const INBOX: usize = 256;
-
 impl C2sSession {
     /// An IQ after authentication, before binding: only `<bind/>` is allowed.
     pub(super) async fn handle_pre_bind_iq(&mut self, el: Element) -> Result<Next, StreamError> {
@@ -42,7 +39,7 @@ impl C2sSession {
                 return Ok(Next::Continue);
             }
         };
-        let (tx, rx) = mpsc::channel(INBOX);
+        let (tx, rx) = mpsc::channel(crate::sessions::SESSION_QUEUE);
         let sid = self.core.registry.next_id();
         let max = max_user_sessions(&self.core.config, &host.name, jid.to_bare().as_str());
         let handle = SessionHandle {

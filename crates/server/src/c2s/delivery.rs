@@ -31,7 +31,7 @@ impl C2sSession {
         while n < BURST {
             let Some(b) = &mut self.bound else { break };
             match b.rx.try_recv() {
-                Ok(SessionMsg::Stanza(st)) => {
+                Ok(SessionMsg::Stanza(st, _ticket)) => {
                     let mut st = *st;
                     if self.core.run_user_receive(&me, &mut st) != HookAction::Drop {
                         self.emit(st);

@@ -32,6 +32,7 @@ impl C2sSession {
     /// Handle a stream header.
     pub fn handle_open(&mut self, h: &StreamHeader) -> Result<(), StreamError> {
         self.header_sent = false;
+        self.header_due = None;
         self.stream_id = random_id();
         if !h.is_stream || h.default_ns.as_deref() != Some(ns::CLIENT) {
             return Err(StreamError::with_text(

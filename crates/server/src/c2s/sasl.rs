@@ -87,10 +87,14 @@ impl C2sSession {
                 ip: self.peer.ip(),
                 user,
                 host,
+                delay: std::time::Duration::ZERO,
             };
             self.core
                 .cx(&h)
                 .run_hook::<crate::hooks::AuthFailed>(None, &mut arg);
+            if !arg.delay.is_zero() {
+                self.auth_delay = Some(arg.delay);
+            }
         }
     }
 
@@ -112,6 +116,8 @@ impl C2sSession {
             self.core.auth.record(&h.name, &AuthOutcome::Ok);
         }
         self.user = Some(user);
+        // No longer counted against its address as unauthenticated.
+        self.unauth = None;
         Next::Restart
     }
 

@@ -417,7 +417,7 @@ impl C2sSession {
             };
             match event {
                 // Kept (unacknowledged) for the connection that resumes.
-                Event::Msg(Some(SessionMsg::Stanza(st))) => {
+                Event::Msg(Some(SessionMsg::Stanza(st, _ticket))) => {
                     let mut st = *st;
                     let Some(me) = self.bound.as_ref().map(|b| b.jid.clone()) else {
                         break;
@@ -431,7 +431,6 @@ impl C2sSession {
                         }
                     }
                 }
-                Event::Msg(Some(SessionMsg::Wake)) => {}
                 Event::Msg(Some(SessionMsg::Resume(req))) | Event::Resume(req) => {
                     self.hand_over(req)
                 }
