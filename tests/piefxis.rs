@@ -226,7 +226,7 @@ async fn snapshot(st: &Storage) -> Snapshot {
                     .await
                     .expect("offline")
                     .into_iter()
-                    .map(|(_, x, t)| (x, t))
+                    .map(|(_, x, t)| (without_own_stanza_ids(&x), t))
                     .collect(),
             );
             s.blocks.push(
@@ -659,4 +659,18 @@ async fn bad_files_are_refused_with_their_location() {
         &cfg,
     ]);
     assert!(!ok && msg.contains("`nope.example` is not served"), "{msg}");
+}
+
+/// An offline message without the XEP-0359 stanza-ids its archive (mod_mam)
+/// added: an import drops ids that claim to be the receiving server's own
+/// (they would name nothing in the new archive), so they are not compared.
+fn without_own_stanza_ids(xml: &str) -> String {
+    let mut out = xml.to_string();
+    while let Some(start) = out.find("<stanza-id xmlns='urn:xmpp:sid:0'") {
+        let Some(len) = out[start..].find("/>") else {
+            break;
+        };
+        out.replace_range(start..start + len + 2, "");
+    }
+    out
 }

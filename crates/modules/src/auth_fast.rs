@@ -244,7 +244,7 @@ impl FastTokens for Tokens {
 /// The store of `mod_auth_fast`, beside the module.
 pub mod store {
     use palaver_server::ModuleCx;
-    use palaver_storage::{Db, ModuleMigration, Result, on_db};
+    use palaver_storage::{BeginWrite, Db, ModuleMigration, Result, on_db};
 
     /// The module's table.
     pub const MIGRATIONS: &[ModuleMigration] = &[ModuleMigration {
@@ -283,7 +283,7 @@ pub mod store {
         /// Add a token of a client, keeping only the newest one before it.
         pub async fn add(&self, host: &str, user: &str, agent: &str, r: &Row) -> Result<()> {
             on_db!(&self.0, |pool| {
-                let mut tx = pool.begin().await?;
+                let mut tx = pool.begin_write().await?;
                 sqlx::query(
                     "DELETE FROM fast_tokens WHERE host = $1 AND username = $2 AND agent = $3 \
                      AND id NOT IN (SELECT id FROM fast_tokens WHERE host = $1 AND username = $2 \

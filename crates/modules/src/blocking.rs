@@ -509,7 +509,7 @@ mod portable {
 /// The store of `mod_blocking`, beside the module (see `palaver_storage::Db`).
 pub mod store {
     use palaver_server::ModuleCx;
-    use palaver_storage::{Db, Dialect, ModuleMigration, Result, on_db};
+    use palaver_storage::{BeginWrite, Db, Dialect, ModuleMigration, Result, on_db};
 
     /// The module's own table. (Created by the base schema before stores
     /// moved beside their modules; this step keeps new databases right.)
@@ -560,7 +560,7 @@ pub mod store {
                 return Ok(());
             }
             on_db!(&self.0, |pool| {
-                let mut tx = pool.begin().await?;
+                let mut tx = pool.begin_write().await?;
                 for j in jids {
                     sqlx::query(
                         "INSERT INTO blocklist (host, username, jid) VALUES ($1, $2, $3) \
@@ -580,7 +580,7 @@ pub mod store {
         /// Remove JIDs; an empty slice removes the whole list.
         pub async fn unblock(&self, host: &str, user: &str, jids: &[String]) -> Result<()> {
             on_db!(&self.0, |pool| {
-                let mut tx = pool.begin().await?;
+                let mut tx = pool.begin_write().await?;
                 if jids.is_empty() {
                     sqlx::query("DELETE FROM blocklist WHERE host = $1 AND username = $2")
                         .bind(host)

@@ -57,6 +57,48 @@ macro_rules! on_db {
     };
 }
 
+/// A write transaction on either pool: on SQLite `BEGIN IMMEDIATE`, which
+/// takes the write lock at once (waiting under the busy timeout), instead
+/// of a deferred transaction that may hold a read snapshot while it waits
+/// to write and then fail or stall under concurrent writers; on PostgreSQL
+/// a plain `BEGIN`. Module stores use it inside [`on_db!`] for every
+/// transaction that writes.
+pub trait BeginWrite {
+    /// The backend.
+    type Database: sqlx::Database;
+    /// Begin a write transaction.
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<
+        Output = std::result::Result<sqlx::Transaction<'static, Self::Database>, sqlx::Error>,
+    > + Send
+    + '_;
+}
+
+impl BeginWrite for SqlitePool {
+    type Database = sqlx::Sqlite;
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<
+        Output = std::result::Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error>,
+    > + Send
+    + '_ {
+        self.begin_with("BEGIN IMMEDIATE")
+    }
+}
+
+impl BeginWrite for PgPool {
+    type Database = sqlx::Postgres;
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<
+        Output = std::result::Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error>,
+    > + Send
+    + '_ {
+        self.begin()
+    }
+}
+
 /// One step of a module's schema, in both dialects. Steps are numbered from
 /// 1 in the order given; each runs once, in a transaction, recorded under
 /// the module's name.

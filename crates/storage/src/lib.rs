@@ -12,7 +12,7 @@ mod sql;
 pub mod sqlite;
 
 use async_trait::async_trait;
-pub use db::{Db, Dialect, ModuleMigration};
+pub use db::{BeginWrite, Db, Dialect, ModuleMigration};
 pub use error::StorageError;
 pub use im::*;
 use palaver_proto::sasl::{ScramCredentials, ScramHash};

@@ -9,7 +9,7 @@
 //! order by walking the index backwards. `mam_archive_id` serves retention.
 
 use palaver_server::ModuleCx;
-use palaver_storage::{Db, ModuleMigration, Result, on_db};
+use palaver_storage::{BeginWrite, Db, ModuleMigration, Result, on_db};
 
 /// The module's tables.
 pub const MIGRATIONS: &[ModuleMigration] = &[ModuleMigration {
@@ -88,7 +88,26 @@ impl MamSql {
             return Ok(());
         }
         on_db!(&self.0, |pool| {
-            let mut tx = pool.begin().await?;
+            // One message (the hot path) is one autocommit statement: no
+            // transaction held across round trips while other sessions'
+            // archive writes queue behind it.
+            if let [it] = items {
+                sqlx::query(
+                    "INSERT INTO mam_archive (host, username, id, with_bare, with_res, origin_id, xml) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                )
+                .bind(host)
+                .bind(user)
+                .bind(it.id)
+                .bind(&it.with_bare)
+                .bind(&it.with_res)
+                .bind(&it.origin_id)
+                .bind(&it.xml)
+                .execute(pool)
+                .await?;
+                return Ok(());
+            }
+            let mut tx = pool.begin_write().await?;
             for it in items {
                 sqlx::query(
                     "INSERT INTO mam_archive (host, username, id, with_bare, with_res, origin_id, xml) \

@@ -2,7 +2,7 @@
 //! configuration, subject and affiliations), on either backend.
 
 use palaver_server::ModuleCx;
-use palaver_storage::{Db, ModuleMigration, Result, on_db};
+use palaver_storage::{BeginWrite, Db, ModuleMigration, Result, on_db};
 
 /// The module's tables.
 pub const MIGRATIONS: &[ModuleMigration] = &[
@@ -136,7 +136,7 @@ impl MucSql {
     /// Store a room whole (its row and its affiliations), all or nothing.
     pub async fn save(&self, service: &str, r: &StoredRoom) -> Result<()> {
         on_db!(&self.0, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             sqlx::query(
                 "INSERT INTO muc_room (service, name, config, subject, subject_by, salt) \
                  VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (service, name) DO UPDATE SET \
@@ -177,7 +177,7 @@ impl MucSql {
     /// Forget a room (destroyed, or no longer persistent).
     pub async fn delete(&self, service: &str, name: &str) -> Result<()> {
         on_db!(&self.0, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             sqlx::query("DELETE FROM muc_affiliation WHERE service = $1 AND room = $2")
                 .bind(service)
                 .bind(name)

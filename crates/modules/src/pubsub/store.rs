@@ -3,7 +3,7 @@
 //! service — `pubsub.HOST` for the service, a user's bare JID for PEP.
 
 use palaver_server::ModuleCx;
-use palaver_storage::{Db, Dialect, ModuleMigration, Result, on_db};
+use palaver_storage::{BeginWrite, Db, Dialect, ModuleMigration, Result, on_db};
 
 /// The module's tables.
 pub const MIGRATIONS: &[ModuleMigration] = &[
@@ -142,7 +142,7 @@ impl PubsubSql {
         owner: &str,
     ) -> Result<bool> {
         Ok(on_db!(&self.0, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let n = sqlx::query(
                 "INSERT INTO pubsub_node (service, node, config) VALUES ($1, $2, $3) \
                  ON CONFLICT DO NOTHING",
@@ -186,7 +186,7 @@ impl PubsubSql {
     /// Delete a node with its items, affiliations and subscriptions.
     pub async fn delete_node(&self, service: &str, node: &str) -> Result<()> {
         on_db!(&self.0, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             for t in [
                 "pubsub_node",
                 "pubsub_item",
@@ -207,7 +207,7 @@ impl PubsubSql {
     /// Delete every node of a service (a removed account's PEP service).
     pub async fn delete_service(&self, service: &str) -> Result<()> {
         on_db!(&self.0, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             for t in [
                 "pubsub_node",
                 "pubsub_item",
@@ -240,7 +240,7 @@ impl PubsubSql {
             self.c()
         );
         Ok(on_db!(&self.0, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let seq: i64 = sqlx::query_scalar(
                 "SELECT COALESCE(MAX(seq), 0) + 1 FROM pubsub_item WHERE service = $1 AND node = $2",
             )
@@ -512,7 +512,7 @@ impl PubsubSql {
     pub async fn remove_entity(&self, bare: &str) -> Result<Vec<(String, String)>> {
         let prefix = format!("{bare}/");
         Ok(on_db!(&self.0, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let owned: Vec<(String, String)> = sqlx::query_as(
                 "SELECT service, node FROM pubsub_affiliation WHERE jid = $1 AND affiliation = 'owner'",
             )
