@@ -347,12 +347,13 @@ async fn run_other(cmd: Cmd) -> Result<()> {
             cmd: ConfigCmd::Check { config },
         } => {
             let c = load_config(config.as_ref(), NoConfig::Refuse)?;
-            let warnings = check_modules(&c, &palaver_modules::registry())?;
+            let mut warnings = check_modules(&c, &palaver_admin::registry())?;
+            warnings.extend(check_certificates(&c));
             for w in &warnings {
                 eprintln!("warning: {w}");
             }
             let mut modules = c.modules.clone();
-            modules.retain(|m| palaver_modules::registry().iter().any(|d| d.name == m.name));
+            modules.retain(|m| palaver_admin::registry().iter().any(|d| d.name == m.name));
             let n = c.warnings.len() + warnings.len();
             println!(
                 "configuration OK: {} host(s), {} listener(s), {} module(s){}",
@@ -371,6 +372,25 @@ async fn run_other(cmd: Cmd) -> Result<()> {
         Cmd::Db { cmd } => db(cmd).await,
         Cmd::Ctl { config, words } => ctl(config, words).await.map(|_| ()),
     }
+}
+
+/// Certificates that clients will not trust or that expire within 14 days
+/// (a served host no `certfiles` entry covers; expired; expiring).
+fn check_certificates(c: &Config) -> Vec<String> {
+    // Generated self-signed certificates go to a scratch directory: a check
+    // writes nothing under the server's data directory.
+    let scratch = std::env::temp_dir().join(format!("palaver-check-{}", std::process::id()));
+    let out = match palaver_server::tls::CertStore::load(&c.certfiles, &c.hosts, &scratch) {
+        Ok(store) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            store.warnings(now).iter().map(|w| w.to_string()).collect()
+        }
+        Err(e) => vec![format!("certificates: {e}")],
+    };
+    let _ = std::fs::remove_dir_all(&scratch);
+    out
 }
 
 /// Where the database is, for messages (never the password).
@@ -512,7 +532,7 @@ async fn command(config: Config, name: &str, args: Value) -> Result<Value> {
         command: name.to_string(),
         args,
     };
-    let (_, res) = palaver_admin::dispatch(config, &palaver_modules::registry(), &req).await?;
+    let (_, res) = palaver_admin::dispatch(config, &palaver_admin::registry(), &req).await?;
     res.map_err(|e| anyhow!(e.message))
 }
 
@@ -557,7 +577,7 @@ async fn serve(config_path: Option<PathBuf>) -> Result<()> {
     init_logging(&config.loglevel);
     let data = config.data_dir.clone();
     let db = db_location(&config);
-    let mut server = palaver_server::Server::start(config, &palaver_modules::registry()).await?;
+    let mut server = palaver_server::Server::start(config, &palaver_admin::registry()).await?;
     palaver_http::start(&mut server);
     let control = palaver_admin::control::start(&mut server)?;
     println!(
@@ -574,10 +594,33 @@ async fn serve(config_path: Option<PathBuf>) -> Result<()> {
     println!("  control socket: {}", control.display());
     println!("  data directory: {}", data.display());
     println!("  database: {db}");
+    reload_on_sighup(server.core.clone());
     wait_for_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await;
     Ok(())
+}
+
+/// `SIGHUP` reloads the certificates (renewed by certbot, say): new TLS
+/// handshakes use them; connected clients stay connected.
+fn reload_on_sighup(core: std::sync::Arc<palaver_server::Core>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        tracing::info!("SIGHUP: reloading certificates");
+                        let _ = core.reload_certificates();
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP"),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = core;
 }
 
 async fn wait_for_signal() {

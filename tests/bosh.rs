@@ -10,6 +10,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const NS: &str = "http://jabber.org/protocol/httpbind";
 
 async fn post(addr: SocketAddr, body: &str) -> String {
+    let (status, body) = post_status(addr, body).await;
+    assert!(status == 200 || status == 400, "HTTP {status}: {body}");
+    body
+}
+
+/// POST a BOSH body; returns the HTTP status and the response body.
+async fn post_status(addr: SocketAddr, body: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let req = format!(
         "POST /bosh HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -24,11 +31,12 @@ async fn post(addr: SocketAddr, body: &str) -> String {
     let text = String::from_utf8_lossy(&out).to_string();
     match text.split_once("\r\n\r\n") {
         Some((head, body)) => {
-            assert!(
-                head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.1 400"),
-                "{head}"
-            );
-            body.to_string()
+            let status = head
+                .strip_prefix("HTTP/1.1 ")
+                .and_then(|h| h.get(..3))
+                .and_then(|c| c.parse().ok())
+                .unwrap_or_else(|| panic!("bad status line: {head}"));
+            (status, body.to_string())
         }
         None => panic!("bad HTTP response {text}"),
     }
@@ -59,21 +67,16 @@ impl Bosh {
         let b = self.body(inner, "");
         post(self.addr, &b).await
     }
-    /// Poll until `needle` shows up.
-    async fn until(&mut self, needle: &str) -> String {
-        for _ in 0..20 {
-            let r = self.send("").await;
-            if r.contains(needle) {
-                return r;
-            }
-        }
-        panic!("never got {needle}");
-    }
 }
 
 async fn login(srv: &TestServer, user: &str) -> (Bosh, String) {
+    login_wait(srv, user, 2).await
+}
+
+/// Log in over BOSH with the given `wait` (seconds a request may be held).
+async fn login_wait(srv: &TestServer, user: &str, wait: u64) -> (Bosh, String) {
     let rid = 1000;
-    let r = post(srv.http_addr, &format!("<body xmlns='{NS}' rid='{rid}' to='localhost' wait='2' hold='1' ack='1' ver='1.6' xml:lang='en' xmpp:version='1.0' xmlns:xmpp='urn:xmpp:xbosh'/>")).await;
+    let r = post(srv.http_addr, &format!("<body xmlns='{NS}' rid='{rid}' to='localhost' wait='{wait}' hold='1' ack='1' ver='1.6' xml:lang='en' xmpp:version='1.0' xmlns:xmpp='urn:xmpp:xbosh'/>")).await;
     let sid = attr(&r, "sid").expect("sid");
     assert_eq!(attr(&r, "requests").as_deref(), Some("2"), "{r}");
     assert!(
@@ -127,34 +130,52 @@ async fn bosh_chat_retransmission_and_rid_gap() {
     let srv = TestServer::start().await;
     srv.add_user("alice", DOMAIN, "pw").await;
     srv.add_user("bob", DOMAIN, "pw").await;
-    let (mut b, _) = login(&srv, "alice").await;
-    b.send("<presence xmlns='jabber:client'/>").await;
+    srv.add_user("carol", DOMAIN, "pw").await;
+    // carol has a long `wait`: a held request answered quickly was answered
+    // by the stanza's arrival, not by its timer.
+    let (mut c, _) = login_wait(&srv, "carol", 30).await;
+    let r = c.send("<presence xmlns='jabber:client'/>").await;
+    assert!(
+        r.contains("from='carol@localhost/bosh'"),
+        "own presence: {r}"
+    );
     let mut bob = raw_login(srv.addr, "bob", DOMAIN, "pw", "tcp").await;
     bob.send("<presence/>").await;
     bob.until("<presence").await;
-    // A held long poll is answered as soon as a message arrives.
-    let poll = b.body("", "");
-    let addr = b.addr;
-    let held = tokio::spawn(async move { post(addr, &poll).await });
-    bob.send("<message to='alice@localhost/bosh' type='chat'><body>to bosh</body></message>")
+    // A held long poll is answered as soon as a message arrives: the
+    // request is still unanswered after a while (the server holds it),
+    // then bob's message answers it, long before `wait` runs out.
+    let poll = c.body("", "");
+    let addr = c.addr;
+    let mut held = tokio::spawn(async move { post_status(addr, &poll).await });
+    let early = tokio::time::timeout(std::time::Duration::from_millis(700), &mut held).await;
+    assert!(
+        early.is_err(),
+        "an empty poll is held, not answered: {early:?}"
+    );
+    bob.send("<message to='carol@localhost/bosh' type='chat'><body>to bosh</body></message>")
         .await;
-    let got = held.await.expect("join");
-    let got = if got.contains("to bosh") {
-        got
-    } else {
-        b.until("to bosh").await
-    };
-    assert!(got.contains("from='bob@localhost/tcp'"), "{got}");
-    // Retransmission: the same rid gets the same response.
-    let again = post(
-        b.addr,
-        &format!("<body xmlns='{NS}' rid='{}' sid='{}'/>", b.rid, b.sid),
+    let (status, got) = tokio::time::timeout(std::time::Duration::from_secs(10), held)
+        .await
+        .expect("the held request is answered when the message arrives, not at wait=30")
+        .expect("join");
+    assert_eq!(status, 200, "{got}");
+    assert!(
+        got.contains("to bosh") && got.contains("from='bob@localhost/tcp'"),
+        "the held request carries the message: {got}"
+    );
+    // Retransmission (XEP-0124 §9): the same rid gets the identical answer.
+    let (status, again) = post_status(
+        c.addr,
+        &format!("<body xmlns='{NS}' rid='{}' sid='{}'/>", c.rid, c.sid),
     )
     .await;
-    assert!(
-        again.contains("to bosh") || got.contains(&again) || again == got,
-        "retransmitted {again} vs {got}"
-    );
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again, got, "the retransmitted answer is the same");
+    let t = c.body("", " type='terminate'");
+    assert!(post(c.addr, &t).await.contains("type='terminate'"));
+    let (mut b, _) = login(&srv, "alice").await;
+    b.send("<presence xmlns='jabber:client'/>").await;
     // Sending to the TCP user.
     b.send("<message xmlns='jabber:client' to='bob@localhost' type='chat'><body>from bosh</body></message>").await;
     assert!(

@@ -676,7 +676,10 @@ async fn stanza_after_auth_before_bind_is_not_authorized() {
 
 #[tokio::test]
 async fn many_aborted_connections_do_not_hurt() {
-    let srv = server().await;
+    // 200 unauthenticated connections from one address: above the default
+    // cap, which tests/hardening.rs covers.
+    let srv = TestServer::start_with("    max_unauthenticated_per_ip: 1000\n", "").await;
+    add_users(&srv).await;
     let mut conns = Vec::new();
     for i in 0..200 {
         let mut c = Raw::connect(srv.addr).await;

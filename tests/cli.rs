@@ -314,7 +314,7 @@ async fn control_socket_protocol() {
     let dir = tempfile::tempdir().expect("tempdir");
     let text = config_text(dir.path(), "", "");
     let config = palaver_server::config::Config::parse(&text).expect("config");
-    let mut server = palaver_server::Server::start(config, &palaver_modules::registry())
+    let mut server = palaver_server::Server::start(config, &palaver_admin::registry())
         .await
         .expect("server starts");
     let path = palaver_admin::control::start(&mut server).expect("control socket");

@@ -34,6 +34,35 @@ async fn ping(c: &mut RawTcp, id: &str) -> String {
     c.until(&format!("id='{id}'")).await
 }
 
+/// The stored MOTD of `DOMAIN`.
+async fn stored_motd(srv: &TestServer) -> Option<String> {
+    palaver_modules::announce::store::KvSql::new(srv.core().storage().db.clone())
+        .host_get(DOMAIN, "motd")
+        .await
+        .expect("read the motd")
+}
+
+/// Wait until the stored MOTD satisfies `pred`, one ping round trip of the
+/// admin's session at a time (the announce is handled after the stanza that
+/// carried it); fails with `what` when it never does.
+async fn await_motd(
+    srv: &TestServer,
+    adm: &mut RawTcp,
+    what: &str,
+    pred: impl Fn(Option<&str>) -> bool,
+) {
+    for i in 0..50 {
+        if pred(stored_motd(srv).await.as_deref()) {
+            return;
+        }
+        ping(adm, &format!("motd{i}")).await;
+    }
+    panic!(
+        "after 50 round trips the MOTD is still not {what}: {:?}",
+        stored_motd(srv).await
+    );
+}
+
 #[tokio::test]
 async fn registration_closed_by_default() {
     // Default modules include mod_register, but no `register` access rule exists.
@@ -364,7 +393,7 @@ async fn blocking_presence_and_offline() {
 #[tokio::test]
 async fn announcements_and_motd() {
     let srv = TestServer::start_with("", OPEN).await;
-    for u in ["admin", "bob", "carol", "dave", "erin"] {
+    for u in ["admin", "bob", "carol", "dave", "erin", "frank"] {
         srv.add_user(u, DOMAIN, "pw").await;
     }
     let mut adm = raw_login(srv.addr, "admin", DOMAIN, "pw", "r").await;
@@ -395,17 +424,10 @@ async fn announcements_and_motd() {
         .await;
     b.until("welcome!").await;
     let mut got = String::new();
-    for _ in 0..50 {
-        let set = palaver_modules::announce::store::KvSql::new(srv.core().storage().db.clone())
-            .host_get(DOMAIN, "motd")
-            .await
-            .expect("q")
-            .is_some();
-        if set {
-            break;
-        }
-        ping(&mut adm, "p").await;
-    }
+    await_motd(&srv, &mut adm, "set", |m| {
+        m.is_some_and(|m| m.contains("welcome!"))
+    })
+    .await;
     drop(b);
     let mut b2 = raw_login(srv.addr, "bob", DOMAIN, "pw", "r2").await;
     b2.send("<presence/>").await;
@@ -423,35 +445,45 @@ async fn announcements_and_motd() {
     // Update without sending: nobody online gets it, the next login does.
     adm.send("<message to='localhost/announce/motd/update'><body>v2!</body></message>")
         .await;
-    for _ in 0..50 {
-        let v = palaver_modules::announce::store::KvSql::new(srv.core().storage().db.clone())
-            .host_get(DOMAIN, "motd")
-            .await
-            .expect("q");
-        if v.is_some_and(|x| x.contains("v2!")) {
-            break;
-        }
-        ping(&mut adm, "p").await;
-    }
+    await_motd(&srv, &mut adm, "updated", |m| {
+        m.is_some_and(|m| m.contains("v2!"))
+    })
+    .await;
+    // dave, online, is not sent the update; the update replaces the MOTD
+    // for everyone (as ejabberd's does), so dave's next session gets it, as
+    // does frank's first, once each.
+    let r = ping(&mut d2, "p3").await;
+    assert!(!r.contains("v2!"), "{r}");
+    let mut d3 = raw_login(srv.addr, "dave", DOMAIN, "pw", "r3").await;
+    d3.send("<presence/>").await;
+    let m = d3.until("v2!").await;
+    assert!(
+        m.contains("from='localhost'") && !m.contains("welcome!"),
+        "{m}"
+    );
+    let mut f = raw_login(srv.addr, "frank", DOMAIN, "pw", "r").await;
+    f.send("<presence/>").await;
+    let m = f.until("v2!").await;
+    assert!(
+        m.contains("from='localhost'") && !m.contains("welcome!"),
+        "{m}"
+    );
+    drop(f);
+    let mut f2 = raw_login(srv.addr, "frank", DOMAIN, "pw", "r2").await;
+    f2.send("<presence/>").await;
+    let r = ping(&mut f2, "pf").await;
+    assert!(!r.contains("v2!"), "the updated motd only once: {r}");
     // Delete: nobody new gets it.
     adm.send("<message to='localhost/announce/motd/delete'/>")
         .await;
-    for _ in 0..50 {
-        let gone = palaver_modules::announce::store::KvSql::new(srv.core().storage().db.clone())
-            .host_get(DOMAIN, "motd")
-            .await
-            .expect("q")
-            .is_none();
-        if gone {
-            break;
-        }
-        ping(&mut adm, "p").await;
-    }
+    await_motd(&srv, &mut adm, "deleted", |m| m.is_none()).await;
     let mut e = raw_login(srv.addr, "erin", DOMAIN, "pw", "r").await;
     e.send("<presence/>").await;
     let r = ping(&mut e, "pe").await;
     assert!(!r.contains("welcome!") && !r.contains("v2!"), "{r}");
-    let r = ping(&mut d2, "p3").await;
+    let r = ping(&mut d2, "p4").await;
     assert!(!r.contains("v2!"), "{r}");
+    let r = ping(&mut d3, "p5").await;
+    assert!(!r.contains("v2!"), "sent once: {r}");
     srv.stop().await;
 }

@@ -141,7 +141,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
     /// Read until `needle` appears in the received text; returns everything up to and
     /// including it, keeping the rest buffered.
     pub async fn until(&mut self, needle: &str) -> String {
-        let r = tokio::time::timeout(TIMEOUT, async {
+        self.until_within(needle, TIMEOUT).await
+    }
+
+    /// [`Raw::until`] with its own bound (long backlogs on a loaded machine).
+    pub async fn until_within(&mut self, needle: &str, limit: Duration) -> String {
+        let r = tokio::time::timeout(limit, async {
             loop {
                 if let Some(pos) = self.buf.find(needle) {
                     let end = pos + needle.len();
@@ -236,7 +241,7 @@ impl TestServer {
     /// Start from a full config text whose `data_dir` is `dir`.
     pub async fn start_with_config_text(dir: tempfile::TempDir, text: &str) -> TestServer {
         let config = Config::parse(text).expect("config");
-        let mut server = Server::start(config, &palaver_modules::registry())
+        let mut server = Server::start(config, &palaver_admin::registry())
             .await
             .expect("server starts");
         palaver_http::start(&mut server);

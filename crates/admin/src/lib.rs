@@ -9,6 +9,7 @@
 //!
 //! Dependency order: `proto ← storage ← server ← modules ← admin ← http ← palaver`.
 
+pub mod adhoc;
 pub mod command;
 pub mod commands;
 pub mod control;
@@ -24,6 +25,15 @@ use palaver_server::module::ModuleDef;
 use palaver_server::{Config, Server};
 use serde_json::Value;
 use std::path::PathBuf;
+
+/// Every module this build knows: the feature modules of
+/// `palaver-modules` and those living here because they run the command
+/// table ([`adhoc`]).
+pub fn registry() -> Vec<ModuleDef> {
+    let mut r = palaver_modules::registry();
+    r.push(adhoc::MODULE);
+    r
+}
 
 /// Where a command ran.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -32,13 +32,16 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serve `app` over TLS on `sock` until the server shuts down.
 pub(crate) async fn serve(core: Arc<Core>, cfg: Listener, app: Router, sock: TcpListener) {
     let config = core.config();
-    // The server loaded (and generated) these at start; loading again reads the same files.
-    let certs = match CertStore::load(&config.certfiles, &config.hosts, &config.data_dir) {
-        Ok(c) => Arc::new(c),
-        Err(e) => {
-            tracing::error!(error = %e, "HTTPS listener not served: no certificate");
-            return;
-        }
+    // The server's certificates (reloaded on SIGHUP with c2s's).
+    let certs = match core.certs() {
+        Some(c) => c.clone(),
+        None => match CertStore::load(&config.certfiles, &config.hosts, &config.data_dir) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                tracing::error!(error = %e, "HTTPS listener not served: no certificate");
+                return;
+            }
+        },
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(certs.server_config(&[b"http/1.1"]));
     let limit = Arc::new(Semaphore::new(

@@ -175,7 +175,12 @@ fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
     let i = info.clone();
     host.on_iq(IqScope::Server, IqType::Get, ns::DISCO_INFO, move |req| {
         let i = i.clone();
-        async move { server_info(req, &i) }
+        async move {
+            if let Some(h) = node_of(&req).and_then(|n| req.cx.host().disco_node(&n)) {
+                return h(req, false).await;
+            }
+            server_info(req, &i)
+        }
     });
     // XEP-0115 §6.3: the server's capabilities in stream features.
     let i = info.clone();
@@ -191,7 +196,12 @@ fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
     let items = std::sync::Arc::new(o.extra_items);
     host.on_iq(IqScope::Server, IqType::Get, ns::DISCO_ITEMS, move |req| {
         let items = items.clone();
-        async move { server_items(req, &items) }
+        async move {
+            if let Some(h) = node_of(&req).and_then(|n| req.cx.host().disco_node(&n)) {
+                return h(req, true).await;
+            }
+            server_items(req, &items)
+        }
     });
     host.on_iq(IqScope::Account, IqType::Get, ns::DISCO_INFO, account_info);
     host.on_iq(
@@ -263,8 +273,22 @@ async fn account_info(req: IqRequest) -> IqResult {
             .attr(attr_name("type"), "registered")
             .build(),
     );
-    q.append_child(feature(ns::DISCO_INFO));
-    q.append_child(feature(ns::DISCO_ITEMS));
+    for id in req.cx.host().account_identities() {
+        let mut b = Element::builder("identity", ns::DISCO_INFO)
+            .attr(attr_name("category"), id.category.as_str())
+            .attr(attr_name("type"), id.kind.as_str());
+        if let Some(n) = &id.name {
+            b = b.attr(attr_name("name"), n.as_str());
+        }
+        q.append_child(b.build());
+    }
+    let mut feats: Vec<&str> = vec![ns::DISCO_INFO, ns::DISCO_ITEMS];
+    feats.extend(req.cx.host().account_features().iter().map(String::as_str));
+    feats.sort_unstable();
+    feats.dedup();
+    for f in feats {
+        q.append_child(feature(f));
+    }
     Ok(Some(q))
 }
 

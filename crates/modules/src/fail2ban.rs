@@ -1,5 +1,7 @@
-//! `mod_fail2ban`: an address with too many failed logins is refused for a
-//! while (ejabberd's module and option names). Every failed login is also
+//! `mod_fail2ban`: each failed login from an address is answered after a
+//! delay that grows with the address's failures (100 ms doubling to 5 s),
+//! and an address with too many is refused for a while (ejabberd's module
+//! and option names). Every failed login is also
 //! logged by the kernel with the address, in a line fail2ban can match:
 //! `failed c2s authentication for USER@HOST from IP`.
 
@@ -36,6 +38,12 @@ impl Default for Options {
     }
 }
 
+/// How long the answer to the `n`th failed login of an address waits.
+fn failure_delay(n: u32) -> Duration {
+    let ms = 100u64.saturating_mul(1u64 << n.saturating_sub(1).min(10));
+    Duration::from_millis(ms.min(5_000))
+}
+
 /// Failures of one address and when they are forgotten.
 struct Record {
     failures: u32,
@@ -65,6 +73,9 @@ impl Module for Fail2Ban {
             }
             r.failures += 1;
             r.until = now + lifetime;
+            // A growing delay before the failure is answered: 100 ms after
+            // the first failure of the address, doubling, at most 5 s.
+            f.delay = failure_delay(r.failures);
             if r.failures == max {
                 tracing::warn!(ip = %f.ip, failures = max, "address banned for {}s after failed logins", lifetime.as_secs());
             }
@@ -90,5 +101,19 @@ impl Module for Fail2Ban {
             HookAction::Continue
         });
         Ok(Fail2Ban)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn delay_grows_then_stays_capped() {
+        use super::failure_delay;
+        use std::time::Duration;
+        assert_eq!(failure_delay(1), Duration::from_millis(100));
+        assert_eq!(failure_delay(2), Duration::from_millis(200));
+        assert_eq!(failure_delay(4), Duration::from_millis(800));
+        assert_eq!(failure_delay(7), Duration::from_secs(5));
+        assert_eq!(failure_delay(u32::MAX), Duration::from_secs(5));
     }
 }

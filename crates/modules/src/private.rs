@@ -3,7 +3,7 @@
 use minidom::Element;
 use palaver_proto::error::{Condition, StanzaError};
 use palaver_server::HookAction;
-use palaver_server::hooks::RemoveUser;
+use palaver_server::hooks::{Account, PrivateStored, PrivateXml, RemoveUser};
 use palaver_server::{HostSetup, IqRequest, IqResult, IqScope, IqType, Module, ModuleDef};
 
 /// `mod_private`.
@@ -97,6 +97,13 @@ async fn handle(req: IqRequest, max: usize, set: bool) -> IqResult {
             .set_xml(&host, &node, &key, &xml)
             .await
             .map_err(internal)?;
+        // Modules keeping another copy follow (XEP-0411 bookmarks).
+        req.cx
+            .run_hook_async::<PrivateStored>(PrivateXml {
+                account: Account::new(host, node),
+                element: item.clone(),
+            })
+            .await;
         return Ok(None);
     }
     let stored = match store.get_xml(&host, &node, &key).await.map_err(internal)? {

@@ -615,6 +615,13 @@ async fn presence_in(s: Arc<State>, core: ModuleCx, st: Stanza) -> HookAction {
                     "subscribed",
                 ));
                 send_presence_of(&core, &user_jid, &Jid::from(from_bare), true);
+            } else if store
+                .pending_in(&host, &user)
+                .await
+                .is_ok_and(|p| p.iter().any(|(j, _)| *j == contact))
+            {
+                // Already pending: no state change, not delivered again
+                // (RFC 6121 Appendix A.3.1); the user gets it at each login.
             } else {
                 let xml = palaver_proto::writer::to_string(&delivered.el, "");
                 if let Err(e) = store.add_pending_in(&host, &user, &contact, &xml).await {

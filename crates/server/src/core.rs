@@ -41,6 +41,10 @@ pub struct Core {
     pub(crate) started: Instant,
     /// Becomes `true` on shutdown.
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// Connections not yet authenticated, by address.
+    pub(crate) unauth: Arc<crate::limits::Unauthenticated>,
+    /// The certificates every TLS listener serves (set once at start).
+    pub(crate) certs: std::sync::OnceLock<Arc<crate::tls::CertStore>>,
 }
 
 impl Core {
@@ -57,6 +61,55 @@ impl Core {
     /// Whether `domain` is a virtual host served here.
     pub fn is_local(&self, domain: &str) -> bool {
         self.hosts.contains_key(domain)
+    }
+
+    /// Count a new unauthenticated connection from `ip` against `cap`,
+    /// waiting until `deadline` while that address has `cap` open; `None`
+    /// (close it) when none freed up in time.
+    pub async fn unauthenticated(
+        &self,
+        ip: std::net::IpAddr,
+        cap: usize,
+        deadline: tokio::time::Instant,
+    ) -> Option<crate::limits::UnauthGuard> {
+        if let Some(g) = self.unauth.try_acquire(ip, cap) {
+            return Some(g);
+        }
+        let guard = self.unauth.acquire(ip, cap, deadline).await;
+        if guard.is_none() {
+            tracing::warn!(%ip, cap, "closed a connection: too many unauthenticated connections from this address");
+        }
+        guard
+    }
+
+    /// The certificates every TLS listener serves (c2s, HTTPS).
+    pub fn certs(&self) -> Option<&Arc<crate::tls::CertStore>> {
+        self.certs.get()
+    }
+
+    /// Read the certificate files again (renewed certificates): new TLS
+    /// handshakes use them, established connections stay. On an error the
+    /// current certificates stay in use.
+    pub fn reload_certificates(&self) -> Result<(), String> {
+        let Some(certs) = self.certs.get() else {
+            return Ok(());
+        };
+        match certs.reload() {
+            Ok(()) => {
+                tracing::info!("certificates reloaded");
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                for w in certs.warnings(now) {
+                    tracing::warn!("{w}");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "certificate reload failed; the current certificates stay in use");
+                Err(e.to_string())
+            }
+        }
     }
 
     /// The configuration.

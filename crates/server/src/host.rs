@@ -45,6 +45,11 @@ impl Host {
         }))
     }
 
+    /// Disco features of every account's bare JID, sorted.
+    pub fn account_features(&self) -> &[String] {
+        &self.regs.account_features
+    }
+
     /// Disco features of the server entity, sorted.
     pub fn features(&self) -> &[String] {
         &self.regs.features
@@ -53,6 +58,16 @@ impl Host {
     /// Disco identities of the server entity.
     pub fn identities(&self) -> &[Identity] {
         &self.regs.identities
+    }
+
+    /// Disco identities the modules added to every account's bare JID.
+    pub fn account_identities(&self) -> &[Identity] {
+        &self.regs.account_identities
+    }
+
+    /// The handler a module registered for a disco node of the host.
+    pub fn disco_node(&self, node: &str) -> Option<crate::module::DiscoNodeHandler> {
+        self.regs.disco_nodes.get(node).cloned()
     }
 
     /// Names of the enabled modules.

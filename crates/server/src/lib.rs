@@ -9,6 +9,7 @@ pub mod config;
 pub mod core;
 pub mod hooks;
 pub mod host;
+pub mod limits;
 pub mod module;
 pub mod router;
 pub mod serial;

@@ -85,6 +85,11 @@ pub enum IqType {
     Set,
 }
 
+/// Answers disco#info (`items == false`) or disco#items for one node of
+/// the host (e.g. XEP-0050's command list).
+pub type DiscoNodeHandler =
+    Arc<dyn Fn(IqRequest, bool) -> BoxFuture<'static, IqResult> + Send + Sync>;
+
 /// Adds elements to c2s stream features.
 pub type FeatureHook = Arc<dyn Fn(&crate::host::Host) -> Vec<Element> + Send + Sync>;
 /// An IQ before authentication (in-band registration).
@@ -171,7 +176,12 @@ impl HttpRoute {
 #[derive(Default)]
 pub struct Registrations {
     pub(crate) features: Vec<String>,
+    pub(crate) account_features: Vec<String>,
+    pub(crate) bind2_features: Vec<String>,
+    pub(crate) fast: Option<Arc<dyn FastTokens>>,
     pub(crate) identities: Vec<Identity>,
+    pub(crate) account_identities: Vec<Identity>,
+    pub(crate) disco_nodes: HashMap<String, DiscoNodeHandler>,
     pub(crate) iq: HashMap<(IqScope, IqType, String), IqHandler>,
     pub(crate) hooks: crate::hooks::Hooks,
     pub(crate) stream_features: Vec<FeatureHook>,
@@ -239,8 +249,12 @@ impl HostSetup {
     pub(crate) fn finish(mut self) -> Registrations {
         self.regs.features.sort();
         self.regs.features.dedup();
+        self.regs.account_features.sort();
+        self.regs.account_features.dedup();
         self.regs.identities.sort();
         self.regs.identities.dedup();
+        self.regs.account_identities.sort();
+        self.regs.account_identities.dedup();
         self.regs
     }
 
@@ -259,6 +273,25 @@ impl HostSetup {
         self.regs.features.push(var.to_string());
     }
 
+    /// Advertise a disco feature of every account of the host (the
+    /// disco#info of a user's bare JID: services the server runs on the
+    /// account's behalf, e.g. XEP-0313 archives, PEP).
+    pub fn add_account_feature(&mut self, var: &str) {
+        self.regs.account_features.push(var.to_string());
+    }
+
+    /// Advertise an inline feature of XEP-0386 Bind 2 (the namespace of
+    /// what the client may enable while binding; the module handles the
+    /// [`Bind2Inline`](crate::hooks::Bind2Inline) hook for it).
+    pub fn add_bind2_feature(&mut self, var: &str) {
+        self.regs.bind2_features.push(var.to_string());
+    }
+
+    /// Offer XEP-0484 FAST tokens in XEP-0388 authentication, kept by `tokens`.
+    pub fn fast_tokens(&mut self, tokens: Arc<dyn FastTokens>) {
+        self.regs.fast = Some(tokens);
+    }
+
     /// Advertise a disco identity of the host.
     pub fn add_identity(&mut self, category: &str, kind: &str, name: Option<&str>) {
         self.regs.identities.push(Identity {
@@ -266,6 +299,27 @@ impl HostSetup {
             kind: kind.into(),
             name: name.map(Into::into),
         });
+    }
+
+    /// Advertise a disco identity of every account's bare JID (e.g.
+    /// `pubsub/pep`).
+    pub fn add_account_identity(&mut self, category: &str, kind: &str, name: Option<&str>) {
+        self.regs.account_identities.push(Identity {
+            category: category.into(),
+            kind: kind.into(),
+            name: name.map(Into::into),
+        });
+    }
+
+    /// Answer disco#info and disco#items queries to the host for `node`
+    /// (the disco module asks the handler; `items` tells which query).
+    pub fn on_disco_node<F, Fut>(&mut self, node: &str, f: F)
+    where
+        F: Fn(IqRequest, bool) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = IqResult> + Send + 'static,
+    {
+        let h: DiscoNodeHandler = Arc::new(move |req, items| Box::pin(f(req, items)));
+        self.regs.disco_nodes.insert(node.to_string(), h);
     }
 
     /// Handle IQs of `kind` whose payload is in namespace `ns`.
@@ -431,6 +485,35 @@ impl HostSetup {
     }
 }
 
+/// XEP-0484 FAST tokens of a host (`mod_auth_fast`): issued after a
+/// XEP-0388 authentication that asks for one, checked by the `HT-*`
+/// mechanisms. The kernel never sees how they are stored.
+pub trait FastTokens: Send + Sync {
+    /// A new token for `user`'s client `agent` (XEP-0388 user-agent id):
+    /// `(token, expiry in ms since the epoch)`. The previous token of that
+    /// client stays valid until this one is used (rotation).
+    fn issue(
+        &self,
+        cx: ModuleCx,
+        user: String,
+        agent: String,
+    ) -> BoxFuture<'static, Option<(String, i64)>>;
+
+    /// Check an `HT-SHA-256-*` proof (`HMAC(token, "Initiator" || cb)`) of
+    /// `user`'s client `agent`; the token it matches, when it does (for
+    /// the server's answer `HMAC(token, "Responder" || cb)`). `invalidate`:
+    /// the client asks for that token to be forgotten after this login.
+    fn verify(
+        &self,
+        cx: ModuleCx,
+        user: String,
+        agent: String,
+        proof: Vec<u8>,
+        cb: Vec<u8>,
+        invalidate: bool,
+    ) -> BoxFuture<'static, Option<String>>;
+}
+
 /// A feature module.
 ///
 /// ```ignore
@@ -530,6 +613,11 @@ impl ModuleCx {
     /// The virtual host this context belongs to.
     pub fn host(&self) -> &Arc<Host> {
         &self.host
+    }
+
+    /// The server core (for the command layer, which runs over it).
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
     }
 
     /// Route a stanza (the only way a stanza reaches anyone).

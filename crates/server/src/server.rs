@@ -124,6 +124,7 @@ impl Server {
         )?);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let core = build_core(config, registry, storage, shutdown_rx)?;
+        let _ = core.certs.set(certs.clone());
         core.migrate_modules().await?;
         let config = core.config.clone();
         let mut tasks = JoinSet::new();
@@ -226,6 +227,8 @@ fn build_core(
         serial: Default::default(),
         started: Instant::now(),
         shutdown,
+        unauth: Default::default(),
+        certs: Default::default(),
     }))
 }
 

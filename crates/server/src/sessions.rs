@@ -18,18 +18,28 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc;
 
+/// Stanzas a session's queue holds at most (its memory bound: this many
+/// stanzas of at most `max_stanza_size` each).
+pub const SESSION_QUEUE: usize = 1024;
+/// Queue length past which deliveries slow their sender down (see
+/// [`SessionMsg::Stanza`]).
+pub const SOFT_QUEUE: usize = 32;
+/// Longest an error stanza waits for room in a full session queue.
+const ERROR_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What can be sent to a session task.
 #[derive(Debug)]
 pub enum SessionMsg {
-    /// Deliver this stanza.
-    Stanza(Box<Stanza>),
+    /// Deliver this stanza. The ticket, taken when the session's queue was
+    /// already long, holds back the sender's reading (and its XEP-0198
+    /// acknowledgement) until this session has written the stanza: a fast
+    /// sender is slowed to the pace of its slowest recipient instead of
+    /// overrunning its queue.
+    Stanza(Box<Stanza>, Option<crate::ack::Ticket>),
     /// Another session bound the same resource: close with `<conflict/>`.
     Replaced,
     /// An administrator ended the session.
     Kick(String),
-    /// Deferred work of the session's own stanzas finished (produced by the
-    /// session itself while it waits to acknowledge; never queued).
-    Wake,
     /// A new connection resumes this session (XEP-0198 §5; produced by the
     /// session from its resumption channel, never queued).
     Resume(crate::c2s::ResumeRequest),
@@ -46,6 +56,10 @@ pub struct SessionHandle {
     pub priority: Option<i8>,
     /// The last available presence broadcast by the session (answers probes).
     pub presence: Option<Arc<minidom::Element>>,
+    /// Since when the client says it is inactive (XEP-0352), if it does.
+    pub inactive_since: Option<std::time::SystemTime>,
+    /// The session lost its connection and waits to be resumed (XEP-0198).
+    pub detached: bool,
     /// Channel to the session task (kernel only: the router delivers).
     pub(crate) tx: mpsc::Sender<SessionMsg>,
 }
@@ -182,6 +196,24 @@ impl SessionManager {
         }
     }
 
+    /// Record a session's XEP-0352 state (`None`: active).
+    pub fn set_inactive(&self, jid: &FullJid, id: u64, since: Option<std::time::SystemTime>) {
+        if let Some(mut entry) = self.table.get_mut(bare_str(jid.as_str()))
+            && let Some(h) = entry.iter_mut().find(|h| h.id == id)
+        {
+            h.inactive_since = since;
+        }
+    }
+
+    /// Record that a session waits, detached, to be resumed (or not any more).
+    pub fn set_detached(&self, jid: &FullJid, id: u64, detached: bool) {
+        if let Some(mut entry) = self.table.get_mut(bare_str(jid.as_str()))
+            && let Some(h) = entry.iter_mut().find(|h| h.id == id)
+        {
+            h.detached = detached;
+        }
+    }
+
     /// The handle bound to a full JID.
     pub fn get(&self, jid: &FullJid) -> Option<SessionHandle> {
         let entry = self.table.get(bare_str(jid.as_str()))?;
@@ -219,16 +251,44 @@ impl SessionManager {
     }
 
     /// Queue a stanza for a session.
+    ///
+    /// Past [`SOFT_QUEUE`] queued stanzas the delivery carries a ticket of
+    /// the sender's stanza (when a session's stanza caused it), so the sender
+    /// stops being read until this session catches up. A queue that is full
+    /// all the same (many senders at once) refuses the stanza (`Full`: the
+    /// sender gets `resource-constraint`), except an error, which is never
+    /// answered and so waits (bounded) for room instead.
     pub(crate) fn deliver(
         handle: &SessionHandle,
         st: Stanza,
     ) -> Result<(), (DeliverError, Box<Stanza>)> {
-        match handle.tx.try_send(SessionMsg::Stanza(Box::new(st))) {
+        let queued = handle.tx.max_capacity() - handle.tx.capacity();
+        let ticket = if queued >= SOFT_QUEUE {
+            crate::ack::current()
+        } else {
+            None
+        };
+        match handle.tx.try_send(SessionMsg::Stanza(Box::new(st), ticket)) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(SessionMsg::Stanza(s))) => {
+            Err(mpsc::error::TrySendError::Full(msg @ SessionMsg::Stanza(..))) if matches!(&msg, SessionMsg::Stanza(s, _) if s.is_error()) =>
+            {
+                let tx = handle.tx.clone();
+                tokio::spawn(async move {
+                    if tokio::time::timeout(ERROR_WAIT, tx.send(msg))
+                        .await
+                        .is_err()
+                    {
+                        tracing::warn!(
+                            "session queue stayed full; an error stanza was not delivered"
+                        );
+                    }
+                });
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(SessionMsg::Stanza(s, _))) => {
                 Err((DeliverError::Full, s))
             }
-            Err(mpsc::error::TrySendError::Closed(SessionMsg::Stanza(s))) => {
+            Err(mpsc::error::TrySendError::Closed(SessionMsg::Stanza(s, _))) => {
                 Err((DeliverError::Gone, s))
             }
             Err(_) => unreachable!("only stanzas are sent here"),

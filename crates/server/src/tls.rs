@@ -34,17 +34,62 @@ struct Entry {
     end_point: Vec<u8>,
 }
 
-/// Certificates by server name.
-pub struct CertStore {
+/// One loaded set of certificates by server name.
+struct CertSet {
     by_name: HashMap<String, Arc<Entry>>,
     default: Arc<Entry>,
+    /// Hosts that no file of `certfiles` covers (they use a generated
+    /// self-signed certificate).
+    generated: Vec<String>,
+}
+
+/// Certificates by server name, reloadable while the server runs
+/// ([`CertStore::reload`], on `SIGHUP`): new handshakes use the new set,
+/// established connections keep theirs.
+pub struct CertStore {
+    current: std::sync::RwLock<Arc<CertSet>>,
+    certfiles: Vec<PathBuf>,
+    hosts: Vec<String>,
+    data_dir: PathBuf,
 }
 
 impl std::fmt::Debug for CertStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CertStore")
-            .field("names", &self.by_name.keys())
+            .field("names", &self.set().by_name.keys().collect::<Vec<_>>())
             .finish()
+    }
+}
+
+/// What `palaver config check` says about one served host's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertWarning {
+    /// No file of `certfiles` covers the host: a self-signed certificate
+    /// is generated (clients and servers will not trust it).
+    NotCovered(String),
+    /// The host's certificate has expired.
+    Expired { host: String, days_ago: i64 },
+    /// The host's certificate expires within 14 days.
+    ExpiresSoon { host: String, days: i64 },
+}
+
+impl std::fmt::Display for CertWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CertWarning::NotCovered(h) => write!(
+                f,
+                "no certificate in `certfiles` covers host {h}: a self-signed one is used, which clients and other servers will not trust"
+            ),
+            CertWarning::Expired { host, days_ago } => {
+                write!(
+                    f,
+                    "the certificate of host {host} expired {days_ago} day(s) ago"
+                )
+            }
+            CertWarning::ExpiresSoon { host, days } => {
+                write!(f, "the certificate of host {host} expires in {days} day(s)")
+            }
+        }
     }
 }
 
@@ -191,6 +236,114 @@ impl CertStore {
         hosts: &[String],
         data_dir: &Path,
     ) -> Result<CertStore, TlsError> {
+        let set = CertSet::load(certfiles, hosts, data_dir)?;
+        Ok(CertStore {
+            current: std::sync::RwLock::new(Arc::new(set)),
+            certfiles: certfiles.to_vec(),
+            hosts: hosts.to_vec(),
+            data_dir: data_dir.to_path_buf(),
+        })
+    }
+
+    fn set(&self) -> Arc<CertSet> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Read `certfiles` again (renewed certificates) and use them for new
+    /// handshakes. On an error the current certificates stay in use.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let set = CertSet::load(&self.certfiles, &self.hosts, &self.data_dir)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
+        Ok(())
+    }
+
+    /// Hosts whose certificates will not be trusted or expire within 14
+    /// days (at `now`, seconds since the Unix epoch).
+    pub fn warnings(&self, now: i64) -> Vec<CertWarning> {
+        let set = self.set();
+        let mut out: Vec<CertWarning> = set
+            .generated
+            .iter()
+            .map(|h| CertWarning::NotCovered(h.clone()))
+            .collect();
+        for host in &self.hosts {
+            if set.generated.contains(host) {
+                continue;
+            }
+            let Some(not_after) = set
+                .by_name
+                .get(host)
+                .and_then(|e| e.key.cert.first())
+                .and_then(|der| not_after(der))
+            else {
+                continue;
+            };
+            let days = (not_after - now).div_euclid(86_400);
+            if not_after <= now {
+                out.push(CertWarning::Expired {
+                    host: host.clone(),
+                    days_ago: (now - not_after).div_euclid(86_400),
+                });
+            } else if days < 14 {
+                out.push(CertWarning::ExpiresSoon {
+                    host: host.clone(),
+                    days,
+                });
+            }
+        }
+        out
+    }
+
+    fn entry_for(&self, sni: Option<&str>) -> Arc<Entry> {
+        self.set().entry_for(sni).clone()
+    }
+
+    /// A rustls server config with the given ALPN protocols: TLS 1.2 and
+    /// 1.3 only (rustls implements nothing older), certificates by SNI from
+    /// the current set.
+    pub fn server_config(self: &Arc<Self>, alpn: &[&[u8]]) -> Arc<ServerConfig> {
+        let mut cfg =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map(|b| {
+                    b.with_no_client_auth()
+                        .with_cert_resolver(Arc::new(Resolver(self.clone())))
+                });
+        match &mut cfg {
+            Ok(c) => {
+                c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+                c.session_storage = rustls::server::ServerSessionMemoryCache::new(1024);
+            }
+            Err(e) => tracing::error!(error = %e, "TLS configuration failed"),
+        }
+        match cfg {
+            Ok(c) => Arc::new(c),
+            Err(_) => unreachable!("ring provider supports the default protocol versions"),
+        }
+    }
+
+    /// Channel-binding data of an established server connection.
+    pub fn channel_bindings(&self, conn: &ServerConnection) -> ChannelBindings {
+        let mut cb = ChannelBindings::default();
+        if conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
+            let mut out = vec![0u8; 32];
+            if conn
+                .export_keying_material(&mut out[..], b"EXPORTER-Channel-Binding", None)
+                .is_ok()
+            {
+                cb.tls_exporter = Some(out);
+            }
+        }
+        cb.tls_server_end_point = Some(self.entry_for(conn.server_name()).end_point.clone());
+        cb
+    }
+}
+
+impl CertSet {
+    fn load(certfiles: &[PathBuf], hosts: &[String], data_dir: &Path) -> Result<CertSet, TlsError> {
         let mut loaded = Vec::new();
         // Files may hold a chain and its key together, or apart (Let's
         // Encrypt's fullchain.pem and privkey.pem): pair each chain with the
@@ -217,11 +370,15 @@ impl CertStore {
             loaded.push(Arc::new(entry));
         }
         let mut by_name = HashMap::new();
+        let mut generated = Vec::new();
         for host in hosts {
             let found = loaded.iter().find(|e| valid_for(e, host)).cloned();
             let entry = match found {
                 Some(e) => e,
-                None => Arc::new(Self::self_signed(host, data_dir)?),
+                None => {
+                    generated.push(host.clone());
+                    Arc::new(Self::self_signed(host, data_dir)?)
+                }
             };
             by_name.insert(host.clone(), entry);
         }
@@ -232,7 +389,11 @@ impl CertStore {
                 None => Arc::new(Self::self_signed("localhost", data_dir)?),
             },
         };
-        Ok(CertStore { by_name, default })
+        Ok(CertSet {
+            by_name,
+            default,
+            generated,
+        })
     }
 
     fn self_signed(host: &str, data_dir: &Path) -> Result<Entry, TlsError> {
@@ -274,44 +435,6 @@ impl CertStore {
         }
         &self.default
     }
-
-    /// A rustls server config with the given ALPN protocols.
-    pub fn server_config(self: &Arc<Self>, alpn: &[&[u8]]) -> Arc<ServerConfig> {
-        let mut cfg =
-            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .map(|b| {
-                    b.with_no_client_auth()
-                        .with_cert_resolver(Arc::new(Resolver(self.clone())))
-                });
-        match &mut cfg {
-            Ok(c) => {
-                c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-                c.session_storage = rustls::server::ServerSessionMemoryCache::new(1024);
-            }
-            Err(e) => tracing::error!(error = %e, "TLS configuration failed"),
-        }
-        match cfg {
-            Ok(c) => Arc::new(c),
-            Err(_) => unreachable!("ring provider supports the default protocol versions"),
-        }
-    }
-
-    /// Channel-binding data of an established server connection.
-    pub fn channel_bindings(&self, conn: &ServerConnection) -> ChannelBindings {
-        let mut cb = ChannelBindings::default();
-        if conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
-            let mut out = vec![0u8; 32];
-            if conn
-                .export_keying_material(&mut out[..], b"EXPORTER-Channel-Binding", None)
-                .is_ok()
-            {
-                cb.tls_exporter = Some(out);
-            }
-        }
-        cb.tls_server_end_point = Some(self.entry_for(conn.server_name()).end_point.clone());
-        cb
-    }
 }
 
 #[derive(Debug)]
@@ -320,5 +443,136 @@ struct Resolver(Arc<CertStore>);
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.0.entry_for(hello.server_name()).key.clone())
+    }
+}
+
+/// The `notAfter` of a DER certificate, in seconds since the Unix epoch
+/// (RFC 5280 §4.1: Certificate → tbsCertificate → validity).
+fn not_after(der: &[u8]) -> Option<i64> {
+    /// One DER TLV: (tag, content, rest).
+    fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, b) = b.split_first()?;
+        let (&l0, mut b) = b.split_first()?;
+        let len = if l0 < 0x80 {
+            l0 as usize
+        } else {
+            let n = (l0 & 0x7f) as usize;
+            if n == 0 || n > 4 || b.len() < n {
+                return None;
+            }
+            let mut len = 0usize;
+            for &x in &b[..n] {
+                len = (len << 8) | x as usize;
+            }
+            b = &b[n..];
+            len
+        };
+        (b.len() >= len).then(|| (tag, &b[..len], &b[len..]))
+    }
+    let (_, cert, _) = tlv(der)?;
+    let (_, mut tbs, _) = tlv(cert)?;
+    // [0] version (optional), serial, signature, issuer, then validity.
+    let (tag, _, rest) = tlv(tbs)?;
+    if tag == 0xa0 {
+        tbs = rest;
+        tbs = tlv(tbs)?.2; // serial
+    } else {
+        tbs = rest; // that was the serial
+    }
+    tbs = tlv(tbs)?.2; // signature
+    tbs = tlv(tbs)?.2; // issuer
+    let (_, validity, _) = tlv(tbs)?;
+    let (_, _, after) = tlv(validity)?; // notBefore
+    let (tag, t, _) = tlv(after)?;
+    let t = std::str::from_utf8(t).ok()?;
+    let (year, rest) = match tag {
+        0x17 => {
+            let yy: i64 = t.get(0..2)?.parse().ok()?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, t.get(2..)?)
+        }
+        0x18 => (t.get(0..4)?.parse().ok()?, t.get(4..)?),
+        _ => return None,
+    };
+    let num = |r: std::ops::Range<usize>| -> Option<i64> { rest.get(r)?.parse().ok() };
+    let (mo, d, h, mi, se) = (num(0..2)?, num(2..4)?, num(4..6)?, num(6..8)?, num(8..10)?);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if mo <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + mi * 60 + se)
+}
+
+#[cfg(test)]
+mod cert_tests {
+    use super::*;
+
+    fn cert_valid(host: &str, not_after: (i32, u8, u8)) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(vec![host.to_string()]).expect("params");
+        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("cert");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn reads_not_after() {
+        let (pem, _) = cert_valid("a.test", (2031, 7, 15));
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).expect("der");
+        // 2031-07-15T00:00:00Z
+        assert_eq!(not_after(&der), Some(1_941_840_000));
+        assert_eq!(not_after(b"garbage"), None);
+    }
+
+    #[test]
+    fn warns_about_uncovered_and_expiring_hosts_and_reloads() {
+        let dir = tempfile_dir();
+        let (pem, key) = cert_valid("soon.test", (2030, 1, 10));
+        let file = dir.join("soon.pem");
+        std::fs::write(&file, format!("{pem}{key}")).expect("write");
+        let hosts = vec!["soon.test".to_string(), "bare.test".to_string()];
+        let store = CertStore::load(std::slice::from_ref(&file), &hosts, &dir).expect("load");
+        // 2030-01-01: nine days before the end.
+        let now = 1_893_456_000;
+        let w = store.warnings(now);
+        assert!(
+            w.contains(&CertWarning::NotCovered("bare.test".into())),
+            "{w:?}"
+        );
+        assert!(
+            w.contains(&CertWarning::ExpiresSoon {
+                host: "soon.test".into(),
+                days: 9
+            }),
+            "{w:?}"
+        );
+        let before = store.entry_for(Some("soon.test")).end_point.clone();
+        // A renewed certificate, reloaded.
+        let (pem, key) = cert_valid("soon.test", (2031, 1, 10));
+        std::fs::write(&file, format!("{pem}{key}")).expect("write");
+        store.reload().expect("reload");
+        assert_ne!(store.entry_for(Some("soon.test")).end_point, before);
+        assert_eq!(
+            store.warnings(now),
+            vec![CertWarning::NotCovered("bare.test".into())]
+        );
+        // A broken file: the reload fails and the current set stays.
+        std::fs::write(&file, "not a pem").expect("write");
+        assert!(store.reload().is_err());
+        assert_eq!(store.warnings(now).len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "palaver-certs-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&d).expect("mkdir");
+        d
     }
 }

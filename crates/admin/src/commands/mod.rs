@@ -112,6 +112,19 @@ pub static COMMANDS: &[Command] = &[
         handler: |cx, a| Box::pin(sessions::kick_user(cx, a)),
     },
     Command {
+        name: "announce",
+        description: "Send a message to every session of a host (XEP-0133 announce); returns how many were sent.",
+        args: &[
+            HOST,
+            ArgSpec::req("body", ArgType::String, "the announcement"),
+            ArgSpec::opt("subject", ArgType::String, "its subject"),
+        ],
+        result: ResultType::Integer,
+        permission: Permission::Admin,
+        online_only: true,
+        handler: |cx, a| Box::pin(sessions::announce(cx, a)),
+    },
+    Command {
         name: "status",
         description: "Whether the server runs, its sessions and uptime (an error, and a non-zero exit status, when it does not run).",
         args: &[],

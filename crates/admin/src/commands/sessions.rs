@@ -45,3 +45,41 @@ pub(super) async fn kick_user(cx: Ctx, a: Args) -> Result<Value, CommandError> {
     let n = cx.core.sessions().kick(&bare, "kicked by an administrator");
     Ok(Value::from(n))
 }
+
+pub(super) async fn announce(cx: Ctx, a: Args) -> Result<Value, CommandError> {
+    use palaver_proto::stanza::{Stanza, StanzaKind, set_attr};
+    let host = a.text("host")?;
+    let body = a.text("body")?;
+    let from = palaver_proto::Jid::new(host)
+        .map_err(|e| CommandError::arg(format!("`{host}` is not a domain ({e})")))?;
+    let mut n = 0u64;
+    for full in cx.core.sessions().online(host) {
+        let mut el = minidom::Element::bare("message", palaver_proto::ns::CLIENT);
+        set_attr(&mut el, "type", "headline");
+        set_attr(
+            &mut el,
+            "id",
+            format!("announce-{:x}", rand::random::<u64>()),
+        );
+        if let Some(subject) = a.opt_text("subject").filter(|s| !s.is_empty()) {
+            el.append_child(
+                minidom::Element::builder("subject", palaver_proto::ns::CLIENT)
+                    .append(subject)
+                    .build(),
+            );
+        }
+        el.append_child(
+            minidom::Element::builder("body", palaver_proto::ns::CLIENT)
+                .append(body)
+                .build(),
+        );
+        cx.core.route(Stanza::new(
+            StanzaKind::Message,
+            from.clone(),
+            Some(full.into()),
+            el,
+        ));
+        n += 1;
+    }
+    Ok(Value::from(n))
+}

@@ -57,6 +57,10 @@ pub trait Transport: Send {
     /// also when there is nothing to write (BOSH answers held requests then).
     fn send(&mut self, out: &mut Output) -> impl Future<Output = io::Result<()>> + Send;
 
+    /// Read at most at this shaper's rate from now on (`None`: unlimited).
+    /// Transports that cannot shape ignore it.
+    fn set_shaper(&mut self, _shaper: Option<crate::config::Shaper>) {}
+
     /// Close the connection after the session's stream ended.
     fn close(&mut self) -> impl Future<Output = ()> + Send;
 
@@ -102,14 +106,19 @@ async fn drive<T: Transport>(
 ) {
     let mut shutdown = session.core().shutdown.clone();
     let mut last_read = Instant::now();
-    // One timer per connection, re-armed only when it fires: the hot path
-    // registers no timers.
-    let timer = tokio::time::sleep_until(auth_deadline);
+    session.expect_header();
+    transport.set_shaper(session.shaper());
+    let mut shaped_as_user = false;
+    // One timer per connection, re-armed only when it fires (or a stream
+    // restarts): the hot path registers no timers.
+    let timer =
+        tokio::time::sleep_until(session.deadline(auth_deadline, idle, last_read, last_read));
     tokio::pin!(timer);
+    let inflight = session.inflight();
     loop {
         let mut next = Next::Continue;
         tokio::select! {
-            input = transport.recv() => {
+            input = transport.recv(), if session.reading() => {
                 last_read = Instant::now();
                 let mut input = Some(input);
                 while let Some(i) = input {
@@ -134,12 +143,27 @@ async fn drive<T: Transport>(
                         Next::Continue => {}
                         Next::Restart => {
                             transport.restart();
+                            session.expect_header();
+                            let now = Instant::now();
+                            timer.as_mut().reset(session.deadline(auth_deadline, idle, now, now));
                             next = Next::Continue;
                         }
                         Next::StartTls | Next::Close => break,
                     }
-                    input = transport.next_buffered();
+                    // A burst is handled whole unless the session stops
+                    // reading (back-pressure); the rest stays buffered.
+                    input = if session.reading() {
+                        transport.next_buffered()
+                    } else {
+                        None
+                    };
                 }
+            }
+            () = inflight.changed(), if session.waits_on_inflight() => {
+                next = match session.inflight_progress().await {
+                    Ok(n) => n,
+                    Err(e) => session.stream_error(e),
+                };
             }
             msg = session.recv() => {
                 if let Some(msg) = msg {
@@ -159,6 +183,11 @@ async fn drive<T: Transport>(
                 next = session.stream_error(StreamError::new(SC::SystemShutdown));
             }
         }
+        if !shaped_as_user && session.is_bound() {
+            // Authenticated: the user's shaper replaces the address's.
+            shaped_as_user = true;
+            transport.set_shaper(session.shaper());
+        }
         if transport.send(session.output()).await.is_err() {
             session.closed_by_peer();
             return;
@@ -169,10 +198,21 @@ async fn drive<T: Transport>(
                 transport.close().await;
                 return;
             }
-            Next::StartTls => match transport.start_tls(auth_deadline).await {
-                Some(cb) => session.set_secure(cb),
-                None => return,
-            },
+            Next::StartTls => {
+                let handshake = Instant::now()
+                    + Duration::from_secs(session.listener().tls_handshake_timeout.max(1));
+                match transport.start_tls(handshake.min(auth_deadline)).await {
+                    Some(cb) => {
+                        session.set_secure(cb);
+                        session.expect_header();
+                        let now = Instant::now();
+                        timer
+                            .as_mut()
+                            .reset(session.deadline(auth_deadline, idle, now, now));
+                    }
+                    None => return,
+                }
+            }
         }
     }
 }

@@ -31,7 +31,7 @@ impl C2sSession {
         while n < BURST {
             let Some(b) = &mut self.bound else { break };
             match b.rx.try_recv() {
-                Ok(SessionMsg::Stanza(st)) => {
+                Ok(SessionMsg::Stanza(st, _ticket)) => {
                     let mut st = *st;
                     if self.core.run_user_receive(&me, &mut st) != HookAction::Drop {
                         self.emit(st);
@@ -54,8 +54,18 @@ impl C2sSession {
         }
     }
 
-    /// Write a stanza to the client; with stream management, keep it until acknowledged.
+    /// Write a stanza to the client (unless an inactive client's filter
+    /// holds it back, `csi.rs`); with stream management, keep it until
+    /// acknowledged.
     fn emit(&mut self, st: Stanza) {
+        let Some(st) = self.csi_filter(st) else {
+            return;
+        };
+        self.write_stanza(st);
+    }
+
+    /// Write a stanza now; with stream management, keep it until acknowledged.
+    pub(super) fn write_stanza(&mut self, st: Stanza) {
         self.out.element(&st.el);
         if let Some(mgmt) = &mut self.stream_mgmt {
             mgmt.unacked.push_back(st);

@@ -8,12 +8,15 @@
 //! (`output.rs`), which each transport serializes its own way.
 
 mod bind;
+mod bind2;
 mod connection;
+mod csi;
 mod delivery;
 mod negotiation;
 mod output;
 mod presence;
 mod sasl;
+mod sasl2;
 mod session;
 mod stream_mgmt;
 mod tcp;
@@ -50,10 +53,28 @@ pub struct C2sListener {
 /// Serve one accepted TCP connection until it ends.
 pub async fn serve(ctx: Arc<C2sListener>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
-    let auth_deadline = Instant::now() + Duration::from_secs(ctx.cfg.auth_timeout.max(1));
+    // Beyond its address's unauthenticated connections, a connection waits
+    // (unread) for one of them to authenticate or go, as long as its own
+    // stream header could take.
+    let header_due = Instant::now() + Duration::from_secs(ctx.cfg.stream_header_timeout.max(1));
+    let Some(guard) = Box::pin(ctx.core.unauthenticated(
+        peer.ip(),
+        ctx.cfg.max_unauthenticated_per_ip,
+        header_due,
+    ))
+    .await
+    else {
+        refuse(ctx.cfg.tls, tcp).await;
+        return;
+    };
+    let now = Instant::now();
+    let auth_deadline = now + Duration::from_secs(ctx.cfg.auth_timeout.max(1));
     let socket = if ctx.cfg.tls {
         let acceptor = tokio_rustls::TlsAcceptor::from(ctx.direct.clone());
-        match tokio::time::timeout_at(auth_deadline, Box::pin(acceptor.accept(tcp))).await {
+        let handshake = now + Duration::from_secs(ctx.cfg.tls_handshake_timeout.max(1));
+        match tokio::time::timeout_at(handshake.min(auth_deadline), Box::pin(acceptor.accept(tcp)))
+            .await
+        {
             Ok(Ok(s)) => Socket::Tls(Box::new(s)),
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -64,7 +85,23 @@ pub async fn serve(ctx: Arc<C2sListener>, tcp: TcpStream, peer: SocketAddr) {
     } else {
         Socket::Plain(tcp)
     };
-    connection(ctx, socket, peer, auth_deadline).await;
+    connection(ctx, socket, peer, auth_deadline, guard).await;
+}
+
+/// Close a connection that found no free unauthenticated slot of its
+/// address in time: a plain stream gets a `policy-violation` stream error
+/// (RFC 6120 §4.9.1.3: the server's header first), a TLS one is closed.
+async fn refuse(tls: bool, mut tcp: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    if !tls {
+        let text = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+            xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>\
+            <stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>\
+            <text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>too many unauthenticated \
+            connections from this address</text></stream:error></stream:stream>";
+        let _ = tokio::time::timeout(Duration::from_secs(1), tcp.write_all(text.as_bytes())).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), tcp.shutdown()).await;
 }
 
 /// The connection's future, built outside `serve`'s own state so that the
@@ -74,8 +111,10 @@ fn connection(
     socket: Socket,
     peer: SocketAddr,
     auth_deadline: Instant,
+    guard: crate::limits::UnauthGuard,
 ) -> impl Future<Output = ()> {
     let mut session = C2sSession::new(ctx.core.clone(), ctx.cfg.clone(), peer, Framing::Stream);
+    session.set_unauthenticated(guard);
     if let Socket::Tls(s) = &socket {
         session.set_secure(ctx.certs.channel_bindings(s.get_ref().1));
     }

@@ -40,8 +40,19 @@ pub enum Next {
 
 /// Stanzas of one session whose deferred work may be in flight at once.
 const MAX_INFLIGHT: usize = 32;
-/// Longest wait for in-flight work before reading the next stanza anyway.
-const INFLIGHT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// An IQ request the server answers (to the server, a bare JID, a service)
+/// rather than another client's full JID.
+fn answered_by_server(el: &Element) -> bool {
+    if el.name() != "iq" || !matches!(el.attr("type"), Some("get" | "set")) {
+        return false;
+    }
+    match el.attr("to").map(Jid::new) {
+        None => true,
+        Some(Ok(to)) => to.resource().is_none() || to.node().is_none(),
+        Some(Err(_)) => false,
+    }
+}
 
 /// A bound resource.
 pub(super) struct Bound {
@@ -69,6 +80,8 @@ pub struct C2sSession {
     pub(super) cb: ChannelBindings,
     pub(super) user: Option<String>,
     pub(super) sasl: SaslState,
+    /// A XEP-0388 exchange in progress (`sasl2.rs`).
+    pub(super) sasl2: Option<Box<super::sasl2::Sasl2>>,
     pub(super) auth_failures: u8,
     /// The user name of the SASL exchange in progress (for the failure log).
     pub(super) last_auth_user: String,
@@ -76,6 +89,8 @@ pub struct C2sSession {
     /// XEP-0198 state once the client enabled it.
     /// (Boxed: most sessions never enable it, and idle sessions stay small.)
     pub(super) stream_mgmt: Option<Box<StreamMgmt>>,
+    /// XEP-0352: stanzas held back while the client is inactive (`csi.rs`).
+    pub(super) csi: Option<Box<super::csi::Held>>,
     /// Work the router deferred for this session's stanzas (storage, IQ
     /// handlers), by inbound stanza number; see [`crate::ack`].
     pub(super) inflight: Arc<crate::ack::AckTracker>,
@@ -85,6 +100,16 @@ pub struct C2sSession {
     /// out), not by the client's `</stream:stream>` or a stream error.
     pub(super) resumable_end: bool,
     pub(super) closing: bool,
+    /// A server-answered request read from the client, waiting for the
+    /// deferred work of the stanzas before it (see `handle_element`).
+    pub(super) held: Option<Element>,
+    /// When the client's next stream header is due (a new connection, or
+    /// one restarted after STARTTLS or SASL); `None` once it came.
+    pub(super) header_due: Option<tokio::time::Instant>,
+    /// This connection counted against its address until it authenticates.
+    pub(super) unauth: Option<crate::limits::UnauthGuard>,
+    /// Wait this long before writing the answer to a failed login.
+    pub(super) auth_delay: Option<std::time::Duration>,
 }
 
 pub(super) fn random_id() -> String {
@@ -107,14 +132,59 @@ impl C2sSession {
             cb: ChannelBindings::default(),
             user: None,
             sasl: SaslState::None,
+            sasl2: None,
             auth_failures: 0,
             last_auth_user: String::new(),
             bound: None,
             stream_mgmt: None,
+            csi: None,
             inflight: crate::ack::AckTracker::new(),
             received: 0,
             resumable_end: true,
             closing: false,
+            held: None,
+            header_due: None,
+            unauth: None,
+            auth_delay: None,
+        }
+    }
+
+    /// Count this connection against its address until it authenticates.
+    pub fn set_unauthenticated(&mut self, guard: crate::limits::UnauthGuard) {
+        self.unauth = Some(guard);
+    }
+
+    /// A stream header is expected now (a new or restarted stream): it must
+    /// come within the listener's `stream_header_timeout`.
+    pub fn expect_header(&mut self) {
+        self.header_due = Some(
+            tokio::time::Instant::now()
+                + std::time::Duration::from_secs(self.cfg.stream_header_timeout.max(1)),
+        );
+    }
+
+    /// The traffic shaper for this connection now: the listener's
+    /// `shaper_rule` (or `shaper`) for the authenticated user, or its
+    /// `shaper` for the address before authentication.
+    pub fn shaper(&self) -> Option<crate::config::Shaper> {
+        let ip = Some(self.peer.ip());
+        match &self.bound {
+            Some(b) => {
+                let name = self.cfg.shaper_rule.as_ref().or(self.cfg.shaper.as_ref())?;
+                let jid = b.jid.to_bare();
+                let who = crate::config::Subject {
+                    jid: Some(jid.as_str()),
+                    ip,
+                };
+                self.core
+                    .config
+                    .shaper_for(Some(b.jid.domain().as_str()), name, who)
+            }
+            None => {
+                let name = self.cfg.shaper.as_ref()?;
+                let who = crate::config::Subject { jid: None, ip };
+                self.core.config.shaper_for(None, name, who)
+            }
         }
     }
 
@@ -122,6 +192,11 @@ impl C2sSession {
     pub fn set_secure(&mut self, cb: ChannelBindings) {
         self.secure = true;
         self.cb = cb;
+    }
+
+    /// The listener's settings.
+    pub fn listener(&self) -> &Listener {
+        &self.cfg
     }
 
     /// The server core.
@@ -139,7 +214,10 @@ impl C2sSession {
         now: tokio::time::Instant,
     ) -> tokio::time::Instant {
         if !self.is_bound() {
-            auth_deadline
+            match self.header_due {
+                Some(due) => due.min(auth_deadline),
+                None => auth_deadline,
+            }
         } else if idle.is_zero() {
             now + std::time::Duration::from_secs(86_400)
         } else {
@@ -157,27 +235,23 @@ impl C2sSession {
         &mut self.out
     }
 
-    /// Wait for a message to the session (pending forever before binding).
-    /// While an acknowledgement waits for deferred work, also wakes
-    /// ([`SessionMsg::Wake`]) when some of that work finishes.
+    /// Wait for a message to the session (pending forever before binding),
+    /// or a resumption request for it.
     pub async fn recv(&mut self) -> Option<SessionMsg> {
         let Some(b) = &mut self.bound else {
             return std::future::pending().await;
         };
-        let Some(mgmt) = &mut self.stream_mgmt else {
+        let control = self
+            .stream_mgmt
+            .as_mut()
+            .and_then(|mgmt| mgmt.resume.as_mut())
+            .map(|r| &mut r.control);
+        let Some(control) = control else {
             return b.rx.recv().await;
         };
-        let wake = mgmt.ack_pending();
-        let control = mgmt.resume.as_mut().map(|r| &mut r.control);
         tokio::select! {
             m = b.rx.recv() => m,
-            () = self.inflight.changed(), if wake => Some(SessionMsg::Wake),
-            Some(req) = async {
-                match control {
-                    Some(c) => c.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => Some(SessionMsg::Resume(req)),
+            Some(req) = control.recv() => Some(SessionMsg::Resume(req)),
         }
     }
 
@@ -221,26 +295,19 @@ impl C2sSession {
             if el.has_ns(stream_mgmt::NS) {
                 return self.handle_stream_mgmt(el);
             }
-            // Back-pressure: while this client has too much deferred work in
-            // flight (a flood of IQs, messages to offline users), stop reading
-            // its stream, so one client cannot take the database pool or the
-            // offline queue from everyone else.
-            while self.inflight.pending() >= MAX_INFLIGHT {
-                if tokio::time::timeout(INFLIGHT_WAIT, self.inflight.changed())
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
+            if el.has_ns(super::csi::NS) {
+                return self.handle_csi(&el);
             }
-            // Number the stanza; work the router defers for it carries a
-            // ticket, which holds back its acknowledgement (XEP-0198).
-            self.received += 1;
-            let (tracker, seq) = (self.inflight.clone(), self.received);
-            let next = crate::ack::scope(tracker, seq, self.handle_stanza(el)).await;
-            // The wait above may have taken the wake-up a pending <a/> needed.
-            self.answer_ready_acks();
-            return next;
+            // RFC 6120 §10.1: an answer the server gives implies that the
+            // client's earlier stanzas are handled. A server-answered request
+            // waits until their deferred work (offline storage, IQ handlers
+            // writing to the store) is committed; until then nothing more is
+            // read from the client (see `reading`).
+            if self.inflight.pending() > 0 && answered_by_server(&el) {
+                self.held = Some(el);
+                return Ok(Next::Continue);
+            }
+            return self.handle_numbered(el).await;
         }
         if el.is("starttls", ns::TLS) {
             return Ok(self.handle_starttls());
@@ -251,6 +318,9 @@ impl C2sSession {
                 "STARTTLS is required",
             ));
         }
+        if el.has_ns(super::sasl2::NS) {
+            return Box::pin(self.handle_sasl2(el)).await;
+        }
         if el.has_ns(ns::SASL) {
             if self.user.is_some() {
                 return Err(StreamError::with_text(
@@ -258,7 +328,12 @@ impl C2sSession {
                     "already authenticated",
                 ));
             }
-            return Box::pin(self.handle_sasl(el)).await;
+            let next = Box::pin(self.handle_sasl(el)).await;
+            if let Some(delay) = self.auth_delay.take() {
+                // A failure answered later (mod_fail2ban's growing delay).
+                Box::pin(tokio::time::sleep(delay)).await;
+            }
+            return next;
         }
         if self.user.is_none() {
             if el.is("iq", ns::CLIENT) {
@@ -285,6 +360,55 @@ impl C2sSession {
             SC::NotAuthorized,
             "bind a resource first",
         ))
+    }
+
+    /// Number a stanza of a bound stream and handle it: work the router
+    /// defers for it carries a ticket, which holds back its acknowledgement
+    /// (XEP-0198) and the reading of further input (back-pressure).
+    async fn handle_numbered(&mut self, el: Element) -> Result<Next, StreamError> {
+        self.received += 1;
+        let (tracker, seq) = (self.inflight.clone(), self.received);
+        let next = crate::ack::scope(tracker, seq, self.handle_stanza(el)).await;
+        self.answer_ready_acks();
+        next
+    }
+
+    /// Whether the connection loop should read the client's next input.
+    /// Not while a server-answered request waits for earlier stanzas' work,
+    /// nor while [`MAX_INFLIGHT`] stanzas have work in flight — their own
+    /// (storage, handlers) or deliveries still queued at slow recipients
+    /// (see [`SessionMsg::Stanza`]). The loop keeps writing what is routed
+    /// to the session meanwhile, so a client flooding itself drains.
+    pub fn reading(&self) -> bool {
+        self.held.is_none() && !(self.bound.is_some() && self.inflight.pending() >= MAX_INFLIGHT)
+    }
+
+    /// Whether progress of deferred work matters to the connection loop:
+    /// reading is paused, or an XEP-0198 acknowledgement waits for it.
+    pub fn waits_on_inflight(&self) -> bool {
+        !self.reading()
+            || self
+                .stream_mgmt
+                .as_ref()
+                .is_some_and(|mgmt| mgmt.ack_pending())
+    }
+
+    /// The deferred work of the session's stanzas (its `changed` resolves
+    /// when some of it finished).
+    pub fn inflight(&self) -> Arc<crate::ack::AckTracker> {
+        self.inflight.clone()
+    }
+
+    /// Deferred work finished: answer acknowledgements that became ready and
+    /// handle a held request once everything before it is done.
+    pub async fn inflight_progress(&mut self) -> Result<Next, StreamError> {
+        self.answer_ready_acks();
+        if self.inflight.pending() == 0
+            && let Some(el) = self.held.take()
+        {
+            return self.handle_numbered(el).await;
+        }
+        Ok(Next::Continue)
     }
 
     /// A stanza from the client on a bound stream.
@@ -393,11 +517,8 @@ impl C2sSession {
     /// Handle a message from the router or session manager.
     pub fn handle_msg(&mut self, msg: SessionMsg) -> Next {
         match msg {
-            SessionMsg::Stanza(st) => self.deliver(*st),
-            SessionMsg::Wake => {
-                self.answer_ready_acks();
-                Next::Continue
-            }
+            // The sender's ticket (if any) is let go once the stanza is written.
+            SessionMsg::Stanza(st, _ticket) => self.deliver(*st),
             SessionMsg::Resume(req) => {
                 self.hand_over(req);
                 if self.bound.is_some() {
@@ -444,8 +565,12 @@ impl C2sSession {
             }
             None => Default::default(),
         };
+        // Held back for an inactive client (XEP-0352): never written either.
+        if let Some(held) = self.csi.take() {
+            pending.extend(held.into_stanzas());
+        }
         while let Ok(msg) = b.rx.try_recv() {
-            if let SessionMsg::Stanza(st) = msg {
+            if let SessionMsg::Stanza(st, _) = msg {
                 pending.push_back(*st);
             }
         }

@@ -33,6 +33,8 @@ pub(crate) struct TcpTransport {
     /// How much of `buf` the framer consumed.
     pos: usize,
     ctx: Arc<C2sListener>,
+    /// The traffic shaper, if any: reading waits while it is in debt.
+    bucket: Option<Box<crate::limits::TokenBucket>>,
 }
 
 impl TcpTransport {
@@ -48,6 +50,7 @@ impl TcpTransport {
             buf: Vec::new(),
             pos: 0,
             ctx,
+            bucket: None,
         }
     }
 }
@@ -57,9 +60,19 @@ impl Transport for TcpTransport {
         if let Some(input) = self.next_buffered() {
             return input;
         }
+        if let Some(b) = &mut self.bucket {
+            // Shaping: read more slowly, never drop (TCP slows the sender).
+            let wait = b.wait();
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
         match self.socket.read_chunk(&mut self.buf, READ_CHUNK).await {
             Ok(0) | Err(_) => Input::Lost,
-            Ok(_) => {
+            Ok(n) => {
+                if let Some(b) = &mut self.bucket {
+                    b.take(n);
+                }
                 self.pos = 0;
                 self.next_buffered().unwrap_or(Input::Alive)
             }
@@ -89,6 +102,10 @@ impl Transport for TcpTransport {
 
     fn restart(&mut self) {
         self.framer.reset();
+    }
+
+    fn set_shaper(&mut self, shaper: Option<crate::config::Shaper>) {
+        self.bucket = shaper.map(|s| Box::new(crate::limits::TokenBucket::new(&s)));
     }
 
     async fn send(&mut self, out: &mut Output) -> io::Result<()> {

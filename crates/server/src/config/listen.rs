@@ -47,6 +47,19 @@ pub struct Listener {
     pub auth_timeout: u64,
     /// Seconds without any traffic before an established session is closed (0: never).
     pub idle_timeout: u64,
+    /// Seconds a new connection (and one restarted after STARTTLS or SASL)
+    /// may take to send its stream header.
+    pub stream_header_timeout: u64,
+    /// Seconds a TLS handshake (direct TLS or STARTTLS) may take.
+    pub tls_handshake_timeout: u64,
+    /// Connections from one address that have not authenticated yet.
+    pub max_unauthenticated_per_ip: usize,
+    /// ejabberd's `shaper`: a shaper rule (or shaper) name limiting the
+    /// bytes read per second, before and after authentication.
+    pub shaper: Option<String>,
+    /// ejabberd's `shaper_rule`: the rule applied after authentication
+    /// instead of `shaper`.
+    pub shaper_rule: Option<String>,
     /// Largest number of simultaneous connections on this listener.
     pub max_connections: Option<usize>,
     /// HTTP: public base URL (e.g. `https://chat.example.org`) for XEP-0156
@@ -74,6 +87,11 @@ impl Listener {
             allow_plain_without_tls: false,
             auth_timeout: 60,
             idle_timeout: 900,
+            stream_header_timeout: 10,
+            tls_handshake_timeout: 10,
+            max_unauthenticated_per_ip: 64,
+            shaper: None,
+            shaper_rule: None,
             max_connections: None,
             public_url: None,
             cors_origins: vec!["*".into()],
@@ -247,6 +265,17 @@ pub(crate) fn parse_listener(
             "allow_plain_without_tls" => l.allow_plain_without_tls = get_bool(v, full, files)?,
             "auth_timeout" => l.auth_timeout = get_seconds(v, full, files)?,
             "idle_timeout" => l.idle_timeout = get_seconds(v, full, files)?,
+            "stream_header_timeout" => {
+                l.stream_header_timeout = get_seconds(v, full, files)?.max(1)
+            }
+            "tls_handshake_timeout" => {
+                l.tls_handshake_timeout = get_seconds(v, full, files)?.max(1)
+            }
+            "max_unauthenticated_per_ip" => {
+                l.max_unauthenticated_per_ip = get_uint(v, full, files)?.max(1) as usize
+            }
+            "shaper" => l.shaper = Some(get_string(v, full, files)?),
+            "shaper_rule" => l.shaper_rule = Some(get_string(v, full, files)?),
             "max_connections" => l.max_connections = Some(get_uint(v, full, files)? as usize),
             "public_url" => {
                 let u = get_string(v, full, files)?;
@@ -278,12 +307,6 @@ pub(crate) fn parse_listener(
             }
             "certfile" => certfiles.push(get_string(v, full, files)?),
             "request_handlers" => request_handlers(v, &mut l, files, warnings)?,
-            "shaper" | "shaper_rule" => warnings.push(
-                files,
-                full,
-                k.pos,
-                "traffic shaping is not enforced yet: ignored",
-            ),
             "transport" if v.as_str() == Some("tcp") => {}
             other if ejabberd::LISTEN.binary_search(&other).is_ok() => warnings.push(
                 files,

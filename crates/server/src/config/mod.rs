@@ -297,6 +297,8 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "mod_announce",
     "mod_stream_mgmt",
     "mod_fail2ban",
+    "mod_pubsub",
+    "mod_adhoc",
 ];
 
 fn default_listeners() -> Vec<Listener> {
@@ -506,6 +508,27 @@ impl Config {
             }
         }
         false
+    }
+
+    /// The traffic shaper named by a listener's `shaper` (or `shaper_rule`)
+    /// for `who` on `host`: a shaper rule evaluated for `who`, or a shaper
+    /// named directly; `None` for `none` or no match (unlimited).
+    pub fn shaper_for(&self, host: Option<&str>, name: &str, who: Subject<'_>) -> Option<Shaper> {
+        let h = host.and_then(|h| self.host_options.get(h));
+        let rules = h.map_or(&self.shaper_rules, |h| &h.shaper_rules);
+        let value = match rules.get(name).or_else(|| self.shaper_rules.get(name)) {
+            Some(rule) => {
+                let env = acl::Env {
+                    hosts: &self.hosts,
+                    acl: h.map_or(&self.acl, |h| &h.acl),
+                };
+                rule.entries
+                    .iter()
+                    .find_map(|(v, conds)| env.all_match(conds, who).then_some(v.as_str()))?
+            }
+            None => name,
+        };
+        self.shapers.get(value).cloned()
     }
 
     /// Whether an access rule given inline in a module's options (ejabberd

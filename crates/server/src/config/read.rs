@@ -364,6 +364,7 @@ impl Reader<'_> {
             }
         }
         self.check_sql(c)?;
+        self.check_shapers(c);
         // Access and shaper rules naming ACLs that are not defined match nobody (as in ejabberd).
         for (host, kind, name, pos) in std::mem::take(&mut self.rule_refs) {
             let ho = host.as_deref().and_then(|h| c.host_options.get(h));
@@ -477,14 +478,20 @@ impl Reader<'_> {
             }
             "shaper_rules" => {
                 ho.shaper_rules.clear();
-                // Enforced: max_user_sessions. The others are kept and warned.
+                // Enforced: max_user_sessions, and rules whose values name
+                // shapers (listeners' `shaper`). Other numeric rules are
+                // kept and warned.
                 let mut not_enforced = Vec::new();
                 for (rk, rv) in entries_of(v, &full, files)? {
                     let name = rk.scalar().unwrap_or_default();
-                    if name != "max_user_sessions" {
+                    let rule = acl::parse_shaper_rule(&name, rv, files)?;
+                    let numeric = rule
+                        .entries
+                        .iter()
+                        .any(|(v, _)| v.parse::<u64>().is_ok() || v == "infinity");
+                    if name != "max_user_sessions" && numeric {
                         not_enforced.push(name.clone());
                     }
-                    let rule = acl::parse_shaper_rule(&name, rv, files)?;
                     self.rule_refs.push((
                         host.map(str::to_string),
                         "shaper_rules",
@@ -542,6 +549,44 @@ impl Reader<'_> {
             other => return Err(self.err(&full, k.pos, format!("unknown option `{other}`"))),
         }
         Ok(())
+    }
+
+    /// Every listener's `shaper`/`shaper_rule` names `none`, a shaper rule
+    /// or a shaper, and every shaper rule used so names `none` or shapers;
+    /// anything else is warned and means no shaping (as in ejabberd).
+    fn check_shapers(&mut self, c: &Config) {
+        let mut warnings = Vec::new();
+        for l in &c.listen {
+            for (key, name) in [("shaper", &l.shaper), ("shaper_rule", &l.shaper_rule)] {
+                let Some(name) = name else { continue };
+                if name == "none" || c.shapers.contains_key(name) {
+                    continue;
+                }
+                let rule = c.shaper_rules.get(name).or_else(|| {
+                    c.host_options
+                        .values()
+                        .find_map(|h| h.shaper_rules.get(name))
+                });
+                let Some(rule) = rule else {
+                    warnings.push((
+                        format!("listen.{key}"),
+                        format!("`{name}` is neither a shaper (`shaper:`) nor a shaper rule (`shaper_rules:`): not shaped"),
+                    ));
+                    continue;
+                };
+                for (v, _) in &rule.entries {
+                    if v != "none" && !c.shapers.contains_key(v) {
+                        warnings.push((
+                            format!("shaper_rules.{name}"),
+                            format!("`{v}` is not a shaper defined under `shaper:`: not shaped"),
+                        ));
+                    }
+                }
+            }
+        }
+        for (key, msg) in warnings {
+            self.warn(&key, Pos::default(), &msg);
+        }
     }
 
     fn check_sql(&self, c: &Config) -> Result<(), ConfigError> {

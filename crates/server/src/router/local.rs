@@ -39,6 +39,13 @@ pub(crate) fn route(core: &Arc<Core>, host: Arc<Host>, st: Stanza) {
         to_host(core, host, st);
         return;
     }
+    let mut st = st;
+    if st.kind == StanzaKind::Message
+        && host.hooks().has::<hooks::MessageIn>()
+        && core.cx(&host).run_hook::<hooks::MessageIn>(None, &mut st) == HookAction::Drop
+    {
+        return;
+    }
     match to.try_as_full() {
         Ok(full) => to_full(core, host, full.clone(), st),
         Err(bare) => to_bare(core, host, bare.clone(), st),
@@ -218,7 +225,8 @@ fn to_bare(core: &Arc<Core>, host: Arc<Host>, to: BareJid, st: Stanza) {
 /// A message for a user with no available resource (RFC 6121 §8.5.2.2):
 /// in arrival order per account, an unknown account gets
 /// `service-unavailable` (§8.5.1), then the offline hooks; without a taker,
-/// `service-unavailable` (headline and groupchat messages are dropped).
+/// `service-unavailable` (headline messages are dropped, groupchat ones
+/// bounced).
 fn no_session(core: &Arc<Core>, host: Arc<Host>, st: Stanza) {
     if st.kind != StanzaKind::Message || st.is_error() {
         return;
@@ -253,8 +261,15 @@ fn no_session(core: &Arc<Core>, host: Arc<Host>, st: Stanza) {
                 return;
             }
         }
-        if matches!(st.type_attr(), Some("headline") | Some("groupchat")) {
-            return;
+        match st.type_attr() {
+            Some("headline") => return,
+            // RFC 6121 §8.5.2.2.1: groupchat to an account without an
+            // available resource gets an error, not silence.
+            Some("groupchat") => {
+                cx.bounce(&st, Condition::ServiceUnavailable, None);
+                return;
+            }
+            _ => {}
         }
         if cx.run_hook_async::<hooks::OfflineMessage>(st.clone()).await == HookAction::Drop {
             return;
@@ -322,7 +337,7 @@ impl Core {
         };
         match tokio::time::timeout(DELIVER_WAIT, h.tx.reserve()).await {
             Ok(Ok(permit)) => {
-                permit.send(SessionMsg::Stanza(Box::new(st)));
+                permit.send(SessionMsg::Stanza(Box::new(st), None));
                 Ok(())
             }
             // The session ended, or stayed full.

@@ -203,7 +203,14 @@ impl Core {
         let kind = match st.type_attr() {
             Some("get") => IqType::Get,
             Some("set") => IqType::Set,
-            Some("result") | Some("error") => return,
+            Some("result") | Some("error") => {
+                if host.hooks().has::<crate::hooks::IqResponse>() {
+                    let mut st = st;
+                    self.cx(&host)
+                        .run_hook::<crate::hooks::IqResponse>(None, &mut st);
+                }
+                return;
+            }
             _ => {
                 self.bounce(&st, Condition::BadRequest, None);
                 return;

@@ -1,0 +1,585 @@
+//! `mod_pubsub`: XEP-0060 Publish-Subscribe on `pubsub.HOST` and XEP-0163
+//! Personal Eventing (PEP) on every account's bare JID, as ejabberd's
+//! mod_pubsub serves both.
+//!
+//! - Nodes, items, affiliations and subscriptions are in the module's own
+//!   store ([`store`]); a PEP service is keyed by the owner's bare JID.
+//! - PEP notifications go to explicit subscribers and, implicitly, to the
+//!   owner's and its presence subscribers' sessions whose XEP-0115
+//!   capabilities list `NODE+notify` (§4.3.2 filtered notifications). The
+//!   capabilities are learnt from the `<c/>` of a session's broadcast
+//!   presence ([`PresenceOut`]): an unknown verification string is asked
+//!   for with disco#info from `pubsub.HOST` (the answer comes back through
+//!   the routing table), checked (SHA-1) and cached per string.
+//! - On a session's first known capabilities, the last items of its own
+//!   and its contacts' nodes it is interested in are sent (§4.3.4).
+//! - XEP-0402 bookmarks are kept in step with XEP-0048 bookmarks in private
+//!   storage both ways (XEP-0411), see [`bookmarks`].
+//! - Account removal deletes the PEP service and the account's
+//!   subscriptions and affiliations, and nodes on `pubsub.HOST` it alone
+//!   owned; XEP-0227 export/import carries PEP nodes ([`portable`]).
+
+pub mod bookmarks;
+pub mod node;
+pub mod ops;
+mod portable;
+pub mod store;
+
+use dashmap::DashMap;
+use jid::{BareJid, FullJid, Jid};
+use minidom::Element;
+use palaver_proto::error::{Condition, StanzaError};
+use palaver_proto::ns;
+use palaver_proto::stanza::{Stanza, StanzaKind, set_attr};
+use palaver_server::hooks::{PresenceOut, PrivateStored, RemoveUser, SessionClosed};
+use palaver_server::module::PresenceEvent;
+use palaver_server::{
+    HookAction, HostSetup, IqRequest, IqScope, IqType, Module, ModuleCx, ModuleDef,
+};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// XEP-0060.
+pub const NS_PUBSUB: &str = "http://jabber.org/protocol/pubsub";
+/// XEP-0060 owner use cases.
+pub const NS_OWNER: &str = "http://jabber.org/protocol/pubsub#owner";
+/// XEP-0060 notifications.
+pub const NS_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
+/// XEP-0060 application errors.
+pub const NS_PUBSUB_ERRORS: &str = "http://jabber.org/protocol/pubsub#errors";
+const NS_CAPS: &str = "http://jabber.org/protocol/caps";
+/// Most outstanding capability queries at once.
+const MAX_PENDING_CAPS: usize = 10_000;
+
+/// `mod_pubsub`.
+pub struct Pubsub;
+
+/// `mod_pubsub` in the module registry.
+pub const MODULE: ModuleDef = ModuleDef::of::<Pubsub>();
+
+/// `mod_pubsub` options (ejabberd's names).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Options {
+    /// The service's domain (`@HOST@` is replaced).
+    host: String,
+    /// Access rule: who may create nodes on the service.
+    access_createnode: String,
+    /// Largest `max_items` of a node.
+    max_items_node: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            host: "pubsub.@HOST@".into(),
+            access_createnode: "all".into(),
+            max_items_node: 1000,
+        }
+    }
+}
+
+impl Module for Pubsub {
+    const NAME: &'static str = "mod_pubsub";
+    type Options = Options;
+    fn start(host: &mut HostSetup, o: Options) -> Result<Self, String> {
+        start(host, o)?;
+        Ok(Pubsub)
+    }
+}
+
+/// Shared state of the module on one host.
+pub struct State {
+    pub(crate) host: String,
+    pub(crate) service: String,
+    pub(crate) access_createnode: String,
+    pub(crate) max_items_node: u64,
+    /// Verification string → the nodes it asks notifications for.
+    caps: DashMap<String, Arc<HashSet<String>>>,
+    /// Session (full JID) → the nodes it asks notifications for.
+    sessions: DashMap<String, Arc<HashSet<String>>>,
+    /// Outstanding disco#info queries: id → (session, hash, ver).
+    pending: DashMap<String, (FullJid, String, String)>,
+}
+
+impl State {
+    /// The available sessions of `bare` that asked for `node+notify`.
+    pub(crate) fn interested(&self, cx: &ModuleCx, bare: &BareJid, node: &str) -> Vec<FullJid> {
+        cx.sessions()
+            .available(bare)
+            .into_iter()
+            .filter_map(|h| bare.with_resource_str(&h.resource).ok())
+            .filter(|f| {
+                self.sessions
+                    .get(f.as_str())
+                    .is_some_and(|s| s.contains(node))
+            })
+            .collect()
+    }
+}
+
+/// The features of a pubsub service (also listed on accounts for PEP).
+pub fn features() -> Vec<String> {
+    let mut v = vec![NS_PUBSUB.to_string()];
+    for f in [
+        "access-authorize",
+        "access-open",
+        "access-presence",
+        "access-roster",
+        "access-whitelist",
+        "auto-create",
+        "auto-subscribe",
+        "config-node",
+        "create-and-configure",
+        "create-nodes",
+        "delete-items",
+        "delete-nodes",
+        "filtered-notifications",
+        "get-pending",
+        "instant-nodes",
+        "item-ids",
+        "last-published",
+        "manage-subscriptions",
+        "member-affiliation",
+        "modify-affiliations",
+        "outcast-affiliation",
+        "persistent-items",
+        "presence-access",
+        "presence-notifications",
+        "publish",
+        "publish-options",
+        "publisher-affiliation",
+        "purge-nodes",
+        "retract-items",
+        "retrieve-affiliations",
+        "retrieve-default",
+        "retrieve-items",
+        "retrieve-subscriptions",
+        "subscribe",
+        "subscription-options",
+    ] {
+        v.push(format!("{NS_PUBSUB}#{f}"));
+    }
+    v
+}
+
+fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
+    let service = o.host.replace("@HOST@", host.host());
+    jid::BareJid::new(&service)
+        .ok()
+        .filter(|j| j.node().is_none())
+        .ok_or_else(|| format!("host: `{service}` is not a domain"))?;
+    if o.max_items_node == 0 {
+        return Err("max_items_node: must be at least 1".into());
+    }
+    host.migrations(store::MIGRATIONS);
+    let st = Arc::new(State {
+        host: host.host().to_string(),
+        service: service.clone(),
+        access_createnode: o.access_createnode,
+        max_items_node: o.max_items_node,
+        caps: DashMap::new(),
+        sessions: DashMap::new(),
+        pending: DashMap::new(),
+    });
+
+    // The service.
+    host.add_service(&service);
+    for (kind, ns_) in [
+        (IqType::Get, NS_PUBSUB),
+        (IqType::Set, NS_PUBSUB),
+        (IqType::Get, NS_OWNER),
+        (IqType::Set, NS_OWNER),
+    ] {
+        let s = st.clone();
+        host.on_service_iq(&service, kind, ns_, move |req| {
+            let s = s.clone();
+            async move {
+                if req.stanza.to.as_ref().is_some_and(|t| t.node().is_some()) {
+                    return Err(StanzaError::new(Condition::ItemNotFound));
+                }
+                let t = service_target(&s);
+                ops::handle(s, t, req).await
+            }
+        });
+    }
+    for (ns_, items) in [(ns::DISCO_INFO, false), (ns::DISCO_ITEMS, true)] {
+        let s = st.clone();
+        host.on_service_iq(&service, IqType::Get, ns_, move |req| {
+            let s = s.clone();
+            async move {
+                let t = service_target(&s);
+                disco(s, t, req, items).await
+            }
+        });
+    }
+    let s = st.clone();
+    host.on_service_stanza(&service, move |cx, stanza| service_stanza(&s, cx, stanza));
+
+    // PEP on every account.
+    for f in features() {
+        host.add_account_feature(&f);
+    }
+    host.add_account_identity("pubsub", "pep", None);
+    // XEP-0402 §4: XEP-0048 private-storage bookmarks are kept in step.
+    host.add_account_feature(bookmarks::COMPAT);
+    for (kind, ns_) in [
+        (IqType::Get, NS_PUBSUB),
+        (IqType::Set, NS_PUBSUB),
+        (IqType::Get, NS_OWNER),
+        (IqType::Set, NS_OWNER),
+    ] {
+        let s = st.clone();
+        host.on_iq(IqScope::Account, kind, ns_, move |req| {
+            let s = s.clone();
+            async move {
+                let t = pep_target(&req).await?;
+                ops::handle(s, t, req).await
+            }
+        });
+    }
+
+    let s = st.clone();
+    host.hook_async::<PresenceOut, _>(40, move |cx, pb| {
+        let s = s.clone();
+        async move {
+            presence_out(&s, &cx, &pb.session, &pb.stanza, pb.event);
+            HookAction::Continue
+        }
+    });
+    let s = st.clone();
+    host.hook_async::<SessionClosed, _>(40, move |_cx, full| {
+        s.sessions.remove(full.as_str());
+        s.pending.retain(|_, (f, _, _)| *f != full);
+        async { HookAction::Continue }
+    });
+    let s = st.clone();
+    host.hook_async::<PrivateStored, _>(50, move |cx, p| {
+        let s = s.clone();
+        async move {
+            bookmarks::private_stored(s, cx, p).await;
+            HookAction::Continue
+        }
+    });
+    host.account_data(portable::PepData);
+    let s = st;
+    host.hook_async::<RemoveUser, _>(50, move |cx, a| {
+        let s = s.clone();
+        async move {
+            if let Err(e) = remove_user(&s, &cx, &a.jid()).await {
+                tracing::warn!(error = %e, "removing pubsub data failed");
+            }
+            HookAction::Continue
+        }
+    });
+    Ok(())
+}
+
+fn service_target(s: &State) -> ops::Target {
+    ops::Target {
+        key: s.service.clone(),
+        pep: None,
+    }
+}
+
+/// The PEP service a request to an account addresses (it must exist).
+async fn pep_target(req: &IqRequest) -> Result<ops::Target, StanzaError> {
+    let owner = req
+        .stanza
+        .to
+        .as_ref()
+        .map(|t| t.to_bare())
+        .unwrap_or_else(|| req.stanza.from.to_bare());
+    let Some(user) = owner.node() else {
+        return Err(StanzaError::new(Condition::ServiceUnavailable));
+    };
+    let exists = req
+        .cx
+        .storage()
+        .accounts
+        .account_exists(owner.domain().as_str(), user.as_str())
+        .await
+        .map_err(|e| palaver_server::module::storage_failure("pubsub", &e))?;
+    if !exists {
+        return Err(StanzaError::new(Condition::ServiceUnavailable));
+    }
+    Ok(ops::Target {
+        key: owner.to_string(),
+        pep: Some(owner),
+    })
+}
+
+async fn disco(
+    st: Arc<State>,
+    t: ops::Target,
+    req: IqRequest,
+    items: bool,
+) -> palaver_server::IqResult {
+    let node = req
+        .payload()
+        .and_then(|p| p.attr("node"))
+        .map(str::to_string);
+    let svc = ops::Svc {
+        st,
+        t,
+        cx: req.cx.clone(),
+        db: store::PubsubSql::of(&req.cx),
+    };
+    if items {
+        svc.disco_items(&req.stanza.from, node.as_deref()).await
+    } else {
+        svc.disco_info(&req.stanza.from, node.as_deref()).await
+    }
+}
+
+/// Stanzas to `pubsub.HOST` other than pubsub/disco requests: answers to
+/// our capability queries; messages are refused.
+fn service_stanza(st: &Arc<State>, cx: &ModuleCx, stanza: Stanza) {
+    match stanza.kind {
+        StanzaKind::Iq => match stanza.type_attr() {
+            Some("result") | Some("error") => {
+                let Some((_, (full, hash, ver))) = stanza.id().and_then(|id| st.pending.remove(id))
+                else {
+                    return;
+                };
+                if stanza.from != full || stanza.is_error() {
+                    return;
+                }
+                let Some(q) = stanza.payload().filter(|q| q.is("query", ns::DISCO_INFO)) else {
+                    return;
+                };
+                let notify = notify_nodes(q);
+                if hash == "sha-1" && caps_ver(q) == ver {
+                    st.caps.insert(ver, notify.clone());
+                }
+                set_session_caps(st, cx, &full, notify);
+            }
+            _ => cx.bounce(&stanza, Condition::ServiceUnavailable, None),
+        },
+        StanzaKind::Message => cx.bounce(&stanza, Condition::ServiceUnavailable, None),
+        StanzaKind::Presence => {}
+    }
+}
+
+/// The `+notify` features of a disco#info answer, without the suffix.
+fn notify_nodes(q: &Element) -> Arc<HashSet<String>> {
+    Arc::new(
+        q.children()
+            .filter(|c| c.is("feature", ns::DISCO_INFO))
+            .filter_map(|c| c.attr("var"))
+            .filter_map(|v| v.strip_suffix("+notify"))
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+/// XEP-0115 §5.1 verification string (SHA-1) of a disco#info answer.
+fn caps_ver(q: &Element) -> String {
+    let mut s = String::new();
+    let mut ids: Vec<String> = q
+        .children()
+        .filter(|c| c.is("identity", ns::DISCO_INFO))
+        .map(|i| {
+            format!(
+                "{}/{}/{}/{}",
+                i.attr("category").unwrap_or(""),
+                i.attr("type").unwrap_or(""),
+                i.attr_ns(rxml::Namespace::xml(), "lang").unwrap_or(""),
+                i.attr("name").unwrap_or("")
+            )
+        })
+        .collect();
+    ids.sort();
+    for i in ids {
+        s.push_str(&i);
+        s.push('<');
+    }
+    let mut feats: Vec<&str> = q
+        .children()
+        .filter(|c| c.is("feature", ns::DISCO_INFO))
+        .filter_map(|c| c.attr("var"))
+        .collect();
+    feats.sort();
+    for f in feats {
+        s.push_str(f);
+        s.push('<');
+    }
+    type Fields = Vec<(String, Vec<String>)>;
+    let mut forms: Vec<(String, Fields)> = Vec::new();
+    for x in q.children().filter(|c| c.is("x", ns::DATA_FORMS)) {
+        let Ok(f) = palaver_proto::forms::DataForm::parse(x) else {
+            continue;
+        };
+        let Some(ft) = f.form_type().map(str::to_string) else {
+            continue;
+        };
+        let mut fields: Vec<(String, Vec<String>)> = f
+            .fields
+            .iter()
+            .filter(|fl| fl.var.as_deref().is_some_and(|v| v != "FORM_TYPE"))
+            .map(|fl| {
+                let mut v = fl.values.clone();
+                v.sort();
+                (fl.var.clone().unwrap_or_default(), v)
+            })
+            .collect();
+        fields.sort();
+        forms.push((ft, fields));
+    }
+    forms.sort();
+    for (ft, fields) in forms {
+        s.push_str(&ft);
+        s.push('<');
+        for (var, values) in fields {
+            s.push_str(&var);
+            s.push('<');
+            for v in values {
+                s.push_str(&v);
+                s.push('<');
+            }
+        }
+    }
+    use base64::Engine;
+    use sha1::Digest;
+    base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(s.as_bytes()))
+}
+
+/// A session's broadcast presence: learn its `+notify` interests.
+fn presence_out(
+    st: &Arc<State>,
+    cx: &ModuleCx,
+    full: &FullJid,
+    stanza: &Stanza,
+    event: PresenceEvent,
+) {
+    if event == PresenceEvent::Unavailable {
+        st.sessions.remove(full.as_str());
+        return;
+    }
+    let Some(c) = stanza.el.get_child("c", NS_CAPS) else {
+        return;
+    };
+    let (Some(node), Some(ver)) = (c.attr("node"), c.attr("ver")) else {
+        return;
+    };
+    // Legacy caps (no hash) are not verifiable: asked per session.
+    let hash = c.attr("hash").unwrap_or("").to_string();
+    if !hash.is_empty()
+        && let Some(known) = st.caps.get(ver).map(|k| k.clone())
+    {
+        set_session_caps(st, cx, full, known);
+        return;
+    }
+    // Bounded: queries a client never answers are dropped with its session.
+    if st.pending.len() >= MAX_PENDING_CAPS {
+        return;
+    }
+    let id = format!("caps-{:016x}", rand::random::<u64>());
+    st.pending
+        .insert(id.clone(), (full.clone(), hash, ver.to_string()));
+    let mut iq = Element::bare("iq", ns::CLIENT);
+    set_attr(&mut iq, "type", "get");
+    set_attr(&mut iq, "id", id);
+    let mut q = Element::bare("query", ns::DISCO_INFO);
+    set_attr(&mut q, "node", format!("{node}#{ver}"));
+    iq.append_child(q);
+    let from = Jid::new(&st.service).unwrap_or_else(|_| Jid::from(full.to_bare()));
+    cx.route(Stanza::new(
+        StanzaKind::Iq,
+        from,
+        Some(Jid::from(full.clone())),
+        iq,
+    ));
+}
+
+/// Record a session's interests; on the first (or a widened) set, send
+/// the last items it now wants (XEP-0163 §4.3.4).
+fn set_session_caps(st: &Arc<State>, cx: &ModuleCx, full: &FullJid, notify: Arc<HashSet<String>>) {
+    if cx.sessions().get(full).is_none() {
+        return;
+    }
+    let before = st.sessions.insert(full.to_string(), notify.clone());
+    let new: HashSet<String> = match before {
+        Some(b) => notify.difference(&b).cloned().collect(),
+        None => (*notify).clone(),
+    };
+    if new.is_empty() {
+        return;
+    }
+    let st = st.clone();
+    let cx2 = cx.clone();
+    let full = full.clone();
+    cx.spawn(async move {
+        if let Err(e) = send_last_items(&st, &cx2, &full, &new).await {
+            tracing::debug!(error = ?e, "sending last PEP items failed");
+        }
+    });
+}
+
+async fn send_last_items(
+    st: &Arc<State>,
+    cx: &ModuleCx,
+    full: &FullJid,
+    nodes: &HashSet<String>,
+) -> Result<(), StanzaError> {
+    let me = full.to_bare();
+    let mut owners = vec![me.clone()];
+    if let Some(user) = me.node() {
+        let (_, roster) = cx
+            .storage()
+            .roster
+            .roster(me.domain().as_str(), user.as_str())
+            .await
+            .map_err(|e| palaver_server::module::storage_failure("pubsub", &e))?;
+        for it in roster {
+            if it.subscription.has_to()
+                && let Ok(b) = BareJid::new(&it.jid)
+                && b.node().is_some()
+                && cx.is_local(b.domain().as_str())
+            {
+                owners.push(b);
+            }
+        }
+    }
+    for o in owners {
+        // A contact of another local host is served by that host's module.
+        let ocx = if o.domain().as_str() == st.host {
+            cx.clone()
+        } else {
+            continue;
+        };
+        let svc = ops::Svc {
+            st: st.clone(),
+            t: ops::Target {
+                key: o.to_string(),
+                pep: Some(o.clone()),
+            },
+            db: store::PubsubSql::of(&ocx),
+            cx: ocx,
+        };
+        svc.send_last(full, nodes).await?;
+    }
+    Ok(())
+}
+
+async fn remove_user(_st: &State, cx: &ModuleCx, bare: &str) -> palaver_storage::Result<()> {
+    let db = store::PubsubSql::of(cx);
+    db.delete_service(bare).await?;
+    for (service, node) in db.remove_entity(bare).await? {
+        if !db.has_owner(&service, &node).await? {
+            db.delete_node(&service, &node).await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn caps_ver_of_the_xep_example() {
+        // XEP-0115 §5.2 simple generation example.
+        let q: minidom::Element = "<query xmlns='http://jabber.org/protocol/disco#info' node='http://code.google.com/p/exodus#QgayPKawpkPSDYmwT/WM94uAlu0='><identity category='client' name='Exodus 0.9.1' type='pc'/><feature var='http://jabber.org/protocol/caps'/><feature var='http://jabber.org/protocol/disco#info'/><feature var='http://jabber.org/protocol/disco#items'/><feature var='http://jabber.org/protocol/muc'/></query>".parse().expect("xml");
+        assert_eq!(super::caps_ver(&q), "QgayPKawpkPSDYmwT/WM94uAlu0=");
+        assert!(super::notify_nodes(&q).is_empty());
+    }
+}
