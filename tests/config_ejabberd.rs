@@ -55,7 +55,7 @@ fn debian_ejabberd_yml_passes_config_check_with_warnings_only() {
     for key in [
         "`log_rotate_count` (line 23",
         "`c2s_ciphers`",
-        "`s2s_use_starttls`",
+        "`s2s_ciphers`",
         "`api_permissions`",
         "`shaper`",
         "`shaper_rules`",

@@ -620,6 +620,11 @@ impl ModuleCx {
         &self.core
     }
 
+    /// Connected external components (XEP-0114) under this host's domain.
+    pub fn components(&self) -> Vec<String> {
+        self.core.routes.externals_under(&self.host.name)
+    }
+
     /// Route a stanza (the only way a stanza reaches anyone).
     pub fn route(&self, st: Stanza) {
         self.core.route(st)

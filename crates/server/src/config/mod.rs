@@ -17,6 +17,7 @@ mod ejabberd;
 mod listen;
 mod modules;
 mod read;
+mod s2s;
 mod yaml;
 
 pub use acl::{
@@ -24,6 +25,7 @@ pub use acl::{
     glob_match, is_glob,
 };
 pub use listen::{INFINITE_STANZA, ListenModule, Listener};
+pub use s2s::{ComponentOptions, S2sConfig, S2sTls};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -221,7 +223,7 @@ pub struct Config {
     pub certfiles: Vec<PathBuf>,
     /// Data directory (SQLite file, generated certificates, uploads).
     pub data_dir: PathBuf,
-    /// Listeners (s2s and component ones are kept but not served yet).
+    /// Listeners.
     pub listen: Vec<Listener>,
     /// Authentication method (global; see [`Config::host_options`]).
     pub auth_method: AuthMethod,
@@ -250,6 +252,8 @@ pub struct Config {
     pub disable_sasl_mechanisms: Vec<String>,
     /// Hosts with options of their own (`host_config`, `append_host_config`).
     pub host_options: BTreeMap<String, HostOptions>,
+    /// Federation (`s2s_*` options and the `s2s_hosts` override).
+    pub s2s: S2sConfig,
     /// Warnings from reading the file (ignored ejabberd options…), one line each.
     pub warnings: Vec<String>,
     /// The file this configuration was read from.
@@ -345,6 +349,7 @@ impl Config {
             shapers: BTreeMap::new(),
             disable_sasl_mechanisms: Vec::new(),
             host_options: BTreeMap::new(),
+            s2s: S2sConfig::default(),
             warnings: Vec::new(),
             source: None,
         }
