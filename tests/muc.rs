@@ -495,7 +495,16 @@ async fn kick_ban_voice_and_members_only() {
     .await;
     assert!(r.contains("type='result'"), "{r}");
     join(&mut bob, ROOM, "Bob", "").await;
-    join(&mut carol, ROOM, "Carol", "").await;
+    let c = join(&mut carol, ROOM, "Carol", "").await;
+    // Semi-anonymous (the default): only moderators see real JIDs.
+    assert!(
+        !c.contains("jid='alice@localhost/r'") && c.contains("code='110'"),
+        "{c}"
+    );
+    let to_bob = bob.stanza_with("/Carol'").await;
+    assert!(!to_bob.contains("jid='carol@localhost/r'"), "{to_bob}");
+    let to_alice = alice.stanza_all(&["/Carol'", "<presence"]).await;
+    assert!(to_alice.contains("jid='carol@localhost/r'"), "{to_alice}");
 
     // A participant cannot kick.
     let r = iq(
@@ -1072,5 +1081,133 @@ async fn room_archive_pages_with_rsm() {
     )
     .await;
     assert!(r.contains("item-not-found"), "{r}");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn service_name_inline_access_rules_and_caps() {
+    let modules = "modules:\n  mod_disco: {}\n  mod_muc:\n    host: \"chat.@HOST@\"\n    name: Salons\n    access_admin:\n      - allow: admin\n    access_persistent: [deny]\n    max_room_name: 5\n    max_room_id: infinity\n    default_room_options:\n      public: false\n      allow_subscription: true\nacl:\n  admin:\n    user: root\n";
+    let srv = TestServer::start_with("", modules).await;
+    users(&srv, &["alice", "root"]).await;
+    let mut alice = tcp(&srv, "alice", "r").await;
+    let mut root = tcp(&srv, "root", "r").await;
+    let room = "den@chat.localhost";
+    // The service is where `host` says, with its name.
+    let info = iq(
+        &mut alice,
+        "d1",
+        "chat.localhost",
+        "get",
+        "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+    )
+    .await;
+    assert!(info.contains("name='Salons'"), "{info}");
+    let items = iq(
+        &mut alice,
+        "d2",
+        DOMAIN,
+        "get",
+        "<query xmlns='http://jabber.org/protocol/disco#items'/>",
+    )
+    .await;
+    assert!(
+        items.contains("jid='chat.localhost'") && !items.contains("conference.localhost"),
+        "{items}"
+    );
+    join(&mut alice, room, "A", "").await;
+    // default_room_options: hidden.
+    let r = iq(
+        &mut alice,
+        "c0",
+        room,
+        "get",
+        "<query xmlns='http://jabber.org/protocol/muc#owner'/>",
+    )
+    .await;
+    assert!(r.contains("var='muc#roomconfig_publicroom'"), "{r}");
+    let f = r
+        .split("var='muc#roomconfig_publicroom'")
+        .nth(1)
+        .expect("field");
+    assert!(
+        f.starts_with("><value>0</value>") || f.contains("<value>0</value></field>"),
+        "{r}"
+    );
+    // max_room_name caps the title; access_persistent refuses persistence.
+    let r = iq(
+        &mut alice,
+        "c1",
+        room,
+        "set",
+        &submit(&[("muc#roomconfig_roomname", "Too long")]),
+    )
+    .await;
+    assert!(r.contains("not-acceptable"), "{r}");
+    let r = iq(
+        &mut alice,
+        "c2",
+        room,
+        "set",
+        &submit(&[("muc#roomconfig_persistentroom", "1")]),
+    )
+    .await;
+    assert!(r.contains("forbidden"), "{r}");
+    let r = iq(
+        &mut alice,
+        "c3",
+        room,
+        "set",
+        &submit(&[("muc#roomconfig_roomname", "Den")]),
+    )
+    .await;
+    assert!(r.contains("type='result'"), "{r}");
+    // The service administrator (inline access_admin) is an owner everywhere.
+    let j = join(&mut root, room, "Root", "").await;
+    assert!(j.contains("affiliation='owner'"), "{j}");
+    let r = iq(
+        &mut root,
+        "k1",
+        room,
+        "set",
+        &submit(&[("muc#roomconfig_roomname", "Root")]),
+    )
+    .await;
+    assert!(r.contains("type='result'"), "{r}");
+    alice.stanza_with("code='104'").await;
+    // Leave, to come back with history limits.
+    alice
+        .send(&format!("<presence to='{room}/A' type='unavailable'/>"))
+        .await;
+    alice
+        .stanza_all(&["type='unavailable'", "code='110'"])
+        .await;
+    // History by time: nothing older than 0 seconds... and all since 2000.
+    root.send(&format!(
+        "<message to='{room}' type='groupchat'><body>old news</body></message>"
+    ))
+    .await;
+    root.stanza_with("old news").await;
+    let none = join(
+        &mut alice,
+        room,
+        "A",
+        "<history since='2999-01-01T00:00:00Z'/>",
+    )
+    .await;
+    assert!(!none.contains("old news"), "{none}");
+    alice
+        .send(&format!("<presence to='{room}/A' type='unavailable'/>"))
+        .await;
+    alice
+        .stanza_all(&["type='unavailable'", "code='110'"])
+        .await;
+    let all = join(
+        &mut alice,
+        room,
+        "A",
+        "<history since='2000-01-01T00:00:00Z' seconds='3600'/>",
+    )
+    .await;
+    assert!(all.contains("old news"), "{all}");
     srv.stop().await;
 }

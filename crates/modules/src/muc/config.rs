@@ -83,6 +83,28 @@ pub const IGNORED_EJABBERD_KEYS: &[&str] = &[
 
 pub const NS_ROOMCONFIG: &str = "http://jabber.org/protocol/muc#roomconfig";
 
+/// The service's caps on what a room's owner may set (`max_users`,
+/// `max_room_name`, `max_room_desc`, `max_password`).
+#[derive(Debug, Clone, Copy)]
+pub struct Caps {
+    pub max_users: u32,
+    pub max_name: usize,
+    pub max_desc: usize,
+    pub max_password: usize,
+}
+
+impl Caps {
+    /// Only `max_users` capped.
+    pub fn users(max_users: u32) -> Caps {
+        Caps {
+            max_users,
+            max_name: usize::MAX,
+            max_desc: usize::MAX,
+            max_password: usize::MAX,
+        }
+    }
+}
+
 /// What applying a submitted form changed, for the status codes of §10.2.1.
 #[derive(Default, Debug)]
 pub struct Applied {
@@ -247,7 +269,8 @@ impl RoomConfig {
 
     /// Apply a submitted form (fields left out keep their values). `Err`
     /// names the field whose value is refused (answer `not-acceptable`).
-    pub fn apply(&mut self, form: &DataForm, max_users: u32) -> Result<Applied, String> {
+    pub fn apply(&mut self, form: &DataForm, caps: Caps) -> Result<Applied, String> {
+        let max_users = caps.max_users;
         let mut c = self.clone();
         let boolean = |var: &str, into: &mut bool| -> Result<(), String> {
             match form.boolean(var) {
@@ -322,6 +345,15 @@ impl RoomConfig {
         }
         boolean("muc#roomconfig_enablelogging", &mut c.logging)?;
         boolean("mam", &mut c.mam)?;
+        if c.title.chars().count() > caps.max_name {
+            return Err("muc#roomconfig_roomname".into());
+        }
+        if c.description.chars().count() > caps.max_desc {
+            return Err("muc#roomconfig_roomdesc".into());
+        }
+        if c.password.chars().count() > caps.max_password {
+            return Err("muc#roomconfig_roomsecret".into());
+        }
         if c.password_protected && c.password.is_empty() {
             return Err("muc#roomconfig_roomsecret".into());
         }
@@ -402,7 +434,7 @@ mod tests {
             vec!["anyone".into()],
         );
         let mut c2 = c.clone();
-        let a = c2.apply(&submitted, 200).expect("applies");
+        let a = c2.apply(&submitted, Caps::users(200)).expect("applies");
         assert!(c2.members_only && !c2.anonymous);
         assert_eq!(a.owners, Some(vec!["a@x".to_string()]));
         // A refused value leaves the room as it was.
@@ -414,7 +446,7 @@ mod tests {
         );
         let mut c3 = c.clone();
         assert_eq!(
-            c3.apply(&bad, 200).err().as_deref(),
+            c3.apply(&bad, Caps::users(200)).err().as_deref(),
             Some("muc#roomconfig_maxusers")
         );
         assert_eq!(c3, c);
@@ -425,6 +457,20 @@ mod tests {
             vec!["1".into()],
         );
         pw.set("muc#roomconfig_roomsecret", FieldType::TextPrivate, vec![]);
-        assert!(c3.apply(&pw, 200).is_err());
+        assert!(c3.apply(&pw, Caps::users(200)).is_err());
+        let mut long = DataForm::new(FormType::Submit);
+        long.set(
+            "muc#roomconfig_roomname",
+            FieldType::TextSingle,
+            vec!["abcdef".into()],
+        );
+        let caps = Caps {
+            max_name: 5,
+            ..Caps::users(200)
+        };
+        assert_eq!(
+            c3.apply(&long, caps).err().as_deref(),
+            Some("muc#roomconfig_roomname")
+        );
     }
 }

@@ -29,6 +29,7 @@ use palaver_proto::stanza::{Stanza, StanzaKind, set_attr};
 use palaver_server::hooks::RemoveUser;
 use palaver_server::{HookAction, HostSetup, Module, ModuleCx, ModuleDef};
 use room::{Effects, Room};
+use serde::Deserialize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -84,15 +85,36 @@ pub struct MucOptions {
     /// Most rooms one user may be in at once.
     pub max_user_conferences: u32,
     /// Longest room name (node), in characters.
+    #[serde(deserialize_with = "limit")]
     pub max_room_id: usize,
     /// Longest room title.
+    #[serde(deserialize_with = "limit")]
     pub max_room_name: usize,
     /// Longest room description.
+    #[serde(deserialize_with = "limit")]
     pub max_room_desc: usize,
     /// Longest room password.
+    #[serde(deserialize_with = "limit")]
     pub max_password: usize,
     /// Options of new rooms (ejabberd's names).
     pub default_room_options: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A length limit: a number, or ejabberd's `infinity`.
+fn limit<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum L {
+        N(usize),
+        S(String),
+    }
+    match L::deserialize(d)? {
+        L::N(n) => Ok(n),
+        L::S(s) if s == "infinity" || s == "infinite" => Ok(usize::MAX),
+        L::S(s) => Err(serde::de::Error::custom(format!(
+            "expected a number or infinity, found {s:?}"
+        ))),
+    }
 }
 
 impl Default for MucOptions {
@@ -137,6 +159,7 @@ impl Access {
 /// What a room may consult about the service while handling a stanza.
 pub struct Limits<'a> {
     pub max_users: u32,
+    pub caps: config::Caps,
     svc: &'a Service,
     persist_ok: bool,
 }
@@ -383,6 +406,12 @@ impl Service {
             let was_persistent = room.config.persistent;
             let limits = Limits {
                 max_users: self.opts.max_users,
+                caps: config::Caps {
+                    max_users: self.opts.max_users,
+                    max_name: self.opts.max_room_name,
+                    max_desc: self.opts.max_room_desc,
+                    max_password: self.opts.max_password,
+                },
                 svc: self,
                 persist_ok,
             };

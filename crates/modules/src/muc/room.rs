@@ -1550,12 +1550,9 @@ impl Room {
             return Err(StanzaError::new(Condition::BadRequest).text("unknown FORM_TYPE"));
         }
         let before = self.config.clone();
-        let applied = self
-            .config
-            .apply(&form, limits.max_users)
-            .map_err(|field| {
-                StanzaError::new(Condition::NotAcceptable).text(format!("bad value of {field}"))
-            })?;
+        let applied = self.config.apply(&form, limits.caps).map_err(|field| {
+            StanzaError::new(Condition::NotAcceptable).text(format!("bad value of {field}"))
+        })?;
         if self.config.persistent && !before.persistent && !limits.may_persist(&from.to_bare()) {
             self.config = before;
             return Err(
