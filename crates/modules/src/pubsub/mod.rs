@@ -356,9 +356,42 @@ fn service_stanza(st: &Arc<State>, cx: &ModuleCx, stanza: Stanza) {
             }
             _ => cx.bounce(&stanza, Condition::ServiceUnavailable, None),
         },
-        StanzaKind::Message => cx.bounce(&stanza, Condition::ServiceUnavailable, None),
+        StanzaKind::Message => authorization(st, cx, stanza),
         StanzaKind::Presence => {}
     }
+}
+
+const SUBSCRIBE_AUTHORIZATION: &str = "http://jabber.org/protocol/pubsub#subscribe_authorization";
+
+/// A message to the service: an owner's answer to a subscription
+/// authorization request (§8.6.2); anything else is refused.
+fn authorization(st: &Arc<State>, cx: &ModuleCx, stanza: Stanza) {
+    if stanza.is_error() {
+        return;
+    }
+    let form = match palaver_proto::forms::DataForm::find_in(&stanza.el) {
+        Some(Ok(f))
+            if f.kind == palaver_proto::forms::FormType::Submit
+                && f.form_type() == Some(SUBSCRIBE_AUTHORIZATION) =>
+        {
+            f
+        }
+        _ => {
+            cx.bounce(&stanza, Condition::ServiceUnavailable, None);
+            return;
+        }
+    };
+    let svc = ops::Svc {
+        st: st.clone(),
+        t: service_target(st),
+        cx: cx.clone(),
+        db: store::PubsubSql::of(cx),
+    };
+    cx.spawn(async move {
+        if let Err(e) = svc.authorize(&stanza.from, &form).await {
+            svc.cx.bounce_with(&stanza, e, None);
+        }
+    });
 }
 
 /// The `+notify` features of a disco#info answer, without the suffix.
