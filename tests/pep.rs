@@ -171,6 +171,13 @@ async fn omemo_device_list_with_publish_options_read_by_a_contact() {
         .ok(&format!("<iq type='get' id='{{id}}' to='alice@localhost'><pubsub xmlns='{NS_PUBSUB}'><items node='{OMEMO}'/></pubsub></iq>"))
         .await;
     assert!(String::from(&r).contains("5678"), "{r:?}");
+    // On pubsub.localhost: a node alice alone owns, and her subscription to bob's.
+    let mut a = Client::login(&srv, "alice", "r").await;
+    let svc = "pubsub.localhost";
+    a.ok(&format!("<iq type='set' id='{{id}}' to='{svc}'><pubsub xmlns='{NS_PUBSUB}'><create node='alices'/></pubsub></iq>")).await;
+    b.ok(&format!("<iq type='set' id='{{id}}' to='{svc}'><pubsub xmlns='{NS_PUBSUB}'><create node='bobs'/></pubsub></iq>")).await;
+    a.ok(&format!("<iq type='set' id='{{id}}' to='{svc}'><pubsub xmlns='{NS_PUBSUB}'><subscribe node='bobs' jid='alice@localhost/r'/></pubsub></iq>")).await;
+    drop(a);
     srv.core()
         .cx_of(DOMAIN)
         .expect("host")
@@ -179,6 +186,19 @@ async fn omemo_device_list_with_publish_options_read_by_a_contact() {
         .expect("remove");
     let db = palaver_modules::pubsub::store::PubsubSql::new(srv.core().storage().db.clone());
     assert!(db.nodes("alice@localhost").await.expect("nodes").is_empty());
+    assert_eq!(db.node(svc, "alices").await.expect("node"), None);
+    assert!(
+        db.subscriptions(svc, "bobs")
+            .await
+            .expect("subs")
+            .is_empty()
+    );
+    assert_eq!(
+        db.affiliation(svc, "bobs", "bob@localhost")
+            .await
+            .expect("aff"),
+        "owner"
+    );
     srv.stop().await;
 }
 
