@@ -337,3 +337,37 @@ async fn pep_nodes_in_xep0227_export_and_import() {
     .await;
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn a_contact_on_another_virtual_host_is_notified() {
+    let srv = TestServer::start_with("", MODULES).await;
+    srv.add_user("alice", DOMAIN, "pw").await;
+    srv.add_user("bob", DOMAIN2, "pw").await;
+    use palaver_storage::im::{RosterItem, Subscription};
+    for (user, host, contact) in [
+        ("alice", DOMAIN, format!("bob@{DOMAIN2}")),
+        ("bob", DOMAIN2, format!("alice@{DOMAIN}")),
+    ] {
+        let mut it = RosterItem::new(&contact);
+        it.subscription = Subscription::Both;
+        srv.core()
+            .storage()
+            .roster
+            .put_roster_item(host, user, &it)
+            .await
+            .expect("roster");
+    }
+    let mut a = Client::login(&srv, "alice", "r").await;
+    a.ok(&avatar("ccc")).await;
+    // bob's first session: the last item on its presence.
+    let mut b = Client::login_at(&srv, "bob", DOMAIN2, "r").await;
+    b.available_with_notify(&[AVATAR]).await;
+    let m = b.event("alice@localhost", AVATAR).await;
+    assert!(String::from(&m).contains("ccc"), "{m:?}");
+    // A new item reaches him too.
+    a.ok(&avatar("ddd")).await;
+    let m = b.event("alice@localhost", AVATAR).await;
+    assert!(String::from(&m).contains("ddd"), "{m:?}");
+    assert_eq!(m.attr("to"), Some(format!("bob@{DOMAIN2}/r").as_str()));
+    srv.stop().await;
+}
