@@ -333,6 +333,18 @@ async fn subscription_options_turn_delivery_off_and_on() {
         Some("invalid-options"),
     )
     .await;
+    // A node sending its last item on presence: bob's next session gets it.
+    a.ok(&format!(
+        "<iq type='set' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_PUBSUB}'><create node='status'/><configure><x xmlns='jabber:x:data' type='submit'><field var='pubsub#send_last_published_item'><value>on_sub_and_presence</value></field></x></configure></pubsub></iq>"
+    ))
+    .await;
+    b.ok(&format!("<iq type='set' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_PUBSUB}'><subscribe node='status' jid='bob@localhost'/></pubsub></iq>")).await;
+    a.ok(&publish("status", "s1", "all good")).await;
+    b.event(SVC, "status").await;
+    let mut b2 = Client::login(&srv, "bob", "other").await;
+    let m = b2.event(SVC, "status").await;
+    assert!(String::from(&m).contains("all good"), "{m:?}");
+    assert_eq!(m.attr("to"), Some("bob@localhost/other"));
     // Delivery on again.
     b.ok(&format!(
         "<iq type='set' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_PUBSUB}'><options node='quiet' jid='bob@localhost'>{}</options></pubsub></iq>",

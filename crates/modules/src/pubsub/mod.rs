@@ -512,6 +512,21 @@ fn presence_out(
         st.sessions.remove(full.as_str());
         return;
     }
+    if event == PresenceEvent::Initial {
+        // Subscriptions on the service with `on_sub_and_presence`.
+        let svc = ops::Svc {
+            st: st.clone(),
+            t: service_target(st),
+            cx: cx.clone(),
+            db: store::PubsubSql::of(cx),
+        };
+        let full = full.clone();
+        cx.spawn(async move {
+            if let Err(e) = svc.send_last_to_subscriber(&full).await {
+                tracing::debug!(error = ?e, "sending last items to a subscriber failed");
+            }
+        });
+    }
     let Some(c) = stanza.el.get_child("c", NS_CAPS) else {
         return;
     };

@@ -1267,6 +1267,58 @@ impl Svc {
         Ok(())
     }
 
+    /// §6.1.7 / `on_sub_and_presence`: a subscriber's session became
+    /// available; send it the last item of each node it is subscribed to
+    /// (bare or this full JID) whose configuration asks for it.
+    pub async fn send_last_to_subscriber(&self, to: &jid::FullJid) -> Result<(), StanzaError> {
+        let bare = to.to_bare();
+        for s in self
+            .db
+            .subscriptions_of(&self.t.key, bare.as_str())
+            .await
+            .map_err(storage)?
+        {
+            if s.state != "subscribed"
+                || !s.deliver
+                || (s.jid != bare.as_str() && s.jid != to.as_str())
+            {
+                continue;
+            }
+            let Ok(n) = self.node(&s.node).await else {
+                continue;
+            };
+            if n.cfg.send_last_published_item != SendLast::OnSubAndPresence
+                || !n.cfg.deliver_notifications
+                || self.may_access(&n, &bare).await.is_err()
+            {
+                continue;
+            }
+            let Some(last) = self
+                .db
+                .items(&self.t.key, &n.name, Some(1))
+                .await
+                .map_err(storage)?
+                .into_iter()
+                .next()
+            else {
+                continue;
+            };
+            let payload = last.payload.parse::<Element>().ok();
+            let mut items = Element::bare("items", NS_EVENT);
+            set_attr(&mut items, "node", n.name.as_str());
+            items.append_child(event_item(&last, payload.as_ref(), n.cfg.deliver_payloads));
+            let mut event = Element::bare("event", NS_EVENT);
+            event.append_child(items);
+            self.cx.route(event_message(
+                &self.t.jid(),
+                Jid::from(to.clone()),
+                &n.cfg.notification_type,
+                event,
+            ));
+        }
+        Ok(())
+    }
+
     /// Publish (or replace) an item as the service owner, with the
     /// notifications of a publish; creates the node with `cfg` if needed.
     pub async fn publish_as_owner(
