@@ -1,13 +1,14 @@
 // Drives Converse.js (browser/page) in headless Debian Chromium through
 // playwright-core, for tests/browser.rs.
 //
-//   node drive.mjs --url URL --contact JID --send TEXT --expect TEXT [--timeout-ms N]
+//   node drive.mjs --url URL (--contact JID | --room JID) --send TEXT --expect TEXT [--timeout-ms N]
 //                  [--screenshot FILE] [--watch-stdin]
 //
 // Steps: open URL (the page logs in from its query), wait until Converse is
 // connected and the chat with --contact is open, type --send into the chat
 // textarea and press Enter, then wait until a message with the text --expect
-// is rendered in that chat.
+// is rendered in that chat. With --room the chat is the room's view (the page
+// joins the room named by its `room` query parameter).
 //
 // Protocol on stdout, one line each (the Rust test reads these):
 //   STEP <name>            progress
@@ -57,6 +58,7 @@ function parseArgs(argv) {
         switch (key) {
             case '--url': opts.url = value; break;
             case '--contact': opts.contact = value; break;
+            case '--room': opts.room = value; break;
             case '--send': opts.send = value; break;
             case '--expect': opts.expect = value; break;
             case '--timeout-ms': opts.timeoutMs = Number(value); break;
@@ -64,9 +66,10 @@ function parseArgs(argv) {
             default: throw new Error(`unknown option ${key}`);
         }
     }
-    for (const k of ['url', 'contact', 'send', 'expect']) {
+    for (const k of ['url', 'send', 'expect']) {
         if (!opts[k]) throw new Error(`--${k} is required`);
     }
+    if (!opts.contact === !opts.room) throw new Error('give one of --contact and --room');
     if (!(opts.timeoutMs > 0)) throw new Error('--timeout-ms must be a positive number');
     return opts;
 }
@@ -224,7 +227,9 @@ async function main() {
         out(`CONNECTED ${login.jid}`);
 
         setStep('open-chat');
-        const chat = page.locator(`converse-chat[jid=${cssString(opts.contact)}]`);
+        const chat = opts.room
+            ? page.locator(`converse-muc[jid=${cssString(opts.room)}]`)
+            : page.locator(`converse-chat[jid=${cssString(opts.contact)}]`);
         const textarea = chat.locator('textarea.chat-textarea');
         await textarea.waitFor({ state: 'visible', timeout: 0 });
 

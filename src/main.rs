@@ -349,6 +349,7 @@ async fn run_other(cmd: Cmd) -> Result<()> {
             let c = load_config(config.as_ref(), NoConfig::Refuse)?;
             let mut warnings = check_modules(&c, &palaver_admin::registry())?;
             warnings.extend(check_certificates(&c));
+            warnings.extend(palaver_s2s::check_certificates(&c));
             for w in &warnings {
                 eprintln!("warning: {w}");
             }
@@ -579,6 +580,7 @@ async fn serve(config_path: Option<PathBuf>) -> Result<()> {
     let db = db_location(&config);
     let mut server = palaver_server::Server::start(config, &palaver_admin::registry()).await?;
     palaver_http::start(&mut server);
+    let s2s = palaver_s2s::start(&mut server).await?;
     let control = palaver_admin::control::start(&mut server)?;
     println!(
         "palaver {} serving {}",
@@ -590,6 +592,15 @@ async fn serve(config_path: Option<PathBuf>) -> Result<()> {
             "  listening on {addr} ({module:?}{})",
             if *tls { ", direct TLS" } else { "" }
         );
+    }
+    for (tls, addr) in &s2s.s2s_addrs {
+        println!(
+            "  listening on {addr} (S2s{})",
+            if *tls { ", direct TLS" } else { "" }
+        );
+    }
+    for addr in &s2s.component_addrs {
+        println!("  listening on {addr} (Component)");
     }
     println!("  control socket: {}", control.display());
     println!("  data directory: {}", data.display());

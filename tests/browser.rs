@@ -286,13 +286,29 @@ async fn wait_for_message(c: &mut RawTcp, text: &str) -> Result<String, String> 
 
 // ---------------------------------------------------------------- the test
 
+/// Issue 13: Converse.js joins this room (made by Bob on TCP) instead of a
+/// one-to-one chat.
+const ROOM: &str = "lobby@conference.localhost";
+
 async fn converse_chat(transport: Transport) {
-    let test = format!("converse_over_{}", transport.name());
+    converse(transport, false).await
+}
+
+async fn converse(transport: Transport, in_room: bool) {
+    let test = if in_room {
+        format!("converse_joins_a_room_over_{}", transport.name())
+    } else {
+        format!("converse_over_{}", transport.name())
+    };
     if !prerequisites_present(&test) {
         return;
     }
     let started = Instant::now();
-    let srv = TestServer::start().await;
+    let srv = if in_room {
+        TestServer::start_with("", "modules:\n  mod_disco: {}\n  mod_muc: {}\n").await
+    } else {
+        TestServer::start().await
+    };
     srv.add_user("alice", DOMAIN, "alice-browser-pw").await;
     srv.add_user("bob", DOMAIN, "bob-tcp-pw").await;
 
@@ -301,6 +317,16 @@ async fn converse_chat(transport: Transport) {
     bob.send("<presence/><iq type='get' id='bob-ping'><ping xmlns='urn:xmpp:ping'/></iq>")
         .await;
     bob.until("id='bob-ping'").await;
+    if in_room {
+        // Bob makes an instant room and waits in it.
+        bob.send(&format!(
+            "<presence to='{ROOM}/Bob'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+        ))
+        .await;
+        bob.until("</subject></message>").await;
+        bob.send(&format!("<iq type='set' id='bob-cfg' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'/></query></iq>")).await;
+        bob.until("id='bob-cfg'").await;
+    }
 
     let (static_addr, static_task) = start_static_server().await;
     let http = srv.http_addr;
@@ -311,11 +337,12 @@ async fn converse_chat(transport: Transport) {
     let alice = format!("alice@{DOMAIN}");
     let bob_jid = format!("bob@{DOMAIN}");
     let url = format!(
-        "http://{static_addr}/index.html?{param}={}&jid={}&password={}&auto_login=true&contact={}&loglevel={}",
+        "http://{static_addr}/index.html?{param}={}&jid={}&password={}&auto_login=true&{}={}&loglevel={}",
         percent_encode(&service),
         percent_encode(&alice),
         percent_encode("alice-browser-pw"),
-        percent_encode(&bob_jid),
+        if in_room { "room" } else { "contact" },
+        percent_encode(if in_room { ROOM } else { &bob_jid }),
         std::env::var("PALAVER_BROWSER_LOGLEVEL").unwrap_or_else(|_| "info".into()),
     );
     let from_browser = format!(
@@ -331,7 +358,11 @@ async fn converse_chat(transport: Transport) {
     cmd.current_dir(browser_dir())
         .arg("drive.mjs")
         .args(["--url", &url])
-        .args(["--contact", &bob_jid])
+        .args(if in_room {
+            ["--room", ROOM]
+        } else {
+            ["--contact", &bob_jid]
+        })
         .args(["--send", &from_browser])
         .args(["--expect", &from_tcp])
         .args(["--timeout-ms", &DRIVER_TIMEOUT_MS.to_string()])
@@ -342,7 +373,7 @@ async fn converse_chat(transport: Transport) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Ok(shot) = std::env::var("PALAVER_BROWSER_SCREENSHOT_DIR") {
-        cmd.args(["--screenshot", &format!("{shot}/{}.png", transport.name())]);
+        cmd.args(["--screenshot", &format!("{shot}/{test}.png")]);
     }
     let mut child = cmd.spawn().expect("spawn node browser/drive.mjs");
     let stdout = child.stdout.take().expect("driver stdout");
@@ -389,14 +420,30 @@ async fn converse_chat(transport: Transport) {
     };
     let from = attr(&stanza, "from").expect("from on the browser's message");
     let (bare, resource) = from.split_once('/').expect("full JID from the browser");
-    assert_eq!(bare, alice, "{stanza}");
     assert!(!resource.is_empty(), "{stanza}");
-    assert_eq!(attr(&stanza, "type").as_deref(), Some("chat"), "{stanza}");
+    if in_room {
+        // The room relays it from Alice's nickname, to every occupant.
+        assert_eq!(bare, ROOM, "{stanza}");
+        assert_eq!(
+            attr(&stanza, "type").as_deref(),
+            Some("groupchat"),
+            "{stanza}"
+        );
+        assert!(stanza.contains("urn:xmpp:occupant-id:0"), "{stanza}");
+    } else {
+        assert_eq!(bare, alice, "{stanza}");
+        assert_eq!(attr(&stanza, "type").as_deref(), Some("chat"), "{stanza}");
+    }
 
     // 2. Bob answers; the driver waits for it to show in the chat view.
+    let (kind, to) = if in_room {
+        ("groupchat", ROOM.to_string())
+    } else {
+        ("chat", from.clone())
+    };
     bob.send(&format!(
-        "<message type='chat' to='{}' id='bob-reply'><body>{}</body></message>",
-        xml_escape(&from),
+        "<message type='{kind}' to='{}' id='bob-reply'><body>{}</body></message>",
+        xml_escape(&to),
         xml_escape(&from_tcp)
     ))
     .await;
@@ -424,8 +471,14 @@ async fn converse_chat(transport: Transport) {
         status.success(),
         "{test}: driver exited with {status}; driver said {seen:?}"
     );
+    let connected = if in_room {
+        format!("CONNECTED {alice}/")
+    } else {
+        format!("CONNECTED {from}")
+    };
     assert!(
-        seen.iter().any(|l| l == &format!("CONNECTED {from}")),
+        seen.iter()
+            .any(|l| l == &connected || (in_room && l.starts_with(&connected))),
         "{test}: driver's CONNECTED line names another JID than {from}: {seen:?}"
     );
     assert!(
@@ -465,4 +518,9 @@ async fn converse_over_websocket() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn converse_over_bosh() {
     converse_chat(Transport::Bosh).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converse_joins_a_room_over_websocket() {
+    converse(Transport::WebSocket, true).await;
 }

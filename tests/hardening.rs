@@ -401,3 +401,46 @@ async fn failed_logins_are_slowed_then_banned() {
         .await;
     alice.until("id='p'").await;
 }
+
+/// Five wrong passwords on one stream end it with `policy-violation`
+/// (without mod_fail2ban, so nothing else is in the way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_wrong_passwords_end_the_stream() {
+    use base64::Engine;
+    let srv = TestServer::start_with("", "modules:\n  mod_ping: {}\n").await;
+    srv.add_user("alice", DOMAIN, "pw").await;
+    let wrong = base64::engine::general_purpose::STANDARD.encode("\0alice\0nope");
+    let mut c = Raw::connect(srv.addr).await;
+    c.open(DOMAIN).await;
+    for i in 0..5 {
+        c.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{wrong}</auth>"
+        ))
+        .await;
+        let r = c.until("</failure>").await;
+        assert!(r.contains("not-authorized"), "failure {i}: {r}");
+    }
+    let rest = c.until_closed().await;
+    assert!(rest.contains("<policy-violation"), "{rest}");
+}
+
+/// A listener's `max_connections`: the next connection is not served until
+/// one of the open ones goes (it waits in the accept queue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_connection_cap_holds_the_next_one() {
+    let srv = TestServer::start_with("    max_connections: 2\n", "").await;
+    srv.add_user("alice", DOMAIN, "pw").await;
+    let _a = raw_login(srv.addr, "alice", DOMAIN, "pw", "a").await;
+    let b = raw_login(srv.addr, "alice", DOMAIN, "pw", "b").await;
+    let mut third = Raw::connect(srv.addr).await;
+    third.send(&header(DOMAIN)).await;
+    // Not answered while two are open (the negative check needs a wait).
+    let mut chunk = [0u8; 256];
+    let early = tokio::time::timeout(Duration::from_millis(500), third.s.read(&mut chunk)).await;
+    assert!(
+        early.is_err(),
+        "the third connection was served beyond max_connections"
+    );
+    drop(b);
+    third.until("</stream:features>").await;
+}

@@ -7,6 +7,8 @@
 //   jid, password     the account to log in with
 //   auto_login        "true" (default) or "false"
 //   contact           bare JID to open a chat with once connected
+//   room              room JID to join once connected (XEP-0045), as `nick`
+//   nick              nickname in the room (default: the JID's local part)
 //   loglevel          Converse log level (default "info"; "debug" logs every stanza)
 
 const q = new URLSearchParams(window.location.search);
@@ -48,6 +50,18 @@ if (!window.converse) {
                 state.jid = api.connection.get()?.jid || null;
                 state.status = 'connected';
                 note('connected', state.jid);
+                const room = q.get('room');
+                if (room) {
+                    const nick = q.get('nick') || (q.get('jid') || 'browser').split('@')[0];
+                    try {
+                        await api.rooms.open(room, { nick }, true);
+                        state.status = 'chat-open';
+                        note('room-open', room);
+                    } catch (e) {
+                        state.status = 'error';
+                        state.errors.push(`api.rooms.open(${room}) failed: ${e}`);
+                    }
+                }
                 const contact = q.get('contact');
                 if (contact) {
                     try {

@@ -242,7 +242,15 @@ fn server_items(req: IqRequest, extra: &[String]) -> IqResult {
         return Err(StanzaError::new(Condition::ItemNotFound));
     }
     let mut q = Element::bare("query", ns::DISCO_ITEMS);
-    for j in req.cx.host().services().iter().chain(extra) {
+    let components = req.cx.components();
+    for j in req
+        .cx
+        .host()
+        .services()
+        .iter()
+        .chain(&components)
+        .chain(extra)
+    {
         q.append_child(
             Element::builder("item", ns::DISCO_ITEMS)
                 .attr(attr_name("jid"), j.as_str())

@@ -126,13 +126,18 @@ async fn user_last(req: IqRequest) -> IqResult {
             return Err(StanzaError::new(Condition::Forbidden));
         }
     }
-    if core
-        .sessions()
-        .sessions(&to)
-        .iter()
-        .any(|h| h.priority.is_some())
-    {
-        return Ok(Some(query(0, None)));
+    let available = core.sessions().available(&to);
+    if !available.is_empty() {
+        // Online: idle since the last of its clients went inactive
+        // (XEP-0352), or not idle at all.
+        let idle = available
+            .iter()
+            .map(|h| h.inactive_since)
+            .collect::<Option<Vec<_>>>()
+            .and_then(|since| since.into_iter().max())
+            .and_then(|t| t.elapsed().ok())
+            .map_or(0, |d| d.as_secs());
+        return Ok(Some(query(idle, None)));
     }
     match store::LastSql::of(core)
         .last(&host, &node)

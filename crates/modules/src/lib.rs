@@ -2,15 +2,21 @@
 //! function registering the module's handlers on a virtual host.
 
 pub mod announce;
+pub mod auth_fast;
 pub mod blocking;
+pub mod carboncopy;
+pub mod client_state;
 pub mod disco;
 pub mod fail2ban;
 pub mod http_upload;
 pub mod last;
+pub mod mam;
+pub mod muc;
 pub mod offline;
 pub mod ping;
 pub mod private;
 pub mod pubsub;
+pub mod push;
 pub mod register;
 pub mod roster;
 pub mod stream_mgmt;
@@ -38,6 +44,12 @@ pub fn registry() -> Vec<ModuleDef> {
         announce::MODULE,
         stream_mgmt::MODULE,
         fail2ban::MODULE,
+        carboncopy::MODULE,
+        mam::MODULE,
+        client_state::MODULE,
+        push::MODULE,
+        auth_fast::MODULE,
+        muc::MODULE,
         pubsub::MODULE,
     ]
 }

@@ -362,6 +362,21 @@ mod portable {
                 if !to_ok {
                     set_attr(&mut msg, "to", bare.clone());
                 }
+                // XEP-0359 §4: a stanza-id claiming to be by the account
+                // comes from the file, not from this server's archive.
+                if msg
+                    .children()
+                    .any(|c| c.is("stanza-id", "urn:xmpp:sid:0") && c.attr("by") == Some(&bare))
+                {
+                    for node in msg.take_nodes() {
+                        match node {
+                            minidom::Node::Element(c)
+                                if c.is("stanza-id", "urn:xmpp:sid:0")
+                                    && c.attr("by") == Some(&bare) => {}
+                            other => msg.append_node(other),
+                        }
+                    }
+                }
                 let stamp = msg
                     .get_child("delay", ns::DELAY)
                     .and_then(|d| d.attr("stamp"))

@@ -244,6 +244,27 @@ sync_hook!(
     Stanza
 );
 sync_hook!(
+    /// A message addressed to a user of a local host (bare or full JID), as
+    /// the router takes it — before any delivery decision (a session, the
+    /// offline hooks, an error), whatever its origin (a local session, a
+    /// service, a remote server, a stanza routed again after its session
+    /// ended). Runs inside the routing task (`ModuleCx::spawn` holds the
+    /// sender's ticket); `Drop` stops the message. For modules that stamp
+    /// or record every message an account receives (an archive adding
+    /// XEP-0359 stanza-ids).
+    MessageIn,
+    "message_to_user",
+    Stanza
+);
+sync_hook!(
+    /// An IQ result or error addressed to a local host or to a user's bare
+    /// JID: the answer to a request a module sent in that name (a push
+    /// notification, a ping). Without a handler it is dropped, as before.
+    IqResponse,
+    "iq_response",
+    Stanza
+);
+sync_hook!(
     /// A client stream was opened (and again after STARTTLS and SASL) from
     /// `ip`, before anything else is done on it: a module that refuses the
     /// address sets [`StreamOpen::refuse`] (the stream ends with
@@ -258,6 +279,74 @@ sync_hook!(
     "c2s_auth_result",
     AuthFailure
 );
+
+sync_hook!(
+    /// XEP-0352: the client of a session ([`HookCx::session`]) says it is
+    /// `<active/>` or `<inactive/>`. Without a handler the kernel refuses
+    /// both (`unsupported-stanza-type`); a handler accepts by setting
+    /// [`ClientState::accepted`] and, going inactive, the most stanzas the
+    /// session may hold back ([`ClientState::max_held`]).
+    ClientStateChanged,
+    "csi_activity",
+    ClientState
+);
+sync_hook!(
+    /// XEP-0352: a stanza about to be written to a session whose client is
+    /// inactive (after the user-receive hooks). A handler sets
+    /// [`HeldStanza::hold`] to keep it back: the session keeps it, in order,
+    /// and writes every held stanza before the next one that is not held
+    /// (or when the client becomes active, or more than
+    /// [`ClientState::max_held`] wait). A held stanza with a `key` replaces
+    /// the held one with the same key (the latest presence of a contact).
+    /// Held stanzas are never lost: a session that ends or detaches treats
+    /// them as written and unacknowledged (resent on resumption, routed to
+    /// the account again otherwise).
+    CsiFilter,
+    "csi_filter_stanza",
+    HeldStanza
+);
+
+sync_hook!(
+    /// XEP-0386 Bind 2: a resource was just bound inside a XEP-0388
+    /// authentication; the client's inline requests in other namespaces
+    /// (`<enable xmlns='urn:xmpp:carbons:2'/>`…) are offered to the modules
+    /// that advertised them with `HostSetup::add_bind2_feature`. A handler
+    /// acts on its own namespace and may add elements to the `<bound/>`
+    /// answer. (XEP-0198 `<enable/>` is the kernel's own.)
+    Bind2Inline,
+    "bind2_inline",
+    Bind2Request
+);
+
+/// The inline part of a Bind 2 request ([`Bind2Inline`]).
+#[derive(Clone, Debug, Default)]
+pub struct Bind2Request {
+    /// The client's `<bind/>` children other than `<tag/>`.
+    pub requests: Vec<minidom::Element>,
+    /// Elements for the `<bound/>` answer.
+    pub results: Vec<minidom::Element>,
+}
+
+/// A client's XEP-0352 state change ([`ClientStateChanged`]).
+#[derive(Clone, Debug)]
+pub struct ClientState {
+    /// `<active/>` (or `<inactive/>`).
+    pub active: bool,
+    /// Set by the module that implements XEP-0352.
+    pub accepted: bool,
+    /// While inactive, the most stanzas held back before all are written.
+    pub max_held: usize,
+}
+
+/// A stanza for an inactive client ([`CsiFilter`]).
+#[derive(Clone, Debug)]
+pub struct HeldStanza {
+    /// The stanza (read-only for the decision; changes are ignored).
+    pub stanza: Stanza,
+    /// `None`: write it (after what is held). `Some(key)`: hold it; a
+    /// non-empty key replaces a held stanza with the same key.
+    pub hold: Option<String>,
+}
 
 /// A client stream being opened ([`StreamOpened`]).
 #[derive(Clone, Debug)]

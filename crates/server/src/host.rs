@@ -45,6 +45,11 @@ impl Host {
         }))
     }
 
+    /// Disco features of every account's bare JID, sorted.
+    pub fn account_features(&self) -> &[String] {
+        &self.regs.account_features
+    }
+
     /// Disco features of the server entity, sorted.
     pub fn features(&self) -> &[String] {
         &self.regs.features
@@ -53,11 +58,6 @@ impl Host {
     /// Disco identities of the server entity.
     pub fn identities(&self) -> &[Identity] {
         &self.regs.identities
-    }
-
-    /// Disco features the modules added to every account's bare JID.
-    pub fn account_features(&self) -> &[String] {
-        &self.regs.account_features
     }
 
     /// Disco identities the modules added to every account's bare JID.

@@ -176,8 +176,10 @@ impl HttpRoute {
 #[derive(Default)]
 pub struct Registrations {
     pub(crate) features: Vec<String>,
-    pub(crate) identities: Vec<Identity>,
     pub(crate) account_features: Vec<String>,
+    pub(crate) bind2_features: Vec<String>,
+    pub(crate) fast: Option<Arc<dyn FastTokens>>,
+    pub(crate) identities: Vec<Identity>,
     pub(crate) account_identities: Vec<Identity>,
     pub(crate) disco_nodes: HashMap<String, DiscoNodeHandler>,
     pub(crate) iq: HashMap<(IqScope, IqType, String), IqHandler>,
@@ -247,10 +249,10 @@ impl HostSetup {
     pub(crate) fn finish(mut self) -> Registrations {
         self.regs.features.sort();
         self.regs.features.dedup();
-        self.regs.identities.sort();
-        self.regs.identities.dedup();
         self.regs.account_features.sort();
         self.regs.account_features.dedup();
+        self.regs.identities.sort();
+        self.regs.identities.dedup();
         self.regs.account_identities.sort();
         self.regs.account_identities.dedup();
         self.regs
@@ -271,6 +273,25 @@ impl HostSetup {
         self.regs.features.push(var.to_string());
     }
 
+    /// Advertise a disco feature of every account of the host (the
+    /// disco#info of a user's bare JID: services the server runs on the
+    /// account's behalf, e.g. XEP-0313 archives, PEP).
+    pub fn add_account_feature(&mut self, var: &str) {
+        self.regs.account_features.push(var.to_string());
+    }
+
+    /// Advertise an inline feature of XEP-0386 Bind 2 (the namespace of
+    /// what the client may enable while binding; the module handles the
+    /// [`Bind2Inline`](crate::hooks::Bind2Inline) hook for it).
+    pub fn add_bind2_feature(&mut self, var: &str) {
+        self.regs.bind2_features.push(var.to_string());
+    }
+
+    /// Offer XEP-0484 FAST tokens in XEP-0388 authentication, kept by `tokens`.
+    pub fn fast_tokens(&mut self, tokens: Arc<dyn FastTokens>) {
+        self.regs.fast = Some(tokens);
+    }
+
     /// Advertise a disco identity of the host.
     pub fn add_identity(&mut self, category: &str, kind: &str, name: Option<&str>) {
         self.regs.identities.push(Identity {
@@ -278,12 +299,6 @@ impl HostSetup {
             kind: kind.into(),
             name: name.map(Into::into),
         });
-    }
-
-    /// Advertise a disco feature of every account's bare JID (services the
-    /// server runs on the account's behalf, e.g. PEP).
-    pub fn add_account_feature(&mut self, var: &str) {
-        self.regs.account_features.push(var.to_string());
     }
 
     /// Advertise a disco identity of every account's bare JID (e.g.
@@ -470,6 +485,35 @@ impl HostSetup {
     }
 }
 
+/// XEP-0484 FAST tokens of a host (`mod_auth_fast`): issued after a
+/// XEP-0388 authentication that asks for one, checked by the `HT-*`
+/// mechanisms. The kernel never sees how they are stored.
+pub trait FastTokens: Send + Sync {
+    /// A new token for `user`'s client `agent` (XEP-0388 user-agent id):
+    /// `(token, expiry in ms since the epoch)`. The previous token of that
+    /// client stays valid until this one is used (rotation).
+    fn issue(
+        &self,
+        cx: ModuleCx,
+        user: String,
+        agent: String,
+    ) -> BoxFuture<'static, Option<(String, i64)>>;
+
+    /// Check an `HT-SHA-256-*` proof (`HMAC(token, "Initiator" || cb)`) of
+    /// `user`'s client `agent`; the token it matches, when it does (for
+    /// the server's answer `HMAC(token, "Responder" || cb)`). `invalidate`:
+    /// the client asks for that token to be forgotten after this login.
+    fn verify(
+        &self,
+        cx: ModuleCx,
+        user: String,
+        agent: String,
+        proof: Vec<u8>,
+        cb: Vec<u8>,
+        invalidate: bool,
+    ) -> BoxFuture<'static, Option<String>>;
+}
+
 /// A feature module.
 ///
 /// ```ignore
@@ -574,6 +618,11 @@ impl ModuleCx {
     /// The server core (for the command layer, which runs over it).
     pub fn core(&self) -> &Arc<Core> {
         &self.core
+    }
+
+    /// Connected external components (XEP-0114) under this host's domain.
+    pub fn components(&self) -> Vec<String> {
+        self.core.routes.externals_under(&self.host.name)
     }
 
     /// Route a stanza (the only way a stanza reaches anyone).

@@ -120,4 +120,35 @@ mod tests {
         let got = log.lock().map(|l| l.clone()).unwrap_or_default();
         assert_eq!(got, (0..50).collect::<Vec<_>>());
     }
+
+    /// A shard holds at most `CAPACITY` queued jobs: one more is refused
+    /// (the caller answers `resource-constraint`), and once the queue moves
+    /// there is room again; other shards are not affected.
+    #[tokio::test]
+    async fn a_full_shard_refuses_then_recovers() {
+        let s = Serializer::default();
+        let (gate_tx, gate_rx) = oneshot::channel::<()>();
+        // The first job blocks the shard's worker until the gate opens.
+        s.try_run("k", async move {
+            let _ = gate_rx.await;
+        })
+        .map_err(|_| "busy")
+        .expect("queued");
+        // Let the worker take it, so CAPACITY more fill the queue.
+        tokio::task::yield_now().await;
+        let mut queued = 0;
+        while s.try_run("k", async {}).is_ok() {
+            queued += 1;
+            assert!(queued <= CAPACITY + 1, "the queue never filled");
+        }
+        assert!(queued >= CAPACITY - 1, "refused after only {queued}");
+        // A key on another shard is still served.
+        let other = (0..100)
+            .map(|i| format!("other{i}"))
+            .find(|k| shard_of(k) != shard_of("k"))
+            .expect("a key on another shard");
+        assert_eq!(s.run(&other, async { 1 }).await, Some(1));
+        let _ = gate_tx.send(());
+        assert_eq!(s.run("k", async { 2 }).await, Some(2), "room again");
+    }
 }

@@ -56,6 +56,10 @@ pub struct SessionHandle {
     pub priority: Option<i8>,
     /// The last available presence broadcast by the session (answers probes).
     pub presence: Option<Arc<minidom::Element>>,
+    /// Since when the client says it is inactive (XEP-0352), if it does.
+    pub inactive_since: Option<std::time::SystemTime>,
+    /// The session lost its connection and waits to be resumed (XEP-0198).
+    pub detached: bool,
     /// Channel to the session task (kernel only: the router delivers).
     pub(crate) tx: mpsc::Sender<SessionMsg>,
 }
@@ -189,6 +193,24 @@ impl SessionManager {
                     h.presence = None;
                 }
             }
+        }
+    }
+
+    /// Record a session's XEP-0352 state (`None`: active).
+    pub fn set_inactive(&self, jid: &FullJid, id: u64, since: Option<std::time::SystemTime>) {
+        if let Some(mut entry) = self.table.get_mut(bare_str(jid.as_str()))
+            && let Some(h) = entry.iter_mut().find(|h| h.id == id)
+        {
+            h.inactive_since = since;
+        }
+    }
+
+    /// Record that a session waits, detached, to be resumed (or not any more).
+    pub fn set_detached(&self, jid: &FullJid, id: u64, detached: bool) {
+        if let Some(mut entry) = self.table.get_mut(bare_str(jid.as_str()))
+            && let Some(h) = entry.iter_mut().find(|h| h.id == id)
+        {
+            h.detached = detached;
         }
     }
 

@@ -301,6 +301,13 @@ impl CertStore {
         self.set().entry_for(sni).clone()
     }
 
+    /// The certificate and key served for `name` (SNI; the default without
+    /// one): for s2s, which presents it as a TLS client too and builds its
+    /// own configs (client certificates requested).
+    pub fn certified_key(&self, name: Option<&str>) -> Arc<CertifiedKey> {
+        self.entry_for(name).key.clone()
+    }
+
     /// A rustls server config with the given ALPN protocols: TLS 1.2 and
     /// 1.3 only (rustls implements nothing older), certificates by SNI from
     /// the current set.

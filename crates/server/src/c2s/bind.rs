@@ -32,13 +32,32 @@ impl C2sSession {
             Some(r) => r,
             None => format!("palaver-{}", &random_id()[..10]),
         };
-        let jid = match FullJid::new(&format!("{user}@{}/{resource}", host.name)) {
+        let jid = match self.bind_resource(&user, &host, &resource).await {
             Ok(j) => j,
-            Err(_) => {
-                self.iq_error_raw(id.as_deref(), Condition::BadRequest);
+            Err(cond) => {
+                self.iq_error_raw(id.as_deref(), cond);
                 return Ok(Next::Continue);
             }
         };
+        let mut inner = String::from("<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>");
+        escape_into(&mut inner, jid.as_str());
+        inner.push_str("</jid></bind>");
+        self.iq_reply_raw(id.as_deref(), "result", &inner);
+        Ok(Next::Continue)
+    }
+}
+
+impl C2sSession {
+    /// Bind `resource` for `user` (RFC 6120 §7, also XEP-0386): enter the
+    /// session table and run the session-bound hooks.
+    pub(super) async fn bind_resource(
+        &mut self,
+        user: &str,
+        host: &std::sync::Arc<crate::host::Host>,
+        resource: &str,
+    ) -> Result<FullJid, Condition> {
+        let jid = FullJid::new(&format!("{user}@{}/{resource}", host.name))
+            .map_err(|_| Condition::BadRequest)?;
         let (tx, rx) = mpsc::channel(crate::sessions::SESSION_QUEUE);
         let sid = self.core.registry.next_id();
         let max = max_user_sessions(&self.core.config, &host.name, jid.to_bare().as_str());
@@ -47,28 +66,25 @@ impl C2sSession {
             resource: jid.resource().as_str().to_string(),
             priority: None,
             presence: None,
+            inactive_since: None,
+            detached: false,
             tx,
         };
         if self.core.registry.bind(&jid, handle, max).is_err() {
             // RFC 6120 §7.6.2.1: the account is at its limit of resources.
             tracing::warn!(peer = %self.peer, jid = %jid.to_bare(), max, "max_user_sessions reached; bind refused");
-            self.iq_error_raw(id.as_deref(), Condition::ResourceConstraint);
-            return Ok(Next::Continue);
+            return Err(Condition::ResourceConstraint);
         }
         self.core.run_session_bound(&jid).await;
-        let mut inner = String::from("<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>");
-        escape_into(&mut inner, jid.as_str());
-        inner.push_str("</jid></bind>");
-        self.iq_reply_raw(id.as_deref(), "result", &inner);
         tracing::debug!(peer = %self.peer, jid = %jid, "resource bound");
         self.bound = Some(Bound {
-            jid,
+            jid: jid.clone(),
             id: sid,
             rx,
             priority: None,
             directed: Vec::new(),
         });
-        Ok(Next::Continue)
+        Ok(jid)
     }
 }
 

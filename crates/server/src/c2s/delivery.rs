@@ -54,8 +54,18 @@ impl C2sSession {
         }
     }
 
-    /// Write a stanza to the client; with stream management, keep it until acknowledged.
+    /// Write a stanza to the client (unless an inactive client's filter
+    /// holds it back, `csi.rs`); with stream management, keep it until
+    /// acknowledged.
     fn emit(&mut self, st: Stanza) {
+        let Some(st) = self.csi_filter(st) else {
+            return;
+        };
+        self.write_stanza(st);
+    }
+
+    /// Write a stanza now; with stream management, keep it until acknowledged.
+    pub(super) fn write_stanza(&mut self, st: Stanza) {
         self.out.element(&st.el);
         if let Some(mgmt) = &mut self.stream_mgmt {
             mgmt.unacked.push_back(st);

@@ -8,12 +8,15 @@
 //! (`output.rs`), which each transport serializes its own way.
 
 mod bind;
+mod bind2;
 mod connection;
+mod csi;
 mod delivery;
 mod negotiation;
 mod output;
 mod presence;
 mod sasl;
+mod sasl2;
 mod session;
 mod stream_mgmt;
 mod tcp;

@@ -111,15 +111,19 @@ impl C2sSession {
                 s.push_str("</starttls>");
             }
             if !(self.tls_possible() && self.cfg.starttls_required) {
-                s.push_str("<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>");
+                let mut mechs = String::new();
                 for m in Mechanism::ALL {
                     if self.offers(m) {
-                        s.push_str("<mechanism>");
-                        s.push_str(m.name());
-                        s.push_str("</mechanism>");
+                        mechs.push_str("<mechanism>");
+                        mechs.push_str(m.name());
+                        mechs.push_str("</mechanism>");
                     }
                 }
+                s.push_str("<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>");
+                s.push_str(&mechs);
                 s.push_str("</mechanisms>");
+                // XEP-0388, with the same mechanisms (`sasl2.rs`).
+                self.sasl2_feature(&mut s, &mechs);
                 if !self.cb.is_empty() {
                     s.push_str("<sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'>");
                     for t in self.cb.supported() {

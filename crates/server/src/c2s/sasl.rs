@@ -26,12 +26,39 @@ pub(super) enum SaslState {
 }
 
 impl C2sSession {
-    fn sasl_failure(&mut self, f: SaslFailure, text: Option<&str>) -> Next {
-        self.sasl = SaslState::None;
+    /// A challenge (RFC 6120, or XEP-0388 during a SASL2 exchange).
+    pub(super) fn write_challenge(&mut self, data: &[u8]) {
+        let ns = if self.sasl2.is_some() {
+            super::sasl2::NS
+        } else {
+            "urn:ietf:params:xml:ns:xmpp-sasl"
+        };
         self.out.element_with(|out, _| {
-            out.push_str("<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><");
-            out.push_str(f.condition());
-            out.push_str("/>");
+            out.push_str("<challenge xmlns='");
+            out.push_str(ns);
+            if data.is_empty() {
+                out.push_str("'/>");
+                return;
+            }
+            out.push_str("'>");
+            out.push_str(&encode_sasl_payload(data));
+            out.push_str("</challenge>");
+        });
+    }
+
+    pub(super) fn sasl_failure(&mut self, f: SaslFailure, text: Option<&str>) -> Next {
+        self.sasl = SaslState::None;
+        let sasl2 = self.sasl2.take().is_some();
+        self.out.element_with(|out, _| {
+            if sasl2 {
+                out.push_str("<failure xmlns='urn:xmpp:sasl:2'><");
+                out.push_str(f.condition());
+                out.push_str(" xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+            } else {
+                out.push_str("<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><");
+                out.push_str(f.condition());
+                out.push_str("/>");
+            }
             if let Some(t) = text {
                 out.push_str("<text xml:lang='en'>");
                 escape_into(out, t);
@@ -86,8 +113,16 @@ impl C2sSession {
         }
     }
 
-    fn sasl_success(&mut self, user: String, additional: Option<Vec<u8>>) -> Next {
+    pub(super) fn sasl_success(&mut self, user: String, additional: Option<Vec<u8>>) -> Next {
         self.sasl = SaslState::None;
+        if let Some(s2) = self.sasl2.as_mut() {
+            // XEP-0388: the SASL2 exchange finishes the success itself
+            // (inline bind, resumption, token), without a stream restart.
+            s2.succeeded = Some(additional);
+            tracing::debug!(peer = %self.peer, user, "authenticated (SASL2)");
+            self.user = Some(user);
+            return Next::Continue;
+        }
         self.out.element_with(|out, _| {
             out.push_str("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'");
             match additional {
@@ -107,7 +142,7 @@ impl C2sSession {
     }
 
     /// Normalise a SASL username to a node of this host.
-    fn nodeprep(&self, user: &str) -> Option<String> {
+    pub(super) fn nodeprep(&self, user: &str) -> Option<String> {
         let host = self.host.as_ref()?;
         let bare = BareJid::new(&format!("{user}@{}", host.name)).ok()?;
         let node = bare.node()?.as_str().to_string();
@@ -148,8 +183,7 @@ impl C2sSession {
                     Mechanism::Plain => {
                         if data.is_empty() {
                             // Empty initial response: ask for the credentials.
-                            self.out
-                                .raw("<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+                            self.write_challenge(&[]);
                             self.sasl = SaslState::ScramStart(Mechanism::Plain);
                             return Ok(Next::Continue);
                         }
@@ -157,8 +191,7 @@ impl C2sSession {
                     }
                     Mechanism::Scram { .. } => {
                         if data.is_empty() {
-                            self.out
-                                .raw("<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+                            self.write_challenge(&[]);
                             self.sasl = SaslState::ScramStart(mech);
                             return Ok(Next::Continue);
                         }
@@ -256,11 +289,7 @@ impl C2sSession {
             None => None,
         };
         let challenge = server.server_first(creds.as_ref());
-        self.out.element_with(|out, _| {
-            out.push_str("<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>");
-            out.push_str(&encode_sasl_payload(&challenge));
-            out.push_str("</challenge>");
-        });
+        self.write_challenge(&challenge);
         self.sasl = SaslState::Scram(Box::new(server));
         Next::Continue
     }

@@ -80,6 +80,8 @@ pub struct C2sSession {
     pub(super) cb: ChannelBindings,
     pub(super) user: Option<String>,
     pub(super) sasl: SaslState,
+    /// A XEP-0388 exchange in progress (`sasl2.rs`).
+    pub(super) sasl2: Option<Box<super::sasl2::Sasl2>>,
     pub(super) auth_failures: u8,
     /// The user name of the SASL exchange in progress (for the failure log).
     pub(super) last_auth_user: String,
@@ -87,6 +89,8 @@ pub struct C2sSession {
     /// XEP-0198 state once the client enabled it.
     /// (Boxed: most sessions never enable it, and idle sessions stay small.)
     pub(super) stream_mgmt: Option<Box<StreamMgmt>>,
+    /// XEP-0352: stanzas held back while the client is inactive (`csi.rs`).
+    pub(super) csi: Option<Box<super::csi::Held>>,
     /// Work the router deferred for this session's stanzas (storage, IQ
     /// handlers), by inbound stanza number; see [`crate::ack`].
     pub(super) inflight: Arc<crate::ack::AckTracker>,
@@ -128,10 +132,12 @@ impl C2sSession {
             cb: ChannelBindings::default(),
             user: None,
             sasl: SaslState::None,
+            sasl2: None,
             auth_failures: 0,
             last_auth_user: String::new(),
             bound: None,
             stream_mgmt: None,
+            csi: None,
             inflight: crate::ack::AckTracker::new(),
             received: 0,
             resumable_end: true,
@@ -289,6 +295,9 @@ impl C2sSession {
             if el.has_ns(stream_mgmt::NS) {
                 return self.handle_stream_mgmt(el);
             }
+            if el.has_ns(super::csi::NS) {
+                return self.handle_csi(&el);
+            }
             // RFC 6120 §10.1: an answer the server gives implies that the
             // client's earlier stanzas are handled. A server-answered request
             // waits until their deferred work (offline storage, IQ handlers
@@ -308,6 +317,9 @@ impl C2sSession {
                 SC::PolicyViolation,
                 "STARTTLS is required",
             ));
+        }
+        if el.has_ns(super::sasl2::NS) {
+            return Box::pin(self.handle_sasl2(el)).await;
         }
         if el.has_ns(ns::SASL) {
             if self.user.is_some() {
@@ -553,6 +565,10 @@ impl C2sSession {
             }
             None => Default::default(),
         };
+        // Held back for an inactive client (XEP-0352): never written either.
+        if let Some(held) = self.csi.take() {
+            pending.extend(held.into_stanzas());
+        }
         while let Ok(msg) = b.rx.try_recv() {
             if let SessionMsg::Stanza(st, _) = msg {
                 pending.push_back(*st);

@@ -223,6 +223,9 @@ impl C2sSession {
         };
         self.host = state.host;
         self.user = state.user;
+        self.core
+            .registry
+            .set_detached(&state.bound.jid, state.bound.id, false);
         self.bound = Some(state.bound);
         self.inflight = state.inflight;
         self.received = state.received;
@@ -390,6 +393,13 @@ impl C2sSession {
                 return;
             }
         };
+        // Held back for an inactive client (XEP-0352): sent on resumption.
+        if let (Some(held), Some(mgmt)) = (self.csi.take(), self.stream_mgmt.as_mut()) {
+            mgmt.unacked.extend(held.into_stanzas());
+        }
+        if let Some(b) = &self.bound {
+            self.core.registry.set_detached(&b.jid, b.id, true);
+        }
         tracing::debug!(peer = %self.peer, timeout, "session detached, waiting to be resumed");
         let deadline = tokio::time::sleep(std::time::Duration::from_secs(timeout));
         tokio::pin!(deadline);

@@ -9,11 +9,11 @@ use std::net::IpAddr;
 pub enum ListenModule {
     /// Client-to-server XMPP over TCP (`c2s`, ejabberd's `ejabberd_c2s`).
     C2s,
-    /// Server-to-server XMPP (`s2s`, `ejabberd_s2s_in`; not served yet).
+    /// Server-to-server XMPP (`s2s`, `ejabberd_s2s_in`), served by the s2s crate.
     S2s,
     /// HTTP: BOSH, WebSocket, upload, discovery (`http`, `ejabberd_http`).
     Http,
-    /// XEP-0114 external components (`component`, `ejabberd_service`; not served yet).
+    /// XEP-0114 external components (`component`, `ejabberd_service`), served by the s2s crate.
     Component,
 }
 
@@ -69,6 +69,8 @@ pub struct Listener {
     pub cors_origins: Vec<String>,
     /// HTTP: path of the WebSocket endpoint.
     pub websocket_path: String,
+    /// Component listeners: domains and secrets.
+    pub component: super::ComponentOptions,
 }
 
 impl Listener {
@@ -96,6 +98,7 @@ impl Listener {
             public_url: None,
             cors_origins: vec!["*".into()],
             websocket_path: "/ws".into(),
+            component: Default::default(),
         }
     }
 }
@@ -306,6 +309,12 @@ pub(crate) fn parse_listener(
                 }
             }
             "certfile" => certfiles.push(get_string(v, full, files)?),
+            "password" if module == ListenModule::Component => {
+                l.component.password = Some(get_string(v, full, files)?)
+            }
+            "hosts" if module == ListenModule::Component => {
+                super::s2s::component_hosts(v, &mut l.component, files)?
+            }
             "request_handlers" => request_handlers(v, &mut l, files, warnings)?,
             "transport" if v.as_str() == Some("tcp") => {}
             other if ejabberd::LISTEN.binary_search(&other).is_ok() => warnings.push(
@@ -341,20 +350,19 @@ pub(crate) fn parse_listener(
             "a direct-TLS listener has no STARTTLS",
         ));
     }
-    if matches!(module, ListenModule::S2s | ListenModule::Component) {
-        warnings.push(
-            files,
-            "listen.module",
-            module_node.pos,
-            &format!(
-                "`{module_name}` (port {port}): {} listeners are not served yet: ignored",
-                if module == ListenModule::S2s {
-                    "server-to-server"
-                } else {
-                    "component"
-                }
-            ),
-        );
+    if module == ListenModule::Component
+        && l.component.password.is_none()
+        && l.component.hosts.values().all(Option::is_none)
+    {
+        return Err(ConfigError::at(
+            "listen.password",
+            n.pos.line,
+            "a component listener needs `password` or `hosts: {DOMAIN: {password: …}}`",
+        ));
+    }
+    if module == ListenModule::S2s && !starttls_set {
+        // STARTTLS on s2s follows `s2s_use_starttls`.
+        l.starttls = true;
     }
     Ok(Some((l, n.pos)))
 }

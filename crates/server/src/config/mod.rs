@@ -17,6 +17,7 @@ mod ejabberd;
 mod listen;
 mod modules;
 mod read;
+mod s2s;
 mod yaml;
 
 pub use acl::{
@@ -24,6 +25,7 @@ pub use acl::{
     glob_match, is_glob,
 };
 pub use listen::{INFINITE_STANZA, ListenModule, Listener};
+pub use s2s::{ComponentOptions, S2sConfig, S2sTls};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -221,7 +223,7 @@ pub struct Config {
     pub certfiles: Vec<PathBuf>,
     /// Data directory (SQLite file, generated certificates, uploads).
     pub data_dir: PathBuf,
-    /// Listeners (s2s and component ones are kept but not served yet).
+    /// Listeners.
     pub listen: Vec<Listener>,
     /// Authentication method (global; see [`Config::host_options`]).
     pub auth_method: AuthMethod,
@@ -250,6 +252,8 @@ pub struct Config {
     pub disable_sasl_mechanisms: Vec<String>,
     /// Hosts with options of their own (`host_config`, `append_host_config`).
     pub host_options: BTreeMap<String, HostOptions>,
+    /// Federation (`s2s_*` options and the `s2s_hosts` override).
+    pub s2s: S2sConfig,
     /// Warnings from reading the file (ignored ejabberd options…), one line each.
     pub warnings: Vec<String>,
     /// The file this configuration was read from.
@@ -345,6 +349,7 @@ impl Config {
             shapers: BTreeMap::new(),
             disable_sasl_mechanisms: Vec::new(),
             host_options: BTreeMap::new(),
+            s2s: S2sConfig::default(),
             warnings: Vec::new(),
             source: None,
         }
@@ -531,6 +536,22 @@ impl Config {
         self.shapers.get(value).cloned()
     }
 
+    /// Whether an access rule given inline in a module's options (ejabberd
+    /// accepts `access: [allow]` or `access_admin: [{allow: admin}]` as
+    /// well as a rule's name; see [`inline_access_rule`]) allows `jid` on
+    /// `host`: the first entry whose conditions all match decides; deny
+    /// when none does.
+    pub fn inline_access(&self, host: &str, rule: &AccessRule, jid: &str) -> bool {
+        let env = acl::Env {
+            hosts: &self.hosts,
+            acl: self.scope(Some(host)).0,
+        };
+        rule.entries
+            .iter()
+            .find(|(_, conds)| env.all_match(conds, Subject::jid(jid)))
+            .is_some_and(|(action, _)| *action == AccessAction::Allow)
+    }
+
     /// The value of a shaper rule for `jid` on `host` (first matching entry).
     pub fn shaper_rule_value(&self, host: Option<&str>, rule: &str, jid: &str) -> Option<&str> {
         let h = host.and_then(|h| self.host_options.get(h));
@@ -544,6 +565,14 @@ impl Config {
                 .then_some(v.as_str())
         })
     }
+}
+
+/// Read an access rule written inline in a module's options, in any of
+/// ejabberd's forms (`[allow]`, `[{allow: admin}, deny]`, `{allow: [admin]}`).
+/// `key` names the option in the error.
+pub fn inline_access_rule(key: &str, v: &serde_json::Value) -> Result<AccessRule, String> {
+    acl::parse_access_rule(key, &yaml::Node::from_json(v), &Files::default())
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use super::yaml::{Files, Node, Pos, V, bad};
 use super::{
     AclRule, AuthMethod, Config, ConfigError, DbKind, HostOptions, ModuleConfig, SqlType, Warnings,
-    acl, ejabberd, listen,
+    acl, ejabberd, listen, s2s,
 };
 use std::path::PathBuf;
 
@@ -293,6 +293,9 @@ impl Reader<'_> {
                 "host_config" => host_config = Some((k.clone(), v.clone())),
                 "append_host_config" => append_host_config = Some((k.clone(), v.clone())),
                 k2 if HOST_LEVEL.contains(&k2) => self.host_level(&mut global, None, k, v)?,
+                k2 if s2s::KEYS.contains(&k2) => {
+                    s2s::read(&mut c.s2s, k2, k, v, files, &mut self.warnings)?
+                }
                 other if ejabberd::TOP_LEVEL.binary_search(&other).is_ok() => {
                     self.warn(other, k.pos, "ejabberd option not used by Palaver: ignored")
                 }

@@ -172,7 +172,6 @@ fn listeners_with_ejabberd_names() {
         "shaper",
         "access",
         "protocol_options",
-        "s2s",
         "mod_http_api",
         "ejabberd_stun",
     ] {
@@ -396,4 +395,49 @@ fn modules_palaver_lacks_are_warnings() {
         "{}",
         e.message
     );
+}
+
+#[test]
+fn inline_access_rules_in_module_options() {
+    let c = Config::parse("hosts: [a]\nacl:\n  admin: {user: [root@a]}\n").expect("config");
+    let v: serde_json::Value = serde_json::json!([{"allow": "admin"}, "deny"]);
+    let rule = super::inline_access_rule("mod_x.access", &v).expect("rule");
+    assert!(c.inline_access("a", &rule, "root@a"));
+    assert!(!c.inline_access("a", &rule, "eve@a"));
+    let all =
+        super::inline_access_rule("mod_x.access", &serde_json::json!(["allow"])).expect("rule");
+    assert!(c.inline_access("a", &all, "eve@a"));
+    assert!(
+        super::inline_access_rule("mod_x.access", &serde_json::json!([{"maybe": "admin"}]))
+            .is_err()
+    );
+}
+
+#[test]
+fn s2s_and_component_options() {
+    let c = parse(
+        "hosts: [a.test]\ns2s_use_starttls: required\ns2s_access: s2s\ns2s_timeout: 5 minutes\ns2s_max_retry_delay: 30\ns2s_hosts:\n  b.test: '127.0.0.1:5999'\nlisten:\n  - port: 5269\n    module: ejabberd_s2s_in\n  - port: 5347\n    module: ejabberd_service\n    hosts:\n      bot.a.test:\n        password: secret\n",
+    );
+    assert_eq!(c.s2s.use_starttls, crate::config::S2sTls::Required);
+    assert_eq!(c.s2s.access.as_deref(), Some("s2s"));
+    assert_eq!(c.s2s.idle_timeout, 300);
+    assert_eq!(c.s2s.max_retry_delay, 30);
+    assert_eq!(
+        c.s2s.hosts.get("b.test").map(String::as_str),
+        Some("127.0.0.1:5999")
+    );
+    assert_eq!(c.listen[1].module, ListenModule::Component);
+    assert_eq!(
+        c.listen[1].component.secret_for("bot.a.test"),
+        Some("secret")
+    );
+    assert_eq!(c.listen[1].component.secret_for("other.a.test"), None);
+    let e = Config::parse_with_env(
+        "hosts: [a]\nlisten:\n  - port: 5347\n    module: ejabberd_service\n",
+        &[],
+    )
+    .unwrap_err();
+    assert!(e.message.contains("password"), "{}", e.message);
+    let e = Config::parse_with_env("hosts: [a]\ns2s_hosts:\n  b: nowhere\n", &[]).unwrap_err();
+    assert!(e.message.contains("s2s_hosts.b"), "{}", e.message);
 }

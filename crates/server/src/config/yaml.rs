@@ -67,6 +67,32 @@ impl Node {
             V::Map(_) => "a mapping",
         }
     }
+    /// A node from JSON (module options read back), without a position.
+    pub fn from_json(v: &serde_json::Value) -> Node {
+        use serde_json::Value as J;
+        let v = match v {
+            J::Null => V::Null,
+            J::Bool(b) => V::Bool(*b),
+            J::Number(n) => match n.as_i64() {
+                Some(i) => V::Int(i),
+                None => V::Float(n.as_f64().unwrap_or(0.0)),
+            },
+            J::String(s) => V::Str(s.clone()),
+            J::Array(items) => V::Seq(items.iter().map(Node::from_json).collect()),
+            J::Object(m) => V::Map(
+                m.iter()
+                    .map(|(k, v)| {
+                        (
+                            Node::new(V::Str(k.clone()), Pos::default()),
+                            Node::from_json(v),
+                        )
+                    })
+                    .collect(),
+            ),
+        };
+        Node::new(v, Pos::default())
+    }
+
     /// Convert to JSON (module options): map keys become strings.
     pub fn to_json(&self) -> serde_json::Value {
         use serde_json::Value as J;

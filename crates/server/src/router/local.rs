@@ -39,6 +39,13 @@ pub(crate) fn route(core: &Arc<Core>, host: Arc<Host>, st: Stanza) {
         to_host(core, host, st);
         return;
     }
+    let mut st = st;
+    if st.kind == StanzaKind::Message
+        && host.hooks().has::<hooks::MessageIn>()
+        && core.cx(&host).run_hook::<hooks::MessageIn>(None, &mut st) == HookAction::Drop
+    {
+        return;
+    }
     match to.try_as_full() {
         Ok(full) => to_full(core, host, full.clone(), st),
         Err(bare) => to_bare(core, host, bare.clone(), st),

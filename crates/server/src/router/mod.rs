@@ -103,6 +103,22 @@ impl RoutingTable {
         v
     }
 
+    /// Domains with an external destination (connected components) that
+    /// are subdomains of `parent`, sorted (a host's disco#items).
+    pub fn externals_under(&self, parent: &str) -> Vec<String> {
+        let suffix = format!(".{parent}");
+        let mut v: Vec<String> = self
+            .domains
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .filter(|(d, dest)| d.ends_with(&suffix) && matches!(dest, Destination::External(_)))
+            .map(|(d, _)| d.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Set where stanzas for domains without an entry go (s2s). Without it
     /// they are answered `remote-server-not-found`.
     pub fn set_remote(&self, sink: Option<Arc<dyn StanzaSink>>) {
@@ -203,7 +219,14 @@ impl Core {
         let kind = match st.type_attr() {
             Some("get") => IqType::Get,
             Some("set") => IqType::Set,
-            Some("result") | Some("error") => return,
+            Some("result") | Some("error") => {
+                if host.hooks().has::<crate::hooks::IqResponse>() {
+                    let mut st = st;
+                    self.cx(&host)
+                        .run_hook::<crate::hooks::IqResponse>(None, &mut st);
+                }
+                return;
+            }
             _ => {
                 self.bounce(&st, Condition::BadRequest, None);
                 return;

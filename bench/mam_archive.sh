@@ -1,0 +1,72 @@
+#!/bin/sh
+# Fill a mod_mam archive with 1,000,000 messages over 1,000 users (1,000
+# each, with 20 correspondents each), then show the plans of the two
+# queries BENCHMARKS.md times: the last 50 messages with one contact, and a
+# page by date.
+#
+#   bench/mam_archive.sh sqlite DATA_DIR/palaver.db
+#   bench/mam_archive.sh pgsql  postgres://postgres@127.0.0.1:5432/bench
+#
+# The tables must exist: start Palaver once on that database with mod_mam
+# enabled (its migrations create them), stop it, then run this. Users are
+# u0..u999 on host `localhost`; the rows are written straight with SQL
+# (ids are microsecond timestamps ending now, as the module makes them).
+# Env: MESSAGES (default 1000000), USERS (default 1000).
+set -eu
+backend=${1:?sqlite|pgsql}
+target=${2:?database file or URL}
+MESSAGES=${MESSAGES:-1000000}
+USERS=${USERS:-1000}
+PER_USER=$((MESSAGES / USERS))
+NOW_US=$(($(date +%s) * 1000000))
+FIRST_US=$((NOW_US - MESSAGES * 1000))
+
+fill_sql() {
+	# $1: integer-series expression yielding n = 0..MESSAGES-1 as column n.
+	cat <<SQL
+INSERT INTO mam_archive (host, username, id, with_bare, with_res, origin_id, xml)
+SELECT 'localhost',
+       'u' || (n % $USERS),
+       $FIRST_US + n * 1000,
+       'u' || ((n % $USERS + 1 + (n / $USERS) % 20) % $USERS) || '@localhost',
+       'phone',
+       'o' || n,
+       '<message xmlns=''jabber:client'' from=''u' || ((n % $USERS + 1 + (n / $USERS) % 20) % $USERS) || '@localhost/phone'' to=''u' || (n % $USERS) || '@localhost'' type=''chat'' id=''m' || n || '''><body>benchmark message ' || n || '</body></message>'
+FROM $1;
+SQL
+}
+
+# The two timed queries, for user u42 and correspondent u43.
+LAST50="SELECT id, xml FROM mam_archive WHERE host = 'localhost' AND username = 'u42' AND with_bare = 'u43@localhost' ORDER BY id DESC LIMIT 51"
+BYDATE="SELECT id, xml FROM mam_archive WHERE host = 'localhost' AND username = 'u42' AND id >= $((FIRST_US + MESSAGES * 500)) AND id <= $NOW_US ORDER BY id ASC LIMIT 51"
+
+case $backend in
+sqlite)
+	sqlite3 "$target" <<SQL
+PRAGMA journal_mode=WAL;
+BEGIN;
+$(fill_sql "(WITH RECURSIVE s(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM s WHERE n + 1 < $MESSAGES) SELECT n FROM s)")
+COMMIT;
+ANALYZE;
+SELECT 'rows', COUNT(*) FROM mam_archive;
+EXPLAIN QUERY PLAN $LAST50;
+EXPLAIN QUERY PLAN $BYDATE;
+SQL
+	;;
+pgsql)
+	psql -v ON_ERROR_STOP=1 "$target" <<SQL
+BEGIN;
+$(fill_sql "generate_series(0, $MESSAGES - 1) AS s(n)")
+COMMIT;
+ANALYZE mam_archive;
+SELECT 'rows', COUNT(*) FROM mam_archive;
+EXPLAIN ANALYZE $LAST50;
+EXPLAIN ANALYZE $BYDATE;
+SQL
+	;;
+*)
+	echo "backend: sqlite or pgsql" >&2
+	exit 2
+	;;
+esac
+echo "archive: $MESSAGES messages, $USERS users of $PER_USER ($backend)"

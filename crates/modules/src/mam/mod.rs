@@ -1,0 +1,1009 @@
+//! XEP-0313 Message Archive Management for user archives (`urn:xmpp:mam:2`
+//! and `#extended`), with XEP-0359 stanza and origin ids.
+//!
+//! **What is archived.** One-to-one messages (`chat` and `normal`) with a
+//! body, an end-to-end encrypted payload or a `<store/>` hint; never
+//! `groupchat` (the room archives), `headline`, errors, carbon copies, or
+//! messages with `<no-store/>`/`<no-permanent-store/>`. Both sides of a
+//! conversation between local users are archived, each in its own archive:
+//!
+//! - the **received** side when the router takes a message for a local
+//!   account ([`MessageIn`]), whoever sent it and whether or not the
+//!   account is online: the server adds `<stanza-id by='user@host'/>`
+//!   with the archive id (the client sees it, also in offline messages);
+//! - the **sent** side when a local session sends one ([`UserSent`], in the
+//!   order the account sent them). Carbon copies are not archived again.
+//!
+//! Both writes hold the sending client's XEP-0198 ticket: its `<a/>`
+//! means the message is in both archives.
+//!
+//! **Ids.** An archive id is a microsecond timestamp made strictly
+//! increasing in the process (and above everything already stored), so
+//! date and id order agree and `start`/`end` are id ranges. On the wire it
+//! is 16 hex digits and an 8-digit keyed tag (a per-process secret), which
+//! lets the module tell its own `stanza-id` (a message routed again after
+//! its session ended) from one a sender made up. Any other `stanza-id`
+//! claiming to be by the recipient's account is removed (XEP-0359 §4).
+//! (`origin-id`s are kept as the sender wrote them and stored.)
+//!
+//! **Preferences** (§6): `always`, `never` or `roster` by default, with
+//! `always`/`never` JID lists; the module option `default` sets the
+//! default for accounts that set none. Preferences are cached once read.
+//! When an account's preferences are not cached yet, or depend on the
+//! roster, the `stanza-id` is added before the decision is made; if the
+//! message then turns out not to be archived, that id names nothing (a
+//! query for it answers `item-not-found`).
+//!
+//! **Queries**: `with` (bare: any resource; full: that resource), `start`,
+//! `end`, `before-id`, `after-id`, `ids`; XEP-0059 paging forward
+//! (`<after/>`) and backward (`<before/>`), `<index/>`, `first`/`last`/
+//! `count` and `complete`; `<flip-page/>`; the form (`get`) and the
+//! archive's metadata. Pages hold at most 250 messages (50 by default).
+//!
+//! **Retention**: option `retention_days` (0: forever) deletes older
+//! messages hourly. **Account removal** deletes the archive and
+//! preferences. **XEP-0227**: the archive is exported and imported as
+//! `<archive xmlns='urn:xmpp:pie:0#mam'>` of `<result/>` elements (the
+//! form XEP-0227 1.1 gives); imported messages get new ids, in the order of
+//! their timestamps, and their spoofable stanza-ids are removed.
+
+pub mod store;
+
+use dashmap::DashMap;
+use hmac::{Hmac, Mac};
+use jid::{BareJid, FullJid, Jid};
+use minidom::{Element, Node};
+use palaver_proto::datetime::{format_datetime, parse_datetime};
+use palaver_proto::error::{Condition, StanzaError};
+use palaver_proto::forms::{DataForm, Field, FieldType, FormType};
+use palaver_proto::ns;
+use palaver_proto::rsm::{RsmRequest, RsmResult};
+use palaver_proto::stanza::{Stanza, StanzaKind, set_attr};
+use palaver_proto::writer::write_element;
+use palaver_server::hooks::{MessageIn, RemoveUser, SessionBound, UserSent};
+use palaver_server::{
+    HookAction, HookCx, HostSetup, IqRequest, IqResult, IqScope, IqType, Module, ModuleCx,
+    ModuleDef,
+};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, OnceLock};
+use store::{Filter, Item, MamSql, StoredPrefs};
+
+/// XEP-0313 version 2.
+pub const NS_MAM: &str = "urn:xmpp:mam:2";
+/// `before-id`, `after-id`, `ids` and metadata.
+pub const NS_MAM_EXTENDED: &str = "urn:xmpp:mam:2#extended";
+/// XEP-0359.
+pub const NS_SID: &str = "urn:xmpp:sid:0";
+const NS_FORWARD: &str = "urn:xmpp:forward:0";
+const NS_HINTS: &str = "urn:xmpp:hints";
+const NS_CARBONS: &str = "urn:xmpp:carbons:2";
+/// Payloads that are archived without a body (end-to-end encryption,
+/// reactions, retractions).
+const STORED_PAYLOADS: &[&str] = &[
+    "eu.siacs.conversations.axolotl",
+    "urn:xmpp:omemo:2",
+    "urn:xmpp:openpgp:0",
+    "urn:xmpp:reactions:0",
+    "urn:xmpp:message-retract:1",
+];
+/// Messages per page when the client does not say, and at most.
+const DEFAULT_PAGE: usize = 50;
+const MAX_PAGE: usize = 250;
+
+/// `mod_mam`.
+pub struct Mam;
+
+/// `mod_mam` in the module registry.
+pub const MODULE: ModuleDef = ModuleDef::of::<Mam>();
+
+/// Options of `mod_mam` (ejabberd's names where it has them).
+#[derive(serde::Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct Options {
+    /// Archiving default for accounts without preferences:
+    /// `always`, `never` or `roster`.
+    pub default: String,
+    /// Delete messages older than this many days (0: keep forever).
+    pub retention_days: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            default: "always".into(),
+            retention_days: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Always,
+    Never,
+    Roster,
+}
+
+impl Mode {
+    fn parse(s: &str) -> Option<Mode> {
+        Some(match s {
+            "always" => Mode::Always,
+            "never" => Mode::Never,
+            "roster" => Mode::Roster,
+            _ => return None,
+        })
+    }
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Always => "always",
+            Mode::Never => "never",
+            Mode::Roster => "roster",
+        }
+    }
+}
+
+/// An account's preferences.
+#[derive(Debug, Clone)]
+struct Prefs {
+    default: Mode,
+    always: Vec<String>,
+    never: Vec<String>,
+}
+
+/// What the preferences say about one correspondent.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Yes,
+    No,
+    /// Archived if the correspondent is in the roster.
+    IfInRoster,
+}
+
+impl Prefs {
+    fn verdict(&self, with: &Jid) -> Verdict {
+        let (full, bare) = (with.as_str(), with.to_bare());
+        let listed = |l: &[String]| l.iter().any(|j| j == full || j == bare.as_str());
+        if listed(&self.never) {
+            return Verdict::No;
+        }
+        if listed(&self.always) {
+            return Verdict::Yes;
+        }
+        match self.default {
+            Mode::Always => Verdict::Yes,
+            Mode::Never => Verdict::No,
+            Mode::Roster => Verdict::IfInRoster,
+        }
+    }
+
+    fn from_stored(p: StoredPrefs, fallback: Mode) -> Prefs {
+        Prefs {
+            default: Mode::parse(&p.default).unwrap_or(fallback),
+            always: p.always,
+            never: p.never,
+        }
+    }
+}
+
+struct State {
+    default: Mode,
+    /// Bare JID → preferences read from storage (or the default).
+    prefs: DashMap<String, Arc<Prefs>>,
+}
+
+impl State {
+    fn default_prefs(&self) -> Prefs {
+        Prefs {
+            default: self.default,
+            always: vec![],
+            never: vec![],
+        }
+    }
+
+    async fn load(&self, cx: &ModuleCx, host: &str, user: &str) -> Result<Arc<Prefs>, StanzaError> {
+        let key = format!("{user}@{host}");
+        if let Some(p) = self.prefs.get(&key) {
+            return Ok(p.clone());
+        }
+        let stored = MamSql::of(cx)
+            .prefs(host, user)
+            .await
+            .map_err(|e| palaver_server::module::storage_failure("archive preferences", &e))?;
+        let p = Arc::new(match stored {
+            Some(s) => Prefs::from_stored(s, self.default),
+            None => self.default_prefs(),
+        });
+        self.prefs.insert(key, p.clone());
+        Ok(p)
+    }
+}
+
+impl Module for Mam {
+    const NAME: &'static str = "mod_mam";
+    type Options = Options;
+
+    fn start(host: &mut HostSetup, o: Options) -> Result<Self, String> {
+        let default = Mode::parse(&o.default).ok_or_else(|| {
+            format!(
+                "default: {:?} is not one of always, never, roster",
+                o.default
+            )
+        })?;
+        host.migrations(store::MIGRATIONS);
+        let state = Arc::new(State {
+            default,
+            prefs: DashMap::new(),
+        });
+        for f in [NS_MAM, NS_MAM_EXTENDED, NS_SID] {
+            host.add_feature(f);
+            host.add_account_feature(f);
+        }
+        let s = state.clone();
+        host.on_iq(IqScope::Account, IqType::Set, NS_MAM, move |req| {
+            let s = s.clone();
+            async move {
+                match req.payload().map(|p| p.name()) {
+                    Some("query") => query(req).await,
+                    Some("prefs") => set_prefs(req, &s).await,
+                    _ => Err(StanzaError::new(Condition::BadRequest)),
+                }
+            }
+        });
+        let s = state.clone();
+        host.on_iq(IqScope::Account, IqType::Get, NS_MAM, move |req| {
+            let s = s.clone();
+            async move {
+                req.own_account()?;
+                match req.payload().map(|p| p.name()) {
+                    Some("query") => Ok(Some(query_form())),
+                    Some("prefs") => get_prefs(req, &s).await,
+                    Some("metadata") => metadata(req).await,
+                    _ => Err(StanzaError::new(Condition::BadRequest)),
+                }
+            }
+        });
+        let s = state.clone();
+        host.hook::<MessageIn>(0, move |cx, st| {
+            received(&s, cx, st);
+            HookAction::Continue
+        });
+        let s = state.clone();
+        host.hook_async::<UserSent, _>(0, move |cx, sent| {
+            let s = s.clone();
+            async move {
+                archive_sent(&s, &cx, &sent.session, &sent.stanza).await;
+                HookAction::Continue
+            }
+        });
+        let s = state.clone();
+        host.hook_async::<SessionBound, _>(0, move |cx, jid| {
+            let s = s.clone();
+            async move {
+                if let Some(node) = jid.node() {
+                    let _ = s.load(&cx, jid.domain().as_str(), node.as_str()).await;
+                }
+                HookAction::Continue
+            }
+        });
+        let s = state.clone();
+        host.hook_async::<RemoveUser, _>(50, move |cx, a| {
+            s.prefs.remove(&a.jid());
+            async move {
+                let st = MamSql::of(&cx);
+                if let Err(e) = st.remove_archive(&a.host, &a.user).await {
+                    tracing::warn!(error = %e, "removing the message archive failed");
+                }
+                if let Err(e) = st.remove_prefs(&a.host, &a.user).await {
+                    tracing::warn!(error = %e, "removing archive preferences failed");
+                }
+                HookAction::Continue
+            }
+        });
+        host.account_data(portable::ArchiveData);
+        let retention = o.retention_days;
+        host.spawn_task(move |cx| async move {
+            match MamSql::of(&cx).max_id().await {
+                Ok(Some(max)) => {
+                    LAST_ID.fetch_max(max, Ordering::SeqCst);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "reading the archive's last id failed"),
+            }
+            if retention == 0 {
+                return;
+            }
+            loop {
+                let cutoff = now_us() - (retention as i64) * 86_400_000_000;
+                match MamSql::of(&cx).expire(cutoff).await {
+                    Ok(n) if n > 0 => tracing::info!(deleted = n, "expired archived messages"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "archive retention failed"),
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+            }
+        });
+        Ok(Mam)
+    }
+}
+
+// ---------------------------------------------------------------- ids
+
+static LAST_ID: AtomicI64 = AtomicI64::new(0);
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// A new archive id: the current time in microseconds, above every id
+/// given out or stored before.
+fn next_id() -> i64 {
+    let now = now_us();
+    let prev = LAST_ID
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+            Some(now.max(last + 1))
+        })
+        .unwrap_or(now);
+    now.max(prev + 1)
+}
+
+fn secret() -> &'static [u8; 32] {
+    static KEY: OnceLock<[u8; 32]> = OnceLock::new();
+    KEY.get_or_init(rand::random)
+}
+
+fn tag(account: &str, n: i64) -> u32 {
+    let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(secret()) else {
+        return 0;
+    };
+    mac.update(account.as_bytes());
+    mac.update(&n.to_be_bytes());
+    let out = mac.finalize().into_bytes();
+    u32::from_be_bytes([out[0], out[1], out[2], out[3]])
+}
+
+/// The wire form of archive id `n` of `account`.
+fn encode_id(account: &str, n: i64) -> String {
+    format!("{:016x}{:08x}", n as u64, tag(account, n))
+}
+
+/// The archive id of a wire id (the tag is not checked: any id the
+/// archive gave out, also by an earlier process, is accepted).
+fn decode_id(s: &str) -> Option<i64> {
+    if s.len() != 24 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(&s[..16], 16).ok().map(|n| n as i64)
+}
+
+/// Whether `s` is an id this process gave out for `account`.
+fn is_ours(account: &str, s: &str) -> bool {
+    decode_id(s).is_some_and(|n| s[16..] == format!("{:08x}", tag(account, n)))
+}
+
+// ---------------------------------------------------------------- archiving
+
+/// Whether a message is archived at all (before preferences).
+fn archivable(st: &Stanza) -> bool {
+    if st.kind != StanzaKind::Message {
+        return false;
+    }
+    if matches!(st.type_attr(), Some("groupchat" | "headline" | "error")) {
+        return false;
+    }
+    let el = &st.el;
+    if el.has_child("no-store", NS_HINTS)
+        || el.has_child("no-permanent-store", NS_HINTS)
+        || el.has_child("received", NS_CARBONS)
+        || el.has_child("sent", NS_CARBONS)
+        || el.has_child("result", NS_MAM)
+    {
+        return false;
+    }
+    el.has_child("body", ns::CLIENT)
+        || el.has_child("store", NS_HINTS)
+        || el
+            .children()
+            .any(|c| STORED_PAYLOADS.contains(&c.ns().as_str()))
+}
+
+/// Remove the `<stanza-id/>`s claiming to be by `account` from `el`;
+/// returns the one this process gave out, if any (kept out of `el` too).
+pub fn strip_stanza_ids(el: &mut Element, account: &str) -> Option<String> {
+    let claims = el
+        .children()
+        .any(|c| c.is("stanza-id", NS_SID) && c.attr("by") == Some(account));
+    if !claims {
+        return None;
+    }
+    let mut ours = None;
+    for node in el.take_nodes() {
+        match node {
+            Node::Element(c) if c.is("stanza-id", NS_SID) && c.attr("by") == Some(account) => {
+                if let Some(id) = c.attr("id")
+                    && ours.is_none()
+                    && is_ours(account, id)
+                {
+                    ours = Some(id.to_string());
+                }
+            }
+            other => el.append_node(other),
+        }
+    }
+    ours
+}
+
+fn serialize(el: &Element) -> String {
+    let mut s = String::with_capacity(256);
+    write_element(&mut s, el, "");
+    s
+}
+
+fn item_for(id: i64, with: &Jid, el: &Element) -> Item {
+    Item {
+        id,
+        with_bare: with.to_bare().to_string(),
+        with_res: with.resource().map(|r| r.to_string()).unwrap_or_default(),
+        origin_id: el
+            .get_child("origin-id", NS_SID)
+            .and_then(|o| o.attr("id"))
+            .map(str::to_string),
+        xml: serialize(el),
+    }
+}
+
+/// Whether the preferences let `with`'s messages into the account's archive.
+async fn allowed(
+    state: &State,
+    cx: &ModuleCx,
+    host: &str,
+    user: &str,
+    with: &Jid,
+) -> Result<bool, StanzaError> {
+    let prefs = state.load(cx, host, user).await?;
+    Ok(match prefs.verdict(with) {
+        Verdict::Yes => true,
+        Verdict::No => false,
+        Verdict::IfInRoster => {
+            let bare = with.to_bare().to_string();
+            matches!(
+                cx.storage().roster.roster_item(host, user, &bare).await,
+                Ok(Some(_))
+            )
+        }
+    })
+}
+
+/// A message for a local account: strip spoofed stanza-ids, add ours and
+/// archive it (holding the sender's ticket).
+fn received(state: &Arc<State>, cx: &HookCx<'_>, st: &mut Stanza) {
+    let Some(to) = st.to.as_ref().map(|t| t.to_bare()) else {
+        return;
+    };
+    let (Some(node), host) = (to.node(), to.domain().as_str()) else {
+        return;
+    };
+    let account = to.to_string();
+    let ours = strip_stanza_ids(&mut st.el, &account);
+    if let Some(id) = ours {
+        // Routed again (its session ended unacknowledged): archived already.
+        st.el.append_child(stanza_id(&id, &account));
+        return;
+    }
+    if !archivable(st) || (st.from.to_bare() == to && st.el.has_child("forwarded", NS_FORWARD)) {
+        return;
+    }
+    let likely = match state.prefs.get(&account) {
+        Some(p) => p.verdict(&st.from) != Verdict::No,
+        None => state.default != Mode::Never,
+    };
+    if !likely {
+        return;
+    }
+    let n = next_id();
+    let item = item_for(n, &st.from, &st.el);
+    st.el
+        .append_child(stanza_id(&encode_id(&account, n), &account));
+    let (state, cx2) = (state.clone(), cx.cx().clone());
+    let (host, user, from) = (host.to_string(), node.to_string(), st.from.clone());
+    cx.spawn(async move {
+        match allowed(&state, &cx2, &host, &user, &from).await {
+            Ok(true) => {
+                if let Err(e) = MamSql::of(&cx2).insert(&host, &user, &[item]).await {
+                    tracing::warn!(error = %e, "archiving a received message failed");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = ?e, "archive preferences unavailable"),
+        }
+    });
+}
+
+fn stanza_id(id: &str, by: &str) -> Element {
+    let mut e = Element::bare("stanza-id", NS_SID);
+    set_attr(&mut e, "id", id.to_string());
+    set_attr(&mut e, "by", by.to_string());
+    e
+}
+
+/// A message a local session sent: into the sender's archive.
+async fn archive_sent(state: &State, cx: &ModuleCx, session: &FullJid, st: &Stanza) {
+    let Some(to) = st.to.clone() else { return };
+    let me = session.to_bare();
+    // A message to the account itself is archived once, as received.
+    if to.to_bare() == me || !archivable(st) {
+        return;
+    }
+    let (Some(node), host) = (me.node(), me.domain().as_str()) else {
+        return;
+    };
+    match allowed(state, cx, host, node.as_str(), &to).await {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(e) => {
+            tracing::warn!(error = ?e, "archive preferences unavailable");
+            return;
+        }
+    }
+    let mut el = st.el.clone();
+    strip_stanza_ids(&mut el, me.as_str());
+    let item = item_for(next_id(), &to, &el);
+    if let Err(e) = MamSql::of(cx).insert(host, node.as_str(), &[item]).await {
+        tracing::warn!(error = %e, "archiving a sent message failed");
+    }
+}
+
+// ---------------------------------------------------------------- queries
+
+fn bad(text: impl Into<String>) -> StanzaError {
+    StanzaError::new(Condition::BadRequest).text(text.into())
+}
+
+fn internal(e: palaver_storage::StorageError) -> StanzaError {
+    palaver_server::module::storage_failure("message archive", &e)
+}
+
+/// The query form (§4.1.5 / `get`).
+fn query_form() -> Element {
+    let form = DataForm::with_form_type(FormType::Form, NS_MAM)
+        .field(Field::new("with", FieldType::JidSingle, vec![]))
+        .field(Field::new("start", FieldType::TextSingle, vec![]))
+        .field(Field::new("end", FieldType::TextSingle, vec![]))
+        .field(Field::new("before-id", FieldType::TextSingle, vec![]))
+        .field(Field::new("after-id", FieldType::TextSingle, vec![]))
+        .field(Field::new("ids", FieldType::TextMulti, vec![]));
+    let mut q = Element::bare("query", NS_MAM);
+    q.append_child(form.to_element());
+    q
+}
+
+fn tighten_min(f: &mut Filter, v: i64) {
+    f.min = Some(f.min.map_or(v, |m| m.max(v)));
+}
+
+fn tighten_max(f: &mut Filter, v: i64) {
+    f.max = Some(f.max.map_or(v, |m| m.min(v)));
+}
+
+/// An id the client names must be in the archive (§4.1.? `item-not-found`).
+async fn known_id(store: &MamSql, host: &str, user: &str, id: &str) -> Result<i64, StanzaError> {
+    let n = decode_id(id).ok_or_else(|| StanzaError::new(Condition::ItemNotFound))?;
+    if store.exists(host, user, n).await.map_err(internal)? {
+        Ok(n)
+    } else {
+        Err(StanzaError::new(Condition::ItemNotFound))
+    }
+}
+
+/// The filter of a query's form.
+async fn filter_of(
+    q: &Element,
+    store: &MamSql,
+    host: &str,
+    user: &str,
+) -> Result<Filter, StanzaError> {
+    let mut f = Filter::default();
+    let Some(form) = DataForm::find_in(q) else {
+        return Ok(f);
+    };
+    let form = form.map_err(|e| bad(e.to_string()))?;
+    if form.form_type().is_some_and(|t| t != NS_MAM) {
+        return Err(bad("unknown FORM_TYPE"));
+    }
+    for field in &form.fields {
+        let Some(var) = field.var.as_deref() else {
+            continue;
+        };
+        let value = field.values.first().map(String::as_str).unwrap_or("");
+        if value.is_empty() && var != "ids" {
+            continue;
+        }
+        match var {
+            "FORM_TYPE" => {}
+            "with" => {
+                let j = Jid::new(value).map_err(|_| StanzaError::new(Condition::JidMalformed))?;
+                f.with_bare = Some(j.to_bare().to_string());
+                f.with_res = j.resource().map(|r| r.to_string());
+            }
+            "start" => {
+                let ms = parse_datetime(value).ok_or_else(|| bad("start is not a date"))?;
+                tighten_min(&mut f, ms.saturating_mul(1000));
+            }
+            "end" => {
+                let ms = parse_datetime(value).ok_or_else(|| bad("end is not a date"))?;
+                tighten_max(&mut f, ms.saturating_mul(1000).saturating_add(999));
+            }
+            "after-id" => {
+                let n = known_id(store, host, user, value).await?;
+                tighten_min(&mut f, n + 1);
+            }
+            "before-id" => {
+                let n = known_id(store, host, user, value).await?;
+                tighten_max(&mut f, n - 1);
+            }
+            "ids" => {
+                if field.values.len() > MAX_PAGE {
+                    return Err(StanzaError::new(Condition::PolicyViolation)
+                        .text(format!("at most {MAX_PAGE} ids")));
+                }
+                // Ids that are not ours cannot be in the archive.
+                f.ids = Some(field.values.iter().filter_map(|v| decode_id(v)).collect());
+            }
+            other => {
+                return Err(StanzaError::new(Condition::FeatureNotImplemented)
+                    .text(format!("field {other:?} is not supported")));
+            }
+        }
+    }
+    Ok(f)
+}
+
+/// `<query/>` (§4): send the page's messages to the requester, then `<fin/>`.
+async fn query(req: IqRequest) -> IqResult {
+    let (me, host, user) = req.own_account()?;
+    let requester = req
+        .stanza
+        .from
+        .try_as_full()
+        .map_err(|_| StanzaError::new(Condition::BadRequest))?
+        .clone();
+    let q = req.payload().ok_or_else(|| bad("no query"))?.clone();
+    let store = MamSql::of(&req.cx);
+    let f = filter_of(&q, &store, &host, &user).await?;
+    let rsm = RsmRequest::find_in(&q)
+        .map_err(|e| bad(e.to_string()))?
+        .unwrap_or_default();
+    let limit = rsm.limit(DEFAULT_PAGE, MAX_PAGE);
+    let count = store.count(&host, &user, &f).await.map_err(internal)?;
+    let mut pf = f.clone();
+    let mut backward = false;
+    if let Some(a) = &rsm.after {
+        let n = known_id(&store, &host, &user, a).await?;
+        tighten_min(&mut pf, n + 1);
+    }
+    if let Some(b) = rsm.before_id() {
+        let n = known_id(&store, &host, &user, b).await?;
+        tighten_max(&mut pf, n - 1);
+        backward = true;
+    }
+    if rsm.wants_last_page() {
+        backward = true;
+    }
+    let offset = if backward || rsm.after.is_some() {
+        0
+    } else {
+        rsm.index.unwrap_or(0)
+    };
+    let mut rows = store
+        .page(&host, &user, &pf, limit + 1, offset, backward)
+        .await
+        .map_err(internal)?;
+    let more = rows.len() > limit;
+    if more {
+        if backward {
+            rows.remove(0);
+        } else {
+            rows.pop();
+        }
+    }
+    // The page's position, where it is known without another count.
+    let index = if backward && rsm.before_id().is_none() {
+        Some(count.saturating_sub(rows.len()))
+    } else if !backward && rsm.after.is_none() {
+        Some(offset)
+    } else {
+        None
+    };
+    if q.has_child("flip-page", NS_MAM) {
+        rows.reverse();
+    }
+    let account = me.to_string();
+    let queryid = q.attr("queryid").map(str::to_string);
+    let mut ids = Vec::with_capacity(rows.len());
+    for (n, xml) in rows {
+        let id = encode_id(&account, n);
+        let Ok(msg) = xml.parse::<Element>() else {
+            tracing::warn!(id, "an archived message cannot be read; skipped");
+            continue;
+        };
+        let st = result_message(&me, &requester, queryid.as_deref(), &id, n, msg);
+        if req.cx.deliver_waiting(st).await.is_err() {
+            // The requester is gone.
+            return Err(StanzaError::new(Condition::RecipientUnavailable));
+        }
+        ids.push(id);
+    }
+    let mut fin = Element::bare("fin", NS_MAM);
+    if !more || f.ids.is_some() {
+        set_attr(&mut fin, "complete", "true");
+    }
+    fin.append_child(
+        RsmResult::of_page(&ids, index.filter(|_| !ids.is_empty()), Some(count)).to_element(),
+    );
+    Ok(Some(fin))
+}
+
+fn result_message(
+    me: &BareJid,
+    to: &FullJid,
+    queryid: Option<&str>,
+    id: &str,
+    n: i64,
+    msg: Element,
+) -> Stanza {
+    let mut delay = Element::bare("delay", ns::DELAY);
+    set_attr(&mut delay, "stamp", format_datetime(n.div_euclid(1000)));
+    let mut fwd = Element::bare("forwarded", NS_FORWARD);
+    fwd.append_child(delay);
+    fwd.append_child(msg);
+    let mut result = Element::bare("result", NS_MAM);
+    if let Some(q) = queryid {
+        set_attr(&mut result, "queryid", q.to_string());
+    }
+    set_attr(&mut result, "id", id.to_string());
+    result.append_child(fwd);
+    let mut el = Element::bare("message", ns::CLIENT);
+    set_attr(&mut el, "id", format!("mam-{id}"));
+    el.append_child(result);
+    Stanza::new(
+        StanzaKind::Message,
+        Jid::from(me.clone()),
+        Some(Jid::from(to.clone())),
+        el,
+    )
+}
+
+/// `<metadata/>` (#extended): the first and last message of the archive.
+async fn metadata(req: IqRequest) -> IqResult {
+    let (me, host, user) = req.own_account()?;
+    let b = MamSql::of(&req.cx)
+        .bounds(&host, &user)
+        .await
+        .map_err(internal)?;
+    let mut m = Element::bare("metadata", NS_MAM);
+    if let Some((first, last)) = b {
+        for (name, n) in [("start", first), ("end", last)] {
+            let mut e = Element::bare(name, NS_MAM);
+            set_attr(&mut e, "id", encode_id(me.as_str(), n));
+            set_attr(&mut e, "timestamp", format_datetime(n.div_euclid(1000)));
+            m.append_child(e);
+        }
+    }
+    Ok(Some(m))
+}
+
+// ---------------------------------------------------------------- preferences
+
+fn prefs_element(p: &Prefs) -> Element {
+    let mut el = Element::bare("prefs", NS_MAM);
+    set_attr(&mut el, "default", p.default.as_str());
+    for (name, list) in [("always", &p.always), ("never", &p.never)] {
+        let mut l = Element::bare(name, NS_MAM);
+        for j in list {
+            l.append_child(Element::builder("jid", NS_MAM).append(j.as_str()).build());
+        }
+        el.append_child(l);
+    }
+    el
+}
+
+async fn get_prefs(req: IqRequest, state: &State) -> IqResult {
+    let (_, host, user) = req.own_account()?;
+    let p = state.load(&req.cx, &host, &user).await?;
+    Ok(Some(prefs_element(&p)))
+}
+
+async fn set_prefs(req: IqRequest, state: &State) -> IqResult {
+    let (me, host, user) = req.own_account()?;
+    let el = req.payload().ok_or_else(|| bad("no prefs"))?;
+    let default = match el.attr("default") {
+        Some(d) => Mode::parse(d).ok_or_else(|| bad("default must be always, never or roster"))?,
+        None => state.load(&req.cx, &host, &user).await?.default,
+    };
+    let list = |name: &str| -> Result<Vec<String>, StanzaError> {
+        let mut out = Vec::new();
+        if let Some(l) = el.get_child(name, NS_MAM) {
+            for j in l.children().filter(|c| c.is("jid", NS_MAM)) {
+                let j = Jid::new(j.text().trim())
+                    .map_err(|_| StanzaError::new(Condition::JidMalformed))?
+                    .to_string();
+                if !out.contains(&j) {
+                    out.push(j);
+                }
+            }
+        }
+        Ok(out)
+    };
+    let p = Prefs {
+        default,
+        always: list("always")?,
+        never: list("never")?,
+    };
+    MamSql::of(&req.cx)
+        .set_prefs(
+            &host,
+            &user,
+            &StoredPrefs {
+                default: p.default.as_str().to_string(),
+                always: p.always.clone(),
+                never: p.never.clone(),
+            },
+        )
+        .await
+        .map_err(internal)?;
+    let el = prefs_element(&p);
+    state.prefs.insert(me.to_string(), Arc::new(p));
+    Ok(Some(el))
+}
+
+// ---------------------------------------------------------------- XEP-0227
+
+/// The archive's part of portable account data.
+mod portable {
+    use super::store::{Filter, MamSql};
+    use super::*;
+    use palaver_server::account_data::{AccountData, Tally, describe};
+    use palaver_server::hooks::Account;
+    use palaver_storage::StorageError;
+
+    /// XEP-0227's namespace for message archives.
+    pub const NS_PIE_MAM: &str = "urn:xmpp:pie:0#mam";
+    const MESSAGES: &str = "archived message(s)";
+    const CHUNK: usize = 500;
+
+    pub(super) struct ArchiveData;
+
+    impl AccountData for ArchiveData {
+        /// (timestamp in µs, the other party, the message).
+        type Data = Vec<(i64, Jid, Element)>;
+        const ELEMENTS: &'static [(&'static str, &'static str)] = &[("archive", NS_PIE_MAM)];
+
+        async fn export(
+            &self,
+            cx: &ModuleCx,
+            a: &Account,
+            tally: &mut Tally,
+        ) -> Result<Vec<Element>, StorageError> {
+            let store = MamSql::of(cx);
+            let account = a.jid();
+            let mut archive = Element::bare("archive", NS_PIE_MAM);
+            let mut f = Filter::default();
+            let mut n = 0;
+            loop {
+                let rows = store.page(&a.host, &a.user, &f, CHUNK, 0, false).await?;
+                let Some(last) = rows.last().map(|r| r.0) else {
+                    break;
+                };
+                for (id, xml) in &rows {
+                    match xml.parse::<Element>() {
+                        Ok(msg) => {
+                            let mut delay = Element::bare("delay", ns::DELAY);
+                            set_attr(&mut delay, "stamp", format_datetime(id.div_euclid(1000)));
+                            let mut fwd = Element::bare("forwarded", NS_FORWARD);
+                            fwd.append_child(delay);
+                            fwd.append_child(msg);
+                            let mut r = Element::bare("result", NS_MAM);
+                            set_attr(&mut r, "id", encode_id(&account, *id));
+                            r.append_child(fwd);
+                            archive.append_child(r);
+                            n += 1;
+                        }
+                        Err(_) => tally.warn(format!(
+                            "{account}: archived message {id} cannot be read; not exported"
+                        )),
+                    }
+                }
+                f.min = Some(last + 1);
+            }
+            tally.count(MESSAGES, n);
+            Ok(if n == 0 { vec![] } else { vec![archive] })
+        }
+
+        fn read(
+            &self,
+            a: &Account,
+            el: &Element,
+            data: &mut Self::Data,
+            tally: &mut Tally,
+        ) -> Result<(), String> {
+            let account = a.jid();
+            for r in el.children() {
+                let fwd = r.get_child("forwarded", NS_FORWARD);
+                let msg = fwd.and_then(|f| {
+                    f.children().find(|c| {
+                        c.name() == "message" && (c.ns() == ns::CLIENT || c.ns() == ns::SERVER)
+                    })
+                });
+                let stamp = fwd
+                    .and_then(|f| f.get_child("delay", ns::DELAY))
+                    .and_then(|d| d.attr("stamp"))
+                    .and_then(parse_datetime);
+                let (Some(msg), Some(ms), true) = (msg, stamp, r.is("result", NS_MAM)) else {
+                    tally.warn(format!("{account}: ignored archive entry {}", describe(r)));
+                    continue;
+                };
+                let mut msg = msg.clone();
+                if msg.ns() == ns::SERVER {
+                    let mut c = Element::bare("message", ns::CLIENT);
+                    for a in ["from", "to", "type", "id"] {
+                        if let Some(v) = msg.attr(a) {
+                            set_attr(&mut c, a, v.to_string());
+                        }
+                    }
+                    for node in msg.take_nodes() {
+                        c.append_node(node);
+                    }
+                    msg = c;
+                }
+                // The other party: whichever of from/to is not the account.
+                let from = msg.attr("from").and_then(|j| Jid::new(j).ok());
+                let to = msg.attr("to").and_then(|j| Jid::new(j).ok());
+                let with = match (from, to) {
+                    (Some(f), _) if f.to_bare().as_str() != account => f,
+                    (_, Some(t)) => t,
+                    (Some(f), None) => f,
+                    (None, None) => {
+                        tally.warn(format!(
+                            "{account}: archived message without from/to ignored"
+                        ));
+                        continue;
+                    }
+                };
+                strip_stanza_ids(&mut msg, &account);
+                data.push((ms.saturating_mul(1000), with, msg));
+            }
+            Ok(())
+        }
+
+        async fn clear(&self, cx: &ModuleCx, a: &Account) -> Result<(), StorageError> {
+            MamSql::of(cx).remove_archive(&a.host, &a.user).await
+        }
+
+        async fn write(
+            &self,
+            cx: &ModuleCx,
+            a: &Account,
+            mut data: Self::Data,
+            tally: &mut Tally,
+        ) -> Result<(), StorageError> {
+            tally.count(MESSAGES, 0);
+            data.sort_by_key(|d| d.0);
+            let mut prev = i64::MIN;
+            let mut items = Vec::with_capacity(data.len());
+            for (ts, with, msg) in data {
+                let id = ts.max(prev + 1);
+                prev = id;
+                items.push(item_for(id, &with, &msg));
+            }
+            LAST_ID.fetch_max(prev, Ordering::SeqCst);
+            let store = MamSql::of(cx);
+            for chunk in items.chunks(CHUNK) {
+                store.insert(&a.host, &a.user, chunk).await?;
+            }
+            tally.count(MESSAGES, items.len());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! The store of `mod_mam`, beside the module (see `palaver_storage::Db`).
+//!
+//! One row per archived message and account: the archive id `id` is a
+//! microsecond timestamp made unique and increasing by the module (so
+//! "by date" and "by id" are the same order, and XEP-0082 `start`/`end`
+//! become id ranges). Lookups go through two indexes: the primary key
+//! `(host, username, id)` for a whole archive, and `(host, username,
+//! with_bare, id)` for one conversation; both serve the last page of either
+//! order by walking the index backwards. `mam_archive_id` serves retention.
+
+use palaver_server::ModuleCx;
+use palaver_storage::{Db, ModuleMigration, Result, on_db};
+
+/// The module's tables.
+pub const MIGRATIONS: &[ModuleMigration] = &[ModuleMigration {
+    sqlite: "CREATE TABLE mam_archive (host TEXT NOT NULL, username TEXT NOT NULL, id BIGINT NOT NULL, \
+             with_bare TEXT NOT NULL, with_res TEXT NOT NULL, origin_id TEXT, xml TEXT NOT NULL, \
+             PRIMARY KEY (host, username, id));\
+             CREATE INDEX mam_archive_with ON mam_archive (host, username, with_bare, id);\
+             CREATE INDEX mam_archive_id ON mam_archive (id);\
+             CREATE TABLE mam_prefs (host TEXT NOT NULL, username TEXT NOT NULL, dflt TEXT NOT NULL, \
+             always_jids TEXT NOT NULL, never_jids TEXT NOT NULL, PRIMARY KEY (host, username));",
+    postgres: "CREATE TABLE mam_archive (host TEXT NOT NULL, username TEXT NOT NULL, id BIGINT NOT NULL, \
+               with_bare TEXT NOT NULL, with_res TEXT NOT NULL, origin_id TEXT, xml TEXT NOT NULL, \
+               PRIMARY KEY (host, username, id));\
+               CREATE INDEX mam_archive_with ON mam_archive (host, username, with_bare, id);\
+               CREATE INDEX mam_archive_id ON mam_archive (id);\
+               CREATE TABLE mam_prefs (host TEXT NOT NULL, username TEXT NOT NULL, dflt TEXT NOT NULL, \
+               always_jids TEXT NOT NULL, never_jids TEXT NOT NULL, PRIMARY KEY (host, username));",
+}];
+
+/// A message to archive.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// Archive id (microseconds since the epoch, unique per account).
+    pub id: i64,
+    /// The other party's bare JID.
+    pub with_bare: String,
+    /// The other party's resource ("" when none).
+    pub with_res: String,
+    /// XEP-0359 origin-id, when the sender gave one.
+    pub origin_id: Option<String>,
+    /// The message, serialized with its namespace.
+    pub xml: String,
+}
+
+/// Which messages of an archive a query covers (bounds inclusive).
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub with_bare: Option<String>,
+    pub with_res: Option<String>,
+    pub min: Option<i64>,
+    pub max: Option<i64>,
+    pub ids: Option<Vec<i64>>,
+}
+
+/// Stored preferences: default mode, always and never lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPrefs {
+    pub default: String,
+    pub always: Vec<String>,
+    pub never: Vec<String>,
+}
+
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+/// The archive, on either backend.
+pub struct MamSql(Db);
+
+impl MamSql {
+    /// The store over the server's pool.
+    pub fn new(db: Db) -> MamSql {
+        MamSql(db)
+    }
+
+    /// The store of a running server.
+    pub fn of(cx: &ModuleCx) -> MamSql {
+        MamSql(cx.storage().db.clone())
+    }
+
+    /// Archive messages of one account (one transaction); an id already
+    /// there is kept (a message routed twice is archived once).
+    pub async fn insert(&self, host: &str, user: &str, items: &[Item]) -> Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        on_db!(&self.0, |pool| {
+            let mut tx = pool.begin().await?;
+            for it in items {
+                sqlx::query(
+                    "INSERT INTO mam_archive (host, username, id, with_bare, with_res, origin_id, xml) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                )
+                .bind(host)
+                .bind(user)
+                .bind(it.id)
+                .bind(&it.with_bare)
+                .bind(&it.with_res)
+                .bind(&it.origin_id)
+                .bind(&it.xml)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    fn where_clause(f: &Filter, binds: &mut Vec<Bind>) -> String {
+        let mut sql = String::from("host = $1 AND username = $2");
+        let mut push = |sql: &mut String, cond: &str, b: Bind| {
+            binds.push(b);
+            sql.push_str(&format!(" AND {cond} ${}", binds.len() + 2));
+        };
+        if let Some(w) = &f.with_bare {
+            push(&mut sql, "with_bare =", Bind::Text(w.clone()));
+        }
+        if let Some(r) = &f.with_res {
+            push(&mut sql, "with_res =", Bind::Text(r.clone()));
+        }
+        if let Some(m) = f.min {
+            push(&mut sql, "id >=", Bind::Int(m));
+        }
+        if let Some(m) = f.max {
+            push(&mut sql, "id <=", Bind::Int(m));
+        }
+        if let Some(ids) = &f.ids {
+            if ids.is_empty() {
+                sql.push_str(" AND 1 = 0");
+            } else {
+                sql.push_str(" AND id IN (");
+                for (i, id) in ids.iter().enumerate() {
+                    binds.push(Bind::Int(*id));
+                    if i > 0 {
+                        sql.push_str(", ");
+                    }
+                    sql.push_str(&format!("${}", binds.len() + 2));
+                }
+                sql.push(')');
+            }
+        }
+        sql
+    }
+
+    /// A page of `f`: up to `limit` rows after skipping `offset`, oldest
+    /// first (`backward`: the newest ones, still returned oldest first).
+    pub async fn page(
+        &self,
+        host: &str,
+        user: &str,
+        f: &Filter,
+        limit: usize,
+        offset: usize,
+        backward: bool,
+    ) -> Result<Vec<(i64, String)>> {
+        let mut binds = Vec::new();
+        let w = Self::where_clause(f, &mut binds);
+        let sql = format!(
+            "SELECT id, xml FROM mam_archive WHERE {w} ORDER BY id {} LIMIT {} OFFSET {}",
+            if backward { "DESC" } else { "ASC" },
+            limit,
+            offset
+        );
+        let mut rows: Vec<(i64, String)> = on_db!(&self.0, |pool| {
+            let mut q = sqlx::query_as::<_, (i64, String)>(&sql)
+                .bind(host)
+                .bind(user);
+            for b in &binds {
+                q = match b {
+                    Bind::Text(s) => q.bind(s.as_str()),
+                    Bind::Int(i) => q.bind(*i),
+                };
+            }
+            q.fetch_all(pool).await?
+        });
+        if backward {
+            rows.reverse();
+        }
+        Ok(rows)
+    }
+
+    /// How many rows `f` covers.
+    pub async fn count(&self, host: &str, user: &str, f: &Filter) -> Result<usize> {
+        let mut binds = Vec::new();
+        let w = Self::where_clause(f, &mut binds);
+        let sql = format!("SELECT COUNT(*) FROM mam_archive WHERE {w}");
+        let n: i64 = on_db!(&self.0, |pool| {
+            let mut q = sqlx::query_scalar::<_, i64>(&sql).bind(host).bind(user);
+            for b in &binds {
+                q = match b {
+                    Bind::Text(s) => q.bind(s.as_str()),
+                    Bind::Int(i) => q.bind(*i),
+                };
+            }
+            q.fetch_one(pool).await?
+        });
+        Ok(n.max(0) as usize)
+    }
+
+    /// Whether the account's archive has message `id`.
+    pub async fn exists(&self, host: &str, user: &str, id: i64) -> Result<bool> {
+        let n: Option<i64> = on_db!(&self.0, |pool| {
+            sqlx::query_scalar(
+                "SELECT id FROM mam_archive WHERE host = $1 AND username = $2 AND id = $3",
+            )
+            .bind(host)
+            .bind(user)
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+        });
+        Ok(n.is_some())
+    }
+
+    /// The first and last ids of an account's archive.
+    pub async fn bounds(&self, host: &str, user: &str) -> Result<Option<(i64, i64)>> {
+        let r: (Option<i64>, Option<i64>) = on_db!(&self.0, |pool| {
+            sqlx::query_as(
+                "SELECT (SELECT id FROM mam_archive WHERE host = $1 AND username = $2 ORDER BY id ASC LIMIT 1), \
+                        (SELECT id FROM mam_archive WHERE host = $1 AND username = $2 ORDER BY id DESC LIMIT 1)",
+            )
+            .bind(host)
+            .bind(user)
+            .fetch_one(pool)
+            .await?
+        });
+        Ok(match r {
+            (Some(a), Some(b)) => Some((a, b)),
+            _ => None,
+        })
+    }
+
+    /// The largest id of every archive (to keep new ids above it).
+    pub async fn max_id(&self) -> Result<Option<i64>> {
+        Ok(on_db!(&self.0, |pool| {
+            sqlx::query_scalar("SELECT MAX(id) FROM mam_archive")
+                .fetch_one(pool)
+                .await?
+        }))
+    }
+
+    /// Delete an account's archive.
+    pub async fn remove_archive(&self, host: &str, user: &str) -> Result<()> {
+        on_db!(&self.0, |pool| {
+            sqlx::query("DELETE FROM mam_archive WHERE host = $1 AND username = $2")
+                .bind(host)
+                .bind(user)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Delete everything archived before id `before` (retention); how many rows.
+    pub async fn expire(&self, before: i64) -> Result<u64> {
+        Ok(on_db!(&self.0, |pool| {
+            sqlx::query("DELETE FROM mam_archive WHERE id < $1")
+                .bind(before)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        }))
+    }
+
+    /// An account's preferences, if it set any.
+    pub async fn prefs(&self, host: &str, user: &str) -> Result<Option<StoredPrefs>> {
+        let r: Option<(String, String, String)> = on_db!(&self.0, |pool| {
+            sqlx::query_as(
+                "SELECT dflt, always_jids, never_jids FROM mam_prefs WHERE host = $1 AND username = $2",
+            )
+            .bind(host)
+            .bind(user)
+            .fetch_optional(pool)
+            .await?
+        });
+        Ok(r.map(|(d, a, n)| StoredPrefs {
+            default: d,
+            always: split(&a),
+            never: split(&n),
+        }))
+    }
+
+    /// Replace an account's preferences.
+    pub async fn set_prefs(&self, host: &str, user: &str, p: &StoredPrefs) -> Result<()> {
+        let (a, n) = (p.always.join("\n"), p.never.join("\n"));
+        on_db!(&self.0, |pool| {
+            sqlx::query(
+                "INSERT INTO mam_prefs (host, username, dflt, always_jids, never_jids) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (host, username) DO UPDATE SET dflt = excluded.dflt, \
+                 always_jids = excluded.always_jids, never_jids = excluded.never_jids",
+            )
+            .bind(host)
+            .bind(user)
+            .bind(&p.default)
+            .bind(&a)
+            .bind(&n)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Delete an account's preferences.
+    pub async fn remove_prefs(&self, host: &str, user: &str) -> Result<()> {
+        on_db!(&self.0, |pool| {
+            sqlx::query("DELETE FROM mam_prefs WHERE host = $1 AND username = $2")
+                .bind(host)
+                .bind(user)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+}
+
+fn split(s: &str) -> Vec<String> {
+    s.split('\n')
+        .filter(|x| !x.is_empty())
+        .map(str::to_string)
+        .collect()
+}

@@ -1,0 +1,326 @@
+//! XEP-0388 SASL2 with XEP-0386 Bind 2 (carbons and stream management
+//! enabled inline), inline XEP-0198 resumption, and XEP-0484 FAST tokens
+//! (issued, used in one round trip, rotated, invalid after a password
+//! change). RFC 6120 SASL stays as it was (the other suites).
+mod common;
+use base64::Engine;
+use common::*;
+use hmac::{Hmac, Mac};
+use palaver_proto::sasl::{ScramClient, ScramHash};
+
+const MODULES: &str = "modules:\n  mod_disco: {}\n  mod_roster: {}\n  mod_offline: {}\n  mod_stream_mgmt: {resume_timeout: 60}\n  mod_carboncopy: {}\n  mod_auth_fast: {}\n";
+const AGENT: &str = "d4565fa7-4d72-4749-b3d3-740edbf87770";
+
+fn b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+fn between<'a>(s: &'a str, a: &str, b: &str) -> Option<&'a str> {
+    let p = s.find(a)? + a.len();
+    let e = s[p..].find(b)?;
+    Some(&s[p..p + e])
+}
+
+fn ht(token: &str, label: &[u8]) -> Vec<u8> {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(token.as_bytes()).expect("key");
+    mac.update(label);
+    mac.finalize().into_bytes().to_vec()
+}
+
+fn user_agent(id: &str) -> String {
+    format!(
+        "<user-agent id='{id}'><software>TestClient</software><device>Phone</device></user-agent>"
+    )
+}
+
+/// `<authenticate/>` with PLAIN and the given inline children; the answer.
+async fn plain(c: &mut RawTcp, user: &str, pw: &str, inline: &str) -> String {
+    c.open(DOMAIN).await;
+    c.send(&format!(
+        "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>{}</initial-response>{inline}</authenticate>",
+        b64(format!("\0{user}\0{pw}").as_bytes())
+    ))
+    .await;
+    answer(c).await
+}
+
+/// A FAST login (`HT-SHA-256-NONE`) with `token`; the answer.
+async fn fast(c: &mut RawTcp, user: &str, token: &str, agent: &str, inline: &str) -> String {
+    c.open(DOMAIN).await;
+    let mut resp = format!("{user}\0").into_bytes();
+    resp.extend(ht(token, b"Initiator"));
+    c.send(&format!(
+        "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='HT-SHA-256-NONE'><initial-response>{}</initial-response>{}<fast xmlns='urn:xmpp:fast:0'/>{inline}</authenticate>",
+        b64(&resp),
+        user_agent(agent)
+    ))
+    .await;
+    answer(c).await
+}
+
+/// Read up to the end of `<success/>` or `<failure/>`.
+async fn answer(c: &mut RawTcp) -> String {
+    use tokio::io::AsyncReadExt;
+    let r = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            for end in ["</success>", "</failure>"] {
+                if let Some(p) = c.buf.find(end) {
+                    let out = c.buf[..p + end.len()].to_string();
+                    c.buf.drain(..p + end.len());
+                    return out;
+                }
+            }
+            let mut chunk = [0u8; 8192];
+            let n = c.s.read(&mut chunk).await.unwrap_or(0);
+            assert!(n > 0, "closed; got {:?}", c.buf);
+            c.buf.push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
+    })
+    .await;
+    r.unwrap_or_else(|_| panic!("no answer; got {:?}", c.buf))
+}
+
+fn token_of(success: &str) -> String {
+    between(success, " token='", "'")
+        .unwrap_or_else(|| panic!("no token in {success}"))
+        .to_string()
+}
+
+#[tokio::test]
+async fn sasl2_bind2_inline_resumption_and_fast() {
+    let srv = TestServer::start_with("", MODULES).await;
+    srv.add_user("alice", DOMAIN, "pw").await;
+    srv.add_user("bob", DOMAIN, "pw").await;
+    let mut bob = raw_login(srv.addr, "bob", DOMAIN, "pw", "b").await;
+    bob.send("<presence/>").await;
+
+    // The features: SASL2 with Bind 2 (carbons, SM), inline SM and FAST.
+    let mut c = Raw::connect(srv.addr).await;
+    let f = c.open(DOMAIN).await;
+    let auth = between(
+        &f,
+        "<authentication xmlns='urn:xmpp:sasl:2'>",
+        "</authentication>",
+    )
+    .unwrap_or_else(|| panic!("{f}"));
+    assert!(
+        auth.contains("<mechanism>SCRAM-SHA-256</mechanism>"),
+        "{auth}"
+    );
+    assert!(
+        auth.contains("<bind xmlns='urn:xmpp:bind:0'><inline>")
+            && auth.contains("<feature var='urn:xmpp:carbons:2'/>")
+            && auth.contains("<feature var='urn:xmpp:sm:3'/>")
+            && auth.contains("<sm xmlns='urn:xmpp:sm:3'/>")
+            && auth.contains(
+                "<fast xmlns='urn:xmpp:fast:0'><mechanism>HT-SHA-256-NONE</mechanism></fast>"
+            ),
+        "{auth}"
+    );
+    // A wrong password is a SASL2 failure; the stream goes on.
+    c.send(&format!(
+        "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>{}</initial-response></authenticate>",
+        b64(b"\0alice\0wrong")
+    ))
+    .await;
+    let r = c.until("</failure>").await;
+    assert!(
+        r.contains("<failure xmlns='urn:xmpp:sasl:2'><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>"),
+        "{r}"
+    );
+
+    // SCRAM over SASL2 (challenge/response), binding inline with carbons
+    // and stream management, asking for a FAST token.
+    let mut scram = ScramClient::new(ScramHash::Sha256, "alice", "pw", None);
+    let inline = format!(
+        "{}<bind xmlns='urn:xmpp:bind:0'><tag>TestClient</tag><enable xmlns='urn:xmpp:carbons:2'/><enable xmlns='urn:xmpp:sm:3' resume='true'/></bind><request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-NONE'/>",
+        user_agent(AGENT)
+    );
+    c.send(&format!(
+        "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='SCRAM-SHA-256'><initial-response>{}</initial-response>{inline}</authenticate>",
+        b64(&scram.client_first())
+    ))
+    .await;
+    let ch = c.until("</challenge>").await;
+    assert!(ch.contains("<challenge xmlns='urn:xmpp:sasl:2'>"), "{ch}");
+    let data =
+        between(&ch, "<challenge xmlns='urn:xmpp:sasl:2'>", "</challenge>").expect("challenge");
+    let fin = scram
+        .handle_server_first(
+            &base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .expect("b64"),
+        )
+        .expect("server-first");
+    c.send(&format!(
+        "<response xmlns='urn:xmpp:sasl:2'>{}</response>",
+        b64(&fin)
+    ))
+    .await;
+    let ok = c.until("</success>").await;
+    assert!(ok.contains("<success xmlns='urn:xmpp:sasl:2'>"), "{ok}");
+    assert!(
+        ok.contains("<additional-data>"),
+        "SCRAM's server-final: {ok}"
+    );
+    let jid = between(
+        &ok,
+        "<authorization-identifier>",
+        "</authorization-identifier>",
+    )
+    .expect("jid")
+    .to_string();
+    assert!(jid.starts_with("alice@localhost/TestClient."), "{jid}");
+    assert!(ok.contains("<bound xmlns='urn:xmpp:bind:0'>"), "{ok}");
+    let enabled = between(&ok, "<enabled xmlns='urn:xmpp:sm:3'", "/>").expect("sm enabled inline");
+    assert!(enabled.contains("resume='true'"), "{ok}");
+    let previd = between(enabled, "id='", "'").expect("sm id").to_string();
+    let token1 = token_of(&ok);
+    assert!(ok.contains("expiry='"), "{ok}");
+    // No stream restart: the session is bound and used at once.
+    c.send("<presence/>").await;
+    c.send("<iq type='get' id='p1' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    c.until("id='p1'").await;
+    // Carbons were enabled inline: what another resource sends is copied.
+    let mut pc = raw_login(srv.addr, "alice", DOMAIN, "pw", "pc").await;
+    pc.send("<message to='bob@localhost' type='chat' id='s1'><body>from pc</body></message>")
+        .await;
+    bob.until("from pc</body>").await;
+    let copy = c.until("</sent>").await;
+    assert!(
+        copy.contains("<sent xmlns='urn:xmpp:carbons:2'>") && copy.contains("from pc"),
+        "{copy}"
+    );
+
+    // The phone loses its connection; a message waits in the session.
+    drop(c);
+    let full: jid::FullJid = jid.parse().expect("jid");
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !srv.core().sessions().get(&full).is_some_and(|h| h.detached) {
+        assert!(tokio::time::Instant::now() < deadline, "never detached");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    bob.send(&format!(
+        "<message to='{jid}' type='chat' id='w1'><body>while away</body></message>"
+    ))
+    .await;
+    // FAST re-login with inline resumption: one round trip, the session
+    // back with what came meanwhile.
+    let mut c = Raw::connect(srv.addr).await;
+    let ok = fast(
+        &mut c,
+        "alice",
+        &token1,
+        AGENT,
+        &format!("<resume xmlns='urn:xmpp:sm:3' previd='{previd}' h='0'/><request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-NONE'/>"),
+    )
+    .await;
+    assert!(ok.contains("<success xmlns='urn:xmpp:sasl:2'>"), "{ok}");
+    let additional = between(&ok, "<additional-data>", "</additional-data>").expect("server proof");
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(additional)
+            .expect("b64"),
+        ht(&token1, b"Responder"),
+        "the server proves it knows the token"
+    );
+    assert!(
+        ok.contains(&format!(
+            "<authorization-identifier>{jid}</authorization-identifier>"
+        )),
+        "{ok}"
+    );
+    assert!(ok.contains("<resumed xmlns='urn:xmpp:sm:3'"), "{ok}");
+    let token2 = token_of(&ok);
+    assert_ne!(token1, token2, "a new token each time one is asked for");
+    c.until("while away</body>").await;
+    c.send("<iq type='get' id='p2' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    c.until("id='p2'").await;
+    drop(c);
+
+    // FAST with a bind: the newest token works; using it retires token1.
+    let mut c = Raw::connect(srv.addr).await;
+    let ok = fast(
+        &mut c,
+        "alice",
+        &token2,
+        AGENT,
+        "<bind xmlns='urn:xmpp:bind:0'><tag>T</tag></bind>",
+    )
+    .await;
+    assert!(
+        ok.contains("<bound xmlns='urn:xmpp:bind:0'>") && ok.contains("alice@localhost/T."),
+        "{ok}"
+    );
+    drop(c);
+    let mut c = Raw::connect(srv.addr).await;
+    let r = fast(&mut c, "alice", &token1, AGENT, "").await;
+    assert!(r.contains("<not-authorized"), "rotated out: {r}");
+    // Another client's id, a wrong token: refused.
+    let mut c = Raw::connect(srv.addr).await;
+    let r = fast(&mut c, "alice", &token2, "other-client", "").await;
+    assert!(r.contains("<not-authorized"), "{r}");
+    let mut c = Raw::connect(srv.addr).await;
+    let r = fast(&mut c, "alice", "not-a-token", AGENT, "").await;
+    assert!(r.contains("<not-authorized"), "{r}");
+
+    // A password change invalidates every token.
+    let creds = palaver_server::auth::derive_all("new-pw", 4096);
+    srv.core()
+        .storage()
+        .accounts
+        .set_credentials(DOMAIN, "alice", &creds)
+        .await
+        .expect("new password");
+    let mut c = Raw::connect(srv.addr).await;
+    let r = fast(&mut c, "alice", &token2, AGENT, "").await;
+    assert!(r.contains("<not-authorized"), "{r}");
+    // The new password works over SASL2 without inline bind; the client
+    // then binds the RFC 6120 way.
+    let mut c = Raw::connect(srv.addr).await;
+    let ok = plain(&mut c, "alice", "new-pw", "").await;
+    assert!(
+        ok.contains("<authorization-identifier>alice@localhost</authorization-identifier>"),
+        "{ok}"
+    );
+    let bound = c.bind("classic").await;
+    assert_eq!(bound, "alice@localhost/classic");
+    // The stored tokens are not the tokens.
+    let rows = palaver_modules::auth_fast::store::FastSql::new(srv.core().storage().db.clone())
+        .list(DOMAIN, "alice", AGENT)
+        .await
+        .expect("rows");
+    assert!(!rows.is_empty());
+    assert!(
+        rows.iter()
+            .all(|r| r.hash != token2 && r.id != token2 && r.hash.len() == 64)
+    );
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn without_fast_nothing_is_offered() {
+    let srv = TestServer::start_with("", "modules:\n  mod_disco: {}\n").await;
+    srv.add_user("alice", DOMAIN, "pw").await;
+    let mut c = Raw::connect(srv.addr).await;
+    let f = c.open(DOMAIN).await;
+    assert!(
+        f.contains("<authentication xmlns='urn:xmpp:sasl:2'>"),
+        "{f}"
+    );
+    assert!(
+        !f.contains("fast") && !f.contains("carbons") && !f.contains("urn:xmpp:sm:3"),
+        "{f}"
+    );
+    c.send(&format!(
+        "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='HT-SHA-256-NONE'><initial-response>{}</initial-response>{}</authenticate>",
+        b64(b"alice\0xx"),
+        user_agent(AGENT)
+    ))
+    .await;
+    let r = c.until("</failure>").await;
+    assert!(r.contains("invalid-mechanism"), "{r}");
+    srv.stop().await;
+}
