@@ -23,6 +23,10 @@ enum Cmd {
         /// Configuration file (YAML).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Log to this file instead of standard output (also
+        /// `PALAVER_LOG_FILE`); reopened on SIGUSR1 and by `palaver ctl reopen_log`.
+        #[arg(long)]
+        log_file: Option<PathBuf>,
     },
     /// Manage accounts (through the running server when there is one).
     User {
@@ -342,7 +346,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 
 async fn run_other(cmd: Cmd) -> Result<()> {
     match cmd {
-        Cmd::Serve { config } => serve(config).await,
+        Cmd::Serve { config, log_file } => serve(config, log_file).await,
         Cmd::Config {
             cmd: ConfigCmd::Check { config },
         } => {
@@ -567,17 +571,52 @@ fn print_result(v: &Value) {
                 }
             }
         }
-        Value::Object(o) if o.contains_key("message") => print_report(v, false),
+        Value::Object(o) if o.contains_key("message") => {
+            print_report(v, false);
+            if let Some(t) = o.get("token").and_then(Value::as_str) {
+                println!("{t}");
+            }
+        }
         Value::Null => {}
         other => println!("{other}"),
     }
 }
 
-async fn serve(config_path: Option<PathBuf>) -> Result<()> {
+async fn serve(config_path: Option<PathBuf>, log_file: Option<PathBuf>) -> Result<()> {
     let config = load_config(config_path.as_ref(), NoConfig::Defaults)?;
-    init_logging(&config.loglevel);
+    let log_file = log_file.or_else(|| std::env::var_os("PALAVER_LOG_FILE").map(PathBuf::from));
+    match &log_file {
+        Some(p) => {
+            let f = palaver_admin::logfile::open(p)
+                .with_context(|| format!("log file {}", p.display()))?;
+            let filter = std::env::var("PALAVER_LOG")
+                .unwrap_or_else(|_| format!("{},sqlx=warn,rustls=warn", config.loglevel));
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_target(false)
+                .with_ansi(false)
+                .with_writer(move || palaver_admin::logfile::LogWriter(f.clone()))
+                .try_init();
+            tokio::spawn(async {
+                let Ok(mut usr1) =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+                else {
+                    return;
+                };
+                while usr1.recv().await.is_some() {
+                    match palaver_admin::logfile::reopen() {
+                        Ok(p) => tracing::info!(path = %p.display(), "log file reopened"),
+                        Err(e) => eprintln!("palaver: reopening the log file failed: {e}"),
+                    }
+                }
+            });
+        }
+        None => init_logging(&config.loglevel),
+    }
     let data = config.data_dir.clone();
     let db = db_location(&config);
+    // Metrics recorded while starting count too.
+    palaver_http::metrics::install();
     let mut server = palaver_server::Server::start(config, &palaver_admin::registry()).await?;
     palaver_http::start(&mut server);
     let s2s = palaver_s2s::start(&mut server).await?;
@@ -708,6 +747,37 @@ async fn user(cmd: UserCmd) -> Result<()> {
 }
 
 /// `palaver ctl [--config FILE] COMMAND ARG…`: any command of the table.
+/// `token create --scope S [--scope S…] [--description D]`, `token list`,
+/// `token revoke ID`: the api_token_* commands (scopes repeated or `a;b`).
+fn token_alias(words: Vec<String>) -> Result<Vec<String>> {
+    if words.first().map(String::as_str) != Some("token") {
+        return Ok(words);
+    }
+    let sub = words.get(1).map(String::as_str).unwrap_or("");
+    let name = match sub {
+        "create" => "api_token_create",
+        "list" => "api_token_list",
+        "revoke" => "api_token_revoke",
+        _ => bail!("usage: palaver ctl token create --scope SCOPE… | token list | token revoke ID"),
+    };
+    let mut out = vec![name.to_string()];
+    let mut scopes = Vec::new();
+    let mut it = words.into_iter().skip(2);
+    while let Some(w) = it.next() {
+        if w == "--scope" {
+            scopes.push(it.next().ok_or_else(|| anyhow!("--scope needs a value"))?);
+        } else if let Some(v) = w.strip_prefix("--scope=") {
+            scopes.push(v.to_string());
+        } else {
+            out.push(w);
+        }
+    }
+    if !scopes.is_empty() {
+        out.push(format!("--scope={}", scopes.join(";")));
+    }
+    Ok(out)
+}
+
 async fn ctl(config: Option<PathBuf>, words: Vec<String>) -> Result<ExitCode> {
     // `--config` may also come after the command.
     let mut config = config;
@@ -724,6 +794,7 @@ async fn ctl(config: Option<PathBuf>, words: Vec<String>) -> Result<ExitCode> {
             rest.push(w);
         }
     }
+    let rest = token_alias(rest)?;
     let Some((name, args)) = rest.split_first() else {
         eprintln!(
             "usage: palaver ctl COMMAND [ARG…]\n\nCommands:\n{}",

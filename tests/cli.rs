@@ -75,6 +75,32 @@ async fn serve_and_manage_users_while_running() {
     );
     let (ok, out) = run(&["ctl", "status", "--config", cfg_s]);
     assert!(ok && out.contains("is running"), "{out}");
+    let (ok, out) = run(&["ctl", "stats", "--config", cfg_s]);
+    assert!(
+        ok && out.contains("onlineusers 0") && out.contains("registeredusers 1"),
+        "{out}"
+    );
+    let (ok, out) = run(&["ctl", "stats", "registeredusers", "--config", cfg_s]);
+    assert!(ok && out.trim() == "1", "{out}");
+    // REST API tokens: created through the running server, shown once.
+    let (ok, out) = run(&[
+        "ctl", "token", "create", "--scope", "accounts", "--scope", "status", "--config", cfg_s,
+    ]);
+    let token = out
+        .lines()
+        .find(|l| l.starts_with("pvt_"))
+        .unwrap_or_else(|| panic!("token printed: {out}"))
+        .to_string();
+    assert!(ok);
+    let stored = std::fs::read_to_string(dir.path().join("api_tokens.json")).expect("tokens");
+    assert!(!stored.contains(&token) && stored.contains("accounts"));
+    let (ok, out) = run(&["ctl", "token", "list", "--config", cfg_s]);
+    assert!(
+        ok && out.contains("\"status\"") && !out.contains(&token),
+        "{out}"
+    );
+    let (ok, out) = run(&["ctl", "token", "bogus", "--config", cfg_s]);
+    assert!(!ok && out.contains("usage"), "{out}");
 
     let (ok, out) = run(&[
         "user",
@@ -474,4 +500,55 @@ fn finds_its_config_and_reads_passwords_from_stdin() {
     assert!(ok && out.contains("password changed"), "{out}");
     let (ok, out) = run_in(d, &["user", "list"], &[], "");
     assert!(ok && out.contains("carol@localhost"), "{out}");
+}
+
+#[tokio::test]
+async fn log_file_reopened_by_command_and_signal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(dir.path());
+    let cfg_s = cfg.to_str().expect("utf-8 path");
+    let log = dir.path().join("palaver.log");
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["serve", "--config", cfg_s, "--log-file"])
+        .arg(&log)
+        .env("PALAVER_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn serve");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    while let Ok(Ok(Some(line))) = tokio::time::timeout(TIMEOUT, lines.next_line()).await {
+        if line.contains("data directory") {
+            break;
+        }
+    }
+    let first = std::fs::read_to_string(&log).expect("log file");
+    assert!(first.contains("control socket listening"), "{first}");
+    assert!(!first.contains("\u{1b}["), "no colour codes in the file");
+    // Rotated away: the command reopens the path.
+    std::fs::rename(&log, dir.path().join("palaver.log.1")).expect("rotate");
+    let (ok, out) = run(&["ctl", "reopen_log", "--config", cfg_s]);
+    assert!(ok && out.contains("reopened"), "{out}");
+    let (ok, _) = run(&["ctl", "status", "--config", cfg_s]);
+    assert!(ok);
+    assert!(log.exists(), "a new file after reopen_log");
+    // And SIGUSR1.
+    std::fs::rename(&log, dir.path().join("palaver.log.2")).expect("rotate");
+    let pid = child.id().expect("pid");
+    let _ = Command::new("kill")
+        .arg("-USR1")
+        .arg(pid.to_string())
+        .status();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !log.exists() && std::time::Instant::now() < deadline {
+        let (ok, _) = run(&["ctl", "status", "--config", cfg_s]);
+        assert!(ok);
+    }
+    assert!(log.exists(), "a new file after SIGUSR1");
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+    let _ = tokio::time::timeout(TIMEOUT, child.wait()).await;
 }

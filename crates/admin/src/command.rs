@@ -36,6 +36,8 @@ pub enum ArgType {
     Password,
     /// A file on the server's machine (made absolute by the command line).
     Path,
+    /// A list of strings (JSON array; on the command line `a;b;c`).
+    List,
 }
 
 impl ArgType {
@@ -50,6 +52,7 @@ impl ArgType {
             ArgType::Jid => "jid",
             ArgType::Password => "password",
             ArgType::Path => "path",
+            ArgType::List => "list",
         }
     }
 }
@@ -103,6 +106,13 @@ pub enum ResultType {
     /// An object with at least `message` (a sentence) and `warnings` (a
     /// list of notices), plus the command's own fields.
     Report,
+    /// ejabberd's `rescode`: `0` when done (a [`ErrorCode::Failed`] error
+    /// is `1` over REST).
+    Rescode,
+    /// An object of the command's own fields.
+    Object,
+    /// A list of objects.
+    Objects,
 }
 
 /// Who may run a command (enforced by the REST API; the control socket
@@ -144,6 +154,12 @@ pub struct Command {
     pub permission: Permission,
     /// Only meaningful against a running server (sessions); refused on a tool core.
     pub online_only: bool,
+    /// Permission group (ejabberd's command tag): `accounts`, `sessions`,
+    /// `roster`, `vcard`, `stanza`, `server`, `stats`, `config`, `tokens`,
+    /// `data`. A token scope may name it.
+    pub group: &'static str,
+    /// Name of an integer result in ejabberd's REST shape (`{NAME: N}`).
+    pub result_name: &'static str,
     /// The implementation.
     pub handler: Handler,
 }
@@ -220,6 +236,9 @@ pub enum ErrorCode {
     Storage,
     /// Reading or writing a file failed.
     Io,
+    /// The command ran and its answer is no (a wrong password; ejabberd's
+    /// `rescode` 1).
+    Failed,
     /// Anything else.
     Internal,
 }
@@ -303,6 +322,8 @@ pub enum ArgValue {
     Int(i64),
     /// A boolean.
     Bool(bool),
+    /// A list of strings.
+    List(Vec<String>),
 }
 
 /// A command's validated arguments.
@@ -339,6 +360,14 @@ impl Args {
                 ErrorCode::Internal,
                 format!("argument `{name}` is missing or not an integer"),
             )),
+        }
+    }
+
+    /// A list argument (empty when absent).
+    pub fn list(&self, name: &str) -> Vec<String> {
+        match self.values.get(name) {
+            Some(ArgValue::List(l)) => l.clone(),
+            _ => Vec::new(),
         }
     }
 
@@ -446,6 +475,20 @@ fn parse_value(
             }
             ArgValue::Text(s)
         }
+        ArgType::List => match v {
+            Value::Array(items) => ArgValue::List(
+                items
+                    .iter()
+                    .map(|i| match i {
+                        Value::String(s) => Ok(s.clone()),
+                        other => Err(bad(format!("expected strings in the list, got {other}"))),
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            Value::String(s) if s.is_empty() => ArgValue::List(Vec::new()),
+            Value::String(s) => ArgValue::List(s.split(';').map(str::to_string).collect()),
+            other => return Err(bad(format!("expected a list of strings, got {other}"))),
+        },
     })
 }
 

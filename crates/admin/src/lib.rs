@@ -13,7 +13,9 @@ pub mod adhoc;
 pub mod command;
 pub mod commands;
 pub mod control;
+pub mod logfile;
 pub mod piefxis;
+pub mod tokens;
 
 pub use command::{
     ArgSpec, ArgType, Args, Command, CommandError, Ctx, ErrorCode, Permission, Request, Response,

@@ -6,8 +6,11 @@
 //! loop as TCP ones ([`palaver_server::c2s::run`]) and appear in the session
 //! table exactly like them; only their transports differ.
 
+pub mod admin;
+pub mod api;
 mod bosh;
 mod discovery;
+pub mod metrics;
 mod tls;
 mod ws;
 
@@ -50,6 +53,19 @@ pub fn app(state: HttpState) -> Router {
     let own: Router = Router::new()
         .route(&ws_path, get(ws::upgrade))
         .route("/bosh", axum::routing::post(bosh::handle))
+        .route("/api/openapi.json", get(api::openapi_json))
+        .route("/metrics", get(metrics::metrics))
+        .route("/health", get(metrics::health))
+        .route("/admin", get(admin::index))
+        .route("/admin/login", axum::routing::post(admin::login))
+        .route("/admin/logout", axum::routing::post(admin::logout))
+        .route("/admin/users/add", axum::routing::post(admin::add_user))
+        .route(
+            "/admin/users/remove",
+            axum::routing::post(admin::remove_user),
+        )
+        .route("/admin/kick", axum::routing::post(admin::kick))
+        .route("/api/{command}", axum::routing::post(api::call))
         .route("/.well-known/host-meta", get(discovery::host_meta_xml))
         .route(
             "/.well-known/host-meta.json",
@@ -66,6 +82,7 @@ pub fn app(state: HttpState) -> Router {
 
 /// Serve every HTTP listener the server bound.
 pub fn start(server: &mut palaver_server::RunningServer) {
+    metrics::install();
     for (cfg, sock) in server.take_http_listeners() {
         let core = server.core.clone();
         server.spawn(serve(core, cfg, sock));

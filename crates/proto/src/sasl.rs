@@ -153,6 +153,8 @@ impl fmt::Display for ScramHash {
 pub enum Mechanism {
     /// `PLAIN` (RFC 4616).
     Plain,
+    /// `ANONYMOUS` (RFC 4505): no credentials, a fresh account.
+    Anonymous,
     /// `SCRAM-<hash>` or, with `plus`, `SCRAM-<hash>-PLUS`.
     Scram {
         /// The underlying hash function.
@@ -164,7 +166,7 @@ pub enum Mechanism {
 
 impl Mechanism {
     /// All mechanisms, in order of preference (strongest first).
-    pub const ALL: [Mechanism; 7] = [
+    pub const ALL: [Mechanism; 8] = [
         Mechanism::Scram {
             hash: ScramHash::Sha512,
             plus: true,
@@ -190,6 +192,7 @@ impl Mechanism {
             plus: false,
         },
         Mechanism::Plain,
+        Mechanism::Anonymous,
     ];
 
     /// The registered mechanism name, e.g. `"PLAIN"`, `"SCRAM-SHA-1"` or
@@ -197,6 +200,7 @@ impl Mechanism {
     pub fn name(self) -> &'static str {
         match self {
             Mechanism::Plain => "PLAIN",
+            Mechanism::Anonymous => "ANONYMOUS",
             Mechanism::Scram { hash, plus } => match (hash, plus) {
                 (ScramHash::Sha1, false) => "SCRAM-SHA-1",
                 (ScramHash::Sha1, true) => "SCRAM-SHA-1-PLUS",
@@ -1206,7 +1210,7 @@ mod tests {
     ) -> Result<(), SaslFailure> {
         let hash = match client.mechanism() {
             Mechanism::Scram { hash, .. } => hash,
-            Mechanism::Plain => unreachable!(),
+            Mechanism::Plain | Mechanism::Anonymous => unreachable!(),
         };
         let mut server = ScramServer::new(hash, plus, cb, &client.client_first())?;
         assert_eq!(server.username(), "juliet");

@@ -1,9 +1,23 @@
-//! Password and SCRAM credential checks for local accounts.
+//! Password and SCRAM credential checks, per host by `auth_method`:
+//! `internal` (stored SCRAM credentials), `http` (the operator's service,
+//! [`http`]), `external` (ejabberd's extauth program protocol,
+//! [`extauth`]), `jwt` (a signed token as the password, [`jwt`]), and
+//! `anonymous` (SASL ANONYMOUS). A backend that fails answers
+//! [`AuthOutcome::Temporary`] (the client gets `temporary-auth-failure`)
+//! and is asked again on the next login; no backend call blocks the server
+//! (each has a timeout and runs on the login's own task).
 
+pub mod extauth;
+pub mod http;
+pub mod jwt;
+
+use crate::config::{AuthMethod, Config, ConfigError};
 use dashmap::DashMap;
 use palaver_proto::sasl::{ScramCredentials, ScramHash};
 use palaver_storage::{Storage, StorageError};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 /// Outcome of a password check.
 #[derive(Debug, PartialEq, Eq)]
@@ -27,17 +41,244 @@ pub struct Authenticator {
     iterations: u32,
     secret: [u8; 32],
     verified: DashMap<(String, String), [u8; 32]>,
+    /// Per host: the backend (hosts not listed use the internal one).
+    hosts: HashMap<String, HostAuth>,
+    /// Correct passwords of external backends, until a deadline.
+    cache: DashMap<(String, String), ([u8; 32], Instant)>,
+}
+
+/// A password backend.
+enum Backend {
+    Internal,
+    Http(http::HttpAuth),
+    External(extauth::ExtAuth),
+    Jwt(jwt::JwtKey),
+    /// No password logins.
+    None,
+}
+
+struct HostAuth {
+    backend: Backend,
+    anonymous: bool,
+    cache_life_time: Duration,
 }
 
 impl Authenticator {
-    /// New authenticator over `storage`.
+    /// New authenticator over `storage` for internal accounts only.
     pub fn new(storage: Storage, iterations: u32) -> Self {
         Authenticator {
             storage,
             iterations,
             secret: rand::random(),
             verified: DashMap::new(),
+            hosts: HashMap::new(),
+            cache: DashMap::new(),
         }
+    }
+
+    /// The authenticator of `config`: each host's `auth_method` with its
+    /// options (a missing or unusable option is a config error).
+    pub fn from_config(storage: Storage, config: &Config) -> Result<Self, ConfigError> {
+        let mut a = Self::new(storage, config.scram_iterations);
+        for h in &config.hosts {
+            let o = config.host_options(h);
+            let err = |m: String| ConfigError::msg(format!("auth_method of host {h}: {m}"));
+            let backend = match o.auth_method {
+                AuthMethod::Internal => Backend::Internal,
+                AuthMethod::Anonymous => Backend::None,
+                AuthMethod::Http => match &o.auth.http {
+                    Some(opts) => Backend::Http(http::HttpAuth::new(opts.clone()).map_err(err)?),
+                    None => return Err(err("`http` needs `auth_opts: {url: …}`".into())),
+                },
+                AuthMethod::External => match &o.auth.extauth_program {
+                    Some(p) => Backend::External(
+                        extauth::ExtAuth::new(p, o.auth.extauth_pool_size).map_err(err)?,
+                    ),
+                    None => return Err(err("`external` needs `extauth_program`".into())),
+                },
+                AuthMethod::Jwt => match &o.auth.jwt_key {
+                    Some(k) => {
+                        Backend::Jwt(jwt::JwtKey::load(k, &o.auth.jwt_jid_field).map_err(err)?)
+                    }
+                    None => return Err(err("`jwt` needs `jwt_key`".into())),
+                },
+            };
+            a.hosts.insert(
+                h.clone(),
+                HostAuth {
+                    backend,
+                    anonymous: o.auth.anonymous,
+                    cache_life_time: o.auth.cache_life_time,
+                },
+            );
+        }
+        Ok(a)
+    }
+
+    fn backend(&self, host: &str) -> &Backend {
+        self.hosts
+            .get(host)
+            .map(|h| &h.backend)
+            .unwrap_or(&Backend::Internal)
+    }
+
+    /// Whether `host` takes SASL ANONYMOUS.
+    pub fn anonymous_allowed(&self, host: &str) -> bool {
+        self.hosts.get(host).is_some_and(|h| h.anonymous)
+    }
+
+    /// Whether `host` checks passwords at all (PLAIN).
+    pub fn passwords(&self, host: &str) -> bool {
+        !matches!(self.backend(host), Backend::None)
+    }
+
+    /// Whether `host` has stored SCRAM credentials (internal accounts);
+    /// other backends take PLAIN only.
+    pub fn scram_available(&self, host: &str) -> bool {
+        matches!(self.backend(host), Backend::Internal)
+    }
+
+    /// Whether `host`'s accounts live in Palaver's database (so commands
+    /// may create them and change their passwords there).
+    pub fn internal(&self, host: &str) -> bool {
+        matches!(self.backend(host), Backend::Internal)
+    }
+
+    /// The name of `host`'s password method (metrics, logs).
+    pub fn method_name(&self, host: &str) -> &'static str {
+        match self.backend(host) {
+            Backend::Internal => "internal",
+            Backend::Http(_) => "http",
+            Backend::External(_) => "external",
+            Backend::Jwt(_) => "jwt",
+            Backend::None => "anonymous",
+        }
+    }
+
+    /// Count a login of `host` (SASL, the REST API) for the metrics:
+    /// `palaver_auth_total{method, result}`.
+    pub fn record(&self, host: &str, outcome: &AuthOutcome) {
+        let result = match outcome {
+            AuthOutcome::Ok => "success",
+            AuthOutcome::Denied => "failure",
+            AuthOutcome::Temporary => "temporary_failure",
+        };
+        metrics::counter!("palaver_auth_total", "method" => self.method_name(host), "result" => result)
+            .increment(1);
+    }
+
+    /// Check a password with `host`'s backend (SASL PLAIN, the REST API's
+    /// basic authentication, `check_password`).
+    pub async fn check_password(&self, host: &str, user: &str, password: &str) -> AuthOutcome {
+        let outcome = match self.backend(host) {
+            Backend::Internal => return self.check_internal(host, user, password).await,
+            Backend::None => return AuthOutcome::Denied,
+            external => {
+                let key = (host.to_string(), user.to_string());
+                let token = self.pw_token(host, user, password);
+                if let Some(e) = self.cache.get(&key)
+                    && e.1 > Instant::now()
+                    && bool::from(subtle_eq(&e.0[..], &token[..]))
+                {
+                    return AuthOutcome::Ok;
+                }
+                let started = Instant::now();
+                let outcome = match external {
+                    Backend::Http(h) => h.check_password(host, user, password).await,
+                    Backend::External(x) => x.check_password(host, user, password).await,
+                    Backend::Jwt(j) => j.check(host, user, password),
+                    Backend::Internal | Backend::None => AuthOutcome::Denied,
+                };
+                metrics::histogram!("palaver_auth_backend_seconds", "method" => self.method_name(host))
+                    .record(started.elapsed().as_secs_f64());
+                let life = self
+                    .hosts
+                    .get(host)
+                    .map(|h| h.cache_life_time)
+                    .unwrap_or_default();
+                if outcome == AuthOutcome::Ok && !life.is_zero() {
+                    self.cache.insert(key, (token, Instant::now() + life));
+                }
+                outcome
+            }
+        };
+        if outcome == AuthOutcome::Ok {
+            self.ensure_local_account(host, user).await;
+        }
+        outcome
+    }
+
+    /// An account checked by an external backend gets a row in the local
+    /// database (no usable credentials: a random password), so delivery,
+    /// rosters and offline storage know it exists.
+    async fn ensure_local_account(&self, host: &str, user: &str) {
+        match self.storage.accounts.account_exists(host, user).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let pw: [u8; 32] = rand::random();
+                let pw = hex::encode(pw);
+                let iterations = self.iterations;
+                if let Ok(creds) =
+                    tokio::task::spawn_blocking(move || derive_all(&pw, iterations)).await
+                {
+                    match self
+                        .storage
+                        .accounts
+                        .create_account(host, user, &creds)
+                        .await
+                    {
+                        Ok(()) | Err(StorageError::Conflict) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, host, user, "recording an external account failed")
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, host, user, "account lookup failed"),
+        }
+    }
+
+    /// Whether `user` exists according to `host`'s backend.
+    pub async fn user_exists(&self, host: &str, user: &str) -> Result<bool, AuthOutcome> {
+        match self.backend(host) {
+            Backend::Http(h) => h.user_exists(host, user).await,
+            Backend::External(x) => x.user_exists(host, user).await,
+            _ => self
+                .storage
+                .accounts
+                .account_exists(host, user)
+                .await
+                .map_err(|_| AuthOutcome::Temporary),
+        }
+    }
+
+    /// Set a password in an external backend (`set_password` / `setpass`);
+    /// `None` when `host`'s accounts are internal (the caller stores it).
+    pub async fn set_external_password(
+        &self,
+        host: &str,
+        user: &str,
+        password: &str,
+    ) -> Option<AuthOutcome> {
+        let r = match self.backend(host) {
+            Backend::Internal => return None,
+            Backend::Http(h) => h.set_password(host, user, password).await,
+            Backend::External(x) => x.set_password(host, user, password).await,
+            Backend::Jwt(_) | Backend::None => AuthOutcome::Denied,
+        };
+        self.cache.remove(&(host.to_string(), user.to_string()));
+        Some(r)
+    }
+
+    fn pw_token(&self, host: &str, user: &str, password: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.secret);
+        h.update(host.as_bytes());
+        h.update([0]);
+        h.update(user.as_bytes());
+        h.update([0]);
+        h.update(password.as_bytes());
+        h.finalize().into()
     }
 
     fn token(&self, creds: &ScramCredentials, password: &str) -> [u8; 32] {
@@ -55,15 +296,19 @@ impl Authenticator {
         user: &str,
         hash: ScramHash,
     ) -> Result<Option<ScramCredentials>, StorageError> {
+        if !self.scram_available(host) {
+            // The backend keeps no SCRAM credentials (never offered there).
+            return Ok(None);
+        }
         self.storage.accounts.credentials(host, user, hash).await
     }
 
-    /// Check a plaintext password (SASL PLAIN).
+    /// Check a plaintext password against stored credentials.
     ///
     /// Accounts imported with credentials for some hashes only (ejabberd
     /// keeps SCRAM-SHA-1 alone) get the missing ones derived on a successful
     /// check, so their next SCRAM-SHA-256/512 login works too.
-    pub async fn check_password(&self, host: &str, user: &str, password: &str) -> AuthOutcome {
+    async fn check_internal(&self, host: &str, user: &str, password: &str) -> AuthOutcome {
         let mut missing = false;
         let mut found = None;
         for hash in [ScramHash::Sha256, ScramHash::Sha512, ScramHash::Sha1] {
@@ -128,6 +373,7 @@ impl Authenticator {
     /// Forget cached verifications for an account (password changed or removed).
     pub fn forget(&self, host: &str, user: &str) {
         self.verified.remove(&(host.to_string(), user.to_string()));
+        self.cache.remove(&(host.to_string(), user.to_string()));
     }
 
     /// Remember that `password` is correct for freshly derived `creds` (registration, password change).

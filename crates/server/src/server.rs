@@ -215,9 +215,10 @@ fn build_core(
                 })?;
         }
     }
+    let auth = Authenticator::from_config(storage.clone(), &config)?;
     let config = Arc::new(config);
     Ok(Arc::new(Core {
-        auth: Authenticator::new(storage.clone(), config.scram_iterations),
+        auth,
         config,
         storage,
         hosts,

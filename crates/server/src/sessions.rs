@@ -268,8 +268,12 @@ impl SessionManager {
         } else {
             None
         };
+        let kind = st.el.name().to_string();
         match handle.tx.try_send(SessionMsg::Stanza(Box::new(st), ticket)) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                metrics::counter!("palaver_stanzas_delivered_total", "kind" => kind).increment(1);
+                Ok(())
+            }
             Err(mpsc::error::TrySendError::Full(msg @ SessionMsg::Stanza(..))) if matches!(&msg, SessionMsg::Stanza(s, _) if s.is_error()) =>
             {
                 let tx = handle.tx.clone();
@@ -319,6 +323,8 @@ pub trait SessionRegistry: Send + Sync {
     /// carrying `reason` (an administrator's kick, a removed account);
     /// returns how many were told.
     fn kick(&self, bare: &BareJid, reason: &str) -> usize;
+    /// End the one session bound as `full` the same way; whether there was one.
+    fn kick_session(&self, full: &FullJid, reason: &str) -> bool;
 }
 
 impl SessionRegistry for SessionManager {
@@ -351,23 +357,33 @@ impl SessionRegistry for SessionManager {
     fn count(&self) -> u64 {
         SessionManager::count(self)
     }
-    fn kick(&self, bare: &BareJid, reason: &str) -> usize {
-        let mut n = 0;
-        for s in SessionManager::sessions(self, bare) {
-            match s.tx.try_send(SessionMsg::Kick(reason.to_string())) {
-                Ok(()) => n += 1,
-                Err(mpsc::error::TrySendError::Full(msg)) => {
-                    // A busy session still gets it, once it has room.
-                    n += 1;
-                    let tx = s.tx.clone();
-                    tokio::spawn(async move {
-                        let _ = tx.send(msg).await;
-                    });
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
-            }
+    fn kick_session(&self, full: &FullJid, reason: &str) -> bool {
+        match SessionManager::get(self, full) {
+            Some(s) => send_kick(&s, reason),
+            None => false,
         }
-        n
+    }
+    fn kick(&self, bare: &BareJid, reason: &str) -> usize {
+        SessionManager::sessions(self, bare)
+            .iter()
+            .filter(|s| send_kick(s, reason))
+            .count()
+    }
+}
+
+/// Tell one session to end with `reason`; whether it was still there.
+fn send_kick(s: &SessionHandle, reason: &str) -> bool {
+    match s.tx.try_send(SessionMsg::Kick(reason.to_string())) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(msg)) => {
+            // A busy session still gets it, once it has room.
+            let tx = s.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(msg).await;
+            });
+            true
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
     }
 }
 

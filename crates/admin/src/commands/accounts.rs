@@ -12,8 +12,28 @@ fn not_found(user: &str, host: &str) -> CommandError {
     CommandError::new(ErrorCode::NotFound, format!("{user}@{host} does not exist"))
 }
 
+/// Accounts of `host` live in an external backend (http, external, jwt).
+fn external(cx: &Ctx, host: &str) -> bool {
+    cx.core
+        .cx_of(host)
+        .is_some_and(|m| !m.auth().internal(host))
+}
+
+fn temporary() -> CommandError {
+    CommandError::new(
+        ErrorCode::Storage,
+        "the authentication backend failed; try again later",
+    )
+}
+
 pub(super) async fn register(cx: Ctx, a: Args) -> Result<Value, CommandError> {
     let (host, user) = account(&a)?;
+    if external(&cx, &host) {
+        return Err(CommandError::new(
+            ErrorCode::Forbidden,
+            format!("accounts of {host} live in its auth backend (auth_method); create them there"),
+        ));
+    }
     let creds =
         palaver_server::auth::derive_all(a.text("password")?, cx.core.config().scram_iterations);
     match cx
@@ -43,6 +63,23 @@ pub(super) async fn unregister(cx: Ctx, a: Args) -> Result<Value, CommandError> 
 
 pub(super) async fn change_password(cx: Ctx, a: Args) -> Result<Value, CommandError> {
     let (host, user) = account(&a)?;
+    if let Some(m) = cx.core.cx_of(&host)
+        && let Some(r) = m
+            .auth()
+            .set_external_password(&host, &user, a.text("newpass")?)
+            .await
+    {
+        return match r {
+            palaver_server::auth::AuthOutcome::Ok => {
+                Ok(Value::String(format!("password changed for {user}@{host}")))
+            }
+            palaver_server::auth::AuthOutcome::Denied => Err(CommandError::new(
+                ErrorCode::Forbidden,
+                format!("the auth backend of {host} refused to change the password of {user}"),
+            )),
+            palaver_server::auth::AuthOutcome::Temporary => Err(temporary()),
+        };
+    }
     let creds =
         palaver_server::auth::derive_all(a.text("newpass")?, cx.core.config().scram_iterations);
     match cx
@@ -65,6 +102,15 @@ pub(super) async fn change_password(cx: Ctx, a: Args) -> Result<Value, CommandEr
 
 pub(super) async fn check_account(cx: Ctx, a: Args) -> Result<Value, CommandError> {
     let (host, user) = account(&a)?;
+    if external(&cx, &host)
+        && let Some(m) = cx.core.cx_of(&host)
+    {
+        return match m.auth().user_exists(&host, &user).await {
+            Ok(true) => Ok(Value::String(format!("{user}@{host} exists"))),
+            Ok(false) => Err(not_found(&user, &host)),
+            Err(_) => Err(temporary()),
+        };
+    }
     if cx
         .core
         .storage()
@@ -83,4 +129,23 @@ pub(super) async fn registered_users(cx: Ctx, a: Args) -> Result<Value, CommandE
     let mut users = cx.core.storage().accounts.list_accounts(host).await?;
     users.sort();
     Ok(Value::from(users))
+}
+
+pub(super) async fn check_password(cx: Ctx, a: Args) -> Result<Value, CommandError> {
+    let (host, user) = account(&a)?;
+    let Some(m) = cx.core.cx_of(&host) else {
+        return Err(CommandError::arg(format!("host `{host}` is not served")));
+    };
+    match m
+        .auth()
+        .check_password(&host, &user, a.text("password")?)
+        .await
+    {
+        palaver_server::auth::AuthOutcome::Ok => Ok(Value::from(0)),
+        palaver_server::auth::AuthOutcome::Denied => Err(CommandError::new(
+            ErrorCode::Failed,
+            format!("wrong password for {user}@{host}, or no such account"),
+        )),
+        palaver_server::auth::AuthOutcome::Temporary => Err(temporary()),
+    }
 }

@@ -3,8 +3,12 @@
 
 mod accounts;
 mod piefxis;
+mod roster;
 mod server;
 mod sessions;
+mod stanza;
+mod tokens;
+mod userdata;
 
 use crate::command::{ArgSpec, ArgType, Command, Permission, ResultType};
 
@@ -24,6 +28,8 @@ pub static COMMANDS: &[Command] = &[
         result: ResultType::Message,
         permission: Permission::Admin,
         online_only: false,
+        group: "accounts",
+        result_name: "res",
         handler: |cx, a| Box::pin(accounts::register(cx, a)),
     },
     Command {
@@ -33,6 +39,8 @@ pub static COMMANDS: &[Command] = &[
         result: ResultType::Message,
         permission: Permission::Admin,
         online_only: false,
+        group: "accounts",
+        result_name: "res",
         handler: |cx, a| Box::pin(accounts::unregister(cx, a)),
     },
     Command {
@@ -46,6 +54,8 @@ pub static COMMANDS: &[Command] = &[
         result: ResultType::Message,
         permission: Permission::UserSelf,
         online_only: false,
+        group: "accounts",
+        result_name: "res",
         handler: |cx, a| Box::pin(accounts::change_password(cx, a)),
     },
     Command {
@@ -55,6 +65,8 @@ pub static COMMANDS: &[Command] = &[
         result: ResultType::Message,
         permission: Permission::UserSelf,
         online_only: false,
+        group: "accounts",
+        result_name: "res",
         handler: |cx, a| Box::pin(accounts::check_account(cx, a)),
     },
     Command {
@@ -64,6 +76,8 @@ pub static COMMANDS: &[Command] = &[
         result: ResultType::Strings,
         permission: Permission::Admin,
         online_only: false,
+        group: "accounts",
+        result_name: "res",
         handler: |cx, a| Box::pin(accounts::registered_users(cx, a)),
     },
     Command {
@@ -73,6 +87,8 @@ pub static COMMANDS: &[Command] = &[
         result: ResultType::Strings,
         permission: Permission::Admin,
         online_only: false,
+        group: "server",
+        result_name: "res",
         handler: |cx, a| Box::pin(server::registered_vhosts(cx, a)),
     },
     Command {
@@ -82,6 +98,8 @@ pub static COMMANDS: &[Command] = &[
         result: ResultType::Strings,
         permission: Permission::Admin,
         online_only: true,
+        group: "sessions",
+        result_name: "res",
         handler: |cx, a| Box::pin(sessions::connected_users(cx, a)),
     },
     Command {
@@ -91,6 +109,8 @@ pub static COMMANDS: &[Command] = &[
         result: ResultType::Integer,
         permission: Permission::Admin,
         online_only: true,
+        group: "sessions",
+        result_name: "num_sessions",
         handler: |cx, a| Box::pin(sessions::connected_users_number(cx, a)),
     },
     Command {
@@ -100,6 +120,8 @@ pub static COMMANDS: &[Command] = &[
         result: ResultType::Strings,
         permission: Permission::UserSelf,
         online_only: true,
+        group: "sessions",
+        result_name: "res",
         handler: |cx, a| Box::pin(sessions::user_resources(cx, a)),
     },
     Command {
@@ -109,6 +131,8 @@ pub static COMMANDS: &[Command] = &[
         result: ResultType::Integer,
         permission: Permission::Admin,
         online_only: true,
+        group: "sessions",
+        result_name: "num_resources",
         handler: |cx, a| Box::pin(sessions::kick_user(cx, a)),
     },
     Command {
@@ -122,6 +146,8 @@ pub static COMMANDS: &[Command] = &[
         result: ResultType::Integer,
         permission: Permission::Admin,
         online_only: true,
+        group: "sessions",
+        result_name: "res",
         handler: |cx, a| Box::pin(sessions::announce(cx, a)),
     },
     Command {
@@ -131,6 +157,8 @@ pub static COMMANDS: &[Command] = &[
         result: ResultType::Message,
         permission: Permission::Admin,
         online_only: true,
+        group: "server",
+        result_name: "res",
         handler: |cx, a| Box::pin(server::status(cx, a)),
     },
     Command {
@@ -143,6 +171,8 @@ pub static COMMANDS: &[Command] = &[
         result: ResultType::Report,
         permission: Permission::Admin,
         online_only: false,
+        group: "data",
+        result_name: "res",
         handler: |cx, a| Box::pin(piefxis::export(cx, a)),
     },
     Command {
@@ -159,7 +189,295 @@ pub static COMMANDS: &[Command] = &[
         result: ResultType::Report,
         permission: Permission::Admin,
         online_only: false,
+        group: "data",
+        result_name: "res",
         handler: |cx, a| Box::pin(piefxis::import(cx, a)),
+    },
+    Command {
+        name: "check_password",
+        description: "Whether a password is an account's (0 when it is; 1 over REST, an error on the command line, when not).",
+        args: &[
+            USER,
+            HOST,
+            ArgSpec::req("password", ArgType::Password, "password to check"),
+        ],
+        result: ResultType::Rescode,
+        permission: Permission::UserSelf,
+        online_only: false,
+        group: "accounts",
+        result_name: "res",
+        handler: |cx, a| Box::pin(accounts::check_password(cx, a)),
+    },
+    Command {
+        name: "connected_users_info",
+        description: "Every bound session: jid, resource, priority, status, statustext.",
+        args: &[],
+        result: ResultType::Objects,
+        permission: Permission::Admin,
+        online_only: true,
+        group: "sessions",
+        result_name: "connected_users_info",
+        handler: |cx, a| Box::pin(sessions::connected_users_info(cx, a)),
+    },
+    Command {
+        name: "user_sessions_info",
+        description: "An account's sessions: resource, priority, status, statustext.",
+        args: &[USER, HOST],
+        result: ResultType::Objects,
+        permission: Permission::UserSelf,
+        online_only: true,
+        group: "sessions",
+        result_name: "sessions_info",
+        handler: |cx, a| Box::pin(sessions::user_sessions_info(cx, a)),
+    },
+    Command {
+        name: "kick_session",
+        description: "End one session (policy-violation stream error with the reason).",
+        args: &[
+            USER,
+            HOST,
+            ArgSpec::req("resource", ArgType::String, "resource of the session"),
+            ArgSpec::req("reason", ArgType::String, "reason given to the client"),
+        ],
+        result: ResultType::Rescode,
+        permission: Permission::Admin,
+        online_only: true,
+        group: "sessions",
+        result_name: "res",
+        handler: |cx, a| Box::pin(sessions::kick_session(cx, a)),
+    },
+    Command {
+        name: "send_message",
+        description: "Send a message (type normal, chat or headline) from any JID to any JID.",
+        args: &[
+            ArgSpec::req("type", ArgType::String, "normal, chat or headline"),
+            ArgSpec::req("from", ArgType::Jid, "sender"),
+            ArgSpec::req("to", ArgType::Jid, "recipient"),
+            ArgSpec::req("subject", ArgType::String, "subject (may be empty)"),
+            ArgSpec::req("body", ArgType::String, "body"),
+        ],
+        result: ResultType::Rescode,
+        permission: Permission::Admin,
+        online_only: true,
+        group: "stanza",
+        result_name: "res",
+        handler: |cx, a| Box::pin(stanza::send_message(cx, a)),
+    },
+    Command {
+        name: "send_stanza",
+        description: "Route a stanza (XML) from a JID to a JID.",
+        args: &[
+            ArgSpec::req("from", ArgType::Jid, "sender"),
+            ArgSpec::req("to", ArgType::Jid, "recipient"),
+            ArgSpec::req("stanza", ArgType::String, "the stanza, as XML"),
+        ],
+        result: ResultType::Rescode,
+        permission: Permission::Admin,
+        online_only: true,
+        group: "stanza",
+        result_name: "res",
+        handler: |cx, a| Box::pin(stanza::send_stanza(cx, a)),
+    },
+    Command {
+        name: "get_roster",
+        description: "An account's roster: jid, nick, subscription, pending, groups.",
+        args: &[USER, HOST],
+        result: ResultType::Objects,
+        permission: Permission::UserSelf,
+        online_only: false,
+        group: "roster",
+        result_name: "contacts",
+        handler: |cx, a| Box::pin(roster::get_roster(cx, a)),
+    },
+    Command {
+        name: "add_rosteritem",
+        description: "Add or replace a roster item (pushed to the account's sessions).",
+        args: &[
+            ArgSpec::req(
+                "localuser",
+                ArgType::User,
+                "user name of the roster's owner",
+            ),
+            ArgSpec::req(
+                "localhost",
+                ArgType::Host,
+                "virtual host of the roster's owner",
+            ),
+            ArgSpec::req("user", ArgType::User, "contact's user name"),
+            ArgSpec::req("host", ArgType::String, "contact's server"),
+            ArgSpec::req(
+                "nick",
+                ArgType::String,
+                "contact's name in the roster (may be empty)",
+            ),
+            ArgSpec::req(
+                "groups",
+                ArgType::List,
+                "groups (`a;b` on the command line)",
+            ),
+            ArgSpec::req(
+                "subs",
+                ArgType::String,
+                "subscription: none, to, from or both",
+            ),
+        ],
+        result: ResultType::Rescode,
+        permission: Permission::Admin,
+        online_only: false,
+        group: "roster",
+        result_name: "res",
+        handler: |cx, a| Box::pin(roster::add_rosteritem(cx, a)),
+    },
+    Command {
+        name: "delete_rosteritem",
+        description: "Remove a roster item (pushed to the account's sessions).",
+        args: &[
+            ArgSpec::req(
+                "localuser",
+                ArgType::User,
+                "user name of the roster's owner",
+            ),
+            ArgSpec::req(
+                "localhost",
+                ArgType::Host,
+                "virtual host of the roster's owner",
+            ),
+            ArgSpec::req("user", ArgType::User, "contact's user name"),
+            ArgSpec::req("host", ArgType::String, "contact's server"),
+        ],
+        result: ResultType::Rescode,
+        permission: Permission::Admin,
+        online_only: false,
+        group: "roster",
+        result_name: "res",
+        handler: |cx, a| Box::pin(roster::delete_rosteritem(cx, a)),
+    },
+    Command {
+        name: "get_vcard",
+        description: "One field of an account's vCard (e.g. FN, NICKNAME).",
+        args: &[
+            USER,
+            HOST,
+            ArgSpec::req("name", ArgType::String, "field name"),
+        ],
+        result: ResultType::Message,
+        permission: Permission::UserSelf,
+        online_only: false,
+        group: "vcard",
+        result_name: "content",
+        handler: |cx, a| Box::pin(userdata::get_vcard(cx, a)),
+    },
+    Command {
+        name: "set_vcard",
+        description: "Set one field of an account's vCard (e.g. FN, NICKNAME).",
+        args: &[
+            USER,
+            HOST,
+            ArgSpec::req("name", ArgType::String, "field name"),
+            ArgSpec::req("content", ArgType::String, "value"),
+        ],
+        result: ResultType::Rescode,
+        permission: Permission::UserSelf,
+        online_only: false,
+        group: "vcard",
+        result_name: "res",
+        handler: |cx, a| Box::pin(userdata::set_vcard(cx, a)),
+    },
+    Command {
+        name: "get_last",
+        description: "When an account was last seen: timestamp (XEP-0082) and status (ONLINE while connected, NOT FOUND when never seen).",
+        args: &[USER, HOST],
+        result: ResultType::Object,
+        permission: Permission::UserSelf,
+        online_only: false,
+        group: "accounts",
+        result_name: "last_activity",
+        handler: |cx, a| Box::pin(userdata::get_last(cx, a)),
+    },
+    Command {
+        name: "get_offline_count",
+        description: "How many messages wait in an account's offline storage.",
+        args: &[USER, HOST],
+        result: ResultType::Integer,
+        permission: Permission::UserSelf,
+        online_only: false,
+        group: "accounts",
+        result_name: "value",
+        handler: |cx, a| Box::pin(userdata::get_offline_count(cx, a)),
+    },
+    Command {
+        name: "stats",
+        description: "A statistic: registeredusers, onlineusers, onlineusersnode, uptimeseconds (without a name: all of them, and sessions per host).",
+        args: &[ArgSpec::opt(
+            "name",
+            ArgType::String,
+            "registeredusers, onlineusers, onlineusersnode or uptimeseconds",
+        )],
+        result: ResultType::Integer,
+        permission: Permission::Admin,
+        online_only: false,
+        group: "stats",
+        result_name: "stat",
+        handler: |cx, a| Box::pin(server::stats(cx, a)),
+    },
+    Command {
+        name: "reopen_log",
+        description: "Reopen the log file (after it was rotated); also done on SIGUSR1.",
+        args: &[],
+        result: ResultType::Message,
+        permission: Permission::Admin,
+        online_only: true,
+        group: "server",
+        result_name: "res",
+        handler: |_cx, _a| {
+            Box::pin(async {
+                crate::logfile::reopen()
+                    .map(|p| serde_json::Value::from(format!("reopened {}", p.display())))
+                    .map_err(|e| {
+                        crate::command::CommandError::new(crate::command::ErrorCode::Io, e)
+                    })
+            })
+        },
+    },
+    Command {
+        name: "api_token_create",
+        description: "Create a REST API bearer token for scopes (admin, a command group, or command names); the token is shown once and stored hashed.",
+        args: &[
+            ArgSpec::req(
+                "scope",
+                ArgType::List,
+                "scopes (`admin`, a group such as `accounts`, or command names; `a;b` on the command line)",
+            ),
+            ArgSpec::opt("description", ArgType::String, "what the token is for"),
+        ],
+        result: ResultType::Object,
+        permission: Permission::Admin,
+        online_only: false,
+        group: "tokens",
+        result_name: "token",
+        handler: |cx, a| Box::pin(tokens::create(cx, a)),
+    },
+    Command {
+        name: "api_token_list",
+        description: "The REST API tokens: id, scopes, description, creation time (never the token).",
+        args: &[],
+        result: ResultType::Objects,
+        permission: Permission::Admin,
+        online_only: false,
+        group: "tokens",
+        result_name: "tokens",
+        handler: |cx, a| Box::pin(tokens::list(cx, a)),
+    },
+    Command {
+        name: "api_token_revoke",
+        description: "Revoke a REST API token by its id.",
+        args: &[ArgSpec::req("id", ArgType::String, "the token's id")],
+        result: ResultType::Message,
+        permission: Permission::Admin,
+        online_only: false,
+        group: "tokens",
+        result_name: "res",
+        handler: |cx, a| Box::pin(tokens::revoke(cx, a)),
     },
 ];
 
@@ -175,4 +493,12 @@ pub fn list() -> String {
         s.push_str(&format!("  {:<24} {}\n", c.name, c.description));
     }
     s
+}
+
+/// The permission groups of the table, sorted.
+pub fn groups() -> Vec<&'static str> {
+    let mut g: Vec<&str> = COMMANDS.iter().map(|c| c.group).collect();
+    g.sort();
+    g.dedup();
+    g
 }

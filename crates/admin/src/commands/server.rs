@@ -34,3 +34,63 @@ fn duration(secs: u64) -> String {
 pub(super) async fn registered_vhosts(cx: Ctx, _a: Args) -> Result<Value, CommandError> {
     Ok(Value::from(cx.core.config().hosts.clone()))
 }
+
+pub(super) async fn stats(cx: Ctx, a: Args) -> Result<Value, CommandError> {
+    let core = &cx.core;
+    let uptime = || {
+        core.config()
+            .hosts
+            .first()
+            .and_then(|h| core.cx_of(h))
+            .map(|m| m.started().elapsed().as_secs())
+            .unwrap_or(0)
+    };
+    let Some(name) = a.opt_text("name") else {
+        let mut registered = 0usize;
+        let mut hosts = serde_json::Map::new();
+        for h in &core.config().hosts {
+            registered += core.storage().accounts.list_accounts(h).await?.len();
+            let online = if cx.online {
+                core.sessions().online(h).len()
+            } else {
+                0
+            };
+            hosts.insert(h.clone(), Value::from(online));
+        }
+        let online = if cx.online {
+            core.sessions().count()
+        } else {
+            0
+        };
+        let up = if cx.online { uptime() } else { 0 };
+        return Ok(serde_json::json!({
+            "message": format!(
+                "registeredusers {registered}\nonlineusers {online}\nonlineusersnode {online}\nuptimeseconds {up}"
+            ),
+            "warnings": [],
+            "registeredusers": registered,
+            "onlineusers": online,
+            "onlineusersnode": online,
+            "uptimeseconds": up,
+            "sessions_by_host": hosts,
+        }));
+    };
+    match name {
+        "registeredusers" => {
+            let mut n = 0usize;
+            for h in &core.config().hosts {
+                n += core.storage().accounts.list_accounts(h).await?.len();
+            }
+            Ok(Value::from(n))
+        }
+        "onlineusers" | "onlineusersnode" => Ok(Value::from(if cx.online {
+            core.sessions().count()
+        } else {
+            0
+        })),
+        "uptimeseconds" => Ok(Value::from(if cx.online { uptime() } else { 0 })),
+        other => Err(CommandError::arg(format!(
+            "argument `name` of `stats`: `{other}` is not registeredusers, onlineusers, onlineusersnode or uptimeseconds"
+        ))),
+    }
+}

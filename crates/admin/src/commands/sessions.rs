@@ -83,3 +83,67 @@ pub(super) async fn announce(cx: Ctx, a: Args) -> Result<Value, CommandError> {
     }
     Ok(Value::from(n))
 }
+
+fn info(h: &palaver_server::sessions::SessionHandle) -> serde_json::Map<String, Value> {
+    let mut o = serde_json::Map::new();
+    let (status, text) = match &h.presence {
+        None => ("unavailable".to_string(), String::new()),
+        Some(p) => (
+            p.get_child("show", palaver_proto::ns::CLIENT)
+                .map(|s| s.text())
+                .unwrap_or_else(|| "available".into()),
+            p.get_child("status", palaver_proto::ns::CLIENT)
+                .map(|s| s.text())
+                .unwrap_or_default(),
+        ),
+    };
+    o.insert("resource".into(), Value::from(h.resource.clone()));
+    o.insert(
+        "priority".into(),
+        h.priority.map(Value::from).unwrap_or(Value::Null),
+    );
+    o.insert("status".into(), Value::from(status));
+    o.insert("statustext".into(), Value::from(text));
+    o
+}
+
+pub(super) async fn connected_users_info(cx: Ctx, _a: Args) -> Result<Value, CommandError> {
+    let mut out = Vec::new();
+    for host in &cx.core.config().hosts {
+        let mut jids = cx.core.sessions().online(host);
+        jids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        for full in jids {
+            if let Some(h) = cx.core.sessions().get(&full) {
+                let mut o = info(&h);
+                o.insert("jid".into(), Value::from(full.to_string()));
+                out.push(Value::Object(o));
+            }
+        }
+    }
+    Ok(Value::Array(out))
+}
+
+pub(super) async fn user_sessions_info(cx: Ctx, a: Args) -> Result<Value, CommandError> {
+    let bare = bare(&a)?;
+    let mut s = cx.core.sessions().sessions(&bare);
+    s.sort_by(|a, b| a.resource.cmp(&b.resource));
+    Ok(Value::Array(
+        s.iter().map(|h| Value::Object(info(h))).collect(),
+    ))
+}
+
+pub(super) async fn kick_session(cx: Ctx, a: Args) -> Result<Value, CommandError> {
+    let bare = bare(&a)?;
+    let resource = a.text("resource")?;
+    let full = bare
+        .with_resource_str(resource)
+        .map_err(|e| CommandError::arg(format!("`{resource}` is not a valid resource ({e})")))?;
+    if cx.core.sessions().kick_session(&full, a.text("reason")?) {
+        Ok(Value::from(0))
+    } else {
+        Err(CommandError::new(
+            crate::command::ErrorCode::NotFound,
+            format!("{full} has no session"),
+        ))
+    }
+}

@@ -162,9 +162,15 @@ impl C2sSession {
     }
 
     pub(super) fn offers(&self, m: Mechanism) -> bool {
+        // What the host's auth backend can check (auth_method).
+        let host = self.host.as_ref().map(|h| h.name.as_str()).unwrap_or("");
+        let auth = &self.core.auth;
         match m {
-            Mechanism::Plain => self.plain_allowed(),
-            Mechanism::Scram { plus, .. } => !plus || !self.cb.is_empty(),
+            Mechanism::Plain => self.plain_allowed() && auth.passwords(host),
+            Mechanism::Anonymous => auth.anonymous_allowed(host),
+            Mechanism::Scram { plus, .. } => {
+                (!plus || !self.cb.is_empty()) && auth.scram_available(host)
+            }
         }
     }
 

@@ -69,6 +69,18 @@ impl C2sSession {
         // Only wrong credentials count towards the limit; negotiation
         // (invalid-mechanism, a refused channel-binding type or `y` flag,
         // aborted, malformed) never does, so a client may try its mechanisms.
+        if let Some(h) = &self.host
+            && matches!(
+                f,
+                SaslFailure::NotAuthorized | SaslFailure::TemporaryAuthFailure
+            )
+        {
+            let outcome = match f {
+                SaslFailure::NotAuthorized => AuthOutcome::Denied,
+                _ => AuthOutcome::Temporary,
+            };
+            self.core.auth.record(&h.name, &outcome);
+        }
         if f == SaslFailure::NotAuthorized {
             self.auth_failures += 1;
             self.report_auth_failure();
@@ -135,6 +147,9 @@ impl C2sSession {
             }
         });
         tracing::debug!(peer = %self.peer, user, "authenticated");
+        if let Some(h) = &self.host {
+            self.core.auth.record(&h.name, &AuthOutcome::Ok);
+        }
         self.user = Some(user);
         // No longer counted against its address as unauthenticated.
         self.unauth = None;
@@ -188,6 +203,12 @@ impl C2sSession {
                             return Ok(Next::Continue);
                         }
                         Ok(self.plain(&host, &data).await)
+                    }
+                    // RFC 4505: the optional trace data is ignored; the
+                    // session gets a fresh random user name.
+                    Mechanism::Anonymous => {
+                        let node = format!("anon-{:016x}", rand::random::<u64>());
+                        Ok(self.sasl_success(node, None))
                     }
                     Mechanism::Scram { .. } => {
                         if data.is_empty() {

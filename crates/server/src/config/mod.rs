@@ -91,6 +91,59 @@ pub enum AuthMethod {
     /// Accounts stored in our database (ejabberd's `internal`, `mnesia` and `sql`).
     #[default]
     Internal,
+    /// The operator's HTTP service (`auth_opts`).
+    Http,
+    /// An external program speaking ejabberd's extauth protocol (`extauth_program`).
+    External,
+    /// A signed JSON Web Token as the password (`jwt_key`).
+    Jwt,
+    /// No passwords: SASL ANONYMOUS only (`auth_method: anonymous` alone).
+    Anonymous,
+}
+
+/// The HTTP authentication service of a host (`auth_opts`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HttpAuthOptions {
+    /// Base URL; requests go to `URL/check_password`, `URL/user_exists`, …
+    pub url: String,
+    /// Sent as `Authorization: Bearer …` when set.
+    pub bearer_token: Option<String>,
+    /// Time allowed for one request.
+    pub timeout: std::time::Duration,
+}
+
+/// Authentication settings of a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthSettings {
+    /// SASL ANONYMOUS is offered (`anonymous` in `auth_method`).
+    pub anonymous: bool,
+    /// `auth_opts` of the `http` method.
+    pub http: Option<HttpAuthOptions>,
+    /// `extauth_program` (a command line, split on spaces).
+    pub extauth_program: Option<String>,
+    /// `extauth_pool_size` (default 1).
+    pub extauth_pool_size: usize,
+    /// `jwt_key`: a JWK file (`kty: oct`, HS256/384/512).
+    pub jwt_key: Option<PathBuf>,
+    /// `jwt_jid_field` (default `jid`).
+    pub jwt_jid_field: String,
+    /// `auth_cache_life_time`: how long a correct password is remembered
+    /// for external backends (default 60 s; 0 disables).
+    pub cache_life_time: std::time::Duration,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            anonymous: false,
+            http: None,
+            extauth_program: None,
+            extauth_pool_size: 1,
+            jwt_key: None,
+            jwt_jid_field: "jid".into(),
+            cache_life_time: std::time::Duration::from_secs(60),
+        }
+    }
 }
 
 /// Options of one enabled module, with the line it was configured on.
@@ -209,6 +262,8 @@ pub struct HostOptions {
     pub shaper_rules: BTreeMap<String, ShaperRule>,
     /// Authentication method.
     pub auth_method: AuthMethod,
+    /// Its settings.
+    pub auth: AuthSettings,
 }
 
 /// The validated configuration.
@@ -227,6 +282,8 @@ pub struct Config {
     pub listen: Vec<Listener>,
     /// Authentication method (global; see [`Config::host_options`]).
     pub auth_method: AuthMethod,
+    /// Its settings (global).
+    pub auth: AuthSettings,
     /// PBKDF2 iterations for new SCRAM credentials.
     pub scram_iterations: u32,
     /// Storage backend.
@@ -331,6 +388,7 @@ impl Config {
             data_dir,
             listen: default_listeners(),
             auth_method: AuthMethod::Internal,
+            auth: AuthSettings::default(),
             scram_iterations: 4096,
             default_db: DbKind::Sqlite,
             sql_type: None,
@@ -428,6 +486,7 @@ impl Config {
                 access_rules: self.access_rules.clone(),
                 shaper_rules: self.shaper_rules.clone(),
                 auth_method: self.auth_method,
+                auth: self.auth.clone(),
             },
         }
     }

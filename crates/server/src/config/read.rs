@@ -14,10 +14,18 @@ pub(super) const HOST_LEVEL: &[&str] = &[
     "access_rules",
     "shaper_rules",
     "auth_method",
+    "auth_opts",
+    "extauth_program",
+    "extauth_pool_size",
+    "jwt_key",
+    "jwt_jid_field",
+    "anonymous_protocol",
+    "auth_cache_life_time",
 ];
 
 /// SASL mechanisms Palaver may offer (for `disable_sasl_mechanisms`).
 pub(super) const OFFERED_MECHANISMS: &[&str] = &[
+    "ANONYMOUS",
     "PLAIN",
     "SCRAM-SHA-1",
     "SCRAM-SHA-1-PLUS",
@@ -321,6 +329,7 @@ impl Reader<'_> {
         c.access_rules = global.access_rules.clone();
         c.shaper_rules = global.shaper_rules.clone();
         c.auth_method = global.auth_method;
+        c.auth = global.auth.clone();
         if !entries
             .iter()
             .any(|(k, _)| k.as_str() == Some("sqlite_path"))
@@ -515,19 +524,101 @@ impl Reader<'_> {
                 }
             }
             "auth_method" => {
-                let methods = strings(v, &full, files)?;
+                let methods = match &v.v {
+                    V::Str(_) => vec![v.clone()],
+                    _ => strings(v, &full, files)?,
+                };
+                let mut password = None;
+                ho.auth.anonymous = false;
                 for m in &methods {
-                    match m.as_str() {
-                        Some("internal" | "mnesia" | "sql") => {}
+                    let method = match m.as_str() {
+                        Some("internal" | "mnesia" | "sql") => AuthMethod::Internal,
+                        Some("http") => AuthMethod::Http,
+                        Some("external") => AuthMethod::External,
+                        Some("jwt") => AuthMethod::Jwt,
+                        Some("anonymous") => {
+                            ho.auth.anonymous = true;
+                            continue;
+                        }
                         _ => {
                             return Err(self.err(&full, m.pos, format!(
-                                "`{}` is not supported: Palaver checks passwords against its own database (internal, mnesia or sql)",
+                                "`{}` is not supported (internal, mnesia, sql, http, external, jwt, anonymous)",
                                 m.scalar().unwrap_or_default()
                             )));
                         }
+                    };
+                    match password {
+                        Some(p) if p != method => {
+                            return Err(self.err(&full, m.pos, "Palaver checks passwords with one method per host (plus anonymous)"));
+                        }
+                        _ => password = Some(method),
                     }
                 }
-                ho.auth_method = AuthMethod::Internal;
+                ho.auth_method = password.unwrap_or(if ho.auth.anonymous {
+                    AuthMethod::Anonymous
+                } else {
+                    AuthMethod::Internal
+                });
+            }
+            "auth_opts" => {
+                let mut h = super::HttpAuthOptions {
+                    timeout: std::time::Duration::from_secs(5),
+                    ..Default::default()
+                };
+                for (ok, ov) in entries_of(v, &full, files)? {
+                    let name = ok.scalar().unwrap_or_default();
+                    let sub = format!("{full}.{name}");
+                    match name.as_str() {
+                        "url" | "host" => h.url = listen::get_string(ov, &sub, files)?,
+                        "path_prefix" => {
+                            let p = listen::get_string(ov, &sub, files)?;
+                            h.url.push_str(&p);
+                        }
+                        "bearer_token" => h.bearer_token = Some(listen::get_string(ov, &sub, files)?),
+                        "timeout" => {
+                            h.timeout = std::time::Duration::from_millis(listen::get_uint(ov, &sub, files)?)
+                        }
+                        other => return Err(self.err(&sub, ok.pos, format!("unknown option `{other}` (url, path_prefix, bearer_token, timeout in ms)"))),
+                    }
+                }
+                if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
+                    return Err(self.err(&full, v.pos, "needs `url`: http://… or https://…"));
+                }
+                while h.url.ends_with('/') {
+                    h.url.pop();
+                }
+                ho.auth.http = Some(h);
+            }
+            "extauth_program" => {
+                ho.auth.extauth_program = Some(listen::get_string(v, &full, files)?)
+            }
+            "extauth_pool_size" => {
+                let n = listen::get_uint(v, &full, files)?;
+                if !(1..=64).contains(&n) {
+                    return Err(self.err(&full, v.pos, "between 1 and 64"));
+                }
+                ho.auth.extauth_pool_size = n as usize;
+            }
+            "jwt_key" => {
+                ho.auth.jwt_key = Some(PathBuf::from(listen::get_string(v, &full, files)?))
+            }
+            "jwt_jid_field" => ho.auth.jwt_jid_field = listen::get_string(v, &full, files)?,
+            "anonymous_protocol" => {
+                match v.as_str() {
+                    Some("sasl_anon" | "both") => {}
+                    Some("login_anon") => {
+                        return Err(self.err(&full, v.pos, "login_anon is not supported: Palaver offers SASL ANONYMOUS (sasl_anon)"));
+                    }
+                    _ => return Err(bad(files, &full, v, "sasl_anon, login_anon or both")),
+                }
+            }
+            "auth_cache_life_time" => {
+                ho.auth.cache_life_time = match v.as_str() {
+                    Some("infinity" | "infinite") => {
+                        std::time::Duration::from_secs(u64::from(u32::MAX))
+                    }
+                    _ => std::time::Duration::from_secs(listen::get_uint(v, &full, files)?),
+                }
             }
             "hosts"
             | "listen"
