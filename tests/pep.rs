@@ -171,6 +171,13 @@ async fn omemo_device_list_with_publish_options_read_by_a_contact() {
         .ok(&format!("<iq type='get' id='{{id}}' to='alice@localhost'><pubsub xmlns='{NS_PUBSUB}'><items node='{OMEMO}'/></pubsub></iq>"))
         .await;
     assert!(String::from(&r).contains("5678"), "{r:?}");
+    // On pubsub.localhost: a node alice alone owns, and her subscription to bob's.
+    let mut a = Client::login(&srv, "alice", "r").await;
+    let svc = "pubsub.localhost";
+    a.ok(&format!("<iq type='set' id='{{id}}' to='{svc}'><pubsub xmlns='{NS_PUBSUB}'><create node='alices'/></pubsub></iq>")).await;
+    b.ok(&format!("<iq type='set' id='{{id}}' to='{svc}'><pubsub xmlns='{NS_PUBSUB}'><create node='bobs'/></pubsub></iq>")).await;
+    a.ok(&format!("<iq type='set' id='{{id}}' to='{svc}'><pubsub xmlns='{NS_PUBSUB}'><subscribe node='bobs' jid='alice@localhost/r'/></pubsub></iq>")).await;
+    drop(a);
     srv.core()
         .cx_of(DOMAIN)
         .expect("host")
@@ -179,6 +186,19 @@ async fn omemo_device_list_with_publish_options_read_by_a_contact() {
         .expect("remove");
     let db = palaver_modules::pubsub::store::PubsubSql::new(srv.core().storage().db.clone());
     assert!(db.nodes("alice@localhost").await.expect("nodes").is_empty());
+    assert_eq!(db.node(svc, "alices").await.expect("node"), None);
+    assert!(
+        db.subscriptions(svc, "bobs")
+            .await
+            .expect("subs")
+            .is_empty()
+    );
+    assert_eq!(
+        db.affiliation(svc, "bobs", "bob@localhost")
+            .await
+            .expect("aff"),
+        "owner"
+    );
     srv.stop().await;
 }
 
@@ -315,5 +335,39 @@ async fn pep_nodes_in_xep0227_export_and_import() {
         None,
     )
     .await;
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_contact_on_another_virtual_host_is_notified() {
+    let srv = TestServer::start_with("", MODULES).await;
+    srv.add_user("alice", DOMAIN, "pw").await;
+    srv.add_user("bob", DOMAIN2, "pw").await;
+    use palaver_storage::im::{RosterItem, Subscription};
+    for (user, host, contact) in [
+        ("alice", DOMAIN, format!("bob@{DOMAIN2}")),
+        ("bob", DOMAIN2, format!("alice@{DOMAIN}")),
+    ] {
+        let mut it = RosterItem::new(&contact);
+        it.subscription = Subscription::Both;
+        srv.core()
+            .storage()
+            .roster
+            .put_roster_item(host, user, &it)
+            .await
+            .expect("roster");
+    }
+    let mut a = Client::login(&srv, "alice", "r").await;
+    a.ok(&avatar("ccc")).await;
+    // bob's first session: the last item on its presence.
+    let mut b = Client::login_at(&srv, "bob", DOMAIN2, "r").await;
+    b.available_with_notify(&[AVATAR]).await;
+    let m = b.event("alice@localhost", AVATAR).await;
+    assert!(String::from(&m).contains("ccc"), "{m:?}");
+    // A new item reaches him too.
+    a.ok(&avatar("ddd")).await;
+    let m = b.event("alice@localhost", AVATAR).await;
+    assert!(String::from(&m).contains("ddd"), "{m:?}");
+    assert_eq!(m.attr("to"), Some(format!("bob@{DOMAIN2}/r").as_str()));
     srv.stop().await;
 }

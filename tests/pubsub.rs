@@ -258,7 +258,38 @@ async fn presence_access_model_refuses_a_non_contact() {
         Some("not-subscribed"),
     )
     .await;
-    a.ok(&format!("<iq type='set' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_OWNER}'><subscriptions node='club'><subscription jid='eve@localhost' subscription='subscribed'/></subscriptions></pubsub></iq>")).await;
+    // bob's request is approved with the owner IQ, eve's by answering the form.
+    b.ok(&format!("<iq type='set' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_PUBSUB}'><subscribe node='club' jid='bob@localhost'/></pubsub></iq>")).await;
+    a.expect("bob's approval request", |m| {
+        m.name() == "message" && String::from(m).contains("bob@localhost")
+    })
+    .await;
+    a.ok(&format!("<iq type='set' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_OWNER}'><subscriptions node='club'><subscription jid='bob@localhost' subscription='subscribed'/></subscriptions></pubsub></iq>")).await;
+    let m = b
+        .expect("subscription approved", |m| {
+            m.name() == "message" && String::from(m).contains("subscribed")
+        })
+        .await;
+    assert_eq!(m.attr("from"), Some(SVC));
+    b.ok(&format!("<iq type='get' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_PUBSUB}'><items node='club'/></pubsub></iq>")).await;
+    let answer = |allow: &str, who: &str| {
+        format!(
+            "<message to='{SVC}'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#subscribe_authorization</value></field><field var='pubsub#node'><value>club</value></field><field var='pubsub#subscriber_jid'><value>{who}</value></field><field var='pubsub#allow'><value>{allow}</value></field></x></message>"
+        )
+    };
+    // Only an owner may answer.
+    e.send(&answer("1", "eve@localhost")).await;
+    let m = e
+        .expect("refusal", |m| {
+            m.name() == "message" && m.attr("type") == Some("error")
+        })
+        .await;
+    assert!(String::from(&m).contains("forbidden"), "{m:?}");
+    a.send(&answer("true", "eve@localhost")).await;
+    e.expect("subscription approved", |m| {
+        m.name() == "message" && String::from(m).contains("subscribed")
+    })
+    .await;
     e.ok(&format!("<iq type='get' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_PUBSUB}'><items node='club'/></pubsub></iq>")).await;
     srv.stop().await;
 }
@@ -302,6 +333,18 @@ async fn subscription_options_turn_delivery_off_and_on() {
         Some("invalid-options"),
     )
     .await;
+    // A node sending its last item on presence: bob's next session gets it.
+    a.ok(&format!(
+        "<iq type='set' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_PUBSUB}'><create node='status'/><configure><x xmlns='jabber:x:data' type='submit'><field var='pubsub#send_last_published_item'><value>on_sub_and_presence</value></field></x></configure></pubsub></iq>"
+    ))
+    .await;
+    b.ok(&format!("<iq type='set' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_PUBSUB}'><subscribe node='status' jid='bob@localhost'/></pubsub></iq>")).await;
+    a.ok(&publish("status", "s1", "all good")).await;
+    b.event(SVC, "status").await;
+    let mut b2 = Client::login(&srv, "bob", "other").await;
+    let m = b2.event(SVC, "status").await;
+    assert!(String::from(&m).contains("all good"), "{m:?}");
+    assert_eq!(m.attr("to"), Some("bob@localhost/other"));
     // Delivery on again.
     b.ok(&format!(
         "<iq type='set' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_PUBSUB}'><options node='quiet' jid='bob@localhost'>{}</options></pubsub></iq>",

@@ -32,8 +32,13 @@ impl Client {
 
     /// Log in without sending presence.
     pub async fn login_silent(srv: &TestServer, user: &str, resource: &str) -> Client {
+        Client::login_at(srv, user, DOMAIN, resource).await
+    }
+
+    /// Log in to `host` without sending presence.
+    pub async fn login_at(srv: &TestServer, user: &str, host: &str, resource: &str) -> Client {
         let mut raw = Raw::connect(srv.addr).await;
-        let jid = raw.login_plain(user, DOMAIN, "pw", resource).await;
+        let jid = raw.login_plain(user, host, "pw", resource).await;
         let mut framer = Framer::new(Limits::default());
         let mut hdr: &[u8] = b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
         while let Ok(Some(_)) = framer.next_frame(&mut hdr) {}

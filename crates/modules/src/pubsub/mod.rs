@@ -10,7 +10,9 @@
 //!   capabilities are learnt from the `<c/>` of a session's broadcast
 //!   presence ([`PresenceOut`]): an unknown verification string is asked
 //!   for with disco#info from `pubsub.HOST` (the answer comes back through
-//!   the routing table), checked (SHA-1) and cached per string.
+//!   the routing table), checked (SHA-1) and cached per string, in one
+//!   table for every host, so contacts on another virtual host are found
+//!   by their presence's `<c/>`.
 //! - On a session's first known capabilities, the last items of its own
 //!   and its contacts' nodes it is interested in are sent (§4.3.4).
 //! - XEP-0402 bookmarks are kept in step with XEP-0048 bookmarks in private
@@ -88,14 +90,30 @@ impl Module for Pubsub {
     }
 }
 
+/// Verified XEP-0115 verification strings (SHA-1) → the nodes they ask
+/// notifications for. Content-addressed, so one table serves every host
+/// (a contact on another virtual host is looked up by the `<c/>` of its
+/// session's presence).
+static VERIFIED: std::sync::LazyLock<DashMap<String, Arc<HashSet<String>>>> =
+    std::sync::LazyLock::new(DashMap::new);
+/// Most verification strings remembered.
+const MAX_VERIFIED: usize = 10_000;
+
+/// The verified `+notify` nodes of a session's current presence.
+fn presence_notify(presence: Option<&Element>) -> Option<Arc<HashSet<String>>> {
+    let c = presence?.get_child("c", NS_CAPS)?;
+    if c.attr("hash") != Some("sha-1") {
+        return None;
+    }
+    VERIFIED.get(c.attr("ver")?).map(|v| v.clone())
+}
+
 /// Shared state of the module on one host.
 pub struct State {
     pub(crate) host: String,
     pub(crate) service: String,
     pub(crate) access_createnode: String,
     pub(crate) max_items_node: u64,
-    /// Verification string → the nodes it asks notifications for.
-    caps: DashMap<String, Arc<HashSet<String>>>,
     /// Session (full JID) → the nodes it asks notifications for.
     sessions: DashMap<String, Arc<HashSet<String>>>,
     /// Outstanding disco#info queries: id → (session, hash, ver).
@@ -103,16 +121,22 @@ pub struct State {
 }
 
 impl State {
-    /// The available sessions of `bare` that asked for `node+notify`.
+    /// The available sessions of `bare` that asked for `node+notify`
+    /// (sessions of this host as learnt here; of another local host by
+    /// the verified capabilities of their presence).
     pub(crate) fn interested(&self, cx: &ModuleCx, bare: &BareJid, node: &str) -> Vec<FullJid> {
         cx.sessions()
             .available(bare)
             .into_iter()
-            .filter_map(|h| bare.with_resource_str(&h.resource).ok())
-            .filter(|f| {
-                self.sessions
-                    .get(f.as_str())
-                    .is_some_and(|s| s.contains(node))
+            .filter_map(|h| {
+                let full = bare.with_resource_str(&h.resource).ok()?;
+                let wants = match self.sessions.get(full.as_str()) {
+                    Some(s) => s.contains(node),
+                    None => {
+                        presence_notify(h.presence.as_deref()).is_some_and(|s| s.contains(node))
+                    }
+                };
+                wants.then_some(full)
             })
             .collect()
     }
@@ -178,7 +202,6 @@ fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
         service: service.clone(),
         access_createnode: o.access_createnode,
         max_items_node: o.max_items_node,
-        caps: DashMap::new(),
         sessions: DashMap::new(),
         pending: DashMap::new(),
     });
@@ -349,16 +372,49 @@ fn service_stanza(st: &Arc<State>, cx: &ModuleCx, stanza: Stanza) {
                     return;
                 };
                 let notify = notify_nodes(q);
-                if hash == "sha-1" && caps_ver(q) == ver {
-                    st.caps.insert(ver, notify.clone());
+                if hash == "sha-1" && caps_ver(q) == ver && VERIFIED.len() < MAX_VERIFIED {
+                    VERIFIED.insert(ver, notify.clone());
                 }
                 set_session_caps(st, cx, &full, notify);
             }
             _ => cx.bounce(&stanza, Condition::ServiceUnavailable, None),
         },
-        StanzaKind::Message => cx.bounce(&stanza, Condition::ServiceUnavailable, None),
+        StanzaKind::Message => authorization(st, cx, stanza),
         StanzaKind::Presence => {}
     }
+}
+
+const SUBSCRIBE_AUTHORIZATION: &str = "http://jabber.org/protocol/pubsub#subscribe_authorization";
+
+/// A message to the service: an owner's answer to a subscription
+/// authorization request (§8.6.2); anything else is refused.
+fn authorization(st: &Arc<State>, cx: &ModuleCx, stanza: Stanza) {
+    if stanza.is_error() {
+        return;
+    }
+    let form = match palaver_proto::forms::DataForm::find_in(&stanza.el) {
+        Some(Ok(f))
+            if f.kind == palaver_proto::forms::FormType::Submit
+                && f.form_type() == Some(SUBSCRIBE_AUTHORIZATION) =>
+        {
+            f
+        }
+        _ => {
+            cx.bounce(&stanza, Condition::ServiceUnavailable, None);
+            return;
+        }
+    };
+    let svc = ops::Svc {
+        st: st.clone(),
+        t: service_target(st),
+        cx: cx.clone(),
+        db: store::PubsubSql::of(cx),
+    };
+    cx.spawn(async move {
+        if let Err(e) = svc.authorize(&stanza.from, &form).await {
+            svc.cx.bounce_with(&stanza, e, None);
+        }
+    });
 }
 
 /// The `+notify` features of a disco#info answer, without the suffix.
@@ -456,6 +512,21 @@ fn presence_out(
         st.sessions.remove(full.as_str());
         return;
     }
+    if event == PresenceEvent::Initial {
+        // Subscriptions on the service with `on_sub_and_presence`.
+        let svc = ops::Svc {
+            st: st.clone(),
+            t: service_target(st),
+            cx: cx.clone(),
+            db: store::PubsubSql::of(cx),
+        };
+        let full = full.clone();
+        cx.spawn(async move {
+            if let Err(e) = svc.send_last_to_subscriber(&full).await {
+                tracing::debug!(error = ?e, "sending last items to a subscriber failed");
+            }
+        });
+    }
     let Some(c) = stanza.el.get_child("c", NS_CAPS) else {
         return;
     };
@@ -465,7 +536,8 @@ fn presence_out(
     // Legacy caps (no hash) are not verifiable: asked per session.
     let hash = c.attr("hash").unwrap_or("").to_string();
     if !hash.is_empty()
-        && let Some(known) = st.caps.get(ver).map(|k| k.clone())
+        && hash == "sha-1"
+        && let Some(known) = VERIFIED.get(ver).map(|k| k.clone())
     {
         set_session_caps(st, cx, full, known);
         return;
@@ -542,20 +614,16 @@ async fn send_last_items(
         }
     }
     for o in owners {
-        // A contact of another local host is served by that host's module.
-        let ocx = if o.domain().as_str() == st.host {
-            cx.clone()
-        } else {
-            continue;
-        };
+        // Storage and routing are the server's: a contact's PEP service on
+        // another local host is read the same way.
         let svc = ops::Svc {
             st: st.clone(),
             t: ops::Target {
                 key: o.to_string(),
                 pep: Some(o.clone()),
             },
-            db: store::PubsubSql::of(&ocx),
-            cx: ocx,
+            db: store::PubsubSql::of(cx),
+            cx: cx.clone(),
         };
         svc.send_last(full, nodes).await?;
     }

@@ -1036,60 +1036,103 @@ impl Svc {
 
     async fn set_subscriptions(&self, who: &Jid, a: &Element) -> IqResult {
         let name = node_attr(a)?;
-        let n = self.node(&name).await?;
+        self.node(&name).await?;
         self.require_owner(&name, who).await?;
+        let mut changes = Vec::new();
         for s in a.children().filter(|c| c.is("subscription", NS_OWNER)) {
             let jid = s
                 .attr("jid")
                 .and_then(|j| Jid::new(j).ok())
                 .ok_or_else(|| perr(Condition::BadRequest, "invalid-jid"))?;
             match s.attr("subscription") {
-                Some("none") => {
-                    self.db
-                        .unsubscribe(&self.t.key, &name, jid.as_str())
-                        .await
-                        .map_err(storage)?;
-                }
-                Some(state @ ("subscribed" | "pending")) => {
-                    let old = self
-                        .db
-                        .subscriptions(&self.t.key, &name)
-                        .await
-                        .map_err(storage)?
-                        .into_iter()
-                        .find(|s| s.jid == jid.as_str());
-                    let row = SubRow {
-                        node: name.clone(),
-                        jid: jid.to_string(),
-                        subid: old
-                            .as_ref()
-                            .map(|s| s.subid.clone())
-                            .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>())),
-                        state: state.into(),
-                        deliver: old.is_none_or(|s| s.deliver),
-                    };
-                    self.db
-                        .subscribe(&self.t.key, &row)
-                        .await
-                        .map_err(storage)?;
-                    // §8.6: tell the subscriber.
-                    let mut m = Element::bare("message", ns::CLIENT);
-                    set_attr(&mut m, "id", format!("sub-{:x}", rand::random::<u64>()));
-                    let mut ev = Element::bare("event", NS_EVENT);
-                    let mut se = Element::bare("subscription", NS_EVENT);
-                    set_attr(&mut se, "node", name.as_str());
-                    set_attr(&mut se, "jid", jid.as_str());
-                    set_attr(&mut se, "subscription", state);
-                    ev.append_child(se);
-                    m.append_child(ev);
-                    self.cx
-                        .route(Stanza::new(StanzaKind::Message, self.t.jid(), Some(jid), m));
+                Some(state @ ("none" | "subscribed" | "pending")) => {
+                    changes.push((jid, state.to_string()))
                 }
                 _ => return Err(bad("unknown subscription state")),
             }
         }
-        let _ = n;
+        for (jid, state) in changes {
+            self.set_subscription(&name, jid, &state).await?;
+        }
         Ok(None)
+    }
+
+    /// An owner sets a subscription's state (`none` removes it) and the
+    /// subscriber is told (§8.6, §8.8.2).
+    async fn set_subscription(&self, name: &str, jid: Jid, state: &str) -> Result<(), StanzaError> {
+        if state == "none" {
+            self.db
+                .unsubscribe(&self.t.key, name, jid.as_str())
+                .await
+                .map_err(storage)?;
+        } else {
+            let old = self
+                .db
+                .subscriptions(&self.t.key, name)
+                .await
+                .map_err(storage)?
+                .into_iter()
+                .find(|s| s.jid == jid.as_str());
+            let row = SubRow {
+                node: name.to_string(),
+                jid: jid.to_string(),
+                subid: old
+                    .as_ref()
+                    .map(|s| s.subid.clone())
+                    .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>())),
+                state: state.into(),
+                deliver: old.is_none_or(|s| s.deliver),
+            };
+            self.db
+                .subscribe(&self.t.key, &row)
+                .await
+                .map_err(storage)?;
+        }
+        let mut m = Element::bare("message", ns::CLIENT);
+        set_attr(&mut m, "id", format!("sub-{:x}", rand::random::<u64>()));
+        let mut ev = Element::bare("event", NS_EVENT);
+        let mut se = Element::bare("subscription", NS_EVENT);
+        set_attr(&mut se, "node", name);
+        set_attr(&mut se, "jid", jid.as_str());
+        set_attr(&mut se, "subscription", state);
+        ev.append_child(se);
+        m.append_child(ev);
+        self.cx
+            .route(Stanza::new(StanzaKind::Message, self.t.jid(), Some(jid), m));
+        Ok(())
+    }
+
+    /// §8.6.2: an owner answered a subscription authorization form by
+    /// message: approve (`pubsub#allow` true) or deny the pending request.
+    pub async fn authorize(&self, who: &Jid, form: &DataForm) -> Result<(), StanzaError> {
+        let name = form
+            .value("pubsub#node")
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| perr(Condition::BadRequest, "nodeid-required"))?
+            .to_string();
+        let jid = form
+            .value("pubsub#subscriber_jid")
+            .and_then(|j| Jid::new(j).ok())
+            .ok_or_else(|| perr(Condition::BadRequest, "invalid-jid"))?;
+        let allow = form
+            .boolean("pubsub#allow")
+            .map_err(|e| bad(e.to_string()))?
+            .unwrap_or(false);
+        self.node(&name).await?;
+        self.require_owner(&name, who).await?;
+        let pending = self
+            .db
+            .subscriptions(&self.t.key, &name)
+            .await
+            .map_err(storage)?
+            .into_iter()
+            .any(|s| s.jid == jid.as_str() && s.state == "pending");
+        if !pending {
+            return Err(perr(Condition::UnexpectedRequest, "not-subscribed")
+                .text("no pending subscription of that JID"));
+        }
+        self.set_subscription(&name, jid, if allow { "subscribed" } else { "none" })
+            .await
     }
 
     async fn owner_affiliations(&self, who: &Jid, a: &Element) -> IqResult {
@@ -1211,6 +1254,58 @@ impl Svc {
             let payload = last.payload.parse::<Element>().ok();
             let mut items = Element::bare("items", NS_EVENT);
             set_attr(&mut items, "node", name.as_str());
+            items.append_child(event_item(&last, payload.as_ref(), n.cfg.deliver_payloads));
+            let mut event = Element::bare("event", NS_EVENT);
+            event.append_child(items);
+            self.cx.route(event_message(
+                &self.t.jid(),
+                Jid::from(to.clone()),
+                &n.cfg.notification_type,
+                event,
+            ));
+        }
+        Ok(())
+    }
+
+    /// §6.1.7 / `on_sub_and_presence`: a subscriber's session became
+    /// available; send it the last item of each node it is subscribed to
+    /// (bare or this full JID) whose configuration asks for it.
+    pub async fn send_last_to_subscriber(&self, to: &jid::FullJid) -> Result<(), StanzaError> {
+        let bare = to.to_bare();
+        for s in self
+            .db
+            .subscriptions_of(&self.t.key, bare.as_str())
+            .await
+            .map_err(storage)?
+        {
+            if s.state != "subscribed"
+                || !s.deliver
+                || (s.jid != bare.as_str() && s.jid != to.as_str())
+            {
+                continue;
+            }
+            let Ok(n) = self.node(&s.node).await else {
+                continue;
+            };
+            if n.cfg.send_last_published_item != SendLast::OnSubAndPresence
+                || !n.cfg.deliver_notifications
+                || self.may_access(&n, &bare).await.is_err()
+            {
+                continue;
+            }
+            let Some(last) = self
+                .db
+                .items(&self.t.key, &n.name, Some(1))
+                .await
+                .map_err(storage)?
+                .into_iter()
+                .next()
+            else {
+                continue;
+            };
+            let payload = last.payload.parse::<Element>().ok();
+            let mut items = Element::bare("items", NS_EVENT);
+            set_attr(&mut items, "node", n.name.as_str());
             items.append_child(event_item(&last, payload.as_ref(), n.cfg.deliver_payloads));
             let mut event = Element::bare("event", NS_EVENT);
             event.append_child(items);
