@@ -365,6 +365,7 @@ async fn stanza_ids_preferences_and_account_removal() {
     }
     let mut alice = raw_login(srv.addr, "alice", DOMAIN, "pw", "phone").await;
     let mut bob = raw_login(srv.addr, "bob", DOMAIN, "pw", "pc").await;
+    enable_sm(&mut bob).await;
     alice.send("<presence/>").await;
 
     // A stanza-id claiming to be by alice's archive is removed; ours is added.
@@ -373,6 +374,22 @@ async fn stanza_ids_preferences_and_account_removal() {
     assert!(!got.contains("'fake'"), "{got}");
     assert_eq!(got.matches("by='alice@localhost'").count(), 1, "{got}");
     assert!(got.contains("id='keep'"), "{got}");
+    // Nothing is archived for an account that does not exist.
+    bob.send("<message to='nobody@localhost' type='chat' id='nb'><body>void</body></message>")
+        .await;
+    assert!(
+        bob.until("</message>")
+            .await
+            .contains("service-unavailable")
+    );
+    let store = palaver_modules::mam::store::MamSql::new(srv.core().storage().db.clone());
+    assert_eq!(
+        store
+            .count(DOMAIN, "nobody", &Default::default())
+            .await
+            .expect("count"),
+        0
+    );
     // Messages without body are not archived and get no id.
     bob.send("<message to='alice@localhost' type='chat' id='cs'><active xmlns='http://jabber.org/protocol/chatstates'/></message>").await;
     let got = alice.until("</message>").await;

@@ -508,7 +508,18 @@ fn received(state: &Arc<State>, cx: &HookCx<'_>, st: &mut Stanza) {
         .append_child(stanza_id(&encode_id(&account, n), &account));
     let (state, cx2) = (state.clone(), cx.cx().clone());
     let (host, user, from) = (host.to_string(), node.to_string(), st.from.clone());
+    // Without a session the account may not exist (the router answers
+    // that later): nothing is archived for a name no one has.
+    let check_account = !cx.sessions().has_sessions(&to);
     cx.spawn(async move {
+        if check_account
+            && !matches!(
+                cx2.storage().accounts.account_exists(&host, &user).await,
+                Ok(true)
+            )
+        {
+            return;
+        }
         match allowed(&state, &cx2, &host, &user, &from).await {
             Ok(true) => {
                 if let Err(e) = MamSql::of(&cx2).insert(&host, &user, &[item]).await {
