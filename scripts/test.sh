@@ -2,7 +2,9 @@
 # Every test of Palaver, as CI runs them (`.ci/run` calls exactly this):
 #  0. browser/setup.sh installs Debian's chromium and the pinned npm packages
 #     for the Converse.js test, clients/setup.sh the clients of the interop
-#     matrix (tests/interop.rs) (once; idempotent);
+#     matrix (tests/interop.rs), interop/s2s-setup.sh Debian's ejabberd and
+#     Prosody for the federation interop test (tests/s2s_interop.rs) (once;
+#     idempotent);
 #  1. the whole workspace on the embedded SQLite store, including the
 #     PostgreSQL-specific tests (fresh database per test from PALAVER_TEST_PG_URL);
 #  2. every fuzz target (fuzz/, cargo-fuzz on stable via RUSTC_BOOTSTRAP) for
@@ -21,6 +23,9 @@ bash browser/setup.sh
 
 echo "== client interop matrix setup (slixmpp, xmpp.js, mcabber, sendxmpp) =="
 bash clients/setup.sh
+
+echo "== federation interop setup (ejabberd, prosody) =="
+bash interop/s2s-setup.sh
 
 echo "== workspace tests (SQLite store) =="
 cargo test --workspace --all-targets

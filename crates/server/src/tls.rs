@@ -78,16 +78,19 @@ impl std::fmt::Display for CertWarning {
         match self {
             CertWarning::NotCovered(h) => write!(
                 f,
-                "no certificate in `certfiles` covers host {h}: a self-signed one is used, which clients and other servers will not trust"
+                "config key `certfiles`: no certificate in `certfiles` covers host {h}: a self-signed one is used, which clients and other servers will not trust"
             ),
             CertWarning::Expired { host, days_ago } => {
                 write!(
                     f,
-                    "the certificate of host {host} expired {days_ago} day(s) ago"
+                    "config key `certfiles`: the certificate of host {host} expired {days_ago} day(s) ago"
                 )
             }
             CertWarning::ExpiresSoon { host, days } => {
-                write!(f, "the certificate of host {host} expires in {days} day(s)")
+                write!(
+                    f,
+                    "config key `certfiles`: the certificate of host {host} expires in {days} day(s)"
+                )
             }
         }
     }

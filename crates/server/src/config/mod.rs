@@ -360,6 +360,12 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "mod_fail2ban",
     "mod_pubsub",
     "mod_adhoc",
+    "mod_carboncopy",
+    "mod_client_state",
+    "mod_mam",
+    "mod_push",
+    "mod_auth_fast",
+    "mod_muc",
 ];
 
 fn default_listeners() -> Vec<Listener> {
