@@ -127,6 +127,9 @@ impl C2sSession {
 
     pub(super) fn sasl_success(&mut self, user: String, additional: Option<Vec<u8>>) -> Next {
         self.sasl = SaslState::None;
+        if let Some(h) = &self.host {
+            self.core.auth.record(&h.name, &AuthOutcome::Ok);
+        }
         if let Some(s2) = self.sasl2.as_mut() {
             // XEP-0388: the SASL2 exchange finishes the success itself
             // (inline bind, resumption, token), without a stream restart.
@@ -147,9 +150,6 @@ impl C2sSession {
             }
         });
         tracing::debug!(peer = %self.peer, user, "authenticated");
-        if let Some(h) = &self.host {
-            self.core.auth.record(&h.name, &AuthOutcome::Ok);
-        }
         self.user = Some(user);
         // No longer counted against its address as unauthenticated.
         self.unauth = None;
