@@ -87,7 +87,12 @@ async fn self_flood_is_slowed_not_dropped() {
         while counter.counts[0] + counter.counts[1] < N {
             let n = tokio::time::timeout(Duration::from_secs(30), rd.read(&mut chunk))
                 .await
-                .expect("the flood stalled")
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "the flood stalled after {:?} (messages, errors) of {N}",
+                        counter.counts
+                    )
+                })
                 .expect("read");
             assert!(n > 0, "connection closed after {:?}", counter.counts);
             counter.feed(std::str::from_utf8(&chunk[..n]).expect("utf-8"));

@@ -362,7 +362,6 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "mod_adhoc",
     "mod_carboncopy",
     "mod_client_state",
-    "mod_mam",
     "mod_push",
     "mod_auth_fast",
     "mod_muc",
