@@ -3,123 +3,12 @@
 mod common;
 use common::*;
 use minidom::Element;
-use palaver_proto::framer::{Frame, Framer, Limits};
-use std::collections::VecDeque;
-use tokio::io::AsyncReadExt;
+#[path = "common/xclient.rs"]
+mod xclient;
+use xclient::*;
 
 const MODULES: &str =
     "modules:\n  mod_disco: {}\n  mod_ping: {}\n  mod_roster: {max_roster_size: 3}\n";
-const ROSTER: &str = "jabber:iq:roster";
-
-/// A logged-in client that reads whole stanzas.
-struct Client {
-    raw: RawTcp,
-    framer: Framer,
-    queue: VecDeque<Element>,
-    jid: String,
-    n: u32,
-}
-
-impl Client {
-    async fn login(srv: &TestServer, user: &str, host: &str, resource: &str) -> Client {
-        let mut raw = Raw::connect(srv.addr).await;
-        let jid = raw.login_plain(user, host, "pw", resource).await;
-        let mut framer = Framer::new(Limits::default());
-        let mut hdr: &[u8] = b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
-        while let Ok(Some(_)) = framer.next_frame(&mut hdr) {}
-        let mut c = Client {
-            raw,
-            framer,
-            queue: VecDeque::new(),
-            jid,
-            n: 0,
-        };
-        let left = std::mem::take(&mut c.raw.buf);
-        c.feed(left.as_bytes());
-        c
-    }
-
-    fn feed(&mut self, mut data: &[u8]) {
-        while let Some(f) = self
-            .framer
-            .next_frame(&mut data)
-            .expect("well-formed server output")
-        {
-            if let Frame::Element(e) = f {
-                self.queue.push_back(e);
-            }
-        }
-    }
-
-    /// The next stanza matching `pred`; others are kept for later.
-    async fn expect(&mut self, what: &str, pred: impl Fn(&Element) -> bool) -> Element {
-        let r = tokio::time::timeout(TIMEOUT, async {
-            loop {
-                if let Some(pos) = self.queue.iter().position(&pred) {
-                    return self.queue.remove(pos).expect("present");
-                }
-                let mut chunk = [0u8; 8192];
-                let n = self.raw.s.read(&mut chunk).await.unwrap_or(0);
-                assert!(
-                    n > 0,
-                    "{}: connection closed while waiting for {what}; queued {:?}",
-                    self.jid,
-                    self.queue
-                );
-                self.feed(&chunk[..n]);
-            }
-        })
-        .await;
-        match r {
-            Ok(e) => e,
-            Err(_) => panic!(
-                "{}: timed out waiting for {what}; queued {:?}",
-                self.jid, self.queue
-            ),
-        }
-    }
-
-    /// Assert nothing matching `pred` arrives before a ping round trip.
-    async fn assert_none(&mut self, what: &str, pred: impl Fn(&Element) -> bool) {
-        self.n += 1;
-        let id = format!("sync{}", self.n);
-        self.raw
-            .send(&format!(
-                "<iq type='get' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>"
-            ))
-            .await;
-        self.expect("ping result", |e| e.attr("id") == Some(id.as_str()))
-            .await;
-        assert!(
-            !self.queue.iter().any(&pred),
-            "{}: unexpected {what}: {:?}",
-            self.jid,
-            self.queue
-        );
-    }
-
-    async fn iq(&mut self, body: &str) -> Element {
-        self.n += 1;
-        let id = format!("q{}", self.n);
-        self.raw
-            .send(&body.replacen("<iq ", &format!("<iq id='{id}' "), 1))
-            .await;
-        self.expect("iq reply", |e| {
-            e.name() == "iq" && e.attr("id") == Some(id.as_str())
-        })
-        .await
-    }
-
-    async fn roster(&mut self, ver: Option<&str>) -> Element {
-        let v = ver.map(|v| format!(" ver='{v}'")).unwrap_or_default();
-        self.iq(&format!("<iq type='get'><query xmlns='{ROSTER}'{v}/></iq>"))
-            .await
-    }
-
-    async fn send(&mut self, s: &str) {
-        self.raw.send(s).await;
-    }
-}
 
 fn is_presence(from_prefix: &'static str, kind: Option<&'static str>) -> impl Fn(&Element) -> bool {
     move |e: &Element| {
