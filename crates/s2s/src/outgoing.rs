@@ -1,14 +1,26 @@
 //! Outgoing streams: the routing table's remote fallback.
 //!
-//! One stream per (local domain, remote domain) pair. The first stanza for
-//! a pair starts a task that resolves, connects, negotiates TLS and
-//! authenticates (SASL EXTERNAL when the peer's certificate is valid and it
-//! offers it, else Server Dialback); stanzas wait in the pair's bounded
-//! queue meanwhile. A pair that fails is marked failed for a back-off delay
-//! (doubling up to `s2s_max_retry_delay`): its queued stanzas, and those
-//! that come during the delay, are bounced with `remote-server-not-found`
-//! or `remote-server-timeout` (never an error for an error: see
-//! [`Core::bounce`]).
+//! One stream per remote domain and sender domain pair to start with. The
+//! first stanza for a pair starts a task that resolves, connects,
+//! negotiates TLS and authenticates (SASL EXTERNAL when the peer's
+//! certificate is valid and it offers it, else Server Dialback); stanzas
+//! wait in the stream's bounded queue meanwhile. A pair that fails is marked
+//! failed for a back-off delay (doubling up to `s2s_max_retry_delay`): its
+//! queued stanzas, and those that come during the delay, are bounced with
+//! `remote-server-not-found` or `remote-server-timeout` (never an error for
+//! an error: see [`Core::bounce`]).
+//!
+//! Sender multiplexing (XEP-0220 §2.5.1): once a stream to a remote domain
+//! is authenticated by dialback, another of our domains (a second virtual
+//! host, `conference.HOST`…) with stanzas for the same remote domain uses
+//! it too: the stream task sends a `<db:result/>` for the new pair there and
+//! holds the pair's stanzas until the peer answers `valid`. When the peer
+//! answers `error`, closes the stream or does not answer in
+//! `outgoing_s2s_timeout`, the pair falls back to a stream of its own (and
+//! after a closed stream, that remote domain is no longer multiplexed);
+//! `invalid` bounces them (the peer says our key is bogus: a new stream
+//! would hear the same). A stream authenticated by SASL EXTERNAL carries
+//! its one sender domain only (RFC 6120 §6.4.6 authenticates one identity).
 
 use crate::stream::{Io, StreamEnd, XmlStream};
 use crate::{NS_DIALBACK, NS_DIALBACK_FEATURE, S2s, stream_header};
@@ -21,8 +33,8 @@ use palaver_proto::stanza::Stanza;
 use palaver_server::Core;
 use palaver_server::config::S2sTls;
 use palaver_server::router::StanzaSink;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
@@ -30,11 +42,27 @@ use tokio::sync::mpsc;
 
 type Key = (String, String);
 
+/// What [`send`] knows of a stream's task.
+#[derive(Default)]
+struct Conn {
+    /// Authenticated by dialback: further sender domains may join it.
+    mux: AtomicBool,
+    /// Sender domains the peer would not take on this stream.
+    refused: Mutex<HashSet<String>>,
+}
+
+impl Conn {
+    fn refused(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.refused.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 enum Pair {
     Up {
         tx: mpsc::Sender<Stanza>,
         generation: u64,
         last_delay: Duration,
+        conn: Arc<Conn>,
     },
     Failed {
         until: Instant,
@@ -48,6 +76,9 @@ enum Pair {
 pub struct Outgoing {
     pairs: Mutex<HashMap<Key, Pair>>,
     generation: AtomicU64,
+    /// Remote domains whose server closed a stream on a multiplexed
+    /// `<db:result/>`: every pair gets its own stream there.
+    no_mux: Mutex<HashSet<String>>,
 }
 
 impl Outgoing {
@@ -55,7 +86,11 @@ impl Outgoing {
         self.pairs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Remote domains with an open or opening stream from `local`.
+    fn no_mux(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.no_mux.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// (local domain, remote domain) pairs with an open or opening stream.
     pub fn connected(&self) -> Vec<(String, String)> {
         let mut v: Vec<Key> = self
             .lock()
@@ -65,6 +100,19 @@ impl Outgoing {
             .collect();
         v.sort();
         v
+    }
+
+    /// Outgoing streams open or opening (several pairs may share one).
+    pub fn streams(&self) -> usize {
+        let pairs = self.lock();
+        let gens: HashSet<u64> = pairs
+            .values()
+            .filter_map(|p| match p {
+                Pair::Up { generation, .. } => Some(*generation),
+                Pair::Failed { .. } => None,
+            })
+            .collect();
+        gens.len()
     }
 }
 
@@ -138,32 +186,70 @@ pub fn send(s2s: &Arc<S2s>, mut st: Stanza) {
                         Some(Pair::Failed { delay, .. }) => *delay,
                         _ => Duration::ZERO,
                     };
-                    let up = pairs
-                        .values()
-                        .filter(|p| matches!(p, Pair::Up { .. }))
-                        .count();
-                    if up >= s2s.cfg.max_connections {
-                        drop(pairs);
-                        bounce(
-                            s2s,
-                            &st,
-                            Condition::ResourceConstraint,
-                            "too many server-to-server connections",
+                    // Sender multiplexing: a dialback-authenticated stream
+                    // to the same remote domain that has not refused us.
+                    let shared = if s2s.out.no_mux().contains(&key.1) {
+                        None
+                    } else {
+                        pairs.iter().find_map(|((_, r), p)| match p {
+                            Pair::Up {
+                                tx,
+                                generation,
+                                conn,
+                                ..
+                            } if *r == key.1
+                                && conn.mux.load(Ordering::Acquire)
+                                && !conn.refused().contains(&key.0) =>
+                            {
+                                Some((tx.clone(), *generation, conn.clone()))
+                            }
+                            _ => None,
+                        })
+                    };
+                    if let Some((tx, generation, conn)) = shared {
+                        pairs.insert(
+                            key.clone(),
+                            Pair::Up {
+                                tx: tx.clone(),
+                                generation,
+                                last_delay,
+                                conn,
+                            },
                         );
-                        return;
+                        tx
+                    } else {
+                        let streams: HashSet<u64> = pairs
+                            .values()
+                            .filter_map(|p| match p {
+                                Pair::Up { generation, .. } => Some(*generation),
+                                Pair::Failed { .. } => None,
+                            })
+                            .collect();
+                        if streams.len() >= s2s.cfg.max_connections {
+                            drop(pairs);
+                            bounce(
+                                s2s,
+                                &st,
+                                Condition::ResourceConstraint,
+                                "too many server-to-server connections",
+                            );
+                            return;
+                        }
+                        let (tx, rx) = mpsc::channel(s2s.cfg.queue_limit);
+                        let generation = s2s.out.generation.fetch_add(1, Ordering::Relaxed);
+                        let conn = Arc::new(Conn::default());
+                        pairs.insert(
+                            key.clone(),
+                            Pair::Up {
+                                tx: tx.clone(),
+                                generation,
+                                last_delay,
+                                conn: conn.clone(),
+                            },
+                        );
+                        tokio::spawn(run(s2s.clone(), key.clone(), generation, conn, rx));
+                        tx
                     }
-                    let (tx, rx) = mpsc::channel(s2s.cfg.queue_limit);
-                    let generation = s2s.out.generation.fetch_add(1, Ordering::Relaxed);
-                    pairs.insert(
-                        key.clone(),
-                        Pair::Up {
-                            tx: tx.clone(),
-                            generation,
-                            last_delay,
-                        },
-                    );
-                    tokio::spawn(run(s2s.clone(), key.clone(), generation, rx));
-                    tx
                 }
             }
         };
@@ -229,13 +315,22 @@ fn fail(
             );
         }
     }
+    forget(s2s, generation);
     rx.close();
     while let Ok(st) = rx.try_recv() {
         bounce(s2s, &st, cond, "the remote server could not be reached");
     }
 }
 
-fn forget(s2s: &S2s, key: &Key, generation: u64) {
+/// Leave the table: every pair on the stream `generation`.
+fn forget(s2s: &S2s, generation: u64) {
+    s2s.out
+        .lock()
+        .retain(|_, p| !matches!(p, Pair::Up { generation: g, .. } if *g == generation));
+}
+
+/// Leave the table: one pair, if it is still on the stream `generation`.
+fn forget_pair(s2s: &S2s, key: &Key, generation: u64) {
     let mut pairs = s2s.out.lock();
     if let Some(Pair::Up { generation: g, .. }) = pairs.get(key)
         && *g == generation
@@ -244,10 +339,60 @@ fn forget(s2s: &S2s, key: &Key, generation: u64) {
     }
 }
 
-async fn run(s2s: Arc<S2s>, key: Key, generation: u64, mut rx: mpsc::Receiver<Stanza>) {
+/// A sender domain waiting for the peer's answer to its `<db:result/>`
+/// on a multiplexed stream.
+struct Waiting {
+    queue: VecDeque<Stanza>,
+    until: tokio::time::Instant,
+}
+
+/// What the stream task does with the sender domains it carries.
+struct Senders {
+    /// Sender domains the peer accepted on this stream.
+    authed: HashSet<String>,
+    /// Sender domains asked for, with their stanzas.
+    waiting: HashMap<String, Waiting>,
+}
+
+impl Senders {
+    fn next_deadline(&self) -> Option<tokio::time::Instant> {
+        self.waiting.values().map(|w| w.until).min()
+    }
+}
+
+/// A multiplexed sender domain goes to a stream of its own: this stream
+/// will not carry it again, and its stanzas are routed anew.
+fn fall_back(
+    s2s: &Arc<S2s>,
+    conn: &Conn,
+    remote: &str,
+    generation: u64,
+    local: String,
+    w: Waiting,
+    why: &str,
+) {
+    tracing::info!(%local, %remote, why, "s2s: multiplexing refused; using a stream of its own");
+    conn.refused().insert(local.clone());
+    forget_pair(s2s, &(local, remote.to_string()), generation);
+    for st in w.queue {
+        send(s2s, st);
+    }
+}
+
+async fn run(
+    s2s: Arc<S2s>,
+    key: Key,
+    generation: u64,
+    conn: Arc<Conn>,
+    mut rx: mpsc::Receiver<Stanza>,
+) {
     let (local, remote) = (&key.0, &key.1);
     let limit = Duration::from_secs(s2s.cfg.connect_timeout);
-    let mut stream = match tokio::time::timeout(limit, connect(&s2s, local, remote)).await {
+    let Authed {
+        mut stream,
+        id,
+        sasl,
+    } = match tokio::time::timeout(limit, connect(&s2s, local, remote)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             return fail(
@@ -270,44 +415,148 @@ async fn run(s2s: Arc<S2s>, key: Key, generation: u64, mut rx: mpsc::Receiver<St
             );
         }
     };
-    tracing::info!(%local, %remote, "s2s outgoing stream established");
+    tracing::info!(%local, %remote, sasl, "s2s outgoing stream established");
+    // RFC 6120: SASL authenticates one identity; dialback works per pair.
+    if !sasl && s2s.cfg.dialback {
+        conn.mux.store(true, Ordering::Release);
+    }
+    let mut senders = Senders {
+        authed: HashSet::from([local.clone()]),
+        waiting: HashMap::new(),
+    };
     let opened = Instant::now();
     let idle = s2s.idle();
     let mut shutdown = s2s.core.shutdown_signal();
     let mut last = Instant::now();
     let end = loop {
-        let deadline = idle.map(|d| tokio::time::Instant::from_std(last + d));
+        let idle_at = if senders.waiting.is_empty() {
+            idle.map(|d| tokio::time::Instant::from_std(last + d))
+        } else {
+            None
+        };
+        let answer_by = senders.next_deadline();
         tokio::select! {
             next = rx.recv() => {
                 let Some(st) = next else { break "closed" };
                 last = Instant::now();
-                if let Err(e) = stream.send(&st.el).await {
-                    tracing::info!(%remote, error = %e, "s2s write failed");
-                    bounce(&s2s, &st, Condition::RemoteServerNotFound, "the connection to the remote server failed");
-                    break "write failed";
+                let from = st.from.domain().to_string();
+                if senders.authed.contains(&from) {
+                    if let Err(e) = stream.send(&st.el).await {
+                        tracing::info!(%remote, error = %e, "s2s write failed");
+                        bounce(&s2s, &st, Condition::RemoteServerNotFound, "the connection to the remote server failed");
+                        break "write failed";
+                    }
+                } else if let Some(w) = senders.waiting.get_mut(&from) {
+                    if w.queue.len() >= s2s.cfg.queue_limit {
+                        bounce(&s2s, &st, Condition::ResourceConstraint, "too many stanzas queued for the remote server");
+                    } else {
+                        w.queue.push_back(st);
+                    }
+                } else {
+                    // A further sender domain on this stream (XEP-0220 §2.5.1).
+                    let k = s2s.dialback_key(remote, &from, &id);
+                    let req = format!(
+                        "<db:result from='{}' to='{}'>{k}</db:result>",
+                        crate::stream::esc(&from),
+                        crate::stream::esc(remote)
+                    );
+                    tracing::debug!(local = %from, %remote, "s2s: dialback for a further sender domain");
+                    let mut queue = VecDeque::new();
+                    queue.push_back(st);
+                    senders.waiting.insert(from, Waiting { queue, until: tokio::time::Instant::now() + limit });
+                    if let Err(e) = stream.send_raw(&req).await {
+                        tracing::info!(%remote, error = %e, "s2s write failed");
+                        break "write failed";
+                    }
                 }
             }
             frame = stream.next() => match frame {
                 Ok(Frame::Element(el)) if el.is("error", ns::STREAM) => break "stream error",
+                Ok(Frame::Element(el)) if el.is("result", NS_DIALBACK) => {
+                    last = Instant::now();
+                    let Some(to) = el.attr("to").map(str::to_ascii_lowercase) else { continue };
+                    if el.attr("from").map(str::to_ascii_lowercase).as_deref() != Some(remote.as_str()) {
+                        continue;
+                    }
+                    // Only answers to our own requests (XEP-0220 §3.1 "unsolicited").
+                    let Some(w) = senders.waiting.remove(&to) else { continue };
+                    match el.attr("type") {
+                        Some("valid") => {
+                            tracing::info!(local = %to, %remote, "s2s: further sender domain authenticated on the stream");
+                            senders.authed.insert(to);
+                            let mut failed = false;
+                            for st in w.queue {
+                                if failed {
+                                    bounce(&s2s, &st, Condition::RemoteServerNotFound, "the connection to the remote server failed");
+                                } else if stream.send(&st.el).await.is_err() {
+                                    failed = true;
+                                    bounce(&s2s, &st, Condition::RemoteServerNotFound, "the connection to the remote server failed");
+                                }
+                            }
+                            if failed {
+                                break "write failed";
+                            }
+                        }
+                        Some("invalid") => {
+                            // The peer judged our key bogus (XEP-0220 §2.1.1):
+                            // internal-server-error to the senders.
+                            tracing::info!(local = %to, %remote, "s2s: the peer refused our dialback key");
+                            conn.refused().insert(to.clone());
+                            forget_pair(&s2s, &(to, remote.clone()), generation);
+                            for st in w.queue {
+                                bounce(&s2s, &st, Condition::InternalServerError, "the remote server did not accept this domain");
+                            }
+                        }
+                        _ => fall_back(&s2s, &conn, remote, generation, to, w, "dialback error"),
+                    }
+                }
                 Ok(_) => last = Instant::now(),
                 Err(_) => break "peer closed",
             },
-            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
+            _ = async { match answer_by { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
+                let now = tokio::time::Instant::now();
+                let late: Vec<String> = senders.waiting.iter().filter(|(_, w)| w.until <= now).map(|(k, _)| k.clone()).collect();
+                for l in late {
+                    if let Some(w) = senders.waiting.remove(&l) {
+                        fall_back(&s2s, &conn, remote, generation, l, w, "no dialback answer in time");
+                    }
+                }
+            }
+            _ = async { match idle_at { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
                 // Idle: leave the table, send what raced in, close.
-                forget(&s2s, &key, generation);
+                conn.mux.store(false, Ordering::Release);
+                forget(&s2s, generation);
                 rx.close();
+                let mut again = Vec::new();
                 while let Ok(st) = rx.try_recv() {
-                    let _ = stream.send(&st.el).await;
+                    if senders.authed.contains(st.from.domain().as_str()) {
+                        let _ = stream.send(&st.el).await;
+                    } else {
+                        again.push(st);
+                    }
                 }
                 stream.close().await;
+                for st in again {
+                    send(&s2s, st);
+                }
                 tracing::debug!(%local, %remote, "s2s outgoing stream closed (idle)");
                 return;
             }
             _ = shutdown.changed() => {
-                forget(&s2s, &key, generation);
+                conn.mux.store(false, Ordering::Release);
+                forget(&s2s, generation);
                 rx.close();
                 while let Ok(st) = rx.try_recv() {
-                    let _ = stream.send(&st.el).await;
+                    if senders.authed.contains(st.from.domain().as_str()) {
+                        let _ = stream.send(&st.el).await;
+                    } else {
+                        bounce(&s2s, &st, Condition::RemoteServerNotFound, "the server is shutting down");
+                    }
+                }
+                for w in std::mem::take(&mut senders.waiting).into_values() {
+                    for st in w.queue {
+                        bounce(&s2s, &st, Condition::RemoteServerNotFound, "the server is shutting down");
+                    }
                 }
                 stream.close().await;
                 return;
@@ -315,11 +564,22 @@ async fn run(s2s: Arc<S2s>, key: Key, generation: u64, mut rx: mpsc::Receiver<St
         }
     };
     tracing::info!(%local, %remote, why = end, "s2s outgoing stream ended");
-    forget(&s2s, &key, generation);
+    conn.mux.store(false, Ordering::Release);
+    forget(&s2s, generation);
     rx.close();
+    if !senders.waiting.is_empty() {
+        // The peer ended the stream while asked for a further sender
+        // domain: it may not take them; one stream per pair from now on.
+        s2s.out.no_mux().insert(remote.clone());
+        for w in std::mem::take(&mut senders.waiting).into_values() {
+            for st in w.queue {
+                send(&s2s, st);
+            }
+        }
+    }
     let young = opened.elapsed() < Duration::from_secs(5);
     while let Ok(st) = rx.try_recv() {
-        if young {
+        if young && senders.authed.contains(st.from.domain().as_str()) {
             bounce(
                 &s2s,
                 &st,
@@ -503,8 +763,17 @@ fn stream_error_text(el: &Element) -> String {
     }
 }
 
+/// An authenticated outgoing stream.
+struct Authed {
+    stream: XmlStream,
+    /// The peer's stream id (dialback keys of further pairs use it).
+    id: String,
+    /// Authenticated by SASL EXTERNAL (else by dialback).
+    sasl: bool,
+}
+
 /// Open and authenticate a stream from `local` to `remote`.
-async fn connect(s2s: &S2s, local: &str, remote: &str) -> Result<XmlStream, String> {
+async fn connect(s2s: &S2s, local: &str, remote: &str) -> Result<Authed, String> {
     let mut o = open(s2s, local, remote).await?;
     let e = |e: StreamEnd| e.to_string();
     let valid = o.stream.is_tls()
@@ -526,7 +795,8 @@ async fn connect(s2s: &S2s, local: &str, remote: &str) -> Result<XmlStream, Stri
             .map_err(e)?;
         if r.is("success", ns::SASL) {
             o.stream.restart();
-            let (_, v1) = open_stream(&mut o.stream, local, remote).await?;
+            let (new_id, v1) = open_stream(&mut o.stream, local, remote).await?;
+            o.id = new_id;
             if v1 {
                 let f = o
                     .stream
@@ -538,7 +808,11 @@ async fn connect(s2s: &S2s, local: &str, remote: &str) -> Result<XmlStream, Stri
                 }
             }
             tracing::debug!(%local, %remote, "s2s authenticated with SASL EXTERNAL");
-            return Ok(o.stream);
+            return Ok(Authed {
+                stream: o.stream,
+                id: o.id,
+                sasl: true,
+            });
         }
         tracing::info!(%local, %remote, "SASL EXTERNAL refused by the peer; trying dialback");
     }
@@ -563,7 +837,11 @@ async fn connect(s2s: &S2s, local: &str, remote: &str) -> Result<XmlStream, Stri
             .map_err(e)?;
         if r.is("result", NS_DIALBACK) {
             return match r.attr("type") {
-                Some("valid") => Ok(o.stream),
+                Some("valid") => Ok(Authed {
+                    stream: o.stream,
+                    id: o.id,
+                    sasl: false,
+                }),
                 Some(t) => Err(format!("dialback {t}")),
                 None => Err("dialback answer without type".into()),
             };
