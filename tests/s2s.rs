@@ -575,9 +575,10 @@ async fn spoofed_from_is_refused() {
     b.stop().await;
 }
 
-/// Several domain pairs on one incoming stream (XEP-0220 §2.4): raw.test
+/// Several domain pairs on one incoming stream (XEP-0220 §2.5): raw.test
 /// authenticates to b.test, then to c.test (served by the same instance) on
-/// the same stream; a wrong key gets `invalid` for that pair only.
+/// the same stream; a wrong key gets a `forbidden` dialback error for that
+/// pair only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_domain_pairs_on_one_stream() {
     let auth = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -634,11 +635,13 @@ async fn several_domain_pairs_on_one_stream() {
         r.contains("to='raw.test'") && r.contains("type='valid'") && r.contains("from='b.test'"),
         "{r}"
     );
+    // A bogus key for a further pair: a <forbidden/> dialback error, which
+    // keeps the pair already validated (XEP-0220 §2.2.1).
     raw.send("<db:result from='raw.test' to='c.test'>k-bad</db:result>")
         .await;
-    let r = raw.until("/>").await;
+    let r = raw.until("</db:result>").await;
     assert!(
-        r.contains("from='c.test'") && r.contains("type='invalid'"),
+        r.contains("from='c.test'") && r.contains("type='error'") && r.contains("<forbidden"),
         "{r}"
     );
     raw.send("<db:result from='raw.test' to='c.test'>k-good</db:result>")
@@ -779,4 +782,265 @@ fn config_check_warns_about_s2s_certificates() {
         err.contains("config key `certfiles`: no certificate in `certfiles` covers host a.test"),
         "{err}"
     );
+}
+
+/// An authoritative server for `domain` that finds every dialback key
+/// valid (the tests' peers are raw sockets claiming `domain`).
+async fn lenient_authority(domain: &'static str) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let auth = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = auth.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((s, _)) = auth.accept().await {
+            tokio::spawn(async move {
+                let mut v = Raw {
+                    s,
+                    buf: String::new(),
+                };
+                v.until("<stream:stream").await;
+                v.until(">").await;
+                v.send(&format!("<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='{domain}' id='v1' version='1.0'><stream:features/>")).await;
+                v.until("<db:verify").await;
+                let rest = v.until("</db:verify>").await;
+                let attr = |name: &str| {
+                    let start = rest.find(&format!("{name}='")).expect("attr") + name.len() + 2;
+                    rest[start..start + rest[start..].find('\'').expect("quote")].to_string()
+                };
+                v.send(&format!(
+                    "<db:verify from='{domain}' to='{}' id='{}' type='valid'/>",
+                    attr("from"),
+                    attr("id")
+                ))
+                .await;
+                let _ = v.s.read(&mut [0u8; 64]).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// A raw stream to `node` from `from`, validated by dialback for the pair
+/// (`from`, `to`).
+async fn raw_authed(node: &Node, from: &str, to: &str) -> RawTcp {
+    let mut raw = Raw::connect(node.s2s).await;
+    raw.send(&format!("<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='{from}' to='{to}' version='1.0'>")).await;
+    raw.until("</stream:features>").await;
+    raw.send(&format!(
+        "<db:result from='{from}' to='{to}'>any-key</db:result>"
+    ))
+    .await;
+    let r = raw.until("/>").await;
+    assert!(
+        r.contains("type='valid'") && r.contains(&format!("from='{to}'")),
+        "{r}"
+    );
+    raw
+}
+
+/// Every stanza on an incoming stream must belong to a validated domain
+/// pair: x.test validated for b.test may write to b.test, not to c.test
+/// (served by the same instance, never validated on that stream):
+/// `invalid-from`; to a domain not served here: `host-unknown`; without a
+/// `to`, or with a `from` that is no JID: `improper-addressing`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stanzas_must_belong_to_a_validated_domain_pair() {
+    let (auth_addr, authority) = lenient_authority("x.test").await;
+    let b = node(
+        "b.test, c.test",
+        free_port(),
+        &format!("s2s_hosts:\n  x.test: '{auth_addr}'\n"),
+        "",
+    )
+    .await;
+    b.add_user("bob", "b.test").await;
+    b.add_user("carol", "c.test").await;
+    let mut bob = online(b.c2s, "bob", "b.test").await;
+    let mut carol = online(b.c2s, "carol", "c.test").await;
+
+    let mut raw = raw_authed(&b, "x.test", "b.test").await;
+    raw.send(
+        "<message from='eve@x.test/r' to='bob@b.test' type='chat'><body>pair ok</body></message>",
+    )
+    .await;
+    let m = bob.until("pair ok</body>").await;
+    assert!(m.contains("from='eve@x.test/r'"), "{m}");
+    raw.send("<message from='eve@x.test/r' to='carol@c.test' type='chat'><body>unvalidated pair</body></message>")
+        .await;
+    let r = raw.until_closed().await;
+    assert!(r.contains("<invalid-from"), "{r}");
+
+    let mut raw = raw_authed(&b, "x.test", "b.test").await;
+    raw.send(
+        "<message from='eve@x.test/r' to='someone@elsewhere.test'><body>relay?</body></message>",
+    )
+    .await;
+    let r = raw.until_closed().await;
+    assert!(r.contains("<host-unknown"), "{r}");
+
+    let mut raw = raw_authed(&b, "x.test", "b.test").await;
+    raw.send("<message from='eve@x.test/r'><body>no to</body></message>")
+        .await;
+    let r = raw.until_closed().await;
+    assert!(r.contains("<improper-addressing"), "{r}");
+
+    let mut raw = raw_authed(&b, "x.test", "b.test").await;
+    raw.send("<message from='@x.test' to='bob@b.test'><body>no jid</body></message>")
+        .await;
+    let r = raw.until_closed().await;
+    assert!(r.contains("<improper-addressing"), "{r}");
+
+    // Nothing refused reached anyone.
+    carol
+        .send("<iq to='c.test' type='get' id='p3'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    let next = carol.until("id='p3'").await;
+    assert!(!next.contains("unvalidated pair"), "{next}");
+    bob.send("<iq to='b.test' type='get' id='p4'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    let next = bob.until("id='p4'").await;
+    assert!(
+        !next.contains("no to") && !next.contains("no jid"),
+        "{next}"
+    );
+    authority.abort();
+    b.stop().await;
+}
+
+/// One instance serves a.test and c.test; both write to b.test: the
+/// stream a.test opened carries c.test too (XEP-0220 §2.5.1 sender
+/// multiplexing, c.test validated by its own `<db:result/>` on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_hosts_share_one_outgoing_stream() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(
+        "a.test, c.test",
+        pa,
+        &format!("s2s_hosts:\n  b.test: '127.0.0.1:{pb}'\n"),
+        "",
+    )
+    .await;
+    let b = node(
+        "b.test",
+        pb,
+        &format!("s2s_hosts:\n  a.test: '127.0.0.1:{pa}'\n  c.test: '127.0.0.1:{pa}'\n"),
+        "",
+    )
+    .await;
+    a.add_user("alice", "a.test").await;
+    a.add_user("carol", "c.test").await;
+    b.add_user("bob", "b.test").await;
+    let mut alice = online(a.c2s, "alice", "a.test").await;
+    let mut carol = online(a.c2s, "carol", "c.test").await;
+    let mut bob = online(b.c2s, "bob", "b.test").await;
+    alice
+        .send("<message to='bob@b.test' type='chat' id='x1'><body>from a</body></message>")
+        .await;
+    let m = bob.until("from a</body>").await;
+    assert!(m.contains("from='alice@a.test/r'"), "{m}");
+    carol
+        .send("<message to='bob@b.test' type='chat' id='x2'><body>from c</body></message>")
+        .await;
+    let m = bob.until("from c</body>").await;
+    assert!(m.contains("from='carol@c.test/r'"), "{m}");
+    assert_eq!(
+        a.fed.out.connected(),
+        [
+            ("a.test".to_string(), "b.test".to_string()),
+            ("c.test".to_string(), "b.test".to_string())
+        ]
+    );
+    assert_eq!(a.fed.out.streams(), 1);
+    assert_eq!(
+        b.fed
+            .incoming_count
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // And back to each.
+    bob.send("<message to='carol@c.test/r' type='chat'><body>to c</body></message>")
+        .await;
+    carol.until("to c</body>").await;
+    bob.send("<message to='alice@a.test/r' type='chat'><body>to a</body></message>")
+        .await;
+    alice.until("to a</body>").await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A peer that answers a multiplexed `<db:result/>` with a dialback error:
+/// that sender domain gets a stream of its own, its stanza is not lost,
+/// and the first stream goes on for its domain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_multiplexing_falls_back_to_a_stream_of_its_own() {
+    let peer = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let peer_addr = peer.local_addr().expect("addr");
+    let a = node(
+        "a.test, c.test",
+        free_port(),
+        &format!("s2s_hosts:\n  r.test: '{peer_addr}'\n"),
+        "",
+    )
+    .await;
+    a.add_user("alice", "a.test").await;
+    a.add_user("carol", "c.test").await;
+    let mut alice = online(a.c2s, "alice", "a.test").await;
+    let mut carol = online(a.c2s, "carol", "c.test").await;
+    async fn accept(peer: &TcpListener, id: &str) -> (RawTcp, String) {
+        let (s, _) = tokio::time::timeout(common::TIMEOUT, peer.accept())
+            .await
+            .expect("a connection in time")
+            .expect("accept");
+        let mut p = Raw {
+            s,
+            buf: String::new(),
+        };
+        p.until("<stream:stream").await;
+        let h = p.until(">").await;
+        p.send(&format!("<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='r.test' id='{id}' version='1.0'><stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>")).await;
+        (p, h)
+    }
+    alice
+        .send("<message to='x@r.test' id='f1'><body>one</body></message>")
+        .await;
+    let (mut p1, h) = accept(&peer, "s1").await;
+    assert!(h.contains("from='a.test'"), "{h}");
+    let r = p1.until("</db:result>").await;
+    assert!(r.contains("from='a.test'"), "{r}");
+    p1.send("<db:result from='r.test' to='a.test' type='valid'/>")
+        .await;
+    p1.until("one</body>").await;
+    carol
+        .send("<message to='x@r.test' id='f2'><body>two</body></message>")
+        .await;
+    let r = p1.until("</db:result>").await;
+    assert!(
+        r.contains("from='c.test'") && r.contains("to='r.test'"),
+        "{r}"
+    );
+    p1.send("<db:result from='r.test' to='c.test' type='error'><error type='cancel'><not-allowed xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></db:result>")
+        .await;
+    let (mut p2, h) = accept(&peer, "s2").await;
+    assert!(h.contains("from='c.test'"), "{h}");
+    let r = p2.until("</db:result>").await;
+    assert!(r.contains("from='c.test'"), "{r}");
+    p2.send("<db:result from='r.test' to='c.test' type='valid'/>")
+        .await;
+    let m = p2.until("two</body>").await;
+    assert!(m.contains("from='carol@c.test/r'"), "{m}");
+    assert_eq!(a.fed.out.streams(), 2);
+    alice
+        .send("<message to='x@r.test' id='f3'><body>three</body></message>")
+        .await;
+    p1.until("three</body>").await;
+    // Neither sender got an error.
+    alice
+        .send("<iq to='a.test' type='get' id='p5'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    let next = alice.until("id='p5'").await;
+    assert!(!next.contains("type='error'"), "{next}");
+    carol
+        .send("<iq to='c.test' type='get' id='p6'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    let next = carol.until("id='p6'").await;
+    assert!(!next.contains("type='error'"), "{next}");
+    a.stop().await;
 }

@@ -2,13 +2,22 @@
 //! EXTERNAL for peers whose certificate is valid for their domain, Server
 //! Dialback (XEP-0220) for the others and for further domain pairs on the
 //! same stream, answers to dialback verification requests (we are the
-//! authoritative server), and the stanzas of authenticated domains.
+//! authoritative server), and the stanzas of authenticated domain pairs.
 //!
 //! Stream errors: a header to a domain not served here → `host-unknown`; a
 //! remote domain refused by `s2s_access` → `policy-violation`; a stanza
-//! whose `from` is not an authenticated domain → `invalid-from`; without
-//! `from`/`to` → `improper-addressing`; to a domain not served here →
-//! `host-unknown`; over the size limit → `policy-violation` (framer).
+//! without `from`/`to`, or whose addresses are no JIDs →
+//! `improper-addressing`; whose `from` domain is not authenticated on the
+//! stream → `invalid-from`; to a domain not served here → `host-unknown`;
+//! whose (from domain, to domain) pair was not validated on the stream
+//! (SASL EXTERNAL validates the stream's header pair, dialback each pair it
+//! is asked for) → `invalid-from`; over the size limit →
+//! `policy-violation` (framer). A dialback key the authoritative server
+//! calls invalid closes the stream with `type='invalid'`, or, when other
+//! pairs are validated on it, gets a `<forbidden/>` dialback error that
+//! keeps them (XEP-0220 §2.2.1); when the authoritative server cannot be
+//! asked, a `remote-server-not-found` / `remote-server-timeout` dialback
+//! error (§2.4.2).
 
 use crate::stream::{Io, StreamEnd, XmlStream, esc, to_client_ns};
 use crate::{Counted, NS_DIALBACK, S2s, new_id, stream_header};
@@ -123,7 +132,7 @@ impl Conn {
         tls_limit: Duration,
     ) -> Result<(), StreamError> {
         let s2s = self.s2s.clone();
-        let (vtx, mut vrx) = mpsc::channel::<(String, String, bool)>(16);
+        let (vtx, mut vrx) = mpsc::channel::<(String, String, Verdict)>(16);
         let idle = s2s.idle().unwrap_or(Duration::from_secs(86_400 * 365));
         let mut shutdown = s2s.core.shutdown_signal();
         'stream: loop {
@@ -204,18 +213,41 @@ impl Conn {
                         }
                         Err(_) => return Ok(()),
                     },
-                    Some((from, local, valid)) = vrx.recv() => {
-                        let t = if valid { "valid" } else { "invalid" };
-                        st.send_raw(&format!(
-                            "<db:result from='{}' to='{}' type='{t}'/>",
-                            esc(&local),
-                            esc(&from)
-                        ))
-                        .await
-                        .map_err(|_| stream_err(C::UndefinedCondition, "write failed"))?;
-                        if valid {
-                            tracing::info!(remote = %from, %local, "s2s incoming stream authenticated (dialback)");
-                            self.authed.insert((from, local));
+                    Some((from, local, verdict)) = vrx.recv() => {
+                        let w = |_| stream_err(C::UndefinedCondition, "write failed");
+                        match verdict {
+                            Verdict::Valid => {
+                                st.send_raw(&format!(
+                                    "<db:result from='{}' to='{}' type='valid'/>",
+                                    esc(&local),
+                                    esc(&from)
+                                ))
+                                .await
+                                .map_err(w)?;
+                                tracing::info!(remote = %from, %local, "s2s incoming stream authenticated (dialback)");
+                                self.authed.insert((from, local));
+                            }
+                            Verdict::Invalid if !self.authed.is_empty() => {
+                                // XEP-0220 §2.2.1: a <forbidden/> dialback error
+                                // keeps the pairs already validated here.
+                                tracing::warn!(remote = %from, %local, "dialback key refused by the authoritative server");
+                                st.send_raw(&db_error(&local, &from, "forbidden")).await.map_err(w)?;
+                            }
+                            Verdict::Invalid => {
+                                // A spoofing attempt: answer and close (XEP-0220 §2.2.1).
+                                tracing::warn!(remote = %from, %local, "dialback key refused by the authoritative server");
+                                st.send_raw(&format!(
+                                    "<db:result from='{}' to='{}' type='invalid'/>",
+                                    esc(&local),
+                                    esc(&from)
+                                ))
+                                .await
+                                .map_err(w)?;
+                                return Ok(());
+                            }
+                            Verdict::Error(cond) => {
+                                st.send_raw(&db_error(&local, &from, cond)).await.map_err(w)?;
+                            }
                         }
                         continue;
                     }
@@ -321,7 +353,7 @@ impl Conn {
         st: &mut XmlStream,
         el: &minidom::Element,
         id: &str,
-        vtx: &mpsc::Sender<(String, String, bool)>,
+        vtx: &mpsc::Sender<(String, String, Verdict)>,
     ) -> Result<(), StreamError> {
         let s2s = self.s2s.clone();
         if el.attr("type").is_some() {
@@ -343,13 +375,7 @@ impl Conn {
             ));
         };
         let (from, to) = (from.to_ascii_lowercase(), to.to_ascii_lowercase());
-        let error = |cond: &str| {
-            format!(
-                "<db:result from='{}' to='{}' type='error'><error type='cancel'><{cond} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></db:result>",
-                esc(&to),
-                esc(&from)
-            )
-        };
+        let error = |cond: &str| db_error(&to, &from, cond);
         let w = |_| stream_err(C::UndefinedCondition, "write failed");
         if !s2s.is_ours(&to) {
             st.send_raw(&error("item-not-found")).await.map_err(w)?;
@@ -360,14 +386,14 @@ impl Conn {
             return Ok(());
         }
         if self.authed.contains(&(from.clone(), to.clone())) {
-            let _ = vtx.try_send((from, to, true));
+            let _ = vtx.try_send((from, to, Verdict::Valid));
             return Ok(());
         }
         let key = el.text();
         let (vtx, id) = (vtx.clone(), id.to_string());
         tokio::spawn(async move {
-            let valid = verify(&s2s, &from, &to, &id, key.trim()).await;
-            let _ = vtx.send((from, to, valid)).await;
+            let verdict = verify(&s2s, &from, &to, &id, key.trim()).await;
+            let _ = vtx.send((from, to, verdict)).await;
         });
         Ok(())
     }
@@ -419,20 +445,31 @@ impl Conn {
                 "a stanza needs from and to",
             ));
         };
-        let from =
-            Jid::new(from).map_err(|_| stream_err(C::InvalidFrom, "malformed from address"))?;
-        let to = Jid::new(to).map_err(|_| stream_err(C::ImproperAddressing, "malformed to"))?;
+        // RFC 6120 §4.9.3.10: an address that is no JID.
+        let from = Jid::new(from)
+            .map_err(|_| stream_err(C::ImproperAddressing, "malformed from address"))?;
+        let to =
+            Jid::new(to).map_err(|_| stream_err(C::ImproperAddressing, "malformed to address"))?;
         let fd = from.domain().as_str();
+        let td = to.domain().as_str();
         if !self.authed.iter().any(|(r, _)| r == fd) {
             return Err(stream_err(
                 C::InvalidFrom,
                 "the from domain is not authenticated on this stream",
             ));
         }
-        if !self.s2s.is_ours(to.domain().as_str()) {
+        if !self.s2s.is_ours(td) {
             return Err(stream_err(
                 C::HostUnknown,
                 "the to domain is not served here",
+            ));
+        }
+        // Dialback authenticates domain pairs (XEP-0220 §1.4, §2.5): the
+        // sender domain is validated for this target domain or not at all.
+        if !self.authed.contains(&(fd.to_string(), td.to_string())) {
+            return Err(stream_err(
+                C::InvalidFrom,
+                "the from domain is not authenticated for this to domain on this stream",
             ));
         }
         let Ok(st) = Stanza::from_element(el, from) else {
@@ -447,12 +484,39 @@ fn subtle_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// What the authoritative server said of a dialback key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Valid,
+    Invalid,
+    /// It could not be asked: the dialback error condition (XEP-0220 §2.4.2).
+    Error(&'static str),
+}
+
+/// A dialback error from `local` (one of ours) to `remote`.
+fn db_error(local: &str, remote: &str, cond: &str) -> String {
+    format!(
+        "<db:result from='{}' to='{}' type='error'><error type='cancel'><{cond} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></db:result>",
+        esc(local),
+        esc(remote)
+    )
+}
+
 /// Ask the authoritative server of `originating` whether `key` is its key
 /// for the stream `id` it opened to `receiving` (one of ours).
-async fn verify(s2s: &Arc<S2s>, originating: &str, receiving: &str, id: &str, key: &str) -> bool {
+async fn verify(
+    s2s: &Arc<S2s>,
+    originating: &str,
+    receiving: &str,
+    id: &str,
+    key: &str,
+) -> Verdict {
     let limit = Duration::from_secs(s2s.cfg.connect_timeout.max(1) * 2);
     let r = tokio::time::timeout(limit, async {
-        let mut o = crate::outgoing::open(s2s, receiving, originating).await?;
+        let mut o = crate::outgoing::open(s2s, receiving, originating)
+            .await
+            .map_err(|e| (e, "remote-server-not-found"))?;
+        let lost = |e: String| (e, "remote-server-timeout");
         o.stream
             .send_raw(&format!(
                 "<db:verify from='{}' to='{}' id='{}'>{}</db:verify>",
@@ -462,33 +526,38 @@ async fn verify(s2s: &Arc<S2s>, originating: &str, receiving: &str, id: &str, ke
                 esc(key)
             ))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| lost(e.to_string()))?;
         loop {
             let el = o
                 .stream
                 .element_within(limit)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| lost(e.to_string()))?;
             if el.is("verify", NS_DIALBACK) && el.attr("id") == Some(id) {
-                let valid = el.attr("type") == Some("valid");
+                let v = match el.attr("type") {
+                    Some("valid") => Verdict::Valid,
+                    Some("invalid") => Verdict::Invalid,
+                    // The authoritative server does not know the domain.
+                    _ => Verdict::Error("remote-server-not-found"),
+                };
                 o.stream.close().await;
-                return Ok::<bool, String>(valid);
+                return Ok::<Verdict, (String, &'static str)>(v);
             }
             if el.is("error", ns::STREAM) {
-                return Err("stream error".into());
+                return Err(("stream error".into(), "remote-server-not-found"));
             }
         }
     })
     .await;
     match r {
         Ok(Ok(v)) => v,
-        Ok(Err(e)) => {
+        Ok(Err((e, cond))) => {
             tracing::info!(%originating, error = %e, "dialback verification failed");
-            false
+            Verdict::Error(cond)
         }
         Err(_) => {
             tracing::info!(%originating, "dialback verification timed out");
-            false
+            Verdict::Error("remote-server-timeout")
         }
     }
 }
