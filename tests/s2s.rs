@@ -109,20 +109,25 @@ async fn node_dns(
     }
 }
 
-/// Two instances a.test and b.test, each knowing the other's address.
+/// Two instances a.test and b.test, each knowing the other's address (and
+/// its MUC service's, `conference.HOST`).
 async fn pair(extra_a: &str, extra_b: &str) -> (Node, Node) {
     let (pa, pb) = (free_port(), free_port());
     let a = node(
         "a.test",
         pa,
-        &format!("outgoing_s2s_timeout: 5\ns2s_hosts:\n  b.test: '127.0.0.1:{pb}'\n{extra_a}"),
+        &format!(
+            "outgoing_s2s_timeout: 5\ns2s_hosts:\n  b.test: '127.0.0.1:{pb}'\n  conference.b.test: '127.0.0.1:{pb}'\n{extra_a}"
+        ),
         "",
     )
     .await;
     let b = node(
         "b.test",
         pb,
-        &format!("outgoing_s2s_timeout: 5\ns2s_hosts:\n  a.test: '127.0.0.1:{pa}'\n{extra_b}"),
+        &format!(
+            "outgoing_s2s_timeout: 5\ns2s_hosts:\n  a.test: '127.0.0.1:{pa}'\n  conference.a.test: '127.0.0.1:{pa}'\n{extra_b}"
+        ),
         "",
     )
     .await;
@@ -1043,4 +1048,305 @@ async fn refused_multiplexing_falls_back_to_a_stream_of_its_own() {
     let next = carol.until("id='p6'").await;
     assert!(!next.contains("type='error'"), "{next}");
     a.stop().await;
+}
+
+/// alice@a.test and bob@b.test in each other's rosters (subscribed both ways).
+async fn befriend_across(a: &Node, b: &Node) {
+    use palaver_storage::im::{RosterItem, Subscription};
+    for (node, host, user, contact) in [
+        (a, "a.test", "alice", "bob@b.test"),
+        (b, "b.test", "bob", "alice@a.test"),
+    ] {
+        let mut it = RosterItem::new(contact);
+        it.subscription = Subscription::Both;
+        node.server
+            .as_ref()
+            .expect("running")
+            .core
+            .storage()
+            .roster
+            .put_roster_item(host, user, &it)
+            .await
+            .expect("roster item");
+    }
+}
+
+const AVATAR: &str = "urn:xmpp:avatar:metadata";
+
+fn avatar_publish(id: &str, item: &str) -> String {
+    format!(
+        "<iq type='set' id='{id}'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='{AVATAR}'><item id='{item}'><metadata xmlns='{AVATAR}'><info bytes='12' id='{item}' height='64' width='64' type='image/png'/></metadata></item></publish></pubsub></iq>"
+    )
+}
+
+/// XEP-0115 verification string of a client with these features.
+fn caps_ver(name: &str, features: &[&str]) -> String {
+    use base64::Engine;
+    let mut f: Vec<&str> = features.to_vec();
+    f.sort();
+    let mut s = format!("client/pc//{name}<");
+    for x in f {
+        s.push_str(x);
+        s.push('<');
+    }
+    base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(s.as_bytes()))
+}
+
+/// The value of attribute `name` in `s` (single quotes).
+fn attr_of(s: &str, name: &str) -> String {
+    let start = s.find(&format!(" {name}='")).expect("attribute") + name.len() + 3;
+    s[start..start + s[start..].find('\'').expect("quote")].to_string()
+}
+
+/// XEP-0163 across federation: bob@b.test, alice's contact on another
+/// server (one without PEP of its own), comes online with XEP-0115 caps
+/// listing `AVATAR+notify`. a.test learns them from the presence it
+/// receives for alice, asks bob's client itself (disco#info from a.test,
+/// over s2s), then sends him alice's last avatar (XEP-0163 §4.3.4) and her
+/// next publish. A contact's client without `+notify` gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pep_notifications_reach_remote_contacts_by_their_caps() {
+    let (a, b) = pair(
+        "",
+        "modules:\n  mod_disco: {}\n  mod_roster: {}\n  mod_ping: {}\n",
+    )
+    .await;
+    befriend_across(&a, &b).await;
+    let mut alice = online(a.c2s, "alice", "a.test").await;
+    alice.send(&avatar_publish("pub1", "first")).await;
+    let r = alice.until("id='pub1'").await;
+    let tail = alice.until(">").await;
+    assert!(!format!("{r}{tail}").contains("type='error'"), "{r}{tail}");
+
+    let name = "Remote client";
+    let feats = [
+        "http://jabber.org/protocol/disco#info",
+        "http://jabber.org/protocol/caps",
+        "urn:xmpp:avatar:metadata+notify",
+    ];
+    let ver = caps_ver(name, &feats);
+    let node_uri = "https://palaver.test/client";
+    let mut bob = raw_login(b.c2s, "bob", "b.test", "pw", "r").await;
+    bob.send(&format!(
+        "<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='{node_uri}' ver='{ver}'/></presence>"
+    ))
+    .await;
+    // a.test asks bob's client what the verification string stands for.
+    bob.until("<iq").await;
+    let q = bob.until("</iq>").await;
+    assert!(
+        q.contains("from='a.test'")
+            && q.contains("http://jabber.org/protocol/disco#info")
+            && q.contains(&format!("node='{node_uri}#{ver}'")),
+        "{q}"
+    );
+    let mut reply = format!(
+        "<iq type='result' id='{}' to='a.test'><query xmlns='http://jabber.org/protocol/disco#info' node='{node_uri}#{ver}'><identity category='client' type='pc' name='{name}'/>",
+        attr_of(&q, "id")
+    );
+    for f in feats {
+        reply.push_str(&format!("<feature var='{f}'/>"));
+    }
+    reply.push_str("</query></iq>");
+    bob.send(&reply).await;
+    // The last item, then the next publish.
+    let m = bob.until("</message>").await;
+    assert!(
+        m.contains("from='alice@a.test'")
+            && m.contains("http://jabber.org/protocol/pubsub#event")
+            && m.contains("id='first'"),
+        "{m}"
+    );
+    alice.send(&avatar_publish("pub2", "second")).await;
+    let m = bob.until("</message>").await;
+    assert!(
+        m.contains("from='alice@a.test'") && m.contains("id='second'"),
+        "{m}"
+    );
+    // bob's second client, without +notify, gets no notification: after
+    // a third publish, only its own ping answer comes.
+    let mut bob2 = raw_login(b.c2s, "bob", "b.test", "pw", "r2").await;
+    let ver2 = caps_ver("Plain client", &feats[..2]);
+    bob2.send(&format!(
+        "<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='{node_uri}' ver='{ver2}'/></presence>"
+    ))
+    .await;
+    bob2.until("<iq").await;
+    let q = bob2.until("</iq>").await;
+    assert!(q.contains("from='a.test'"), "{q}");
+    bob2.send(&format!(
+        "<iq type='result' id='{}' to='a.test'><query xmlns='http://jabber.org/protocol/disco#info' node='{node_uri}#{ver2}'><identity category='client' type='pc' name='Plain client'/><feature var='{}'/><feature var='{}'/></query></iq>",
+        attr_of(&q, "id"),
+        feats[0],
+        feats[1]
+    ))
+    .await;
+    alice.send(&avatar_publish("pub3", "third")).await;
+    let m = bob.until("</message>").await;
+    assert!(m.contains("id='third'"), "{m}");
+    bob2.send("<iq to='a.test' type='get' id='p7'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    let next = bob2.until("id='p7'").await;
+    assert!(!next.contains("pubsub#event"), "{next}");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// XEP-0280 across federation: a message from bob@b.test to one of
+/// alice's resources is carbon-copied to her other carbons-enabled one,
+/// and her reply to bob is copied as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carbons_of_remote_conversations() {
+    let (a, b) = pair("", "").await;
+    befriend_across(&a, &b).await;
+    let mut r1 = raw_login(a.c2s, "alice", "a.test", "pw", "r1").await;
+    let mut r2 = raw_login(a.c2s, "alice", "a.test", "pw", "r2").await;
+    for c in [&mut r1, &mut r2] {
+        c.send("<iq type='set' id='cb'><enable xmlns='urn:xmpp:carbons:2'/></iq>")
+            .await;
+        let r = c.until("id='cb'").await;
+        let tail = c.until(">").await;
+        assert!(format!("{r}{tail}").contains("type='result'"), "{r}{tail}");
+        c.send("<presence/>").await;
+    }
+    let mut bob = online(b.c2s, "bob", "b.test").await;
+    bob.send(
+        "<message to='alice@a.test/r1' type='chat' id='c1'><body>to r1 from afar</body></message>",
+    )
+    .await;
+    let m = r1.until("to r1 from afar</body>").await;
+    assert!(m.contains("from='bob@b.test/r'"), "{m}");
+    let c = r2.until("to r1 from afar</body>").await;
+    assert!(
+        c.contains("<received xmlns='urn:xmpp:carbons:2'") && c.contains("from='bob@b.test/r'"),
+        "{c}"
+    );
+    r1.send("<message to='bob@b.test/r' type='chat' id='c2'><body>reply from r1</body></message>")
+        .await;
+    bob.until("reply from r1</body>").await;
+    let c = r2.until("reply from r1</body>").await;
+    assert!(c.contains("<sent xmlns='urn:xmpp:carbons:2'"), "{c}");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// XEP-0313 across federation: alice's conversation with bob@b.test is
+/// archived on a.test (both directions) and her query returns it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_of_remote_conversations() {
+    let (a, b) = pair(
+        "modules:\n  mod_disco: {}\n  mod_roster: {}\n  mod_ping: {}\n  mod_mam: {}\n",
+        "",
+    )
+    .await;
+    befriend_across(&a, &b).await;
+    let mut alice = online(a.c2s, "alice", "a.test").await;
+    let mut bob = online(b.c2s, "bob", "b.test").await;
+    alice
+        .send("<message to='bob@b.test' type='chat' id='a1'><body>archived out</body></message>")
+        .await;
+    bob.until("archived out</body>").await;
+    bob.send("<message to='alice@a.test' type='chat' id='b1'><body>archived in</body></message>")
+        .await;
+    alice.until("archived in</body>").await;
+    alice
+        .send("<iq type='set' id='q1'><query xmlns='urn:xmpp:mam:2' queryid='f1'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>urn:xmpp:mam:2</value></field><field var='with'><value>bob@b.test</value></field></x></query></iq>")
+        .await;
+    let all = alice.until("</iq>").await;
+    assert!(
+        all.contains("<fin") && all.contains("complete='true'"),
+        "{all}"
+    );
+    let out = all.find("archived out").expect("outgoing message archived");
+    let inn = all.find("archived in").expect("incoming message archived");
+    assert!(out < inn, "{all}");
+    assert!(
+        all.contains("queryid='f1'") && all.contains("from='bob@b.test/r'"),
+        "{all}"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Join and read up to the subject (the last thing a joiner gets).
+async fn join_room(c: &mut RawTcp, room: &str, nick: &str) -> String {
+    c.send(&format!(
+        "<presence to='{room}/{nick}'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+    ))
+    .await;
+    let mut got = c.until("<subject").await;
+    got.push_str(&c.until("</message>").await);
+    assert!(!got.contains("type='error'"), "{got}");
+    got
+}
+
+/// A room of `owner` (instant, §10.1.2).
+async fn instant_room(c: &mut RawTcp, room: &str, nick: &str) {
+    join_room(c, room, nick).await;
+    c.send(&format!("<iq type='set' id='inst' to='{room}'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'/></query></iq>")).await;
+    let r = c.until("id='inst'").await;
+    let tail = c.until(">").await;
+    assert!(format!("{r}{tail}").contains("type='result'"), "{r}{tail}");
+}
+
+/// XEP-0045 across federation: bob@b.test joins a room on
+/// conference.a.test and alice joins one on conference.b.test; groupchat
+/// messages go both ways in each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_across_servers() {
+    let (a, b) = pair("", "").await;
+    let mut alice = online(a.c2s, "alice", "a.test").await;
+    let mut bob = online(b.c2s, "bob", "b.test").await;
+    room_exchange(
+        &mut alice,
+        &mut bob,
+        "lobby@conference.a.test",
+        "Alice",
+        "Bob",
+    )
+    .await;
+    room_exchange(
+        &mut bob,
+        &mut alice,
+        "den@conference.b.test",
+        "Bob",
+        "Alice",
+    )
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// `owner` makes `room`; `guest` (of the other server) joins; a groupchat
+/// message each way.
+async fn room_exchange(
+    owner: &mut RawTcp,
+    guest: &mut RawTcp,
+    room: &str,
+    o_nick: &str,
+    g_nick: &str,
+) {
+    instant_room(owner, room, o_nick).await;
+    let j = join_room(guest, room, g_nick).await;
+    assert!(j.contains(&format!("from='{room}/{o_nick}'")), "{j}");
+    owner.until(&format!("from='{room}/{g_nick}'")).await;
+    owner
+        .send(&format!(
+            "<message to='{room}' type='groupchat' id='g1'><body>welcome {g_nick}</body></message>"
+        ))
+        .await;
+    let m = guest.until(&format!("welcome {g_nick}</body>")).await;
+    assert!(
+        m.contains(&format!("from='{room}/{o_nick}'")) && m.contains("type='groupchat'"),
+        "{m}"
+    );
+    guest
+        .send(&format!(
+            "<message to='{room}' type='groupchat' id='g2'><body>thanks {o_nick}</body></message>"
+        ))
+        .await;
+    let m = owner.until(&format!("thanks {o_nick}</body>")).await;
+    assert!(m.contains(&format!("from='{room}/{g_nick}'")), "{m}");
+    // The guest's own message comes back to it from the room (§7.4).
+    guest.until(&format!("thanks {o_nick}</body>")).await;
 }

@@ -13,6 +13,12 @@
 //!   the routing table), checked (SHA-1) and cached per string, in one
 //!   table for every host, so contacts on another virtual host are found
 //!   by their presence's `<c/>`.
+//! - Remote contacts (another server's users) are learnt from the presence
+//!   they send to this host's sessions ([`UserReceive`]): an unknown
+//!   verification string is asked for with disco#info from the host's own
+//!   domain over federation (the answer comes back through [`IqResponse`]),
+//!   checked and cached the same way; the resource is forgotten on its
+//!   unavailable presence. Notifications to them go over federation.
 //! - On a session's first known capabilities, the last items of its own
 //!   and its contacts' nodes it is interested in are sent (§4.3.4).
 //! - XEP-0402 bookmarks are kept in step with XEP-0048 bookmarks in private
@@ -33,11 +39,14 @@ use minidom::Element;
 use palaver_proto::error::{Condition, StanzaError};
 use palaver_proto::ns;
 use palaver_proto::stanza::{Stanza, StanzaKind, set_attr};
-use palaver_server::hooks::{PresenceOut, PrivateStored, RemoveUser, SessionClosed};
+use palaver_server::hooks::{
+    IqResponse, PresenceOut, PrivateStored, RemoveUser, SessionClosed, UserReceive,
+};
 use palaver_server::module::PresenceEvent;
 use palaver_server::{
     HookAction, HostSetup, IqRequest, IqScope, IqType, Module, ModuleCx, ModuleDef,
 };
+use std::collections::HashMap;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -98,6 +107,26 @@ static VERIFIED: std::sync::LazyLock<DashMap<String, Arc<HashSet<String>>>> =
     std::sync::LazyLock::new(DashMap::new);
 /// Most verification strings remembered.
 const MAX_VERIFIED: usize = 10_000;
+/// Most remote contacts (bare JIDs) whose resources are remembered per host.
+const MAX_REMOTE: usize = 10_000;
+
+/// A remote contact's available resource, as its presence said.
+struct RemoteResource {
+    /// Its XEP-0115 verification string (empty without caps).
+    ver: String,
+    /// The nodes it asks notifications for, once known.
+    notify: Option<Arc<HashSet<String>>>,
+    /// The local accounts it sent this presence to (each sends it the
+    /// last items of its nodes once).
+    owners: HashSet<BareJid>,
+}
+
+/// A capability query sent to a remote resource.
+struct RemoteQuery {
+    full: FullJid,
+    hash: String,
+    ver: String,
+}
 
 /// The verified `+notify` nodes of a session's current presence.
 fn presence_notify(presence: Option<&Element>) -> Option<Arc<HashSet<String>>> {
@@ -118,6 +147,10 @@ pub struct State {
     sessions: DashMap<String, Arc<HashSet<String>>>,
     /// Outstanding disco#info queries: id → (session, hash, ver).
     pending: DashMap<String, (FullJid, String, String)>,
+    /// Remote contacts: bare JID → available resources.
+    remote: DashMap<String, HashMap<String, RemoteResource>>,
+    /// Outstanding disco#info queries to remote resources, by id.
+    remote_pending: DashMap<String, RemoteQuery>,
 }
 
 impl State {
@@ -138,6 +171,18 @@ impl State {
                 };
                 wants.then_some(full)
             })
+            .collect()
+    }
+
+    /// The available resources of the remote contact `bare` that asked
+    /// for `node+notify`.
+    pub(crate) fn remote_interested(&self, bare: &BareJid, node: &str) -> Vec<FullJid> {
+        let Some(res) = self.remote.get(bare.as_str()) else {
+            return Vec::new();
+        };
+        res.iter()
+            .filter(|(_, r)| r.notify.as_ref().is_some_and(|n| n.contains(node)))
+            .filter_map(|(name, _)| bare.with_resource_str(name).ok())
             .collect()
     }
 }
@@ -204,6 +249,8 @@ fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
         max_items_node: o.max_items_node,
         sessions: DashMap::new(),
         pending: DashMap::new(),
+        remote: DashMap::new(),
+        remote_pending: DashMap::new(),
     });
 
     // The service.
@@ -267,6 +314,23 @@ fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
         let s = s.clone();
         async move {
             presence_out(&s, &cx, &pb.session, &pb.stanza, pb.event);
+            HookAction::Continue
+        }
+    });
+    let s = st.clone();
+    host.hook::<UserReceive>(40, move |cx, stanza| {
+        if stanza.kind == StanzaKind::Presence
+            && let Some(session) = cx.session()
+        {
+            remote_presence(&s, cx, session, stanza);
+        }
+        HookAction::Continue
+    });
+    let s = st.clone();
+    host.hook::<IqResponse>(40, move |cx, stanza| {
+        if remote_caps_answer(&s, cx, stanza) {
+            HookAction::Drop
+        } else {
             HookAction::Continue
         }
     });
@@ -562,6 +626,180 @@ fn presence_out(
         Some(Jid::from(full.clone())),
         iq,
     ));
+}
+
+/// Presence from a remote contact delivered to one of this host's
+/// sessions: learn (or forget) the resource's `+notify` interests.
+fn remote_presence(st: &Arc<State>, cx: &ModuleCx, session: &FullJid, stanza: &Stanza) {
+    if cx.is_local(stanza.from.domain().as_str()) {
+        return;
+    }
+    let Some(resource) = stanza.from.resource() else {
+        return;
+    };
+    let bare = stanza.from.to_bare();
+    match stanza.type_attr() {
+        None => {}
+        Some("unavailable") => {
+            if let Some(mut res) = st.remote.get_mut(bare.as_str()) {
+                res.remove(resource.as_str());
+                let empty = res.is_empty();
+                drop(res);
+                if empty {
+                    st.remote.remove_if(bare.as_str(), |_, r| r.is_empty());
+                }
+            }
+            return;
+        }
+        Some(_) => return,
+    }
+    let c = stanza.el.get_child("c", NS_CAPS);
+    let (node, ver, hash) = match c {
+        Some(c) => (
+            c.attr("node").unwrap_or(""),
+            c.attr("ver").unwrap_or(""),
+            c.attr("hash").unwrap_or(""),
+        ),
+        None => ("", "", ""),
+    };
+    let Ok(full) = bare.with_resource_str(resource.as_str()) else {
+        return;
+    };
+    let owner = session.to_bare();
+    // The same presence reaches every session of an account: once per
+    // account is enough.
+    if let Some(mut res) = st.remote.get_mut(bare.as_str())
+        && let Some(r) = res.get_mut(resource.as_str())
+        && r.ver == ver
+    {
+        if r.owners.insert(owner.clone())
+            && let Some(known) = r.notify.clone()
+        {
+            drop(res);
+            send_last_remote(st, cx, &full, vec![owner], known);
+        }
+        return;
+    }
+    if !st.remote.contains_key(bare.as_str()) && st.remote.len() >= MAX_REMOTE {
+        // Full: forget some other contact (it is learnt again from its
+        // next presence).
+        let victim = st.remote.iter().next().map(|e| e.key().clone());
+        if let Some(v) = victim {
+            st.remote.remove(&v);
+        }
+    }
+    let known = if ver.is_empty() {
+        Some(Arc::new(HashSet::new()))
+    } else if hash == "sha-1" {
+        VERIFIED.get(ver).map(|k| k.clone())
+    } else {
+        None
+    };
+    st.remote.entry(bare.to_string()).or_default().insert(
+        resource.to_string(),
+        RemoteResource {
+            ver: ver.to_string(),
+            notify: known.clone(),
+            owners: HashSet::from([owner.clone()]),
+        },
+    );
+    if let Some(known) = known {
+        send_last_remote(st, cx, &full, vec![owner], known);
+        return;
+    }
+    if st.remote_pending.len() >= MAX_PENDING_CAPS || node.is_empty() {
+        return;
+    }
+    let id = format!("caps-{:016x}", rand::random::<u64>());
+    st.remote_pending.insert(
+        id.clone(),
+        RemoteQuery {
+            full: full.clone(),
+            hash: hash.to_string(),
+            ver: ver.to_string(),
+        },
+    );
+    let mut iq = Element::bare("iq", ns::CLIENT);
+    set_attr(&mut iq, "type", "get");
+    set_attr(&mut iq, "id", id);
+    let mut q = Element::bare("query", ns::DISCO_INFO);
+    set_attr(&mut q, "node", format!("{node}#{ver}"));
+    iq.append_child(q);
+    // From the host itself: the answer comes back over federation to a
+    // domain the remote server authenticates us for.
+    let Ok(from) = Jid::new(&st.host) else {
+        return;
+    };
+    cx.route(Stanza::new(StanzaKind::Iq, from, Some(Jid::from(full)), iq));
+}
+
+/// An IQ answer to the host: `true` when it answers one of our remote
+/// capability queries (consumed).
+fn remote_caps_answer(st: &Arc<State>, cx: &ModuleCx, stanza: &Stanza) -> bool {
+    let Some(id) = stanza.id().filter(|i| i.starts_with("caps-")) else {
+        return false;
+    };
+    let Some((_, q)) = st.remote_pending.remove(id) else {
+        return false;
+    };
+    if stanza.from != Jid::from(q.full.clone()) || stanza.is_error() {
+        return true;
+    }
+    let Some(answer) = stanza.payload().filter(|a| a.is("query", ns::DISCO_INFO)) else {
+        return true;
+    };
+    let notify = notify_nodes(answer);
+    let verified = q.hash == "sha-1" && caps_ver(answer) == q.ver;
+    if verified && VERIFIED.len() < MAX_VERIFIED {
+        VERIFIED.insert(q.ver.clone(), notify.clone());
+    }
+    let owners: Vec<BareJid> = {
+        let Some(mut res) = st.remote.get_mut(q.full.to_bare().as_str()) else {
+            return true;
+        };
+        let Some(r) = res.get_mut(q.full.resource().as_str()) else {
+            return true;
+        };
+        if r.ver != q.ver {
+            // A newer presence changed its capabilities meanwhile.
+            return true;
+        }
+        r.notify = Some(notify.clone());
+        r.owners.iter().cloned().collect()
+    };
+    send_last_remote(st, cx, &q.full, owners, notify);
+    true
+}
+
+/// Send the remote resource `full` the last items of each of `owners`'
+/// nodes it asks for (XEP-0163 §4.3.4; access is checked per node).
+fn send_last_remote(
+    st: &Arc<State>,
+    cx: &ModuleCx,
+    full: &FullJid,
+    owners: Vec<BareJid>,
+    notify: Arc<HashSet<String>>,
+) {
+    if notify.is_empty() {
+        return;
+    }
+    for owner in owners {
+        let svc = ops::Svc {
+            st: st.clone(),
+            t: ops::Target {
+                key: owner.to_string(),
+                pep: Some(owner),
+            },
+            db: store::PubsubSql::of(cx),
+            cx: cx.clone(),
+        };
+        let (full, notify) = (full.clone(), notify.clone());
+        cx.spawn(async move {
+            if let Err(e) = svc.send_last(&full, &notify).await {
+                tracing::debug!(error = ?e, "sending last PEP items to a remote contact failed");
+            }
+        });
+    }
 }
 
 /// Record a session's interests; on the first (or a widened) set, send

@@ -558,10 +558,16 @@ impl Svc {
                 }
             }
             for b in people {
-                if bare_subs.contains(b.as_str()) || !self.cx.is_local(b.domain().as_str()) {
+                if bare_subs.contains(b.as_str()) {
                     continue;
                 }
-                let fulls = self.st.interested(&self.cx, &b, &n.name);
+                // Local contacts by their sessions; remote ones by the
+                // presence they sent here (over federation).
+                let fulls = if self.cx.is_local(b.domain().as_str()) {
+                    self.st.interested(&self.cx, &b, &n.name)
+                } else {
+                    self.st.remote_interested(&b, &n.name)
+                };
                 if fulls.is_empty() {
                     continue;
                 }
