@@ -2,16 +2,18 @@
 //! own loopback address and domain, federating with Palaver by dialback
 //! (plain TCP: none of them has a certificate the others trust). A Palaver
 //! user and a user of each complete a presence subscription both ways and
-//! exchange messages both ways.
+//! exchange messages both ways; then both remote users join a room on
+//! Palaver's MUC service (conference.pal.test) and exchange groupchat
+//! messages with the local occupant, and the Palaver user joins a room on
+//! ejabberd's (conference.ej.test) and on Prosody's (conference.pr.test)
+//! MUC service and does the same there. The servers' configurations are
+//! interop/s2s/ejabberd.yml and interop/s2s/prosody.cfg.lua.
 //!
 //! Needs the packages `ejabberd`, `prosody` and `lua-unbound`
 //! (`bash interop/s2s-setup.sh`). Without them the test prints a notice and
 //! passes, unless `CI` is set, where it fails. It binds port 5269 on
 //! 127.0.0.2 (ejabberd), 127.0.0.3 (Prosody) and 127.0.0.4 (Palaver), and
 //! 5222 on the first two.
-//!
-//! Joining a Palaver room from each server needs MUC (built on its own
-//! branch): that sub-test comes with MUC.
 
 mod common;
 
@@ -161,9 +163,7 @@ impl Ejabberd {
         open_dir(&dir);
         write(
             dir.join("ejabberd.yml"),
-            &format!(
-                "hosts: [ej.test]\nloglevel: info\ncertfiles: []\nlisten:\n  - port: 5222\n    ip: \"{EJ}\"\n    module: ejabberd_c2s\n    starttls: false\n  - port: 5269\n    ip: \"{EJ}\"\n    module: ejabberd_s2s_in\ns2s_use_starttls: false\ns2s_dns_timeout: 2\ns2s_dns_retries: 1\noutgoing_s2s_families: [ipv4]\nauth_method: internal\nauth_password_format: plain\nacl:\n  local:\n    user_regexp: \"\"\naccess_rules:\n  local:\n    allow: local\n  c2s:\n    allow: all\nmodules:\n  mod_roster: {{}}\n  mod_disco: {{}}\n  mod_ping: {{}}\n  mod_s2s_dialback: {{}}\n"
-            ),
+            &include_str!("../interop/s2s/ejabberd.yml").replace("@IP@", EJ),
         );
         // Erlang's resolver (ejabberd's s2s lookups are DNS only): the test's server.
         write(
@@ -228,14 +228,16 @@ impl Prosody {
     async fn start(dir: PathBuf) -> Prosody {
         open_dir(&dir);
         open_dir(&dir.join("data"));
-        write(dir.join("hosts"), &format!("{PAL} pal.test\n"));
-        let d = dir.display();
+        write(
+            dir.join("hosts"),
+            &format!("{PAL} pal.test\n{PAL} conference.pal.test\n"),
+        );
         let cfg = dir.join("prosody.cfg.lua");
         write(
             cfg.clone(),
-            &format!(
-                "pidfile = \"{d}/prosody.pid\"\ndata_path = \"{d}/data\"\nrun_as_root = true\ndaemonize = false\ninterfaces = {{ \"{PR}\" }}\nc2s_ports = {{ 5222 }}\ns2s_ports = {{ 5269 }}\ns2s_require_encryption = false\ns2s_secure_auth = false\nc2s_require_encryption = false\nallow_unencrypted_plain_auth = true\nauthentication = \"internal_plain\"\nunbound = {{ hoststxt = \"{d}/hosts\" }}\nlog = {{ debug = \"{d}/prosody.log\" }}\nmodules_enabled = {{ \"roster\"; \"saslauth\"; \"dialback\"; \"disco\"; \"ping\" }}\nVirtualHost \"pr.test\"\n"
-            ),
+            &include_str!("../interop/s2s/prosody.cfg.lua")
+                .replace("@DIR@", &dir.display().to_string())
+                .replace("@IP@", PR),
         );
         let st = std::process::Command::new(PROSODYCTL)
             .arg("--config")
@@ -341,6 +343,56 @@ async fn converse(alice: &mut RawTcp, eve: &mut RawTcp, domain: &str) {
     assert!(m.contains(&format!("from='{eve_jid}/r'")), "{m}");
 }
 
+/// Join `room` as `nick`; returns what came up to the subject (the last
+/// thing a joiner gets, XEP-0045 §7.2.15).
+async fn join_room(c: &mut RawTcp, room: &str, nick: &str) -> String {
+    c.send(&format!(
+        "<presence to='{room}/{nick}'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+    ))
+    .await;
+    let got = until_all(c, &["<subject"]).await;
+    assert!(!got.contains("type='error'"), "{got}");
+    got
+}
+
+/// `owner` makes `room` an instant room (§10.1.2).
+async fn instant_room(owner: &mut RawTcp, room: &str, nick: &str) {
+    join_room(owner, room, nick).await;
+    owner
+        .send(&format!("<iq type='set' id='inst' to='{room}'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'/></query></iq>"))
+        .await;
+    let r = until_all(owner, &["id='inst'"]).await;
+    let iq = &r[r.rfind("<iq").unwrap_or(0)..];
+    assert!(iq.contains("type='result'"), "{r}");
+}
+
+/// `guest` (of another server than the room's) joins `room`, where
+/// `owner` is; a groupchat message each way.
+async fn guest_in_room(
+    owner: &mut RawTcp,
+    guest: &mut RawTcp,
+    room: &str,
+    o_nick: &str,
+    g_nick: &str,
+) {
+    join_room(guest, room, g_nick).await;
+    until_all(owner, &[&format!("from='{room}/{g_nick}'")]).await;
+    owner
+        .send(&format!(
+            "<message to='{room}' type='groupchat' id='w-{g_nick}'><body>welcome {g_nick}</body></message>"
+        ))
+        .await;
+    let m = until_all(guest, &[&format!("welcome {g_nick}</body>")]).await;
+    assert!(m.contains(&format!("from='{room}/{o_nick}'")), "{m}");
+    guest
+        .send(&format!(
+            "<message to='{room}' type='groupchat' id='h-{g_nick}'><body>hello from {g_nick}</body></message>"
+        ))
+        .await;
+    let m = until_all(owner, &[&format!("hello from {g_nick}</body>")]).await;
+    assert!(m.contains(&format!("from='{room}/{g_nick}'")), "{m}");
+}
+
 /// The servers' logs stay when the test fails (their path is printed).
 struct KeepOnPanic(Option<tempfile::TempDir>);
 
@@ -376,7 +428,7 @@ async fn ejabberd_and_prosody_federate_with_palaver() {
     let dir = KeepOnPanic(Some(dir));
     eprintln!("s2s_interop: logs under {}", dir.path().display());
     let text = format!(
-        "hosts: [pal.test]\nloglevel: info\ndata_dir: {d}/palaver\nlisten:\n  - port: 0\n    ip: {PAL}\n    module: c2s\n    allow_plain_without_tls: true\n  - port: 5269\n    ip: {PAL}\n    module: ejabberd_s2s_in\ns2s_hosts:\n  ej.test: '{EJ}:5269'\n  pr.test: '{PR}:5269'\n",
+        "hosts: [pal.test]\nloglevel: info\ndata_dir: {d}/palaver\nlisten:\n  - port: 0\n    ip: {PAL}\n    module: c2s\n    allow_plain_without_tls: true\n  - port: 5269\n    ip: {PAL}\n    module: ejabberd_s2s_in\ns2s_hosts:\n  ej.test: '{EJ}:5269'\n  conference.ej.test: '{EJ}:5269'\n  pr.test: '{PR}:5269'\n  conference.pr.test: '{PR}:5269'\n",
         d = dir.path().display()
     );
     let config = Config::parse(&text).expect("config");
@@ -395,6 +447,7 @@ async fn ejabberd_and_prosody_federate_with_palaver() {
     let c2s = server.c2s_addr().expect("c2s");
     let (dns_port, dns) = dns_server(vec![
         ("pal.test".into(), [127, 0, 0, 4]),
+        ("conference.pal.test".into(), [127, 0, 0, 4]),
         ("ej.test".into(), [127, 0, 0, 2]),
         ("pr.test".into(), [127, 0, 0, 3]),
     ])
@@ -403,20 +456,38 @@ async fn ejabberd_and_prosody_federate_with_palaver() {
     let prosody = Prosody::start(dir.path().join("prosody")).await;
 
     let mut alice = online(c2s, "alice", "pal.test").await;
-    let mut eve = online(
+    let mut eve_ej = online(
         format!("{EJ}:5222").parse().expect("addr"),
         "eve",
         "ej.test",
     )
     .await;
-    converse(&mut alice, &mut eve, "ej.test").await;
-    let mut eve = online(
+    converse(&mut alice, &mut eve_ej, "ej.test").await;
+    let mut eve_pr = online(
         format!("{PR}:5222").parse().expect("addr"),
         "eve",
         "pr.test",
     )
     .await;
-    converse(&mut alice, &mut eve, "pr.test").await;
+    converse(&mut alice, &mut eve_pr, "pr.test").await;
+
+    // A room on Palaver with a user of each server in it.
+    let lobby = "lobby@conference.pal.test";
+    instant_room(&mut alice, lobby, "Alice").await;
+    guest_in_room(&mut alice, &mut eve_ej, lobby, "Alice", "EveEj").await;
+    guest_in_room(&mut alice, &mut eve_pr, lobby, "Alice", "EvePr").await;
+    // The ejabberd user got the Prosody user's message through the room.
+    let m = until_all(&mut eve_ej, &["hello from EvePr</body>"]).await;
+    assert!(m.contains(&format!("from='{lobby}/EvePr'")), "{m}");
+
+    // The Palaver user in a room on each of the others.
+    for (eve, room) in [
+        (&mut eve_ej, "den@conference.ej.test"),
+        (&mut eve_pr, "den@conference.pr.test"),
+    ] {
+        instant_room(eve, room, "Eve").await;
+        guest_in_room(eve, &mut alice, room, "Eve", "Alice").await;
+    }
 
     drop(prosody);
     drop(ejabberd);
