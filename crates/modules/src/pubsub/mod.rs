@@ -742,7 +742,7 @@ fn remote_caps_answer(st: &Arc<State>, cx: &ModuleCx, stanza: &Stanza) -> bool {
     let Some((_, q)) = st.remote_pending.remove(id) else {
         return false;
     };
-    if stanza.from != Jid::from(q.full.clone()) || stanza.is_error() {
+    if stanza.from != q.full || stanza.is_error() {
         return true;
     }
     let Some(answer) = stanza.payload().filter(|a| a.is("query", ns::DISCO_INFO)) else {
