@@ -20,6 +20,8 @@ struct Node {
     components: Vec<SocketAddr>,
     fed: std::sync::Arc<palaver_s2s::S2s>,
     _dir: tempfile::TempDir,
+    /// The node's own PostgreSQL database (`PALAVER_TEST_BACKEND=pgsql`).
+    _pg: Option<palaver_storage::postgres::testdb::TestDb>,
 }
 
 impl Node {
@@ -85,6 +87,11 @@ async fn node_dns(
         "hosts: [{domain}]\nloglevel: warning\ndata_dir: {d}\nlisten:\n  - port: 0\n    ip: 127.0.0.1\n    module: c2s\n    allow_plain_without_tls: true\n  - port: {s2s_port}\n    ip: 127.0.0.1\n    module: ejabberd_s2s_in\n{extra_listen}{extra}",
         d = dir.path().display()
     );
+    let pg = common::suite_db().await;
+    let text = match &pg {
+        Some(db) => format!("{text}{}", common::pg_keys(&db.url)),
+        None => text,
+    };
     let config = Config::parse(&text).expect("config");
     let mut server = Server::start(config, &palaver_modules::registry())
         .await
@@ -106,6 +113,7 @@ async fn node_dns(
         fed: started.s2s.clone(),
         server: Some(server),
         _dir: dir,
+        _pg: pg,
     }
 }
 
@@ -208,6 +216,29 @@ async fn converse(a: &Node, b: &Node) {
     .await;
     let m = alice.until("hello from b</body>").await;
     assert!(m.contains("from='bob@b.test/r'"), "{m}");
+    // IQs across: alice reads bob's vCard, b.test's disco#info and
+    // software version.
+    bob.send("<iq type='set' id='v1'><vCard xmlns='vcard-temp'><FN>Bob of B</FN></vCard></iq>")
+        .await;
+    bob.until("id='v1'").await;
+    alice
+        .send("<iq to='bob@b.test' type='get' id='v2'><vCard xmlns='vcard-temp'/></iq>")
+        .await;
+    let v = alice.until("</iq>").await;
+    assert!(v.contains("id='v2'") && v.contains("Bob of B</FN>"), "{v}");
+    alice
+        .send("<iq to='b.test' type='get' id='d1'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+        .await;
+    let d = alice.until("</iq>").await;
+    assert!(
+        d.contains("id='d1'") && d.contains("type='result'") && d.contains("urn:xmpp:ping"),
+        "{d}"
+    );
+    alice
+        .send("<iq to='b.test' type='get' id='ver1'><query xmlns='jabber:iq:version'/></iq>")
+        .await;
+    let v = alice.until("</iq>").await;
+    assert!(v.contains("id='ver1'") && v.contains("<name>"), "{v}");
     // An IQ across: bob pings a.test itself.
     bob.send("<iq to='a.test' type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>")
         .await;
@@ -353,33 +384,7 @@ async fn dialback_only_without_tls() {
 /// streams can only authenticate with SASL EXTERNAL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_and_sasl_external_with_a_test_ca() {
-    use rcgen::{
-        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    };
-    let pki = tempfile::tempdir().expect("tempdir");
-    let ca_key = KeyPair::generate().expect("key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "Palaver test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).expect("ca");
-    let issuer = Issuer::new(ca_params, ca_key);
-    std::fs::write(pki.path().join("ca.pem"), ca_cert.pem()).expect("write");
-    for d in ["a.test", "b.test"] {
-        let key = KeyPair::generate().expect("key");
-        let mut p = CertificateParams::new(vec![d.to_string()]).expect("params");
-        p.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let cert = p.signed_by(&key, &issuer).expect("sign");
-        std::fs::write(
-            pki.path().join(format!("{d}.pem")),
-            format!("{}{}", cert.pem(), key.serialize_pem()),
-        )
-        .expect("write");
-    }
+    let pki = test_pki(&["a.test", "b.test"]);
     let opts = |d: &str| {
         format!(
             "s2s_use_starttls: required\ns2s_dialback: false\ns2s_cafile: {p}/ca.pem\ncertfiles:\n  - {p}/{d}.pem\n",
@@ -1235,31 +1240,46 @@ async fn carbons_of_remote_conversations() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archive_of_remote_conversations() {
     let (a, b) = pair(
-        "modules:\n  mod_disco: {}\n  mod_roster: {}\n  mod_ping: {}\n  mod_mam: {}\n",
+        "modules:\n  mod_disco: {}\n  mod_roster: {}\n  mod_ping: {}\n  mod_stream_mgmt: {}\n  mod_mam: {}\n",
         "",
     )
     .await;
     befriend_across(&a, &b).await;
     let mut alice = online(a.c2s, "alice", "a.test").await;
     let mut bob = online(b.c2s, "bob", "b.test").await;
+    // With XEP-0198, alice's <a/> counts her message once it is archived.
+    alice.send("<enable xmlns='urn:xmpp:sm:3'/>").await;
+    alice.until("<enabled").await;
     alice
-        .send("<message to='bob@b.test' type='chat' id='a1'><body>archived out</body></message>")
+        .send("<message to='bob@b.test' type='chat' id='a1'><body>archived out</body></message><r xmlns='urn:xmpp:sm:3'/>")
         .await;
+    alice.until("<a xmlns='urn:xmpp:sm:3' h='1'/>").await;
     bob.until("archived out</body>").await;
     bob.send("<message to='alice@a.test' type='chat' id='b1'><body>archived in</body></message>")
         .await;
     alice.until("archived in</body>").await;
-    alice
-        .send("<iq type='set' id='q1'><query xmlns='urn:xmpp:mam:2' queryid='f1'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>urn:xmpp:mam:2</value></field><field var='with'><value>bob@b.test</value></field></x></query></iq>")
-        .await;
-    let all = alice.until("</iq>").await;
-    assert!(
-        all.contains("<fin") && all.contains("complete='true'"),
-        "{all}"
-    );
-    let out = all.find("archived out").expect("outgoing message archived");
-    let inn = all.find("archived in").expect("incoming message archived");
-    assert!(out < inn, "{all}");
+    // The received message is archived beside its delivery (no event
+    // tells when): ask until it is there.
+    let deadline = tokio::time::Instant::now() + common::TIMEOUT;
+    let mut n = 0;
+    let all = loop {
+        n += 1;
+        alice
+            .send(&format!("<iq type='set' id='q{n}'><query xmlns='urn:xmpp:mam:2' queryid='f1'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>urn:xmpp:mam:2</value></field><field var='with'><value>bob@b.test</value></field></x></query></iq>"))
+            .await;
+        let mut all = alice.until(&format!("id='q{n}'")).await;
+        all.push_str(&alice.until("</iq>").await);
+        if all.contains("archived in</body>") || tokio::time::Instant::now() > deadline {
+            break all;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    // Both directions. Their order is not checked: mod_mam gives a sent
+    // message its archive id when its user_sent hook runs, after routing,
+    // so a quick answer can get the earlier id.
+    assert!(all.contains("archived out</body>"), "{all}");
+    assert!(all.contains("archived in</body>"), "{all}");
+    assert!(all.contains("<count>2</count>"), "{all}");
     assert!(
         all.contains("queryid='f1'") && all.contains("from='bob@b.test/r'"),
         "{all}"
@@ -1349,4 +1369,83 @@ async fn room_exchange(
     assert!(m.contains(&format!("from='{room}/{g_nick}'")), "{m}");
     // The guest's own message comes back to it from the room (§7.4).
     guest.until(&format!("thanks {o_nick}</body>")).await;
+}
+
+/// A CA made here (`ca.pem`) and, for each name, `NAME.pem` with a
+/// certificate it signed for the name and the key.
+fn test_pki(names: &[&str]) -> tempfile::TempDir {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
+    let pki = tempfile::tempdir().expect("tempdir");
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Palaver test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca");
+    let issuer = Issuer::new(ca_params, ca_key);
+    std::fs::write(pki.path().join("ca.pem"), ca_cert.pem()).expect("write");
+    for d in names {
+        let key = KeyPair::generate().expect("key");
+        let mut p = CertificateParams::new(vec![d.to_string()]).expect("params");
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = p.signed_by(&key, &issuer).expect("sign");
+        std::fs::write(
+            pki.path().join(format!("{d}.pem")),
+            format!("{}{}", cert.pem(), key.serialize_pem()),
+        )
+        .expect("write");
+    }
+    pki
+}
+
+/// Streams authenticated by SASL EXTERNAL carry one sender domain (RFC
+/// 6120 §6.4.6): with certificates from a trusted CA for a.test and c.test
+/// (served by one instance) and dialback off, each has its own stream to
+/// b.test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_external_streams_are_not_multiplexed() {
+    let pki = test_pki(&["a.test", "b.test", "c.test"]);
+    let p = pki.path().display();
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(
+        "a.test, c.test",
+        pa,
+        &format!("s2s_use_starttls: required\ns2s_dialback: false\ns2s_cafile: {p}/ca.pem\ncertfiles:\n  - {p}/a.test.pem\n  - {p}/c.test.pem\ns2s_hosts:\n  b.test: '127.0.0.1:{pb}'\n"),
+        "",
+    )
+    .await;
+    let b = node(
+        "b.test",
+        pb,
+        &format!("s2s_use_starttls: required\ns2s_dialback: false\ns2s_cafile: {p}/ca.pem\ncertfiles:\n  - {p}/b.test.pem\ns2s_hosts:\n  a.test: '127.0.0.1:{pa}'\n  c.test: '127.0.0.1:{pa}'\n"),
+        "",
+    )
+    .await;
+    a.add_user("alice", "a.test").await;
+    a.add_user("carol", "c.test").await;
+    b.add_user("bob", "b.test").await;
+    let mut alice = online(a.c2s, "alice", "a.test").await;
+    let mut carol = online(a.c2s, "carol", "c.test").await;
+    let mut bob = online(b.c2s, "bob", "b.test").await;
+    alice
+        .send("<message to='bob@b.test' type='chat'><body>over the stream of a</body></message>")
+        .await;
+    bob.until("over the stream of a</body>").await;
+    carol
+        .send("<message to='bob@b.test' type='chat'><body>over the stream of c</body></message>")
+        .await;
+    let m = bob.until("over the stream of c</body>").await;
+    assert!(m.contains("from='carol@c.test/r'"), "{m}");
+    assert_eq!(a.fed.out.streams(), 2);
+    bob.send("<message to='carol@c.test/r' type='chat'><body>back to c</body></message>")
+        .await;
+    carol.until("back to c</body>").await;
+    a.stop().await;
+    b.stop().await;
 }

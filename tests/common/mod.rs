@@ -43,7 +43,7 @@ pub fn pg_keys(url: &str) -> String {
 }
 
 /// A fresh database for one server when the suite runs on PostgreSQL.
-async fn suite_db() -> Option<palaver_storage::postgres::testdb::TestDb> {
+pub async fn suite_db() -> Option<palaver_storage::postgres::testdb::TestDb> {
     if !backend_is_pg() {
         return None;
     }
