@@ -637,6 +637,14 @@ fn remote_presence(st: &Arc<State>, cx: &ModuleCx, session: &FullJid, stanza: &S
     let Some(resource) = stanza.from.resource() else {
         return;
     };
+    // Occupants of remote rooms are no contacts (and are not asked
+    // through the room).
+    if stanza
+        .el
+        .has_child("x", "http://jabber.org/protocol/muc#user")
+    {
+        return;
+    }
     let bare = stanza.from.to_bare();
     match stanza.type_attr() {
         None => {}
