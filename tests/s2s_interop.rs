@@ -435,7 +435,10 @@ async fn ejabberd_and_prosody_federate_with_palaver() {
     let mut server = Server::start(config, &palaver_modules::registry())
         .await
         .expect("palaver starts");
-    palaver_s2s::start(&mut server).await.expect("s2s starts");
+    let fed = palaver_s2s::start(&mut server)
+        .await
+        .expect("s2s starts")
+        .s2s;
     let creds = palaver_server::auth::derive_all("pw", 4096);
     server
         .core
@@ -479,6 +482,17 @@ async fn ejabberd_and_prosody_federate_with_palaver() {
     // The ejabberd user got the Prosody user's message through the room.
     let m = until_all(&mut eve_ej, &["hello from EvePr</body>"]).await;
     assert!(m.contains(&format!("from='{lobby}/EvePr'")), "{m}");
+    // The room's stanzas went over the streams pal.test had opened: both
+    // servers accepted conference.pal.test multiplexed on them (XEP-0220).
+    for remote in ["ej.test", "pr.test"] {
+        let host = fed.out.stream_of("pal.test", remote);
+        assert!(host.is_some(), "no stream to {remote}");
+        assert_eq!(
+            fed.out.stream_of("conference.pal.test", remote),
+            host,
+            "conference.pal.test has a stream of its own to {remote}"
+        );
+    }
 
     // The Palaver user in a room on each of the others.
     for (eve, room) in [

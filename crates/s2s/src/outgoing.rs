@@ -102,6 +102,15 @@ impl Outgoing {
         v
     }
 
+    /// Which outgoing stream carries the pair (`local`, `remote`), if one
+    /// does: pairs with the same number share a stream.
+    pub fn stream_of(&self, local: &str, remote: &str) -> Option<u64> {
+        match self.lock().get(&(local.to_string(), remote.to_string())) {
+            Some(Pair::Up { generation, .. }) => Some(*generation),
+            _ => None,
+        }
+    }
+
     /// Outgoing streams open or opening (several pairs may share one).
     pub fn streams(&self) -> usize {
         let pairs = self.lock();
