@@ -455,6 +455,10 @@ async fn run(
                         bounce(&s2s, &st, Condition::RemoteServerNotFound, "the connection to the remote server failed");
                         break "write failed";
                     }
+                } else if conn.refused().contains(&from) {
+                    // Queued before the pair left this stream: it has one
+                    // of its own now.
+                    send(&s2s, st);
                 } else if let Some(w) = senders.waiting.get_mut(&from) {
                     if w.queue.len() >= s2s.cfg.queue_limit {
                         bounce(&s2s, &st, Condition::ResourceConstraint, "too many stanzas queued for the remote server");
