@@ -1448,3 +1448,57 @@ async fn sasl_external_streams_are_not_multiplexed() {
     a.stop().await;
     b.stop().await;
 }
+
+/// XEP-0220 §2.1.1: a peer that answers our dialback key `invalid` gets
+/// the queued stanzas bounced with `internal-server-error`; one that
+/// answers a dialback error, with `remote-server-timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialback_refusals_bounce_with_their_conditions() {
+    let peer = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let peer_addr = peer.local_addr().expect("addr");
+    let a = node(
+        "a.test",
+        free_port(),
+        &format!("s2s_hosts:\n  r.test: '{peer_addr}'\n  q.test: '{peer_addr}'\n"),
+        "",
+    )
+    .await;
+    a.add_user("alice", "a.test").await;
+    let mut alice = online(a.c2s, "alice", "a.test").await;
+    for (domain, answer, cond) in [
+        ("r.test", "type='invalid'/>", "internal-server-error"),
+        (
+            "q.test",
+            "type='error'><error type='cancel'><remote-server-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></db:result>",
+            "remote-server-timeout",
+        ),
+    ] {
+        alice
+            .send(&format!(
+                "<message to='x@{domain}' id='z-{domain}'><body>hi</body></message>"
+            ))
+            .await;
+        let (s, _) = tokio::time::timeout(common::TIMEOUT, peer.accept())
+            .await
+            .expect("a connection in time")
+            .expect("accept");
+        let mut p = Raw {
+            s,
+            buf: String::new(),
+        };
+        p.until("<stream:stream").await;
+        p.until(">").await;
+        p.send(&format!("<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='{domain}' id='s1' version='1.0'><stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>")).await;
+        p.until("</db:result>").await;
+        p.send(&format!("<db:result from='{domain}' to='a.test' {answer}"))
+            .await;
+        let e = alice.until("</message>").await;
+        assert!(
+            e.contains(&format!("id='z-{domain}'"))
+                && e.contains("type='error'")
+                && e.contains(cond),
+            "{e}"
+        );
+    }
+    a.stop().await;
+}

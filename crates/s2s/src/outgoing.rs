@@ -404,14 +404,7 @@ async fn run(
     } = match tokio::time::timeout(limit, connect(&s2s, local, remote)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            return fail(
-                &s2s,
-                &key,
-                generation,
-                &mut rx,
-                Condition::RemoteServerNotFound,
-                &e,
-            );
+            return fail(&s2s, &key, generation, &mut rx, e.cond, &e.why);
         }
         Err(_) => {
             return fail(
@@ -785,8 +778,30 @@ struct Authed {
     sasl: bool,
 }
 
+/// Why a stream could not be set up, with the stanza error its queued
+/// stanzas get.
+struct ConnectError {
+    cond: Condition,
+    why: String,
+}
+
+impl From<String> for ConnectError {
+    fn from(why: String) -> Self {
+        ConnectError {
+            cond: Condition::RemoteServerNotFound,
+            why,
+        }
+    }
+}
+
+impl From<&str> for ConnectError {
+    fn from(why: &str) -> Self {
+        why.to_string().into()
+    }
+}
+
 /// Open and authenticate a stream from `local` to `remote`.
-async fn connect(s2s: &S2s, local: &str, remote: &str) -> Result<Authed, String> {
+async fn connect(s2s: &S2s, local: &str, remote: &str) -> Result<Authed, ConnectError> {
     let mut o = open(s2s, local, remote).await?;
     let e = |e: StreamEnd| e.to_string();
     let valid = o.stream.is_tls()
@@ -817,7 +832,7 @@ async fn connect(s2s: &S2s, local: &str, remote: &str) -> Result<Authed, String>
                     .await
                     .map_err(e)?;
                 if !f.is("features", ns::STREAM) {
-                    return Err(stream_error_text(&f));
+                    return Err(stream_error_text(&f).into());
                 }
             }
             tracing::debug!(%local, %remote, "s2s authenticated with SASL EXTERNAL");
@@ -855,12 +870,21 @@ async fn connect(s2s: &S2s, local: &str, remote: &str) -> Result<Authed, String>
                     id: o.id,
                     sasl: false,
                 }),
-                Some(t) => Err(format!("dialback {t}")),
+                // XEP-0220 §2.1.1: `invalid` → internal-server-error, a
+                // dialback error → remote-server-timeout.
+                Some("invalid") => Err(ConnectError {
+                    cond: Condition::InternalServerError,
+                    why: "the remote server did not accept our dialback key".into(),
+                }),
+                Some(t) => Err(ConnectError {
+                    cond: Condition::RemoteServerTimeout,
+                    why: format!("dialback {t}"),
+                }),
                 None => Err("dialback answer without type".into()),
             };
         }
         if r.is("error", ns::STREAM) {
-            return Err(stream_error_text(&r));
+            return Err(stream_error_text(&r).into());
         }
     }
 }
