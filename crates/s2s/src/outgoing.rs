@@ -271,6 +271,7 @@ async fn run(s2s: Arc<S2s>, key: Key, generation: u64, mut rx: mpsc::Receiver<St
         }
     };
     tracing::info!(%local, %remote, "s2s outgoing stream established");
+    let _connected = crate::Connected::new("out");
     let opened = Instant::now();
     let idle = s2s.idle();
     let mut shutdown = s2s.core.shutdown_signal();
