@@ -310,8 +310,17 @@ async fn openapi_document_is_generated_from_the_table() {
         let props = &op["requestBody"]["content"]["application/json"]["schema"]["properties"];
         for a in c.args {
             assert!(props[a.name].is_object(), "{}: {}", c.name, a.name);
+            if let Some(old) = a.old_name {
+                assert_eq!(props[old]["deprecated"], true, "{}: {old}", c.name);
+            }
         }
     }
+    let room = &doc["paths"]["/api/create_room"]["post"];
+    assert_eq!(room["tags"], json!(["muc"]));
+    assert_eq!(
+        room["requestBody"]["content"]["application/json"]["schema"]["required"],
+        json!(["room", "service", "host"])
+    );
     api.srv.stop().await;
 }
 
@@ -790,6 +799,25 @@ async fn room_commands() {
     );
     let opts = api.ok("get_room_options", room("lobby")).await;
     assert_eq!(opt(&opts, "persistent"), "true");
+    // Stored before the command answered.
+    let cx = api.srv.core().cx_of(DOMAIN).expect("host");
+    let store = palaver_modules::muc::store::MucSql::of(&cx);
+    let stored = || {
+        let store = &store;
+        async move {
+            store
+                .rooms(SVC)
+                .await
+                .expect("stored rooms")
+                .into_iter()
+                .map(|r| (r.name, r.config))
+                .collect::<Vec<_>>()
+        }
+    };
+    let rows = stored().await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].0, "lobby");
+    assert!(rows[0].1.contains("The Lobby"), "{rows:?}");
     assert_eq!(
         api.ok("change_room_option", change("members_only", "true"))
             .await,
@@ -917,6 +945,9 @@ async fn room_commands() {
         .expect_err("unknown room");
     assert_eq!(e.code, palaver_admin::ErrorCode::NotFound);
     assert_eq!(ctl(&["destroy_room", "ctlroom", SVC]).await, Ok(json!(0)));
+    // Destroying the persistent room deletes it from the store.
+    assert_eq!(ctl(&["destroy_room", "lobby", SVC]).await, Ok(json!(0)));
+    assert_eq!(stored().await, vec![]);
     api.srv.stop().await;
 }
 
