@@ -809,6 +809,11 @@ fn bad_auth_config_is_refused() {
         ("auth_method: ldap\n", "not supported"),
         ("auth_method: [http, external]\n", "one method"),
         ("auth_opts: {url: ftp://x}\n", "http"),
+        (
+            "auth_method: http\nauth_opts: {url: http://x, scram: [md5]}\n",
+            "sha1, sha256 or sha512",
+        ),
+        ("auth_method: jwt\njwt_key: /dev/null\n", "jwt_key"),
     ] {
         let cfg = format!("hosts: [a.test]\n{text}");
         let err = match palaver_server::Config::parse(&cfg) {
