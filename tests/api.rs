@@ -818,6 +818,13 @@ async fn room_commands() {
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].0, "lobby");
     assert!(rows[0].1.contains("The Lobby"), "{rows:?}");
+    // The module's store is timed like the server's.
+    let (_, _, metrics) = http_request(api.srv.http_addr, "GET", "/metrics", "", b"").await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("palaver_store_seconds_count{store=\"muc\",op=\"save\"}"),
+        "{metrics}"
+    );
     assert_eq!(
         api.ok("change_room_option", change("members_only", "true"))
             .await,

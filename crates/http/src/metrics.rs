@@ -6,7 +6,8 @@
 //! (stanzas waiting in the sessions' queues) and
 //! `palaver_session_queue_longest{host}` (the longest queue),
 //! `palaver_s2s_connections{direction}` (`in`, `out`),
-//! `palaver_store_seconds{store, op}` (histogram of each storage call) and
+//! `palaver_store_seconds{store, op}` (histogram of each call of the
+//! server's stores and of the module stores that use `palaver_storage::timed`) and
 //! `palaver_store_errors_total{store, op}`, `palaver_uptime_seconds`,
 //! `palaver_build_info{version}`, `palaver_stanzas_routed_total{kind}`,
 //! `palaver_stanzas_delivered_total{kind}`, `palaver_auth_total{method,

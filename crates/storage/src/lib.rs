@@ -18,6 +18,7 @@ pub use error::StorageError;
 pub use im::*;
 use palaver_proto::sasl::{ScramCredentials, ScramHash};
 use std::sync::Arc;
+pub use timed::timed;
 
 /// Result alias for storage calls.
 pub type Result<T> = std::result::Result<T, StorageError>;

@@ -11,6 +11,25 @@ use async_trait::async_trait;
 use palaver_proto::sasl::{ScramCredentials, ScramHash};
 use std::sync::Arc;
 
+/// Time one call of a module's own store (beside its module, over
+/// [`crate::Db`]) into `palaver_store_seconds{store, op}` and count its
+/// failure in `palaver_store_errors_total{store, op}`, as the server's
+/// stores are.
+pub async fn timed<T>(
+    store: &'static str,
+    op: &'static str,
+    call: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let started = std::time::Instant::now();
+    let r = call.await;
+    metrics::histogram!("palaver_store_seconds", "store" => store, "op" => op)
+        .record(started.elapsed().as_secs_f64());
+    if r.is_err() {
+        metrics::counter!("palaver_store_errors_total", "store" => store, "op" => op).increment(1);
+    }
+    r
+}
+
 /// A backend whose every call is timed.
 pub(crate) struct Timed<B>(pub(crate) Arc<B>);
 
