@@ -3,6 +3,8 @@
 //! unknown user, unauthenticated and forbidden cases; tokens, basic auth,
 //! the `api_access` address rule, the OpenAPI document.
 mod common;
+#[path = "common/transports.rs"]
+mod transports;
 use base64::Engine;
 use common::*;
 use serde_json::{Value, json};
@@ -308,8 +310,17 @@ async fn openapi_document_is_generated_from_the_table() {
         let props = &op["requestBody"]["content"]["application/json"]["schema"]["properties"];
         for a in c.args {
             assert!(props[a.name].is_object(), "{}: {}", c.name, a.name);
+            if let Some(old) = a.old_name {
+                assert_eq!(props[old]["deprecated"], true, "{}: {old}", c.name);
+            }
         }
     }
+    let room = &doc["paths"]["/api/create_room"]["post"];
+    assert_eq!(room["tags"], json!(["muc"]));
+    assert_eq!(
+        room["requestBody"]["content"]["application/json"]["schema"]["required"],
+        json!(["room", "service", "host"])
+    );
     api.srv.stop().await;
 }
 
@@ -643,5 +654,383 @@ async fn session_roster_and_stanza_commands() {
         json!({"num_resources": 0})
     );
     assert_eq!(api.status("kick_user", json!({})).await, 400);
+    api.srv.stop().await;
+}
+
+const SVC: &str = "conference.localhost";
+
+fn room(name: &str) -> Value {
+    json!({"room": name, "service": SVC})
+}
+
+/// The room commands (ejabberd's mod_muc_admin names) on the live MUC
+/// rooms: a room created by the API is joinable, options change what
+/// occupants see, destroying it tells its occupants; over REST and over
+/// the control channel `palaver ctl` uses.
+#[tokio::test]
+async fn room_commands() {
+    let mut api = Api::start().await;
+    let create = |r: &str| json!({"room": r, "service": SVC, "host": DOMAIN});
+    assert_eq!(api.ok("create_room", create("lobby")).await, json!(0));
+    // ejabberd's earlier argument name `name`; the name is nodeprepped.
+    assert_eq!(
+        api.ok(
+            "create_room",
+            json!({"name": "Hall", "service": SVC, "host": DOMAIN})
+        )
+        .await,
+        json!(0)
+    );
+    assert_eq!(api.status("create_room", create("lobby")).await, 409);
+    // Bad arguments.
+    for bad in [
+        json!({"room": "x", "service": SVC}),
+        json!({"room": "x", "service": "nothere.localhost", "host": DOMAIN}),
+        json!({"room": "x", "service": SVC, "host": DOMAIN2}),
+        json!({"room": "a b", "service": SVC, "host": DOMAIN}),
+        json!({"room": "a@b", "service": SVC, "host": DOMAIN}),
+        json!({"room": "x", "name": "y", "service": SVC, "host": DOMAIN}),
+    ] {
+        let (s, v) = api.call("create_room", bad.clone()).await;
+        assert_eq!(s, 400, "{bad}: {v}");
+    }
+    // muc_online_rooms: a service, a virtual host (the old `host`), global.
+    let both = json!(["hall@conference.localhost", "lobby@conference.localhost"]);
+    assert_eq!(
+        api.ok("muc_online_rooms", json!({"service": SVC})).await,
+        both
+    );
+    assert_eq!(
+        api.ok("muc_online_rooms", json!({"service": "global"}))
+            .await,
+        both
+    );
+    assert_eq!(
+        api.ok("muc_online_rooms", json!({"host": DOMAIN})).await,
+        both
+    );
+    assert_eq!(
+        api.ok(
+            "muc_online_rooms",
+            json!({"service": "conference.example.test"})
+        )
+        .await,
+        json!([])
+    );
+    assert_eq!(
+        api.status("muc_online_rooms", json!({"service": "nope.test"}))
+            .await,
+        400
+    );
+    assert_eq!(api.status("muc_online_rooms", json!({})).await, 400);
+
+    // A client joins the room the API created: open at once, not new to it.
+    let mut alice = raw_login(api.srv.addr, "alice", DOMAIN, "alicepw", "r1").await;
+    alice
+        .send("<presence to='lobby@conference.localhost/Al'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
+        .await;
+    let joined = alice.until("code='110'").await;
+    assert!(!joined.contains("code='201'"), "not a new room: {joined}");
+    alice.until("</presence>").await;
+    assert_eq!(
+        api.ok("get_room_occupants", room("lobby")).await,
+        json!([{"jid": "alice@localhost/r1", "nick": "Al", "role": "participant"}])
+    );
+    assert_eq!(api.ok("get_room_occupants", room("hall")).await, json!([]));
+    assert_eq!(api.status("get_room_occupants", room("nope")).await, 404);
+    assert_eq!(
+        api.status("get_room_occupants", json!({"room": "lobby"}))
+            .await,
+        400
+    );
+
+    // Options, with ejabberd's names.
+    let opts = api.ok("get_room_options", room("lobby")).await;
+    let opt = |o: &Value, n: &str| -> Value {
+        o.as_array()
+            .expect("list")
+            .iter()
+            .find(|x| x["name"] == n)
+            .map(|x| x["value"].clone())
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(opt(&opts, "members_only"), "false");
+    assert_eq!(opt(&opts, "max_users"), "200");
+    assert_eq!(opt(&opts, "title"), "");
+    assert_eq!(api.status("get_room_options", room("nope")).await, 404);
+    assert_eq!(
+        api.status("get_room_options", json!({"service": SVC}))
+            .await,
+        400
+    );
+    let change =
+        |o: &str, v: &str| json!({"room": "lobby", "service": SVC, "option": o, "value": v});
+    assert_eq!(
+        api.ok("change_room_option", change("title", "The Lobby"))
+            .await,
+        json!(0)
+    );
+    // The occupant is told the configuration changed (status 104).
+    let m = alice.until("code='104'").await;
+    assert!(m.contains("lobby@conference.localhost"), "{m}");
+    let opts = api.ok("get_room_options", room("lobby")).await;
+    assert_eq!(opt(&opts, "title"), "The Lobby");
+    for (o, v) in [
+        ("no_such_option", "1"),
+        ("members_only", "maybe"),
+        ("max_users", "0"),
+        ("max_users", "lots"),
+        ("allowpm", "everybody"),
+        ("password_protected", "true"),
+        ("captcha_protected", "true"),
+    ] {
+        let (s, r) = api.call("change_room_option", change(o, v)).await;
+        assert_eq!(s, 400, "{o}={v}: {r}");
+    }
+    let mut unknown = change("title", "x");
+    unknown["room"] = json!("nope");
+    assert_eq!(api.status("change_room_option", unknown).await, 404);
+    // Persistent (stored), then members-only: the occupant without
+    // affiliation leaves (status 322), and the room stays although empty.
+    assert_eq!(
+        api.ok("change_room_option", change("persistent", "true"))
+            .await,
+        json!(0)
+    );
+    let opts = api.ok("get_room_options", room("lobby")).await;
+    assert_eq!(opt(&opts, "persistent"), "true");
+    // Stored before the command answered.
+    let cx = api.srv.core().cx_of(DOMAIN).expect("host");
+    let store = palaver_modules::muc::store::MucSql::of(&cx);
+    let stored = || {
+        let store = &store;
+        async move {
+            store
+                .rooms(SVC)
+                .await
+                .expect("stored rooms")
+                .into_iter()
+                .map(|r| (r.name, r.config))
+                .collect::<Vec<_>>()
+        }
+    };
+    let rows = stored().await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].0, "lobby");
+    assert!(rows[0].1.contains("The Lobby"), "{rows:?}");
+    // The module's store is timed like the server's.
+    let (_, _, metrics) = http_request(api.srv.http_addr, "GET", "/metrics", "", b"").await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("palaver_store_seconds_count{store=\"muc\",op=\"save\"}"),
+        "{metrics}"
+    );
+    assert_eq!(
+        api.ok("change_room_option", change("members_only", "true"))
+            .await,
+        json!(0)
+    );
+    let kicked = alice.until("code='322'").await;
+    assert!(kicked.contains("type='unavailable'"), "{kicked}");
+    assert_eq!(api.ok("get_room_occupants", room("lobby")).await, json!([]));
+    assert_eq!(
+        api.ok("muc_online_rooms", json!({"service": SVC})).await,
+        both
+    );
+    alice
+        .send("<presence to='lobby@conference.localhost/Al2'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
+        .await;
+    let refused = alice.until("registration-required").await;
+    assert!(refused.contains("type='error'"), "{refused}");
+
+    // destroy_room: the occupants are told and leave.
+    let mut bob = raw_login(api.srv.addr, "bob", DOMAIN, "bobpw", "b").await;
+    bob.send("<presence to='hall@conference.localhost/Bob'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
+        .await;
+    bob.until("code='110'").await;
+    bob.until("</presence>").await;
+    assert_eq!(
+        api.ok("get_room_occupants", room("hall")).await,
+        json!([{"jid": "bob@localhost/b", "nick": "Bob", "role": "participant"}])
+    );
+    assert_eq!(api.ok("destroy_room", room("hall")).await, json!(0));
+    let gone = bob.until("</presence>").await;
+    assert!(
+        gone.contains("type='unavailable'") && gone.contains("<destroy"),
+        "{gone}"
+    );
+    assert_eq!(api.status("destroy_room", room("hall")).await, 404);
+    assert_eq!(api.status("get_room_occupants", room("hall")).await, 404);
+    assert_eq!(
+        api.status("destroy_room", json!({"room": "lobby"})).await,
+        400
+    );
+    assert_eq!(
+        api.ok("muc_online_rooms", json!({"service": "global"}))
+            .await,
+        json!(["lobby@conference.localhost"])
+    );
+    // The room is gone: a message to it is refused.
+    bob.send(
+        "<message to='hall@conference.localhost' type='groupchat' id='g1'><body>x</body></message>",
+    )
+    .await;
+    assert!(bob.until("</message>").await.contains("item-not-found"));
+
+    // Forbidden: a token of another group; a user.
+    let (_, tok) = palaver_admin::tokens::create(
+        &api.srv.core().config().data_dir,
+        vec!["accounts".into()],
+        String::new(),
+    )
+    .await
+    .unwrap();
+    let (s, _) = api
+        .call_as(Auth::Bearer(&tok), "create_room", create("x"))
+        .await;
+    assert_eq!(s, 403);
+    let (s, _) = api
+        .call_as(
+            Auth::Basic("alice@localhost", "alicepw"),
+            "muc_online_rooms",
+            json!({"service": "global"}),
+        )
+        .await;
+    assert_eq!(s, 403);
+    // A token for the `muc` group may.
+    let (_, muc_tok) = palaver_admin::tokens::create(
+        &api.srv.core().config().data_dir,
+        vec!["muc".into()],
+        String::new(),
+    )
+    .await
+    .unwrap();
+    let (s, v) = api
+        .call_as(Auth::Bearer(&muc_tok), "create_room", create("third"))
+        .await;
+    assert_eq!((s, v), (200, json!(0)));
+
+    // The same commands through the control channel (`palaver ctl`), with
+    // command-line words.
+    let path = palaver_admin::control::start(api.srv.server.as_mut().expect("running"))
+        .expect("control socket");
+    let ctl = |words: &[&str]| {
+        let path = path.clone();
+        let words: Vec<String> = words.iter().map(|w| w.to_string()).collect();
+        async move {
+            let cmd = palaver_admin::find(&words[0]).expect("command");
+            let args = palaver_admin::command::args_from_words(cmd, &words[1..]).expect("words");
+            let req = palaver_admin::Request {
+                command: words[0].clone(),
+                args,
+            };
+            let r = palaver_admin::control::call(&path, &req)
+                .await
+                .expect("control")
+                .expect("server answers");
+            Result::<Value, palaver_admin::CommandError>::from(r)
+        }
+    };
+    assert_eq!(
+        ctl(&["create_room", "ctlroom", SVC, DOMAIN]).await,
+        Ok(json!(0))
+    );
+    assert_eq!(
+        ctl(&["muc_online_rooms", "--host", DOMAIN]).await,
+        Ok(json!([
+            "ctlroom@conference.localhost",
+            "lobby@conference.localhost",
+            "third@conference.localhost"
+        ]))
+    );
+    assert_eq!(
+        ctl(&["change_room_option", "ctlroom", SVC, "public", "false"]).await,
+        Ok(json!(0))
+    );
+    let e = ctl(&["destroy_room", "--name", "nope", "--service", SVC])
+        .await
+        .expect_err("unknown room");
+    assert_eq!(e.code, palaver_admin::ErrorCode::NotFound);
+    assert_eq!(ctl(&["destroy_room", "ctlroom", SVC]).await, Ok(json!(0)));
+    // Destroying the persistent room deletes it from the store.
+    assert_eq!(ctl(&["destroy_room", "lobby", SVC]).await, Ok(json!(0)));
+    assert_eq!(stored().await, vec![]);
+    api.srv.stop().await;
+}
+
+/// connected_users_info and user_sessions_info from the session table:
+/// ejabberd's connection names per transport, address, port, priority,
+/// uptime, since.
+#[tokio::test]
+async fn session_info_by_transport() {
+    let api = Api::start().await;
+    api.srv.add_user("carol", DOMAIN, "pw").await;
+    let mut tcp = raw_login(api.srv.addr, "alice", DOMAIN, "alicepw", "tcp").await;
+    tcp.send("<presence><priority>5</priority><status>here</status></presence>")
+        .await;
+    tcp.until("</presence>").await;
+    let _tls = transports::tls_login(&api.srv, "alice", "alicepw", "tls").await;
+    let _ws = transports::ws_login(&api.srv, "alice", "alicepw", "web").await;
+    let _bosh = transports::bosh_login(&api.srv, "carol", "pw", "bosh").await;
+    let info = api.ok("connected_users_info", json!({})).await;
+    let by_jid = |j: &str| -> Value {
+        info.as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["jid"] == j)
+            .cloned()
+            .unwrap_or_else(|| panic!("{j} in {info}"))
+    };
+    for (jid, conn) in [
+        ("alice@localhost/tcp", "c2s"),
+        ("alice@localhost/tls", "c2s_tls"),
+        ("alice@localhost/web", "websocket"),
+        ("carol@localhost/bosh", "http_bind"),
+    ] {
+        let s = by_jid(jid);
+        assert_eq!(s["connection"], conn, "{s}");
+        assert_eq!(s["ip"], "127.0.0.1", "{s}");
+        assert!(s["port"].as_u64().is_some_and(|p| p > 0), "{s}");
+        assert!(s["uptime"].as_u64().is_some_and(|u| u < 600), "{s}");
+        assert!(s["since"].as_str().is_some_and(|t| t.ends_with('Z')), "{s}");
+    }
+    let tcp_info = by_jid("alice@localhost/tcp");
+    assert_eq!(tcp_info["priority"], 5);
+    assert_eq!(tcp_info["status"], "available");
+    assert_eq!(tcp_info["statustext"], "here");
+    assert_eq!(tcp_info["resource"], "tcp");
+    // No presence yet: ejabberd's -1.
+    assert_eq!(by_jid("alice@localhost/web")["priority"], -1);
+    assert_eq!(by_jid("alice@localhost/web")["status"], "unavailable");
+    let mine = api.ok("user_sessions_info", u("alice")).await;
+    let conns: Vec<&str> = mine
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["connection"].as_str().unwrap())
+        .collect();
+    assert_eq!(conns, ["c2s", "c2s_tls", "websocket"], "{mine}");
+    assert!(mine[0].get("jid").is_none(), "{mine}");
+    assert_eq!(
+        api.ok("user_sessions_info", u("carol")).await[0]["connection"],
+        "http_bind"
+    );
+    // The user's own sessions with their own credentials; not another's.
+    let (s, v) = api
+        .call_as(
+            Auth::Basic("alice@localhost", "alicepw"),
+            "user_sessions_info",
+            u("alice"),
+        )
+        .await;
+    assert_eq!((s, v.as_array().map(Vec::len)), (200, Some(3)));
+    let (s, _) = api
+        .call_as(
+            Auth::Basic("alice@localhost", "alicepw"),
+            "user_sessions_info",
+            u("carol"),
+        )
+        .await;
+    assert_eq!(s, 403);
     api.srv.stop().await;
 }

@@ -1,5 +1,7 @@
 //! `/metrics` (parsed with a Prometheus text-format parser) and `/health`.
 mod common;
+#[path = "common/transports.rs"]
+mod transports;
 use common::*;
 
 fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -13,6 +15,25 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)])
             | prometheus_parse::Value::Gauge(v)
             | prometheus_parse::Value::Untyped(v) => v,
             _ => f64::NAN,
+        })
+        .reduce(|a, b| a + b)
+}
+
+/// Observations of a histogram (its `+Inf` bucket), summed over the
+/// series matching `labels`; `None` when there is no such series.
+fn hist_count(
+    scrape: &prometheus_parse::Scrape,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .filter_map(|s| match &s.value {
+            prometheus_parse::Value::Histogram(b) => b.iter().map(|c| c.count).reduce(f64::max),
+            _ => None,
         })
         .reduce(|a, b| a + b)
 }
@@ -126,5 +147,190 @@ async fn metrics_and_health() {
         .unwrap();
     assert_eq!(v["onlineusers"], 2);
     assert_eq!(v["sessions_by_host"][DOMAIN], 2);
+    srv.stop().await;
+}
+
+/// Sessions by transport, session queues, store latency.
+#[tokio::test]
+async fn sessions_queues_and_store_latency() {
+    let srv = TestServer::start().await;
+    for u in ["alice", "bob", "carol"] {
+        srv.add_user(u, DOMAIN, "pw").await;
+    }
+    let before = scrape(&srv).await;
+    let creds_before = hist_count(
+        &before,
+        "palaver_store_seconds",
+        &[("store", "accounts"), ("op", "credentials")],
+    )
+    .unwrap_or(0.0);
+    let roster_before = hist_count(
+        &before,
+        "palaver_store_seconds",
+        &[("store", "roster"), ("op", "roster")],
+    )
+    .unwrap_or(0.0);
+    let mut tcp = raw_login(srv.addr, "alice", DOMAIN, "pw", "tcp").await;
+    tcp.send("<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>")
+        .await;
+    tcp.until("id='r1'").await;
+    let _ws = transports::ws_login(&srv, "bob", "pw", "web").await;
+    let _bosh = transports::bosh_login(&srv, "carol", "pw", "bosh").await;
+    let s = scrape(&srv).await;
+    for t in ["tcp", "websocket", "bosh"] {
+        assert_eq!(
+            value(
+                &s,
+                "palaver_sessions",
+                &[("host", DOMAIN), ("transport", t)]
+            ),
+            Some(1.0),
+            "{t}"
+        );
+    }
+    assert_eq!(
+        value(
+            &s,
+            "palaver_sessions",
+            &[("host", DOMAIN2), ("transport", "tcp")]
+        ),
+        Some(0.0)
+    );
+    // Every login read credentials from the store: a latency histogram per
+    // store operation.
+    let creds = hist_count(
+        &s,
+        "palaver_store_seconds",
+        &[("store", "accounts"), ("op", "credentials")],
+    )
+    .expect("store latency histogram");
+    assert!(creds >= creds_before + 3.0, "{creds} after {creds_before}");
+    let roster = hist_count(
+        &s,
+        "palaver_store_seconds",
+        &[("store", "roster"), ("op", "roster")],
+    )
+    .unwrap_or(0.0);
+    assert!(roster > roster_before, "the roster store is timed too");
+    assert_eq!(
+        value(&s, "palaver_session_queued_stanzas", &[("host", DOMAIN)]),
+        Some(0.0)
+    );
+
+    // A client that stops reading: stanzas for it wait in its queue once
+    // the socket buffers are full.
+    let sleeper = raw_login(srv.addr, "alice", DOMAIN, "pw", "sleeper").await;
+    let body = "z".repeat(32 * 1024);
+    let mut queued = 0.0;
+    for round in 0..200 {
+        for _ in 0..20 {
+            let req = palaver_admin::Request {
+                command: "send_message".into(),
+                args: serde_json::json!({"type": "chat", "from": "bob@localhost", "to": "alice@localhost/sleeper", "subject": "", "body": body})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            };
+            palaver_admin::execute(srv.core(), true, &req)
+                .await
+                .expect("send_message");
+        }
+        let s = scrape(&srv).await;
+        queued = value(&s, "palaver_session_queued_stanzas", &[("host", DOMAIN)]).unwrap_or(0.0);
+        if queued > 0.0 {
+            assert!(
+                value(&s, "palaver_session_queue_longest", &[("host", DOMAIN)]).unwrap_or(0.0)
+                    >= 1.0
+            );
+            break;
+        }
+        assert!(round < 199, "the queue never grew");
+    }
+    assert!(queued > 0.0);
+    // The client goes away: its session and queue with it.
+    drop(sleeper);
+    let mut drained = false;
+    for _ in 0..300 {
+        let s = scrape(&srv).await;
+        if value(&s, "palaver_session_queued_stanzas", &[("host", DOMAIN)]) == Some(0.0) {
+            drained = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(drained, "the queue gauge goes back to 0");
+    srv.stop().await;
+}
+
+/// A free port on 127.0.0.1 (both federating instances must know each
+/// other's port before they start).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+async fn s2s_node(
+    domain: &str,
+    port: u16,
+    peer: &str,
+    peer_port: u16,
+) -> (palaver_server::RunningServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        "hosts: [{domain}]\nloglevel: warning\ndata_dir: {d}\nlisten:\n  - port: 0\n    ip: 127.0.0.1\n    module: c2s\n    allow_plain_without_tls: true\n  - port: {port}\n    ip: 127.0.0.1\n    module: ejabberd_s2s_in\ns2s_hosts:\n  {peer}: '127.0.0.1:{peer_port}'\n",
+        d = dir.path().display()
+    );
+    let config = palaver_server::config::Config::parse(&text).expect("config");
+    let mut server = palaver_server::Server::start(config, &palaver_admin::registry())
+        .await
+        .expect("server starts");
+    palaver_s2s::start(&mut server).await.expect("s2s starts");
+    let creds = palaver_server::auth::derive_all("pw", 4096);
+    server
+        .core
+        .storage()
+        .accounts
+        .create_account(domain, "u", &creds)
+        .await
+        .expect("user");
+    (server, dir)
+}
+
+/// s2s connections in and out.
+#[tokio::test]
+async fn s2s_connections() {
+    let srv = TestServer::start().await;
+    let before = scrape(&srv).await;
+    let dir = |d: &str| value(&before, "palaver_s2s_connections", &[("direction", d)]);
+    let (in0, out0) = (dir("in").unwrap_or(0.0), dir("out").unwrap_or(0.0));
+    let (pa, pb) = (free_port(), free_port());
+    let (a, _da) = s2s_node("a.test", pa, "b.test", pb).await;
+    let (b, _db) = s2s_node("b.test", pb, "a.test", pa).await;
+    let mut ua = raw_login(a.c2s_addr().expect("c2s"), "u", "a.test", "pw", "r").await;
+    let mut ub = raw_login(b.c2s_addr().expect("c2s"), "u", "b.test", "pw", "r").await;
+    ua.send("<message to='u@b.test/r' type='chat'><body>over s2s</body></message>")
+        .await;
+    assert!(ub.until("</message>").await.contains("over s2s"));
+    let s = scrape(&srv).await;
+    let now = |d: &str| value(&s, "palaver_s2s_connections", &[("direction", d)]).unwrap_or(0.0);
+    assert!(now("out") >= out0 + 1.0, "out: {} after {out0}", now("out"));
+    assert!(now("in") >= in0 + 1.0, "in: {} after {in0}", now("in"));
+    a.shutdown().await;
+    b.shutdown().await;
+    // Closed with the servers.
+    let mut back = false;
+    for _ in 0..200 {
+        let s = scrape(&srv).await;
+        let now =
+            |d: &str| value(&s, "palaver_s2s_connections", &[("direction", d)]).unwrap_or(0.0);
+        if now("out") <= out0 && now("in") <= in0 {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(back, "the gauges go back down");
     srv.stop().await;
 }

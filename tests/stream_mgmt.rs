@@ -377,6 +377,16 @@ async fn resuming_a_still_connected_session_takes_it_over() {
     srv.add_user("alice", DOMAIN, "pw").await;
     let mut old = raw_login(srv.addr, "alice", DOMAIN, "pw", "phone").await;
     let id = enable_resumable(&mut old).await;
+    let full = jid::FullJid::new("alice@localhost/phone").unwrap();
+    let peer_port = |srv: &TestServer| {
+        srv.core()
+            .sessions()
+            .get(&full)
+            .map(|h| (h.conn.peer.port(), h.conn.since))
+            .expect("session")
+    };
+    let (port, since) = peer_port(&srv);
+    assert_eq!(port, old.s.local_addr().unwrap().port());
     // The client believes its connection dead; the server does not yet.
     let mut new = authenticated(&srv, "alice").await;
     new.send(&format!(
@@ -391,5 +401,7 @@ async fn resuming_a_still_connected_session_takes_it_over() {
         .await;
     new.until("id='p'").await;
     assert_eq!(srv.core().sessions().count(), 1);
+    // The session table shows the new connection, since the session began.
+    assert_eq!(peer_port(&srv), (new.s.local_addr().unwrap().port(), since));
     srv.stop().await;
 }

@@ -69,6 +69,10 @@ pub struct ArgSpec {
     pub description: &'static str,
     /// Whether it must be given (an optional boolean defaults to `false`).
     pub required: bool,
+    /// The name ejabberd used before renaming it (its `args_rename`), still
+    /// accepted in its place.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old_name: Option<&'static str>,
 }
 
 impl ArgSpec {
@@ -79,6 +83,7 @@ impl ArgSpec {
             ty,
             description,
             required: true,
+            old_name: None,
         }
     }
 
@@ -89,7 +94,14 @@ impl ArgSpec {
             ty,
             description,
             required: false,
+            old_name: None,
         }
+    }
+
+    /// Also accept the argument under `old` (ejabberd's earlier name).
+    pub const fn renamed_from(mut self, old: &'static str) -> Self {
+        self.old_name = Some(old);
+        self
     }
 }
 
@@ -156,7 +168,7 @@ pub struct Command {
     pub online_only: bool,
     /// Permission group (ejabberd's command tag): `accounts`, `sessions`,
     /// `roster`, `vcard`, `stanza`, `server`, `stats`, `config`, `tokens`,
-    /// `data`. A token scope may name it.
+    /// `data`, `muc`. A token scope may name it.
     pub group: &'static str,
     /// Name of an integer result in ejabberd's REST shape (`{NAME: N}`).
     pub result_name: &'static str,
@@ -191,11 +203,14 @@ impl Command {
             s.push_str("\nArguments:\n");
             for a in self.args {
                 s.push_str(&format!(
-                    "  {:<10} {:<9} {}{}\n",
+                    "  {:<10} {:<9} {}{}{}\n",
                     a.name,
                     a.ty.name(),
                     a.description,
-                    if a.required { "" } else { " (optional)" }
+                    if a.required { "" } else { " (optional)" },
+                    a.old_name
+                        .map(|o| format!(" (also `{o}`)"))
+                        .unwrap_or_default()
                 ));
             }
         }
@@ -492,6 +507,25 @@ fn parse_value(
     })
 }
 
+/// The arguments with ejabberd's earlier names under their current ones.
+fn rename_old(cmd: &Command, raw: &Map<String, Value>) -> Result<Map<String, Value>, CommandError> {
+    let mut out = Map::new();
+    for (k, v) in raw {
+        let name = cmd
+            .args
+            .iter()
+            .find(|a| a.old_name == Some(k.as_str()) && a.name != k)
+            .map_or(k.as_str(), |a| a.name);
+        if out.insert(name.to_string(), v.clone()).is_some() {
+            return Err(CommandError::arg(format!(
+                "argument `{name}` of `{}` is given twice (also under its old name)",
+                cmd.name
+            )));
+        }
+    }
+    Ok(out)
+}
+
 /// Validate a request's arguments against `cmd`: unknown, missing and
 /// invalid arguments are [`ErrorCode::BadArgument`] errors naming the argument.
 pub fn parse_args(
@@ -499,6 +533,17 @@ pub fn parse_args(
     raw: &Map<String, Value>,
     config: &Config,
 ) -> Result<Args, CommandError> {
+    let renamed;
+    let raw = if cmd
+        .args
+        .iter()
+        .any(|a| a.old_name.is_some_and(|o| raw.contains_key(o)))
+    {
+        renamed = rename_old(cmd, raw)?;
+        &renamed
+    } else {
+        raw
+    };
     for k in raw.keys() {
         if !cmd.args.iter().any(|a| a.name == k) {
             return Err(CommandError::arg(format!(
@@ -554,7 +599,12 @@ pub fn args_from_words(
             Some((n, v)) => (n, Some(v.to_string())),
             None => (named, None),
         };
-        let Some(spec) = cmd.args.iter().find(|a| a.name == name) else {
+        let Some(spec) = cmd
+            .args
+            .iter()
+            .find(|a| a.name == name)
+            .or_else(|| cmd.args.iter().find(|a| a.old_name == Some(name)))
+        else {
             return Err(CommandError::arg(format!(
                 "unknown argument `--{name}` of `{}` (arguments: {})",
                 cmd.name,

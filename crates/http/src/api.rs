@@ -346,6 +346,17 @@ pub fn openapi() -> Value {
                 o.insert("x-palaver-type".into(), Value::from(a.ty.name()));
             }
             props.insert(a.name.to_string(), s);
+            if let Some(old) = a.old_name {
+                let mut o = arg_schema(a.ty);
+                if let Value::Object(m) = &mut o {
+                    m.insert(
+                        "description".into(),
+                        Value::from(format!("earlier name of `{}` (ejabberd)", a.name)),
+                    );
+                    m.insert("deprecated".into(), Value::Bool(true));
+                }
+                props.insert(old.to_string(), o);
+            }
             if a.required {
                 required.push(Value::from(a.name));
             }

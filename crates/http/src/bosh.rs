@@ -510,6 +510,7 @@ fn session_task(
     let auth_deadline = Instant::now() + Duration::from_secs(cfg.auth_timeout.max(1));
     let transport = BoshTransport::new(sid, rx, rid, &first, reply);
     let mut session = C2sSession::new(state.core.clone(), cfg, peer, Framing::Documents);
+    session.set_transport(palaver_server::sessions::Transport::Bosh);
     if secure {
         // Over HTTPS: encrypted, but a BOSH session spans several
         // connections, so there is no channel to bind (-PLUS is not offered).

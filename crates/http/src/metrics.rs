@@ -1,7 +1,14 @@
 //! `/metrics` (Prometheus text format, through the `metrics` facade and
 //! `metrics-exporter-prometheus`) and `/health` for load balancers.
 //!
-//! Series: `palaver_sessions{host}` (bound sessions), `palaver_uptime_seconds`,
+//! Series: `palaver_sessions{host, transport}` (bound sessions; transport
+//! `tcp`, `websocket` or `bosh`), `palaver_session_queued_stanzas{host}`
+//! (stanzas waiting in the sessions' queues) and
+//! `palaver_session_queue_longest{host}` (the longest queue),
+//! `palaver_s2s_connections{direction}` (`in`, `out`),
+//! `palaver_store_seconds{store, op}` (histogram of each call of the
+//! server's stores and of the module stores that use `palaver_storage::timed`) and
+//! `palaver_store_errors_total{store, op}`, `palaver_uptime_seconds`,
 //! `palaver_build_info{version}`, `palaver_stanzas_routed_total{kind}`,
 //! `palaver_stanzas_delivered_total{kind}`, `palaver_auth_total{method,
 //! result}`, `palaver_auth_backend_seconds{method}` (histogram),
@@ -53,9 +60,31 @@ pub async fn metrics(State(state): State<HttpState>) -> Response {
             .into_response();
     };
     let core = &state.core;
+    use palaver_server::sessions::Transport;
     for h in &core.config().hosts {
-        metrics::gauge!("palaver_sessions", "host" => h.clone())
-            .set(core.sessions().online(h).len() as f64);
+        let (mut by_transport, mut queued, mut longest) = ([0usize; 3], 0usize, 0usize);
+        for full in core.sessions().online(h) {
+            let Some(s) = core.sessions().get(&full) else {
+                continue;
+            };
+            by_transport[match s.conn.transport {
+                Transport::Tcp => 0,
+                Transport::WebSocket => 1,
+                Transport::Bosh => 2,
+            }] += 1;
+            let q = s.queued();
+            queued += q;
+            longest = longest.max(q);
+        }
+        for (i, t) in [Transport::Tcp, Transport::WebSocket, Transport::Bosh]
+            .into_iter()
+            .enumerate()
+        {
+            metrics::gauge!("palaver_sessions", "host" => h.clone(), "transport" => t.as_str())
+                .set(by_transport[i] as f64);
+        }
+        metrics::gauge!("palaver_session_queued_stanzas", "host" => h.clone()).set(queued as f64);
+        metrics::gauge!("palaver_session_queue_longest", "host" => h.clone()).set(longest as f64);
     }
     if let Some(m) = core.config().hosts.first().and_then(|h| core.cx_of(h)) {
         metrics::gauge!("palaver_uptime_seconds").set(m.started().elapsed().as_secs_f64());

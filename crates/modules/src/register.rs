@@ -162,16 +162,11 @@ async fn pre_auth(s: Arc<State>, req: PreAuthIq) -> IqResult {
     if password.chars().count() < s.opts.password_min_length.max(1) {
         return Err(StanzaError::new(Condition::NotAcceptable).text("password too short"));
     }
-    match req
-        .cx()
-        .storage()
-        .accounts
-        .account_exists(&host, &node)
-        .await
-    {
+    // The host's auth backend knows (internal: the database).
+    match req.cx().auth().user_exists(&host, &node).await {
         Ok(false) => {}
         Ok(true) => return Err(StanzaError::new(Condition::Conflict)),
-        Err(e) => return Err(internal(e)),
+        Err(_) => return Err(unavailable()),
     }
     let ip = req.peer.ip();
     let previous = reserve(&s, ip)?;
@@ -223,14 +218,46 @@ fn release(s: &State, ip: IpAddr, previous: Option<Instant>) {
     }
 }
 
+/// The auth backend failed: try again later.
+fn unavailable() -> StanzaError {
+    StanzaError::new(Condition::ResourceConstraint)
+        .with_type(ErrorType::Wait)
+        .text("the authentication backend is unavailable; try later")
+}
+
+/// An external backend's answer to a change, as the stanza error.
+fn provision(r: palaver_server::auth::Provision) -> Result<(), StanzaError> {
+    use palaver_server::auth::Provision;
+    match r {
+        Provision::Done => Ok(()),
+        Provision::Exists => Err(StanzaError::new(Condition::Conflict)),
+        Provision::NotFound => Err(StanzaError::new(Condition::ItemNotFound)),
+        Provision::Refused => {
+            Err(StanzaError::new(Condition::NotAllowed)
+                .text("the authentication backend refused it"))
+        }
+        Provision::Temporary => Err(unavailable()),
+    }
+}
+
 /// Derive the credentials off the async threads, store the account and
-/// remember the password so the first login skips PBKDF2.
+/// remember the password so the first login skips PBKDF2; on a host whose
+/// accounts live in an external backend (`auth_method: http`, …), ask it
+/// to create the account instead.
 async fn create(
     req: &PreAuthIq,
     host: &str,
     node: &str,
     password: &str,
 ) -> Result<(), StanzaError> {
+    if let Some(r) = req
+        .cx()
+        .auth()
+        .register_external(host, node, password)
+        .await
+    {
+        return provision(r);
+    }
     let iterations = req.cx().config().scram_iterations;
     let pw = password.to_string();
     let creds =
@@ -263,6 +290,10 @@ async fn account_set(s: Arc<State>, req: IqRequest) -> IqResult {
         .payload()
         .ok_or_else(|| StanzaError::new(Condition::BadRequest))?;
     if q.has_child("remove", NS_REGISTER) {
+        // An external backend removes the account first (or refuses).
+        if let Some(r) = req.cx.auth().remove_external(&host, &node).await {
+            provision(r)?;
+        }
         // Answer first, then remove: removal ends the session.
         let core = req.cx.clone();
         tokio::spawn(async move {
@@ -288,6 +319,21 @@ async fn account_set(s: Arc<State>, req: IqRequest) -> IqResult {
     }
     if password.chars().count() < s.opts.password_min_length.max(1) {
         return Err(StanzaError::new(Condition::NotAcceptable).text("password too short"));
+    }
+    if let Some(r) = req
+        .cx
+        .auth()
+        .set_external_password(&host, &node, &password)
+        .await
+    {
+        return match r {
+            palaver_server::auth::AuthOutcome::Ok => Ok(None),
+            palaver_server::auth::AuthOutcome::Denied => {
+                Err(StanzaError::new(Condition::NotAllowed)
+                    .text("the authentication backend refused it"))
+            }
+            palaver_server::auth::AuthOutcome::Temporary => Err(unavailable()),
+        };
     }
     let iterations = req.cx.config().scram_iterations;
     let pw = password.clone();

@@ -230,19 +230,38 @@ impl Drop for ClearRemote {
     }
 }
 
-/// Count an open incoming stream while the guard lives.
-pub(crate) struct Counted<'a>(&'a AtomicUsize);
+/// Count an open incoming stream while the guard lives (also in the
+/// metrics: `palaver_s2s_connections{direction="in"}`).
+pub(crate) struct Counted<'a>(&'a AtomicUsize, #[allow(dead_code)] Connected);
 
 impl<'a> Counted<'a> {
     pub(crate) fn new(c: &'a AtomicUsize) -> Self {
         c.fetch_add(1, Ordering::Relaxed);
-        Counted(c)
+        Counted(c, Connected::new("in"))
     }
 }
 
 impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An s2s connection in the gauge `palaver_s2s_connections{direction}`
+/// (`in`: accepted streams; `out`: established outgoing streams) while
+/// the guard lives.
+pub(crate) struct Connected(&'static str);
+
+impl Connected {
+    pub(crate) fn new(direction: &'static str) -> Self {
+        metrics::gauge!("palaver_s2s_connections", "direction" => direction).increment(1.0);
+        Connected(direction)
+    }
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        metrics::gauge!("palaver_s2s_connections", "direction" => self.0).decrement(1.0);
     }
 }
 

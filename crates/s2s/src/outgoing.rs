@@ -426,6 +426,7 @@ async fn run(
         authed: HashSet::from([local.clone()]),
         waiting: HashMap::new(),
     };
+    let _connected = crate::Connected::new("out");
     let opened = Instant::now();
     let idle = s2s.idle();
     let mut shutdown = s2s.core.shutdown_signal();

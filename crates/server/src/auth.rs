@@ -45,6 +45,24 @@ pub struct Authenticator {
     hosts: HashMap<String, HostAuth>,
     /// Correct passwords of external backends, until a deadline.
     cache: DashMap<(String, String), ([u8; 32], Instant)>,
+    /// SCRAM credentials an external service gave, until a deadline.
+    scram_cache: DashMap<(String, String, ScramHash), (ScramCredentials, Instant)>,
+}
+
+/// What an external backend did with an account change (`register`,
+/// `remove_user`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provision {
+    /// Done (a registered account also got its local row).
+    Done,
+    /// The account exists already.
+    Exists,
+    /// No such account.
+    NotFound,
+    /// The backend said no, or cannot do it (extauth's 0, JWT).
+    Refused,
+    /// The backend failed; try later.
+    Temporary,
 }
 
 /// A password backend.
@@ -73,6 +91,7 @@ impl Authenticator {
             verified: DashMap::new(),
             hosts: HashMap::new(),
             cache: DashMap::new(),
+            scram_cache: DashMap::new(),
         }
     }
 
@@ -132,10 +151,14 @@ impl Authenticator {
         !matches!(self.backend(host), Backend::None)
     }
 
-    /// Whether `host` has stored SCRAM credentials (internal accounts);
-    /// other backends take PLAIN only.
-    pub fn scram_available(&self, host: &str) -> bool {
-        matches!(self.backend(host), Backend::Internal)
+    /// Whether SCRAM with `hash` is offered on `host`: internal accounts,
+    /// or an `http` service configured to give credentials for it.
+    pub fn scram_offered(&self, host: &str, hash: ScramHash) -> bool {
+        match self.backend(host) {
+            Backend::Internal => true,
+            Backend::Http(h) => h.offers_scram(hash),
+            _ => false,
+        }
     }
 
     /// Whether `host`'s accounts live in Palaver's database (so commands
@@ -266,7 +289,7 @@ impl Authenticator {
             Backend::External(x) => x.set_password(host, user, password).await,
             Backend::Jwt(_) | Backend::None => AuthOutcome::Denied,
         };
-        self.cache.remove(&(host.to_string(), user.to_string()));
+        self.forget(host, user);
         Some(r)
     }
 
@@ -289,18 +312,104 @@ impl Authenticator {
         h.finalize().into()
     }
 
-    /// Credentials for SCRAM with `hash`.
+    /// Credentials for SCRAM with `hash`: stored ones for internal
+    /// accounts, the service's for an `http` backend that gives them (a
+    /// failing service is [`StorageError::Unavailable`]: a temporary
+    /// failure).
     pub async fn credentials(
         &self,
         host: &str,
         user: &str,
         hash: ScramHash,
     ) -> Result<Option<ScramCredentials>, StorageError> {
-        if !self.scram_available(host) {
+        match self.backend(host) {
+            Backend::Internal => self.storage.accounts.credentials(host, user, hash).await,
+            Backend::Http(h) if h.offers_scram(hash) => {
+                let key = (host.to_string(), user.to_string(), hash);
+                if let Some(e) = self.scram_cache.get(&key)
+                    && e.1 > Instant::now()
+                {
+                    return Ok(Some(e.0.clone()));
+                }
+                let started = Instant::now();
+                let r = h.scram_credentials(host, user, hash).await;
+                metrics::histogram!("palaver_auth_backend_seconds", "method" => "http")
+                    .record(started.elapsed().as_secs_f64());
+                match r {
+                    Ok(Some(c)) => {
+                        let life = self
+                            .hosts
+                            .get(host)
+                            .map(|h| h.cache_life_time)
+                            .unwrap_or_default();
+                        if !life.is_zero() {
+                            self.scram_cache
+                                .insert(key, (c.clone(), Instant::now() + life));
+                        }
+                        self.ensure_local_account(host, user).await;
+                        Ok(Some(c))
+                    }
+                    Ok(None) => Ok(None),
+                    Err(_) => Err(StorageError::Unavailable(
+                        "the HTTP auth service failed".into(),
+                    )),
+                }
+            }
             // The backend keeps no SCRAM credentials (never offered there).
-            return Ok(None);
+            _ => Ok(None),
         }
-        self.storage.accounts.credentials(host, user, hash).await
+    }
+
+    /// Create an account in an external backend (`register` /
+    /// `tryregister`); `None` when `host`'s accounts are internal (the
+    /// caller stores it). A created account gets its local row.
+    pub async fn register_external(
+        &self,
+        host: &str,
+        user: &str,
+        password: &str,
+    ) -> Option<Provision> {
+        let r = match self.backend(host) {
+            Backend::Internal => return None,
+            Backend::Http(h) => match h.register(host, user, password).await {
+                Ok(http::Change::Done) => Provision::Done,
+                Ok(http::Change::Exists) => Provision::Exists,
+                Ok(http::Change::Refused | http::Change::NotFound) => Provision::Refused,
+                Err(_) => Provision::Temporary,
+            },
+            Backend::External(x) => match x.register(host, user, password).await {
+                AuthOutcome::Ok => Provision::Done,
+                AuthOutcome::Denied => Provision::Refused,
+                AuthOutcome::Temporary => Provision::Temporary,
+            },
+            Backend::Jwt(_) | Backend::None => Provision::Refused,
+        };
+        if r == Provision::Done {
+            self.ensure_local_account(host, user).await;
+        }
+        Some(r)
+    }
+
+    /// Remove an account from an external backend (`remove_user` /
+    /// `removeuser`); `None` when there is no backend to ask (internal,
+    /// JWT, anonymous): the caller removes the local data only.
+    pub async fn remove_external(&self, host: &str, user: &str) -> Option<Provision> {
+        let r = match self.backend(host) {
+            Backend::Internal | Backend::Jwt(_) | Backend::None => return None,
+            Backend::Http(h) => match h.remove_user(host, user).await {
+                Ok(http::Change::Done) => Provision::Done,
+                Ok(http::Change::NotFound) => Provision::NotFound,
+                Ok(http::Change::Refused | http::Change::Exists) => Provision::Refused,
+                Err(_) => Provision::Temporary,
+            },
+            Backend::External(x) => match x.remove_user(host, user).await {
+                AuthOutcome::Ok => Provision::Done,
+                AuthOutcome::Denied => Provision::Refused,
+                AuthOutcome::Temporary => Provision::Temporary,
+            },
+        };
+        self.forget(host, user);
+        Some(r)
     }
 
     /// Check a plaintext password against stored credentials.
@@ -374,6 +483,10 @@ impl Authenticator {
     pub fn forget(&self, host: &str, user: &str) {
         self.verified.remove(&(host.to_string(), user.to_string()));
         self.cache.remove(&(host.to_string(), user.to_string()));
+        for hash in ScramHash::ALL {
+            self.scram_cache
+                .remove(&(host.to_string(), user.to_string(), hash));
+        }
     }
 
     /// Remember that `password` is correct for freshly derived `creds` (registration, password change).

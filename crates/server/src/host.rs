@@ -127,6 +127,11 @@ impl Host {
         &self.regs.account_data
     }
 
+    /// The rooms of the host's MUC services, when a module serves rooms.
+    pub fn room_admin(&self) -> Option<&std::sync::Arc<dyn crate::rooms::RoomAdmin>> {
+        self.regs.room_admin.as_ref()
+    }
+
     /// HTTP routes the modules registered.
     pub fn http_routes(&self) -> &[HttpRoute] {
         &self.regs.http

@@ -179,6 +179,8 @@ pub struct Registrations {
     pub(crate) account_features: Vec<String>,
     pub(crate) bind2_features: Vec<String>,
     pub(crate) fast: Option<Arc<dyn FastTokens>>,
+    /// The rooms of the host's MUC services, for the room commands.
+    pub(crate) room_admin: Option<Arc<dyn crate::rooms::RoomAdmin>>,
     pub(crate) identities: Vec<Identity>,
     pub(crate) account_identities: Vec<Identity>,
     pub(crate) disco_nodes: HashMap<String, DiscoNodeHandler>,
@@ -290,6 +292,12 @@ impl HostSetup {
     /// Offer XEP-0484 FAST tokens in XEP-0388 authentication, kept by `tokens`.
     pub fn fast_tokens(&mut self, tokens: Arc<dyn FastTokens>) {
         self.regs.fast = Some(tokens);
+    }
+
+    /// Let the command layer administer the module's chat rooms
+    /// ([`crate::rooms`]).
+    pub fn room_admin(&mut self, admin: Arc<dyn crate::rooms::RoomAdmin>) {
+        self.regs.room_admin = Some(admin);
     }
 
     /// Advertise a disco identity of the host.

@@ -45,6 +45,55 @@ pub enum SessionMsg {
     Resume(crate::c2s::ResumeRequest),
 }
 
+/// The transport a client session came in by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// An XML stream over TCP (STARTTLS or direct TLS).
+    Tcp,
+    /// RFC 7395 WebSocket.
+    WebSocket,
+    /// XEP-0124/0206 BOSH.
+    Bosh,
+}
+
+impl Transport {
+    /// Label of the `transport` metric dimension.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::WebSocket => "websocket",
+            Transport::Bosh => "bosh",
+        }
+    }
+}
+
+/// How a session is connected: recorded at bind, updated when a new
+/// connection resumes it (XEP-0198).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connection {
+    /// The transport.
+    pub transport: Transport,
+    /// Whether the stream is encrypted (TLS on the connection).
+    pub tls: bool,
+    /// The client's address (a proxy's, behind one).
+    pub peer: std::net::SocketAddr,
+    /// When the session was bound.
+    pub since: std::time::SystemTime,
+}
+
+impl Connection {
+    /// ejabberd's name of the connection type: `c2s`, `c2s_tls`,
+    /// `websocket`, `http_bind`.
+    pub fn ejabberd_name(&self) -> &'static str {
+        match (self.transport, self.tls) {
+            (Transport::Tcp, false) => "c2s",
+            (Transport::Tcp, true) => "c2s_tls",
+            (Transport::WebSocket, _) => "websocket",
+            (Transport::Bosh, _) => "http_bind",
+        }
+    }
+}
+
 /// Handle to a session, held in the table.
 #[derive(Clone, Debug)]
 pub struct SessionHandle {
@@ -60,8 +109,17 @@ pub struct SessionHandle {
     pub inactive_since: Option<std::time::SystemTime>,
     /// The session lost its connection and waits to be resumed (XEP-0198).
     pub detached: bool,
+    /// How it is connected.
+    pub conn: Arc<Connection>,
     /// Channel to the session task (kernel only: the router delivers).
     pub(crate) tx: mpsc::Sender<SessionMsg>,
+}
+
+impl SessionHandle {
+    /// Stanzas waiting in the session's queue.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
 }
 
 /// Why a delivery failed.
@@ -211,6 +269,15 @@ impl SessionManager {
             && let Some(h) = entry.iter_mut().find(|h| h.id == id)
         {
             h.detached = detached;
+        }
+    }
+
+    /// Record how a session is connected now (a new connection resumed it).
+    pub fn set_connection(&self, jid: &FullJid, id: u64, conn: Connection) {
+        if let Some(mut entry) = self.table.get_mut(bare_str(jid.as_str()))
+            && let Some(h) = entry.iter_mut().find(|h| h.id == id)
+        {
+            h.conn = Arc::new(conn);
         }
     }
 

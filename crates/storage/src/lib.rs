@@ -10,6 +10,7 @@ pub mod im;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
+mod timed;
 
 use async_trait::async_trait;
 pub use db::{BeginWrite, Db, Dialect, ModuleMigration};
@@ -17,6 +18,7 @@ pub use error::StorageError;
 pub use im::*;
 use palaver_proto::sasl::{ScramCredentials, ScramHash};
 use std::sync::Arc;
+pub use timed::timed;
 
 /// Result alias for storage calls.
 pub type Result<T> = std::result::Result<T, StorageError>;
@@ -76,6 +78,8 @@ impl Storage {
     where
         B: AccountStore + RosterStore + OfflineStore + XmlStore + 'static,
     {
+        // Every call timed for the metrics (`palaver_store_seconds`).
+        let db = Arc::new(timed::Timed(db));
         Storage {
             accounts: db.clone(),
             roster: db.clone(),

@@ -1,6 +1,7 @@
 //! Accounts: register, unregister, change_password, check_account, registered_users.
 
 use crate::command::{Args, CommandError, Ctx, ErrorCode};
+use palaver_server::auth::Provision;
 use palaver_storage::StorageError;
 use serde_json::Value;
 
@@ -28,11 +29,24 @@ fn temporary() -> CommandError {
 
 pub(super) async fn register(cx: Ctx, a: Args) -> Result<Value, CommandError> {
     let (host, user) = account(&a)?;
-    if external(&cx, &host) {
-        return Err(CommandError::new(
-            ErrorCode::Forbidden,
-            format!("accounts of {host} live in its auth backend (auth_method); create them there"),
-        ));
+    if let Some(m) = cx.core.cx_of(&host)
+        && let Some(r) = m
+            .auth()
+            .register_external(&host, &user, a.text("password")?)
+            .await
+    {
+        return match r {
+            Provision::Done => Ok(Value::String(format!("created {user}@{host}"))),
+            Provision::Exists => Err(CommandError::new(
+                ErrorCode::Conflict,
+                format!("{user}@{host} already exists"),
+            )),
+            Provision::Refused | Provision::NotFound => Err(CommandError::new(
+                ErrorCode::Forbidden,
+                format!("the auth backend of {host} (auth_method) refused to create {user}"),
+            )),
+            Provision::Temporary => Err(temporary()),
+        };
     }
     let creds =
         palaver_server::auth::derive_all(a.text("password")?, cx.core.config().scram_iterations);
@@ -54,6 +68,29 @@ pub(super) async fn register(cx: Ctx, a: Args) -> Result<Value, CommandError> {
 
 pub(super) async fn unregister(cx: Ctx, a: Args) -> Result<Value, CommandError> {
     let (host, user) = account(&a)?;
+    if let Some(m) = cx.core.cx_of(&host)
+        && let Some(r) = m.auth().remove_external(&host, &user).await
+    {
+        match r {
+            Provision::Done => {}
+            Provision::NotFound => return Err(not_found(&user, &host)),
+            Provision::Refused | Provision::Exists => {
+                return Err(CommandError::new(
+                    ErrorCode::Forbidden,
+                    format!("the auth backend of {host} (auth_method) refused to remove {user}"),
+                ));
+            }
+            Provision::Temporary => return Err(temporary()),
+        }
+        // Gone from the backend: the local data goes too (an account
+        // that never logged in has none).
+        return match cx.core.remove_user(&host, &user).await {
+            Ok(()) | Err(StorageError::NotFound) => {
+                Ok(Value::String(format!("deleted {user}@{host}")))
+            }
+            Err(e) => Err(e.into()),
+        };
+    }
     match cx.core.remove_user(&host, &user).await {
         Ok(()) => Ok(Value::String(format!("deleted {user}@{host}"))),
         Err(StorageError::NotFound) => Err(not_found(&user, &host)),

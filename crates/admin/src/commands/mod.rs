@@ -2,6 +2,7 @@
 //! files of this folder. A new command is one entry here and one function.
 
 mod accounts;
+mod muc;
 mod piefxis;
 mod roster;
 mod server;
@@ -14,6 +15,13 @@ use crate::command::{ArgSpec, ArgType, Command, Permission, ResultType};
 
 const USER: ArgSpec = ArgSpec::req("user", ArgType::User, "user name (localpart)");
 const HOST: ArgSpec = ArgSpec::req("host", ArgType::Host, "virtual host");
+const ROOM: ArgSpec =
+    ArgSpec::req("room", ArgType::String, "room name (the JID localpart)").renamed_from("name");
+const SERVICE: ArgSpec = ArgSpec::req(
+    "service",
+    ArgType::String,
+    "MUC service, e.g. conference.example.org",
+);
 
 /// Every command, in help order.
 pub static COMMANDS: &[Command] = &[
@@ -210,7 +218,7 @@ pub static COMMANDS: &[Command] = &[
     },
     Command {
         name: "connected_users_info",
-        description: "Every bound session: jid, resource, priority, status, statustext.",
+        description: "Every bound session: jid, connection (c2s, c2s_tls, websocket, http_bind), ip, port, priority, uptime, since, status, resource, statustext.",
         args: &[],
         result: ResultType::Objects,
         permission: Permission::Admin,
@@ -221,7 +229,7 @@ pub static COMMANDS: &[Command] = &[
     },
     Command {
         name: "user_sessions_info",
-        description: "An account's sessions: resource, priority, status, statustext.",
+        description: "An account's sessions: connection (c2s, c2s_tls, websocket, http_bind), ip, port, priority, uptime, since, status, resource, statustext.",
         args: &[USER, HOST],
         result: ResultType::Objects,
         permission: Permission::UserSelf,
@@ -419,6 +427,94 @@ pub static COMMANDS: &[Command] = &[
         group: "stats",
         result_name: "stat",
         handler: |cx, a| Box::pin(server::stats(cx, a)),
+    },
+    Command {
+        name: "create_room",
+        description: "Create a chat room ROOM@SERVICE with the service's default room options, open at once.",
+        args: &[
+            ROOM,
+            SERVICE,
+            ArgSpec::req("host", ArgType::Host, "virtual host of the MUC service"),
+        ],
+        result: ResultType::Rescode,
+        permission: Permission::Admin,
+        online_only: true,
+        group: "muc",
+        result_name: "res",
+        handler: |cx, a| Box::pin(muc::create_room(cx, a)),
+    },
+    Command {
+        name: "destroy_room",
+        description: "Destroy a chat room: its occupants are told and leave; a persistent room is deleted.",
+        args: &[ROOM, SERVICE],
+        result: ResultType::Rescode,
+        permission: Permission::Admin,
+        online_only: true,
+        group: "muc",
+        result_name: "res",
+        handler: |cx, a| Box::pin(muc::destroy_room(cx, a)),
+    },
+    Command {
+        name: "muc_online_rooms",
+        description: "The JIDs of the rooms of a MUC service (or of a virtual host's services, or `global`: all), sorted.",
+        args: &[ArgSpec::req(
+            "service",
+            ArgType::String,
+            "MUC service, a virtual host, or `global` for all",
+        )
+        .renamed_from("host")],
+        result: ResultType::Strings,
+        permission: Permission::Admin,
+        online_only: true,
+        group: "muc",
+        result_name: "rooms",
+        handler: |cx, a| Box::pin(muc::muc_online_rooms(cx, a)),
+    },
+    Command {
+        name: "get_room_occupants",
+        description: "The occupants of a room: jid (real, full), nick, role.",
+        args: &[ROOM, SERVICE],
+        result: ResultType::Objects,
+        permission: Permission::Admin,
+        online_only: true,
+        group: "muc",
+        result_name: "occupants",
+        handler: |cx, a| Box::pin(muc::get_room_occupants(cx, a)),
+    },
+    Command {
+        name: "get_room_options",
+        description: "A room's options (ejabberd's names) as a list of name and value.",
+        args: &[ROOM, SERVICE],
+        result: ResultType::Objects,
+        permission: Permission::Admin,
+        online_only: true,
+        group: "muc",
+        result_name: "options",
+        handler: |cx, a| Box::pin(muc::get_room_options(cx, a)),
+    },
+    Command {
+        name: "change_room_option",
+        description: "Change one option of a room (ejabberd's names, e.g. members_only true, title, max_users); occupants are told.",
+        args: &[
+            ROOM,
+            SERVICE,
+            ArgSpec::req(
+                "option",
+                ArgType::String,
+                "option name (see get_room_options)",
+            ),
+            ArgSpec::req(
+                "value",
+                ArgType::String,
+                "new value (true/false for yes-no options)",
+            ),
+        ],
+        result: ResultType::Rescode,
+        permission: Permission::Admin,
+        online_only: true,
+        group: "muc",
+        result_name: "res",
+        handler: |cx, a| Box::pin(muc::change_room_option(cx, a)),
     },
     Command {
         name: "reopen_log",

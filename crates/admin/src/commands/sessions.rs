@@ -1,5 +1,8 @@
 //! Sessions of a running server: connected_users, connected_users_number,
-//! user_resources, kick_user.
+//! user_resources, kick_user, connected_users_info and user_sessions_info
+//! (ejabberd's fields: connection `c2s`/`c2s_tls`/`websocket`/`http_bind`,
+//! ip, port, priority, uptime in seconds, status, resource, statustext;
+//! plus `since`, when the session was bound).
 
 use crate::command::{Args, CommandError, Ctx};
 use serde_json::Value;
@@ -97,12 +100,35 @@ fn info(h: &palaver_server::sessions::SessionHandle) -> serde_json::Map<String, 
                 .unwrap_or_default(),
         ),
     };
-    o.insert("resource".into(), Value::from(h.resource.clone()));
+    let c = &h.conn;
+    let uptime = std::time::SystemTime::now()
+        .duration_since(c.since)
+        .map_or(0, |d| d.as_secs());
+    let since = c
+        .since
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let ip = match c.peer.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(v6.to_string(), |v4| v4.to_string()),
+        v4 => v4.to_string(),
+    };
+    o.insert("connection".into(), Value::from(c.ejabberd_name()));
+    o.insert("ip".into(), Value::from(ip));
+    o.insert("port".into(), Value::from(c.peer.port()));
+    // ejabberd's -1 for a session without available presence.
     o.insert(
         "priority".into(),
-        h.priority.map(Value::from).unwrap_or(Value::Null),
+        Value::from(h.priority.map_or(-1, i64::from)),
+    );
+    o.insert("uptime".into(), Value::from(uptime));
+    o.insert(
+        "since".into(),
+        Value::from(palaver_proto::datetime::format_datetime(since)),
     );
     o.insert("status".into(), Value::from(status));
+    o.insert("resource".into(), Value::from(h.resource.clone()));
     o.insert("statustext".into(), Value::from(text));
     o
 }

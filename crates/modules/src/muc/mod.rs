@@ -15,6 +15,7 @@
 //! per variant (with/without real JID) and only the envelope's `to` differs
 //! per recipient.
 
+mod admin;
 pub mod config;
 pub mod room;
 pub mod store;
@@ -261,6 +262,7 @@ impl Module for Muc {
             let s = svc.clone();
             host.spawn_task(move |cx| async move { s.load(cx).await });
         }
+        host.room_admin(Arc::new(admin::MucAdmin::new(services.clone())));
         let all = services.clone();
         host.hook_async::<RemoveUser, _>(50, move |cx, a| {
             let all = all.clone();
@@ -416,7 +418,10 @@ impl Service {
                 persist_ok,
             };
             let r = f(&mut room, &limits, &mut fx);
-            let remove = fx.destroyed || (room.is_empty() && !room.config.persistent);
+            if fx.joined.iter().any(|(_, d)| *d > 0) {
+                room.held = false;
+            }
+            let remove = fx.destroyed || (room.is_empty() && !room.config.persistent && !room.held);
             if remove {
                 room.dead = true;
                 self.rooms.remove_if(name, |_, v| Arc::ptr_eq(v, &arc));

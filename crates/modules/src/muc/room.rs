@@ -128,6 +128,9 @@ pub struct Room {
     pub locked: bool,
     /// Removed from the service: a stanza that waited for its lock looks again.
     pub dead: bool,
+    /// Created by an administrator and not entered yet: it stays while
+    /// empty (a temporary room goes when its last occupant leaves).
+    pub held: bool,
     voice_requests: HashMap<String, i64>,
     /// Service administrators seen here (`access_admin`): owners, not stored.
     service_admins: std::collections::HashSet<String>,
@@ -196,6 +199,7 @@ impl Room {
             history: VecDeque::new(),
             locked,
             dead: false,
+            held: false,
             voice_requests: HashMap::new(),
             service_admins: Default::default(),
             last_archive_id: 0,
@@ -1583,6 +1587,24 @@ impl Room {
         let was_locked = self.locked;
         self.locked = false;
         fx.save = true;
+        self.config_changed(&before, was_locked, fx);
+        Ok(())
+    }
+
+    /// An administrator's change of the room's options (the command
+    /// layer's `change_room_option`; checked by the caller): occupants are
+    /// told as after an owner's reconfiguration.
+    pub fn set_config(&mut self, config: RoomConfig, fx: &mut Effects) {
+        let before = std::mem::replace(&mut self.config, config);
+        fx.save = true;
+        let locked = self.locked;
+        self.config_changed(&before, locked, fx);
+    }
+
+    /// The configuration changed from `before`: status codes to the
+    /// occupants (unless the room was `locked`, being set up), and roles
+    /// (or presence in a members-only room) follow the new configuration.
+    fn config_changed(&mut self, before: &RoomConfig, was_locked: bool, fx: &mut Effects) {
         // §10.2.1: what occupants are told.
         let mut codes = vec![104];
         if before.anonymous && !self.config.anonymous {
@@ -1633,7 +1655,6 @@ impl Room {
                 self.broadcast_presence(&o, &Pres::default(), &[], fx);
             }
         }
-        Ok(())
     }
 
     /// §10.9: everyone leaves, told where to go.

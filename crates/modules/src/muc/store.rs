@@ -95,121 +95,133 @@ impl MucSql {
 
     /// Every stored room of `service`, sorted by name.
     pub async fn rooms(&self, service: &str) -> Result<Vec<StoredRoom>> {
-        let (rows, affs): (Vec<RoomRow>, Vec<AffRow>) = on_db!(&self.0, |pool| {
-            let rows = sqlx::query_as(
-                "SELECT name, config, subject, subject_by, salt FROM muc_room WHERE service = $1",
-            )
-            .bind(service)
-            .fetch_all(pool)
-            .await?;
-            let affs = sqlx::query_as(
-                "SELECT room, jid, affiliation, reason FROM muc_affiliation WHERE service = $1",
-            )
-            .bind(service)
-            .fetch_all(pool)
-            .await?;
-            (rows, affs)
-        });
-        let mut out: Vec<StoredRoom> = rows
-            .into_iter()
-            .map(|(name, config, subject, subject_by, salt)| StoredRoom {
-                name,
-                config,
-                subject,
-                subject_by,
-                salt,
-                affiliations: Vec::new(),
-            })
-            .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        for (room, jid, aff, reason) in affs {
-            if let Ok(i) = out.binary_search_by(|r| r.name.as_str().cmp(&room)) {
-                out[i].affiliations.push((jid, aff, reason));
+        palaver_storage::timed("muc", "rooms", async {
+            let (rows, affs): (Vec<RoomRow>, Vec<AffRow>) = on_db!(&self.0, |pool| {
+                let rows = sqlx::query_as(
+                    "SELECT name, config, subject, subject_by, salt FROM muc_room WHERE service = $1",
+                )
+                .bind(service)
+                .fetch_all(pool)
+                .await?;
+                let affs = sqlx::query_as(
+                    "SELECT room, jid, affiliation, reason FROM muc_affiliation WHERE service = $1",
+                )
+                .bind(service)
+                .fetch_all(pool)
+                .await?;
+                (rows, affs)
+            });
+            let mut out: Vec<StoredRoom> = rows
+                .into_iter()
+                .map(|(name, config, subject, subject_by, salt)| StoredRoom {
+                    name,
+                    config,
+                    subject,
+                    subject_by,
+                    salt,
+                    affiliations: Vec::new(),
+                })
+                .collect();
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            for (room, jid, aff, reason) in affs {
+                if let Ok(i) = out.binary_search_by(|r| r.name.as_str().cmp(&room)) {
+                    out[i].affiliations.push((jid, aff, reason));
+                }
             }
-        }
-        for r in &mut out {
-            r.affiliations.sort();
-        }
-        Ok(out)
+            for r in &mut out {
+                r.affiliations.sort();
+            }
+            Ok(out)
+        })
+        .await
     }
 
     /// Store a room whole (its row and its affiliations), all or nothing.
     pub async fn save(&self, service: &str, r: &StoredRoom) -> Result<()> {
-        on_db!(&self.0, |pool| {
-            let mut tx = pool.begin_write().await?;
-            sqlx::query(
-                "INSERT INTO muc_room (service, name, config, subject, subject_by, salt) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (service, name) DO UPDATE SET \
-                 config = excluded.config, subject = excluded.subject, \
-                 subject_by = excluded.subject_by, salt = excluded.salt",
-            )
-            .bind(service)
-            .bind(&r.name)
-            .bind(&r.config)
-            .bind(&r.subject)
-            .bind(&r.subject_by)
-            .bind(&r.salt)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("DELETE FROM muc_affiliation WHERE service = $1 AND room = $2")
-                .bind(service)
-                .bind(&r.name)
-                .execute(&mut *tx)
-                .await?;
-            for (jid, aff, reason) in &r.affiliations {
+        palaver_storage::timed("muc", "save", async {
+            on_db!(&self.0, |pool| {
+                let mut tx = pool.begin_write().await?;
                 sqlx::query(
-                    "INSERT INTO muc_affiliation (service, room, jid, affiliation, reason) \
-                     VALUES ($1, $2, $3, $4, $5)",
+                    "INSERT INTO muc_room (service, name, config, subject, subject_by, salt) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (service, name) DO UPDATE SET \
+                     config = excluded.config, subject = excluded.subject, \
+                     subject_by = excluded.subject_by, salt = excluded.salt",
                 )
                 .bind(service)
                 .bind(&r.name)
-                .bind(jid)
-                .bind(aff)
-                .bind(reason)
+                .bind(&r.config)
+                .bind(&r.subject)
+                .bind(&r.subject_by)
+                .bind(&r.salt)
                 .execute(&mut *tx)
                 .await?;
-            }
-            tx.commit().await?;
-        });
-        Ok(())
+                sqlx::query("DELETE FROM muc_affiliation WHERE service = $1 AND room = $2")
+                    .bind(service)
+                    .bind(&r.name)
+                    .execute(&mut *tx)
+                    .await?;
+                for (jid, aff, reason) in &r.affiliations {
+                    sqlx::query(
+                        "INSERT INTO muc_affiliation (service, room, jid, affiliation, reason) \
+                         VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(service)
+                    .bind(&r.name)
+                    .bind(jid)
+                    .bind(aff)
+                    .bind(reason)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+            });
+            Ok(())
+        })
+        .await
     }
 
     /// Forget a room (destroyed, or no longer persistent).
     pub async fn delete(&self, service: &str, name: &str) -> Result<()> {
-        on_db!(&self.0, |pool| {
-            let mut tx = pool.begin_write().await?;
-            sqlx::query("DELETE FROM muc_affiliation WHERE service = $1 AND room = $2")
-                .bind(service)
-                .bind(name)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM muc_room WHERE service = $1 AND name = $2")
-                .bind(service)
-                .bind(name)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-        });
-        Ok(())
+        palaver_storage::timed("muc", "delete", async {
+            on_db!(&self.0, |pool| {
+                let mut tx = pool.begin_write().await?;
+                sqlx::query("DELETE FROM muc_affiliation WHERE service = $1 AND room = $2")
+                    .bind(service)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM muc_room WHERE service = $1 AND name = $2")
+                    .bind(service)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            });
+            Ok(())
+        })
+        .await
     }
 
     /// Archive a message of a room.
     pub async fn archive(&self, service: &str, room: &str, m: &Archived) -> Result<()> {
-        on_db!(&self.0, |pool| {
-            sqlx::query(
-                "INSERT INTO muc_archive (service, room, id, ts, nick, xml) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(service)
-            .bind(room)
-            .bind(m.id)
-            .bind(m.ts)
-            .bind(&m.nick)
-            .bind(&m.xml)
-            .execute(pool)
-            .await?;
-        });
-        Ok(())
+        palaver_storage::timed("muc", "archive", async {
+            on_db!(&self.0, |pool| {
+                sqlx::query(
+                    "INSERT INTO muc_archive (service, room, id, ts, nick, xml) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(service)
+                .bind(room)
+                .bind(m.id)
+                .bind(m.ts)
+                .bind(&m.nick)
+                .bind(&m.xml)
+                .execute(pool)
+                .await?;
+            });
+            Ok(())
+        })
+        .await
     }
 
     /// Archived messages of a room, oldest first, at most `q.limit`.
@@ -219,55 +231,64 @@ impl MucSql {
         room: &str,
         q: &ArchiveQuery,
     ) -> Result<Vec<Archived>> {
-        let sql = format!(
-            "SELECT id, ts, nick, xml FROM muc_archive WHERE service = $1 AND room = $2 \
-             AND ts >= $3 AND ts <= $4 AND id > $5 AND id < $6 AND ($7 = '' OR nick = $7) \
-             ORDER BY id {} LIMIT $8",
-            if q.backwards { "DESC" } else { "ASC" }
-        );
-        let rows: Vec<(i64, i64, String, String)> = on_db!(&self.0, |pool| {
-            sqlx::query_as(&sql)
-                .bind(service)
-                .bind(room)
-                .bind(q.start.unwrap_or(i64::MIN))
-                .bind(q.end.unwrap_or(i64::MAX))
-                .bind(q.after.unwrap_or(i64::MIN))
-                .bind(q.before.unwrap_or(i64::MAX))
-                .bind(q.nick.as_deref().unwrap_or(""))
-                .bind(q.limit.min(i64::MAX as usize) as i64)
-                .fetch_all(pool)
-                .await?
-        });
-        let mut out: Vec<Archived> = rows
-            .into_iter()
-            .map(|(id, ts, nick, xml)| Archived { id, ts, nick, xml })
-            .collect();
-        if q.backwards {
-            out.reverse();
-        }
-        Ok(out)
+        palaver_storage::timed("muc", "archived", async {
+            let sql = format!(
+                "SELECT id, ts, nick, xml FROM muc_archive WHERE service = $1 AND room = $2 \
+                 AND ts >= $3 AND ts <= $4 AND id > $5 AND id < $6 AND ($7 = '' OR nick = $7) \
+                 ORDER BY id {} LIMIT $8",
+                if q.backwards { "DESC" } else { "ASC" }
+            );
+            let rows: Vec<(i64, i64, String, String)> = on_db!(&self.0, |pool| {
+                sqlx::query_as(&sql)
+                    .bind(service)
+                    .bind(room)
+                    .bind(q.start.unwrap_or(i64::MIN))
+                    .bind(q.end.unwrap_or(i64::MAX))
+                    .bind(q.after.unwrap_or(i64::MIN))
+                    .bind(q.before.unwrap_or(i64::MAX))
+                    .bind(q.nick.as_deref().unwrap_or(""))
+                    .bind(q.limit.min(i64::MAX as usize) as i64)
+                    .fetch_all(pool)
+                    .await?
+            });
+            let mut out: Vec<Archived> = rows
+                .into_iter()
+                .map(|(id, ts, nick, xml)| Archived { id, ts, nick, xml })
+                .collect();
+            if q.backwards {
+                out.reverse();
+            }
+            Ok(out)
+        })
+        .await
     }
 
     /// Forget a destroyed room's archive.
     pub async fn purge_archive(&self, service: &str, room: &str) -> Result<()> {
-        on_db!(&self.0, |pool| {
-            sqlx::query("DELETE FROM muc_archive WHERE service = $1 AND room = $2")
-                .bind(service)
-                .bind(room)
-                .execute(pool)
-                .await?;
-        });
-        Ok(())
+        palaver_storage::timed("muc", "purge_archive", async {
+            on_db!(&self.0, |pool| {
+                sqlx::query("DELETE FROM muc_archive WHERE service = $1 AND room = $2")
+                    .bind(service)
+                    .bind(room)
+                    .execute(pool)
+                    .await?;
+            });
+            Ok(())
+        })
+        .await
     }
 
     /// Remove a (removed) account's affiliations in every room.
     pub async fn remove_jid(&self, jid: &str) -> Result<u64> {
-        Ok(on_db!(&self.0, |pool| {
-            sqlx::query("DELETE FROM muc_affiliation WHERE jid = $1")
-                .bind(jid)
-                .execute(pool)
-                .await?
-                .rows_affected()
-        }))
+        palaver_storage::timed("muc", "remove_jid", async {
+            Ok(on_db!(&self.0, |pool| {
+                sqlx::query("DELETE FROM muc_affiliation WHERE jid = $1")
+                    .bind(jid)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+            }))
+        })
+        .await
     }
 }

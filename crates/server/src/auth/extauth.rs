@@ -1,8 +1,9 @@
 //! The `external` auth backend: ejabberd's extauth protocol. A pool of
 //! `extauth_pool_size` copies of `extauth_program`, each asked one question
 //! at a time on its standard input: a 2-byte big-endian length then
-//! `auth:USER:SERVER:PASSWORD`, `isuser:USER:SERVER` or
-//! `setpass:USER:SERVER:PASSWORD`; it answers 2 bytes of length (2) and a
+//! `auth:USER:SERVER:PASSWORD`, `isuser:USER:SERVER`,
+//! `setpass:USER:SERVER:PASSWORD`, `tryregister:USER:SERVER:PASSWORD` or
+//! `removeuser:USER:SERVER`; it answers 2 bytes of length (2) and a
 //! 2-byte big-endian result, 1 for yes and 0 for no.
 //!
 //! A program that is not running is started at the next question; one
@@ -155,6 +156,33 @@ impl ExtAuth {
             return AuthOutcome::Denied;
         }
         match self.ask(&format!("setpass:{user}:{host}:{password}")).await {
+            Ok(true) => AuthOutcome::Ok,
+            Ok(false) => AuthOutcome::Denied,
+            Err(e) => e,
+        }
+    }
+
+    /// `tryregister:USER:SERVER:PASSWORD`.
+    pub async fn register(&self, host: &str, user: &str, password: &str) -> AuthOutcome {
+        if !Self::fields_ok(&[user, host]) {
+            return AuthOutcome::Denied;
+        }
+        match self
+            .ask(&format!("tryregister:{user}:{host}:{password}"))
+            .await
+        {
+            Ok(true) => AuthOutcome::Ok,
+            Ok(false) => AuthOutcome::Denied,
+            Err(e) => e,
+        }
+    }
+
+    /// `removeuser:USER:SERVER`.
+    pub async fn remove_user(&self, host: &str, user: &str) -> AuthOutcome {
+        if !Self::fields_ok(&[user, host]) {
+            return AuthOutcome::Denied;
+        }
+        match self.ask(&format!("removeuser:{user}:{host}")).await {
             Ok(true) => AuthOutcome::Ok,
             Ok(false) => AuthOutcome::Denied,
             Err(e) => e,

@@ -1,21 +1,33 @@
 //! The `http` auth backend: the operator's service decides.
 //!
-//! Each check is one `POST` of a JSON object to `URL/<operation>`, with
+//! Each question is one `POST` of a JSON object to `URL/<operation>`, with
 //! `Authorization: Bearer TOKEN` when `auth_opts.bearer_token` is set:
 //!
 //! | operation | body | answer |
 //! |---|---|---|
 //! | `check_password` | `{"user", "server", "password"}` | `true` / `false` |
 //! | `user_exists` | `{"user", "server"}` | `true` / `false` |
-//! | `set_password` | `{"user", "server", "password"}` | `true` / `false` |
+//! | `set_password` | `{"user", "server", "password"}` | `true` / `false` (404: no such user) |
+//! | `register` | `{"user", "server", "password"}` | `true` created / `false` refused; 409: exists |
+//! | `remove_user` | `{"user", "server"}` | `true` removed / `false` refused; 404: no such user |
+//! | `scram_credentials` | `{"user", "server", "mechanism"}` | `{"salt", "iterations", "stored_key", "server_key"}`; 404: none |
 //!
 //! The answer is status 200 with a JSON `true`/`false` (or `{"result":
-//! bool}`); 404 means no such user (false). Any other status, a timeout
+//! bool}`); 404 means no such user. Any other status, a timeout
 //! (`auth_opts.timeout`, ms) or a connection failure is a temporary failure.
 //! `http://` and `https://` (system roots) URLs.
+//!
+//! `scram_credentials` is asked only when `auth_opts.scram` lists hashes:
+//! then those SCRAM mechanisms are offered for the host, and the service
+//! gives the stored credentials of the account for `mechanism`
+//! (`SCRAM-SHA-1`, `SCRAM-SHA-256`, `SCRAM-SHA-512`): `salt`, `stored_key`
+//! and `server_key` in base64, `iterations` a number (RFC 5802 §3). The
+//! server never learns the password then. Without `scram`, only PLAIN is
+//! offered (the password goes to `check_password`).
 
 use super::AuthOutcome;
 use crate::config::HttpAuthOptions;
+use palaver_proto::sasl::{ScramCredentials, ScramHash};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -85,6 +97,42 @@ impl HttpAuth {
             connector,
             opts,
         })
+    }
+
+    /// Status and JSON answer of one question; `Err` when the service
+    /// could not be asked (down, timed out).
+    async fn ask_raw(&self, op: &str, body: &Value) -> Result<(u16, Value), AuthOutcome> {
+        match tokio::time::timeout(self.opts.timeout, self.post(op, body)).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => {
+                tracing::warn!(op, error = %e, "HTTP auth service unreachable");
+                Err(AuthOutcome::Temporary)
+            }
+            Err(_) => {
+                tracing::warn!(op, "HTTP auth service timed out");
+                Err(AuthOutcome::Temporary)
+            }
+        }
+    }
+
+    /// A change (`register`, `remove_user`): `true`/`false`, 404 and 409.
+    async fn ask_change(&self, op: &str, body: &Value) -> Result<Change, AuthOutcome> {
+        match self.ask_raw(op, body).await? {
+            (200, v) => match boolean(&v) {
+                Some(true) => Ok(Change::Done),
+                Some(false) => Ok(Change::Refused),
+                None => {
+                    tracing::warn!(op, "HTTP auth service: answer is not true/false");
+                    Err(AuthOutcome::Temporary)
+                }
+            },
+            (404, _) => Ok(Change::NotFound),
+            (409, _) => Ok(Change::Exists),
+            (status, _) => {
+                tracing::warn!(op, status, "HTTP auth service failed");
+                Err(AuthOutcome::Temporary)
+            }
+        }
     }
 
     async fn ask(&self, op: &str, body: &Value) -> Result<bool, AuthOutcome> {
@@ -178,6 +226,57 @@ impl HttpAuth {
             .await
     }
 
+    /// Whether SCRAM with `hash` is offered (`auth_opts.scram`).
+    pub fn offers_scram(&self, hash: ScramHash) -> bool {
+        self.opts.scram.contains(&hash)
+    }
+
+    /// `register`.
+    pub async fn register(
+        &self,
+        host: &str,
+        user: &str,
+        password: &str,
+    ) -> Result<Change, AuthOutcome> {
+        self.ask_change(
+            "register",
+            &json!({"user": user, "server": host, "password": password}),
+        )
+        .await
+    }
+
+    /// `remove_user`.
+    pub async fn remove_user(&self, host: &str, user: &str) -> Result<Change, AuthOutcome> {
+        self.ask_change("remove_user", &json!({"user": user, "server": host}))
+            .await
+    }
+
+    /// `scram_credentials`: the account's stored credentials for `hash`;
+    /// `None` when the service has none (no such user).
+    pub async fn scram_credentials(
+        &self,
+        host: &str,
+        user: &str,
+        hash: ScramHash,
+    ) -> Result<Option<ScramCredentials>, AuthOutcome> {
+        let mechanism = format!("SCRAM-{}", hash.name());
+        let body = json!({"user": user, "server": host, "mechanism": mechanism});
+        match self.ask_raw("scram_credentials", &body).await? {
+            (200, v) => match scram_of(hash, &v) {
+                Ok(c) => Ok(Some(c)),
+                Err(why) => {
+                    tracing::warn!(%mechanism, "HTTP auth service: unusable SCRAM credentials: {why}");
+                    Err(AuthOutcome::Temporary)
+                }
+            },
+            (404, _) => Ok(None),
+            (status, _) => {
+                tracing::warn!(op = "scram_credentials", status, "HTTP auth service failed");
+                Err(AuthOutcome::Temporary)
+            }
+        }
+    }
+
     /// `set_password`.
     pub async fn set_password(&self, host: &str, user: &str, password: &str) -> AuthOutcome {
         match self
@@ -192,6 +291,66 @@ impl HttpAuth {
             Err(e) => e,
         }
     }
+}
+
+/// What the service did with a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Done.
+    Done,
+    /// It said no (`false`).
+    Refused,
+    /// No such user (404).
+    NotFound,
+    /// The user exists already (409).
+    Exists,
+}
+
+fn boolean(v: &Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        Value::Object(o) => o.get("result").and_then(Value::as_bool),
+        _ => None,
+    }
+}
+
+/// SCRAM credentials from the service's JSON (base64 fields).
+fn scram_of(hash: ScramHash, v: &Value) -> Result<ScramCredentials, String> {
+    use base64::Engine;
+    let field = |name: &str| -> Result<Vec<u8>, String> {
+        let text = v
+            .get(name)
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("no `{name}`"))?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|_| format!("`{name}` is not base64"))
+    };
+    let salt = field("salt")?;
+    let (stored_key, server_key) = (field("stored_key")?, field("server_key")?);
+    let iterations = v
+        .get("iterations")
+        .and_then(Value::as_u64)
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|n| *n >= 1)
+        .ok_or("`iterations` is not a positive number")?;
+    if salt.is_empty() {
+        return Err("empty `salt`".into());
+    }
+    if stored_key.len() != hash.output_len() || server_key.len() != hash.output_len() {
+        return Err(format!(
+            "`stored_key` and `server_key` must be {} bytes for SCRAM-{}",
+            hash.output_len(),
+            hash.name()
+        ));
+    }
+    Ok(ScramCredentials {
+        hash,
+        salt,
+        iterations,
+        stored_key,
+        server_key,
+    })
 }
 
 fn bad(m: &str) -> std::io::Error {

@@ -68,6 +68,7 @@ impl C2sSession {
             presence: None,
             inactive_since: None,
             detached: false,
+            conn: std::sync::Arc::new(self.connection(std::time::SystemTime::now())),
             tx,
         };
         if self.core.registry.bind(&jid, handle, max).is_err() {

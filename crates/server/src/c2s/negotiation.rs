@@ -168,8 +168,8 @@ impl C2sSession {
         match m {
             Mechanism::Plain => self.plain_allowed() && auth.passwords(host),
             Mechanism::Anonymous => auth.anonymous_allowed(host),
-            Mechanism::Scram { plus, .. } => {
-                (!plus || !self.cb.is_empty()) && auth.scram_available(host)
+            Mechanism::Scram { plus, hash } => {
+                (!plus || !self.cb.is_empty()) && auth.scram_offered(host, hash)
             }
         }
     }

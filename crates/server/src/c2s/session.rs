@@ -72,6 +72,8 @@ pub struct C2sSession {
     pub(super) core: Arc<Core>,
     pub(super) cfg: Listener,
     pub(super) peer: SocketAddr,
+    /// The transport (recorded in the session table at bind).
+    pub(super) transport: crate::sessions::Transport,
     pub(super) out: Output,
     pub(super) header_sent: bool,
     pub(super) stream_id: String,
@@ -124,6 +126,10 @@ impl C2sSession {
             core,
             cfg,
             peer,
+            transport: match framing {
+                Framing::Stream => crate::sessions::Transport::Tcp,
+                Framing::Documents => crate::sessions::Transport::WebSocket,
+            },
             out: Output::new(framing),
             header_sent: false,
             stream_id: String::new(),
@@ -185,6 +191,22 @@ impl C2sSession {
                 let who = crate::config::Subject { jid: None, ip };
                 self.core.config.shaper_for(None, name, who)
             }
+        }
+    }
+
+    /// The session came in by `t` (BOSH: its output is framed as
+    /// WebSocket's, so it says so).
+    pub fn set_transport(&mut self, t: crate::sessions::Transport) {
+        self.transport = t;
+    }
+
+    /// How this connection is connected, for the session table.
+    pub(super) fn connection(&self, since: std::time::SystemTime) -> crate::sessions::Connection {
+        crate::sessions::Connection {
+            transport: self.transport,
+            tls: self.secure,
+            peer: self.peer,
+            since,
         }
     }
 

@@ -226,6 +226,15 @@ impl C2sSession {
         self.core
             .registry
             .set_detached(&state.bound.jid, state.bound.id, false);
+        let since = self
+            .core
+            .registry
+            .get(&state.bound.jid)
+            .filter(|h| h.id == state.bound.id)
+            .map_or_else(std::time::SystemTime::now, |h| h.conn.since);
+        self.core
+            .registry
+            .set_connection(&state.bound.jid, state.bound.id, self.connection(since));
         self.bound = Some(state.bound);
         self.inflight = state.inflight;
         self.received = state.received;

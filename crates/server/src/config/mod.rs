@@ -110,6 +110,10 @@ pub struct HttpAuthOptions {
     pub bearer_token: Option<String>,
     /// Time allowed for one request.
     pub timeout: std::time::Duration,
+    /// The SCRAM mechanisms offered for the host (`scram: [sha1, sha256,
+    /// sha512]`): the service answers `scram_credentials` for them. Empty
+    /// (the default): PLAIN only.
+    pub scram: Vec<palaver_proto::sasl::ScramHash>,
 }
 
 /// Authentication settings of a host.
@@ -123,7 +127,9 @@ pub struct AuthSettings {
     pub extauth_program: Option<String>,
     /// `extauth_pool_size` (default 1).
     pub extauth_pool_size: usize,
-    /// `jwt_key`: a JWK file (`kty: oct`, HS256/384/512).
+    /// `jwt_key`: a JWK (or JWK set) file — `kty` oct (HS256/384/512), RSA
+    /// (RS256/384/512) or EC (ES256/384) — or a PEM file of RSA or EC
+    /// public keys.
     pub jwt_key: Option<PathBuf>,
     /// `jwt_jid_field` (default `jid`).
     pub jwt_jid_field: String,

@@ -578,7 +578,22 @@ impl Reader<'_> {
                         "timeout" => {
                             h.timeout = std::time::Duration::from_millis(listen::get_uint(ov, &sub, files)?)
                         }
-                        other => return Err(self.err(&sub, ok.pos, format!("unknown option `{other}` (url, path_prefix, bearer_token, timeout in ms)"))),
+                        "scram" => {
+                            h.scram.clear();
+                            for node in strings(ov, &sub, files)? {
+                                let n = listen::get_string(&node, &sub, files)?;
+                                let hash = match n.to_ascii_lowercase().replace('-', "").as_str() {
+                                    "sha" | "sha1" => palaver_proto::sasl::ScramHash::Sha1,
+                                    "sha256" => palaver_proto::sasl::ScramHash::Sha256,
+                                    "sha512" => palaver_proto::sasl::ScramHash::Sha512,
+                                    _ => return Err(self.err(&sub, ov.pos, format!("`{n}` is not sha1, sha256 or sha512"))),
+                                };
+                                if !h.scram.contains(&hash) {
+                                    h.scram.push(hash);
+                                }
+                            }
+                        }
+                        other => return Err(self.err(&sub, ok.pos, format!("unknown option `{other}` (url, path_prefix, bearer_token, timeout in ms, scram)"))),
                     }
                 }
                 if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
