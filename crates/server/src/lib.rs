@@ -11,6 +11,7 @@ pub mod hooks;
 pub mod host;
 pub mod limits;
 pub mod module;
+pub mod reload;
 pub mod router;
 pub mod serial;
 pub mod server;
