@@ -346,8 +346,8 @@ impl Core {
 
     /// Apply the schema steps of every enabled module's own tables.
     pub(crate) async fn migrate_modules(&self) -> palaver_storage::Result<()> {
-        let hosts: Vec<Arc<Host>> = self.host_map().values().cloned().collect();
-        migrate(&self.storage, hosts.iter().map(|h| &h.regs)).await
+        let todo = steps_of(self.host_map().values().map(|h| &h.regs));
+        migrate(&self.storage, todo).await
     }
 
     /// Start the modules' background tasks on every host.
@@ -365,20 +365,26 @@ impl Core {
     }
 }
 
-/// Apply the schema steps of the modules of `regs` (each module once).
-pub(crate) async fn migrate<'a>(
-    storage: &Storage,
-    regs: impl Iterator<Item = &'a crate::module::Registrations>,
-) -> palaver_storage::Result<()> {
-    let mut done: Vec<&str> = Vec::new();
+/// Schema steps of a module's own tables.
+pub(crate) type Steps = (&'static str, &'static [palaver_storage::ModuleMigration]);
+
+/// The schema steps of the modules of `regs`, each module once.
+pub(crate) fn steps_of<'a>(regs: impl Iterator<Item = &'a crate::module::Registrations>) -> Vec<Steps> {
+    let mut todo: Vec<Steps> = Vec::new();
     for r in regs {
         for (module, steps) in &r.migrations {
-            if done.contains(module) {
-                continue;
+            if !todo.iter().any(|(m, _)| m == module) {
+                todo.push((module, steps));
             }
-            done.push(module);
-            storage.db.migrate_module(module, steps).await?;
         }
+    }
+    todo
+}
+
+/// Apply schema steps (see [`steps_of`]).
+pub(crate) async fn migrate(storage: &Storage, todo: Vec<Steps>) -> palaver_storage::Result<()> {
+    for (module, steps) in todo {
+        storage.db.migrate_module(module, steps).await?;
     }
     Ok(())
 }

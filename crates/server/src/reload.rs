@@ -183,19 +183,21 @@ impl Core {
             None => None,
         };
         // The tables of modules that start now, before anything uses them.
-        let running = self.host_map();
-        let started: Vec<&crate::module::Registrations> = plan
-            .hosts
-            .values()
-            .flat_map(|h| h.parts.iter())
-            .filter(|p| {
-                !running
+        let todo = {
+            let running = self.host_map();
+            crate::core::steps_of(
+                plan.hosts
                     .values()
-                    .any(|h| h.parts.iter().any(|q| Arc::ptr_eq(q, p)))
-            })
-            .map(|p| &p.regs)
-            .collect();
-        crate::core::migrate(&self.storage, started.into_iter())
+                    .flat_map(|h| h.parts.iter())
+                    .filter(|p| {
+                        !running
+                            .values()
+                            .any(|h| h.parts.iter().any(|q| Arc::ptr_eq(q, p)))
+                    })
+                    .map(|p| &p.regs),
+            )
+        };
+        crate::core::migrate(&self.storage, todo)
             .await
             .map_err(|e| ReloadError::Storage(e.to_string()))?;
 
