@@ -323,3 +323,101 @@ impl Host {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hooks::{HookAction, UserSend};
+    use crate::module::{Module, NoOptions};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static STOPPED: AtomicUsize = AtomicUsize::new(0);
+
+    struct A;
+    impl Module for A {
+        const NAME: &'static str = "mod_a";
+        type Options = NoOptions;
+        fn start(host: &mut HostSetup, _: NoOptions) -> Result<Self, String> {
+            host.add_feature("urn:a");
+            host.hook::<UserSend>(10, |_, _| HookAction::Continue);
+            Ok(A)
+        }
+    }
+
+    #[derive(serde::Deserialize, Default)]
+    #[serde(deny_unknown_fields, default)]
+    struct BOpts {
+        size: u32,
+    }
+    struct B;
+    impl Module for B {
+        const NAME: &'static str = "mod_b";
+        type Options = BOpts;
+        fn start(host: &mut HostSetup, o: BOpts) -> Result<Self, String> {
+            if o.size == 99 {
+                return Err("size must not be 99".into());
+            }
+            host.add_feature("urn:b");
+            host.hook::<UserSend>(10, |_, _| HookAction::Continue);
+            host.add_service(&format!("b.{}", host.host()));
+            Ok(B)
+        }
+        fn stop(&self, _cx: &ModuleCx) {
+            STOPPED.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn config(modules: &str) -> Arc<Config> {
+        Arc::new(Config::parse(&format!("hosts: [a.test]\nmodules:\n{modules}")).expect("config"))
+    }
+
+    const REGISTRY: &[ModuleDef] = &[ModuleDef::of::<A>(), ModuleDef::of::<B>()];
+
+    /// A rebuild keeps the parts of unchanged modules, starts new and
+    /// changed ones and hands back the rest; the merged registrations are
+    /// those of a fresh start.
+    #[test]
+    fn rebuild_keeps_unchanged_modules() {
+        let old = Host::start("a.test", config("  mod_a: {}\n"), REGISTRY).expect("start");
+        assert_eq!(old.features(), ["urn:a"]);
+        let (new, dropped, changes) =
+            Host::rebuild(&old, config("  mod_a: {}\n  mod_b: {size: 1}\n"), REGISTRY)
+                .expect("rebuild");
+        assert!(dropped.is_empty());
+        assert_eq!(changes.started, ["mod_b"]);
+        assert!(Arc::ptr_eq(&old.parts[0], &new.parts[0]), "mod_a kept");
+        assert_eq!(new.features(), ["urn:a", "urn:b"]);
+        assert_eq!(new.services(), ["b.a.test"]);
+        let names: Vec<&str> = new
+            .hooks()
+            .registrations()
+            .iter()
+            .map(|(_, _, m)| m.as_str())
+            .collect();
+        assert_eq!(names, ["mod_a", "mod_b"], "hooks in module order");
+
+        // Options changed: a new part; the old one is handed back.
+        let (newer, dropped, changes) =
+            Host::rebuild(&new, config("  mod_a: {}\n  mod_b: {size: 2}\n"), REGISTRY)
+                .expect("rebuild");
+        assert_eq!(changes.restarted, ["mod_b"]);
+        assert!(changes.started.is_empty() && changes.stopped.is_empty());
+        assert_eq!(dropped.len(), 1);
+        assert!(Arc::ptr_eq(&dropped[0], &new.parts[1]));
+        assert!(!Arc::ptr_eq(&newer.parts[1], &new.parts[1]));
+
+        // Disabled: handed back, to be stopped by the caller.
+        let (last, dropped, changes) =
+            Host::rebuild(&newer, config("  mod_a: {}\n"), REGISTRY).expect("rebuild");
+        assert_eq!(changes.stopped, ["mod_b"]);
+        assert!(last.services().is_empty());
+        assert_eq!(dropped.len(), 1);
+        assert_eq!(STOPPED.load(Ordering::SeqCst), 0, "stopping is the caller's");
+
+        // A bad option: an error naming it.
+        let err = Host::rebuild(&last, config("  mod_a: {}\n  mod_b: {size: 99}\n"), REGISTRY)
+            .err()
+            .expect("refused");
+        assert!(err.message.contains("size must not be 99"), "{}", err.message);
+    }
+}
