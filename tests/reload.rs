@@ -7,7 +7,6 @@
 mod common;
 #[path = "common/xclient.rs"]
 mod xclient;
-use xclient::*;
 use common::*;
 use minidom::Element;
 use palaver_server::config::Config;
@@ -15,6 +14,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, BufReader};
+use xclient::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_palaver");
 const TIME: &str = "urn:xmpp:time";
@@ -151,11 +151,7 @@ const BASE: &str = "  mod_disco: {}\n  mod_ping: {}\n  mod_roster: {}\n";
 /// did not change keeps running: the client stays in its MUC room.
 #[tokio::test]
 async fn reload_keeps_sessions_while_modules_are_enabled_and_disabled() {
-    let r = Reloadable::start(
-        &[DOMAIN],
-        &format!("{BASE}{MUC}  mod_version: {{}}\n"),
-    )
-    .await;
+    let r = Reloadable::start(&[DOMAIN], &format!("{BASE}{MUC}  mod_version: {{}}\n")).await;
     r.srv.add_user("alice", DOMAIN, "pw").await;
     let mut alice = Client::login(&r.srv, "alice", DOMAIN, "r").await;
     alice.send("<presence/>").await;
@@ -183,11 +179,26 @@ async fn reload_keeps_sessions_while_modules_are_enabled_and_disabled() {
     // mod_time enabled, mod_version disabled; the rest unchanged.
     r.rewrite(&[DOMAIN], 0, &format!("{BASE}{MUC}  mod_time: {{}}\n"));
     let v = r.reload_ok().await;
-    assert_eq!(v["modules"][DOMAIN]["started"], serde_json::json!(["mod_time"]), "{v}");
-    assert_eq!(v["modules"][DOMAIN]["stopped"], serde_json::json!(["mod_version"]), "{v}");
-    assert_eq!(v["modules"][DOMAIN]["restarted"], serde_json::json!([]), "{v}");
+    assert_eq!(
+        v["modules"][DOMAIN]["started"],
+        serde_json::json!(["mod_time"]),
+        "{v}"
+    );
+    assert_eq!(
+        v["modules"][DOMAIN]["stopped"],
+        serde_json::json!(["mod_version"]),
+        "{v}"
+    );
+    assert_eq!(
+        v["modules"][DOMAIN]["restarted"],
+        serde_json::json!([]),
+        "{v}"
+    );
     assert!(
-        v["message"].as_str().unwrap_or_default().contains("started mod_time"),
+        v["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("started mod_time"),
         "{v}"
     );
 
@@ -229,25 +240,39 @@ async fn reload_keeps_sessions_while_modules_are_enabled_and_disabled() {
         &format!("{BASE}  mod_muc:\n    max_users: 10\n  mod_time: {{}}\n"),
     );
     let v = r.reload_ok().await;
-    assert_eq!(v["modules"][DOMAIN]["restarted"], serde_json::json!(["mod_muc"]), "{v}");
+    assert_eq!(
+        v["modules"][DOMAIN]["restarted"],
+        serde_json::json!(["mod_muc"]),
+        "{v}"
+    );
     let items = alice
         .iq("<iq type='get' to='localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>")
         .await;
-    assert!(xml(&items).contains("conference.localhost"), "{}", xml(&items));
+    assert!(
+        xml(&items).contains("conference.localhost"),
+        "{}",
+        xml(&items)
+    );
     let info = ask(&mut alice, "conference.localhost", "query", DISCO_INFO).await;
     assert_eq!(info.attr("type"), Some("result"), "{}", xml(&info));
 
     // A reload that changes nothing says so.
     let v = r.reload_ok().await;
     assert!(
-        v["message"].as_str().unwrap_or_default().contains("no host or module changed"),
+        v["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no host or module changed"),
         "{v}"
     );
 
     // A new connection sees the same as the old one.
     let mut again = Client::login(&r.srv, "alice", DOMAIN, "second").await;
     let f = server_features(&mut again, DOMAIN).await;
-    assert!(f.iter().any(|f| f == TIME) && !f.iter().any(|f| f == VERSION), "{f:?}");
+    assert!(
+        f.iter().any(|f| f == TIME) && !f.iter().any(|f| f == VERSION),
+        "{f:?}"
+    );
     r.srv.stop().await;
 }
 
@@ -289,7 +314,10 @@ async fn hosts_added_and_removed() {
     // The routing table follows.
     let domains = r.srv.core().routes().domains();
     assert!(domains.iter().any(|d| d == "new.test"), "{domains:?}");
-    assert!(domains.iter().any(|d| d == "conference.new.test"), "{domains:?}");
+    assert!(
+        domains.iter().any(|d| d == "conference.new.test"),
+        "{domains:?}"
+    );
     assert!(!domains.iter().any(|d| d.ends_with(DOMAIN2)), "{domains:?}");
     // A stanza to the removed host goes nowhere local now.
     let to_bob = alice
@@ -331,8 +359,14 @@ async fn bad_config_is_refused_and_restart_only_changes_are_reported() {
 
     let bad = [
         ("  mod_disco: {}\n  mod_ping: [\n", "palaver.yml"),
-        ("  mod_disco: {}\n  mod_no_such_thing: {}\n", "unknown module"),
-        ("  mod_disco: {}\n  mod_muc:\n    max_users: 0\n", "max_users"),
+        (
+            "  mod_disco: {}\n  mod_no_such_thing: {}\n",
+            "unknown module",
+        ),
+        (
+            "  mod_disco: {}\n  mod_muc:\n    max_users: 0\n",
+            "max_users",
+        ),
     ];
     for (block, expect) in bad {
         r.rewrite(&[DOMAIN], 0, block);

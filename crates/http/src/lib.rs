@@ -84,10 +84,10 @@ pub fn app(state: HttpState) -> Router {
         }
     })
     .layer(axum::extract::DefaultBodyLimit::max(body_limit))
-        .layer(axum::middleware::from_fn(move |req, next| {
-            let cors = cors.clone();
-            async move { discovery::cors(cors, req, next).await }
-        }))
+    .layer(axum::middleware::from_fn(move |req, next| {
+        let cors = cors.clone();
+        async move { discovery::cors(cors, req, next).await }
+    }))
 }
 
 /// The modules' HTTP routes, built again when a reload changed the hosts.

@@ -174,10 +174,7 @@ impl Authenticator {
     }
 
     fn current(&self) -> Arc<AuthHosts> {
-        self.hosts
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.hosts.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn host_auth(&self, host: &str) -> Option<Arc<HostAuth>> {

@@ -70,10 +70,7 @@ impl Core {
 
     /// Every virtual host, by name.
     pub(crate) fn host_map(&self) -> Arc<HostMap> {
-        self.hosts
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.hosts.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Every virtual host, in config order.
@@ -369,7 +366,9 @@ impl Core {
 pub(crate) type Steps = (&'static str, &'static [palaver_storage::ModuleMigration]);
 
 /// The schema steps of the modules of `regs`, each module once.
-pub(crate) fn steps_of<'a>(regs: impl Iterator<Item = &'a crate::module::Registrations>) -> Vec<Steps> {
+pub(crate) fn steps_of<'a>(
+    regs: impl Iterator<Item = &'a crate::module::Registrations>,
+) -> Vec<Steps> {
     let mut todo: Vec<Steps> = Vec::new();
     for r in regs {
         for (module, steps) in &r.migrations {

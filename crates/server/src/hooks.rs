@@ -193,7 +193,10 @@ impl Hooks {
     fn async_chain<H: AsyncHook>(&self) -> Option<Arc<Chain<AsyncHandler<H::Arg>>>> {
         self.chains
             .get(&TypeId::of::<H>())
-            .and_then(|c| c.as_any().downcast_ref::<Arc<Chain<AsyncHandler<H::Arg>>>>())
+            .and_then(|c| {
+                c.as_any()
+                    .downcast_ref::<Arc<Chain<AsyncHandler<H::Arg>>>>()
+            })
             .cloned()
     }
 

@@ -104,6 +104,10 @@ pub struct Host {
     pub(crate) parts: Vec<Arc<ModulePart>>,
 }
 
+/// A host built again: the new host, the old parts it does not keep, and
+/// what changed.
+pub(crate) type Rebuilt = (Arc<Host>, Vec<Arc<ModulePart>>, ModuleChanges);
+
 /// What [`Host::rebuild`] changed on a host's modules.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ModuleChanges {
@@ -163,7 +167,7 @@ impl Host {
         old: &Host,
         config: Arc<Config>,
         registry: &[ModuleDef],
-    ) -> Result<(Arc<Host>, Vec<Arc<ModulePart>>, ModuleChanges), ConfigError> {
+    ) -> Result<Rebuilt, ConfigError> {
         let name = old.name.as_str();
         let mut parts = Vec::new();
         let mut changes = ModuleChanges::default();
@@ -412,12 +416,24 @@ mod tests {
         assert_eq!(changes.stopped, ["mod_b"]);
         assert!(last.services().is_empty());
         assert_eq!(dropped.len(), 1);
-        assert_eq!(STOPPED.load(Ordering::SeqCst), 0, "stopping is the caller's");
+        assert_eq!(
+            STOPPED.load(Ordering::SeqCst),
+            0,
+            "stopping is the caller's"
+        );
 
         // A bad option: an error naming it.
-        let err = Host::rebuild(&last, config("  mod_a: {}\n  mod_b: {size: 99}\n"), REGISTRY)
-            .err()
-            .expect("refused");
-        assert!(err.message.contains("size must not be 99"), "{}", err.message);
+        let err = Host::rebuild(
+            &last,
+            config("  mod_a: {}\n  mod_b: {size: 99}\n"),
+            REGISTRY,
+        )
+        .err()
+        .expect("refused");
+        assert!(
+            err.message.contains("size must not be 99"),
+            "{}",
+            err.message
+        );
     }
 }

@@ -251,8 +251,7 @@ impl Registrations {
         if other.stream_mgmt.is_some() {
             self.stream_mgmt = other.stream_mgmt;
         }
-        self.account_data
-            .extend(other.account_data.iter().cloned());
+        self.account_data.extend(other.account_data.iter().cloned());
     }
 
     /// Sort and deduplicate what is advertised (disco features, identities).

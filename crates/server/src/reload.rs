@@ -239,7 +239,6 @@ impl Core {
             );
         }
 
-        let mut warnings = warnings;
         if let Some(store) = self.certs() {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -310,7 +309,10 @@ impl Core {
         // domain a connected component holds.
         let mut taken: HashSet<String> = HashSet::new();
         let ours = |d: &str| {
-            running.contains_key(d) || running.values().any(|h| h.services().iter().any(|s| s == d))
+            running.contains_key(d)
+                || running
+                    .values()
+                    .any(|h| h.services().iter().any(|s| s == d))
         };
         let routed_elsewhere =
             |d: &str| matches!(self.routes.lookup(d), Some(Destination::External(_))) && !ours(d);

@@ -280,8 +280,7 @@ impl CertStore {
     /// Serve the prepared certificates to new handshakes.
     pub fn install(&self, p: PreparedCerts) {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(p.set);
-        *self.sources.write().unwrap_or_else(|e| e.into_inner()) =
-            Arc::new((p.certfiles, p.hosts));
+        *self.sources.write().unwrap_or_else(|e| e.into_inner()) = Arc::new((p.certfiles, p.hosts));
     }
 
     fn set(&self) -> Arc<CertSet> {

@@ -576,7 +576,9 @@ impl C2sSession {
                     "replaced by a new session",
                 ))
             }
-            SessionMsg::Kick(cond, reason) => self.stream_error(StreamError::with_text(cond, reason)),
+            SessionMsg::Kick(cond, reason) => {
+                self.stream_error(StreamError::with_text(cond, reason))
+            }
         }
     }
 

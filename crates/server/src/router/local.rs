@@ -83,11 +83,7 @@ fn deliver(core: &Arc<Core>, handle: &SessionHandle, st: Stanza) {
             }
             // The session just ended: treat as if no resource were available.
             DeliverError::Gone | DeliverError::NoSession => {
-                if let Some(host) = st
-                    .to
-                    .as_ref()
-                    .and_then(|t| core.host(t.domain().as_str()))
-                {
+                if let Some(host) = st.to.as_ref().and_then(|t| core.host(t.domain().as_str())) {
                     no_session(core, host, *st);
                 }
             }
