@@ -408,6 +408,55 @@ async fn bad_config_is_refused_and_restart_only_changes_are_reported() {
     r.srv.stop().await;
 }
 
+/// Access rules take effect without restarting the modules that use them:
+/// in-band registration is advertised, and allowed, once the `register`
+/// rule allows it.
+#[tokio::test]
+async fn access_rules_apply_after_a_reload() {
+    let modules = |rule: &str| {
+        format!("{BASE}  mod_register: {{}}\naccess_rules:\n  register:\n    {rule}: all\n")
+    };
+    let r = Reloadable::start(&[DOMAIN], &modules("deny")).await;
+    let register = async |r: &Reloadable, user: &str| {
+        let mut c = Raw::connect(r.srv.addr).await;
+        let features = c.open(DOMAIN).await;
+        c.send(&format!(
+            "<iq type='set' id='reg'><query xmlns='jabber:iq:register'><username>{user}</username><password>pw</password></query></iq>"
+        ))
+        .await;
+        let head = c.until("id='reg'").await;
+        let rest = c.until(">").await;
+        let tail = if rest.ends_with("/>") {
+            String::new()
+        } else {
+            c.until("</iq>").await
+        };
+        (features, format!("{head}{rest}{tail}"))
+    };
+    let (features, answer) = register(&r, "dave").await;
+    assert!(!features.contains("iq-register"), "{features}");
+    assert!(
+        answer.contains("forbidden") || answer.contains("not-allowed"),
+        "{answer}"
+    );
+
+    r.rewrite(&[DOMAIN], 0, &modules("allow"));
+    let v = r.reload_ok().await;
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no host or module changed"),
+        "the rule changed, not the module: {v}"
+    );
+    let (features, answer) = register(&r, "dave").await;
+    assert!(features.contains("iq-register"), "{features}");
+    assert!(answer.contains("type='result'"), "{answer}");
+    let dave = Client::login(&r.srv, "dave", DOMAIN, "r").await;
+    assert_eq!(dave.jid, "dave@localhost/r");
+    r.srv.stop().await;
+}
+
 /// The binary: `palaver ctl reload_config` and `SIGHUP` reload the file the
 /// server was started with; a connected client stays connected throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
