@@ -276,6 +276,39 @@ async fn reload_keeps_sessions_while_modules_are_enabled_and_disabled() {
     r.srv.stop().await;
 }
 
+/// A connected session takes its host's new instance on its next input:
+/// XEP-0198, refused before `mod_stream_mgmt` is enabled, works on the same
+/// stream after the reload.
+#[tokio::test]
+async fn a_connected_session_takes_the_new_host() {
+    let r = Reloadable::start(&[DOMAIN], BASE).await;
+    r.srv.add_user("alice", DOMAIN, "pw").await;
+    let mut alice = raw_login(r.srv.addr, "alice", DOMAIN, "pw", "r").await;
+    alice.send("<enable xmlns='urn:xmpp:sm:3'/>").await;
+    let refused = alice.until("</failed>").await;
+    assert!(refused.contains("<failed"), "{refused}");
+
+    r.rewrite(&[DOMAIN], 0, &format!("{BASE}  mod_stream_mgmt: {{}}\n"));
+    let v = r.reload_ok().await;
+    assert_eq!(
+        v["modules"][DOMAIN]["started"],
+        serde_json::json!(["mod_stream_mgmt"]),
+        "{v}"
+    );
+    alice.send("<enable xmlns='urn:xmpp:sm:3'/>").await;
+    let enabled = alice.until("/>").await;
+    assert!(enabled.contains("<enabled"), "{enabled}");
+    alice
+        .send("<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    alice.until("id='p1'").await;
+    alice.send("<r xmlns='urn:xmpp:sm:3'/>").await;
+    alice.until("<a ").await;
+    let h = alice.until("/>").await;
+    assert!(h.contains("h='1'"), "the ping is counted: {h}");
+    r.srv.stop().await;
+}
+
 /// Hosts added serve logins; hosts removed leave the routing table and their
 /// sessions end with `host-unknown`; other hosts' sessions stay.
 #[tokio::test]
