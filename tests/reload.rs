@@ -328,7 +328,14 @@ async fn hosts_added_and_removed() {
     let refused = c.until_closed().await;
     assert!(refused.contains("host-unknown"), "{refused}");
 
-    r.rewrite(&[DOMAIN, "new.test"], 0, &format!("{BASE}{MUC}"));
+    // The new host has options of its own: its modules and SASL ANONYMOUS.
+    r.rewrite(
+        &[DOMAIN, "new.test"],
+        0,
+        &format!(
+            "{BASE}{MUC}host_config:\n  new.test:\n    auth_method: [internal, anonymous]\n    modules:\n      mod_disco: {{}}\n      mod_ping: {{}}\n      mod_muc: {{}}\n      mod_time: {{}}\n"
+        ),
+    );
     let v = r.reload_ok().await;
     assert_eq!(v["hosts_added"], serde_json::json!(["new.test"]), "{v}");
     assert_eq!(v["hosts_removed"], serde_json::json!([DOMAIN2]), "{v}");
@@ -344,6 +351,22 @@ async fn hosts_added_and_removed() {
     let mut carol = Client::login(&r.srv, "carol", "new.test", "r").await;
     let info = ask(&mut carol, "conference.new.test", "query", DISCO_INFO).await;
     assert_eq!(info.attr("type"), Some("result"), "{}", xml(&info));
+    // Its own modules and authentication; localhost keeps the global ones.
+    let t = ask(&mut carol, "new.test", "time", TIME).await;
+    assert_eq!(t.attr("type"), Some("result"), "{}", xml(&t));
+    let t = ask(&mut alice, DOMAIN, "time", TIME).await;
+    assert_eq!(
+        condition(&t).as_deref(),
+        Some("service-unavailable"),
+        "{}",
+        xml(&t)
+    );
+    let mut c = Raw::connect(r.srv.addr).await;
+    let f = c.open("new.test").await;
+    assert!(f.contains("<mechanism>ANONYMOUS</mechanism>"), "{f}");
+    let mut c = Raw::connect(r.srv.addr).await;
+    let f = c.open(DOMAIN).await;
+    assert!(!f.contains("ANONYMOUS") && f.contains("PLAIN"), "{f}");
     // The routing table follows.
     let domains = r.srv.core().routes().domains();
     assert!(domains.iter().any(|d| d == "new.test"), "{domains:?}");
