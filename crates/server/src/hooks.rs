@@ -534,3 +534,43 @@ impl Account {
         format!("{}@{}", self.user, self.host)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handler() -> SyncHandler<Stanza> {
+        Arc::new(|_, _| HookAction::Continue)
+    }
+
+    /// Merging modules' hooks gives the chain registering them in that
+    /// order gives: by priority, equal priorities in module order.
+    #[test]
+    fn merge_keeps_priority_then_module_order() {
+        let (a5, a1, b5, b10) = (handler(), handler(), handler(), handler());
+        let mut a = Hooks::default();
+        a.add_sync::<UserSend>("mod_a", 5, a5.clone());
+        a.add_sync::<UserSend>("mod_a", 1, a1.clone());
+        let mut b = Hooks::default();
+        b.add_sync::<UserSend>("mod_b", 5, b5.clone());
+        b.add_sync::<UserSend>("mod_b", 10, b10.clone());
+        b.add_async::<SessionBound>(
+            "mod_b",
+            0,
+            Arc::new(|_, _| Box::pin(async { HookAction::Continue })),
+        );
+        let mut merged = Hooks::default();
+        merged.merge(&a);
+        merged.merge(&b);
+        let chain = merged.sync_chain::<UserSend>().expect("chain");
+        let order: Vec<i32> = chain.handlers.iter().map(|(p, _)| *p).collect();
+        assert_eq!(order, [10, 5, 5, 1]);
+        let expected = [&b10, &a5, &b5, &a1];
+        for ((_, got), want) in chain.handlers.iter().zip(expected) {
+            assert!(Arc::ptr_eq(got, want));
+        }
+        assert!(merged.has::<SessionBound>());
+        assert!(!a.has::<SessionBound>());
+        assert_eq!(merged.registrations().len(), 5);
+    }
+}

@@ -547,7 +547,10 @@ impl HostSetup {
 
     /// Run a background task of the module once the server runs; it is
     /// cancelled when the module stops (at shutdown, or when a
-    /// configuration reload disables or restarts the module).
+    /// configuration reload disables or restarts the module). Its
+    /// `ModuleCx` is the host's as it was when the task started: a reload
+    /// that keeps the module keeps the task, so a task that must see a
+    /// later configuration asks `cx.core()` for it.
     pub fn spawn_task<Fut>(&mut self, f: impl FnOnce(ModuleCx) -> Fut + Send + 'static)
     where
         Fut: std::future::Future<Output = ()> + Send + 'static,
