@@ -309,6 +309,48 @@ async fn a_connected_session_takes_the_new_host() {
     r.srv.stop().await;
 }
 
+/// A module's HTTP routes and service subdomain come and go with it.
+#[tokio::test]
+async fn module_http_routes_and_services_follow_reloads() {
+    let r = Reloadable::start(&[DOMAIN], BASE).await;
+    r.srv.add_user("alice", DOMAIN, "pw").await;
+    let mut alice = Client::login(&r.srv, "alice", DOMAIN, "r").await;
+    let put = async |r: &Reloadable| {
+        let (status, _, body) =
+            http_request(r.srv.http_addr, "PUT", "/upload/a/b/c.txt", "", b"x").await;
+        (status, String::from_utf8_lossy(&body).to_string())
+    };
+    assert_eq!(put(&r).await.0, 404, "no upload module, no route");
+
+    r.rewrite(&[DOMAIN], 0, &format!("{BASE}  mod_http_upload: {{}}\n"));
+    r.reload_ok().await;
+    let (status, body) = put(&r).await;
+    assert_eq!(
+        (status, body.trim()),
+        (400, "invalid upload path"),
+        "the module's route answers"
+    );
+    let info = ask(&mut alice, "upload.localhost", "query", DISCO_INFO).await;
+    assert_eq!(info.attr("type"), Some("result"), "{}", xml(&info));
+
+    r.rewrite(&[DOMAIN], 0, BASE);
+    let v = r.reload_ok().await;
+    assert_eq!(
+        v["modules"][DOMAIN]["stopped"],
+        serde_json::json!(["mod_http_upload"]),
+        "{v}"
+    );
+    assert_eq!(put(&r).await.0, 404, "the route left with the module");
+    let gone = ask(&mut alice, "upload.localhost", "query", DISCO_INFO).await;
+    assert_eq!(
+        condition(&gone).as_deref(),
+        Some("remote-server-not-found"),
+        "{}",
+        xml(&gone)
+    );
+    r.srv.stop().await;
+}
+
 /// Hosts added serve logins; hosts removed leave the routing table and their
 /// sessions end with `host-unknown`; other hosts' sessions stay.
 #[tokio::test]
