@@ -651,8 +651,11 @@ async fn serve(config_path: Option<PathBuf>, log_file: Option<PathBuf>) -> Resul
     Ok(())
 }
 
-/// `SIGHUP` reloads the certificates (renewed by certbot, say): new TLS
-/// handshakes use them; connected clients stay connected.
+/// `SIGHUP` reloads the configuration (like `palaver ctl reload_config`):
+/// modules, hosts, authentication, access rules and the certificates
+/// (renewed by certbot, say); connected clients stay connected. Without a
+/// configuration file (embedded defaults) it reloads the certificates only.
+/// The outcome goes to the log.
 fn reload_on_sighup(core: std::sync::Arc<palaver_server::Core>) {
     #[cfg(unix)]
     {
@@ -661,8 +664,16 @@ fn reload_on_sighup(core: std::sync::Arc<palaver_server::Core>) {
             Ok(mut hup) => {
                 tokio::spawn(async move {
                     while hup.recv().await.is_some() {
-                        tracing::info!("SIGHUP: reloading certificates");
-                        let _ = core.reload_certificates();
+                        if core.config().source.is_none() {
+                            tracing::info!(
+                                "SIGHUP: no configuration file to read again; reloading certificates"
+                            );
+                            let _ = core.reload_certificates();
+                            continue;
+                        }
+                        tracing::info!("SIGHUP: reloading the configuration");
+                        // The outcome (or the error) is logged by the reload.
+                        let _ = core.reload_config().await;
                     }
                 });
             }

@@ -680,9 +680,9 @@ pub async fn execute(core: &Arc<Core>, online: bool, req: &Request) -> Result<Va
             ),
         )
     })?;
-    let args = parse_args(cmd, &req.args, core.config())?;
+    let args = parse_args(cmd, &req.args, &core.config())?;
     if cmd.online_only && !online {
-        return Err(not_running(cmd, core.config()));
+        return Err(not_running(cmd, &core.config()));
     }
     (cmd.handler)(
         Ctx {

@@ -169,7 +169,7 @@ impl ControlSocket {
 /// Bind the control socket of a started server and serve it as one of the
 /// server's tasks (ended, and the file removed, at shutdown).
 pub fn start(server: &mut RunningServer) -> Result<PathBuf, ControlError> {
-    let path = socket_path(server.core.config());
+    let path = socket_path(&server.core.config());
     let sock = ControlSocket::bind(&path)?;
     let core = server.core.clone();
     server.spawn(sock.serve(core));

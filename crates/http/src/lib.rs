@@ -45,11 +45,13 @@ pub fn app(state: HttpState) -> Router {
     // bodies are streamed to disk and counted against their slot instead.
     let body_limit = state.cfg.max_stanza_size.saturating_mul(4);
     let cors = state.clone();
-    // Routes the modules registered (e.g. mod_http_upload's PUT/GET).
-    let mut modules: Router = Router::new();
-    for (path, route) in state.core.http_routes() {
-        modules = modules.route(&path, route);
-    }
+    // Routes the modules registered (e.g. mod_http_upload's PUT/GET): what
+    // the listener's own routes do not take, as the hosts are now (a
+    // configuration reload enables and disables modules).
+    let modules = Arc::new(ModuleRoutes {
+        core: state.core.clone(),
+        built: std::sync::Mutex::new(None),
+    });
     let own: Router = Router::new()
         .route(&ws_path, get(ws::upgrade))
         .route("/bosh", axum::routing::post(bosh::handle))
@@ -72,12 +74,44 @@ pub fn app(state: HttpState) -> Router {
             get(discovery::host_meta_json),
         )
         .with_state(state);
-    own.merge(modules)
-        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
-        .layer(axum::middleware::from_fn(move |req, next| {
-            let cors = cors.clone();
-            async move { discovery::cors(cors, req, next).await }
-        }))
+    own.fallback(move |req: axum::extract::Request| {
+        let mut router = modules.router();
+        async move {
+            match tower_service::Service::call(&mut router, req).await {
+                Ok(res) => res,
+                Err(never) => match never {},
+            }
+        }
+    })
+    .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+    .layer(axum::middleware::from_fn(move |req, next| {
+        let cors = cors.clone();
+        async move { discovery::cors(cors, req, next).await }
+    }))
+}
+
+/// The modules' HTTP routes, built again when a reload changed the hosts.
+struct ModuleRoutes {
+    core: Arc<Core>,
+    built: std::sync::Mutex<Option<(u64, Router)>>,
+}
+
+impl ModuleRoutes {
+    fn router(&self) -> Router {
+        let generation = self.core.generation();
+        let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((g, r)) = &*built
+            && *g == generation
+        {
+            return r.clone();
+        }
+        let mut r = Router::new();
+        for (path, route) in self.core.http_routes() {
+            r = r.route(&path, route);
+        }
+        *built = Some((generation, r.clone()));
+        r
+    }
 }
 
 /// Serve every HTTP listener the server bound.

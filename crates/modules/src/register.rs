@@ -64,18 +64,22 @@ fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
         last_by_ip: DashMap::new(),
     });
     host.add_feature(NS_REGISTER);
-    // Advertised only where registration is open to new users.
-    let open = host.config().access_on(
-        host.host(),
-        &state.opts.access,
-        &format!("new-user@{}", host.host()),
-        false,
-    );
-    if open {
-        host.add_pre_auth_stream_features(Arc::new(|_h| {
+    // Advertised only where registration is open to new users (by the
+    // access rule as configured now: a reload may change it).
+    let s = state.clone();
+    host.add_pre_auth_stream_features(Arc::new(move |h| {
+        let open = h.config().access_on(
+            &h.name,
+            &s.opts.access,
+            &format!("new-user@{}", h.name),
+            false,
+        );
+        if open {
             vec![Element::bare("register", NS_FEATURE)]
-        }));
-    }
+        } else {
+            Vec::new()
+        }
+    }));
     let s = state.clone();
     host.on_pre_auth_iq(
         NS_REGISTER,

@@ -17,6 +17,8 @@ use palaver_proto::sasl::{ScramCredentials, ScramHash};
 use palaver_storage::{Storage, StorageError};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 /// Outcome of a password check.
@@ -38,11 +40,12 @@ pub enum AuthOutcome {
 /// without re-deriving while the stored credentials are unchanged.
 pub struct Authenticator {
     storage: Storage,
-    iterations: u32,
+    iterations: AtomicU32,
     secret: [u8; 32],
     verified: DashMap<(String, String), [u8; 32]>,
-    /// Per host: the backend (hosts not listed use the internal one).
-    hosts: HashMap<String, HostAuth>,
+    /// Per host: the backend (hosts not listed use the internal one);
+    /// replaced whole by a configuration reload.
+    hosts: RwLock<Arc<AuthHosts>>,
     /// Correct passwords of external backends, until a deadline.
     cache: DashMap<(String, String), ([u8; 32], Instant)>,
     /// SCRAM credentials an external service gave, until a deadline.
@@ -79,17 +82,31 @@ struct HostAuth {
     backend: Backend,
     anonymous: bool,
     cache_life_time: Duration,
+    /// The settings it was built from (a reload keeps it when they are unchanged).
+    method: AuthMethod,
+    settings: crate::config::AuthSettings,
 }
+
+type AuthHosts = HashMap<String, Arc<HostAuth>>;
+
+/// The backends of a new configuration, built (programs started, keys
+/// read) but not in use yet: [`Authenticator::install`] swaps them in.
+pub struct PreparedAuth {
+    hosts: AuthHosts,
+    iterations: u32,
+}
+
+static INTERNAL: Backend = Backend::Internal;
 
 impl Authenticator {
     /// New authenticator over `storage` for internal accounts only.
     pub fn new(storage: Storage, iterations: u32) -> Self {
         Authenticator {
             storage,
-            iterations,
+            iterations: AtomicU32::new(iterations),
             secret: rand::random(),
             verified: DashMap::new(),
-            hosts: HashMap::new(),
+            hosts: RwLock::new(Arc::new(HashMap::new())),
             cache: DashMap::new(),
             scram_cache: DashMap::new(),
         }
@@ -98,9 +115,27 @@ impl Authenticator {
     /// The authenticator of `config`: each host's `auth_method` with its
     /// options (a missing or unusable option is a config error).
     pub fn from_config(storage: Storage, config: &Config) -> Result<Self, ConfigError> {
-        let mut a = Self::new(storage, config.scram_iterations);
+        let a = Self::new(storage, config.scram_iterations);
+        let prepared = a.prepare(config)?;
+        a.install(prepared);
+        Ok(a)
+    }
+
+    /// Build the backends of `config`, keeping the running one of each host
+    /// whose `auth_method` and options are unchanged (its program pool,
+    /// its cache). Nothing changes until [`Authenticator::install`].
+    pub fn prepare(&self, config: &Config) -> Result<PreparedAuth, ConfigError> {
+        let current = self.current();
+        let mut hosts = HashMap::new();
         for h in &config.hosts {
             let o = config.host_options(h);
+            if let Some(old) = current.get(h)
+                && old.method == o.auth_method
+                && old.settings == o.auth
+            {
+                hosts.insert(h.clone(), old.clone());
+                continue;
+            }
             let err = |m: String| ConfigError::msg(format!("auth_method of host {h}: {m}"));
             let backend = match o.auth_method {
                 AuthMethod::Internal => Backend::Internal,
@@ -122,54 +157,95 @@ impl Authenticator {
                     None => return Err(err("`jwt` needs `jwt_key`".into())),
                 },
             };
-            a.hosts.insert(
+            hosts.insert(
                 h.clone(),
-                HostAuth {
+                Arc::new(HostAuth {
                     backend,
                     anonymous: o.auth.anonymous,
                     cache_life_time: o.auth.cache_life_time,
-                },
+                    method: o.auth_method,
+                    settings: o.auth.clone(),
+                }),
             );
         }
-        Ok(a)
+        Ok(PreparedAuth {
+            hosts,
+            iterations: config.scram_iterations,
+        })
     }
 
-    fn backend(&self, host: &str) -> &Backend {
+    /// Use the backends of [`Authenticator::prepare`] from now on. Logins
+    /// under way finish with the backend they started with.
+    pub fn install(&self, prepared: PreparedAuth) {
+        self.iterations
+            .store(prepared.iterations, Ordering::Relaxed);
+        let old = std::mem::replace(
+            &mut *self.hosts.write().unwrap_or_else(|p| p.into_inner()),
+            Arc::new(prepared.hosts),
+        );
+        // Passwords a replaced backend said were right are not the new one's.
+        let new = self.current();
+        let changed = |h: &str| match (old.get(h), new.get(h)) {
+            (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+            _ => true,
+        };
+        self.cache.retain(|(h, _), _| !changed(h));
+    }
+
+    fn current(&self) -> Arc<AuthHosts> {
+        self.hosts.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn host_auth(&self, host: &str) -> Option<Arc<HostAuth>> {
         self.hosts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
             .get(host)
-            .map(|h| &h.backend)
-            .unwrap_or(&Backend::Internal)
+            .cloned()
+    }
+
+    fn iterations(&self) -> u32 {
+        self.iterations.load(Ordering::Relaxed)
     }
 
     /// Whether `host` takes SASL ANONYMOUS.
     pub fn anonymous_allowed(&self, host: &str) -> bool {
-        self.hosts.get(host).is_some_and(|h| h.anonymous)
+        self.host_auth(host).is_some_and(|h| h.anonymous)
     }
 
     /// Whether `host` checks passwords at all (PLAIN).
     pub fn passwords(&self, host: &str) -> bool {
-        !matches!(self.backend(host), Backend::None)
+        let h = self.host_auth(host);
+        !matches!(backend_of(&h), Backend::None)
     }
 
     /// Whether SCRAM with `hash` is offered on `host`: internal accounts,
     /// or an `http` service configured to give credentials for it.
     pub fn scram_offered(&self, host: &str, hash: ScramHash) -> bool {
-        match self.backend(host) {
+        let h = self.host_auth(host);
+        match backend_of(&h) {
             Backend::Internal => true,
             Backend::Http(h) => h.offers_scram(hash),
             _ => false,
         }
     }
 
+    /// Whether `host` has stored SCRAM credentials (internal accounts).
+    pub fn scram_available(&self, host: &str) -> bool {
+        let h = self.host_auth(host);
+        matches!(backend_of(&h), Backend::Internal)
+    }
+
     /// Whether `host`'s accounts live in Palaver's database (so commands
     /// may create them and change their passwords there).
     pub fn internal(&self, host: &str) -> bool {
-        matches!(self.backend(host), Backend::Internal)
+        self.scram_available(host)
     }
 
     /// The name of `host`'s password method (metrics, logs).
     pub fn method_name(&self, host: &str) -> &'static str {
-        match self.backend(host) {
+        let h = self.host_auth(host);
+        match backend_of(&h) {
             Backend::Internal => "internal",
             Backend::Http(_) => "http",
             Backend::External(_) => "external",
@@ -193,7 +269,8 @@ impl Authenticator {
     /// Check a password with `host`'s backend (SASL PLAIN, the REST API's
     /// basic authentication, `check_password`).
     pub async fn check_password(&self, host: &str, user: &str, password: &str) -> AuthOutcome {
-        let outcome = match self.backend(host) {
+        let h = self.host_auth(host);
+        let outcome = match backend_of(&h) {
             Backend::Internal => return self.check_internal(host, user, password).await,
             Backend::None => return AuthOutcome::Denied,
             external => {
@@ -214,11 +291,7 @@ impl Authenticator {
                 };
                 metrics::histogram!("palaver_auth_backend_seconds", "method" => self.method_name(host))
                     .record(started.elapsed().as_secs_f64());
-                let life = self
-                    .hosts
-                    .get(host)
-                    .map(|h| h.cache_life_time)
-                    .unwrap_or_default();
+                let life = h.as_ref().map(|h| h.cache_life_time).unwrap_or_default();
                 if outcome == AuthOutcome::Ok && !life.is_zero() {
                     self.cache.insert(key, (token, Instant::now() + life));
                 }
@@ -240,7 +313,7 @@ impl Authenticator {
             Ok(false) => {
                 let pw: [u8; 32] = rand::random();
                 let pw = hex::encode(pw);
-                let iterations = self.iterations;
+                let iterations = self.iterations();
                 if let Ok(creds) =
                     tokio::task::spawn_blocking(move || derive_all(&pw, iterations)).await
                 {
@@ -263,7 +336,8 @@ impl Authenticator {
 
     /// Whether `user` exists according to `host`'s backend.
     pub async fn user_exists(&self, host: &str, user: &str) -> Result<bool, AuthOutcome> {
-        match self.backend(host) {
+        let h = self.host_auth(host);
+        match backend_of(&h) {
             Backend::Http(h) => h.user_exists(host, user).await,
             Backend::External(x) => x.user_exists(host, user).await,
             _ => self
@@ -283,7 +357,8 @@ impl Authenticator {
         user: &str,
         password: &str,
     ) -> Option<AuthOutcome> {
-        let r = match self.backend(host) {
+        let h = self.host_auth(host);
+        let r = match backend_of(&h) {
             Backend::Internal => return None,
             Backend::Http(h) => h.set_password(host, user, password).await,
             Backend::External(x) => x.set_password(host, user, password).await,
@@ -322,7 +397,8 @@ impl Authenticator {
         user: &str,
         hash: ScramHash,
     ) -> Result<Option<ScramCredentials>, StorageError> {
-        match self.backend(host) {
+        let ha = self.host_auth(host);
+        match backend_of(&ha) {
             Backend::Internal => self.storage.accounts.credentials(host, user, hash).await,
             Backend::Http(h) if h.offers_scram(hash) => {
                 let key = (host.to_string(), user.to_string(), hash);
@@ -337,11 +413,7 @@ impl Authenticator {
                     .record(started.elapsed().as_secs_f64());
                 match r {
                     Ok(Some(c)) => {
-                        let life = self
-                            .hosts
-                            .get(host)
-                            .map(|h| h.cache_life_time)
-                            .unwrap_or_default();
+                        let life = ha.as_ref().map(|h| h.cache_life_time).unwrap_or_default();
                         if !life.is_zero() {
                             self.scram_cache
                                 .insert(key, (c.clone(), Instant::now() + life));
@@ -369,7 +441,8 @@ impl Authenticator {
         user: &str,
         password: &str,
     ) -> Option<Provision> {
-        let r = match self.backend(host) {
+        let ha = self.host_auth(host);
+        let r = match backend_of(&ha) {
             Backend::Internal => return None,
             Backend::Http(h) => match h.register(host, user, password).await {
                 Ok(http::Change::Done) => Provision::Done,
@@ -394,7 +467,8 @@ impl Authenticator {
     /// `removeuser`); `None` when there is no backend to ask (internal,
     /// JWT, anonymous): the caller removes the local data only.
     pub async fn remove_external(&self, host: &str, user: &str) -> Option<Provision> {
-        let r = match self.backend(host) {
+        let ha = self.host_auth(host);
+        let r = match backend_of(&ha) {
             Backend::Internal | Backend::Jwt(_) | Backend::None => return None,
             Backend::Http(h) => match h.remove_user(host, user).await {
                 Ok(http::Change::Done) => Provision::Done,
@@ -451,7 +525,7 @@ impl Authenticator {
             return AuthOutcome::Denied;
         }
         if missing {
-            let iterations = self.iterations;
+            let iterations = self.iterations();
             let pw = password.to_string();
             if let Ok(all) = tokio::task::spawn_blocking(move || derive_all(&pw, iterations)).await
             {
@@ -476,7 +550,7 @@ impl Authenticator {
 
     /// Derive credentials for every supported hash.
     pub fn derive_all(&self, password: &str) -> Vec<ScramCredentials> {
-        derive_all(password, self.iterations)
+        derive_all(password, self.iterations())
     }
 
     /// Forget cached verifications for an account (password changed or removed).
@@ -497,6 +571,11 @@ impl Authenticator {
                 .insert((host.to_string(), user.to_string()), t);
         }
     }
+}
+
+/// A host's backend; hosts without an entry use the internal one.
+fn backend_of(h: &Option<Arc<HostAuth>>) -> &Backend {
+    h.as_deref().map_or(&INTERNAL, |h| &h.backend)
 }
 
 fn subtle_eq(a: &[u8], b: &[u8]) -> subtle::Choice {

@@ -15,18 +15,29 @@ use jid::{BareJid, FullJid};
 use palaver_proto::stanza::Stanza;
 use palaver_storage::Storage;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 use tokio::sync::watch;
 
+/// Virtual hosts by domain.
+pub(crate) type HostMap = HashMap<String, Arc<Host>>;
+
 /// Shared state of a running server.
 pub struct Core {
-    /// Validated configuration.
-    pub(crate) config: Arc<Config>,
+    /// Validated configuration (replaced whole by a reload).
+    pub(crate) config: RwLock<Arc<Config>>,
     /// Storage backend.
     pub(crate) storage: Storage,
-    /// Virtual hosts by domain.
-    pub(crate) hosts: HashMap<String, Arc<Host>>,
+    /// Virtual hosts by domain (replaced whole by a reload).
+    pub(crate) hosts: RwLock<Arc<HostMap>>,
+    /// Bumped by every reload that installed new hosts, so that holders of
+    /// an `Arc<Host>` (c2s sessions) know to look theirs up again.
+    pub(crate) generation: AtomicU64,
+    /// The modules this build has (a reload starts modules from it).
+    pub(crate) modules: Vec<crate::module::ModuleDef>,
+    /// One reload at a time.
+    pub(crate) reloading: tokio::sync::Mutex<()>,
     /// Domain → destination.
     pub(crate) routes: RoutingTable,
     /// Bound HTTP listener addresses (set once listeners are up).
@@ -48,19 +59,41 @@ pub struct Core {
 }
 
 impl Core {
-    /// The host serving `domain`.
-    pub fn host(&self, domain: &str) -> Option<&Arc<Host>> {
-        self.hosts.get(domain)
+    /// The host serving `domain` (as it is now: a reload replaces it).
+    pub fn host(&self, domain: &str) -> Option<Arc<Host>> {
+        self.hosts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(domain)
+            .cloned()
     }
 
     /// Every virtual host, by name.
-    pub fn hosts(&self) -> impl Iterator<Item = &Arc<Host>> {
-        self.hosts.values()
+    pub(crate) fn host_map(&self) -> Arc<HostMap> {
+        self.hosts.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Every virtual host, in config order.
+    pub fn hosts(&self) -> Vec<Arc<Host>> {
+        let map = self.host_map();
+        self.config()
+            .hosts
+            .iter()
+            .filter_map(|h| map.get(h).cloned())
+            .collect()
     }
 
     /// Whether `domain` is a virtual host served here.
     pub fn is_local(&self, domain: &str) -> bool {
-        self.hosts.contains_key(domain)
+        self.hosts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(domain)
+    }
+
+    /// Changes whenever a reload installs new hosts.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Count a new unauthenticated connection from `ip` against `cap`,
@@ -82,7 +115,7 @@ impl Core {
         guard
     }
 
-    /// The certificates every TLS listener serves (c2s, HTTPS).
+    /// The certificates every TLS listener serves (c2s, HTTPS, s2s).
     pub fn certs(&self) -> Option<&Arc<crate::tls::CertStore>> {
         self.certs.get()
     }
@@ -112,9 +145,12 @@ impl Core {
         }
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The configuration (as it is now: a reload replaces it).
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The storage.
@@ -152,7 +188,7 @@ impl Core {
 
     /// The module context of the host named `domain`.
     pub fn cx_of(self: &Arc<Self>, domain: &str) -> Option<ModuleCx> {
-        self.hosts.get(domain).map(|h| self.cx(h))
+        self.host(domain).map(|h| self.cx(&h))
     }
 
     /// Run the `user_send_packet` hooks of the sender's host.
@@ -178,25 +214,25 @@ impl Core {
         session: &FullJid,
         st: &mut Stanza,
     ) -> HookAction {
-        let Some(host) = self.hosts.get(session.domain().as_str()) else {
+        let Some(host) = self.host(session.domain().as_str()) else {
             return HookAction::Continue;
         };
         if !host.hooks().has::<H>() {
             return HookAction::Continue;
         }
-        self.cx(host).run_hook::<H>(Some(session), st)
+        self.cx(&host).run_hook::<H>(Some(session), st)
     }
 
     /// A stanza a local session sent was routed: observers that must finish
     /// before it is acknowledged ([`hooks::UserSent`]) run holding its ticket.
     pub(crate) fn sent(self: &Arc<Self>, session: &FullJid, st: &Stanza) {
-        let Some(host) = self.hosts.get(session.domain().as_str()) else {
+        let Some(host) = self.host(session.domain().as_str()) else {
             return;
         };
         if !host.hooks().has::<hooks::UserSent>() {
             return;
         }
-        let cx = self.cx(host);
+        let cx = self.cx(&host);
         let arg = hooks::SentStanza {
             session: session.clone(),
             stanza: st.clone(),
@@ -290,15 +326,16 @@ impl Core {
     }
 
     /// The HTTP routes of every host's modules, each path once (the first
-    /// host in config order that registered it serves it).
+    /// host in config order that registered it serves it). They change
+    /// with a reload ([`Core::generation`]).
     pub fn http_routes(self: &Arc<Self>) -> Vec<(String, axum::routing::MethodRouter)> {
         let mut out: Vec<(String, axum::routing::MethodRouter)> = Vec::new();
-        for h in self.config.hosts.iter().filter_map(|h| self.hosts.get(h)) {
+        for h in self.hosts() {
             for r in h.http_routes() {
                 if out.iter().any(|(p, _)| *p == r.path) {
                     continue;
                 }
-                out.push((r.path.clone(), r.build(self.cx(h))));
+                out.push((r.path.clone(), r.build(self.cx(&h))));
             }
         }
         out
@@ -306,30 +343,47 @@ impl Core {
 
     /// Apply the schema steps of every enabled module's own tables.
     pub(crate) async fn migrate_modules(&self) -> palaver_storage::Result<()> {
-        let mut done: Vec<&str> = Vec::new();
-        for h in self.hosts.values() {
-            for (module, steps) in &h.regs.migrations {
-                if done.contains(module) {
-                    continue;
-                }
-                done.push(module);
-                self.storage.db.migrate_module(module, steps).await?;
-            }
-        }
-        Ok(())
+        let todo = steps_of(self.host_map().values().map(|h| &h.regs));
+        migrate(&self.storage, todo).await
     }
 
     /// Start the modules' background tasks on every host.
     pub(crate) fn start_modules(self: &Arc<Self>) {
-        for h in self.hosts.values() {
+        for h in self.host_map().values() {
             h.start_tasks(&self.cx(h));
         }
     }
 
     /// Stop every module of every host (their tasks are cancelled).
     pub fn stop_modules(self: &Arc<Self>) {
-        for h in self.hosts.values() {
+        for h in self.host_map().values() {
             h.stop_modules(&self.cx(h));
         }
     }
+}
+
+/// Schema steps of a module's own tables.
+pub(crate) type Steps = (&'static str, &'static [palaver_storage::ModuleMigration]);
+
+/// The schema steps of the modules of `regs`, each module once.
+pub(crate) fn steps_of<'a>(
+    regs: impl Iterator<Item = &'a crate::module::Registrations>,
+) -> Vec<Steps> {
+    let mut todo: Vec<Steps> = Vec::new();
+    for r in regs {
+        for (module, steps) in &r.migrations {
+            if !todo.iter().any(|(m, _)| m == module) {
+                todo.push((module, steps));
+            }
+        }
+    }
+    todo
+}
+
+/// Apply schema steps (see [`steps_of`]).
+pub(crate) async fn migrate(storage: &Storage, todo: Vec<Steps>) -> palaver_storage::Result<()> {
+    for (module, steps) in todo {
+        storage.db.migrate_module(module, steps).await?;
+    }
+    Ok(())
 }

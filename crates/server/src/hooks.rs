@@ -100,8 +100,31 @@ struct Chain<F> {
 /// Each entry holds an `Arc<Chain<handler type of that point>>`.
 #[derive(Default)]
 pub struct Hooks {
-    chains: HashMap<TypeId, Box<dyn Any + Send + Sync>>,
+    chains: HashMap<TypeId, Box<dyn AnyChain>>,
     names: Vec<(&'static str, i32, String)>,
+}
+
+/// A chain of some handler type, with what merging hosts' registrations
+/// needs without knowing that type.
+trait AnyChain: Any + Send + Sync {
+    fn as_any(&self) -> &dyn Any;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    /// Append every handler of this chain to `into`'s chain `id`.
+    fn append_to(&self, into: &mut Hooks, id: TypeId);
+}
+
+impl<F: Clone + Send + Sync + 'static> AnyChain for Arc<Chain<F>> {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn append_to(&self, into: &mut Hooks, id: TypeId) {
+        for (p, f) in &self.handlers {
+            into.push(id, *p, f.clone());
+        }
+    }
 }
 
 impl Hooks {
@@ -110,11 +133,12 @@ impl Hooks {
             .chains
             .entry(id)
             .or_insert_with(|| Box::new(Arc::new(Chain::<F> { handlers: vec![] })));
-        match entry.downcast_mut::<Arc<Chain<F>>>() {
+        match entry.as_any_mut().downcast_mut::<Arc<Chain<F>>>() {
             Some(arc) => {
                 // Registration happens before the host is shared: no copy is made.
                 let chain = Arc::make_mut(arc);
                 chain.handlers.push((priority, f));
+                // Stable: equal priorities keep their registration order.
                 chain.handlers.sort_by_key(|(p, _)| -*p);
             }
             // A hook point type always has the same handler type.
@@ -124,6 +148,17 @@ impl Hooks {
                 }))
             }
         }
+    }
+
+    /// Add every handler of `other` (another module's registrations) after
+    /// this one's: the result is what registering both in that order gives.
+    pub(crate) fn merge(&mut self, other: &Hooks) {
+        // Each chain is appended after this one's handlers of the same
+        // point, so equal priorities keep module order.
+        for (id, chain) in &other.chains {
+            chain.append_to(self, *id);
+        }
+        self.names.extend(other.names.iter().cloned());
     }
 
     /// Register a handler of a synchronous hook point.
@@ -151,14 +186,17 @@ impl Hooks {
     fn sync_chain<H: SyncHook>(&self) -> Option<&Chain<SyncHandler<H::Arg>>> {
         self.chains
             .get(&TypeId::of::<H>())
-            .and_then(|c| c.downcast_ref::<Arc<Chain<SyncHandler<H::Arg>>>>())
+            .and_then(|c| c.as_any().downcast_ref::<Arc<Chain<SyncHandler<H::Arg>>>>())
             .map(|a| &**a)
     }
 
     fn async_chain<H: AsyncHook>(&self) -> Option<Arc<Chain<AsyncHandler<H::Arg>>>> {
         self.chains
             .get(&TypeId::of::<H>())
-            .and_then(|c| c.downcast_ref::<Arc<Chain<AsyncHandler<H::Arg>>>>())
+            .and_then(|c| {
+                c.as_any()
+                    .downcast_ref::<Arc<Chain<AsyncHandler<H::Arg>>>>()
+            })
             .cloned()
     }
 
@@ -494,5 +532,45 @@ impl Account {
     /// `user@host`.
     pub fn jid(&self) -> String {
         format!("{}@{}", self.user, self.host)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handler() -> SyncHandler<Stanza> {
+        Arc::new(|_, _| HookAction::Continue)
+    }
+
+    /// Merging modules' hooks gives the chain registering them in that
+    /// order gives: by priority, equal priorities in module order.
+    #[test]
+    fn merge_keeps_priority_then_module_order() {
+        let (a5, a1, b5, b10) = (handler(), handler(), handler(), handler());
+        let mut a = Hooks::default();
+        a.add_sync::<UserSend>("mod_a", 5, a5.clone());
+        a.add_sync::<UserSend>("mod_a", 1, a1.clone());
+        let mut b = Hooks::default();
+        b.add_sync::<UserSend>("mod_b", 5, b5.clone());
+        b.add_sync::<UserSend>("mod_b", 10, b10.clone());
+        b.add_async::<SessionBound>(
+            "mod_b",
+            0,
+            Arc::new(|_, _| Box::pin(async { HookAction::Continue })),
+        );
+        let mut merged = Hooks::default();
+        merged.merge(&a);
+        merged.merge(&b);
+        let chain = merged.sync_chain::<UserSend>().expect("chain");
+        let order: Vec<i32> = chain.handlers.iter().map(|(p, _)| *p).collect();
+        assert_eq!(order, [10, 5, 5, 1]);
+        let expected = [&b10, &a5, &b5, &a1];
+        for ((_, got), want) in chain.handlers.iter().zip(expected) {
+            assert!(Arc::ptr_eq(got, want));
+        }
+        assert!(merged.has::<SessionBound>());
+        assert!(!a.has::<SessionBound>());
+        assert_eq!(merged.registrations().len(), 5);
     }
 }

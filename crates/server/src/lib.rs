@@ -12,6 +12,7 @@ pub mod host;
 pub mod limits;
 pub mod module;
 pub mod rooms;
+pub mod reload;
 pub mod router;
 pub mod serial;
 pub mod server;

@@ -100,7 +100,7 @@ pub type PreAuthIqHook = Arc<dyn Fn(PreAuthIq) -> BoxFuture<'static, IqResult> +
 pub type ServiceHandler = Arc<dyn Fn(&ModuleCx, Stanza) + Send + Sync>;
 /// Builds a module's HTTP route once the server runs.
 pub type HttpRouteFn = Arc<dyn Fn(ModuleCx) -> axum::routing::MethodRouter + Send + Sync>;
-type TaskFn = Box<dyn FnOnce(ModuleCx) -> BoxFuture<'static, ()> + Send>;
+pub(crate) type TaskFn = Box<dyn FnOnce(ModuleCx) -> BoxFuture<'static, ()> + Send>;
 
 /// A pre-authentication IQ request on a c2s stream.
 pub struct PreAuthIq {
@@ -149,7 +149,7 @@ pub struct Identity {
 }
 
 /// A service subdomain (e.g. `upload.example.org`) served by a module.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(crate) struct ServiceRegs {
     pub(crate) iq: HashMap<(IqType, String), IqHandler>,
     pub(crate) stanzas: Option<ServiceHandler>,
@@ -172,7 +172,8 @@ impl HttpRoute {
     }
 }
 
-/// Everything the enabled modules registered on one host.
+/// Everything the enabled modules registered on one host (or one module's
+/// part of it: a host's are its modules' merged, see [`Registrations::merge`]).
 #[derive(Default)]
 pub struct Registrations {
     pub(crate) features: Vec<String>,
@@ -193,13 +194,83 @@ pub struct Registrations {
     /// Service subdomains and what serves them, in registration order.
     pub(crate) services: Vec<(String, ServiceRegs)>,
     pub(crate) http: Vec<HttpRoute>,
-    pub(crate) tasks_to_start: std::sync::Mutex<Vec<(&'static str, TaskFn)>>,
-    pub(crate) instances: Vec<(&'static str, Box<dyn RunningModule>)>,
     pub(crate) migrations: Vec<(&'static str, &'static [palaver_storage::ModuleMigration])>,
     /// XEP-0198 settings when stream management is offered.
     pub(crate) stream_mgmt: Option<crate::c2s::StreamMgmtConfig>,
     /// The modules' parts of portable account data (XEP-0227).
     pub(crate) account_data: Vec<crate::account_data::AccountDataPart>,
+}
+
+impl Registrations {
+    /// Add what another module registered, as if it had registered after
+    /// the modules already here (a host's registrations are its modules',
+    /// merged in config order; a reload merges them again, keeping the
+    /// modules it does not restart).
+    pub(crate) fn merge(&mut self, other: &Registrations) {
+        self.features.extend(other.features.iter().cloned());
+        self.account_features
+            .extend(other.account_features.iter().cloned());
+        self.bind2_features
+            .extend(other.bind2_features.iter().cloned());
+        if other.fast.is_some() {
+            self.fast = other.fast.clone();
+        }
+        if other.room_admin.is_some() {
+            self.room_admin = other.room_admin.clone();
+        }
+        self.identities.extend(other.identities.iter().cloned());
+        self.account_identities
+            .extend(other.account_identities.iter().cloned());
+        for (k, v) in &other.disco_nodes {
+            self.disco_nodes.insert(k.clone(), v.clone());
+        }
+        for (k, v) in &other.iq {
+            if self.iq.insert(k.clone(), v.clone()).is_some() {
+                tracing::warn!(ns = %k.2, "IQ handler registered by two modules; the later one wins");
+            }
+        }
+        self.hooks.merge(&other.hooks);
+        self.stream_features
+            .extend(other.stream_features.iter().cloned());
+        self.pre_auth_features
+            .extend(other.pre_auth_features.iter().cloned());
+        for (k, v) in &other.pre_auth_iq {
+            self.pre_auth_iq.insert(k.clone(), v.clone());
+        }
+        self.modules.extend(other.modules.iter().cloned());
+        for (domain, svc) in &other.services {
+            match self.services.iter_mut().find(|(d, _)| d == domain) {
+                Some((_, mine)) => {
+                    for (k, v) in &svc.iq {
+                        mine.iq.insert(k.clone(), v.clone());
+                    }
+                    if svc.stanzas.is_some() {
+                        mine.stanzas = svc.stanzas.clone();
+                    }
+                }
+                None => self.services.push((domain.clone(), svc.clone())),
+            }
+        }
+        self.http.extend(other.http.iter().cloned());
+        self.migrations.extend(other.migrations.iter().cloned());
+        if other.stream_mgmt.is_some() {
+            self.stream_mgmt = other.stream_mgmt;
+        }
+        self.account_data.extend(other.account_data.iter().cloned());
+    }
+
+    /// Sort and deduplicate what is advertised (disco features, identities).
+    pub(crate) fn finish(mut self) -> Registrations {
+        self.features.sort();
+        self.features.dedup();
+        self.account_features.sort();
+        self.account_features.dedup();
+        self.identities.sort();
+        self.identities.dedup();
+        self.account_identities.sort();
+        self.account_identities.dedup();
+        self
+    }
 }
 
 /// A storage failure as the stanza error the user sees (and a log line):
@@ -221,20 +292,24 @@ pub fn internal_error(what: &str, e: impl std::fmt::Display) -> StanzaError {
     StanzaError::new(Condition::InternalServerError)
 }
 
-/// Registration surface handed to each module when a host starts.
+/// Registration surface handed to a module when it starts on a host.
 pub struct HostSetup {
     host: String,
-    config: crate::config::Config,
+    config: Arc<crate::config::Config>,
     regs: Registrations,
+    tasks: Vec<TaskFn>,
+    instance: Option<Box<dyn RunningModule>>,
     current: &'static str,
 }
 
 impl HostSetup {
-    pub(crate) fn new(host: &str, config: &crate::config::Config) -> Self {
+    pub(crate) fn new(host: &str, config: Arc<crate::config::Config>) -> Self {
         HostSetup {
             host: host.to_string(),
-            config: config.clone(),
+            config,
             regs: Registrations::default(),
+            tasks: Vec::new(),
+            instance: None,
             current: "",
         }
     }
@@ -245,19 +320,20 @@ impl HostSetup {
     }
 
     pub(crate) fn add_instance(&mut self, m: Box<dyn RunningModule>) {
-        self.regs.instances.push((self.current, m));
+        self.instance = Some(m);
     }
 
-    pub(crate) fn finish(mut self) -> Registrations {
-        self.regs.features.sort();
-        self.regs.features.dedup();
-        self.regs.account_features.sort();
-        self.regs.account_features.dedup();
-        self.regs.identities.sort();
-        self.regs.identities.dedup();
-        self.regs.account_identities.sort();
-        self.regs.account_identities.dedup();
-        self.regs
+    /// What the module registered, its started instance and the tasks it
+    /// asked for (not started yet).
+    pub(crate) fn into_parts(
+        self,
+    ) -> (
+        &'static str,
+        Registrations,
+        Option<Box<dyn RunningModule>>,
+        Vec<TaskFn>,
+    ) {
+        (self.current, self.regs, self.instance, self.tasks)
     }
 
     /// The server configuration (ACLs, access rules…).
@@ -481,15 +557,17 @@ impl HostSetup {
     }
 
     /// Run a background task of the module once the server runs; it is
-    /// cancelled when the module stops (at shutdown).
+    /// cancelled when the module stops (at shutdown, or when a
+    /// configuration reload disables or restarts the module). Its
+    /// `ModuleCx` is the host's as it was when the task started: a reload
+    /// that keeps the module keeps the task, so a task that must see a
+    /// later configuration asks `cx.core()` for it.
     pub fn spawn_task<Fut>(&mut self, f: impl FnOnce(ModuleCx) -> Fut + Send + 'static)
     where
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         let task: TaskFn = Box::new(move |cx| Box::pin(f(cx)));
-        if let Ok(mut tasks) = self.regs.tasks_to_start.lock() {
-            tasks.push((self.current, task));
-        }
+        self.tasks.push(task);
     }
 }
 
@@ -545,7 +623,9 @@ pub trait Module: Send + Sync + Sized + 'static {
     type Options: DeserializeOwned + Default;
     /// Register on a host. `Err` names the bad option.
     fn start(host: &mut HostSetup, opts: Self::Options) -> Result<Self, String>;
-    /// The server is stopping: release what the module holds. Its background
+    /// The module stops (the server is stopping, or a configuration reload
+    /// disabled the module or changed its options, when a new instance has
+    /// taken its place already): release what it holds. Its background
     /// tasks are cancelled by the kernel after this.
     fn stop(&self, _cx: &ModuleCx) {}
 }
@@ -679,9 +759,10 @@ impl ModuleCx {
         &self.core.storage
     }
 
-    /// Configuration.
+    /// Configuration (as it was when this context's host was built: a
+    /// configuration reload builds every host again).
     pub fn config(&self) -> &crate::config::Config {
-        &self.core.config
+        &self.host.config
     }
 
     /// Password checks and credential cache.

@@ -73,8 +73,9 @@ pub async fn open_storage(config: &Config) -> Result<Storage, StartError> {
 pub fn check_modules(config: &Config, registry: &[ModuleDef]) -> Result<Vec<String>, ConfigError> {
     let mut config = config.clone();
     let warnings = config.resolve_modules(registry)?;
+    let config = Arc::new(config);
     for h in &config.hosts {
-        Host::start(h, &config, registry)?;
+        Host::start(h, config.clone(), registry)?;
     }
     Ok(warnings)
 }
@@ -126,7 +127,7 @@ impl Server {
         let core = build_core(config, registry, storage, shutdown_rx)?;
         let _ = core.certs.set(certs.clone());
         core.migrate_modules().await?;
-        let config = core.config.clone();
+        let config = core.config();
         let mut tasks = JoinSet::new();
         let mut listeners = Vec::new();
         let mut http = Vec::new();
@@ -196,10 +197,11 @@ fn build_core(
     for w in config.resolve_modules(registry)? {
         tracing::warn!("{w}");
     }
+    let config = Arc::new(config);
     let mut hosts = HashMap::new();
     let routes = RoutingTable::default();
     for h in &config.hosts {
-        let host = Host::start(h, &config, registry)?;
+        let host = Host::start(h, config.clone(), registry)?;
         routes
             .add(h, Destination::Host(host.clone()))
             .map_err(|e| ConfigError::msg(e.to_string()))?;
@@ -216,12 +218,14 @@ fn build_core(
         }
     }
     let auth = Authenticator::from_config(storage.clone(), &config)?;
-    let config = Arc::new(config);
     Ok(Arc::new(Core {
         auth,
-        config,
+        config: std::sync::RwLock::new(config),
         storage,
-        hosts,
+        hosts: std::sync::RwLock::new(Arc::new(hosts)),
+        generation: Default::default(),
+        modules: registry.to_vec(),
+        reloading: Default::default(),
         routes,
         http_addrs: std::sync::OnceLock::new(),
         registry: SessionManager::default(),

@@ -38,8 +38,10 @@ pub enum SessionMsg {
     Stanza(Box<Stanza>, Option<crate::ack::Ticket>),
     /// Another session bound the same resource: close with `<conflict/>`.
     Replaced,
-    /// An administrator ended the session.
-    Kick(String),
+    /// An administrator ended the session (`policy-violation`), or its
+    /// host is no longer served (`host-unknown`): close with that stream
+    /// error and text.
+    Kick(palaver_proto::error::StreamErrorCondition, String),
     /// A new connection resumes this session (XEP-0198 §5; produced by the
     /// session from its resumption channel, never queued).
     Resume(crate::c2s::ResumeRequest),
@@ -426,21 +428,42 @@ impl SessionRegistry for SessionManager {
     }
     fn kick_session(&self, full: &FullJid, reason: &str) -> bool {
         match SessionManager::get(self, full) {
-            Some(s) => send_kick(&s, reason),
+            Some(s) => send_kick(&s, SC::PolicyViolation, reason),
             None => false,
         }
     }
     fn kick(&self, bare: &BareJid, reason: &str) -> usize {
         SessionManager::sessions(self, bare)
             .iter()
-            .filter(|s| send_kick(s, reason))
+            .filter(|s| send_kick(s, SC::PolicyViolation, reason))
             .count()
     }
 }
 
-/// Tell one session to end with `reason`; whether it was still there.
-fn send_kick(s: &SessionHandle, reason: &str) -> bool {
-    match s.tx.try_send(SessionMsg::Kick(reason.to_string())) {
+impl SessionManager {
+    /// End every session of `host` (bound, or waiting to be resumed) with
+    /// the `host-unknown` stream error: the host is no longer served.
+    /// Returns how many were told.
+    pub(crate) fn close_host(&self, host: &str, reason: &str) -> usize {
+        let mut handles = Vec::new();
+        for e in self.table.iter() {
+            let domain = e.key().rsplit('@').next().unwrap_or_default();
+            if domain == host {
+                handles.extend(e.value().iter().cloned());
+            }
+        }
+        handles
+            .iter()
+            .filter(|s| send_kick(s, SC::HostUnknown, reason))
+            .count()
+    }
+}
+
+use palaver_proto::error::StreamErrorCondition as SC;
+
+/// Tell one session to end with `cond` and `reason`; whether it was still there.
+fn send_kick(s: &SessionHandle, cond: SC, reason: &str) -> bool {
+    match s.tx.try_send(SessionMsg::Kick(cond, reason.to_string())) {
         Ok(()) => true,
         Err(mpsc::error::TrySendError::Full(msg)) => {
             // A busy session still gets it, once it has room.

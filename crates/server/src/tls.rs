@@ -48,9 +48,17 @@ struct CertSet {
 /// established connections keep theirs.
 pub struct CertStore {
     current: std::sync::RwLock<Arc<CertSet>>,
+    /// `certfiles` and the served hosts (a configuration reload changes them).
+    sources: std::sync::RwLock<Arc<(Vec<PathBuf>, Vec<String>)>>,
+    data_dir: PathBuf,
+}
+
+/// Certificates loaded for a new configuration, not in use yet
+/// ([`CertStore::install`]).
+pub struct PreparedCerts {
+    set: CertSet,
     certfiles: Vec<PathBuf>,
     hosts: Vec<String>,
-    data_dir: PathBuf,
 }
 
 impl std::fmt::Debug for CertStore {
@@ -242,10 +250,37 @@ impl CertStore {
         let set = CertSet::load(certfiles, hosts, data_dir)?;
         Ok(CertStore {
             current: std::sync::RwLock::new(Arc::new(set)),
-            certfiles: certfiles.to_vec(),
-            hosts: hosts.to_vec(),
+            sources: std::sync::RwLock::new(Arc::new((certfiles.to_vec(), hosts.to_vec()))),
             data_dir: data_dir.to_path_buf(),
         })
+    }
+
+    fn sources(&self) -> Arc<(Vec<PathBuf>, Vec<String>)> {
+        self.sources
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Load `certfiles` for `hosts` (a new configuration's), generating
+    /// certificates for hosts no file covers; nothing changes until
+    /// [`CertStore::install`].
+    pub fn prepare(
+        &self,
+        certfiles: &[PathBuf],
+        hosts: &[String],
+    ) -> Result<PreparedCerts, TlsError> {
+        Ok(PreparedCerts {
+            set: CertSet::load(certfiles, hosts, &self.data_dir)?,
+            certfiles: certfiles.to_vec(),
+            hosts: hosts.to_vec(),
+        })
+    }
+
+    /// Serve the prepared certificates to new handshakes.
+    pub fn install(&self, p: PreparedCerts) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(p.set);
+        *self.sources.write().unwrap_or_else(|e| e.into_inner()) = Arc::new((p.certfiles, p.hosts));
     }
 
     fn set(&self) -> Arc<CertSet> {
@@ -258,8 +293,9 @@ impl CertStore {
     /// Read `certfiles` again (renewed certificates) and use them for new
     /// handshakes. On an error the current certificates stay in use.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let set = CertSet::load(&self.certfiles, &self.hosts, &self.data_dir)?;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
+        let src = self.sources();
+        let p = self.prepare(&src.0, &src.1)?;
+        self.install(p);
         Ok(())
     }
 
@@ -272,7 +308,8 @@ impl CertStore {
             .iter()
             .map(|h| CertWarning::NotCovered(h.clone()))
             .collect();
-        for host in &self.hosts {
+        let src = self.sources();
+        for host in &src.1 {
             if set.generated.contains(host) {
                 continue;
             }

@@ -138,7 +138,18 @@ impl Db {
 
     /// Bring `module`'s tables to `steps.len()`; a database written by a newer
     /// version of the module is refused.
-    pub async fn migrate_module(&self, module: &str, steps: &[ModuleMigration]) -> Result<()> {
+    ///
+    /// (The future is boxed as `Send` here, where the compiler can prove it:
+    /// a configuration reload runs it inside a command's boxed future.)
+    pub fn migrate_module<'a>(
+        &'a self,
+        module: &'a str,
+        steps: &'a [ModuleMigration],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>> {
+        Box::pin(self.migrate_module_now(module, steps))
+    }
+
+    async fn migrate_module_now(&self, module: &str, steps: &[ModuleMigration]) -> Result<()> {
         let target = steps.len() as i64;
         self.module_version(module).await?;
         // One step per transaction: read the version under the write lock
@@ -155,7 +166,7 @@ impl Db {
                 let Some(step) = next_step(module, current, target, steps)? else {
                     return Ok(());
                 };
-                sqlx::raw_sql(step.$sql).execute(&mut *$tx).await?;
+                sqlx::Executor::execute(&mut *$tx, sqlx::raw_sql(step.$sql)).await?;
                 sqlx::query(
                     "INSERT INTO module_schema (module, version) VALUES ($1, $2) \
                      ON CONFLICT (module) DO UPDATE SET version = excluded.version",

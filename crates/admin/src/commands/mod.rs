@@ -170,6 +170,17 @@ pub static COMMANDS: &[Command] = &[
         handler: |cx, a| Box::pin(server::status(cx, a)),
     },
     Command {
+        name: "reload_config",
+        description: "Read the configuration file again and apply it without a restart: modules enabled, disabled or with changed options per host, hosts added and removed (their sessions closed), authentication, ACLs and access rules, certificates; sessions stay connected. A bad file changes nothing (an error). Listener, storage, data_dir, s2s and loglevel changes need a restart (warnings).",
+        args: &[],
+        result: ResultType::Report,
+        permission: Permission::Admin,
+        online_only: true,
+        group: "config",
+        result_name: "res",
+        handler: |cx, a| Box::pin(server::reload_config(cx, a)),
+    },
+    Command {
         name: "export_piefxis_host",
         description: "Write one host's accounts and user data as a XEP-0227 file (mode 0600; `-` returns the XML as `xml`).",
         args: &[

@@ -1,6 +1,6 @@
-//! The server itself: status, registered_vhosts.
+//! The server itself: status, registered_vhosts, stats, reload_config.
 
-use crate::command::{Args, CommandError, Ctx};
+use crate::command::{Args, CommandError, Ctx, ErrorCode};
 use serde_json::Value;
 
 pub(super) async fn status(cx: Ctx, _a: Args) -> Result<Value, CommandError> {
@@ -92,5 +92,31 @@ pub(super) async fn stats(cx: Ctx, a: Args) -> Result<Value, CommandError> {
         other => Err(CommandError::arg(format!(
             "argument `name` of `stats`: `{other}` is not registeredusers, onlineusers, onlineusersnode or uptimeseconds"
         ))),
+    }
+}
+
+pub(super) async fn reload_config(cx: Ctx, _a: Args) -> Result<Value, CommandError> {
+    use palaver_server::reload::ReloadError;
+    match cx.core.reload_config().await {
+        Ok(r) => Ok(serde_json::json!({
+            "message": r.message,
+            "warnings": r.warnings,
+            "hosts_added": r.hosts_added,
+            "hosts_removed": r.hosts_removed,
+            "sessions_closed": r.sessions_closed,
+            "modules": r.modules.iter().map(|(h, c)| (h.clone(), serde_json::json!({
+                "started": c.started,
+                "restarted": c.restarted,
+                "stopped": c.stopped,
+            }))).collect::<serde_json::Map<String, Value>>(),
+        })),
+        Err(e) => {
+            let code = match &e {
+                ReloadError::NoFile => ErrorCode::Failed,
+                ReloadError::Config(_) | ReloadError::Certificates(_) => ErrorCode::InvalidData,
+                ReloadError::Storage(_) => ErrorCode::Storage,
+            };
+            Err(CommandError::new(code, e.to_string()))
+        }
     }
 }

@@ -60,7 +60,7 @@ impl C2sSession {
             .map_err(|_| Condition::BadRequest)?;
         let (tx, rx) = mpsc::channel(crate::sessions::SESSION_QUEUE);
         let sid = self.core.registry.next_id();
-        let max = max_user_sessions(&self.core.config, &host.name, jid.to_bare().as_str());
+        let max = max_user_sessions(&self.core.config(), &host.name, jid.to_bare().as_str());
         let handle = SessionHandle {
             id: sid,
             resource: jid.resource().as_str().to_string(),

@@ -24,7 +24,7 @@ impl C2sSession {
             .host
             .as_ref()
             .map(|h| h.name.clone())
-            .or_else(|| self.core.config.hosts.first().cloned())
+            .or_else(|| self.core.config().hosts.first().cloned())
             .unwrap_or_default();
         self.out.open(&self.stream_id, &from);
     }
@@ -46,10 +46,15 @@ impl C2sSession {
                     .ok()
                     .filter(|j| j.node().is_none())
                     .map(|j| j.domain().to_string());
-                domain.and_then(|d| self.core.host(&d).cloned())
+                domain.and_then(|d| self.core.host(&d))
             }
-            None if self.core.hosts.len() == 1 => self.core.hosts.values().next().cloned(),
-            None => None,
+            None => {
+                let hosts = self.core.host_map();
+                match hosts.len() {
+                    1 => hosts.values().next().cloned(),
+                    _ => None,
+                }
+            }
         };
         let Some(host) = host else {
             return Err(StreamError::with_text(

@@ -38,6 +38,9 @@ pub enum Next {
     Close,
 }
 
+/// A [`C2sSession::host_gen`] that makes the next input look the host up again.
+pub(super) const STALE_HOST: u64 = u64::MAX;
+
 /// Stanzas of one session whose deferred work may be in flight at once.
 const MAX_INFLIGHT: usize = 32;
 
@@ -78,6 +81,10 @@ pub struct C2sSession {
     pub(super) header_sent: bool,
     pub(super) stream_id: String,
     pub(super) host: Option<Arc<Host>>,
+    /// The [`Core::generation`] `host` was current at: after a
+    /// configuration reload the session takes the new host (its modules'
+    /// registrations) on its next input.
+    pub(super) host_gen: u64,
     pub(super) secure: bool,
     pub(super) cb: ChannelBindings,
     pub(super) user: Option<String>,
@@ -122,8 +129,10 @@ impl C2sSession {
     /// A new session for a connection from `peer`, whose transport frames
     /// output with `framing`.
     pub fn new(core: Arc<Core>, cfg: Listener, peer: SocketAddr, framing: Framing) -> Self {
+        let host_gen = core.generation();
         C2sSession {
             core,
+            host_gen,
             cfg,
             peer,
             transport: match framing {
@@ -183,13 +192,13 @@ impl C2sSession {
                     ip,
                 };
                 self.core
-                    .config
+                    .config()
                     .shaper_for(Some(b.jid.domain().as_str()), name, who)
             }
             None => {
                 let name = self.cfg.shaper.as_ref()?;
                 let who = crate::config::Subject { jid: None, ip };
-                self.core.config.shaper_for(None, name, who)
+                self.core.config().shaper_for(None, name, who)
             }
         }
     }
@@ -308,11 +317,37 @@ impl C2sSession {
         self.closing = true;
     }
 
+    /// After a configuration reload, take the host's new instance (the
+    /// modules it enables now); an error when the host is no longer served
+    /// (RFC 6120 §4.9.3.6 `host-unknown`).
+    pub(super) fn refresh_host(&mut self) -> Result<(), StreamError> {
+        let generation = self.core.generation();
+        if generation == self.host_gen {
+            return Ok(());
+        }
+        let Some(name) = self.host.as_ref().map(|h| h.name.clone()) else {
+            self.host_gen = generation;
+            return Ok(());
+        };
+        match self.core.host(&name) {
+            Some(current) => {
+                self.host = Some(current);
+                self.host_gen = generation;
+                Ok(())
+            }
+            None => Err(StreamError::with_text(
+                SC::HostUnknown,
+                format!("{name} is no longer served here"),
+            )),
+        }
+    }
+
     /// Handle a complete top-level element.
     pub async fn handle_element(&mut self, el: Element) -> Result<Next, StreamError> {
         if !self.header_sent {
             return Err(StreamError::new(SC::NotWellFormed));
         }
+        self.refresh_host()?;
         if self.bound.is_some() {
             if el.has_ns(stream_mgmt::NS) {
                 return self.handle_stream_mgmt(el);
@@ -538,6 +573,8 @@ impl C2sSession {
 
     /// Handle a message from the router or session manager.
     pub fn handle_msg(&mut self, msg: SessionMsg) -> Next {
+        // A host no longer served: its sessions are told (`Kick`) by the reload.
+        let _ = self.refresh_host();
         match msg {
             // The sender's ticket (if any) is let go once the stanza is written.
             SessionMsg::Stanza(st, _ticket) => self.deliver(*st),
@@ -561,8 +598,8 @@ impl C2sSession {
                     "replaced by a new session",
                 ))
             }
-            SessionMsg::Kick(reason) => {
-                self.stream_error(StreamError::with_text(SC::PolicyViolation, reason))
+            SessionMsg::Kick(cond, reason) => {
+                self.stream_error(StreamError::with_text(cond, reason))
             }
         }
     }

@@ -222,6 +222,8 @@ impl C2sSession {
             return;
         };
         self.host = state.host;
+        // That host may predate this connection: look it up again.
+        self.host_gen = super::session::STALE_HOST;
         self.user = state.user;
         self.core
             .registry
@@ -453,7 +455,7 @@ impl C2sSession {
                 Event::Msg(Some(SessionMsg::Resume(req))) | Event::Resume(req) => {
                     self.hand_over(req)
                 }
-                Event::Msg(Some(SessionMsg::Replaced | SessionMsg::Kick(_)) | None) => break,
+                Event::Msg(Some(SessionMsg::Replaced | SessionMsg::Kick(..)) | None) => break,
                 Event::Over => break,
             }
         }

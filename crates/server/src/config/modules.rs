@@ -79,6 +79,7 @@ impl Config {
         warnings: &mut Vec<String>,
     ) -> Result<(), ConfigError> {
         let mut kept = Vec::with_capacity(list.len());
+        let config = std::sync::Arc::new(self.clone());
         for mut m in list.drain(..) {
             let key = format!("{scope}.{}", m.name);
             let Some(def) = registry.iter().find(|d| d.name == m.name) else {
@@ -107,7 +108,7 @@ impl Config {
                 if !m.options.is_object() {
                     break;
                 }
-                let mut setup = HostSetup::new(host, self);
+                let mut setup = HostSetup::new(host, config.clone());
                 setup.begin_module(def.name);
                 let Err(e) = def.start(&mut setup, &m.options) else {
                     break;

@@ -83,12 +83,7 @@ fn deliver(core: &Arc<Core>, handle: &SessionHandle, st: Stanza) {
             }
             // The session just ended: treat as if no resource were available.
             DeliverError::Gone | DeliverError::NoSession => {
-                if let Some(host) = st
-                    .to
-                    .as_ref()
-                    .and_then(|t| core.hosts.get(t.domain().as_str()))
-                    .cloned()
-                {
+                if let Some(host) = st.to.as_ref().and_then(|t| core.host(t.domain().as_str())) {
                     no_session(core, host, *st);
                 }
             }
@@ -326,7 +321,7 @@ impl Core {
     /// session or it stays full. Other addressees are routed normally.
     pub(crate) async fn deliver_waiting(self: &Arc<Self>, st: Stanza) -> Result<(), Stanza> {
         let full = match st.to.as_ref().map(|t| t.try_as_full()) {
-            Some(Ok(full)) if self.hosts.contains_key(full.domain().as_str()) => full.clone(),
+            Some(Ok(full)) if self.is_local(full.domain().as_str()) => full.clone(),
             _ => {
                 self.route(st);
                 return Ok(());

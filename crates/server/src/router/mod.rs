@@ -72,6 +72,23 @@ impl RoutingTable {
         Ok(())
     }
 
+    /// Apply a configuration reload's changes at once: each `(domain,
+    /// destination)` of `set` is routed there (replacing what was), each
+    /// domain of `remove` stops being routed. Nothing else changes (connected
+    /// components keep their domains).
+    pub(crate) fn replace(&self, set: Vec<(String, Destination)>, remove: &[String]) {
+        let mut map = self
+            .domains
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for d in remove {
+            map.remove(d);
+        }
+        for (d, dest) in set {
+            map.insert(d, dest);
+        }
+    }
+
     /// Remove a domain (a component disconnected); `true` when it was routed.
     pub fn remove(&self, domain: &str) -> bool {
         self.domains
