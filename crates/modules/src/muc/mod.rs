@@ -39,6 +39,8 @@ pub const NS_MUC_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
 pub const NS_MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
 pub const NS_MUC_REQUEST: &str = "http://jabber.org/protocol/muc#request";
 pub const NS_ROOMINFO: &str = "http://jabber.org/protocol/muc#roominfo";
+pub const NS_MUC_REGISTER: &str = "http://jabber.org/protocol/muc#register";
+const NS_REGISTER: &str = "jabber:iq:register";
 pub const NS_OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";
 pub const NS_SELF_PING_OPT: &str = "http://jabber.org/protocol/muc#self-ping-optimization";
 pub const NS_STABLE_ID: &str = "http://jabber.org/protocol/muc#stable_id";
@@ -685,6 +687,17 @@ impl Service {
                     room.grant_service_admin(&from.to_bare());
                 }
                 match (ns.as_str(), q.name(), get) {
+                    (ns::DISCO_INFO, "query", true) if q.attr("node").is_some() => {
+                        if room.locked
+                            && room.affiliation(&from.to_bare()) != room::Affiliation::Owner
+                        {
+                            return Err(StanzaError::new(Condition::ItemNotFound));
+                        }
+                        match q.attr("node") {
+                            Some("x-roomuser-item") => Ok(Some(room.roomuser_item(&from))),
+                            _ => Err(StanzaError::new(Condition::ItemNotFound)),
+                        }
+                    }
                     (ns::DISCO_INFO, "query", true) => {
                         if room.locked
                             && room.affiliation(&from.to_bare()) != room::Affiliation::Owner
@@ -695,6 +708,9 @@ impl Service {
                     }
                     (ns::DISCO_ITEMS, "query", true) => Ok(Some(room.disco_items(&from))),
                     (ns::PING, "ping", true) => Ok(None),
+                    (NS_REGISTER, "query", _) => room.register(&from, get, &q, fx),
+                    (NS_VCARD, "vCard", true) => room.vcard_get(&from).map(Some),
+                    (NS_VCARD, "vCard", false) => room.vcard_set(&from, &q, fx).map(|_| None),
                     (NS_MUC_ADMIN, "query", true) => room.admin_get(&from, &q).map(Some),
                     (NS_MUC_ADMIN, "query", false) => {
                         room.admin_set(&st, &from, &q, fx).map(|_| None)
