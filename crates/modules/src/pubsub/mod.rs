@@ -26,6 +26,7 @@ pub mod node;
 pub mod ops;
 mod portable;
 pub mod store;
+pub mod subopts;
 
 use dashmap::DashMap;
 use jid::{BareJid, FullJid, Jid};
@@ -54,7 +55,9 @@ const NS_CAPS: &str = "http://jabber.org/protocol/caps";
 const MAX_PENDING_CAPS: usize = 10_000;
 
 /// `mod_pubsub`.
-pub struct Pubsub;
+pub struct Pubsub {
+    st: Arc<State>,
+}
 
 /// `mod_pubsub` in the module registry.
 pub const MODULE: ModuleDef = ModuleDef::of::<Pubsub>();
@@ -85,8 +88,14 @@ impl Module for Pubsub {
     const NAME: &'static str = "mod_pubsub";
     type Options = Options;
     fn start(host: &mut HostSetup, o: Options) -> Result<Self, String> {
-        start(host, o)?;
-        Ok(Pubsub)
+        Ok(Pubsub {
+            st: start(host, o)?,
+        })
+    }
+
+    fn stop(&self, cx: &ModuleCx) {
+        // Digests waiting for their time go out now rather than never.
+        self.st.flush_digests(cx, true);
     }
 }
 
@@ -118,9 +127,99 @@ pub struct State {
     sessions: DashMap<String, Arc<HashSet<String>>>,
     /// Outstanding disco#info queries: id → (session, hash, ver).
     pending: DashMap<String, (FullJid, String, String)>,
+    /// Notifications gathered for digest subscriptions (§6.3
+    /// `pubsub#digest`): "service\0node\0recipient" → the digest.
+    digests: DashMap<String, Digest>,
+    /// Wakes the digest task when a digest starts.
+    digest_wake: tokio::sync::Notify,
 }
 
+/// Notifications of one node for one recipient, sent together when due.
+pub(crate) struct Digest {
+    pub(crate) due: std::time::Instant,
+    pub(crate) from: Jid,
+    pub(crate) to: Jid,
+    pub(crate) node: String,
+    pub(crate) kind: String,
+    pub(crate) body: bool,
+    /// `<item/>` and `<retract/>` children of the `<items/>` event.
+    pub(crate) children: Vec<Element>,
+}
+
+/// Most notifications a digest gathers before it goes out early.
+const MAX_DIGEST_ITEMS: usize = 500;
+
 impl State {
+    /// Add `children` of an `<items/>` event to the digest of `to` for
+    /// `node`, started now with `frequency_ms` if it is new.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn add_digest(
+        &self,
+        cx: &ModuleCx,
+        service: &str,
+        from: &Jid,
+        to: &Jid,
+        node: &str,
+        kind: &str,
+        body: bool,
+        children: Vec<Element>,
+        frequency_ms: u64,
+    ) {
+        let key = format!("{service}\0{node}\0{to}");
+        let full = {
+            let mut d = self.digests.entry(key.clone()).or_insert_with(|| {
+                self.digest_wake.notify_one();
+                Digest {
+                    due: std::time::Instant::now() + std::time::Duration::from_millis(frequency_ms),
+                    from: from.clone(),
+                    to: to.clone(),
+                    node: node.to_string(),
+                    kind: kind.to_string(),
+                    body,
+                    children: Vec::new(),
+                }
+            });
+            d.children.extend(children);
+            d.children.len() >= MAX_DIGEST_ITEMS
+        };
+        if full && let Some((_, d)) = self.digests.remove(&key) {
+            send_digest(cx, d);
+        }
+    }
+
+    /// Send the digests that are due (all of them with `all`).
+    pub(crate) fn flush_digests(&self, cx: &ModuleCx, all: bool) {
+        let now = std::time::Instant::now();
+        let due: Vec<String> = self
+            .digests
+            .iter()
+            .filter(|d| all || d.due <= now)
+            .map(|d| d.key().clone())
+            .collect();
+        for k in due {
+            if let Some((_, d)) = self.digests.remove_if(&k, |_, d| all || d.due <= now) {
+                send_digest(cx, d);
+            }
+        }
+    }
+
+    /// The background task sending digests when due.
+    async fn digest_task(self: Arc<Self>, cx: ModuleCx) {
+        loop {
+            let next = self.digests.iter().map(|d| d.due).min();
+            match next {
+                None => self.digest_wake.notified().await,
+                Some(t) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(t.into()) => {}
+                        _ = self.digest_wake.notified() => {}
+                    }
+                }
+            }
+            self.flush_digests(&cx, false);
+        }
+    }
+
     /// The available sessions of `bare` that asked for `node+notify`
     /// (sessions of this host as learnt here; of another local host by
     /// the verified capabilities of their presence).
@@ -187,7 +286,23 @@ pub fn features() -> Vec<String> {
     v
 }
 
-fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
+/// One digest as a single notification message.
+fn send_digest(cx: &ModuleCx, d: Digest) {
+    let count = d.children.len();
+    let mut items = Element::bare("items", NS_EVENT);
+    set_attr(&mut items, "node", d.node.as_str());
+    for c in d.children {
+        items.append_child(c);
+    }
+    let body = d
+        .body
+        .then(|| format!("{count} notifications from node {}", d.node));
+    let mut event = Element::bare("event", NS_EVENT);
+    event.append_child(items);
+    cx.route(ops::event_message_with(&d.from, d.to, &d.kind, event, body));
+}
+
+fn start(host: &mut HostSetup, o: Options) -> Result<Arc<State>, String> {
     let service = o.host.replace("@HOST@", host.host());
     jid::BareJid::new(&service)
         .ok()
@@ -204,6 +319,17 @@ fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
         max_items_node: o.max_items_node,
         sessions: DashMap::new(),
         pending: DashMap::new(),
+        digests: DashMap::new(),
+        digest_wake: tokio::sync::Notify::new(),
+    });
+    let s = st.clone();
+    host.spawn_task(move |cx| s.digest_task(cx));
+    // No session is available at start: subscriptions that end with the
+    // subscriber's presence have ended.
+    host.spawn_task(move |cx| async move {
+        if let Err(e) = store::PubsubSql::of(&cx).expire_all_presence().await {
+            tracing::warn!(error = %e, "ending presence-bound pubsub subscriptions failed");
+        }
     });
 
     // The service.
@@ -271,10 +397,13 @@ fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
         }
     });
     let s = st.clone();
-    host.hook_async::<SessionClosed, _>(40, move |_cx, full| {
+    host.hook_async::<SessionClosed, _>(40, move |cx, full| {
         s.sessions.remove(full.as_str());
         s.pending.retain(|_, (f, _, _)| *f != full);
-        async { HookAction::Continue }
+        async move {
+            expire_with_presence(&cx, &full).await;
+            HookAction::Continue
+        }
     });
     let s = st.clone();
     host.hook_async::<PrivateStored, _>(50, move |cx, p| {
@@ -285,7 +414,7 @@ fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
         }
     });
     host.account_data(portable::PepData);
-    let s = st;
+    let s = st.clone();
     host.hook_async::<RemoveUser, _>(50, move |cx, a| {
         let s = s.clone();
         async move {
@@ -295,7 +424,7 @@ fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
             HookAction::Continue
         }
     });
-    Ok(())
+    Ok(st)
 }
 
 fn service_target(s: &State) -> ops::Target {
@@ -510,6 +639,9 @@ fn presence_out(
 ) {
     if event == PresenceEvent::Unavailable {
         st.sessions.remove(full.as_str());
+        let (cx, full) = (cx.clone(), full.clone());
+        cx.clone()
+            .spawn(async move { expire_with_presence(&cx, &full).await });
         return;
     }
     if event == PresenceEvent::Initial {
@@ -628,6 +760,24 @@ async fn send_last_items(
         svc.send_last(full, nodes).await?;
     }
     Ok(())
+}
+
+/// `pubsub#expire` = `presence`: the session `full` became unavailable;
+/// its subscriptions end, and its account's when no session of it is
+/// available any more.
+async fn expire_with_presence(cx: &ModuleCx, full: &FullJid) {
+    let bare = full.to_bare();
+    let others = cx
+        .sessions()
+        .available(&bare)
+        .into_iter()
+        .any(|h| h.resource != full.resource().as_str());
+    if let Err(e) = store::PubsubSql::of(cx)
+        .expire_presence(full.as_str(), bare.as_str(), !others)
+        .await
+    {
+        tracing::warn!(error = %e, "ending presence-bound pubsub subscriptions failed");
+    }
 }
 
 async fn remove_user(_st: &State, cx: &ModuleCx, bare: &str) -> palaver_storage::Result<()> {
