@@ -34,7 +34,7 @@ use minidom::Element;
 use palaver_proto::error::{Condition, StanzaError};
 use palaver_proto::ns;
 use palaver_proto::stanza::{Stanza, StanzaKind, set_attr};
-use palaver_server::hooks::{PresenceOut, PrivateStored, RemoveUser, SessionClosed};
+use palaver_server::hooks::{MessageIn, PresenceOut, PrivateStored, RemoveUser, SessionClosed};
 use palaver_server::module::PresenceEvent;
 use palaver_server::{
     HookAction, HostSetup, IqRequest, IqScope, IqType, Module, ModuleCx, ModuleDef,
@@ -388,6 +388,23 @@ fn start(host: &mut HostSetup, o: Options) -> Result<Arc<State>, String> {
         });
     }
 
+    // XEP-0163 / XEP-0030: the account's PEP nodes the requester may see
+    // in its disco#items, and each node's disco#info/items.
+    let s = st.clone();
+    host.on_account_disco(move |req, items| {
+        let s = s.clone();
+        async move { pep_disco(s, req, items).await }
+    });
+    // §8.6.2 for PEP: the owner's answer to a subscription request, sent
+    // to its own bare JID (the PEP service the request came from).
+    let s = st.clone();
+    host.hook::<MessageIn>(60, move |cx, stanza| {
+        if pep_authorization(&s, cx, stanza) {
+            HookAction::Drop
+        } else {
+            HookAction::Continue
+        }
+    });
     let s = st.clone();
     host.hook_async::<PresenceOut, _>(40, move |cx, pb| {
         let s = s.clone();
@@ -544,6 +561,87 @@ fn authorization(st: &Arc<State>, cx: &ModuleCx, stanza: Stanza) {
             svc.cx.bounce_with(&stanza, e, None);
         }
     });
+}
+
+/// Disco queries to an account for its PEP service: the nodes the
+/// requester may see (disco#items without a node), or one node's
+/// disco#info/items (`None`: no such PEP node).
+async fn pep_disco(st: Arc<State>, req: IqRequest, items: bool) -> palaver_server::IqResult {
+    let node = req
+        .payload()
+        .and_then(|p| p.attr("node"))
+        .map(str::to_string);
+    if node.is_none() && !items {
+        return Ok(None);
+    }
+    let t = pep_target(&req).await?;
+    let svc = ops::Svc {
+        st,
+        t,
+        cx: req.cx.clone(),
+        db: store::PubsubSql::of(&req.cx),
+    };
+    if let Some(n) = &node
+        && svc
+            .db
+            .node(&svc.t.key, n)
+            .await
+            .map_err(|e| palaver_server::module::storage_failure("pubsub", &e))?
+            .is_none()
+    {
+        return Ok(None);
+    }
+    let from = req.stanza.from.clone();
+    if items {
+        svc.disco_items(&from, node.as_deref()).await
+    } else {
+        svc.disco_info(&from, node.as_deref()).await
+    }
+}
+
+/// A message from an account to its own bare JID carrying a submitted
+/// `pubsub#subscribe_authorization` form: the owner approves or denies a
+/// pending subscription to one of its PEP nodes. `true`: taken.
+fn pep_authorization(
+    st: &Arc<State>,
+    cx: &palaver_server::hooks::HookCx<'_>,
+    stanza: &Stanza,
+) -> bool {
+    if stanza.is_error() {
+        return false;
+    }
+    let Some(to) = stanza.to.as_ref().map(|t| t.to_bare()) else {
+        return false;
+    };
+    if to != stanza.from.to_bare() || to.node().is_none() {
+        return false;
+    }
+    let form = match palaver_proto::forms::DataForm::find_in(&stanza.el) {
+        Some(Ok(f))
+            if f.kind == palaver_proto::forms::FormType::Submit
+                && f.form_type() == Some(SUBSCRIBE_AUTHORIZATION) =>
+        {
+            f
+        }
+        _ => return false,
+    };
+    let cx: ModuleCx = (*cx).clone();
+    let svc = ops::Svc {
+        st: st.clone(),
+        t: ops::Target {
+            key: to.to_string(),
+            pep: Some(to),
+        },
+        db: store::PubsubSql::of(&cx),
+        cx: cx.clone(),
+    };
+    let stanza = stanza.clone();
+    cx.spawn(async move {
+        if let Err(e) = svc.authorize(&stanza.from, &form).await {
+            svc.cx.bounce_with(&stanza, e, None);
+        }
+    });
+    true
 }
 
 /// The `+notify` features of a disco#info answer, without the suffix.

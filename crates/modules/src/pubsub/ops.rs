@@ -741,7 +741,7 @@ impl Svc {
             .await
             .map_err(storage)?;
         if pending {
-            self.ask_owners(&n, &jid).await?;
+            self.ask_owners(&n, &jid, &sub.subid).await?;
         } else if n.cfg.send_last_published_item != SendLast::Never {
             // §6.1.7: the last item, after the result.
             if let Some(last) = self
@@ -846,22 +846,35 @@ impl Svc {
     }
 
     /// §8.6: ask the node's owners to approve a pending subscription.
-    async fn ask_owners(&self, n: &Node, jid: &Jid) -> Result<(), StanzaError> {
+    async fn ask_owners(&self, n: &Node, jid: &Jid, subid: &str) -> Result<(), StanzaError> {
+        use palaver_proto::forms::{Field, FieldType};
         let form = DataForm::with_form_type(
             FormType::Form,
             "http://jabber.org/protocol/pubsub#subscribe_authorization",
         )
         .title("PubSub subscriber request")
-        .field(palaver_proto::forms::Field::text(
-            "pubsub#node",
-            n.name.clone(),
+        .instructions(
+            "To approve this entity's subscription request, set pubsub#allow to true and \
+             submit the form; to deny it, submit it with false.",
+        )
+        .field(Field::new(
+            "pubsub#subid",
+            FieldType::Hidden,
+            vec![subid.to_string()],
         ))
-        .field(palaver_proto::forms::Field::new(
-            "pubsub#subscriber_jid",
-            palaver_proto::forms::FieldType::JidSingle,
-            vec![jid.to_string()],
-        ))
-        .field(palaver_proto::forms::Field::boolean("pubsub#allow", false));
+        .field(Field::text("pubsub#node", n.name.clone()).label("Node ID"))
+        .field(
+            Field::new(
+                "pubsub#subscriber_jid",
+                FieldType::JidSingle,
+                vec![jid.to_string()],
+            )
+            .label("Subscriber Address"),
+        )
+        .field(
+            Field::boolean("pubsub#allow", false)
+                .label("Allow this JID to subscribe to this pubsub node?"),
+        );
         for o in self.owners(&n.name).await? {
             let mut el = Element::bare("message", ns::CLIENT);
             set_attr(&mut el, "id", format!("auth-{:x}", rand::random::<u64>()));
