@@ -525,6 +525,11 @@ async fn subscription_options_show_values_body_digest_and_expiry() {
         &sub_options(&[("pubsub#expire", &["2001-01-01T00:00:00Z"])]),
     ))
     .await;
+    // Expired: no longer listed, even before any delivery.
+    let subs = e
+        .ok(&format!("<iq type='get' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_PUBSUB}'><subscriptions/></pubsub></iq>"))
+        .await;
+    assert!(!String::from(&subs).contains("news"), "{subs:?}");
     a.ok(&publish("news", "n1", "first")).await;
     let m = d.event(SVC, "news").await;
     assert!(m.get_child("body", "jabber:client").is_none(), "{m:?}");

@@ -976,7 +976,8 @@ impl Svc {
             .await
             .map_err(storage)?
         {
-            if only.is_some_and(|n| n != s.node) {
+            // An expired subscription is over (removed at the next delivery).
+            if only.is_some_and(|n| n != s.node) || s.options.expire.passed(now_ms()) {
                 continue;
             }
             out.append_child(sub_el(&s, NS_PUBSUB));
@@ -1125,6 +1126,9 @@ impl Svc {
             .await
             .map_err(storage)?
         {
+            if s.options.expire.passed(now_ms()) {
+                continue;
+            }
             out.append_child(strip_node(sub_el(&s, NS_OWNER)));
         }
         Ok(Some(owner_wrap(out)))
