@@ -2192,3 +2192,61 @@ fn status_text_of(occ: &Occupant) -> Option<Element> {
 fn remove_children(el: &mut Element, name: &str, ns: &str) {
     while el.remove_child(name, ns).is_some() {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn photo_hash_of_a_vcard() {
+        let v: Element = "<vCard xmlns='vcard-temp'><PHOTO><TYPE>image/png</TYPE><BINVAL>aGVs\n bG8=</BINVAL></PHOTO></vCard>"
+            .parse()
+            .expect("xml");
+        // SHA-1 of "hello".
+        assert_eq!(
+            photo_hash(&v).as_deref(),
+            Ok("aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d")
+        );
+        let none: Element = "<vCard xmlns='vcard-temp'><FN>x</FN></vCard>"
+            .parse()
+            .expect("xml");
+        assert_eq!(photo_hash(&none).as_deref(), Ok(""));
+        let bad: Element = "<vCard xmlns='vcard-temp'><PHOTO><BINVAL>@@@</BINVAL></PHOTO></vCard>"
+            .parse()
+            .expect("xml");
+        assert!(photo_hash(&bad).is_err());
+    }
+
+    #[test]
+    fn registered_nicknames_follow_affiliations() {
+        let jid = BareJid::new("r@conference.h").expect("jid");
+        let mut room = Room::new(jid, RoomConfig::default(), false);
+        room.set_affiliation("a@h", Affiliation::Member, "");
+        room.reserved.insert("a@h".into(), "Ann".into());
+        let a = BareJid::new("a@h").expect("jid");
+        let b = BareJid::new("b@h").expect("jid");
+        assert!(room.nick_allowed(&a, "Ann").is_ok());
+        assert_eq!(
+            room.nick_allowed(&b, "Ann").map_err(|e| e.condition),
+            Err(Condition::Conflict)
+        );
+        assert!(room.nick_allowed(&a, "Other").is_ok());
+        room.config.enforce_reserved_nick = true;
+        assert_eq!(
+            room.nick_allowed(&a, "Other").map_err(|e| e.condition),
+            Err(Condition::NotAcceptable)
+        );
+        assert!(room.nick_allowed(&b, "Bee").is_ok());
+        // Stored and read back with the affiliation.
+        let snap = room.snapshot();
+        assert_eq!(
+            snap.affiliations,
+            [("a@h".into(), "member".into(), String::new(), "Ann".into())]
+        );
+        let back = Room::restore(room.jid.clone(), &snap);
+        assert_eq!(back.reserved_nick(&a), Some("Ann"));
+        // Losing the membership loses the nickname.
+        room.set_affiliation("a@h", Affiliation::None, "");
+        assert_eq!(room.reserved_nick(&a), None);
+    }
+}
