@@ -607,15 +607,19 @@ fn pep_authorization(
     cx: &palaver_server::hooks::HookCx<'_>,
     stanza: &Stanza,
 ) -> bool {
-    if stanza.is_error() {
-        return false;
-    }
-    let Some(to) = stanza.to.as_ref().map(|t| t.to_bare()) else {
+    // Cheap checks first: this runs for every message to a local user.
+    let Some(to) = stanza.to.as_ref() else {
         return false;
     };
-    if to != stanza.from.to_bare() || to.node().is_none() {
+    if stanza.is_error()
+        || to.node().is_none()
+        || to.node() != stanza.from.node()
+        || to.domain() != stanza.from.domain()
+        || stanza.el.get_child("x", ns::DATA_FORMS).is_none()
+    {
         return false;
     }
+    let to = to.to_bare();
     let form = match palaver_proto::forms::DataForm::find_in(&stanza.el) {
         Some(Ok(f))
             if f.kind == palaver_proto::forms::FormType::Submit
