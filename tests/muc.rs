@@ -1086,7 +1086,7 @@ async fn room_archive_pages_with_rsm() {
 
 #[tokio::test]
 async fn service_name_inline_access_rules_and_caps() {
-    let modules = "modules:\n  mod_disco: {}\n  mod_muc:\n    host: \"chat.@HOST@\"\n    name: Salons\n    access_admin:\n      - allow: admin\n    access_persistent: [deny]\n    max_room_name: 5\n    max_room_id: infinity\n    default_room_options:\n      public: false\n      allow_subscription: true\nacl:\n  admin:\n    user: root\n";
+    let modules = "modules:\n  mod_disco: {}\n  mod_muc:\n    host: \"chat.@HOST@\"\n    name: Salons\n    access_admin:\n      - allow: admin\n    access_persistent: [deny]\n    max_room_name: 5\n    max_room_id: infinity\n    default_room_options:\n      public: false\n      allow_subscription: true\n      vcard: \"<vCard xmlns='vcard-temp'><FN>Default room</FN></vCard>\"\nacl:\n  admin:\n    user: root\n";
     let srv = TestServer::start_with("", modules).await;
     users(&srv, &["alice", "root"]).await;
     let mut alice = tcp(&srv, "alice", "r").await;
@@ -1115,6 +1115,9 @@ async fn service_name_inline_access_rules_and_caps() {
         "{items}"
     );
     join(&mut alice, room, "A", "").await;
+    // default_room_options: ejabberd's `vcard` is the new room's vCard.
+    let v = iq(&mut alice, "v0", room, "get", "<vCard xmlns='vcard-temp'/>").await;
+    assert!(v.contains("<FN>Default room</FN>"), "{v}");
     // default_room_options: hidden.
     let r = iq(
         &mut alice,

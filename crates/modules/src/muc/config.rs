@@ -81,7 +81,6 @@ pub const IGNORED_EJABBERD_KEYS: &[&str] = &[
     "enable_hats",
     "allow_private_messages",
     "allow_private_messages_from_visitors",
-    "vcard",
     "vcard_xupdate",
 ];
 

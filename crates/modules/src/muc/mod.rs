@@ -187,6 +187,8 @@ pub struct Service {
     opts: MucOptions,
     access: [Access; 4],
     defaults: RoomConfig,
+    /// The vCard of new rooms and its avatar hash (`default_room_options.vcard`).
+    default_vcard: Option<(String, String)>,
     rooms: DashMap<String, Arc<Mutex<Room>>>,
     /// User (bare JID) → rooms it is in.
     conferences: DashMap<String, u32>,
@@ -205,6 +207,29 @@ impl Module for Muc {
 
     fn start(host: &mut HostSetup, mut o: MucOptions) -> Result<Self, String> {
         let mut room_opts = std::mem::take(&mut o.default_room_options);
+        // ejabberd's `vcard`: the vCard (XML text) of new rooms.
+        let default_vcard = match room_opts.remove("vcard") {
+            None => None,
+            Some(serde_json::Value::String(x)) if x.trim().is_empty() => None,
+            Some(serde_json::Value::String(x)) => {
+                let v: Element = x
+                    .parse()
+                    .map_err(|e| format!("default_room_options.vcard: not XML: {e}"))?;
+                if !v.is("vCard", NS_VCARD) {
+                    return Err(
+                        "default_room_options.vcard: must be a <vCard xmlns='vcard-temp'/>".into(),
+                    );
+                }
+                let hash =
+                    room::photo_hash(&v).map_err(|e| format!("default_room_options.vcard: {e}"))?;
+                Some((palaver_proto::writer::to_string(&v, ""), hash))
+            }
+            Some(_) => {
+                return Err(
+                    "default_room_options.vcard: must be the vCard's XML as a string".into(),
+                );
+            }
+        };
         for k in IGNORED_EJABBERD_KEYS {
             if room_opts.remove(*k).is_some() {
                 tracing::warn!(
@@ -249,6 +274,7 @@ impl Module for Muc {
                 opts: o.clone(),
                 access: access.clone(),
                 defaults: defaults.clone(),
+                default_vcard: default_vcard.clone(),
                 rooms: DashMap::new(),
                 conferences: DashMap::new(),
                 ready: AtomicBool::new(false),
@@ -533,7 +559,12 @@ impl Service {
                         .entry(name.clone())
                         .or_insert_with(|| {
                             created = true;
-                            Arc::new(Mutex::new(Room::new(jid, self.defaults.clone(), locked)))
+                            let mut room = Room::new(jid, self.defaults.clone(), locked);
+                            if let Some((xml, hash)) = &self.default_vcard {
+                                room.vcard = xml.clone();
+                                room.avatar_hash = hash.clone();
+                            }
+                            Arc::new(Mutex::new(room))
                         })
                         .clone();
                     (arc, created)
