@@ -8,6 +8,8 @@
 # PALAVER_BIN=/path/to/palaver runs that binary instead of building this
 # checkout (A/B against an older commit built into its own target dir).
 # PALAVER_BENCH_ROSTER=0 skips the roster storm (1,000 users x 10 contacts).
+# PALAVER_BENCH_MUC=1 adds mod_muc (conference.pal.test) and the muc scenario
+# (200 occupants of one room, closed loop window 1, 15 s, grace 15 s) after chat.
 # PALAVER_BENCH_DB=pgsql puts the store on a fresh PostgreSQL database
 # palaver_bench (PALAVER_BENCH_PG, default postgres://postgres@127.0.0.1:5432).
 set -euo pipefail
@@ -63,6 +65,7 @@ modules:
   mod_last: {}
   mod_blocking: {}
   mod_register: {registration_timeout: 0}
+$( [ "${PALAVER_BENCH_MUC:-0}" = 1 ] && echo "  mod_muc: {}" )
 access_rules:
   register:
     allow: [all]
@@ -78,6 +81,10 @@ taskset -c 1 "$B" login --users "$USERS" --concurrency 100 "${T[@]}"
 sleep 2
 taskset -c 1 "$B" chat --users $((USERS / 2)) --window 4 --duration 20 --grace 15 "${T[@]}"
 sleep 2
+if [ "${PALAVER_BENCH_MUC:-0}" = 1 ]; then
+  taskset -c 1 "$B" muc --users 200 --duration 15 --grace 15 "${T[@]}"
+  sleep 2
+fi
 taskset -c 1 "$B" idle --users "$USERS" --hold 10 "${T[@]}"
 if [ "${PALAVER_BENCH_ROSTER:-1}" = 1 ]; then
   sleep 2

@@ -1086,7 +1086,7 @@ async fn room_archive_pages_with_rsm() {
 
 #[tokio::test]
 async fn service_name_inline_access_rules_and_caps() {
-    let modules = "modules:\n  mod_disco: {}\n  mod_muc:\n    host: \"chat.@HOST@\"\n    name: Salons\n    access_admin:\n      - allow: admin\n    access_persistent: [deny]\n    max_room_name: 5\n    max_room_id: infinity\n    default_room_options:\n      public: false\n      allow_subscription: true\nacl:\n  admin:\n    user: root\n";
+    let modules = "modules:\n  mod_disco: {}\n  mod_muc:\n    host: \"chat.@HOST@\"\n    name: Salons\n    access_admin:\n      - allow: admin\n    access_persistent: [deny]\n    max_room_name: 5\n    max_room_id: infinity\n    default_room_options:\n      public: false\n      allow_subscription: true\n      vcard: \"<vCard xmlns='vcard-temp'><FN>Default room</FN></vCard>\"\nacl:\n  admin:\n    user: root\n";
     let srv = TestServer::start_with("", modules).await;
     users(&srv, &["alice", "root"]).await;
     let mut alice = tcp(&srv, "alice", "r").await;
@@ -1115,6 +1115,9 @@ async fn service_name_inline_access_rules_and_caps() {
         "{items}"
     );
     join(&mut alice, room, "A", "").await;
+    // default_room_options: ejabberd's `vcard` is the new room's vCard.
+    let v = iq(&mut alice, "v0", room, "get", "<vCard xmlns='vcard-temp'/>").await;
+    assert!(v.contains("<FN>Default room</FN>"), "{v}");
     // default_room_options: hidden.
     let r = iq(
         &mut alice,
@@ -1209,5 +1212,337 @@ async fn service_name_inline_access_rules_and_caps() {
     )
     .await;
     assert!(all.contains("old news"), "{all}");
+    srv.stop().await;
+}
+
+const REGISTER: &str = "jabber:iq:register";
+
+fn register_form(nick: &str) -> String {
+    format!(
+        "<query xmlns='{REGISTER}'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#register</value></field><field var='muc#register_roomnick'><value>{nick}</value></field></x></query>"
+    )
+}
+
+const ROOMUSER: &str =
+    "<query xmlns='http://jabber.org/protocol/disco#info' node='x-roomuser-item'/>";
+
+#[tokio::test]
+async fn registered_nicknames_are_reserved_enforced_and_kept() {
+    let srv = TestServer::start_with("", MODULES).await;
+    users(&srv, &["alice", "bob", "carol", "dave"]).await;
+    let mut alice = tcp(&srv, "alice", "r").await;
+    let mut bob = tcp(&srv, "bob", "r").await;
+    let mut carol = tcp(&srv, "carol", "r").await;
+    join(&mut alice, ROOM, "Alice", "").await;
+    let r = iq(
+        &mut alice,
+        "c1",
+        ROOM,
+        "set",
+        &submit(&[("muc#roomconfig_persistentroom", "1")]),
+    )
+    .await;
+    assert!(r.contains("type='result'"), "{r}");
+    let info = iq(
+        &mut bob,
+        "i0",
+        ROOM,
+        "get",
+        "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+    )
+    .await;
+    assert!(info.contains("var='jabber:iq:register'"), "{info}");
+    join(&mut bob, ROOM, "Bob", "").await;
+    alice.stanza_with("/Bob'").await;
+
+    // The registration form; nothing registered yet.
+    let form = iq(
+        &mut bob,
+        "g1",
+        ROOM,
+        "get",
+        &format!("<query xmlns='{REGISTER}'/>"),
+    )
+    .await;
+    assert!(
+        form.contains("var='muc#register_roomnick'")
+            && form.contains("http://jabber.org/protocol/muc#register")
+            && !form.contains("<registered"),
+        "{form}"
+    );
+    let none = iq(&mut bob, "n0", ROOM, "get", ROOMUSER).await;
+    assert!(
+        none.contains("type='result'") && !none.contains("<identity"),
+        "{none}"
+    );
+    // A form of another kind, or no nickname, is refused.
+    let bad = iq(
+        &mut bob,
+        "g2",
+        ROOM,
+        "set",
+        &format!("<query xmlns='{REGISTER}'/>"),
+    )
+    .await;
+    assert!(bad.contains("bad-request"), "{bad}");
+    let bad = iq(&mut bob, "g3", ROOM, "set", &register_form("")).await;
+    assert!(bad.contains("not-acceptable"), "{bad}");
+    // Bob registers "Bobby": he becomes a member, everyone is told.
+    let ok = iq(&mut bob, "g4", ROOM, "set", &register_form("Bobby")).await;
+    assert!(ok.contains("type='result'"), "{ok}");
+    let p = alice.stanza_with("/Bob'").await;
+    assert!(p.contains("affiliation='member'"), "{p}");
+    let nick = iq(&mut bob, "n1", ROOM, "get", ROOMUSER).await;
+    assert!(
+        nick.contains("category='conference'") && nick.contains("name='Bobby'"),
+        "{nick}"
+    );
+    let again = iq(
+        &mut bob,
+        "g5",
+        ROOM,
+        "get",
+        &format!("<query xmlns='{REGISTER}'/>"),
+    )
+    .await;
+    assert!(
+        again.contains("<registered") && again.contains("<username>Bobby</username>"),
+        "{again}"
+    );
+    let members = iq(
+        &mut alice,
+        "l1",
+        ROOM,
+        "get",
+        &format!("<query xmlns='{ADMIN}'><item affiliation='member'/></query>"),
+    )
+    .await;
+    assert!(
+        members.contains("jid='bob@localhost'") && members.contains("nick='Bobby'"),
+        "{members}"
+    );
+
+    // Another user may not take the registered nickname, nor register a
+    // nickname that is in use or registered.
+    let taken = join(&mut carol, ROOM, "Bobby", "").await;
+    assert!(taken.contains("<conflict"), "{taken}");
+    join(&mut carol, ROOM, "Carol", "").await;
+    let r = iq(&mut carol, "g6", ROOM, "set", &register_form("Bob")).await;
+    assert!(r.contains("<conflict"), "{r}");
+    let r = iq(&mut carol, "g7", ROOM, "set", &register_form("Bobby")).await;
+    assert!(r.contains("<conflict"), "{r}");
+
+    // With enforcement on, Bob must use his registered nickname.
+    let r = iq(
+        &mut alice,
+        "c2",
+        ROOM,
+        "set",
+        &submit(&[("enforce_reserved_nick", "1")]),
+    )
+    .await;
+    assert!(r.contains("type='result'"), "{r}");
+    bob.send(&format!("<presence to='{ROOM}/Robert'/>")).await;
+    let refused = bob.stanza_all(&["type='error'", "<presence"]).await;
+    assert!(refused.contains("not-acceptable"), "{refused}");
+    bob.send(&format!("<presence to='{ROOM}/Bob' type='unavailable'/>"))
+        .await;
+    bob.stanza_with("type='unavailable'").await;
+    let r = join(&mut bob, ROOM, "Bob", "").await;
+    assert!(r.contains("not-acceptable"), "{r}");
+    let r = join(&mut bob, ROOM, "Bobby", "").await;
+    assert!(!r.contains("type='error'"), "{r}");
+
+    // An admin registers a nickname with a membership (§9.3): the user
+    // occupying it is removed.
+    let mut dave = tcp(&srv, "dave", "r").await;
+    join(&mut dave, ROOM, "Dee", "").await;
+    let r = iq(
+        &mut alice,
+        "a1",
+        ROOM,
+        "set",
+        &format!(
+            "<query xmlns='{ADMIN}'><item affiliation='member' jid='carol@localhost' nick='Dee'/></query>"
+        ),
+    )
+    .await;
+    assert!(r.contains("type='result'"), "{r}");
+    let out = dave.stanza_with("code='307'").await;
+    assert!(
+        out.contains("type='unavailable'") && out.contains("registered by another user"),
+        "{out}"
+    );
+    let r = iq(
+        &mut alice,
+        "a2",
+        ROOM,
+        "set",
+        &format!(
+            "<query xmlns='{ADMIN}'><item affiliation='member' jid='dave@localhost' nick='Bobby'/></query>"
+        ),
+    )
+    .await;
+    assert!(r.contains("<conflict"), "{r}");
+    drop((alice, bob, carol, dave));
+
+    // Registrations are stored with the room.
+    let srv = restart(srv).await;
+    let mut bob = tcp(&srv, "bob", "r").await;
+    let mut carol = tcp(&srv, "carol", "r").await;
+    let nick = iq(&mut bob, "n2", ROOM, "get", ROOMUSER).await;
+    assert!(nick.contains("name='Bobby'"), "{nick}");
+    let taken = join(&mut carol, ROOM, "Bobby", "").await;
+    assert!(taken.contains("<conflict"), "{taken}");
+    let mine = iq(&mut carol, "n3", ROOM, "get", ROOMUSER).await;
+    assert!(mine.contains("name='Dee'"), "{mine}");
+
+    // Bob cancels his registration: no longer a member, the nickname is free.
+    let r = iq(
+        &mut bob,
+        "u1",
+        ROOM,
+        "set",
+        &format!("<query xmlns='{REGISTER}'><remove/></query>"),
+    )
+    .await;
+    assert!(r.contains("type='result'"), "{r}");
+    let none = iq(&mut bob, "n4", ROOM, "get", ROOMUSER).await;
+    assert!(!none.contains("<identity"), "{none}");
+    let r = iq(
+        &mut bob,
+        "u2",
+        ROOM,
+        "set",
+        &format!("<query xmlns='{REGISTER}'><remove/></query>"),
+    )
+    .await;
+    assert!(r.contains("item-not-found"), "{r}");
+    // Enforcement holds Carol to her registered "Dee"; Dave may take "Bobby".
+    let r = join(&mut carol, ROOM, "Carol", "").await;
+    assert!(r.contains("not-acceptable"), "{r}");
+    let mut dave = tcp(&srv, "dave", "r").await;
+    let ok = join(&mut dave, ROOM, "Bobby", "").await;
+    assert!(!ok.contains("type='error'"), "{ok}");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn room_vcard_avatar_set_by_owners_announced_and_kept() {
+    use sha1::Digest;
+    let srv = TestServer::start_with("", MODULES).await;
+    users(&srv, &["alice", "bob", "carol"]).await;
+    let mut alice = tcp(&srv, "alice", "r").await;
+    let mut bob = tcp(&srv, "bob", "r").await;
+    let mut carol = tcp(&srv, "carol", "r").await;
+    join(&mut alice, ROOM, "Alice", "").await;
+    let r = iq(
+        &mut alice,
+        "c1",
+        ROOM,
+        "set",
+        &submit(&[("muc#roomconfig_persistentroom", "1")]),
+    )
+    .await;
+    assert!(r.contains("type='result'"), "{r}");
+    join(&mut bob, ROOM, "Bob", "").await;
+    // No vCard yet: an empty one, for anyone.
+    let empty = iq(&mut carol, "v0", ROOM, "get", "<vCard xmlns='vcard-temp'/>").await;
+    assert!(
+        empty.contains("type='result'") && empty.contains("vcard-temp") && !empty.contains("PHOTO"),
+        "{empty}"
+    );
+    let image = b"not really a png";
+    let b64 = base64::engine::general_purpose::STANDARD.encode(image);
+    let hash: String = sha1::Sha1::digest(image)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let vcard = format!(
+        "<vCard xmlns='vcard-temp'><FN>Tea Room</FN><PHOTO><TYPE>image/png</TYPE><BINVAL>{b64}</BINVAL></PHOTO></vCard>"
+    );
+    // Only owners set it.
+    let r = iq(&mut bob, "v1", ROOM, "set", &vcard).await;
+    assert!(r.contains("forbidden"), "{r}");
+    let r = iq(
+        &mut alice,
+        "v2",
+        ROOM,
+        "set",
+        "<vCard xmlns='vcard-temp'><PHOTO><BINVAL>!!not base64!!</BINVAL></PHOTO></vCard>",
+    )
+    .await;
+    assert!(r.contains("bad-request"), "{r}");
+    alice
+        .send(&format!("<iq type='set' id='v3' to='{ROOM}'>{vcard}</iq>"))
+        .await;
+    // Occupants are told by presence from the room, then status 104.
+    let p = bob.stanza_all(&["<presence", "vcard-temp:x:update"]).await;
+    assert!(
+        p.contains(&format!("<photo>{hash}</photo>")) && p.contains(&format!("from='{ROOM}'")),
+        "{p}"
+    );
+    let m = bob.stanza_with("code='104'").await;
+    assert!(m.contains("type='groupchat'"), "{m}");
+    assert!(alice.stanza_with("id='v3'").await.contains("type='result'"));
+    let got = iq(&mut carol, "v4", ROOM, "get", "<vCard xmlns='vcard-temp'/>").await;
+    assert!(got.contains(&b64) && got.contains("Tea Room"), "{got}");
+    let info = iq(
+        &mut carol,
+        "i1",
+        ROOM,
+        "get",
+        "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+    )
+    .await;
+    assert!(
+        info.contains("var='muc#roominfo_avatarhash'")
+            && info.contains(&hash)
+            && info.contains("var='vcard-temp'"),
+        "{info}"
+    );
+    // A joiner gets the hash after the subject.
+    let j = join(&mut carol, ROOM, "Carol", "").await;
+    assert!(!j.contains("type='error'"), "{j}");
+    let p = carol.stanza_with("vcard-temp:x:update").await;
+    assert!(p.contains(&hash), "{p}");
+    drop((alice, bob, carol));
+
+    // Stored with the room.
+    let srv = restart(srv).await;
+    let mut bob = tcp(&srv, "bob", "r").await;
+    let got = iq(&mut bob, "v5", ROOM, "get", "<vCard xmlns='vcard-temp'/>").await;
+    assert!(got.contains(&b64), "{got}");
+    let info = iq(
+        &mut bob,
+        "i2",
+        ROOM,
+        "get",
+        "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+    )
+    .await;
+    assert!(info.contains(&hash), "{info}");
+    // Removing the photo: an empty hash is announced and the info loses it.
+    let mut alice = tcp(&srv, "alice", "r").await;
+    join(&mut alice, ROOM, "Alice", "").await;
+    join(&mut bob, ROOM, "Bob", "").await;
+    let p = bob.stanza_with("vcard-temp:x:update").await;
+    assert!(p.contains(&hash), "{p}");
+    alice
+        .send(&format!(
+            "<iq type='set' id='v6' to='{ROOM}'><vCard xmlns='vcard-temp'><FN>Tea Room</FN></vCard></iq>"
+        ))
+        .await;
+    let p = bob.stanza_all(&["<presence", "vcard-temp:x:update"]).await;
+    assert!(p.contains("<photo/>"), "{p}");
+    let info = iq(
+        &mut bob,
+        "i3",
+        ROOM,
+        "get",
+        "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+    )
+    .await;
+    assert!(!info.contains("avatarhash"), "{info}");
     srv.stop().await;
 }

@@ -371,3 +371,191 @@ async fn a_contact_on_another_virtual_host_is_notified() {
     assert_eq!(m.attr("to"), Some(format!("bob@{DOMAIN2}/r").as_str()));
     srv.stop().await;
 }
+
+fn publish_to(node: &str, id: &str, opts: &str) -> String {
+    format!(
+        "<iq type='set' id='{{id}}'><pubsub xmlns='{NS_PUBSUB}'><publish node='{node}'><item id='{id}'><entry xmlns='urn:test'>{id}</entry></item></publish>{opts}</pubsub></iq>"
+    )
+}
+
+fn item_nodes(r: &minidom::Element) -> Vec<String> {
+    r.get_child("query", DISCO_ITEMS)
+        .map(|q| {
+            q.children()
+                .filter_map(|i| i.attr("node"))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+const DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
+const OPEN: &str = "urn:test:open";
+const DIARY: &str = "urn:test:diary";
+const FRIENDS: &str = "urn:test:friends";
+
+fn authorization(node: &str, jid: &str, allow: bool) -> String {
+    format!(
+        "<message to='alice@localhost' id='ans'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#subscribe_authorization</value></field><field var='pubsub#node'><value>{node}</value></field><field var='pubsub#subscriber_jid'><value>{jid}</value></field><field var='pubsub#allow'><value>{allow}</value></field></x></message>"
+    )
+}
+
+#[tokio::test]
+async fn pep_nodes_in_disco_items_and_authorize_access_model() {
+    let srv = TestServer::start_with("", MODULES).await;
+    for u in ["alice", "bob", "carol", "eve"] {
+        srv.add_user(u, DOMAIN, "pw").await;
+    }
+    befriend(&srv, "alice", "bob").await;
+    let mut a = Client::login(&srv, "alice", "r").await;
+    let mut b = Client::login(&srv, "bob", "r").await;
+    let mut c = Client::login(&srv, "carol", "r").await;
+    let mut e = Client::login(&srv, "eve", "r").await;
+    a.ok(&publish_to(
+        OPEN,
+        "o1",
+        &options(&[("pubsub#access_model", "open")]),
+    ))
+    .await;
+    a.ok(&publish_to(FRIENDS, "f1", "")).await; // presence access (the PEP default)
+    a.ok(&publish_to(
+        DIARY,
+        "d1",
+        &options(&[("pubsub#access_model", "authorize")]),
+    ))
+    .await;
+
+    // disco#items of the account lists the nodes each requester may see.
+    let items = |_who: &str| {
+        format!(
+            "<iq type='get' id='{{id}}' to='alice@localhost'><query xmlns='{DISCO_ITEMS}'/></iq>"
+        )
+    };
+    let mine = item_nodes(&a.ok(&items("a")).await);
+    assert!(
+        mine.contains(&OPEN.to_string())
+            && mine.contains(&FRIENDS.to_string())
+            && mine.contains(&DIARY.to_string()),
+        "{mine:?}"
+    );
+    let bobs = item_nodes(&b.ok(&items("b")).await);
+    assert!(
+        bobs.contains(&OPEN.to_string())
+            && bobs.contains(&FRIENDS.to_string())
+            && !bobs.contains(&DIARY.to_string()),
+        "{bobs:?}"
+    );
+    let eves = item_nodes(&e.ok(&items("e")).await);
+    assert_eq!(eves, [OPEN.to_string()]);
+    let r = e.ok(&items("e")).await;
+    let item = child(&r, &[("query", DISCO_ITEMS), ("item", DISCO_ITEMS)]).expect("item");
+    assert_eq!(item.attr("jid"), Some("alice@localhost"));
+    // A node's disco#info on the account.
+    let info = e
+        .ok(&format!(
+            "<iq type='get' id='{{id}}' to='alice@localhost'><query xmlns='{DISCO_INFO}' node='{OPEN}'/></iq>"
+        ))
+        .await;
+    let s = String::from(&info);
+    assert!(s.contains("leaf") && s.contains("pubsub#meta-data"), "{s}");
+    e.fails(
+        &format!("<iq type='get' id='{{id}}' to='alice@localhost'><query xmlns='{DISCO_INFO}' node='{FRIENDS}'/></iq>"),
+        "not-authorized",
+        None,
+    )
+    .await;
+    e.fails(
+        &format!("<iq type='get' id='{{id}}' to='alice@localhost'><query xmlns='{DISCO_INFO}' node='urn:test:none'/></iq>"),
+        "item-not-found",
+        None,
+    )
+    .await;
+
+    // Authorize: eve's request is pending and goes to alice as a form.
+    let sub = e
+        .ok(&format!("<iq type='set' id='{{id}}' to='alice@localhost'><pubsub xmlns='{NS_PUBSUB}'><subscribe node='{DIARY}' jid='eve@localhost'/></pubsub></iq>"))
+        .await;
+    assert!(String::from(&sub).contains("pending"), "{sub:?}");
+    e.fails(
+        &format!("<iq type='get' id='{{id}}' to='alice@localhost'><pubsub xmlns='{NS_PUBSUB}'><items node='{DIARY}'/></pubsub></iq>"),
+        "not-authorized",
+        Some("not-subscribed"),
+    )
+    .await;
+    let ask = a
+        .expect("authorization request", |m| {
+            m.name() == "message" && String::from(m).contains("pubsub#subscribe_authorization")
+        })
+        .await;
+    let s = String::from(&ask);
+    assert!(
+        ask.attr("from") == Some("alice@localhost")
+            && s.contains("eve@localhost")
+            && s.contains(DIARY)
+            && s.contains("pubsub#subid"),
+        "{s}"
+    );
+    // Someone else answering in alice's name is not taken as her answer:
+    // the message simply reaches alice.
+    b.send(&authorization(DIARY, "eve@localhost", true)).await;
+    a.expect("bob's message", |m| {
+        m.name() == "message" && m.attr("from") == Some("bob@localhost/r")
+    })
+    .await;
+    e.fails(
+        &format!("<iq type='get' id='{{id}}' to='alice@localhost'><pubsub xmlns='{NS_PUBSUB}'><items node='{DIARY}'/></pubsub></iq>"),
+        "not-authorized",
+        None,
+    )
+    .await;
+    // Alice approves: eve is told and may read and see the node.
+    a.send(&authorization(DIARY, "eve@localhost", true)).await;
+    let m = e
+        .expect("subscription approved", |m| {
+            m.name() == "message" && String::from(m).contains("subscribed")
+        })
+        .await;
+    assert_eq!(m.attr("from"), Some("alice@localhost"));
+    e.ok(&format!("<iq type='get' id='{{id}}' to='alice@localhost'><pubsub xmlns='{NS_PUBSUB}'><items node='{DIARY}'/></pubsub></iq>")).await;
+    let eves = item_nodes(&e.ok(&items("e")).await);
+    assert!(eves.contains(&DIARY.to_string()), "{eves:?}");
+    a.ok(&publish_to(DIARY, "d2", "")).await;
+    let ev = e.event("alice@localhost", DIARY).await;
+    assert!(String::from(&ev).contains("d2"), "{ev:?}");
+
+    // Carol asks; alice denies.
+    let sub = c
+        .ok(&format!("<iq type='set' id='{{id}}' to='alice@localhost'><pubsub xmlns='{NS_PUBSUB}'><subscribe node='{DIARY}' jid='carol@localhost'/></pubsub></iq>"))
+        .await;
+    assert!(String::from(&sub).contains("pending"), "{sub:?}");
+    a.expect("carol's request", |m| {
+        m.name() == "message" && String::from(m).contains("carol@localhost")
+    })
+    .await;
+    a.send(&authorization(DIARY, "carol@localhost", false))
+        .await;
+    let m = c
+        .expect("subscription denied", |m| {
+            m.name() == "message" && String::from(m).contains("subscription")
+        })
+        .await;
+    assert!(
+        String::from(&m).contains("'none'") || String::from(&m).contains("\"none\""),
+        "{m:?}"
+    );
+    c.fails(
+        &format!("<iq type='get' id='{{id}}' to='alice@localhost'><pubsub xmlns='{NS_PUBSUB}'><items node='{DIARY}'/></pubsub></iq>"),
+        "not-authorized",
+        None,
+    )
+    .await;
+    // An answer about a request that is not pending is refused.
+    a.send(&authorization(DIARY, "carol@localhost", true)).await;
+    let err = a
+        .expect("error", |m| {
+            m.name() == "message" && m.attr("type") == Some("error")
+        })
+        .await;
+    assert!(String::from(&err).contains("unexpected-request"), "{err:?}");
+    srv.stop().await;
+}

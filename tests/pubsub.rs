@@ -326,13 +326,19 @@ async fn subscription_options_turn_delivery_off_and_on() {
     a.ok(&publish("quiet", "1", "unheard")).await;
     b.sync().await;
     assert!(!b.queued(|m| m.name() == "message"), "delivery is off");
-    // Unsupported options are refused.
-    b.fails(
-        &format!("<iq type='set' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_PUBSUB}'><options node='quiet' jid='bob@localhost'><x xmlns='jabber:x:data' type='submit'><field var='pubsub#digest'><value>1</value></field></x></options></pubsub></iq>"),
-        "not-acceptable",
-        Some("invalid-options"),
-    )
-    .await;
+    // Unsupported options and bad values are refused.
+    for (var, v) in [
+        ("pubsub#subscription_depth", "1"),
+        ("pubsub#show-values", "busy"),
+        ("pubsub#expire", "soon"),
+    ] {
+        b.fails(
+            &format!("<iq type='set' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_PUBSUB}'><options node='quiet' jid='bob@localhost'><x xmlns='jabber:x:data' type='submit'><field var='{var}'><value>{v}</value></field></x></options></pubsub></iq>"),
+            "not-acceptable",
+            Some("invalid-options"),
+        )
+        .await;
+    }
     // A node sending its last item on presence: bob's next session gets it.
     a.ok(&format!(
         "<iq type='set' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_PUBSUB}'><create node='status'/><configure><x xmlns='jabber:x:data' type='submit'><field var='pubsub#send_last_published_item'><value>on_sub_and_presence</value></field></x></configure></pubsub></iq>"
@@ -441,5 +447,167 @@ async fn roster_whitelist_members_ids_and_payloadless_notifications() {
         .await;
     let s = String::from(&r);
     assert!(s.contains("club") && !s.contains("family"), "{s}");
+    srv.stop().await;
+}
+
+/// A subscribe-options form with these fields (values as given).
+fn sub_options(fields: &[(&str, &[&str])]) -> String {
+    let mut s = String::from(
+        "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#subscribe_options</value></field>",
+    );
+    for (var, values) in fields {
+        s.push_str(&format!("<field var='{var}'>"));
+        for v in *values {
+            s.push_str(&format!("<value>{v}</value>"));
+        }
+        s.push_str("</field>");
+    }
+    s.push_str("</x>");
+    s
+}
+
+fn subscribe_with(node: &str, jid: &str, form: &str) -> String {
+    format!(
+        "<iq type='set' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_PUBSUB}'><subscribe node='{node}' jid='{jid}'/><options>{form}</options></pubsub></iq>"
+    )
+}
+
+fn is_event(m: &minidom::Element) -> bool {
+    m.name() == "message" && m.get_child("event", NS_EVENT).is_some()
+}
+
+#[tokio::test]
+async fn subscription_options_show_values_body_digest_and_expiry() {
+    let srv = TestServer::start_with("", MODULES).await;
+    users(&srv, &["alice", "bob", "carol", "dave", "eve"]).await;
+    let mut a = Client::login(&srv, "alice", "r").await;
+    let mut b = Client::login(&srv, "bob", "r").await;
+    let mut c = Client::login(&srv, "carol", "r").await;
+    let mut d = Client::login(&srv, "dave", "r").await;
+    let mut e = Client::login(&srv, "eve", "r").await;
+    // The options form lists what is honoured.
+    let def = a
+        .ok(&format!("<iq type='get' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_PUBSUB}'><default/></pubsub></iq>"))
+        .await;
+    let def = String::from(&def);
+    for var in [
+        "pubsub#deliver",
+        "pubsub#digest",
+        "pubsub#digest_frequency",
+        "pubsub#include_body",
+        "pubsub#show-values",
+        "pubsub#expire",
+    ] {
+        assert!(def.contains(var), "{var}: {def}");
+    }
+    a.ok(&format!("<iq type='set' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_PUBSUB}'><create node='news'/></pubsub></iq>")).await;
+
+    // Bob: only while his presence is "chat", with a body.
+    b.ok(&subscribe_with(
+        "news",
+        "bob@localhost",
+        &sub_options(&[
+            ("pubsub#show-values", &["chat"]),
+            ("pubsub#include_body", &["1"]),
+        ]),
+    ))
+    .await;
+    // Dave: until he goes offline. Eve: until a time already past.
+    d.ok(&subscribe_with(
+        "news",
+        "dave@localhost",
+        &sub_options(&[("pubsub#expire", &["presence"])]),
+    ))
+    .await;
+    e.ok(&subscribe_with(
+        "news",
+        "eve@localhost",
+        &sub_options(&[("pubsub#expire", &["2001-01-01T00:00:00Z"])]),
+    ))
+    .await;
+    // Expired: no longer listed, even before any delivery.
+    let subs = e
+        .ok(&format!("<iq type='get' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_PUBSUB}'><subscriptions/></pubsub></iq>"))
+        .await;
+    assert!(!String::from(&subs).contains("news"), "{subs:?}");
+    a.ok(&publish("news", "n1", "first")).await;
+    let m = d.event(SVC, "news").await;
+    assert!(m.get_child("body", "jabber:client").is_none(), "{m:?}");
+    b.sync().await;
+    e.sync().await;
+    assert!(!b.queued(is_event), "bob is not in chat mood");
+    assert!(!e.queued(is_event), "eve's subscription expired");
+    let subs = e
+        .ok(&format!("<iq type='get' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_PUBSUB}'><subscriptions/></pubsub></iq>"))
+        .await;
+    assert!(!String::from(&subs).contains("news"), "{subs:?}");
+
+    b.send("<presence><show>chat</show></presence>").await;
+    b.sync().await;
+    a.ok(&publish("news", "n2", "second")).await;
+    let m = b.event(SVC, "news").await;
+    let body = m
+        .get_child("body", "jabber:client")
+        .map(|b| b.text())
+        .unwrap_or_default();
+    assert!(body.contains("n2") && body.contains("news"), "{m:?}");
+    assert_eq!(m.attr("to"), Some("bob@localhost/r"));
+    let opts = b
+        .ok(&format!("<iq type='get' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_PUBSUB}'><options node='news' jid='bob@localhost'/></pubsub></iq>"))
+        .await;
+    let opts = String::from(&opts);
+    assert!(opts.contains("<value>chat</value>"), "{opts}");
+
+    // Dave goes offline: his subscription ends.
+    d.send("<presence type='unavailable'/>").await;
+    let mut ended = false;
+    for _ in 0..50 {
+        let subs = a
+            .ok(&format!("<iq type='get' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_PUBSUB}#owner'><subscriptions node='news'/></pubsub></iq>"))
+            .await;
+        if !String::from(&subs).contains("dave@localhost") {
+            ended = true;
+            break;
+        }
+    }
+    assert!(
+        ended,
+        "dave's presence-bound subscription should have ended"
+    );
+
+    // Carol: a digest every second: three items in one message.
+    c.ok(&subscribe_with(
+        "news",
+        "carol@localhost",
+        &sub_options(&[
+            ("pubsub#digest", &["true"]),
+            ("pubsub#digest_frequency", &["1000"]),
+        ]),
+    ))
+    .await;
+    c.event(SVC, "news").await; // the last item, on subscription
+    for i in 3..6 {
+        a.ok(&publish("news", &format!("n{i}"), "more")).await;
+    }
+    let m = c.event(SVC, "news").await;
+    let items = child(&m, &[("event", NS_EVENT), ("items", NS_EVENT)]).expect("items");
+    let ids: Vec<&str> = items
+        .children()
+        .filter(|i| i.name() == "item")
+        .filter_map(|i| i.attr("id"))
+        .collect();
+    assert_eq!(ids, ["n3", "n4", "n5"], "{m:?}");
+    c.sync().await;
+    assert!(!c.queued(is_event), "one message for the digest");
+    drop((a, b, c, d, e));
+
+    // Options are stored.
+    let srv = restart(srv, MODULES).await;
+    let mut b = Client::login(&srv, "bob", "r").await;
+    let opts = b
+        .ok(&format!("<iq type='get' id='{{id}}' to='{SVC}'><pubsub xmlns='{NS_PUBSUB}'><options node='news' jid='bob@localhost'/></pubsub></iq>"))
+        .await;
+    let opts = String::from(&opts);
+    assert!(opts.contains("<value>chat</value>"), "{opts}");
     srv.stop().await;
 }

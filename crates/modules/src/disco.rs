@@ -272,7 +272,7 @@ async fn account_info(req: IqRequest) -> IqResult {
         return Err(StanzaError::new(Condition::ServiceUnavailable));
     }
     if node_of(&req).is_some() {
-        return Err(StanzaError::new(Condition::ItemNotFound));
+        return account_node(req, false).await;
     }
     let mut q = Element::bare("query", ns::DISCO_INFO);
     q.append_child(
@@ -304,12 +304,14 @@ async fn account_items(req: IqRequest) -> IqResult {
     if !account_exists(&req).await? {
         return Err(StanzaError::new(Condition::ServiceUnavailable));
     }
-    if !same_account(&req) {
-        // Resources are only shown to the account itself.
-        return Ok(Some(Element::bare("query", ns::DISCO_ITEMS)));
+    if node_of(&req).is_some() {
+        return account_node(req, true).await;
     }
     let mut q = Element::bare("query", ns::DISCO_ITEMS);
-    if let Some(to) = &req.stanza.to {
+    // Resources are only shown to the account itself.
+    if same_account(&req)
+        && let Some(to) = &req.stanza.to
+    {
         for s in req.cx.sessions().sessions(&to.to_bare()) {
             q.append_child(
                 Element::builder("item", ns::DISCO_ITEMS)
@@ -318,7 +320,34 @@ async fn account_items(req: IqRequest) -> IqResult {
             );
         }
     }
+    // What modules list on the account (PEP nodes the requester may see).
+    for h in req.cx.host().account_disco() {
+        let r = IqRequest {
+            stanza: req.stanza.clone(),
+            cx: req.cx.clone(),
+        };
+        if let Some(more) = h(r, true).await? {
+            for c in more.children() {
+                q.append_child(c.clone());
+            }
+        }
+    }
     Ok(Some(q))
+}
+
+/// A disco query to an account naming a node: the first module that
+/// knows the node answers.
+async fn account_node(req: IqRequest, items: bool) -> IqResult {
+    for h in req.cx.host().account_disco() {
+        let r = IqRequest {
+            stanza: req.stanza.clone(),
+            cx: req.cx.clone(),
+        };
+        if let Some(answer) = h(r, items).await? {
+            return Ok(Some(answer));
+        }
+    }
+    Err(StanzaError::new(Condition::ItemNotFound))
 }
 
 async fn account_exists(req: &IqRequest) -> Result<bool, StanzaError> {

@@ -2,6 +2,7 @@
 //! when `PALAVER_TEST_PG_URL` is set (required in CI).
 
 use palaver_modules::pubsub::store::{ItemRow, MIGRATIONS, PubsubSql, SubRow};
+use palaver_modules::pubsub::subopts::{Expire, SubOptions};
 use palaver_storage::Storage;
 
 async fn backends(test: &str) -> Vec<(Storage, Box<dyn std::any::Any>)> {
@@ -100,14 +101,66 @@ async fn nodes_items_affiliations_subscriptions() {
                     subid: "s".into(),
                     state: "subscribed".into(),
                     deliver: j != "cc@h",
+                    options: SubOptions {
+                        include_body: j == "c@h/r",
+                        show_values: Some(vec!["chat".into()]),
+                        expire: if j == "cc@h" {
+                            Expire::At(42)
+                        } else {
+                            Expire::Presence
+                        },
+                        ..SubOptions::default()
+                    },
                 },
             )
             .await
             .expect("subscribe");
         }
+        let subs = db.subscriptions_of("svc", "c@h").await.expect("subs");
+        assert_eq!(subs.len(), 2);
+        // Options come back as stored.
+        assert!(subs[1].options.include_body && !subs[0].options.include_body);
+        assert_eq!(subs[0].options.show_values, Some(vec!["chat".to_string()]));
+        assert_eq!(subs[0].options.expire, Expire::Presence);
+        // Presence-bound subscriptions end: the full JID's, then the bare one's.
+        assert_eq!(
+            db.expire_presence("c@h/r", "c@h", false)
+                .await
+                .expect("expire"),
+            1
+        );
         assert_eq!(
             db.subscriptions_of("svc", "c@h").await.expect("subs").len(),
-            2
+            1
+        );
+        assert_eq!(
+            db.expire_presence("c@h/x", "c@h", true)
+                .await
+                .expect("expire"),
+            1
+        );
+        assert_eq!(db.expire_all_presence().await.expect("expire"), 0);
+        for j in ["c@h", "c@h/r"] {
+            db.subscribe(
+                "svc",
+                &SubRow {
+                    node: "n".into(),
+                    jid: j.into(),
+                    subid: "s".into(),
+                    state: "subscribed".into(),
+                    deliver: true,
+                    options: SubOptions::default(),
+                },
+            )
+            .await
+            .expect("subscribe");
+        }
+        let cc = db.subscriptions("svc", "n").await.expect("subs");
+        assert_eq!(
+            cc.iter()
+                .find(|s| s.jid == "cc@h")
+                .map(|s| s.options.expire),
+            Some(Expire::At(42))
         );
         db.set_affiliation("svc", "n", "c@h", "member")
             .await

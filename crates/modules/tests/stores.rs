@@ -339,14 +339,25 @@ async fn muc_rooms() {
             subject_by: "Alice".into(),
             salt: "s".into(),
             affiliations: vec![
-                ("alice@h".into(), "owner".into(), String::new()),
-                ("bob@h".into(), "outcast".into(), "rude".into()),
+                (
+                    "alice@h".into(),
+                    "owner".into(),
+                    String::new(),
+                    "Alice".into(),
+                ),
+                (
+                    "bob@h".into(),
+                    "outcast".into(),
+                    "rude".into(),
+                    String::new(),
+                ),
             ],
+            vcard: "<vCard xmlns='vcard-temp'><FN>Tea</FN></vCard>".into(),
         };
         m.save("conference.h", &room).await.expect("save");
         let other = StoredRoom {
             name: "b".into(),
-            affiliations: vec![("bob@h".into(), "member".into(), String::new())],
+            affiliations: vec![("bob@h".into(), "member".into(), String::new(), "Bob".into())],
             ..StoredRoom::default()
         };
         m.save("conference.h", &other).await.expect("save");
@@ -358,6 +369,8 @@ async fn muc_rooms() {
         // Saving again replaces the row and the affiliations.
         room.subject = "Coffee".into();
         room.affiliations.remove(1);
+        room.affiliations[0].3 = "Al".into();
+        room.vcard = String::new();
         m.save("conference.h", &room).await.expect("save");
         let rooms = m.rooms("conference.h").await.expect("rooms");
         assert_eq!(rooms[1], room);

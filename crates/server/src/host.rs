@@ -250,6 +250,12 @@ impl Host {
         self.regs.disco_nodes.get(node).cloned()
     }
 
+    /// The handlers modules registered for disco queries to accounts
+    /// ([`HostSetup::on_account_disco`](crate::module::HostSetup::on_account_disco)).
+    pub fn account_disco(&self) -> &[crate::module::DiscoNodeHandler] {
+        &self.regs.account_disco
+    }
+
     /// Names of the enabled modules.
     pub fn modules(&self) -> &[String] {
         &self.regs.modules

@@ -185,6 +185,7 @@ pub struct Registrations {
     pub(crate) identities: Vec<Identity>,
     pub(crate) account_identities: Vec<Identity>,
     pub(crate) disco_nodes: HashMap<String, DiscoNodeHandler>,
+    pub(crate) account_disco: Vec<DiscoNodeHandler>,
     pub(crate) iq: HashMap<(IqScope, IqType, String), IqHandler>,
     pub(crate) hooks: crate::hooks::Hooks,
     pub(crate) stream_features: Vec<FeatureHook>,
@@ -218,6 +219,8 @@ impl Registrations {
         if other.room_admin.is_some() {
             self.room_admin = other.room_admin.clone();
         }
+        self.account_disco
+            .extend(other.account_disco.iter().cloned());
         self.identities.extend(other.identities.iter().cloned());
         self.account_identities
             .extend(other.account_identities.iter().cloned());
@@ -404,6 +407,20 @@ impl HostSetup {
     {
         let h: DiscoNodeHandler = Arc::new(move |req, items| Box::pin(f(req, items)));
         self.regs.disco_nodes.insert(node.to_string(), h);
+    }
+
+    /// Take part in disco queries to every account's bare JID (the disco
+    /// module asks each handler in turn; `items` tells which query):
+    /// for a query naming a node, the first handler answering `Some` gives
+    /// the answer (`None`: not its node); for disco#items without a node,
+    /// the children of every `Some` are listed after the account's own.
+    pub fn on_account_disco<F, Fut>(&mut self, f: F)
+    where
+        F: Fn(IqRequest, bool) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = IqResult> + Send + 'static,
+    {
+        let h: DiscoNodeHandler = Arc::new(move |req, items| Box::pin(f(req, items)));
+        self.regs.account_disco.push(h);
     }
 
     /// Handle IQs of `kind` whose payload is in namespace `ns`.

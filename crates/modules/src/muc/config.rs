@@ -36,6 +36,9 @@ pub struct RoomConfig {
     pub public_list: bool,
     pub allowpm: String,
     pub voice_request_min_interval: u32,
+    /// Occupants who registered a nickname with the room (XEP-0045 §7.10)
+    /// must use it: joining or changing to another is `not-acceptable`.
+    pub enforce_reserved_nick: bool,
 }
 
 impl Default for RoomConfig {
@@ -64,6 +67,7 @@ impl Default for RoomConfig {
             public_list: true,
             allowpm: "anyone".into(),
             voice_request_min_interval: 1800,
+            enforce_reserved_nick: false,
         }
     }
 }
@@ -77,7 +81,6 @@ pub const IGNORED_EJABBERD_KEYS: &[&str] = &[
     "enable_hats",
     "allow_private_messages",
     "allow_private_messages_from_visitors",
-    "vcard",
     "vcard_xupdate",
 ];
 
@@ -257,6 +260,11 @@ impl RoomConfig {
                 self.logging,
             ))
             .field(bool_field("mam", "Enable message archiving", self.mam))
+            .field(bool_field(
+                "enforce_reserved_nick",
+                "Occupants with a registered nickname must use it",
+                self.enforce_reserved_nick,
+            ))
             .field(
                 Field::new("muc#roomconfig_roomowners", FieldType::JidMulti, owners)
                     .label("Room owners"),
@@ -345,6 +353,7 @@ impl RoomConfig {
         }
         boolean("muc#roomconfig_enablelogging", &mut c.logging)?;
         boolean("mam", &mut c.mam)?;
+        boolean("enforce_reserved_nick", &mut c.enforce_reserved_nick)?;
         if c.title.chars().count() > caps.max_name {
             return Err("muc#roomconfig_roomname".into());
         }

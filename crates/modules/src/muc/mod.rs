@@ -40,6 +40,8 @@ pub const NS_MUC_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
 pub const NS_MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
 pub const NS_MUC_REQUEST: &str = "http://jabber.org/protocol/muc#request";
 pub const NS_ROOMINFO: &str = "http://jabber.org/protocol/muc#roominfo";
+pub const NS_MUC_REGISTER: &str = "http://jabber.org/protocol/muc#register";
+const NS_REGISTER: &str = "jabber:iq:register";
 pub const NS_OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";
 pub const NS_SELF_PING_OPT: &str = "http://jabber.org/protocol/muc#self-ping-optimization";
 pub const NS_STABLE_ID: &str = "http://jabber.org/protocol/muc#stable_id";
@@ -186,6 +188,8 @@ pub struct Service {
     opts: MucOptions,
     access: [Access; 4],
     defaults: RoomConfig,
+    /// The vCard of new rooms and its avatar hash (`default_room_options.vcard`).
+    default_vcard: Option<(String, String)>,
     rooms: DashMap<String, Arc<Mutex<Room>>>,
     /// User (bare JID) → rooms it is in.
     conferences: DashMap<String, u32>,
@@ -204,6 +208,29 @@ impl Module for Muc {
 
     fn start(host: &mut HostSetup, mut o: MucOptions) -> Result<Self, String> {
         let mut room_opts = std::mem::take(&mut o.default_room_options);
+        // ejabberd's `vcard`: the vCard (XML text) of new rooms.
+        let default_vcard = match room_opts.remove("vcard") {
+            None => None,
+            Some(serde_json::Value::String(x)) if x.trim().is_empty() => None,
+            Some(serde_json::Value::String(x)) => {
+                let v: Element = x
+                    .parse()
+                    .map_err(|e| format!("default_room_options.vcard: not XML: {e}"))?;
+                if !v.is("vCard", NS_VCARD) {
+                    return Err(
+                        "default_room_options.vcard: must be a <vCard xmlns='vcard-temp'/>".into(),
+                    );
+                }
+                let hash =
+                    room::photo_hash(&v).map_err(|e| format!("default_room_options.vcard: {e}"))?;
+                Some((palaver_proto::writer::to_string(&v, ""), hash))
+            }
+            Some(_) => {
+                return Err(
+                    "default_room_options.vcard: must be the vCard's XML as a string".into(),
+                );
+            }
+        };
         for k in IGNORED_EJABBERD_KEYS {
             if room_opts.remove(*k).is_some() {
                 tracing::warn!(
@@ -248,6 +275,7 @@ impl Module for Muc {
                 opts: o.clone(),
                 access: access.clone(),
                 defaults: defaults.clone(),
+                default_vcard: default_vcard.clone(),
                 rooms: DashMap::new(),
                 conferences: DashMap::new(),
                 ready: AtomicBool::new(false),
@@ -536,7 +564,12 @@ impl Service {
                         .entry(name.clone())
                         .or_insert_with(|| {
                             created = true;
-                            Arc::new(Mutex::new(Room::new(jid, self.defaults.clone(), locked)))
+                            let mut room = Room::new(jid, self.defaults.clone(), locked);
+                            if let Some((xml, hash)) = &self.default_vcard {
+                                room.vcard = xml.clone();
+                                room.avatar_hash = hash.clone();
+                            }
+                            Arc::new(Mutex::new(room))
                         })
                         .clone();
                     (arc, created)
@@ -690,6 +723,17 @@ impl Service {
                     room.grant_service_admin(&from.to_bare());
                 }
                 match (ns.as_str(), q.name(), get) {
+                    (ns::DISCO_INFO, "query", true) if q.attr("node").is_some() => {
+                        if room.locked
+                            && room.affiliation(&from.to_bare()) != room::Affiliation::Owner
+                        {
+                            return Err(StanzaError::new(Condition::ItemNotFound));
+                        }
+                        match q.attr("node") {
+                            Some("x-roomuser-item") => Ok(Some(room.roomuser_item(&from))),
+                            _ => Err(StanzaError::new(Condition::ItemNotFound)),
+                        }
+                    }
                     (ns::DISCO_INFO, "query", true) => {
                         if room.locked
                             && room.affiliation(&from.to_bare()) != room::Affiliation::Owner
@@ -700,6 +744,9 @@ impl Service {
                     }
                     (ns::DISCO_ITEMS, "query", true) => Ok(Some(room.disco_items(&from))),
                     (ns::PING, "ping", true) => Ok(None),
+                    (NS_REGISTER, "query", _) => room.register(&from, get, &q, fx),
+                    (NS_VCARD, "vCard", true) => room.vcard_get(&from).map(Some),
+                    (NS_VCARD, "vCard", false) => room.vcard_set(&from, &q, fx).map(|_| None),
                     (NS_MUC_ADMIN, "query", true) => room.admin_get(&from, &q).map(Some),
                     (NS_MUC_ADMIN, "query", false) => {
                         room.admin_set(&st, &from, &q, fx).map(|_| None)

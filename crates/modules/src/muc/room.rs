@@ -136,6 +136,13 @@ pub struct Room {
     service_admins: std::collections::HashSet<String>,
     /// The last archive id given (ids increase; milliseconds × 1000).
     last_archive_id: i64,
+    /// Registered nicknames (XEP-0045 §7.10): bare JID → nickname. Only
+    /// users affiliated as member or above have one.
+    pub reserved: BTreeMap<String, String>,
+    /// The room's vCard (vcard-temp), serialized; empty when none is set.
+    pub vcard: String,
+    /// SHA-1 (hex) of the vCard's photo (XEP-0486); empty without one.
+    pub avatar_hash: String,
 }
 
 fn now_ms() -> i64 {
@@ -203,6 +210,9 @@ impl Room {
             voice_requests: HashMap::new(),
             service_admins: Default::default(),
             last_archive_id: 0,
+            reserved: BTreeMap::new(),
+            vcard: String::new(),
+            avatar_hash: String::new(),
         }
     }
 
@@ -221,9 +231,28 @@ impl Room {
         if !stored.salt.is_empty() {
             r.salt = stored.salt.clone();
         }
-        for (j, a, reason) in &stored.affiliations {
+        for (j, a, reason, nick) in &stored.affiliations {
             if let Some(a) = Affiliation::parse(a) {
                 r.affiliations.insert(j.clone(), (a, reason.clone()));
+                if a >= Affiliation::Member && !nick.is_empty() {
+                    r.reserved.insert(j.clone(), nick.clone());
+                }
+            }
+        }
+        if !stored.vcard.is_empty() {
+            match stored.vcard.parse::<Element>() {
+                Ok(v) => match photo_hash(&v) {
+                    Ok(h) => {
+                        r.vcard = stored.vcard.clone();
+                        r.avatar_hash = h;
+                    }
+                    Err(e) => {
+                        tracing::warn!(room = %r.jid, error = %e, "stored room vCard has a bad photo; dropped")
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(room = %r.jid, error = %e, "stored room vCard unreadable; dropped")
+                }
             }
         }
         r
@@ -240,8 +269,12 @@ impl Room {
             affiliations: self
                 .affiliations
                 .iter()
-                .map(|(j, (a, r))| (j.clone(), a.as_str().to_string(), r.clone()))
+                .map(|(j, (a, r))| {
+                    let nick = self.reserved.get(j).cloned().unwrap_or_default();
+                    (j.clone(), a.as_str().to_string(), r.clone(), nick)
+                })
                 .collect(),
+            vcard: self.vcard.clone(),
         }
     }
 
@@ -272,6 +305,9 @@ impl Room {
     }
 
     fn set_affiliation(&mut self, jid: &str, a: Affiliation, reason: &str) {
+        if a < Affiliation::Member {
+            self.reserved.remove(jid);
+        }
         if a == Affiliation::None {
             self.affiliations.remove(jid);
         } else {
@@ -600,6 +636,12 @@ impl Room {
                 "This room is members-only",
             );
         }
+        // §7.2.9: a nickname another user registered is theirs, and a room
+        // that enforces registered nicknames holds its members to theirs.
+        if let Err(e) = self.nick_allowed(&bare, nick) {
+            fx.out.extend(st.error_reply(&e, None));
+            return;
+        }
         // A nickname is one user's: another user's sessions may not share it.
         let same_user = match self.occupants.get(nick) {
             Some(o) if o.bare != bare => {
@@ -608,8 +650,6 @@ impl Room {
             Some(_) => true,
             None => false,
         };
-        // A nickname an affiliated user registered (ours: the affiliation's
-        // nick is not kept, so only occupancy counts).
         if self.config.password_protected && aff < Affiliation::Owner {
             let given = x
                 .and_then(|x| x.get_child("password", NS_MUC))
@@ -705,11 +745,58 @@ impl Room {
         } else {
             self.nick_jid(&self.subject_by)
         };
-        fx.out
-            .push(Stanza::new(StanzaKind::Message, subj_from, Some(to), subj));
+        fx.out.push(Stanza::new(
+            StanzaKind::Message,
+            subj_from,
+            Some(to.clone()),
+            subj,
+        ));
+        // XEP-0486: the room's avatar hash, from the room itself.
+        if !self.avatar_hash.is_empty() {
+            fx.out.push(Stanza::new(
+                StanzaKind::Presence,
+                self.jid.clone().into(),
+                Some(to),
+                self.avatar_presence(),
+            ));
+        }
         if created {
             fx.save = true;
         }
+    }
+
+    /// The user registered `nick`, or none (§7.10).
+    pub fn reserved_nick(&self, bare: &BareJid) -> Option<&str> {
+        self.reserved.get(bare.as_str()).map(String::as_str)
+    }
+
+    /// Who registered `nick` with the room, if anyone.
+    fn reserved_by(&self, nick: &str) -> Option<&str> {
+        self.reserved
+            .iter()
+            .find(|(_, n)| n.as_str() == nick)
+            .map(|(j, _)| j.as_str())
+    }
+
+    /// Whether `bare` may use `nick` here: not another user's registered
+    /// nickname (`conflict`), and its own when the room enforces them
+    /// (`not-acceptable`).
+    fn nick_allowed(&self, bare: &BareJid, nick: &str) -> Result<(), StanzaError> {
+        if let Some(owner) = self.reserved_by(nick)
+            && owner != bare.as_str()
+        {
+            return Err(StanzaError::new(Condition::Conflict)
+                .text("That nickname is registered by another user"));
+        }
+        if self.config.enforce_reserved_nick
+            && let Some(mine) = self.reserved_nick(bare)
+            && mine != nick
+        {
+            return Err(StanzaError::new(Condition::NotAcceptable).text(format!(
+                "This room requires your registered nickname: {mine}"
+            )));
+        }
+        Ok(())
     }
 
     fn send_history(&self, x: Option<&Element>, to: &Jid, fx: &mut Effects) {
@@ -777,6 +864,10 @@ impl Room {
                 Condition::Conflict,
                 "That nickname is already in use",
             ));
+            return;
+        }
+        if let Err(e) = self.nick_allowed(&occ.bare, new) {
+            fx.out.extend(st.error_reply(&e, None));
             return;
         }
         if occ.role == Role::Visitor && !self.config.allow_visitor_nickchange {
@@ -1294,6 +1385,9 @@ impl Room {
                 let mut i = el("item", NS_MUC_ADMIN);
                 set_attr(&mut i, "affiliation", a.as_str());
                 set_attr(&mut i, "jid", j.as_str());
+                if let Some(n) = self.reserved.get(j) {
+                    set_attr(&mut i, "nick", n.as_str());
+                }
                 if !reason.is_empty() {
                     i.append_child(text_el("reason", NS_MUC_ADMIN, reason));
                 }
@@ -1336,7 +1430,8 @@ impl Room {
         let actor = me.as_ref().map(|o| o.nick.clone()).unwrap_or_default();
         enum Change {
             Role(String, Role, Option<String>),
-            Aff(String, Affiliation, Option<String>),
+            /// JID, affiliation, reason, nickname to register for it.
+            Aff(String, Affiliation, Option<String>, Option<String>),
         }
         let mut changes = Vec::new();
         let bad = || StanzaError::new(Condition::BadRequest);
@@ -1374,7 +1469,22 @@ impl Room {
                         not_allowed()
                     });
                 }
-                changes.push(Change::Aff(target.to_string(), a, reason));
+                // §9.3: an admin may register a nickname with the membership.
+                let nick = match item.attr("nick").filter(|_| item.attr("jid").is_some()) {
+                    Some(n) => {
+                        let n = self.valid_nick(n)?;
+                        if a < Affiliation::Member {
+                            return Err(bad().text("Only members and above have nicknames"));
+                        }
+                        if self.reserved_by(&n).is_some_and(|o| o != target.as_str()) {
+                            return Err(StanzaError::new(Condition::Conflict)
+                                .text("That nickname is registered by another user"));
+                        }
+                        Some(n)
+                    }
+                    None => None,
+                };
+                changes.push(Change::Aff(target.to_string(), a, reason, nick));
             } else if let Some(r) = item.attr("role") {
                 let r = Role::parse(r).ok_or_else(bad)?;
                 let nick = item.attr("nick").ok_or_else(bad)?;
@@ -1408,7 +1518,7 @@ impl Room {
             .map(|(j, _)| j.clone())
             .collect();
         for c in &changes {
-            if let Change::Aff(j, a, _) = c {
+            if let Change::Aff(j, a, _, _) = c {
                 if *a == Affiliation::Owner {
                     if !owners.contains(j) {
                         owners.push(j.clone());
@@ -1428,8 +1538,11 @@ impl Room {
                 Change::Role(nick, r, reason) => {
                     self.set_role(st, &nick, r, &actor, reason.as_deref(), fx)
                 }
-                Change::Aff(j, a, reason) => {
+                Change::Aff(j, a, reason, nick) => {
                     self.change_affiliation(&j, a, &actor, reason.as_deref(), fx);
+                    if let Some(n) = nick {
+                        self.register_nick(&j, &n, fx);
+                    }
                 }
             }
         }
@@ -1483,11 +1596,234 @@ impl Room {
             self.occupants.insert(nick.clone(), occ.clone());
             let p = Pres {
                 reason,
-                actor: Some(actor),
+                actor: (!actor.is_empty()).then_some(actor),
                 ..Pres::default()
             };
             self.broadcast_presence(&occ, &p, &[], fx);
         }
+    }
+
+    // ------------------------------------------------- registration (§7.10)
+
+    /// A nickname as the room would see it in `room@service/nick`.
+    fn valid_nick(&self, nick: &str) -> Result<String, StanzaError> {
+        match self.jid.with_resource_str(nick.trim()) {
+            Ok(f) => Ok(f.resource().as_str().to_string()),
+            Err(_) => Err(StanzaError::new(Condition::NotAcceptable).text("Not a valid nickname")),
+        }
+    }
+
+    /// Register `nick` for `bare` (an affiliated user); another user
+    /// using it as an occupant is removed (307).
+    fn register_nick(&mut self, bare: &str, nick: &str, fx: &mut Effects) {
+        if let Some(o) = self.occupants.get(nick)
+            && o.bare.as_str() != bare
+        {
+            let p = Pres {
+                unavailable: true,
+                codes: vec![307],
+                reason: Some("This nickname is registered by another user"),
+                ..Pres::default()
+            };
+            self.remove_occupant(nick, &p, fx);
+        }
+        self.reserved.insert(bare.to_string(), nick.to_string());
+        fx.save = true;
+    }
+
+    /// `jabber:iq:register` on the room: the `muc#register` form (get), a
+    /// registration (set with the form; the user becomes a member), or
+    /// its removal (`<remove/>`).
+    pub fn register(
+        &mut self,
+        from: &FullJid,
+        get: bool,
+        query: &Element,
+        fx: &mut Effects,
+    ) -> Result<Option<Element>, StanzaError> {
+        let bare = from.to_bare();
+        let aff = self.affiliation(&bare);
+        if self.locked && aff != Affiliation::Owner {
+            return Err(StanzaError::new(Condition::ItemNotFound));
+        }
+        if aff == Affiliation::Outcast {
+            return Err(
+                StanzaError::new(Condition::Forbidden).text("You have been banned from this room")
+            );
+        }
+        if self.config.members_only && aff < Affiliation::Member {
+            return Err(StanzaError::new(Condition::NotAllowed)
+                .text("Only members may register with this members-only room"));
+        }
+        let current = self.reserved_nick(&bare).map(str::to_string);
+        if get {
+            let mut q = el("query", NS_REGISTER);
+            if let Some(n) = &current {
+                q.append_child(el("registered", NS_REGISTER));
+                q.append_child(text_el("username", NS_REGISTER, n));
+            }
+            q.append_child(text_el(
+                "instructions",
+                NS_REGISTER,
+                "Choose the nickname to register with this room",
+            ));
+            let form = DataForm::with_form_type(FormType::Form, super::NS_MUC_REGISTER)
+                .title("Register with the room")
+                .field(
+                    Field::new(
+                        "muc#register_roomnick",
+                        FieldType::TextSingle,
+                        current.into_iter().collect(),
+                    )
+                    .label("Nickname")
+                    .required(),
+                );
+            q.append_child(form.to_element());
+            return Ok(Some(q));
+        }
+        let occupant_nick = self.occupant_of(from).map(|o| o.nick.clone());
+        let actor = occupant_nick.unwrap_or_default();
+        if query.get_child("remove", NS_REGISTER).is_some() {
+            if current.is_none() && aff != Affiliation::Member {
+                return Err(StanzaError::new(Condition::ItemNotFound)
+                    .text("You are not registered with this room"));
+            }
+            self.reserved.remove(bare.as_str());
+            fx.save = true;
+            if aff == Affiliation::Member {
+                self.change_affiliation(bare.as_str(), Affiliation::None, &actor, None, fx);
+            }
+            return Ok(None);
+        }
+        let form = match DataForm::find_in(query) {
+            Some(Ok(f)) => f,
+            Some(Err(e)) => {
+                return Err(StanzaError::new(Condition::BadRequest).text(e.to_string()));
+            }
+            None => {
+                return Err(
+                    StanzaError::new(Condition::BadRequest).text("A muc#register form is required")
+                );
+            }
+        };
+        match form.kind {
+            FormType::Cancel => return Ok(None),
+            FormType::Submit => {}
+            _ => return Err(StanzaError::new(Condition::BadRequest).text("Submit the form")),
+        }
+        if form
+            .form_type()
+            .is_some_and(|t| t != super::NS_MUC_REGISTER)
+        {
+            return Err(StanzaError::new(Condition::BadRequest).text("Not a muc#register form"));
+        }
+        let nick = match form.value("muc#register_roomnick").map(str::trim) {
+            Some(n) if !n.is_empty() => self.valid_nick(n)?,
+            _ => {
+                return Err(
+                    StanzaError::new(Condition::NotAcceptable).text("A nickname is required")
+                );
+            }
+        };
+        if self.reserved_by(&nick).is_some_and(|o| o != bare.as_str())
+            || self.occupants.get(&nick).is_some_and(|o| o.bare != bare)
+        {
+            return Err(StanzaError::new(Condition::Conflict)
+                .text("That nickname is used or registered by another user"));
+        }
+        if aff < Affiliation::Member {
+            self.change_affiliation(bare.as_str(), Affiliation::Member, &actor, None, fx);
+        }
+        self.register_nick(bare.as_str(), &nick, fx);
+        Ok(None)
+    }
+
+    /// §7.7: disco#info node `x-roomuser-item`: the requester's registered
+    /// nickname as the identity's name (no identity without one).
+    pub fn roomuser_item(&self, from: &FullJid) -> Element {
+        let mut q = el("query", ns::DISCO_INFO);
+        set_attr(&mut q, "node", "x-roomuser-item");
+        if let Some(n) = self.reserved_nick(&from.to_bare()) {
+            let mut id = el("identity", ns::DISCO_INFO);
+            set_attr(&mut id, "category", "conference");
+            set_attr(&mut id, "type", "text");
+            set_attr(&mut id, "name", n);
+            q.append_child(id);
+        }
+        q
+    }
+
+    // ------------------------------------------------- vCard (XEP-0486)
+
+    /// The room's vCard, for anyone who may see the room.
+    pub fn vcard_get(&self, from: &FullJid) -> Result<Element, StanzaError> {
+        if self.locked && self.affiliation(&from.to_bare()) != Affiliation::Owner {
+            return Err(StanzaError::new(Condition::ItemNotFound));
+        }
+        if self.vcard.is_empty() {
+            return Ok(el("vCard", NS_VCARD));
+        }
+        self.vcard
+            .parse::<Element>()
+            .map_err(|_| StanzaError::new(Condition::InternalServerError))
+    }
+
+    /// An owner sets the room's vCard; a changed avatar is announced with
+    /// a `vcard-temp:x:update` presence from the room and status 104.
+    pub fn vcard_set(
+        &mut self,
+        from: &FullJid,
+        vcard: &Element,
+        fx: &mut Effects,
+    ) -> Result<(), StanzaError> {
+        if self.affiliation(&from.to_bare()) != Affiliation::Owner {
+            return Err(
+                StanzaError::new(Condition::Forbidden).text("Only owners may set the room's vCard")
+            );
+        }
+        let hash =
+            photo_hash(vcard).map_err(|e| StanzaError::new(Condition::BadRequest).text(e))?;
+        let xml = if vcard.children().next().is_none() {
+            String::new()
+        } else {
+            palaver_proto::writer::to_string(vcard, "")
+        };
+        if xml.len() > MAX_VCARD {
+            return Err(StanzaError::new(Condition::NotAcceptable).text("The vCard is too large"));
+        }
+        let changed = hash != self.avatar_hash;
+        self.vcard = xml;
+        self.avatar_hash = hash;
+        fx.save = true;
+        if changed {
+            let p = self.avatar_presence();
+            for occ in self.occupants.values() {
+                for s in &occ.sessions {
+                    fx.out.push(Stanza::new(
+                        StanzaKind::Presence,
+                        self.jid.clone().into(),
+                        Some(s.clone().into()),
+                        p.clone(),
+                    ));
+                }
+            }
+            self.status_message(&[104], fx);
+        }
+        Ok(())
+    }
+
+    /// A presence from the room carrying its avatar hash (empty `<photo/>`:
+    /// no avatar).
+    fn avatar_presence(&self) -> Element {
+        let mut p = el("presence", ns::CLIENT);
+        let mut x = el("x", NS_VCARD_UPDATE);
+        let mut photo = el("photo", NS_VCARD_UPDATE);
+        if !self.avatar_hash.is_empty() {
+            photo.append_text_node(self.avatar_hash.as_str());
+        }
+        x.append_child(photo);
+        p.append_child(x);
+        p
     }
 
     // ------------------------------------------------------------ owner
@@ -1736,6 +2072,7 @@ impl Room {
 
     /// Remove a deleted account's affiliation; `true` when it had one.
     pub fn forget(&mut self, bare: &str) -> bool {
+        self.reserved.remove(bare);
         self.affiliations.remove(bare).is_some()
     }
 
@@ -1763,6 +2100,8 @@ impl Room {
             super::NS_STABLE_ID,
             super::NS_MUC_REQUEST,
             "jabber:x:conference",
+            NS_REGISTER,
+            NS_VCARD,
         ];
         feats.extend(self.config.features());
         if self.config.mam {
@@ -1794,6 +2133,15 @@ impl Room {
                 "muc#maxhistoryfetch",
                 super::HISTORY_FETCH.to_string(),
             ));
+        let info = if self.avatar_hash.is_empty() {
+            info
+        } else {
+            info.field(Field::new(
+                "muc#roominfo_avatarhash",
+                FieldType::TextMulti,
+                vec![self.avatar_hash.clone()],
+            ))
+        };
         q.append_child(info.to_element());
         q
     }
@@ -1828,6 +2176,33 @@ impl Room {
     }
 }
 
+const NS_REGISTER: &str = "jabber:iq:register";
+const NS_VCARD: &str = "vcard-temp";
+const NS_VCARD_UPDATE: &str = "vcard-temp:x:update";
+/// Largest room vCard kept (serialized).
+const MAX_VCARD: usize = 256 * 1024;
+
+/// SHA-1 (hex) of a vCard's `PHOTO/BINVAL`, empty without a photo;
+/// `Err` when the photo is not base64.
+pub fn photo_hash(vcard: &Element) -> Result<String, String> {
+    use base64::Engine;
+    use sha1::Digest;
+    let Some(bin) = vcard
+        .get_child("PHOTO", NS_VCARD)
+        .and_then(|p| p.get_child("BINVAL", NS_VCARD))
+    else {
+        return Ok(String::new());
+    };
+    let text: String = bin.text().chars().filter(|c| !c.is_whitespace()).collect();
+    if text.is_empty() {
+        return Ok(String::new());
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.as_bytes())
+        .map_err(|_| "The photo is not base64".to_string())?;
+    Ok(hex::encode(sha1::Sha1::digest(&bytes)))
+}
+
 fn status_text_of(occ: &Occupant) -> Option<Element> {
     occ.presence
         .iter()
@@ -1837,4 +2212,62 @@ fn status_text_of(occ: &Occupant) -> Option<Element> {
 
 fn remove_children(el: &mut Element, name: &str, ns: &str) {
     while el.remove_child(name, ns).is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn photo_hash_of_a_vcard() {
+        let v: Element = "<vCard xmlns='vcard-temp'><PHOTO><TYPE>image/png</TYPE><BINVAL>aGVs\n bG8=</BINVAL></PHOTO></vCard>"
+            .parse()
+            .expect("xml");
+        // SHA-1 of "hello".
+        assert_eq!(
+            photo_hash(&v).as_deref(),
+            Ok("aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d")
+        );
+        let none: Element = "<vCard xmlns='vcard-temp'><FN>x</FN></vCard>"
+            .parse()
+            .expect("xml");
+        assert_eq!(photo_hash(&none).as_deref(), Ok(""));
+        let bad: Element = "<vCard xmlns='vcard-temp'><PHOTO><BINVAL>@@@</BINVAL></PHOTO></vCard>"
+            .parse()
+            .expect("xml");
+        assert!(photo_hash(&bad).is_err());
+    }
+
+    #[test]
+    fn registered_nicknames_follow_affiliations() {
+        let jid = BareJid::new("r@conference.h").expect("jid");
+        let mut room = Room::new(jid, RoomConfig::default(), false);
+        room.set_affiliation("a@h", Affiliation::Member, "");
+        room.reserved.insert("a@h".into(), "Ann".into());
+        let a = BareJid::new("a@h").expect("jid");
+        let b = BareJid::new("b@h").expect("jid");
+        assert!(room.nick_allowed(&a, "Ann").is_ok());
+        assert_eq!(
+            room.nick_allowed(&b, "Ann").map_err(|e| e.condition),
+            Err(Condition::Conflict)
+        );
+        assert!(room.nick_allowed(&a, "Other").is_ok());
+        room.config.enforce_reserved_nick = true;
+        assert_eq!(
+            room.nick_allowed(&a, "Other").map_err(|e| e.condition),
+            Err(Condition::NotAcceptable)
+        );
+        assert!(room.nick_allowed(&b, "Bee").is_ok());
+        // Stored and read back with the affiliation.
+        let snap = room.snapshot();
+        assert_eq!(
+            snap.affiliations,
+            [("a@h".into(), "member".into(), String::new(), "Ann".into())]
+        );
+        let back = Room::restore(room.jid.clone(), &snap);
+        assert_eq!(back.reserved_nick(&a), Some("Ann"));
+        // Losing the membership loses the nickname.
+        room.set_affiliation("a@h", Affiliation::None, "");
+        assert_eq!(room.reserved_nick(&a), None);
+    }
 }

@@ -34,6 +34,16 @@ pub const MIGRATIONS: &[ModuleMigration] = &[
                    id BIGINT NOT NULL, ts BIGINT NOT NULL, nick TEXT NOT NULL, xml TEXT NOT NULL, \
                    PRIMARY KEY (service, room, id))",
     },
+    // XEP-0045 §7.10: the nickname a member registered with the room.
+    ModuleMigration {
+        sqlite: "ALTER TABLE muc_affiliation ADD COLUMN nick TEXT NOT NULL DEFAULT ''",
+        postgres: "ALTER TABLE muc_affiliation ADD COLUMN IF NOT EXISTS nick TEXT NOT NULL DEFAULT ''",
+    },
+    // The room's vcard-temp (XEP-0486 avatars), as XML; empty for none.
+    ModuleMigration {
+        sqlite: "ALTER TABLE muc_room ADD COLUMN vcard TEXT NOT NULL DEFAULT ''",
+        postgres: "ALTER TABLE muc_room ADD COLUMN IF NOT EXISTS vcard TEXT NOT NULL DEFAULT ''",
+    },
 ];
 
 /// One archived groupchat message (XEP-0313 on the room's JID).
@@ -72,15 +82,18 @@ pub struct StoredRoom {
     pub subject_by: String,
     /// Secret of the room's occupant ids (XEP-0421).
     pub salt: String,
-    /// (bare JID, affiliation, reason), sorted by JID.
-    pub affiliations: Vec<(String, String, String)>,
+    /// (bare JID, affiliation, reason, registered nickname or empty),
+    /// sorted by JID.
+    pub affiliations: Vec<(String, String, String, String)>,
+    /// The room's vCard (vcard-temp XML), empty when it has none.
+    pub vcard: String,
 }
 
 /// Persistent rooms, on either backend.
 pub struct MucSql(Db);
 
-type RoomRow = (String, String, String, String, String);
-type AffRow = (String, String, String, String);
+type RoomRow = (String, String, String, String, String, String);
+type AffRow = (String, String, String, String, String);
 
 impl MucSql {
     /// The store over the server's pool.
@@ -98,13 +111,13 @@ impl MucSql {
         palaver_storage::timed("muc", "rooms", async {
             let (rows, affs): (Vec<RoomRow>, Vec<AffRow>) = on_db!(&self.0, |pool| {
                 let rows = sqlx::query_as(
-                    "SELECT name, config, subject, subject_by, salt FROM muc_room WHERE service = $1",
+                    "SELECT name, config, subject, subject_by, salt, vcard FROM muc_room WHERE service = $1",
                 )
                 .bind(service)
                 .fetch_all(pool)
                 .await?;
                 let affs = sqlx::query_as(
-                    "SELECT room, jid, affiliation, reason FROM muc_affiliation WHERE service = $1",
+                    "SELECT room, jid, affiliation, reason, nick FROM muc_affiliation WHERE service = $1",
                 )
                 .bind(service)
                 .fetch_all(pool)
@@ -113,19 +126,22 @@ impl MucSql {
             });
             let mut out: Vec<StoredRoom> = rows
                 .into_iter()
-                .map(|(name, config, subject, subject_by, salt)| StoredRoom {
-                    name,
-                    config,
-                    subject,
-                    subject_by,
-                    salt,
-                    affiliations: Vec::new(),
-                })
+                .map(
+                    |(name, config, subject, subject_by, salt, vcard)| StoredRoom {
+                        name,
+                        config,
+                        subject,
+                        subject_by,
+                        salt,
+                        affiliations: Vec::new(),
+                        vcard,
+                    },
+                )
                 .collect();
             out.sort_by(|a, b| a.name.cmp(&b.name));
-            for (room, jid, aff, reason) in affs {
+            for (room, jid, aff, reason, nick) in affs {
                 if let Ok(i) = out.binary_search_by(|r| r.name.as_str().cmp(&room)) {
-                    out[i].affiliations.push((jid, aff, reason));
+                    out[i].affiliations.push((jid, aff, reason, nick));
                 }
             }
             for r in &mut out {
@@ -142,10 +158,10 @@ impl MucSql {
             on_db!(&self.0, |pool| {
                 let mut tx = pool.begin_write().await?;
                 sqlx::query(
-                    "INSERT INTO muc_room (service, name, config, subject, subject_by, salt) \
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (service, name) DO UPDATE SET \
+                    "INSERT INTO muc_room (service, name, config, subject, subject_by, salt, vcard) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (service, name) DO UPDATE SET \
                      config = excluded.config, subject = excluded.subject, \
-                     subject_by = excluded.subject_by, salt = excluded.salt",
+                     subject_by = excluded.subject_by, salt = excluded.salt, vcard = excluded.vcard",
                 )
                 .bind(service)
                 .bind(&r.name)
@@ -153,6 +169,7 @@ impl MucSql {
                 .bind(&r.subject)
                 .bind(&r.subject_by)
                 .bind(&r.salt)
+                .bind(&r.vcard)
                 .execute(&mut *tx)
                 .await?;
                 sqlx::query("DELETE FROM muc_affiliation WHERE service = $1 AND room = $2")
@@ -160,16 +177,17 @@ impl MucSql {
                     .bind(&r.name)
                     .execute(&mut *tx)
                     .await?;
-                for (jid, aff, reason) in &r.affiliations {
+                for (jid, aff, reason, nick) in &r.affiliations {
                     sqlx::query(
-                        "INSERT INTO muc_affiliation (service, room, jid, affiliation, reason) \
-                         VALUES ($1, $2, $3, $4, $5)",
+                        "INSERT INTO muc_affiliation (service, room, jid, affiliation, reason, nick) \
+                         VALUES ($1, $2, $3, $4, $5, $6)",
                     )
                     .bind(service)
                     .bind(&r.name)
                     .bind(jid)
                     .bind(aff)
                     .bind(reason)
+                    .bind(nick)
                     .execute(&mut *tx)
                     .await?;
                 }

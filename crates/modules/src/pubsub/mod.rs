@@ -32,6 +32,7 @@ pub mod node;
 pub mod ops;
 mod portable;
 pub mod store;
+pub mod subopts;
 
 use dashmap::DashMap;
 use jid::{BareJid, FullJid, Jid};
@@ -40,7 +41,7 @@ use palaver_proto::error::{Condition, StanzaError};
 use palaver_proto::ns;
 use palaver_proto::stanza::{Stanza, StanzaKind, set_attr};
 use palaver_server::hooks::{
-    IqResponse, PresenceOut, PrivateStored, RemoveUser, SessionClosed, UserReceive,
+    IqResponse, MessageIn, PresenceOut, PrivateStored, RemoveUser, SessionClosed, UserReceive,
 };
 use palaver_server::module::PresenceEvent;
 use palaver_server::{
@@ -63,7 +64,9 @@ const NS_CAPS: &str = "http://jabber.org/protocol/caps";
 const MAX_PENDING_CAPS: usize = 10_000;
 
 /// `mod_pubsub`.
-pub struct Pubsub;
+pub struct Pubsub {
+    st: Arc<State>,
+}
 
 /// `mod_pubsub` in the module registry.
 pub const MODULE: ModuleDef = ModuleDef::of::<Pubsub>();
@@ -94,8 +97,14 @@ impl Module for Pubsub {
     const NAME: &'static str = "mod_pubsub";
     type Options = Options;
     fn start(host: &mut HostSetup, o: Options) -> Result<Self, String> {
-        start(host, o)?;
-        Ok(Pubsub)
+        Ok(Pubsub {
+            st: start(host, o)?,
+        })
+    }
+
+    fn stop(&self, cx: &ModuleCx) {
+        // Digests waiting for their time go out now rather than never.
+        self.st.flush_digests(cx, true);
     }
 }
 
@@ -151,9 +160,99 @@ pub struct State {
     remote: DashMap<String, HashMap<String, RemoteResource>>,
     /// Outstanding disco#info queries to remote resources, by id.
     remote_pending: DashMap<String, RemoteQuery>,
+    /// Notifications gathered for digest subscriptions (§6.3
+    /// `pubsub#digest`): "service\0node\0recipient" → the digest.
+    digests: DashMap<String, Digest>,
+    /// Wakes the digest task when a digest starts.
+    digest_wake: tokio::sync::Notify,
 }
 
+/// Notifications of one node for one recipient, sent together when due.
+pub(crate) struct Digest {
+    pub(crate) due: std::time::Instant,
+    pub(crate) from: Jid,
+    pub(crate) to: Jid,
+    pub(crate) node: String,
+    pub(crate) kind: String,
+    pub(crate) body: bool,
+    /// `<item/>` and `<retract/>` children of the `<items/>` event.
+    pub(crate) children: Vec<Element>,
+}
+
+/// Most notifications a digest gathers before it goes out early.
+const MAX_DIGEST_ITEMS: usize = 500;
+
 impl State {
+    /// Add `children` of an `<items/>` event to the digest of `to` for
+    /// `node`, started now with `frequency_ms` if it is new.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn add_digest(
+        &self,
+        cx: &ModuleCx,
+        service: &str,
+        from: &Jid,
+        to: &Jid,
+        node: &str,
+        kind: &str,
+        body: bool,
+        children: Vec<Element>,
+        frequency_ms: u64,
+    ) {
+        let key = format!("{service}\0{node}\0{to}");
+        let full = {
+            let mut d = self.digests.entry(key.clone()).or_insert_with(|| {
+                self.digest_wake.notify_one();
+                Digest {
+                    due: std::time::Instant::now() + std::time::Duration::from_millis(frequency_ms),
+                    from: from.clone(),
+                    to: to.clone(),
+                    node: node.to_string(),
+                    kind: kind.to_string(),
+                    body,
+                    children: Vec::new(),
+                }
+            });
+            d.children.extend(children);
+            d.children.len() >= MAX_DIGEST_ITEMS
+        };
+        if full && let Some((_, d)) = self.digests.remove(&key) {
+            send_digest(cx, d);
+        }
+    }
+
+    /// Send the digests that are due (all of them with `all`).
+    pub(crate) fn flush_digests(&self, cx: &ModuleCx, all: bool) {
+        let now = std::time::Instant::now();
+        let due: Vec<String> = self
+            .digests
+            .iter()
+            .filter(|d| all || d.due <= now)
+            .map(|d| d.key().clone())
+            .collect();
+        for k in due {
+            if let Some((_, d)) = self.digests.remove_if(&k, |_, d| all || d.due <= now) {
+                send_digest(cx, d);
+            }
+        }
+    }
+
+    /// The background task sending digests when due.
+    async fn digest_task(self: Arc<Self>, cx: ModuleCx) {
+        loop {
+            let next = self.digests.iter().map(|d| d.due).min();
+            match next {
+                None => self.digest_wake.notified().await,
+                Some(t) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(t.into()) => {}
+                        _ = self.digest_wake.notified() => {}
+                    }
+                }
+            }
+            self.flush_digests(&cx, false);
+        }
+    }
+
     /// The available sessions of `bare` that asked for `node+notify`
     /// (sessions of this host as learnt here; of another local host by
     /// the verified capabilities of their presence).
@@ -232,7 +331,23 @@ pub fn features() -> Vec<String> {
     v
 }
 
-fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
+/// One digest as a single notification message.
+fn send_digest(cx: &ModuleCx, d: Digest) {
+    let count = d.children.len();
+    let mut items = Element::bare("items", NS_EVENT);
+    set_attr(&mut items, "node", d.node.as_str());
+    for c in d.children {
+        items.append_child(c);
+    }
+    let body = d
+        .body
+        .then(|| format!("{count} notifications from node {}", d.node));
+    let mut event = Element::bare("event", NS_EVENT);
+    event.append_child(items);
+    cx.route(ops::event_message_with(&d.from, d.to, &d.kind, event, body));
+}
+
+fn start(host: &mut HostSetup, o: Options) -> Result<Arc<State>, String> {
     let service = o.host.replace("@HOST@", host.host());
     jid::BareJid::new(&service)
         .ok()
@@ -251,6 +366,17 @@ fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
         pending: DashMap::new(),
         remote: DashMap::new(),
         remote_pending: DashMap::new(),
+        digests: DashMap::new(),
+        digest_wake: tokio::sync::Notify::new(),
+    });
+    let s = st.clone();
+    host.spawn_task(move |cx| s.digest_task(cx));
+    // No session is available at start: subscriptions that end with the
+    // subscriber's presence have ended.
+    host.spawn_task(move |cx| async move {
+        if let Err(e) = store::PubsubSql::of(&cx).expire_all_presence().await {
+            tracing::warn!(error = %e, "ending presence-bound pubsub subscriptions failed");
+        }
     });
 
     // The service.
@@ -309,6 +435,23 @@ fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
         });
     }
 
+    // XEP-0163 / XEP-0030: the account's PEP nodes the requester may see
+    // in its disco#items, and each node's disco#info/items.
+    let s = st.clone();
+    host.on_account_disco(move |req, items| {
+        let s = s.clone();
+        async move { pep_disco(s, req, items).await }
+    });
+    // §8.6.2 for PEP: the owner's answer to a subscription request, sent
+    // to its own bare JID (the PEP service the request came from).
+    let s = st.clone();
+    host.hook::<MessageIn>(60, move |cx, stanza| {
+        if pep_authorization(&s, cx, stanza) {
+            HookAction::Drop
+        } else {
+            HookAction::Continue
+        }
+    });
     let s = st.clone();
     host.hook_async::<PresenceOut, _>(40, move |cx, pb| {
         let s = s.clone();
@@ -335,10 +478,13 @@ fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
         }
     });
     let s = st.clone();
-    host.hook_async::<SessionClosed, _>(40, move |_cx, full| {
+    host.hook_async::<SessionClosed, _>(40, move |cx, full| {
         s.sessions.remove(full.as_str());
         s.pending.retain(|_, (f, _, _)| *f != full);
-        async { HookAction::Continue }
+        async move {
+            expire_with_presence(&cx, &full).await;
+            HookAction::Continue
+        }
     });
     let s = st.clone();
     host.hook_async::<PrivateStored, _>(50, move |cx, p| {
@@ -349,7 +495,7 @@ fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
         }
     });
     host.account_data(portable::PepData);
-    let s = st;
+    let s = st.clone();
     host.hook_async::<RemoveUser, _>(50, move |cx, a| {
         let s = s.clone();
         async move {
@@ -359,7 +505,7 @@ fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
             HookAction::Continue
         }
     });
-    Ok(())
+    Ok(st)
 }
 
 fn service_target(s: &State) -> ops::Target {
@@ -481,6 +627,91 @@ fn authorization(st: &Arc<State>, cx: &ModuleCx, stanza: Stanza) {
     });
 }
 
+/// Disco queries to an account for its PEP service: the nodes the
+/// requester may see (disco#items without a node), or one node's
+/// disco#info/items (`None`: no such PEP node).
+async fn pep_disco(st: Arc<State>, req: IqRequest, items: bool) -> palaver_server::IqResult {
+    let node = req
+        .payload()
+        .and_then(|p| p.attr("node"))
+        .map(str::to_string);
+    if node.is_none() && !items {
+        return Ok(None);
+    }
+    let t = pep_target(&req).await?;
+    let svc = ops::Svc {
+        st,
+        t,
+        cx: req.cx.clone(),
+        db: store::PubsubSql::of(&req.cx),
+    };
+    if let Some(n) = &node
+        && svc
+            .db
+            .node(&svc.t.key, n)
+            .await
+            .map_err(|e| palaver_server::module::storage_failure("pubsub", &e))?
+            .is_none()
+    {
+        return Ok(None);
+    }
+    let from = req.stanza.from.clone();
+    if items {
+        svc.disco_items(&from, node.as_deref()).await
+    } else {
+        svc.disco_info(&from, node.as_deref()).await
+    }
+}
+
+/// A message from an account to its own bare JID carrying a submitted
+/// `pubsub#subscribe_authorization` form: the owner approves or denies a
+/// pending subscription to one of its PEP nodes. `true`: taken.
+fn pep_authorization(
+    st: &Arc<State>,
+    cx: &palaver_server::hooks::HookCx<'_>,
+    stanza: &Stanza,
+) -> bool {
+    // Cheap checks first: this runs for every message to a local user.
+    let Some(to) = stanza.to.as_ref() else {
+        return false;
+    };
+    if stanza.is_error()
+        || to.node().is_none()
+        || to.node() != stanza.from.node()
+        || to.domain() != stanza.from.domain()
+        || stanza.el.get_child("x", ns::DATA_FORMS).is_none()
+    {
+        return false;
+    }
+    let to = to.to_bare();
+    let form = match palaver_proto::forms::DataForm::find_in(&stanza.el) {
+        Some(Ok(f))
+            if f.kind == palaver_proto::forms::FormType::Submit
+                && f.form_type() == Some(SUBSCRIBE_AUTHORIZATION) =>
+        {
+            f
+        }
+        _ => return false,
+    };
+    let cx: ModuleCx = (*cx).clone();
+    let svc = ops::Svc {
+        st: st.clone(),
+        t: ops::Target {
+            key: to.to_string(),
+            pep: Some(to),
+        },
+        db: store::PubsubSql::of(&cx),
+        cx: cx.clone(),
+    };
+    let stanza = stanza.clone();
+    cx.spawn(async move {
+        if let Err(e) = svc.authorize(&stanza.from, &form).await {
+            svc.cx.bounce_with(&stanza, e, None);
+        }
+    });
+    true
+}
+
 /// The `+notify` features of a disco#info answer, without the suffix.
 fn notify_nodes(q: &Element) -> Arc<HashSet<String>> {
     Arc::new(
@@ -574,6 +805,9 @@ fn presence_out(
 ) {
     if event == PresenceEvent::Unavailable {
         st.sessions.remove(full.as_str());
+        let (cx, full) = (cx.clone(), full.clone());
+        cx.clone()
+            .spawn(async move { expire_with_presence(&cx, &full).await });
         return;
     }
     if event == PresenceEvent::Initial {
@@ -874,6 +1108,24 @@ async fn send_last_items(
         svc.send_last(full, nodes).await?;
     }
     Ok(())
+}
+
+/// `pubsub#expire` = `presence`: the session `full` became unavailable;
+/// its subscriptions end, and its account's when no session of it is
+/// available any more.
+async fn expire_with_presence(cx: &ModuleCx, full: &FullJid) {
+    let bare = full.to_bare();
+    let others = cx
+        .sessions()
+        .available(&bare)
+        .into_iter()
+        .any(|h| h.resource != full.resource().as_str());
+    if let Err(e) = store::PubsubSql::of(cx)
+        .expire_presence(full.as_str(), bare.as_str(), !others)
+        .await
+    {
+        tracing::warn!(error = %e, "ending presence-bound pubsub subscriptions failed");
+    }
 }
 
 async fn remove_user(_st: &State, cx: &ModuleCx, bare: &str) -> palaver_storage::Result<()> {

@@ -3,6 +3,7 @@
 
 use super::node::{AccessModel, NODE_CONFIG, NodeConfig, PUBLISH_OPTIONS, PublishModel, SendLast};
 use super::store::{ItemRow, PubsubSql, SubRow};
+use super::subopts::SubOptions;
 use super::{NS_EVENT, NS_OWNER, NS_PUBSUB, NS_PUBSUB_ERRORS, State};
 use jid::{BareJid, Jid};
 use minidom::Element;
@@ -156,7 +157,11 @@ pub async fn handle(st: Arc<State>, t: Target, req: IqRequest) -> IqResult {
         ("options", false) => sv.set_options(&from, a).await,
         ("default", true) => {
             let mut d = Element::bare("default", NS_PUBSUB);
-            d.append_child(sub_options_form(true).to_element());
+            if let Some(n) = a.attr("node") {
+                sv.node(n).await?;
+                set_attr(&mut d, "node", n);
+            }
+            d.append_child(SubOptions::default().to_form(true).to_element());
             Ok(Some(wrap(d)))
         }
         _ => Err(bad("wrong IQ type for this action")),
@@ -511,11 +516,13 @@ impl Svc {
         self.broadcast(n, items).await
     }
 
-    /// Everyone to notify about a node: explicit subscriptions (approved),
-    /// and for PEP the owner's and its contacts' sessions that asked for
-    /// the node with XEP-0115 `+notify` and may see it.
-    async fn recipients(&self, n: &Node) -> Result<Vec<Jid>, StanzaError> {
-        let mut out: Vec<Jid> = Vec::new();
+    /// Everyone to notify about a node: explicit subscriptions (approved,
+    /// with their options; expired ones end here), and for PEP the owner's
+    /// and its contacts' sessions that asked for the node with XEP-0115
+    /// `+notify` and may see it.
+    async fn recipients(&self, n: &Node) -> Result<Vec<Recipient>, StanzaError> {
+        let mut out: Vec<Recipient> = Vec::new();
+        let now = now_ms();
         let mut bare_subs: HashSet<String> = HashSet::new();
         for s in self
             .db
@@ -527,6 +534,13 @@ impl Svc {
                 continue;
             }
             let Ok(j) = Jid::new(&s.jid) else { continue };
+            if s.options.expire.passed(now) {
+                self.db
+                    .unsubscribe(&self.t.key, &n.name, &s.jid)
+                    .await
+                    .map_err(storage)?;
+                continue;
+            }
             if j.resource().is_none() {
                 bare_subs.insert(j.to_string());
             }
@@ -536,7 +550,10 @@ impl Svc {
             if self.affiliation(&n.name, &j.to_bare()).await? == "outcast" {
                 continue;
             }
-            out.push(j);
+            out.push(Recipient {
+                jid: j,
+                opts: Some(s.options),
+            });
         }
         if let Some(owner) = &self.t.pep {
             let mut people = vec![owner.clone()];
@@ -576,8 +593,8 @@ impl Svc {
                 }
                 for f in fulls {
                     let j = Jid::from(f);
-                    if !out.contains(&j) {
-                        out.push(j);
+                    if !out.iter().any(|r| r.jid == j) {
+                        out.push(Recipient { jid: j, opts: None });
                     }
                 }
             }
@@ -588,17 +605,63 @@ impl Svc {
     /// Send `<event>` + `payload_el` to every recipient of the node.
     async fn broadcast(&self, n: &Node, payload_el: Element) -> Result<(), StanzaError> {
         let to = self.recipients(n).await?;
-        let mut event = Element::bare("event", NS_EVENT);
-        event.append_child(payload_el);
-        for j in to {
-            self.cx.route(event_message(
-                &self.t.jid(),
-                j,
-                &n.cfg.notification_type,
-                event.clone(),
-            ));
-        }
+        self.deliver(n, &to, payload_el);
         Ok(())
+    }
+
+    /// Send one event to `to`, as each subscription's options ask: only to
+    /// sessions whose presence is among `show-values`, item events gathered
+    /// into digests, with a body when asked.
+    fn deliver(&self, n: &Node, to: &[Recipient], payload_el: Element) {
+        let from = self.t.jid();
+        let kind = n.cfg.notification_type.as_str();
+        let digestible = payload_el.name() == "items";
+        let mut event = Element::bare("event", NS_EVENT);
+        event.append_child(payload_el.clone());
+        for r in to {
+            let Some(o) = &r.opts else {
+                self.cx
+                    .route(event_message(&from, r.jid.clone(), kind, event.clone()));
+                continue;
+            };
+            for target in self.show_targets(&r.jid, o) {
+                if o.digest && digestible {
+                    self.st.add_digest(
+                        &self.cx,
+                        &self.t.key,
+                        &from,
+                        &target,
+                        &n.name,
+                        kind,
+                        o.include_body,
+                        payload_el.children().cloned().collect(),
+                        o.digest_frequency,
+                    );
+                    continue;
+                }
+                let body = o.include_body.then(|| body_text(&n.name, &payload_el));
+                self.cx
+                    .route(event_message_with(&from, target, kind, event.clone(), body));
+            }
+        }
+    }
+
+    /// Where a subscription's notifications go under `pubsub#show-values`:
+    /// the subscribed JID, or (with show values) the subscriber's available
+    /// sessions whose presence show is among them.
+    fn show_targets(&self, jid: &Jid, o: &SubOptions) -> Vec<Jid> {
+        if o.show_values.is_none() || !self.cx.is_local(jid.domain().as_str()) {
+            return vec![jid.clone()];
+        }
+        let bare = jid.to_bare();
+        self.cx
+            .sessions()
+            .available(&bare)
+            .into_iter()
+            .filter(|h| jid.resource().is_none_or(|r| r.as_str() == h.resource))
+            .filter(|h| o.wants_show(&show_of(h.presence.as_deref())))
+            .filter_map(|h| bare.with_resource_str(&h.resource).ok().map(Jid::from))
+            .collect()
     }
 
     async fn retract(&self, who: &Jid, a: &Element) -> IqResult {
@@ -645,13 +708,6 @@ impl Svc {
 
     async fn subscribe(&self, who: &Jid, a: &Element, options: Option<&Element>) -> IqResult {
         let name = node_attr(a)?;
-        let deliver = match options.and_then(DataForm::find_in) {
-            Some(Ok(f)) => parse_sub_options(&f)?,
-            Some(Err(e)) => {
-                return Err(perr(Condition::BadRequest, "invalid-options").text(e.to_string()));
-            }
-            None => true,
-        };
         let jid_s = a
             .attr("jid")
             .ok_or_else(|| perr(Condition::BadRequest, "invalid-jid"))?;
@@ -659,6 +715,13 @@ impl Svc {
         if jid.to_bare() != who.to_bare() {
             return Err(perr(Condition::BadRequest, "invalid-jid"));
         }
+        let (deliver, sub_options) = match options.and_then(DataForm::find_in) {
+            Some(Ok(f)) => self.parse_options(&f, &jid, true, &SubOptions::default())?,
+            Some(Err(e)) => {
+                return Err(perr(Condition::BadRequest, "invalid-options").text(e.to_string()));
+            }
+            None => (true, SubOptions::default()),
+        };
         let n = self.node(&name).await?;
         let bare = jid.to_bare();
         let pending = match self.may_access(&n, &bare).await {
@@ -677,13 +740,14 @@ impl Svc {
             subid: format!("{:016x}", rand::random::<u64>()),
             state: if pending { "pending" } else { "subscribed" }.into(),
             deliver,
+            options: sub_options,
         };
         self.db
             .subscribe(&self.t.key, &sub)
             .await
             .map_err(storage)?;
         if pending {
-            self.ask_owners(&n, &jid).await?;
+            self.ask_owners(&n, &jid, &sub.subid).await?;
         } else if n.cfg.send_last_published_item != SendLast::Never {
             // §6.1.7: the last item, after the result.
             if let Some(last) = self
@@ -698,10 +762,16 @@ impl Svc {
                 let mut items = Element::bare("items", NS_EVENT);
                 set_attr(&mut items, "node", name.as_str());
                 items.append_child(event_item(&last, payload.as_ref(), n.cfg.deliver_payloads));
+                let body = sub.options.include_body.then(|| body_text(&name, &items));
                 let mut event = Element::bare("event", NS_EVENT);
                 event.append_child(items);
-                let msg =
-                    event_message(&self.t.jid(), jid.clone(), &n.cfg.notification_type, event);
+                let msg = event_message_with(
+                    &self.t.jid(),
+                    jid.clone(),
+                    &n.cfg.notification_type,
+                    event,
+                    body,
+                );
                 let cx = self.cx.clone();
                 // After the IQ result has been routed.
                 cx.clone().spawn(async move {
@@ -743,8 +813,29 @@ impl Svc {
         set_attr(&mut o, "node", s.node.as_str());
         set_attr(&mut o, "jid", s.jid.as_str());
         set_attr(&mut o, "subid", s.subid.as_str());
-        o.append_child(sub_options_form(s.deliver).to_element());
+        o.append_child(s.options.to_form(s.deliver).to_element());
         Ok(Some(wrap(o)))
+    }
+
+    /// A submitted subscription options form for `jid`'s subscription.
+    fn parse_options(
+        &self,
+        form: &DataForm,
+        jid: &Jid,
+        deliver: bool,
+        base: &SubOptions,
+    ) -> Result<(bool, SubOptions), StanzaError> {
+        let refuse = |t: String| perr(Condition::NotAcceptable, "invalid-options").text(t);
+        if form.kind != FormType::Submit {
+            return Err(perr(Condition::BadRequest, "invalid-options").text("submit the form"));
+        }
+        let (deliver, o) = SubOptions::apply(form, deliver, base).map_err(refuse)?;
+        if o.show_values.is_some() && !self.cx.is_local(jid.domain().as_str()) {
+            return Err(refuse(
+                "pubsub#show-values needs the subscriber's presence: local accounts only".into(),
+            ));
+        }
+        Ok((deliver, o))
     }
 
     /// §6.3.5: change a subscription's options.
@@ -754,28 +845,42 @@ impl Svc {
             Some(Ok(f)) => f,
             _ => return Err(perr(Condition::BadRequest, "invalid-options")),
         };
-        s.deliver = parse_sub_options(&form)?;
+        let jid = Jid::new(&s.jid).map_err(|_| perr(Condition::BadRequest, "invalid-jid"))?;
+        (s.deliver, s.options) = self.parse_options(&form, &jid, s.deliver, &s.options)?;
         self.db.subscribe(&self.t.key, &s).await.map_err(storage)?;
         Ok(None)
     }
 
     /// §8.6: ask the node's owners to approve a pending subscription.
-    async fn ask_owners(&self, n: &Node, jid: &Jid) -> Result<(), StanzaError> {
+    async fn ask_owners(&self, n: &Node, jid: &Jid, subid: &str) -> Result<(), StanzaError> {
+        use palaver_proto::forms::{Field, FieldType};
         let form = DataForm::with_form_type(
             FormType::Form,
             "http://jabber.org/protocol/pubsub#subscribe_authorization",
         )
         .title("PubSub subscriber request")
-        .field(palaver_proto::forms::Field::text(
-            "pubsub#node",
-            n.name.clone(),
+        .instructions(
+            "To approve this entity's subscription request, set pubsub#allow to true and \
+             submit the form; to deny it, submit it with false.",
+        )
+        .field(Field::new(
+            "pubsub#subid",
+            FieldType::Hidden,
+            vec![subid.to_string()],
         ))
-        .field(palaver_proto::forms::Field::new(
-            "pubsub#subscriber_jid",
-            palaver_proto::forms::FieldType::JidSingle,
-            vec![jid.to_string()],
-        ))
-        .field(palaver_proto::forms::Field::boolean("pubsub#allow", false));
+        .field(Field::text("pubsub#node", n.name.clone()).label("Node ID"))
+        .field(
+            Field::new(
+                "pubsub#subscriber_jid",
+                FieldType::JidSingle,
+                vec![jid.to_string()],
+            )
+            .label("Subscriber Address"),
+        )
+        .field(
+            Field::boolean("pubsub#allow", false)
+                .label("Allow this JID to subscribe to this pubsub node?"),
+        );
         for o in self.owners(&n.name).await? {
             let mut el = Element::bare("message", ns::CLIENT);
             set_attr(&mut el, "id", format!("auth-{:x}", rand::random::<u64>()));
@@ -877,7 +982,8 @@ impl Svc {
             .await
             .map_err(storage)?
         {
-            if only.is_some_and(|n| n != s.node) {
+            // An expired subscription is over (removed at the next delivery).
+            if only.is_some_and(|n| n != s.node) || s.options.expire.passed(now_ms()) {
                 continue;
             }
             out.append_child(sub_el(&s, NS_PUBSUB));
@@ -993,16 +1099,7 @@ impl Svc {
                 set_attr(&mut r, "uri", uri);
                 d.append_child(r);
             }
-            let mut event = Element::bare("event", NS_EVENT);
-            event.append_child(d);
-            for j in to {
-                self.cx.route(event_message(
-                    &self.t.jid(),
-                    j,
-                    &n.cfg.notification_type,
-                    event.clone(),
-                ));
-            }
+            self.deliver(&n, &to, d);
         }
         Ok(None)
     }
@@ -1035,6 +1132,9 @@ impl Svc {
             .await
             .map_err(storage)?
         {
+            if s.options.expire.passed(now_ms()) {
+                continue;
+            }
             out.append_child(strip_node(sub_el(&s, NS_OWNER)));
         }
         Ok(Some(owner_wrap(out)))
@@ -1087,7 +1187,8 @@ impl Svc {
                     .map(|s| s.subid.clone())
                     .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>())),
                 state: state.into(),
-                deliver: old.is_none_or(|s| s.deliver),
+                deliver: old.as_ref().is_none_or(|s| s.deliver),
+                options: old.map(|s| s.options).unwrap_or_default(),
             };
             self.db
                 .subscribe(&self.t.key, &row)
@@ -1287,8 +1388,19 @@ impl Svc {
             if s.state != "subscribed"
                 || !s.deliver
                 || (s.jid != bare.as_str() && s.jid != to.as_str())
+                || s.options.expire.passed(now_ms())
             {
                 continue;
+            }
+            if s.options.show_values.is_some() {
+                let show = self
+                    .cx
+                    .sessions()
+                    .get(to)
+                    .map(|h| show_of(h.presence.as_deref()));
+                if !show.is_some_and(|sh| s.options.wants_show(&sh)) {
+                    continue;
+                }
             }
             let Ok(n) = self.node(&s.node).await else {
                 continue;
@@ -1313,13 +1425,15 @@ impl Svc {
             let mut items = Element::bare("items", NS_EVENT);
             set_attr(&mut items, "node", n.name.as_str());
             items.append_child(event_item(&last, payload.as_ref(), n.cfg.deliver_payloads));
+            let body = s.options.include_body.then(|| body_text(&n.name, &items));
             let mut event = Element::bare("event", NS_EVENT);
             event.append_child(items);
-            self.cx.route(event_message(
+            self.cx.route(event_message_with(
                 &self.t.jid(),
                 Jid::from(to.clone()),
                 &n.cfg.notification_type,
                 event,
+                body,
             ));
         }
         Ok(())
@@ -1473,27 +1587,54 @@ impl Svc {
     }
 }
 
-const SUBSCRIBE_OPTIONS: &str = "http://jabber.org/protocol/pubsub#subscribe_options";
-
-/// The subscription options form (only `pubsub#deliver` is supported).
-fn sub_options_form(deliver: bool) -> DataForm {
-    DataForm::with_form_type(FormType::Form, SUBSCRIBE_OPTIONS).field(
-        palaver_proto::forms::Field::boolean("pubsub#deliver", deliver).label("Enable delivery?"),
-    )
+/// A notification's recipient, with the options of its subscription
+/// (`None`: implicit, a PEP contact's `+notify`).
+pub(crate) struct Recipient {
+    jid: Jid,
+    opts: Option<SubOptions>,
 }
 
-/// A submitted options form: `pubsub#deliver`; other options are refused.
-fn parse_sub_options(f: &DataForm) -> Result<bool, StanzaError> {
-    let bad = |t: String| perr(Condition::NotAcceptable, "invalid-options").text(t);
-    for fl in &f.fields {
-        match fl.var.as_deref() {
-            Some("FORM_TYPE") | Some("pubsub#deliver") | None => {}
-            Some(other) => return Err(bad(format!("unsupported option {other}"))),
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The show of a presence (`online` for none).
+fn show_of(p: Option<&Element>) -> String {
+    p.and_then(|p| p.get_child("show", ns::CLIENT))
+        .map(|s| s.text())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "online".into())
+}
+
+/// The `<body/>` text of a notification (`pubsub#include_body`).
+fn body_text(node: &str, payload: &Element) -> String {
+    let ids = |name: &str| -> Vec<String> {
+        payload
+            .children()
+            .filter(|c| c.name() == name)
+            .map(|c| c.attr("id").unwrap_or("").to_string())
+            .collect()
+    };
+    match payload.name() {
+        "items" => {
+            let (published, retracted) = (ids("item"), ids("retract"));
+            let mut parts = Vec::new();
+            if !published.is_empty() {
+                parts.push(format!("published {}", published.join(", ")));
+            }
+            if !retracted.is_empty() {
+                parts.push(format!("retracted {}", retracted.join(", ")));
+            }
+            format!("Node {node}: item {}", parts.join("; "))
         }
+        "delete" => format!("Node {node} was deleted"),
+        "purge" => format!("Node {node} was purged"),
+        "configuration" => format!("The configuration of node {node} changed"),
+        other => format!("Node {node}: {other}"),
     }
-    f.boolean("pubsub#deliver")
-        .map(|d| d.unwrap_or(true))
-        .map_err(|e| bad(e.to_string()))
 }
 
 fn feature(var: &str) -> Element {
@@ -1527,9 +1668,23 @@ fn event_item(row: &ItemRow, payload: Option<&Element>, with_payload: bool) -> E
 }
 
 fn event_message(from: &Jid, to: Jid, kind: &str, event: Element) -> Stanza {
+    event_message_with(from, to, kind, event, None)
+}
+
+/// A notification message, with a `<body/>` when one is given.
+pub(crate) fn event_message_with(
+    from: &Jid,
+    to: Jid,
+    kind: &str,
+    event: Element,
+    body: Option<String>,
+) -> Stanza {
     let mut m = Element::bare("message", ns::CLIENT);
     set_attr(&mut m, "type", kind);
     set_attr(&mut m, "id", format!("ps-{:x}", rand::random::<u64>()));
     m.append_child(event);
+    if let Some(b) = body {
+        m.append_child(Element::builder("body", ns::CLIENT).append(b).build());
+    }
     Stanza::new(StanzaKind::Message, from.clone(), Some(to), m)
 }

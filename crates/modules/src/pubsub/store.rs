@@ -35,6 +35,20 @@ pub const MIGRATIONS: &[ModuleMigration] = &[
                    jid TEXT NOT NULL, subid TEXT NOT NULL, state TEXT NOT NULL, \
                    deliver BIGINT NOT NULL DEFAULT 1, PRIMARY KEY (service, node, jid))",
     },
+    // XEP-0060 §6.3 subscription options but `deliver` (JSON), and when the
+    // subscription expires ('' never, 'presence', or milliseconds).
+    ModuleMigration {
+        sqlite: "ALTER TABLE pubsub_subscription ADD COLUMN options TEXT NOT NULL DEFAULT ''",
+        postgres: "ALTER TABLE pubsub_subscription ADD COLUMN IF NOT EXISTS options TEXT NOT NULL DEFAULT ''",
+    },
+    ModuleMigration {
+        sqlite: "ALTER TABLE pubsub_subscription ADD COLUMN expire TEXT NOT NULL DEFAULT ''",
+        postgres: "ALTER TABLE pubsub_subscription ADD COLUMN IF NOT EXISTS expire TEXT NOT NULL DEFAULT ''",
+    },
+    ModuleMigration {
+        sqlite: "CREATE INDEX IF NOT EXISTS pubsub_subscription_jid ON pubsub_subscription (jid)",
+        postgres: "CREATE INDEX IF NOT EXISTS pubsub_subscription_jid ON pubsub_subscription (jid)",
+    },
 ];
 
 /// A stored item.
@@ -61,6 +75,8 @@ pub struct SubRow {
     pub state: String,
     /// Subscription option `pubsub#deliver`: notifications wanted.
     pub deliver: bool,
+    /// The other subscription options.
+    pub options: super::subopts::SubOptions,
 }
 
 impl From<(String, String, String)> for ItemRow {
@@ -73,16 +89,17 @@ impl From<(String, String, String)> for ItemRow {
     }
 }
 
-type SubTuple = (String, String, String, String, i64);
+type SubTuple = (String, String, String, String, i64, String);
 
 impl From<SubTuple> for SubRow {
-    fn from((node, jid, subid, state, deliver): SubTuple) -> Self {
+    fn from((node, jid, subid, state, deliver, options): SubTuple) -> Self {
         SubRow {
             node,
             jid,
             subid,
             state,
             deliver: deliver != 0,
+            options: super::subopts::SubOptions::from_json(&options),
         }
     }
 }
@@ -435,7 +452,7 @@ impl PubsubSql {
     /// Subscriptions of a node, sorted by JID.
     pub async fn subscriptions(&self, service: &str, node: &str) -> Result<Vec<SubRow>> {
         let sql = format!(
-            "SELECT node, jid, subid, state, deliver FROM pubsub_subscription WHERE service = $1 AND node = $2 \
+            "SELECT node, jid, subid, state, deliver, options FROM pubsub_subscription WHERE service = $1 AND node = $2 \
              ORDER BY jid{}",
             self.c()
         );
@@ -453,7 +470,7 @@ impl PubsubSql {
     /// (`bare` is a bare JID).
     pub async fn subscriptions_of(&self, service: &str, bare: &str) -> Result<Vec<SubRow>> {
         let sql = format!(
-            "SELECT node, jid, subid, state, deliver FROM pubsub_subscription WHERE service = $1 \
+            "SELECT node, jid, subid, state, deliver, options FROM pubsub_subscription WHERE service = $1 \
              AND (jid = $2 OR substr(jid, 1, length($3)) = $3) ORDER BY node{}, jid{}",
             self.c(),
             self.c()
@@ -474,9 +491,10 @@ impl PubsubSql {
     pub async fn subscribe(&self, service: &str, sub: &SubRow) -> Result<()> {
         on_db!(&self.0, |pool| {
             sqlx::query(
-                "INSERT INTO pubsub_subscription (service, node, jid, subid, state, deliver) VALUES ($1, $2, $3, $4, $5, $6) \
+                "INSERT INTO pubsub_subscription (service, node, jid, subid, state, deliver, options, expire) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
                  ON CONFLICT (service, node, jid) DO UPDATE SET subid = excluded.subid, state = excluded.state, \
-                 deliver = excluded.deliver",
+                 deliver = excluded.deliver, options = excluded.options, expire = excluded.expire",
             )
             .bind(service)
             .bind(&sub.node)
@@ -484,6 +502,8 @@ impl PubsubSql {
             .bind(&sub.subid)
             .bind(&sub.state)
             .bind(i64::from(sub.deliver))
+            .bind(sub.options.to_json())
+            .bind(sub.options.expire.column())
             .execute(pool)
             .await?;
         });
@@ -532,6 +552,36 @@ impl PubsubSql {
                 .await?;
             tx.commit().await?;
             owned
+        }))
+    }
+
+    /// End the subscriptions that expire with presence (`pubsub#expire` =
+    /// `presence`) of `full` on every service, and of its bare JID when
+    /// `bare_too` (no session of the account is available any more).
+    /// Returns how many ended.
+    pub async fn expire_presence(&self, full: &str, bare: &str, bare_too: bool) -> Result<u64> {
+        Ok(on_db!(&self.0, |pool| {
+            sqlx::query(
+                "DELETE FROM pubsub_subscription WHERE expire = 'presence' \
+                 AND (jid = $1 OR (jid = $2 AND $3 = 1))",
+            )
+            .bind(full)
+            .bind(bare)
+            .bind(i64::from(bare_too))
+            .execute(pool)
+            .await?
+            .rows_affected()
+        }))
+    }
+
+    /// End every subscription that expires with presence (at start: no
+    /// session is available).
+    pub async fn expire_all_presence(&self) -> Result<u64> {
+        Ok(on_db!(&self.0, |pool| {
+            sqlx::query("DELETE FROM pubsub_subscription WHERE expire = 'presence'")
+                .execute(pool)
+                .await?
+                .rows_affected()
         }))
     }
 
