@@ -117,8 +117,14 @@ async fn drive<T: Transport>(
     let inflight = session.inflight();
     loop {
         let mut next = Next::Continue;
+        // The back-pressure level is read once per turn: other tasks finish
+        // the session's deferred work concurrently, so two reads could see
+        // "not reading" and then "nothing to wait for", arming neither
+        // branch (a stall until the next unrelated event).
+        let reading = session.reading();
+        let waits = !reading || session.ack_pending();
         tokio::select! {
-            input = transport.recv(), if session.reading() => {
+            input = transport.recv(), if reading => {
                 last_read = Instant::now();
                 let mut input = Some(input);
                 while let Some(i) = input {
@@ -159,7 +165,7 @@ async fn drive<T: Transport>(
                     };
                 }
             }
-            () = inflight.changed(), if session.waits_on_inflight() => {
+            () = inflight.changed(), if waits => {
                 next = match session.inflight_progress().await {
                     Ok(n) => n,
                     Err(e) => session.stream_error(e),

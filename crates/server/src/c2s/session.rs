@@ -440,14 +440,12 @@ impl C2sSession {
         self.held.is_none() && !(self.bound.is_some() && self.inflight.pending() >= MAX_INFLIGHT)
     }
 
-    /// Whether progress of deferred work matters to the connection loop:
-    /// reading is paused, or an XEP-0198 acknowledgement waits for it.
-    pub fn waits_on_inflight(&self) -> bool {
-        !self.reading()
-            || self
-                .stream_mgmt
-                .as_ref()
-                .is_some_and(|mgmt| mgmt.ack_pending())
+    /// Whether an XEP-0198 acknowledgement waits for deferred work (so its
+    /// progress matters to the connection loop even while reading).
+    pub fn ack_pending(&self) -> bool {
+        self.stream_mgmt
+            .as_ref()
+            .is_some_and(|mgmt| mgmt.ack_pending())
     }
 
     /// The deferred work of the session's stanzas (its `changed` resolves
