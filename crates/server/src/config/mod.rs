@@ -371,6 +371,7 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "mod_push",
     "mod_auth_fast",
     "mod_muc",
+    "mod_mam",
 ];
 
 fn default_listeners() -> Vec<Listener> {
