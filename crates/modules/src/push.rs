@@ -333,7 +333,9 @@ async fn notify(state: &State, cx: &ModuleCx, account: &BareJid, st: &Stanza) {
                 .map(|b| b.text())
                 .filter(|b| !b.is_empty());
             let body = match &state.opts.include_body {
-                IncludeBody::Flag(true) => body.or_else(|| Some("(encrypted)".to_string())),
+                IncludeBody::Flag(true) => {
+                    body.or_else(|| encrypted(st).then(|| "(encrypted)".to_string()))
+                }
                 IncludeBody::Flag(false) => None,
                 IncludeBody::Text(t) => Some(t.clone()),
             };
