@@ -303,6 +303,16 @@ async fn notifications_when_detached_or_offline_not_when_online() {
         .await;
     let g = wait_for(&["n1"], 2).await;
     assert_eq!(g[1].summary["message-count"], "2", "{:?}", g[1]);
+    // include_body: true and an OMEMO message without a body text.
+    bob.send("<message to='alice@localhost' type='chat' id='m3e'><encrypted xmlns='eu.siacs.conversations.axolotl'><header sid='1'/><payload>AAAA</payload></encrypted></message>")
+        .await;
+    let g = wait_for(&["n1"], 3).await;
+    assert_eq!(g[2].summary["message-count"], "3", "{:?}", g[2]);
+    assert_eq!(
+        g[2].summary["last-message-body"], "(encrypted)",
+        "{:?}",
+        g[2]
+    );
 
     // Offline (no session at all): carol registers, logs out, gets pinged.
     let mut carol = raw_login(srv.addr, "carol", DOMAIN, "pw", "c").await;
@@ -336,8 +346,8 @@ async fn notifications_when_detached_or_offline_not_when_online() {
     bob.send("<message to='carol@localhost' type='chat' id='m5'><body>again</body></message>")
         .await;
     bob.send("<r xmlns='urn:xmpp:sm:3'/>").await;
-    bob.until("h='5'/>").await;
-    assert_eq!(got(&["n1", "gone"]).len(), 3, "{:?}", got(&["n1", "gone"]));
+    bob.until("h='6'/>").await;
+    assert_eq!(got(&["n1", "gone"]).len(), 4, "{:?}", got(&["n1", "gone"]));
 
     // Disabling removes alice's registration.
     let mut alice = raw_login(srv.addr, "alice", DOMAIN, "pw", "pc").await;
