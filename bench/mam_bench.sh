@@ -12,20 +12,26 @@
 #    exists) and bench/mam_query.py, as u42, times the last-50-with-u43
 #    query and the paged query by date ROUNDS times (default 500).
 # PALAVER_BIN: the binary (default: release build in $CARGO_TARGET_DIR or
-# /tmp/palaver-release).
+# /tmp/palaver-release). STEP=fill only makes and fills the archive;
+# STEP=query only times an archive filled before (default: both).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 backend=${1:?sqlite|pgsql}
 ROUNDS=${2:-500}
 PAL=${PALAVER_BIN:-${CARGO_TARGET_DIR:-/tmp/palaver-release}/release/palaver}
+STEP=${STEP:-all}
 DATA=/tmp/bench-mam-$backend
 IP=127.0.0.61
-rm -rf "$DATA"
-mkdir -p "$DATA"
+if [ "$STEP" != query ]; then
+	rm -rf "$DATA"
+	mkdir -p "$DATA"
+fi
 DBKEYS=""
 if [ "$backend" = pgsql ]; then
 	PG="${PALAVER_BENCH_PG:-postgres://postgres@127.0.0.1:5432}"
-	psql -q "$PG/postgres" -c "DROP DATABASE IF EXISTS palaver_mam_bench WITH (FORCE)" -c "CREATE DATABASE palaver_mam_bench"
+	if [ "$STEP" != query ]; then
+		psql -q "$PG/postgres" -c "DROP DATABASE IF EXISTS palaver_mam_bench WITH (FORCE)" -c "CREATE DATABASE palaver_mam_bench"
+	fi
 	DBKEYS="default_db: sql
 sql_type: pgsql
 sql_url: \"$PG/palaver_mam_bench\"
@@ -34,6 +40,7 @@ sql_pool_size: 10"
 else
 	TARGET="$DATA/palaver.db"
 fi
+if [ "$STEP" != query ]; then
 cat >"$DATA/palaver.yml" <<YML
 hosts: [localhost]
 loglevel: warning
@@ -56,8 +63,11 @@ if [ "$backend" = sqlite ] && [ ! -f "$TARGET" ]; then
 	exit 1
 fi
 # The archive's time range (mam_archive.sh makes ids end at "now").
-NOW_US=$(($(date +%s) * 1000000))
+date +%s >"$DATA/filled_at"
 "$HERE/mam_archive.sh" "$backend" "$TARGET"
+fi
+[ "$STEP" = fill ] && exit 0
+NOW_US=$(($(cat "$DATA/filled_at") * 1000000))
 PIN=""
 command -v taskset >/dev/null && PIN="taskset -c 0"
 $PIN "$PAL" serve --config "$DATA/palaver.yml" >"$DATA/log" 2>&1 &

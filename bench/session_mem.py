@@ -4,6 +4,7 @@
     bench/session_mem.py HOST PORT DOMAIN SERVER_PID N STATE
 
 STATE is one of
+  plain     logged in and available, no stream management (the baseline);
   online    logged in, stream management enabled with resumption, available;
   inactive  the same, then XEP-0352 `<inactive/>` (a phone in a pocket);
             HOLD=1 in the environment also makes one directed presence from
@@ -66,7 +67,7 @@ class Conn:
         return out.decode("utf-8", "replace")
 
 
-def login(host, port, domain, user, resource):
+def login(host, port, domain, user, resource, sm=True):
     c = Conn(host, port)
     head = ("<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
             "xmlns:stream='http://etherx.jabber.org/streams' to='%s' version='1.0'>" % domain)
@@ -82,12 +83,13 @@ def login(host, port, domain, user, resource):
     c.send("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
            "<resource>%s</resource></bind></iq>" % resource)
     c.until("</iq>")
-    c.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
-    r = c.until("/>")
-    if "<enabled" not in r:
-        raise SystemExit("stream management: " + r)
-    c.smid = r.split("id='", 1)[1].split("'", 1)[0]
     c.user = user
+    if sm:
+        c.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+        r = c.until("/>")
+        if "<enabled" not in r:
+            raise SystemExit("stream management: " + r)
+        c.smid = r.split("id='", 1)[1].split("'", 1)[0]
     c.send("<presence/>")
     # A round trip: the presence is processed before the next step.
     c.send("<iq type='get' id='p' to='%s'><ping xmlns='urn:xmpp:ping'/></iq>" % domain)
@@ -118,7 +120,7 @@ def batch(host, port, domain, users, state, driver):
     conns = []
     last = None
     for u in users:
-        c = login(host, port, domain, u, "phone")
+        c = login(host, port, domain, u, "phone", sm=state != "plain")
         if state == "inactive":
             c.send("<inactive xmlns='urn:xmpp:csi:0'/>")
             c.send("<iq type='get' id='i' to='%s'><ping xmlns='urn:xmpp:ping'/></iq>" % domain)
@@ -149,7 +151,7 @@ def main():
         raise SystemExit(__doc__)
     host, port, domain = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     pid, n, state = int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
-    if state not in ("online", "inactive", "detached"):
+    if state not in ("plain", "online", "inactive", "detached"):
         raise SystemExit(__doc__)
     driver = None
     if state == "inactive" and os.environ.get("HOLD") == "1":

@@ -7,8 +7,9 @@
 # ${CARGO_TARGET_DIR:-/tmp/palaver-release}/release/palaver) on a fresh data
 # dir on 127.0.0.62:5222 with stream management (resume_timeout 3600) and
 # CSI, creates u0..u{2N-1} and `driver`, then runs bench/session_mem.py for
-# each state (online, inactive, inactive holding a presence, detached),
-# each on a freshly started server.
+# each state (plain: no stream management; online: with it; inactive;
+# inactive holding a presence; detached), each on a freshly started server.
+# STATES="online detached" runs only those.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 N=${1:-1000}
@@ -56,7 +57,10 @@ run() {
 	kill "$PID"
 	wait "$PID" 2>/dev/null || true
 }
-run online
-run inactive
-HOLD=1 run inactive
-run detached
+STATES=${STATES:-plain online inactive hold detached}
+for st in $STATES; do
+	case $st in
+	hold) HOLD=1 run inactive ;;
+	*) run "$st" ;;
+	esac
+done
