@@ -43,6 +43,11 @@
 //! except a `wait` error (a temporary failure, as ejabberd does).
 //! `message-count` counts the notifications since the account last bound
 //! a resource.
+//!
+//! A session that loses its connection with stanzas its client had not
+//! acknowledged also notifies (the `SessionPending` hook; ejabberd's
+//! `c2s_session_pending`) when one of them is worth it and no session of
+//! the account is connected: the device may never have received it.
 
 use dashmap::DashMap;
 use jid::{BareJid, Jid};
@@ -51,7 +56,9 @@ use palaver_proto::error::{Condition, StanzaError};
 use palaver_proto::forms::{DataForm, Field, FieldType, FormType};
 use palaver_proto::ns;
 use palaver_proto::stanza::{Stanza, StanzaKind, set_attr};
-use palaver_server::hooks::{IqResponse, OfflineMessage, RemoveUser, SessionBound, UserReceive};
+use palaver_server::hooks::{
+    IqResponse, OfflineMessage, RemoveUser, SessionBound, SessionPending, UserReceive,
+};
 use palaver_server::{
     HookAction, HookCx, HostSetup, IqRequest, IqResult, IqScope, IqType, Module, ModuleCx,
     ModuleDef,
@@ -157,6 +164,11 @@ impl Module for Push {
         let s = state.clone();
         host.hook::<UserReceive>(-100, move |cx, st| {
             detached_receive(&s, cx, st);
+            HookAction::Continue
+        });
+        let s = state.clone();
+        host.hook::<SessionPending>(0, move |cx, p| {
+            pending(&s, cx, &p.unacked);
             HookAction::Continue
         });
         let s = state.clone();
@@ -288,6 +300,28 @@ fn detached_receive(state: &Arc<State>, cx: &HookCx<'_>, st: &mut Stanza) {
     if !for_me_only && mine != lowest {
         return;
     }
+    let (state, cx2, st) = (state.clone(), cx.cx().clone(), st.clone());
+    tokio::spawn(async move { notify(&state, &cx2, &bare, &st).await });
+}
+
+/// A session lost its connection with stanzas its client had not
+/// acknowledged: if the account has no connected session left and one of
+/// them is worth a notification, the device may never have seen it — wake
+/// it (as ejabberd does when a session becomes pending).
+fn pending(state: &Arc<State>, cx: &HookCx<'_>, unacked: &[Stanza]) {
+    let Some(session) = cx.session() else { return };
+    let bare = session.to_bare();
+    if !cx.sessions().sessions(&bare).iter().all(|h| h.detached) {
+        return;
+    }
+    // The latest one worth it: its sender and body make the summary.
+    let Some(st) = unacked
+        .iter()
+        .rev()
+        .find(|st| worth_it(st, state.opts.notify_on))
+    else {
+        return;
+    };
     let (state, cx2, st) = (state.clone(), cx.cx().clone(), st.clone());
     tokio::spawn(async move { notify(&state, &cx2, &bare, &st).await });
 }
