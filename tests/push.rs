@@ -546,3 +546,58 @@ async fn notify_on_messages_with_sender() {
     assert_eq!(g[1].summary["last-message-sender"], "bob@localhost");
     srv.stop().await;
 }
+
+/// A session that detaches with an unacknowledged message does not notify
+/// while another session of the account is connected (that one got the
+/// message too, or will); once none is, the next message does, counting
+/// from one.
+#[tokio::test]
+async fn no_pending_push_while_another_session_is_connected() {
+    let srv = start("{include_body: true}").await;
+    for u in ["frank", "bob"] {
+        srv.add_user(u, DOMAIN, "pw").await;
+    }
+    let mut bob = raw_login(srv.addr, "bob", DOMAIN, "pw", "b").await;
+    let mut phone = raw_login(srv.addr, "frank", DOMAIN, "pw", "phone").await;
+    phone
+        .send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+        .await;
+    phone.until("/>").await;
+    phone
+        .send(&format!(
+            "<iq type='set' id='en'><enable xmlns='urn:xmpp:push:0' jid='push.localhost' node='frank-n'>{}</enable></iq>",
+            options(&[("secret", "f")])
+        ))
+        .await;
+    phone.until("id='en'").await;
+    phone.send("<presence/>").await;
+    let mut laptop = raw_login(srv.addr, "frank", DOMAIN, "pw", "laptop").await;
+    laptop.send("<presence/>").await;
+    // Both get it (equal priority); the phone never acknowledges it.
+    bob.send("<message to='frank@localhost' type='chat' id='m1'><body>first</body></message>")
+        .await;
+    phone.until("first</body>").await;
+    laptop.until("first</body>").await;
+    drop(phone);
+    let full: jid::FullJid = "frank@localhost/phone".parse().expect("jid");
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !srv.core().sessions().get(&full).is_some_and(|h| h.detached) {
+        assert!(tokio::time::Instant::now() < deadline, "never detached");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The laptop leaves too; the next message notifies, as the first one.
+    laptop.send("</stream:stream>").await;
+    laptop.until_closed().await;
+    let lap: jid::FullJid = "frank@localhost/laptop".parse().expect("jid");
+    while srv.core().sessions().get(&lap).is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "laptop stays");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bob.send("<message to='frank@localhost' type='chat' id='m2'><body>second</body></message>")
+        .await;
+    let g = wait_for(&["frank-n"], 1).await;
+    assert_eq!(g[0].summary["last-message-body"], "second", "{:?}", g[0]);
+    assert_eq!(g[0].summary["message-count"], "1", "{:?}", g[0]);
+    assert_eq!(g.len(), 1, "{g:?}");
+    srv.stop().await;
+}
