@@ -36,9 +36,13 @@ FROM $1;
 SQL
 }
 
-# The two timed queries, for user u42 and correspondent u43.
+# The two timed queries, for user u42 and correspondent u43, as the module
+# runs them (crates/modules/src/mam/store.rs): the RSM count, then the page
+# (one more row than asked, to know whether the page is complete).
 LAST50="SELECT id, xml FROM mam_archive WHERE host = 'localhost' AND username = 'u42' AND with_bare = 'u43@localhost' ORDER BY id DESC LIMIT 51"
-BYDATE="SELECT id, xml FROM mam_archive WHERE host = 'localhost' AND username = 'u42' AND id >= $((FIRST_US + MESSAGES * 500)) AND id <= $NOW_US ORDER BY id ASC LIMIT 51"
+COUNT50="SELECT COUNT(*) FROM mam_archive WHERE host = 'localhost' AND username = 'u42' AND with_bare = 'u43@localhost'"
+BYDATE="SELECT id, xml FROM mam_archive WHERE host = 'localhost' AND username = 'u42' AND id >= $((FIRST_US + MESSAGES * 500)) ORDER BY id ASC LIMIT 51"
+COUNTDATE="SELECT COUNT(*) FROM mam_archive WHERE host = 'localhost' AND username = 'u42' AND id >= $((FIRST_US + MESSAGES * 500))"
 
 case $backend in
 sqlite)
@@ -49,7 +53,11 @@ $(fill_sql "(WITH RECURSIVE s(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM s WHER
 COMMIT;
 ANALYZE;
 SELECT 'rows', COUNT(*) FROM mam_archive;
+SELECT 'last 50 with one contact:';
+EXPLAIN QUERY PLAN $COUNT50;
 EXPLAIN QUERY PLAN $LAST50;
+SELECT 'a page by date:';
+EXPLAIN QUERY PLAN $COUNTDATE;
 EXPLAIN QUERY PLAN $BYDATE;
 SQL
 	;;
@@ -60,7 +68,9 @@ $(fill_sql "generate_series(0, $MESSAGES - 1) AS s(n)")
 COMMIT;
 ANALYZE mam_archive;
 SELECT 'rows', COUNT(*) FROM mam_archive;
+EXPLAIN ANALYZE $COUNT50;
 EXPLAIN ANALYZE $LAST50;
+EXPLAIN ANALYZE $COUNTDATE;
 EXPLAIN ANALYZE $BYDATE;
 SQL
 	;;

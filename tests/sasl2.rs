@@ -1,7 +1,9 @@
 //! XEP-0388 SASL2 with XEP-0386 Bind 2 (carbons and stream management
 //! enabled inline), inline XEP-0198 resumption, and XEP-0484 FAST tokens
 //! (issued, used in one round trip, rotated, invalid after a password
-//! change). RFC 6120 SASL stays as it was (the other suites).
+//! change; the channel-bound variants, the replay counter, invalidation
+//! and server-initiated rotation). RFC 6120 SASL stays as it was (the
+//! other suites).
 mod common;
 use base64::Engine;
 use common::*;
@@ -266,27 +268,6 @@ async fn sasl2_bind2_inline_resumption_and_fast() {
     let r = fast(&mut c, "alice", "not-a-token", AGENT, "").await;
     assert!(r.contains("<not-authorized"), "{r}");
 
-    // A password change invalidates every token.
-    let creds = palaver_server::auth::derive_all("new-pw", 4096);
-    srv.core()
-        .storage()
-        .accounts
-        .set_credentials(DOMAIN, "alice", &creds)
-        .await
-        .expect("new password");
-    let mut c = Raw::connect(srv.addr).await;
-    let r = fast(&mut c, "alice", &token2, AGENT, "").await;
-    assert!(r.contains("<not-authorized"), "{r}");
-    // The new password works over SASL2 without inline bind; the client
-    // then binds the RFC 6120 way.
-    let mut c = Raw::connect(srv.addr).await;
-    let ok = plain(&mut c, "alice", "new-pw", "").await;
-    assert!(
-        ok.contains("<authorization-identifier>alice@localhost</authorization-identifier>"),
-        "{ok}"
-    );
-    let bound = c.bind("classic").await;
-    assert_eq!(bound, "alice@localhost/classic");
     // The stored tokens are not the tokens.
     let rows = palaver_modules::auth_fast::store::FastSql::new(srv.core().storage().db.clone())
         .list(DOMAIN, "alice", AGENT)
@@ -297,6 +278,30 @@ async fn sasl2_bind2_inline_resumption_and_fast() {
         rows.iter()
             .all(|r| r.hash != token2 && r.id != token2 && r.hash.len() == 64)
     );
+    // A password change invalidates every token.
+    let creds = palaver_server::auth::derive_all("new-pw", 4096);
+    srv.core()
+        .storage()
+        .accounts
+        .set_credentials(DOMAIN, "alice", &creds)
+        .await
+        .expect("new password");
+    let mut c = Raw::connect(srv.addr).await;
+    let r = fast(&mut c, "alice", &token2, AGENT, "").await;
+    assert!(
+        r.contains("<credentials-expired"),
+        "a token from before the change is no longer trusted: {r}"
+    );
+    // The new password works over SASL2 without inline bind; the client
+    // then binds the RFC 6120 way.
+    let mut c = Raw::connect(srv.addr).await;
+    let ok = plain(&mut c, "alice", "new-pw", "").await;
+    assert!(
+        ok.contains("<authorization-identifier>alice@localhost</authorization-identifier>"),
+        "{ok}"
+    );
+    let bound = c.bind("classic").await;
+    assert_eq!(bound, "alice@localhost/classic");
     srv.stop().await;
 }
 
@@ -322,5 +327,351 @@ async fn without_fast_nothing_is_offered() {
     .await;
     let r = c.until("</failure>").await;
     assert!(r.contains("invalid-mechanism"), "{r}");
+    srv.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// Channel-bound FAST over direct TLS, the replay counter, invalidation and
+// server-initiated rotation.
+// ---------------------------------------------------------------------------
+
+mod tlsutil;
+
+type RawTls = Raw<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// A direct-TLS connection trusting the test server's certificate; TLS 1.2
+/// only when `tls12`.
+async fn tls(srv: &TestServer, tls12: bool) -> RawTls {
+    let cfg = if tls12 {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(srv.cert_path()).expect("pem") {
+            roots.add(c.expect("cert")).expect("root");
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        std::sync::Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_protocol_versions(&[&rustls::version::TLS12])
+                .expect("tls 1.2")
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    } else {
+        tlsutil::client_config(&srv.cert_path(), &[b"xmpp-client"])
+    };
+    let s = tlsutil::connect(srv.tls_addr, DOMAIN, cfg)
+        .await
+        .expect("tls connect");
+    Raw {
+        s,
+        buf: String::new(),
+    }
+}
+
+/// The connection's `tls-exporter` value (RFC 9266), as the client sees it.
+fn exporter(c: &RawTls) -> Vec<u8> {
+    c.s.get_ref()
+        .1
+        .export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
+        .expect("exporter")
+}
+
+/// `tls-server-end-point` (RFC 5929): SHA-256 of the server certificate
+/// (rcgen signs with ECDSA P-256 / SHA-256).
+fn end_point(srv: &TestServer) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    use sha2::Digest;
+    let der = rustls::pki_types::CertificateDer::pem_file_iter(srv.cert_path())
+        .expect("pem")
+        .next()
+        .expect("a certificate")
+        .expect("cert");
+    sha2::Sha256::digest(der.as_ref()).to_vec()
+}
+
+fn ht_cb(token: &str, label: &[u8], cb: &[u8]) -> Vec<u8> {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(token.as_bytes()).expect("key");
+    mac.update(label);
+    mac.update(cb);
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// A FAST login with mechanism `mech`, the proof made with `cb`, the
+/// `<fast/>` attributes `fast_attrs`; the answer.
+async fn fast_with<S>(
+    c: &mut Raw<S>,
+    mech: &str,
+    token: &str,
+    cb: &[u8],
+    fast_attrs: &str,
+    inline: &str,
+) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut resp = b"alice\0".to_vec();
+    resp.extend(ht_cb(token, b"Initiator", cb));
+    c.send(&format!(
+        "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='{mech}'><initial-response>{}</initial-response>{}<fast xmlns='urn:xmpp:fast:0'{fast_attrs}/>{inline}</authenticate>",
+        b64(&resp),
+        user_agent(AGENT)
+    ))
+    .await;
+    let end = |b: &str| {
+        ["</success>", "</failure>"]
+            .iter()
+            .filter_map(|e| b.find(e).map(|p| p + e.len()))
+            .min()
+    };
+    let r = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            if let Some(p) = end(&c.buf) {
+                let out = c.buf[..p].to_string();
+                c.buf.drain(..p);
+                return out;
+            }
+            use tokio::io::AsyncReadExt;
+            let mut chunk = [0u8; 8192];
+            let n = c.s.read(&mut chunk).await.unwrap_or(0);
+            assert!(n > 0, "closed; got {:?}", c.buf);
+            c.buf.push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
+    })
+    .await;
+    r.unwrap_or_else(|_| panic!("no answer; got {:?}", c.buf))
+}
+
+/// PLAIN over SASL2 asking for a token for `mech`; the success.
+async fn token_for<S>(c: &mut Raw<S>, mech: &str) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    c.send(&format!(
+        "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>{}</initial-response>{}<request-token xmlns='urn:xmpp:fast:0' mechanism='{mech}'/></authenticate>",
+        b64(b"\0alice\0pw"),
+        user_agent(AGENT)
+    ))
+    .await;
+    c.until("</success>").await
+}
+
+fn fast_mechs(features: &str) -> Vec<String> {
+    let f = between(features, "<fast xmlns='urn:xmpp:fast:0'>", "</fast>")
+        .unwrap_or_else(|| panic!("no fast: {features}"));
+    f.split("<mechanism>")
+        .skip(1)
+        .filter_map(|m| m.split("</mechanism>").next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn fast_channel_binding_count_and_invalidation() {
+    let srv = TestServer::start_with("", MODULES).await;
+    srv.add_user("alice", DOMAIN, "pw").await;
+
+    // TLS 1.3: tls-exporter and tls-server-end-point variants beside
+    // NONE; never UNIQ (rustls has no tls-unique).
+    let mut c = tls(&srv, false).await;
+    let f = c.open(DOMAIN).await;
+    assert_eq!(
+        fast_mechs(&f),
+        ["HT-SHA-256-EXPR", "HT-SHA-256-ENDP", "HT-SHA-256-NONE"],
+        "{f}"
+    );
+    let ok = token_for(&mut c, "HT-SHA-256-EXPR").await;
+    let expr_token = token_of(&ok);
+    let first_exporter = exporter(&c);
+    drop(c);
+
+    // The EXPR token with this connection's exporter: in, and the server
+    // proves it knows the token and the channel.
+    let mut c = tls(&srv, false).await;
+    c.open(DOMAIN).await;
+    let cb = exporter(&c);
+    assert_ne!(cb, first_exporter, "a new connection, a new exporter");
+    let ok = fast_with(&mut c, "HT-SHA-256-EXPR", &expr_token, &cb, "", "").await;
+    assert!(ok.contains("<success xmlns='urn:xmpp:sasl:2'>"), "{ok}");
+    let additional = between(&ok, "<additional-data>", "</additional-data>").expect("proof");
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(additional)
+            .expect("b64"),
+        ht_cb(&expr_token, b"Responder", &cb)
+    );
+    assert!(!ok.contains("<token "), "not asked, not due: {ok}");
+    drop(c);
+
+    // A wrong channel binding (another connection's exporter, as a
+    // man in the middle would relay it) is refused.
+    let mut c = tls(&srv, false).await;
+    c.open(DOMAIN).await;
+    let r = fast_with(
+        &mut c,
+        "HT-SHA-256-EXPR",
+        &expr_token,
+        &first_exporter,
+        "",
+        "",
+    )
+    .await;
+    assert!(r.contains("<not-authorized"), "{r}");
+    // The EXPR token without channel binding (NONE) is refused too: a
+    // token is bound to its mechanism.
+    let r = fast_with(&mut c, "HT-SHA-256-NONE", &expr_token, &[], "", "").await;
+    assert!(r.contains("<not-authorized"), "{r}");
+    // UNIQ is not offered: invalid-mechanism.
+    let r = fast_with(&mut c, "HT-SHA-256-UNIQ", &expr_token, &[], "", "").await;
+    assert!(r.contains("<invalid-mechanism"), "{r}");
+    drop(c);
+
+    // The replay counter: it must grow; a replayed count is refused and
+    // so is one that is not a positive integer.
+    for (count, good) in [
+        ("1", true),
+        ("1", false),
+        ("3", true),
+        ("2", false),
+        ("4", true),
+    ] {
+        let mut c = tls(&srv, false).await;
+        c.open(DOMAIN).await;
+        let cb = exporter(&c);
+        let r = fast_with(
+            &mut c,
+            "HT-SHA-256-EXPR",
+            &expr_token,
+            &cb,
+            &format!(" count='{count}'"),
+            "",
+        )
+        .await;
+        if good {
+            assert!(r.contains("<success"), "count {count}: {r}");
+        } else {
+            assert!(r.contains("<not-authorized"), "count {count} replayed: {r}");
+        }
+    }
+    let mut c = tls(&srv, false).await;
+    c.open(DOMAIN).await;
+    let cb = exporter(&c);
+    let r = fast_with(
+        &mut c,
+        "HT-SHA-256-EXPR",
+        &expr_token,
+        &cb,
+        " count='-5'",
+        "",
+    )
+    .await;
+    assert!(r.contains("<malformed-request"), "{r}");
+
+    // Invalidation: the login works, no token comes back, and the token
+    // is gone afterwards.
+    let mut c = tls(&srv, false).await;
+    c.open(DOMAIN).await;
+    let cb = exporter(&c);
+    let ok = fast_with(
+        &mut c,
+        "HT-SHA-256-EXPR",
+        &expr_token,
+        &cb,
+        " count='5' invalidate='true'",
+        "",
+    )
+    .await;
+    assert!(ok.contains("<success") && !ok.contains("<token "), "{ok}");
+    drop(c);
+    let mut c = tls(&srv, false).await;
+    c.open(DOMAIN).await;
+    let cb = exporter(&c);
+    let r = fast_with(
+        &mut c,
+        "HT-SHA-256-EXPR",
+        &expr_token,
+        &cb,
+        " count='6'",
+        "",
+    )
+    .await;
+    assert!(r.contains("<not-authorized"), "invalidated: {r}");
+
+    // tls-server-end-point: a token for ENDP, used over TLS 1.2 (where
+    // there is no exporter, so EXPR is not offered). (Last: using it
+    // retires this client's older tokens.)
+    let mut c = tls(&srv, false).await;
+    c.open(DOMAIN).await;
+    let endp_token = token_of(&token_for(&mut c, "HT-SHA-256-ENDP").await);
+    drop(c);
+    let mut c = tls(&srv, true).await;
+    let f = c.open(DOMAIN).await;
+    assert_eq!(
+        fast_mechs(&f),
+        ["HT-SHA-256-ENDP", "HT-SHA-256-NONE"],
+        "TLS 1.2: {f}"
+    );
+    let r = fast_with(&mut c, "HT-SHA-256-EXPR", &expr_token, &[0; 32], "", "").await;
+    assert!(r.contains("<invalid-mechanism"), "{r}");
+    let r = fast_with(&mut c, "HT-SHA-256-ENDP", &endp_token, &[7; 32], "", "").await;
+    assert!(r.contains("<not-authorized"), "wrong end point: {r}");
+    let ok = fast_with(
+        &mut c,
+        "HT-SHA-256-ENDP",
+        &endp_token,
+        &end_point(&srv),
+        "",
+        "",
+    )
+    .await;
+    assert!(ok.contains("<success xmlns='urn:xmpp:sasl:2'>"), "{ok}");
+    drop(c);
+    srv.stop().await;
+}
+
+/// `token_refresh_age: 0`: every FAST login rotates the token; the used
+/// one stays valid until the new one is used (§3.5).
+#[tokio::test]
+async fn fast_server_rotation() {
+    let modules = MODULES.replace("mod_auth_fast: {}", "mod_auth_fast: {token_refresh_age: 0}");
+    let srv = TestServer::start_with("", &modules).await;
+    srv.add_user("alice", DOMAIN, "pw").await;
+    let mut c = Raw::connect(srv.addr).await;
+    c.open(DOMAIN).await;
+    let t1 = token_of(&token_for(&mut c, "HT-SHA-256-NONE").await);
+    drop(c);
+    // Using t1: a new token t2 comes unasked.
+    let mut c = Raw::connect(srv.addr).await;
+    c.open(DOMAIN).await;
+    let ok = fast_with(&mut c, "HT-SHA-256-NONE", &t1, &[], "", "").await;
+    let t2 = token_of(&ok);
+    assert_ne!(t1, t2);
+    drop(c);
+    // The client never saw t2 (say): t1 still works, and a new t3
+    // replaces the unused t2.
+    let mut c = Raw::connect(srv.addr).await;
+    c.open(DOMAIN).await;
+    let ok = fast_with(&mut c, "HT-SHA-256-NONE", &t1, &[], "", "").await;
+    let t3 = token_of(&ok);
+    drop(c);
+    let mut c = Raw::connect(srv.addr).await;
+    c.open(DOMAIN).await;
+    let r = fast_with(&mut c, "HT-SHA-256-NONE", &t2, &[], "", "").await;
+    assert!(r.contains("<not-authorized"), "unused t2 replaced: {r}");
+    // Using t3 retires t1.
+    let mut c = Raw::connect(srv.addr).await;
+    c.open(DOMAIN).await;
+    let ok = fast_with(&mut c, "HT-SHA-256-NONE", &t3, &[], "", "").await;
+    assert!(ok.contains("<success"), "{ok}");
+    drop(c);
+    let mut c = Raw::connect(srv.addr).await;
+    c.open(DOMAIN).await;
+    let r = fast_with(&mut c, "HT-SHA-256-NONE", &t1, &[], "", "").await;
+    assert!(r.contains("<not-authorized"), "t1 retired: {r}");
+    // At most two tokens are kept for a client.
+    let rows = palaver_modules::auth_fast::store::FastSql::new(srv.core().storage().db.clone())
+        .list(DOMAIN, "alice", AGENT)
+        .await
+        .expect("rows");
+    assert!(rows.len() <= 2, "{rows:?}");
     srv.stop().await;
 }

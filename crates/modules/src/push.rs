@@ -2,31 +2,52 @@
 //!
 //! A client registers an app server (`<enable jid='…' node='…'>` with
 //! optional publish-options, stored per account) and unregisters it
-//! (`<disable/>`, all nodes of that app server or one). When a message
-//! worth a notification (a body or an end-to-end encrypted payload) reaches
-//! an account that has no connected session — every session is detached,
-//! waiting for XEP-0198 resumption, or there is none and the message goes
-//! offline — the server publishes a notification to each registration:
+//! (`<disable/>`, all nodes of that app server or one). When a stanza
+//! worth a notification reaches an account that has no connected session
+//! — every session is detached, waiting for XEP-0198 resumption, or there
+//! is none and the message goes offline — the server publishes a
+//! notification to each registration:
 //!
 //! ```xml
 //! <iq type='set' from='user@host' to='app.server' id='…'>
 //!   <pubsub xmlns='http://jabber.org/protocol/pubsub'>
 //!     <publish node='NODE'><item><notification xmlns='urn:xmpp:push:0'>
-//!       <x xmlns='jabber:x:data' type='form'>
+//!       <x xmlns='jabber:x:data' type='submit'>
 //!         FORM_TYPE urn:xmpp:push:summary, message-count,
-//!         last-message-sender (option include_sender),
-//!         last-message-body (option include_body)
+//!         last-message-sender (option include_sender: the bare JID),
+//!         last-message-body (option include_body: the body, or a text)
 //!       </x></notification></item></publish>
 //!     <publish-options><x type='submit'>…as registered (e.g. secret)…</x></publish-options>
 //!   </pubsub>
 //! </iq>
 //! ```
 //!
-//! That is what the app servers of Conversations (`p2.siacs.eu`: node and
-//! `secret` from publish-options) and Monal (node and publish-options)
-//! read. An error answer from the app server removes that registration
-//! (§6, the app server no longer knows the device). `message-count` counts
-//! the notifications since the account last bound a resource.
+//! Options are ejabberd's, with its defaults: `notify_on` (`all`: any
+//! message, subscription request or IQ request for the user; `messages`:
+//! only messages with a body or an end-to-end encrypted payload),
+//! `include_sender` (false), `include_body` (`"New message"`: a fixed text
+//! telling the app server a message with a body came, without its
+//! content; `true`: the body, `"(encrypted)"` for an encrypted one; `false`:
+//! none). Presence broadcasts never notify (a phone is not woken because
+//! a contact's status changed); nor do errors.
+//!
+//! What app servers read, and this always gives them: Conversations' p2
+//! (`p2.siacs.eu`) takes the node, the `secret` of publish-options (other
+//! fields, as `endpoint`, travel along untouched), needs the sender to be
+//! a bare JID, and sends a high-priority push when `last-message-body` is
+//! not empty; Monal's (`mod_push_appserver`) needs the summary form
+//! (it parses `message-count`, `pending-subscription-count`,
+//! `last-message-sender` as a JID and `last-message-body`) and the
+//! publish-options `secret`. An error answer from the app server removes
+//! that registration (§6, the app server no longer knows the device),
+//! except a `wait` error (a temporary failure, as ejabberd does).
+//! `message-count` counts the notifications since the account last bound
+//! a resource.
+//!
+//! A session that loses its connection with stanzas its client had not
+//! acknowledged also notifies (the `SessionPending` hook; ejabberd's
+//! `c2s_session_pending`) when one of them is worth it and no session of
+//! the account is connected: the device may never have received it.
 
 use dashmap::DashMap;
 use jid::{BareJid, Jid};
@@ -35,7 +56,9 @@ use palaver_proto::error::{Condition, StanzaError};
 use palaver_proto::forms::{DataForm, Field, FieldType, FormType};
 use palaver_proto::ns;
 use palaver_proto::stanza::{Stanza, StanzaKind, set_attr};
-use palaver_server::hooks::{IqResponse, OfflineMessage, RemoveUser, SessionBound, UserReceive};
+use palaver_server::hooks::{
+    IqResponse, OfflineMessage, RemoveUser, SessionBound, SessionPending, UserReceive,
+};
 use palaver_server::{
     HookAction, HookCx, HostSetup, IqRequest, IqResult, IqScope, IqType, Module, ModuleCx,
     ModuleDef,
@@ -63,25 +86,37 @@ pub struct Push;
 /// `mod_push` in the module registry.
 pub const MODULE: ModuleDef = ModuleDef::of::<Push>();
 
-/// Options (ejabberd's names).
+/// Options (ejabberd's names and defaults).
 #[derive(serde::Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields, default)]
 pub struct Options {
-    /// Put the message body in the notification (`false`: it goes
-    /// through third parties; a text: that text instead of the body, as
-    /// ejabberd does).
+    /// Which stanzas notify: `all` or `messages`.
+    pub notify_on: NotifyOn,
+    /// Put the message body in the notification (`false`: none, as it goes
+    /// through third parties; a text: that text instead of the body).
     pub include_body: IncludeBody,
-    /// Put the sender's JID in the notification.
+    /// Put the sender's bare JID in the notification.
     pub include_sender: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
-            include_body: IncludeBody::Flag(false),
-            include_sender: true,
+            notify_on: NotifyOn::All,
+            include_body: IncludeBody::Text("New message".into()),
+            include_sender: false,
         }
     }
+}
+
+/// `notify_on`.
+#[derive(serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyOn {
+    /// Any message, subscription request or IQ request for the user.
+    All,
+    /// Only messages with a body or an end-to-end encrypted payload.
+    Messages,
 }
 
 /// `include_body`: a flag, or a text sent in place of the body.
@@ -118,7 +153,7 @@ impl Module for Push {
         host.hook_async::<OfflineMessage, _>(100, move |cx, st| {
             let s = s.clone();
             async move {
-                if worth_it(&st)
+                if worth_it(&st, s.opts.notify_on)
                     && let Some(to) = st.to.as_ref().map(|t| t.to_bare())
                 {
                     notify(&s, &cx, &to, &st).await;
@@ -129,6 +164,11 @@ impl Module for Push {
         let s = state.clone();
         host.hook::<UserReceive>(-100, move |cx, st| {
             detached_receive(&s, cx, st);
+            HookAction::Continue
+        });
+        let s = state.clone();
+        host.hook::<SessionPending>(0, move |cx, p| {
+            pending(&s, cx, &p.unacked);
             HookAction::Continue
         });
         let s = state.clone();
@@ -209,15 +249,33 @@ async fn enable_disable(req: IqRequest) -> IqResult {
     Ok(None)
 }
 
-/// Whether a message is one the user should be woken for.
-fn worth_it(st: &Stanza) -> bool {
+/// A message with a body or an end-to-end encrypted payload.
+fn has_content(st: &Stanza) -> bool {
     st.kind == StanzaKind::Message
         && !matches!(st.type_attr(), Some("error" | "headline"))
-        && (st.el.has_child("body", ns::CLIENT)
-            || st
-                .el
-                .children()
-                .any(|c| ENCRYPTED.contains(&c.ns().as_str())))
+        && (st.el.has_child("body", ns::CLIENT) || encrypted(st))
+}
+
+fn encrypted(st: &Stanza) -> bool {
+    st.el
+        .children()
+        .any(|c| ENCRYPTED.contains(&c.ns().as_str()))
+}
+
+/// Whether a stanza is one the user should be woken for.
+fn worth_it(st: &Stanza, on: NotifyOn) -> bool {
+    if has_content(st) {
+        return true;
+    }
+    if on == NotifyOn::Messages {
+        return false;
+    }
+    match st.kind {
+        // A call proposal, a receipt, a reaction…: anything but errors.
+        StanzaKind::Message => st.type_attr() != Some("error"),
+        StanzaKind::Presence => st.type_attr() == Some("subscribe"),
+        StanzaKind::Iq => matches!(st.type_attr(), Some("get" | "set")),
+    }
 }
 
 /// A message written to a session: if the session is detached and so are
@@ -225,7 +283,7 @@ fn worth_it(st: &Stanza) -> bool {
 /// the session with the lowest id, unless it was for this resource only).
 fn detached_receive(state: &Arc<State>, cx: &HookCx<'_>, st: &mut Stanza) {
     let Some(session) = cx.session() else { return };
-    if !worth_it(st) {
+    if !worth_it(st, state.opts.notify_on) {
         return;
     }
     let bare = session.to_bare();
@@ -242,6 +300,28 @@ fn detached_receive(state: &Arc<State>, cx: &HookCx<'_>, st: &mut Stanza) {
     if !for_me_only && mine != lowest {
         return;
     }
+    let (state, cx2, st) = (state.clone(), cx.cx().clone(), st.clone());
+    tokio::spawn(async move { notify(&state, &cx2, &bare, &st).await });
+}
+
+/// A session lost its connection with stanzas its client had not
+/// acknowledged: if the account has no connected session left and one of
+/// them is worth a notification, the device may never have seen it — wake
+/// it (as ejabberd does when a session becomes pending).
+fn pending(state: &Arc<State>, cx: &HookCx<'_>, unacked: &[Stanza]) {
+    let Some(session) = cx.session() else { return };
+    let bare = session.to_bare();
+    if !cx.sessions().sessions(&bare).iter().all(|h| h.detached) {
+        return;
+    }
+    // The latest one worth it: its sender and body make the summary.
+    let Some(st) = unacked
+        .iter()
+        .rev()
+        .find(|st| worth_it(st, state.opts.notify_on))
+    else {
+        return;
+    };
     let (state, cx2, st) = (state.clone(), cx.cx().clone(), st.clone());
     tokio::spawn(async move { notify(&state, &cx2, &bare, &st).await });
 }
@@ -272,16 +352,30 @@ async fn notify(state: &State, cx: &ModuleCx, account: &BareJid, st: &Stanza) {
             FieldType::TextSingle,
             vec![count.to_string()],
         ));
-        if state.opts.include_sender {
-            summary = summary.field(Field::text("last-message-sender", st.from.to_string()));
-        }
-        let body = match &state.opts.include_body {
-            IncludeBody::Flag(true) => st.el.get_child("body", ns::CLIENT).map(|b| b.text()),
-            IncludeBody::Flag(false) => None,
-            IncludeBody::Text(t) => Some(t.clone()),
-        };
-        if let Some(b) = body {
-            summary = summary.field(Field::text("last-message-body", b));
+        // Sender and body only for a message with content (ejabberd).
+        if has_content(st) {
+            if state.opts.include_sender {
+                summary = summary.field(Field::new(
+                    "last-message-sender",
+                    FieldType::JidSingle,
+                    vec![st.from.to_bare().to_string()],
+                ));
+            }
+            let body = st
+                .el
+                .get_child("body", ns::CLIENT)
+                .map(|b| b.text())
+                .filter(|b| !b.is_empty());
+            let body = match &state.opts.include_body {
+                IncludeBody::Flag(true) => {
+                    body.or_else(|| encrypted(st).then(|| "(encrypted)".to_string()))
+                }
+                IncludeBody::Flag(false) => None,
+                IncludeBody::Text(t) => Some(t.clone()),
+            };
+            if let Some(b) = body {
+                summary = summary.field(Field::text("last-message-body", b));
+            }
         }
         let mut notification = Element::bare("notification", NS_PUSH);
         notification.append_child(summary.to_element());
@@ -324,7 +418,8 @@ async fn notify(state: &State, cx: &ModuleCx, account: &BareJid, st: &Stanza) {
     }
 }
 
-/// The app server answered: an error removes the registration (§6).
+/// The app server answered: an error removes the registration (§6),
+/// unless it says to wait (a temporary failure).
 fn answer(state: &State, cx: &HookCx<'_>, st: &mut Stanza) {
     let Some(id) = st.id() else { return };
     if !id.starts_with("push-") {
@@ -334,6 +429,19 @@ fn answer(state: &State, cx: &HookCx<'_>, st: &mut Stanza) {
         return;
     };
     if !st.is_error() || st.from.to_string() != service {
+        return;
+    }
+    let temporary = st
+        .el
+        .get_child("error", ns::CLIENT)
+        .is_some_and(|e| e.attr("type") == Some("wait"));
+    if temporary {
+        tracing::info!(
+            account,
+            service,
+            node,
+            "app server asks to wait; registration kept"
+        );
         return;
     }
     let Ok(bare) = BareJid::new(&account) else {

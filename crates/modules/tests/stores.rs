@@ -301,24 +301,64 @@ async fn fast_tokens_keep_two_per_client() {
             mark: "m".into(),
             expiry: 10_000,
             issued,
+            mechanism: "HT-SHA-256-EXPR".into(),
+            counter: 0,
+            used: false,
         };
+        let used = |r: Row| Row { used: true, ..r };
+        // Unused tokens replace each other ("new" slot).
         for (i, id) in ["a", "b", "c"].iter().enumerate() {
             f.add("h", "u", "agent", &row(id, i as i64))
                 .await
                 .expect("add");
         }
         f.add("h", "u", "other", &row("x", 1)).await.expect("add");
-        // The newest two, newest first.
-        let l = f.list("h", "u", "agent").await.expect("list");
-        assert_eq!(l, vec![row("c", 2), row("b", 1)]);
-        f.remove_up_to("h", "u", "agent", 2, false)
-            .await
-            .expect("rotate");
         assert_eq!(
             f.list("h", "u", "agent").await.expect("list"),
             vec![row("c", 2)]
         );
-        f.remove_up_to("h", "u", "agent", 2, true)
+        // Used, it becomes "current"; a new one joins it.
+        f.use_token("h", "u", "agent", "c", 2).await.expect("use");
+        f.add("h", "u", "agent", &row("d", 3)).await.expect("add");
+        f.add("h", "u", "agent", &row("e", 4)).await.expect("add");
+        assert_eq!(
+            f.list("h", "u", "agent").await.expect("list"),
+            vec![row("e", 4), used(row("c", 2))]
+        );
+        // The replay counter only grows.
+        assert!(
+            f.bump_counter("h", "u", "agent", "e", 3)
+                .await
+                .expect("bump")
+        );
+        assert!(
+            !f.bump_counter("h", "u", "agent", "e", 3)
+                .await
+                .expect("bump")
+        );
+        assert!(
+            !f.bump_counter("h", "u", "agent", "e", 2)
+                .await
+                .expect("bump")
+        );
+        assert!(
+            f.bump_counter("h", "u", "agent", "e", 9)
+                .await
+                .expect("bump")
+        );
+        // Using the new one retires the current one.
+        f.use_token("h", "u", "agent", "e", 4).await.expect("use");
+        assert_eq!(
+            f.list("h", "u", "agent").await.expect("list"),
+            vec![Row {
+                counter: 9,
+                ..used(row("e", 4))
+            }]
+        );
+        f.remove("h", "u", "agent", "e").await.expect("rm");
+        assert!(f.list("h", "u", "agent").await.expect("list").is_empty());
+        f.add("h", "u", "agent", &row("f", 5)).await.expect("add");
+        f.remove_client("h", "u", "agent")
             .await
             .expect("invalidate");
         assert!(f.list("h", "u", "agent").await.expect("list").is_empty());

@@ -295,6 +295,16 @@ sync_hook!(
     Stanza
 );
 sync_hook!(
+    /// XEP-0198: a session lost its connection and now waits, detached, to
+    /// be resumed, with stanzas its client had not acknowledged (they may
+    /// never have reached the device). The session is
+    /// [`HookCx::session`], already marked detached. For a push module
+    /// that wakes the device (ejabberd's `c2s_session_pending`).
+    SessionPending,
+    "c2s_session_pending",
+    PendingStanzas
+);
+sync_hook!(
     /// An IQ result or error addressed to a local host or to a user's bare
     /// JID: the answer to a request a module sent in that name (a push
     /// notification, a ping). Without a handler it is dropped, as before.
@@ -374,6 +384,14 @@ pub struct ClientState {
     pub accepted: bool,
     /// While inactive, the most stanzas held back before all are written.
     pub max_held: usize,
+}
+
+/// What a detached session had not had acknowledged ([`SessionPending`]).
+#[derive(Clone, Debug)]
+pub struct PendingStanzas {
+    /// Copies of the unacknowledged stanzas, oldest first (changes are
+    /// ignored).
+    pub unacked: Vec<Stanza>,
 }
 
 /// A stanza for an inactive client ([`CsiFilter`]).

@@ -592,29 +592,56 @@ impl HostSetup {
 /// XEP-0388 authentication that asks for one, checked by the `HT-*`
 /// mechanisms. The kernel never sees how they are stored.
 pub trait FastTokens: Send + Sync {
-    /// A new token for `user`'s client `agent` (XEP-0388 user-agent id):
-    /// `(token, expiry in ms since the epoch)`. The previous token of that
-    /// client stays valid until this one is used (rotation).
+    /// A new token for `user`'s client `agent` (XEP-0388 user-agent id),
+    /// bound to the FAST `mechanism` the client named: `(token, expiry in
+    /// ms since the epoch)`. The token the client used last stays valid
+    /// until this one is used (rotation).
     fn issue(
         &self,
         cx: ModuleCx,
         user: String,
         agent: String,
+        mechanism: String,
     ) -> BoxFuture<'static, Option<(String, i64)>>;
 
-    /// Check an `HT-SHA-256-*` proof (`HMAC(token, "Initiator" || cb)`) of
-    /// `user`'s client `agent`; the token it matches, when it does (for
-    /// the server's answer `HMAC(token, "Responder" || cb)`). `invalidate`:
-    /// the client asks for that token to be forgotten after this login.
-    fn verify(
-        &self,
-        cx: ModuleCx,
-        user: String,
-        agent: String,
-        proof: Vec<u8>,
-        cb: Vec<u8>,
-        invalidate: bool,
-    ) -> BoxFuture<'static, Option<String>>;
+    /// Check an `HT-SHA-256-*` proof (`HMAC(token, "Initiator" || cb)`).
+    fn verify(&self, cx: ModuleCx, attempt: FastAttempt) -> BoxFuture<'static, FastVerdict>;
+}
+
+/// One FAST authentication attempt (XEP-0484 §3.4).
+#[derive(Debug, Clone)]
+pub struct FastAttempt {
+    /// The account (nodeprepped).
+    pub user: String,
+    /// The client's XEP-0388 user-agent id.
+    pub agent: String,
+    /// The `HT-SHA-256-*` mechanism used.
+    pub mechanism: String,
+    /// The client's `HMAC(token, "Initiator" || cb)`.
+    pub proof: Vec<u8>,
+    /// The channel-binding data of the mechanism on this connection
+    /// (empty for `HT-SHA-256-NONE`).
+    pub cb: Vec<u8>,
+    /// The `<fast count='…'/>` replay counter, when given: it must be
+    /// above every count already seen with this token.
+    pub count: Option<u64>,
+    /// `<fast invalidate='true'/>`: forget the token after this login.
+    pub invalidate: bool,
+}
+
+/// What [`FastTokens::verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FastVerdict {
+    /// The proof matches a valid token: the token (for the server's
+    /// answer `HMAC(token, "Responder" || cb)`), and whether it is due
+    /// for rotation (the server then issues a new one unprompted).
+    Ok { token: String, rotate: bool },
+    /// The proof matches a token that is no longer trusted (expired, or
+    /// issued before a password change): `credentials-expired`.
+    Expired,
+    /// No token matches, the token is bound to another mechanism, or the
+    /// count was replayed: `not-authorized`.
+    Refused,
 }
 
 /// A feature module.

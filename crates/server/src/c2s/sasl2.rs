@@ -11,18 +11,32 @@
 //!   resumed (its `<resumed/>` or `<failed/>` inside `<success/>`, the
 //!   unacknowledged stanzas after it);
 //! - `<bind xmlns='urn:xmpp:bind:0'/>` inline (XEP-0386, `bind2.rs`);
-//! - `<request-token xmlns='urn:xmpp:fast:0'/>`: a FAST token for the
-//!   client's user-agent id (`mod_auth_fast` keeps them, see
-//!   [`FastTokens`](crate::module::FastTokens)), used later with the
-//!   `HT-SHA-256-NONE` mechanism in one round trip.
+//! - `<request-token xmlns='urn:xmpp:fast:0' mechanism='…'/>`: a FAST
+//!   token for the client's user-agent id, bound to that mechanism
+//!   (`mod_auth_fast` keeps them, see
+//!   [`FastTokens`](crate::module::FastTokens)), used later in one round
+//!   trip.
+//!
+//! FAST mechanisms (the Hashed Token family, proof `HMAC-SHA-256(token,
+//! "Initiator" || cb-data)`): `HT-SHA-256-NONE` always;
+//! `HT-SHA-256-EXPR` (`tls-exporter`, RFC 9266) on TLS 1.3;
+//! `HT-SHA-256-ENDP` (`tls-server-end-point`, RFC 5929) on any TLS.
+//! `HT-SHA-256-UNIQ` (`tls-unique`) is never offered: rustls does not
+//! expose the TLS 1.2 Finished message it is made of (and TLS 1.3 has no
+//! `tls-unique`). 0-RTT is not offered either (no `tls-0rtt`), but a
+//! `<fast count='…'/>` is honoured as the XEP says: it must grow with
+//! every use of a token, so a replayed request is refused.
 
 use super::output::{Framing, OutFrame, Output};
 use super::session::{C2sSession, Next};
+use crate::module::{FastAttempt, FastVerdict};
 use hmac::{Hmac, Mac};
 use minidom::Element;
 use palaver_proto::error::{StreamError, StreamErrorCondition as SC};
 use palaver_proto::ns;
-use palaver_proto::sasl::{SaslFailure, decode_sasl_payload, encode_sasl_payload};
+use palaver_proto::sasl::{
+    ChannelBindingType, SaslFailure, decode_sasl_payload, encode_sasl_payload,
+};
 use palaver_proto::stanza::attr_name;
 use palaver_proto::writer::escape_into;
 
@@ -30,8 +44,14 @@ use palaver_proto::writer::escape_into;
 pub const NS: &str = "urn:xmpp:sasl:2";
 /// Namespace of XEP-0484.
 pub const NS_FAST: &str = "urn:xmpp:fast:0";
-/// The FAST mechanism offered (no channel binding in the token proof).
+/// The FAST mechanism without channel binding.
 pub const HT_SHA_256_NONE: &str = "HT-SHA-256-NONE";
+/// The FAST mechanism bound to `tls-exporter` (TLS 1.3 only).
+pub const HT_SHA_256_EXPR: &str = "HT-SHA-256-EXPR";
+/// The FAST mechanism bound to `tls-server-end-point`.
+pub const HT_SHA_256_ENDP: &str = "HT-SHA-256-ENDP";
+/// The FAST mechanism bound to `tls-unique`: known, never offered.
+pub const HT_SHA_256_UNIQ: &str = "HT-SHA-256-UNIQ";
 
 /// A SASL2 exchange in progress.
 #[derive(Default)]
@@ -42,7 +62,13 @@ pub(crate) struct Sasl2 {
     agent: Option<String>,
     bind: Option<Element>,
     resume: Option<Element>,
-    request_token: bool,
+    /// `<request-token mechanism='…'/>`: the mechanism the token is for.
+    request_token: Option<String>,
+    /// A FAST login: the mechanism used, and whether that token is due
+    /// for rotation (a new one is then issued unprompted).
+    fast: Option<(String, bool)>,
+    /// `<fast invalidate='true'/>`.
+    invalidate: bool,
 }
 
 fn ht(token: &str, label: &[u8], cb: &[u8]) -> Vec<u8> {
@@ -86,11 +112,42 @@ impl C2sSession {
             s.push_str("<sm xmlns='urn:xmpp:sm:3'/>");
         }
         if host.regs.fast.is_some() {
-            s.push_str("<fast xmlns='urn:xmpp:fast:0'><mechanism>");
-            s.push_str(HT_SHA_256_NONE);
-            s.push_str("</mechanism></fast>");
+            s.push_str("<fast xmlns='urn:xmpp:fast:0'>");
+            for m in self.fast_mechanisms() {
+                s.push_str("<mechanism>");
+                s.push_str(m);
+                s.push_str("</mechanism>");
+            }
+            s.push_str("</fast>");
         }
         s.push_str("</inline></authentication>");
+    }
+
+    /// The FAST mechanisms this connection can use, channel-bound first.
+    fn fast_mechanisms(&self) -> Vec<&'static str> {
+        let mut m = Vec::with_capacity(3);
+        if self.cb.get(ChannelBindingType::TlsExporter).is_some() {
+            m.push(HT_SHA_256_EXPR);
+        }
+        if self.cb.get(ChannelBindingType::TlsServerEndPoint).is_some() {
+            m.push(HT_SHA_256_ENDP);
+        }
+        m.push(HT_SHA_256_NONE);
+        m
+    }
+
+    /// The channel-binding data of a FAST mechanism on this connection;
+    /// `None` when the mechanism is not available here.
+    fn fast_cb(&self, mechanism: &str) -> Option<Vec<u8>> {
+        let ty = match mechanism {
+            HT_SHA_256_NONE => return Some(Vec::new()),
+            HT_SHA_256_EXPR => ChannelBindingType::TlsExporter,
+            HT_SHA_256_ENDP => ChannelBindingType::TlsServerEndPoint,
+            // rustls has no tls-unique: never offered, refused if tried.
+            HT_SHA_256_UNIQ => return None,
+            _ => return None,
+        };
+        self.cb.get(ty).map(<[u8]>::to_vec)
     }
 
     /// A XEP-0388 element before authentication.
@@ -119,7 +176,13 @@ impl C2sSession {
                         .map(str::to_string),
                     bind: el.get_child("bind", super::bind2::NS).cloned(),
                     resume: el.get_child("resume", super::SM_NS).cloned(),
-                    request_token: el.has_child("request-token", NS_FAST),
+                    // A token is bound to the mechanism asked for (§3.2):
+                    // one this connection does not offer gets no token.
+                    request_token: el
+                        .get_child("request-token", NS_FAST)
+                        .and_then(|r| r.attr("mechanism"))
+                        .filter(|m| self.fast_mechanisms().contains(m))
+                        .map(str::to_string),
                     ..Sasl2::default()
                 };
                 if s2.bind.is_some() && s2.resume.is_some() {
@@ -127,10 +190,9 @@ impl C2sSession {
                     s2.bind = None;
                 }
                 self.sasl2 = Some(Box::new(s2));
-                if mechanism == HT_SHA_256_NONE {
+                if mechanism.starts_with("HT-") {
                     let fast = el.get_child("fast", NS_FAST);
-                    let invalidate = fast.is_some_and(|f| f.attr("invalidate") == Some("true"));
-                    self.fast_auth(initial.as_deref().unwrap_or(""), invalidate)
+                    self.fast_auth(&mechanism, initial.as_deref().unwrap_or(""), fast)
                         .await
                 } else {
                     let mut auth = Element::builder("auth", ns::SASL)
@@ -166,19 +228,47 @@ impl C2sSession {
         Ok(next)
     }
 
-    /// `HT-SHA-256-NONE` (XEP-0484): `authcid NUL HMAC(token, "Initiator")`.
-    async fn fast_auth(&mut self, initial: &str, invalidate: bool) -> Next {
-        let (Some(host), Some(agent)) = (
-            self.host.clone(),
-            self.sasl2.as_ref().and_then(|s| s.agent.clone()),
-        ) else {
+    /// An `HT-SHA-256-*` login (XEP-0484): `authcid NUL HMAC(token,
+    /// "Initiator" || cb-data)`, with `<fast count='…' invalidate='…'/>`.
+    async fn fast_auth(
+        &mut self,
+        mechanism: &str,
+        initial: &str,
+        fast_el: Option<&Element>,
+    ) -> Next {
+        let Some(host) = self.host.clone() else {
+            return self.sasl_failure(SaslFailure::MalformedRequest, None);
+        };
+        let Some(fast) = host.regs.fast.clone() else {
+            return self.sasl_failure(SaslFailure::InvalidMechanism, None);
+        };
+        // Only what this connection offers (no UNIQ; EXPR on TLS 1.3,
+        // ENDP on TLS).
+        let Some(cb) = self
+            .fast_cb(mechanism)
+            .filter(|_| self.fast_mechanisms().contains(&mechanism))
+        else {
+            return self.sasl_failure(SaslFailure::InvalidMechanism, None);
+        };
+        let Some(agent) = self.sasl2.as_ref().and_then(|s| s.agent.clone()) else {
             return self.sasl_failure(
                 SaslFailure::MalformedRequest,
                 Some("FAST needs a user-agent id"),
             );
         };
-        let Some(fast) = host.regs.fast.clone() else {
-            return self.sasl_failure(SaslFailure::InvalidMechanism, None);
+        let invalidate =
+            fast_el.is_some_and(|f| matches!(f.attr("invalidate"), Some("true" | "1")));
+        let count = match fast_el.and_then(|f| f.attr("count")) {
+            None => None,
+            Some(c) => match c.parse::<u64>() {
+                Ok(n) if n > 0 => Some(n),
+                _ => {
+                    return self.sasl_failure(
+                        SaslFailure::MalformedRequest,
+                        Some("count must be a positive integer"),
+                    );
+                }
+            },
         };
         let data = match decode_sasl_payload(initial) {
             Ok(d) => d,
@@ -194,15 +284,29 @@ impl C2sSession {
             return self.sasl_failure(SaslFailure::NotAuthorized, None);
         };
         let cx = self.core.cx(&host);
-        match fast
-            .verify(cx, node.clone(), agent, proof, Vec::new(), invalidate)
-            .await
-        {
-            Some(token) => {
-                let answer = ht(&token, b"Responder", &[]);
+        let attempt = FastAttempt {
+            user: node.clone(),
+            agent,
+            mechanism: mechanism.to_string(),
+            proof,
+            cb: cb.clone(),
+            count,
+            invalidate,
+        };
+        match fast.verify(cx, attempt).await {
+            FastVerdict::Ok { token, rotate } => {
+                if let Some(s2) = self.sasl2.as_mut() {
+                    s2.fast = Some((mechanism.to_string(), rotate));
+                    s2.invalidate = invalidate;
+                }
+                let answer = ht(&token, b"Responder", &cb);
                 self.sasl_success(node, Some(answer))
             }
-            None => self.sasl_failure(SaslFailure::NotAuthorized, None),
+            FastVerdict::Expired => self.sasl_failure(
+                SaslFailure::CredentialsExpired,
+                Some("the token is no longer valid"),
+            ),
+            FastVerdict::Refused => self.sasl_failure(SaslFailure::NotAuthorized, None),
         }
     }
 
@@ -265,10 +369,18 @@ impl C2sSession {
             Some(b) => b.jid.to_string(),
             None => format!("{user}@{}", host.name),
         };
-        if s2.request_token
+        // A token when asked for; else, after a FAST login with a token
+        // due for rotation, one for the same mechanism (§3.5) unless the
+        // client is invalidating its token (§3.6).
+        let wanted = s2.request_token.clone().or_else(|| match &s2.fast {
+            Some((mechanism, true)) if !s2.invalidate => Some(mechanism.clone()),
+            _ => None,
+        });
+        if let Some(mechanism) = wanted
             && let (Some(fast), Some(agent)) = (host.regs.fast.clone(), s2.agent.clone())
-            && let Some((token, expiry)) =
-                fast.issue(self.core.cx(&host), user.clone(), agent).await
+            && let Some((token, expiry)) = fast
+                .issue(self.core.cx(&host), user.clone(), agent, mechanism)
+                .await
         {
             extra.push_str("<token xmlns='urn:xmpp:fast:0' expiry='");
             extra.push_str(&palaver_proto::datetime::format_datetime(expiry));

@@ -411,6 +411,21 @@ impl C2sSession {
         if let Some(b) = &self.bound {
             self.core.registry.set_detached(&b.jid, b.id, true);
         }
+        // What the client may not have received: a push module may wake it.
+        if let (Some(host), Some(b), Some(mgmt)) = (
+            self.host.clone(),
+            self.bound.as_ref(),
+            self.stream_mgmt.as_deref(),
+        ) && !mgmt.unacked.is_empty()
+            && host.hooks().has::<crate::hooks::SessionPending>()
+        {
+            let mut pending = crate::hooks::PendingStanzas {
+                unacked: mgmt.unacked.iter().cloned().collect(),
+            };
+            self.core
+                .cx(&host)
+                .run_hook::<crate::hooks::SessionPending>(Some(&b.jid), &mut pending);
+        }
         tracing::debug!(peer = %self.peer, timeout, "session detached, waiting to be resumed");
         let deadline = tokio::time::sleep(std::time::Duration::from_secs(timeout));
         tokio::pin!(deadline);
