@@ -47,6 +47,15 @@ impl StanzaKind {
             _ => None,
         }
     }
+
+    /// The element name (`message`, `presence`, `iq`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StanzaKind::Message => "message",
+            StanzaKind::Presence => "presence",
+            StanzaKind::Iq => "iq",
+        }
+    }
 }
 
 /// A stanza in flight: the element plus parsed addressing.

@@ -337,7 +337,8 @@ impl SessionManager {
         } else {
             None
         };
-        let kind = st.el.name().to_string();
+        // A static label: no allocation per delivery.
+        let kind = st.kind.as_str();
         match handle.tx.try_send(SessionMsg::Stanza(Box::new(st), ticket)) {
             Ok(()) => {
                 metrics::counter!("palaver_stanzas_delivered_total", "kind" => kind).increment(1);

@@ -163,8 +163,7 @@ impl Core {
             st.set_to(Some(bare));
             return self.route(st);
         };
-        metrics::counter!("palaver_stanzas_routed_total", "kind" => st.el.name().to_string())
-            .increment(1);
+        metrics::counter!("palaver_stanzas_routed_total", "kind" => st.kind.as_str()).increment(1);
         match self.routes.lookup(to.domain().as_str()) {
             Some(Destination::Host(host)) => local::route(self, host, st),
             Some(Destination::Service(host)) => self.route_to_service(host, st),
