@@ -8,6 +8,10 @@
 # PALAVER_BIN=/path/to/palaver runs that binary instead of building this
 # checkout (A/B against an older commit built into its own target dir).
 # PALAVER_BENCH_ROSTER=0 skips the roster storm (1,000 users x 10 contacts).
+# PALAVER_BENCH_MODULES="mod_mam" enables more modules (default options)
+# besides the core set, e.g. the chat run with an archive.
+# PALAVER_BENCH_SCENARIOS="chat muc" runs only those, after registration
+# (default: login chat muc idle roster, muc only with PALAVER_BENCH_MUC=1).
 # PALAVER_BENCH_MUC=1 adds mod_muc (conference.pal.test) and the muc scenario
 # (200 occupants of one room, closed loop window 1, 15 s, grace 15 s) after chat.
 # PALAVER_BENCH_DB=pgsql puts the store on a fresh PostgreSQL database
@@ -66,6 +70,7 @@ modules:
   mod_blocking: {}
   mod_register: {registration_timeout: 0}
 $( [ "${PALAVER_BENCH_MUC:-0}" = 1 ] && echo "  mod_muc: {}" )
+$(for m in ${PALAVER_BENCH_MODULES:-}; do echo "  $m: {}"; done)
 access_rules:
   register:
     allow: [all]
@@ -76,17 +81,25 @@ trap 'kill $PID 2>/dev/null || true' EXIT
 for _ in $(seq 100); do (exec 3<>/dev/tcp/$IP/5222) 2>/dev/null && break; sleep 0.1; done
 T=(--host "$IP" --domain "$DOMAIN" --server-pid "$PID" --src-ips 127.0.0.20-127.0.0.40 --json "$RESULTS")
 taskset -c 1 "$B" register --users "$USERS" --concurrency 20 --register-batch 50 "${T[@]}"
-sleep 2
-taskset -c 1 "$B" login --users "$USERS" --concurrency 100 "${T[@]}"
-sleep 2
-taskset -c 1 "$B" chat --users $((USERS / 2)) --window 4 --duration 20 --grace 15 "${T[@]}"
-sleep 2
-if [ "${PALAVER_BENCH_MUC:-0}" = 1 ]; then
-  taskset -c 1 "$B" muc --users 200 --duration 15 --grace 15 "${T[@]}"
+SCEN=" ${PALAVER_BENCH_SCENARIOS:-login chat muc idle roster} "
+on() { [[ $SCEN == *" $1 "* ]]; }
+if on login; then
   sleep 2
+  taskset -c 1 "$B" login --users "$USERS" --concurrency 100 "${T[@]}"
 fi
-taskset -c 1 "$B" idle --users "$USERS" --hold 10 "${T[@]}"
-if [ "${PALAVER_BENCH_ROSTER:-1}" = 1 ]; then
+if on chat; then
+  sleep 2
+  taskset -c 1 "$B" chat --users $((USERS / 2)) --window 4 --duration 20 --grace 15 "${T[@]}"
+fi
+if on muc && [ "${PALAVER_BENCH_MUC:-0}" = 1 ]; then
+  sleep 2
+  taskset -c 1 "$B" muc --users 200 --duration 15 --grace 15 "${T[@]}"
+fi
+if on idle; then
+  sleep 2
+  taskset -c 1 "$B" idle --users "$USERS" --hold 10 "${T[@]}"
+fi
+if on roster && [ "${PALAVER_BENCH_ROSTER:-1}" = 1 ]; then
   sleep 2
   # The roster storm: 1,000 users, 10 ring neighbours each, every request
   # approved at once; `roster_both_ok_users` must be 1000.
