@@ -60,7 +60,7 @@ use palaver_proto::ns;
 use palaver_proto::rsm::{RsmRequest, RsmResult};
 use palaver_proto::stanza::{Stanza, StanzaKind, set_attr};
 use palaver_proto::writer::write_element;
-use palaver_server::hooks::{MessageIn, RemoveUser, SessionBound, UserSent};
+use palaver_server::hooks::{MessageIn, RemoveUser, SessionBound, UserSend, UserSent};
 use palaver_server::{
     HookAction, HookCx, HostSetup, IqRequest, IqResult, IqScope, IqType, Module, ModuleCx,
     ModuleDef,
@@ -189,6 +189,12 @@ struct State {
     default: Mode,
     /// Bare JID → preferences read from storage (or the default).
     prefs: DashMap<String, Arc<Prefs>>,
+    /// Bare JID → archive ids taken for its sent messages when they were
+    /// sent (the `user_send_packet` hook, in the session's order), used by
+    /// the `user_sent` writes in the same order. An id taken at routing
+    /// time keeps the conversation's order: a reply routed before the
+    /// sent side is written still comes after it in the archive.
+    sent_ids: DashMap<String, std::collections::VecDeque<i64>>,
 }
 
 impl State {
@@ -233,6 +239,7 @@ impl Module for Mam {
         let state = Arc::new(State {
             default,
             prefs: DashMap::new(),
+            sent_ids: DashMap::new(),
         });
         for f in [NS_MAM, NS_MAM_EXTENDED, NS_SID] {
             host.add_feature(f);
@@ -265,6 +272,16 @@ impl Module for Mam {
         let s = state.clone();
         host.hook::<MessageIn>(0, move |cx, st| {
             received(&s, cx, st);
+            HookAction::Continue
+        });
+        let s = state.clone();
+        // Last of the send hooks: a stanza that reaches it is routed.
+        host.hook::<UserSend>(-1000, move |cx, st| {
+            if let Some(session) = cx.session()
+                && let Some(me) = sent_archivable(session, st)
+            {
+                s.sent_ids.entry(me).or_default().push_back(next_id());
+            }
             HookAction::Continue
         });
         let s = state.clone();
@@ -540,13 +557,27 @@ fn stanza_id(id: &str, by: &str) -> Element {
 }
 
 /// A message a local session sent: into the sender's archive.
+/// The sender's bare JID when a message it sends goes to its archive's
+/// sent side (a message to the account itself is archived once, as
+/// received).
+fn sent_archivable(session: &FullJid, st: &Stanza) -> Option<String> {
+    let to = st.to.as_ref()?;
+    let me = session.to_bare();
+    (to.to_bare() != me && archivable(st)).then(|| me.to_string())
+}
+
 async fn archive_sent(state: &State, cx: &ModuleCx, session: &FullJid, st: &Stanza) {
+    let Some(key) = sent_archivable(session, st) else {
+        return;
+    };
+    // The id taken when it was sent (see `State::sent_ids`).
+    let n = {
+        let taken = state.sent_ids.get_mut(&key).and_then(|mut q| q.pop_front());
+        state.sent_ids.remove_if(&key, |_, q| q.is_empty());
+        taken.unwrap_or_else(next_id)
+    };
     let Some(to) = st.to.clone() else { return };
     let me = session.to_bare();
-    // A message to the account itself is archived once, as received.
-    if to.to_bare() == me || !archivable(st) {
-        return;
-    }
     let (Some(node), host) = (me.node(), me.domain().as_str()) else {
         return;
     };
@@ -560,7 +591,7 @@ async fn archive_sent(state: &State, cx: &ModuleCx, session: &FullJid, st: &Stan
     }
     let mut el = st.el.clone();
     strip_stanza_ids(&mut el, me.as_str());
-    let item = item_for(next_id(), &to, &el);
+    let item = item_for(n, &to, &el);
     if let Err(e) = MamSql::of(cx).insert(host, node.as_str(), &[item]).await {
         tracing::warn!(error = %e, "archiving a sent message failed");
     }
