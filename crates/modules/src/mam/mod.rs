@@ -718,7 +718,6 @@ async fn query(req: IqRequest) -> IqResult {
         .map_err(|e| bad(e.to_string()))?
         .unwrap_or_default();
     let limit = rsm.limit(DEFAULT_PAGE, MAX_PAGE);
-    let count = store.count(&host, &user, &f).await.map_err(internal)?;
     let mut pf = f.clone();
     let mut backward = false;
     if let Some(a) = &rsm.after {
@@ -738,8 +737,8 @@ async fn query(req: IqRequest) -> IqResult {
     } else {
         rsm.index.unwrap_or(0)
     };
-    let mut rows = store
-        .page(&host, &user, &pf, limit + 1, offset, backward)
+    let (count, mut rows) = store
+        .count_and_page(&host, &user, &f, &pf, limit + 1, offset, backward)
         .await
         .map_err(internal)?;
     let more = rows.len() > limit;
