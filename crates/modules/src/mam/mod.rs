@@ -195,6 +195,54 @@ struct State {
     /// time keeps the conversation's order: a reply routed before the
     /// sent side is written still comes after it in the archive.
     sent_ids: DashMap<String, std::collections::VecDeque<i64>>,
+    /// The archive writer (see [`State::archive`]).
+    writer: tokio::sync::mpsc::Sender<Write>,
+}
+
+/// One message waiting for the archive writer; `done` fires once its batch
+/// is committed.
+struct Write {
+    host: String,
+    user: String,
+    item: Item,
+    done: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Most messages one transaction of the archive writer holds.
+const BATCH: usize = 256;
+
+/// The archive writer: one task per host that commits what arrived while
+/// the previous batch was written, in one transaction. Under load one
+/// commit serves many messages (archiving is cheap per message); alone, a
+/// message is written at once.
+async fn writer(cx: ModuleCx, mut rx: tokio::sync::mpsc::Receiver<Write>) {
+    let store = MamSql::of(&cx);
+    let mut batch: Vec<Write> = Vec::with_capacity(BATCH);
+    while let Some(w) = rx.recv().await {
+        batch.push(w);
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let rows: Vec<(String, String, Item)> = batch
+            .iter()
+            .map(|w| (w.host.clone(), w.user.clone(), w.item.clone()))
+            .collect();
+        if let Err(e) = store.insert_many(&rows).await {
+            // One at a time, so one bad row does not cost the others.
+            tracing::warn!(error = %e, "an archive batch failed; writing its messages one by one");
+            for (host, user, item) in &rows {
+                if let Err(e) = store.insert(host, user, std::slice::from_ref(item)).await {
+                    tracing::warn!(error = %e, "archiving a message failed");
+                }
+            }
+        }
+        for w in batch.drain(..) {
+            let _ = w.done.send(());
+        }
+    }
 }
 
 impl State {
@@ -203,6 +251,26 @@ impl State {
             default: self.default,
             always: vec![],
             never: vec![],
+        }
+    }
+
+    /// Archive `item` for `user@host`; returns once it is committed (the
+    /// caller holds the stanza's ticket until then, so `<a/>` means
+    /// archived). Written by the host's archive writer; should the writer
+    /// be gone (the module stopping), written here.
+    async fn archive(&self, cx: &ModuleCx, host: &str, user: &str, item: Item) {
+        let (done, committed) = tokio::sync::oneshot::channel();
+        let w = Write {
+            host: host.to_string(),
+            user: user.to_string(),
+            item: item.clone(),
+            done,
+        };
+        if self.writer.send(w).await.is_ok() && committed.await.is_ok() {
+            return;
+        }
+        if let Err(e) = MamSql::of(cx).insert(host, user, &[item]).await {
+            tracing::warn!(error = %e, "archiving a message failed");
         }
     }
 
@@ -236,11 +304,14 @@ impl Module for Mam {
             )
         })?;
         host.migrations(store::MIGRATIONS);
+        let (writer_tx, writer_rx) = tokio::sync::mpsc::channel(4 * BATCH);
         let state = Arc::new(State {
             default,
             prefs: DashMap::new(),
             sent_ids: DashMap::new(),
+            writer: writer_tx,
         });
+        host.spawn_task(move |cx| writer(cx, writer_rx));
         for f in [NS_MAM, NS_MAM_EXTENDED, NS_SID] {
             host.add_feature(f);
             host.add_account_feature(f);
@@ -538,11 +609,7 @@ fn received(state: &Arc<State>, cx: &HookCx<'_>, st: &mut Stanza) {
             return;
         }
         match allowed(&state, &cx2, &host, &user, &from).await {
-            Ok(true) => {
-                if let Err(e) = MamSql::of(&cx2).insert(&host, &user, &[item]).await {
-                    tracing::warn!(error = %e, "archiving a received message failed");
-                }
-            }
+            Ok(true) => state.archive(&cx2, &host, &user, item).await,
             Ok(false) => {}
             Err(e) => tracing::warn!(error = ?e, "archive preferences unavailable"),
         }
@@ -592,9 +659,7 @@ async fn archive_sent(state: &State, cx: &ModuleCx, session: &FullJid, st: &Stan
     let mut el = st.el.clone();
     strip_stanza_ids(&mut el, me.as_str());
     let item = item_for(n, &to, &el);
-    if let Err(e) = MamSql::of(cx).insert(host, node.as_str(), &[item]).await {
-        tracing::warn!(error = %e, "archiving a sent message failed");
-    }
+    state.archive(cx, host, node.as_str(), item).await;
 }
 
 // ---------------------------------------------------------------- queries

@@ -128,6 +128,34 @@ impl MamSql {
         Ok(())
     }
 
+    /// Archive messages of several accounts (`(host, user, item)`) in one
+    /// transaction: the archive writer's batch.
+    pub async fn insert_many(&self, rows: &[(String, String, Item)]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        on_db!(&self.0, |pool| {
+            let mut tx = pool.begin_write().await?;
+            for (host, user, it) in rows {
+                sqlx::query(
+                    "INSERT INTO mam_archive (host, username, id, with_bare, with_res, origin_id, xml) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                )
+                .bind(host)
+                .bind(user)
+                .bind(it.id)
+                .bind(&it.with_bare)
+                .bind(&it.with_res)
+                .bind(&it.origin_id)
+                .bind(&it.xml)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
     fn where_clause(f: &Filter, binds: &mut Vec<Bind>) -> String {
         let mut sql = String::from("host = $1 AND username = $2");
         let mut push = |sql: &mut String, cond: &str, b: Bind| {
