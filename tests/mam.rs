@@ -703,3 +703,46 @@ async fn the_archive_goes_through_xep_0227_export_and_import() {
     assert_eq!(sent.bodies(), before.bodies());
     dst.stop().await;
 }
+
+/// The archive keeps a conversation's order: the id of a sent message is
+/// taken when it is sent, so a quick reply (archived at once on receipt)
+/// never lands before the message it answers, though the sent side is
+/// written later, in the background.
+#[tokio::test]
+async fn a_quick_reply_follows_the_message_it_answers() {
+    let srv = TestServer::start_with("", MODULES).await;
+    for u in ["alice", "bob"] {
+        srv.add_user(u, DOMAIN, "pw").await;
+    }
+    let mut alice = raw_login(srv.addr, "alice", DOMAIN, "pw", "phone").await;
+    let mut bob = raw_login(srv.addr, "bob", DOMAIN, "pw", "pc").await;
+    enable_sm(&mut alice).await;
+    const N: usize = 40;
+    let mut expected = Vec::new();
+    for i in 0..N {
+        alice
+            .send(&format!(
+                "<message to='bob@localhost/pc' type='chat' id='m{i}'><body>m{i}</body></message>"
+            ))
+            .await;
+        bob.until(&format!(">m{i}</body>")).await;
+        bob.send(&format!(
+            "<message to='alice@localhost/phone' type='chat' id='r{i}'><body>r{i}</body></message>"
+        ))
+        .await;
+        alice.until(&format!(">r{i}</body>")).await;
+        expected.push(format!("m{i}"));
+        expected.push(format!("r{i}"));
+    }
+    // <a/> means archived: every sent message of alice's is in.
+    acked(&mut alice, N as u32).await;
+    let p = query(
+        &mut alice,
+        "order",
+        &field("with", "bob@localhost"),
+        "<max>250</max>",
+        "",
+    )
+    .await;
+    assert_eq!(p.bodies(), expected, "{}", p.raw);
+}

@@ -73,6 +73,17 @@ pub trait BeginWrite {
         Output = std::result::Result<sqlx::Transaction<'static, Self::Database>, sqlx::Error>,
     > + Send
     + '_;
+
+    /// Begin a read-only transaction whose statements all see one snapshot
+    /// (a count and the page it describes agree): on SQLite a deferred
+    /// transaction (WAL keeps its first read's snapshot), on PostgreSQL
+    /// `REPEATABLE READ`.
+    fn begin_snapshot(
+        &self,
+    ) -> impl std::future::Future<
+        Output = std::result::Result<sqlx::Transaction<'static, Self::Database>, sqlx::Error>,
+    > + Send
+    + '_;
 }
 
 impl BeginWrite for SqlitePool {
@@ -85,6 +96,15 @@ impl BeginWrite for SqlitePool {
     + '_ {
         self.begin_with("BEGIN IMMEDIATE")
     }
+
+    fn begin_snapshot(
+        &self,
+    ) -> impl std::future::Future<
+        Output = std::result::Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error>,
+    > + Send
+    + '_ {
+        self.begin_with("BEGIN DEFERRED")
+    }
 }
 
 impl BeginWrite for PgPool {
@@ -96,6 +116,15 @@ impl BeginWrite for PgPool {
     > + Send
     + '_ {
         self.begin()
+    }
+
+    fn begin_snapshot(
+        &self,
+    ) -> impl std::future::Future<
+        Output = std::result::Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error>,
+    > + Send
+    + '_ {
+        self.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
     }
 }
 

@@ -60,7 +60,7 @@ use palaver_proto::ns;
 use palaver_proto::rsm::{RsmRequest, RsmResult};
 use palaver_proto::stanza::{Stanza, StanzaKind, set_attr};
 use palaver_proto::writer::write_element;
-use palaver_server::hooks::{MessageIn, RemoveUser, SessionBound, UserSent};
+use palaver_server::hooks::{MessageIn, RemoveUser, SessionBound, UserSend, UserSent};
 use palaver_server::{
     HookAction, HookCx, HostSetup, IqRequest, IqResult, IqScope, IqType, Module, ModuleCx,
     ModuleDef,
@@ -189,6 +189,60 @@ struct State {
     default: Mode,
     /// Bare JID → preferences read from storage (or the default).
     prefs: DashMap<String, Arc<Prefs>>,
+    /// Bare JID → archive ids taken for its sent messages when they were
+    /// sent (the `user_send_packet` hook, in the session's order), used by
+    /// the `user_sent` writes in the same order. An id taken at routing
+    /// time keeps the conversation's order: a reply routed before the
+    /// sent side is written still comes after it in the archive.
+    sent_ids: DashMap<String, std::collections::VecDeque<i64>>,
+    /// The archive writer (see [`State::archive`]).
+    writer: tokio::sync::mpsc::Sender<Write>,
+}
+
+/// One message waiting for the archive writer; `done` fires once its batch
+/// is committed.
+struct Write {
+    host: String,
+    user: String,
+    item: Item,
+    done: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Most messages one transaction of the archive writer holds.
+const BATCH: usize = 256;
+
+/// The archive writer: one task per host that commits what arrived while
+/// the previous batch was written, in one transaction. Under load one
+/// commit serves many messages (archiving is cheap per message); alone, a
+/// message is written at once.
+async fn writer(cx: ModuleCx, mut rx: tokio::sync::mpsc::Receiver<Write>) {
+    let store = MamSql::of(&cx);
+    let mut batch: Vec<Write> = Vec::with_capacity(BATCH);
+    while let Some(w) = rx.recv().await {
+        batch.push(w);
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let rows: Vec<(String, String, Item)> = batch
+            .iter()
+            .map(|w| (w.host.clone(), w.user.clone(), w.item.clone()))
+            .collect();
+        if let Err(e) = store.insert_many(&rows).await {
+            // One at a time, so one bad row does not cost the others.
+            tracing::warn!(error = %e, "an archive batch failed; writing its messages one by one");
+            for (host, user, item) in &rows {
+                if let Err(e) = store.insert(host, user, std::slice::from_ref(item)).await {
+                    tracing::warn!(error = %e, "archiving a message failed");
+                }
+            }
+        }
+        for w in batch.drain(..) {
+            let _ = w.done.send(());
+        }
+    }
 }
 
 impl State {
@@ -197,6 +251,26 @@ impl State {
             default: self.default,
             always: vec![],
             never: vec![],
+        }
+    }
+
+    /// Archive `item` for `user@host`; returns once it is committed (the
+    /// caller holds the stanza's ticket until then, so `<a/>` means
+    /// archived). Written by the host's archive writer; should the writer
+    /// be gone (the module stopping), written here.
+    async fn archive(&self, cx: &ModuleCx, host: &str, user: &str, item: Item) {
+        let (done, committed) = tokio::sync::oneshot::channel();
+        let w = Write {
+            host: host.to_string(),
+            user: user.to_string(),
+            item: item.clone(),
+            done,
+        };
+        if self.writer.send(w).await.is_ok() && committed.await.is_ok() {
+            return;
+        }
+        if let Err(e) = MamSql::of(cx).insert(host, user, &[item]).await {
+            tracing::warn!(error = %e, "archiving a message failed");
         }
     }
 
@@ -230,10 +304,14 @@ impl Module for Mam {
             )
         })?;
         host.migrations(store::MIGRATIONS);
+        let (writer_tx, writer_rx) = tokio::sync::mpsc::channel(4 * BATCH);
         let state = Arc::new(State {
             default,
             prefs: DashMap::new(),
+            sent_ids: DashMap::new(),
+            writer: writer_tx,
         });
+        host.spawn_task(move |cx| writer(cx, writer_rx));
         for f in [NS_MAM, NS_MAM_EXTENDED, NS_SID] {
             host.add_feature(f);
             host.add_account_feature(f);
@@ -265,6 +343,16 @@ impl Module for Mam {
         let s = state.clone();
         host.hook::<MessageIn>(0, move |cx, st| {
             received(&s, cx, st);
+            HookAction::Continue
+        });
+        let s = state.clone();
+        // Last of the send hooks: a stanza that reaches it is routed.
+        host.hook::<UserSend>(-1000, move |cx, st| {
+            if let Some(session) = cx.session()
+                && let Some(me) = sent_archivable(session, st)
+            {
+                s.sent_ids.entry(me).or_default().push_back(next_id());
+            }
             HookAction::Continue
         });
         let s = state.clone();
@@ -521,11 +609,7 @@ fn received(state: &Arc<State>, cx: &HookCx<'_>, st: &mut Stanza) {
             return;
         }
         match allowed(&state, &cx2, &host, &user, &from).await {
-            Ok(true) => {
-                if let Err(e) = MamSql::of(&cx2).insert(&host, &user, &[item]).await {
-                    tracing::warn!(error = %e, "archiving a received message failed");
-                }
-            }
+            Ok(true) => state.archive(&cx2, &host, &user, item).await,
             Ok(false) => {}
             Err(e) => tracing::warn!(error = ?e, "archive preferences unavailable"),
         }
@@ -540,13 +624,27 @@ fn stanza_id(id: &str, by: &str) -> Element {
 }
 
 /// A message a local session sent: into the sender's archive.
+/// The sender's bare JID when a message it sends goes to its archive's
+/// sent side (a message to the account itself is archived once, as
+/// received).
+fn sent_archivable(session: &FullJid, st: &Stanza) -> Option<String> {
+    let to = st.to.as_ref()?;
+    let me = session.to_bare();
+    (to.to_bare() != me && archivable(st)).then(|| me.to_string())
+}
+
 async fn archive_sent(state: &State, cx: &ModuleCx, session: &FullJid, st: &Stanza) {
+    let Some(key) = sent_archivable(session, st) else {
+        return;
+    };
+    // The id taken when it was sent (see `State::sent_ids`).
+    let n = {
+        let taken = state.sent_ids.get_mut(&key).and_then(|mut q| q.pop_front());
+        state.sent_ids.remove_if(&key, |_, q| q.is_empty());
+        taken.unwrap_or_else(next_id)
+    };
     let Some(to) = st.to.clone() else { return };
     let me = session.to_bare();
-    // A message to the account itself is archived once, as received.
-    if to.to_bare() == me || !archivable(st) {
-        return;
-    }
     let (Some(node), host) = (me.node(), me.domain().as_str()) else {
         return;
     };
@@ -560,10 +658,8 @@ async fn archive_sent(state: &State, cx: &ModuleCx, session: &FullJid, st: &Stan
     }
     let mut el = st.el.clone();
     strip_stanza_ids(&mut el, me.as_str());
-    let item = item_for(next_id(), &to, &el);
-    if let Err(e) = MamSql::of(cx).insert(host, node.as_str(), &[item]).await {
-        tracing::warn!(error = %e, "archiving a sent message failed");
-    }
+    let item = item_for(n, &to, &el);
+    state.archive(cx, host, node.as_str(), item).await;
 }
 
 // ---------------------------------------------------------------- queries
@@ -687,7 +783,6 @@ async fn query(req: IqRequest) -> IqResult {
         .map_err(|e| bad(e.to_string()))?
         .unwrap_or_default();
     let limit = rsm.limit(DEFAULT_PAGE, MAX_PAGE);
-    let count = store.count(&host, &user, &f).await.map_err(internal)?;
     let mut pf = f.clone();
     let mut backward = false;
     if let Some(a) = &rsm.after {
@@ -707,8 +802,8 @@ async fn query(req: IqRequest) -> IqResult {
     } else {
         rsm.index.unwrap_or(0)
     };
-    let mut rows = store
-        .page(&host, &user, &pf, limit + 1, offset, backward)
+    let (count, mut rows) = store
+        .count_and_page(&host, &user, &f, &pf, limit + 1, offset, backward)
         .await
         .map_err(internal)?;
     let more = rows.len() > limit;

@@ -128,6 +128,34 @@ impl MamSql {
         Ok(())
     }
 
+    /// Archive messages of several accounts (`(host, user, item)`) in one
+    /// transaction: the archive writer's batch.
+    pub async fn insert_many(&self, rows: &[(String, String, Item)]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        on_db!(&self.0, |pool| {
+            let mut tx = pool.begin_write().await?;
+            for (host, user, it) in rows {
+                sqlx::query(
+                    "INSERT INTO mam_archive (host, username, id, with_bare, with_res, origin_id, xml) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                )
+                .bind(host)
+                .bind(user)
+                .bind(it.id)
+                .bind(&it.with_bare)
+                .bind(&it.with_res)
+                .bind(&it.origin_id)
+                .bind(&it.xml)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
     fn where_clause(f: &Filter, binds: &mut Vec<Bind>) -> String {
         let mut sql = String::from("host = $1 AND username = $2");
         let mut push = |sql: &mut String, cond: &str, b: Bind| {
@@ -164,8 +192,69 @@ impl MamSql {
         sql
     }
 
-    /// A page of `f`: up to `limit` rows after skipping `offset`, oldest
-    /// first (`backward`: the newest ones, still returned oldest first).
+    /// How many rows `f` covers, and a page of `pf` (`pf` narrows `f`): up
+    /// to `limit` rows after skipping `offset`, oldest first (`backward`:
+    /// the newest ones, still returned oldest first). Both are read from one
+    /// snapshot, so the count and the page agree while messages arrive.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn count_and_page(
+        &self,
+        host: &str,
+        user: &str,
+        f: &Filter,
+        pf: &Filter,
+        limit: usize,
+        offset: usize,
+        backward: bool,
+    ) -> Result<(usize, Vec<(i64, String)>)> {
+        let mut cbinds = Vec::new();
+        let w = Self::where_clause(f, &mut cbinds);
+        let count_sql = format!("SELECT COUNT(*) FROM mam_archive WHERE {w}");
+        let mut binds = Vec::new();
+        let w = Self::where_clause(pf, &mut binds);
+        let sql = format!(
+            "SELECT id, xml FROM mam_archive WHERE {w} ORDER BY id {} LIMIT {} OFFSET {}",
+            if backward { "DESC" } else { "ASC" },
+            limit,
+            offset
+        );
+        let (n, mut rows): (i64, Vec<(i64, String)>) = on_db!(&self.0, |pool| {
+            let mut tx = pool.begin_snapshot().await?;
+            let mut q = sqlx::query_scalar::<_, i64>(&count_sql)
+                .bind(host)
+                .bind(user);
+            for b in &cbinds {
+                q = match b {
+                    Bind::Text(s) => q.bind(s.as_str()),
+                    Bind::Int(i) => q.bind(*i),
+                };
+            }
+            let n = q.fetch_one(&mut *tx).await?;
+            let mut q = sqlx::query_as::<_, (i64, String)>(&sql)
+                .bind(host)
+                .bind(user);
+            for b in &binds {
+                q = match b {
+                    Bind::Text(s) => q.bind(s.as_str()),
+                    Bind::Int(i) => q.bind(*i),
+                };
+            }
+            let rows = q.fetch_all(&mut *tx).await?;
+            tx.commit().await?;
+            (n, rows)
+        });
+        if backward {
+            rows.reverse();
+        }
+        Ok((n.max(0) as usize, rows))
+    }
+
+    /// How many rows `f` covers.
+    pub async fn count(&self, host: &str, user: &str, f: &Filter) -> Result<usize> {
+        Ok(self.count_and_page(host, user, f, f, 0, 0, false).await?.0)
+    }
+
+    /// A page of `f` (see [`MamSql::count_and_page`]), alone.
     pub async fn page(
         &self,
         host: &str,
@@ -199,24 +288,6 @@ impl MamSql {
             rows.reverse();
         }
         Ok(rows)
-    }
-
-    /// How many rows `f` covers.
-    pub async fn count(&self, host: &str, user: &str, f: &Filter) -> Result<usize> {
-        let mut binds = Vec::new();
-        let w = Self::where_clause(f, &mut binds);
-        let sql = format!("SELECT COUNT(*) FROM mam_archive WHERE {w}");
-        let n: i64 = on_db!(&self.0, |pool| {
-            let mut q = sqlx::query_scalar::<_, i64>(&sql).bind(host).bind(user);
-            for b in &binds {
-                q = match b {
-                    Bind::Text(s) => q.bind(s.as_str()),
-                    Bind::Int(i) => q.bind(*i),
-                };
-            }
-            q.fetch_one(pool).await?
-        });
-        Ok(n.max(0) as usize)
     }
 
     /// Whether the account's archive has message `id`.
