@@ -552,3 +552,49 @@ async fn log_file_reopened_by_command_and_signal() {
         .status();
     let _ = tokio::time::timeout(TIMEOUT, child.wait()).await;
 }
+
+/// The Docker image's entrypoint and both of its configs (SQLite, and
+/// PostgreSQL when `PALAVER_DB_URL` is set) give a configuration that
+/// `palaver config check` accepts, with the domain from `XMPP_DOMAIN`.
+/// (The image itself is built by `docker build`, not here.)
+#[test]
+fn docker_entrypoint_configs_check() {
+    let bin_dir = std::path::Path::new(BIN)
+        .parent()
+        .expect("binary directory")
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for (config, db) in [
+        ("deploy/docker/palaver.yml", None),
+        (
+            "deploy/docker/palaver-pgsql.yml",
+            Some("postgres://u@db/palaver"),
+        ),
+    ] {
+        let mut cmd = Command::new("sh");
+        cmd.args(["deploy/docker/entrypoint.sh", "config", "check"])
+            .env("PATH", &path)
+            .env("XMPP_DOMAIN", "chat.example.org")
+            .env("PALAVER_CONFIG", config)
+            .env_remove("PALAVER_DB_URL");
+        if let Some(url) = db {
+            cmd.env("PALAVER_DB_URL", url);
+        }
+        let out = cmd.output().expect("run the entrypoint");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{config}: {text}");
+        assert!(
+            text.contains("configuration OK: 1 host(s), 3 listener(s)")
+                && text.contains("chat.example.org"),
+            "{config}: {text}"
+        );
+    }
+}

@@ -29,6 +29,36 @@ pub const MIGRATIONS: &[ModuleMigration] = &[ModuleMigration {
                always_jids TEXT NOT NULL, never_jids TEXT NOT NULL, PRIMARY KEY (host, username));",
 }];
 
+/// Rows per statement of [`MamSql::insert_many`] (7 parameters each,
+/// well under SQLite's and PostgreSQL's limits).
+pub const ROWS_PER_INSERT: usize = 128;
+
+/// `INSERT … VALUES (…), (…) …` for `n` archive rows.
+fn multi_row_insert(n: usize) -> String {
+    let mut sql = String::with_capacity(120 + n * 40);
+    sql.push_str(
+        "INSERT INTO mam_archive (host, username, id, with_bare, with_res, origin_id, xml) VALUES ",
+    );
+    for r in 0..n {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        let b = r * 7;
+        sql.push_str(&format!(
+            "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4,
+            b + 5,
+            b + 6,
+            b + 7
+        ));
+    }
+    sql.push_str(" ON CONFLICT DO NOTHING");
+    sql
+}
+
 /// A message to archive.
 #[derive(Debug, Clone)]
 pub struct Item {
@@ -129,27 +159,29 @@ impl MamSql {
     }
 
     /// Archive messages of several accounts (`(host, user, item)`) in one
-    /// transaction: the archive writer's batch.
+    /// transaction: the archive writer's batch, written as multi-row
+    /// `INSERT`s of up to [`ROWS_PER_INSERT`] rows (one statement, not one
+    /// per message).
     pub async fn insert_many(&self, rows: &[(String, String, Item)]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
         on_db!(&self.0, |pool| {
             let mut tx = pool.begin_write().await?;
-            for (host, user, it) in rows {
-                sqlx::query(
-                    "INSERT INTO mam_archive (host, username, id, with_bare, with_res, origin_id, xml) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-                )
-                .bind(host)
-                .bind(user)
-                .bind(it.id)
-                .bind(&it.with_bare)
-                .bind(&it.with_res)
-                .bind(&it.origin_id)
-                .bind(&it.xml)
-                .execute(&mut *tx)
-                .await?;
+            for chunk in rows.chunks(ROWS_PER_INSERT) {
+                let sql = multi_row_insert(chunk.len());
+                let mut q = sqlx::query(&sql);
+                for (host, user, it) in chunk {
+                    q = q
+                        .bind(host)
+                        .bind(user)
+                        .bind(it.id)
+                        .bind(&it.with_bare)
+                        .bind(&it.with_res)
+                        .bind(&it.origin_id)
+                        .bind(&it.xml);
+                }
+                q.execute(&mut *tx).await?;
             }
             tx.commit().await?;
         });
