@@ -34,13 +34,7 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true)
-            // Pages come from a 32 MiB cache per connection and a memory map
-            // of up to 256 MiB of the file, rather than a read(2) per page
-            // missed from SQLite's 2 MB default cache (index inserts of a
-            // growing archive touch pages all over the file).
-            .pragma("cache_size", "-32768")
-            .pragma("mmap_size", "268435456");
+            .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(opts)
