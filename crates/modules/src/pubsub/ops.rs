@@ -605,14 +605,14 @@ impl Svc {
     /// Send `<event>` + `payload_el` to every recipient of the node.
     async fn broadcast(&self, n: &Node, payload_el: Element) -> Result<(), StanzaError> {
         let to = self.recipients(n).await?;
-        self.deliver(n, &to, payload_el);
+        self.notify_recipients(n, &to, payload_el);
         Ok(())
     }
 
     /// Send one event to `to`, as each subscription's options ask: only to
     /// sessions whose presence is among `show-values`, item events gathered
     /// into digests, with a body when asked.
-    fn deliver(&self, n: &Node, to: &[Recipient], payload_el: Element) {
+    fn notify_recipients(&self, n: &Node, to: &[Recipient], payload_el: Element) {
         let from = self.t.jid();
         let kind = n.cfg.notification_type.as_str();
         let digestible = payload_el.name() == "items";
@@ -1099,7 +1099,7 @@ impl Svc {
                 set_attr(&mut r, "uri", uri);
                 d.append_child(r);
             }
-            self.deliver(&n, &to, d);
+            self.notify_recipients(&n, &to, d);
         }
         Ok(None)
     }
