@@ -188,6 +188,23 @@ impl MamSql {
         Ok(())
     }
 
+    /// The page query of [`MamSql::page`] and [`MamSql::count_and_page`].
+    fn page_sql(
+        f: &Filter,
+        limit: usize,
+        offset: usize,
+        backward: bool,
+        binds: &mut Vec<Bind>,
+    ) -> String {
+        let w = Self::where_clause(f, binds);
+        format!(
+            "SELECT id, xml FROM mam_archive WHERE {w} ORDER BY id {} LIMIT {} OFFSET {}",
+            if backward { "DESC" } else { "ASC" },
+            limit,
+            offset
+        )
+    }
+
     fn where_clause(f: &Filter, binds: &mut Vec<Bind>) -> String {
         let mut sql = String::from("host = $1 AND username = $2");
         let mut push = |sql: &mut String, cond: &str, b: Bind| {
@@ -243,13 +260,7 @@ impl MamSql {
         let w = Self::where_clause(f, &mut cbinds);
         let count_sql = format!("SELECT COUNT(*) FROM mam_archive WHERE {w}");
         let mut binds = Vec::new();
-        let w = Self::where_clause(pf, &mut binds);
-        let sql = format!(
-            "SELECT id, xml FROM mam_archive WHERE {w} ORDER BY id {} LIMIT {} OFFSET {}",
-            if backward { "DESC" } else { "ASC" },
-            limit,
-            offset
-        );
+        let sql = Self::page_sql(pf, limit, offset, backward, &mut binds);
         let (n, mut rows): (i64, Vec<(i64, String)>) = on_db!(&self.0, |pool| {
             let mut tx = pool.begin_snapshot().await?;
             let mut q = sqlx::query_scalar::<_, i64>(&count_sql)
@@ -297,13 +308,7 @@ impl MamSql {
         backward: bool,
     ) -> Result<Vec<(i64, String)>> {
         let mut binds = Vec::new();
-        let w = Self::where_clause(f, &mut binds);
-        let sql = format!(
-            "SELECT id, xml FROM mam_archive WHERE {w} ORDER BY id {} LIMIT {} OFFSET {}",
-            if backward { "DESC" } else { "ASC" },
-            limit,
-            offset
-        );
+        let sql = Self::page_sql(f, limit, offset, backward, &mut binds);
         let mut rows: Vec<(i64, String)> = on_db!(&self.0, |pool| {
             let mut q = sqlx::query_as::<_, (i64, String)>(&sql)
                 .bind(host)
