@@ -75,12 +75,12 @@ mod echo {
     /// and available presence answered, IQ requests refused.
     fn answer(cx: &ModuleCx, st: Stanza, prefix: &str) {
         let Some(me) = st.to.clone() else { return };
-        let mut el = Element::bare(st.el.name(), CLIENT);
+        let mut el = Element::bare(st.el().name(), CLIENT);
         match (st.kind, st.type_attr()) {
             (_, Some("error")) => return,
             (StanzaKind::Message, _) => {
                 ECHOED.fetch_add(1, Ordering::SeqCst);
-                let body = st.el.get_child("body", CLIENT).map(|b| b.text());
+                let body = st.el().get_child("body", CLIENT).map(|b| b.text());
                 let text = format!("{prefix}{}", body.unwrap_or_default());
                 el.append_child(Element::builder("body", CLIENT).append(text).build());
             }

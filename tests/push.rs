@@ -70,12 +70,12 @@ mod app {
         const XDATA: &str = palaver_proto::ns::DATA_FORMS;
         let mut problems = Vec::new();
         let mut text = String::new();
-        write_element(&mut text, &st.el, "");
+        write_element(&mut text, &st.to_element(), "");
         // p2: the sender must be a bare JID (it looks the node up by its domain).
         if st.from.resource().is_some() {
             problems.push(format!("from {} is not bare", st.from));
         }
-        let pubsub = st.el.get_child("pubsub", PUBSUB);
+        let pubsub = st.el().get_child("pubsub", PUBSUB);
         let publish = pubsub.and_then(|p| p.get_child("publish", PUBSUB));
         let node = publish
             .and_then(|p| p.attr("node"))

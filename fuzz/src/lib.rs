@@ -484,14 +484,21 @@ pub fn jid(data: &[u8]) {
             assert!(StanzaKind::of(name).is_some());
             let to = st.to.as_ref().map(Jid::as_str);
             assert_eq!(to, parsed.as_ref().ok().map(Jid::as_str));
-            assert_eq!(st.el.attr("to"), to);
+            assert_eq!(st.to_element().attr("to"), to);
+            assert_eq!(st.el().attr("to"), None);
             let err = palaver_proto::error::Condition::ServiceUnavailable.into();
             if let Some(reply) = st.error_reply(&err, None) {
                 assert!(!st.is_error());
-                assert_round_trip(&reply.el, ns::CLIENT, 8);
+                assert_round_trip(&reply.to_element(), ns::CLIENT, 8);
             }
-            assert_round_trip(&st.iq_result(None).el, ns::CLIENT, 8);
-            assert_round_trip(&st.el, ns::CLIENT, 8);
+            assert_round_trip(&st.iq_result(None).to_element(), ns::CLIENT, 8);
+            assert_round_trip(&st.to_element(), ns::CLIENT, 8);
+            // A shared copy writes the same text as the stanza alone.
+            let (mut alone, mut shared) = (String::new(), String::new());
+            st.write_xml(&mut alone, ns::CLIENT);
+            let copy = st.clone();
+            copy.write_xml(&mut shared, ns::CLIENT);
+            assert_eq!(alone, shared);
         }
         Err(StanzaParseError::NotAStanza) => assert_eq!(name, "stream"),
         Err(StanzaParseError::JidMalformed) => assert!(parsed.is_err()),

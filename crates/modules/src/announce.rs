@@ -151,10 +151,10 @@ async fn announce(core: ModuleCx, st: Stanza, acl: &str) -> bool {
             r.is_ok() && r2.is_ok()
         }
     };
-    let xml = palaver_proto::writer::to_string(&st.el, "");
+    let xml = palaver_proto::writer::to_string(&st.to_element(), "");
     let ok = match what {
         "online" => {
-            send_online(&core, &host, &st.el);
+            send_online(&core, &host, st.el());
             true
         }
         "motd" => {
@@ -167,7 +167,7 @@ async fn announce(core: ModuleCx, st: Stanza, acl: &str) -> bool {
                         .await;
                 }
             }
-            send_online(&core, &host, &st.el);
+            send_online(&core, &host, st.el());
             ok
         }
         "motd/update" => store_motd(Some(xml)).await,

@@ -145,7 +145,7 @@ pub fn eligible(st: &Stanza) -> bool {
     if st.kind != StanzaKind::Message {
         return false;
     }
-    let el = &st.el;
+    let el = st.el();
     if el.has_child("private", NS_CARBONS)
         || el.has_child("no-copy", NS_HINTS)
         || el.has_child("received", NS_CARBONS)
@@ -172,7 +172,7 @@ fn wrap(kind: &str, me: &BareJid, to: &FullJid, st: &Stanza) -> Stanza {
         set_attr(&mut el, "type", t.to_string());
     }
     let mut fwd = Element::bare("forwarded", NS_FORWARD);
-    let mut inner = st.el.clone();
+    let mut inner = st.to_element();
     set_attr(&mut inner, "from", st.from.to_string());
     fwd.append_child(inner);
     let mut w = Element::bare(kind, NS_CARBONS);
@@ -200,10 +200,10 @@ fn sent(enabled: &Enabled, cx: &HookCx<'_>, st: &mut Stanza) {
     if st.kind != StanzaKind::Message {
         return;
     }
-    let private = st.el.has_child("private", NS_CARBONS);
+    let private = st.el().has_child("private", NS_CARBONS);
     if private {
         // §7: the hint is for our server only.
-        st.el.remove_child("private", NS_CARBONS);
+        st.el_mut().remove_child("private", NS_CARBONS);
     }
     let Some(session) = cx.session() else { return };
     let me = session.to_bare();
@@ -240,7 +240,7 @@ fn received(enabled: &Enabled, cx: &HookCx<'_>, st: &mut Stanza) {
     if st.from.to_bare() == me {
         return;
     }
-    if st.el.has_child("x", NS_MUC_USER) {
+    if st.el().has_child("x", NS_MUC_USER) {
         return;
     }
     let Some(to) = st.to.clone() else { return };

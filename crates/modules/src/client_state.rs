@@ -93,11 +93,11 @@ fn hold(o: &Options, st: &Stanza) -> Option<String> {
             if st.is_error() {
                 return None;
             }
-            let el = carbon_inner(&st.el).unwrap_or(&st.el);
+            let el = carbon_inner(st.el()).unwrap_or(st.el());
             if el.has_child("body", ns::CLIENT) {
                 return None;
             }
-            if let Some(ev) = st.el.get_child("event", NS_PUBSUB_EVENT) {
+            if let Some(ev) = st.el().get_child("event", NS_PUBSUB_EVENT) {
                 let node = ev
                     .get_child("items", NS_PUBSUB_EVENT)
                     .and_then(|i| i.attr("node"))

@@ -48,7 +48,7 @@ fn start(host: &mut HostSetup, _o: NoOptions) -> Result<(), String> {
         };
         let status = p
             .stanza
-            .el
+            .el()
             .get_child("status", ns::CLIENT)
             .map(|s| s.text())
             .unwrap_or_default();

@@ -105,7 +105,7 @@ async fn store(core: ModuleCx, st: Stanza, limit: usize) -> bool {
     if !matches!(st.type_attr(), None | Some("chat") | Some("normal")) {
         return false;
     }
-    let el = &st.el;
+    let el = st.el();
     if el.has_child("no-store", HINTS) || el.has_child("no-permanent-store", HINTS) {
         return true;
     }
@@ -119,7 +119,7 @@ async fn store(core: ModuleCx, st: Stanza, limit: usize) -> bool {
     let Some(node) = to.node() else { return false };
     let host = to.domain().to_string();
     let t = now();
-    let mut copy = st.el.clone();
+    let mut copy = st.to_element();
     let mut delay = Element::bare("delay", ns::DELAY);
     set_attr(&mut delay, "from", host.as_str());
     set_attr(

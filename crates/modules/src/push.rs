@@ -253,11 +253,11 @@ async fn enable_disable(req: IqRequest) -> IqResult {
 fn has_content(st: &Stanza) -> bool {
     st.kind == StanzaKind::Message
         && !matches!(st.type_attr(), Some("error" | "headline"))
-        && (st.el.has_child("body", ns::CLIENT) || encrypted(st))
+        && (st.el().has_child("body", ns::CLIENT) || encrypted(st))
 }
 
 fn encrypted(st: &Stanza) -> bool {
-    st.el
+    st.el()
         .children()
         .any(|c| ENCRYPTED.contains(&c.ns().as_str()))
 }
@@ -362,7 +362,7 @@ async fn notify(state: &State, cx: &ModuleCx, account: &BareJid, st: &Stanza) {
                 ));
             }
             let body = st
-                .el
+                .el()
                 .get_child("body", ns::CLIENT)
                 .map(|b| b.text())
                 .filter(|b| !b.is_empty());
@@ -432,7 +432,7 @@ fn answer(state: &State, cx: &HookCx<'_>, st: &mut Stanza) {
         return;
     }
     let temporary = st
-        .el
+        .el()
         .get_child("error", ns::CLIENT)
         .is_some_and(|e| e.attr("type") == Some("wait"));
     if temporary {

@@ -560,7 +560,7 @@ async fn presence_in(s: Arc<State>, core: ModuleCx, st: Stanza) -> HookAction {
     // Deliver with a bare `from` (§3.1.3).
     let mut delivered = st.clone();
     delivered.from = Jid::from(from_bare.clone());
-    set_attr(&mut delivered.el, "from", contact.as_str());
+    set_attr(delivered.el_mut(), "from", contact.as_str());
     match kind.as_str() {
         "probe" => {
             if item.subscription.has_from() {
@@ -623,7 +623,7 @@ async fn presence_in(s: Arc<State>, core: ModuleCx, st: Stanza) -> HookAction {
                 // Already pending: no state change, not delivered again
                 // (RFC 6121 Appendix A.3.1); the user gets it at each login.
             } else {
-                let xml = palaver_proto::writer::to_string(&delivered.el, "");
+                let xml = palaver_proto::writer::to_string(&delivered.to_element(), "");
                 if let Err(e) = store.add_pending_in(&host, &user, &contact, &xml).await {
                     tracing::warn!(error = %e, "storing subscription request failed");
                 }

@@ -99,11 +99,11 @@ fn start(host: &mut HostSetup, o: Options) -> Result<(), String> {
     host.hook::<UserSend>(50, move |cx, st| {
         if st.kind == StanzaKind::Presence
             && matches!(st.type_attr(), None | Some("unavailable"))
-            && !st.el.has_child("x", NS_UPDATE)
+            && !st.el().has_child("x", NS_UPDATE)
             && let Some(me) = cx.session()
             && let Some(hash) = h.get(me.to_bare().as_str())
         {
-            st.el.append_child(
+            st.el_mut().append_child(
                 Element::builder("x", NS_UPDATE)
                     .append(Element::builder("photo", NS_UPDATE).append(hash.as_str()))
                     .build(),

@@ -2,9 +2,11 @@
 
 use crate::error::StanzaError;
 use crate::ns;
+use crate::writer::write_root;
 use jid::Jid;
 use minidom::Element;
 use rxml::{Namespace, NcName};
+use std::sync::{Arc, OnceLock};
 
 /// Build an attribute name from a static identifier.
 ///
@@ -62,6 +64,15 @@ impl StanzaKind {
 ///
 /// The element always lives in the `jabber:client` namespace inside the
 /// server; the s2s edge rewrites it to `jabber:server`.
+///
+/// **Shared on fan-out.** The element is held behind an [`Arc`] without its
+/// `to` attribute (the [`Stanza::to`] field is the recipient), and its
+/// serialization is cached beside it: a stanza cloned for many recipients
+/// (a room's message to its occupants, a presence to a roster, a PubSub
+/// notification) shares one element and is serialized once, whoever writes
+/// it first; each write puts the recipient's `to` into that text. Changing
+/// the element ([`Stanza::el_mut`]) detaches the copy from the others
+/// (copy on write) and forgets the cached text.
 #[derive(Debug, Clone)]
 pub struct Stanza {
     /// Kind.
@@ -70,8 +81,11 @@ pub struct Stanza {
     pub from: Jid,
     /// Recipient, when addressed.
     pub to: Option<Jid>,
-    /// The full element (its `from`/`to` attributes kept in sync).
-    pub el: Element,
+    /// The element, without `to` (its `from` attribute kept in sync).
+    el: Arc<Element>,
+    /// The element serialized with `jabber:client` in scope, without `to`;
+    /// shared by every clone until one of them changes the element.
+    wire: Arc<OnceLock<(String, usize)>>,
 }
 
 /// Why an element could not become a stanza.
@@ -93,23 +107,106 @@ impl Stanza {
             Some(t) => Some(Jid::new(t).map_err(|_| StanzaParseError::JidMalformed)?),
         };
         set_attr(&mut el, "from", from.as_str());
-        if let Some(to) = &to {
-            // Normalised form.
-            if el.attr("to") != Some(to.as_str()) {
-                set_attr(&mut el, "to", to.as_str());
-            }
-        }
-        Ok(Stanza { kind, from, to, el })
+        remove_attr(&mut el, "to");
+        Ok(Stanza::wrap(kind, from, to, el))
     }
 
-    /// Build a stanza from an element the server created (attributes must be set).
+    /// Build a stanza from an element the server created (its `from` and
+    /// `to` attributes are set from `from` and `to`).
     pub fn new(kind: StanzaKind, from: Jid, to: Option<Jid>, mut el: Element) -> Stanza {
         set_attr(&mut el, "from", from.as_str());
-        match &to {
-            Some(t) => set_attr(&mut el, "to", t.as_str()),
-            None => remove_attr(&mut el, "to"),
+        remove_attr(&mut el, "to");
+        Stanza::wrap(kind, from, to, el)
+    }
+
+    fn wrap(kind: StanzaKind, from: Jid, to: Option<Jid>, el: Element) -> Stanza {
+        Stanza {
+            kind,
+            from,
+            to,
+            el: Arc::new(el),
+            wire: Arc::default(),
         }
-        Stanza { kind, from, to, el }
+    }
+
+    /// The element, without its `to` attribute (read [`Stanza::to`]); see
+    /// [`Stanza::to_element`] for the whole stanza as an element.
+    pub fn el(&self) -> &Element {
+        &self.el
+    }
+
+    /// The element, to change it. A copy that shares its element with
+    /// others (a fan-out) gets its own element first, and the cached
+    /// serialization is forgotten. Setting `to` here has no effect: use
+    /// [`Stanza::set_to`].
+    pub fn el_mut(&mut self) -> &mut Element {
+        match Arc::get_mut(&mut self.wire) {
+            Some(w) => {
+                w.take();
+            }
+            None => self.wire = Arc::default(),
+        }
+        Arc::make_mut(&mut self.el)
+    }
+
+    /// The whole stanza as an element, `to` included (for storage, a
+    /// carbon's `<forwarded/>`, an archive).
+    pub fn to_element(&self) -> Element {
+        let mut el = (*self.el).clone();
+        if let Some(to) = &self.to {
+            set_attr(&mut el, "to", to.as_str());
+        }
+        el
+    }
+
+    /// The whole stanza as an element, `to` included, without a copy when
+    /// this is the element's only holder.
+    pub fn into_element(self) -> Element {
+        let mut el = Arc::try_unwrap(self.el).unwrap_or_else(|shared| (*shared).clone());
+        if let Some(to) = &self.to {
+            set_attr(&mut el, "to", to.as_str());
+        }
+        el
+    }
+
+    /// Serialize the stanza, `to` included, into `out` where `parent_ns` is
+    /// the default namespace in scope (`jabber:client` on a client stream
+    /// or, inherited as `jabber:server`, on a server stream; none for a
+    /// standalone document). A stanza shared with other copies is
+    /// serialized once for all of them; each write adds only its own `to`.
+    pub fn write_xml(&self, out: &mut String, parent_ns: &str) {
+        let to = self.to.as_ref().map(Jid::as_str);
+        let shared = Arc::strong_count(&self.wire) > 1 || self.wire.get().is_some();
+        if !shared || !self.el.has_ns(ns::CLIENT) {
+            // Written once: straight into the output.
+            write_root(out, &self.el, parent_ns, to);
+            return;
+        }
+        let (wire, to_at) = self.wire.get_or_init(|| {
+            let mut s = String::with_capacity(256);
+            let at = write_root(&mut s, &self.el, ns::CLIENT, None);
+            (s, at)
+        });
+        // `<name` + (xmlns when the scope differs) + the attributes before
+        // `to` + ` to='…'` + the rest.
+        let name_end = 1 + self.el.name().len();
+        out.push_str(&wire[..name_end]);
+        if parent_ns != ns::CLIENT {
+            out.push_str(" xmlns='");
+            out.push_str(ns::CLIENT);
+            out.push('\'');
+        }
+        out.push_str(&wire[name_end..*to_at]);
+        if let Some(to) = to {
+            crate::writer::write_attr(out, "to", to);
+        }
+        out.push_str(&wire[*to_at..]);
+    }
+
+    /// Whether this copy shares its element (and its serialization) with
+    /// another copy.
+    pub fn is_shared(&self) -> bool {
+        Arc::strong_count(&self.el) > 1
     }
 
     /// The `type` attribute.
@@ -127,12 +224,9 @@ impl Stanza {
         self.type_attr() == Some("error")
     }
 
-    /// Change the recipient.
+    /// Change the recipient (the element, shared or not, is untouched: the
+    /// recipient is written from this field).
     pub fn set_to(&mut self, to: Option<Jid>) {
-        match &to {
-            Some(t) => set_attr(&mut self.el, "to", t.as_str()),
-            None => remove_attr(&mut self.el, "to"),
-        }
         self.to = to;
     }
 
@@ -148,7 +242,7 @@ impl Stanza {
             // Keep only the request payload is allowed; we send none to stay small.
             Element::bare("iq", ns::CLIENT)
         } else {
-            let mut e = self.el.clone();
+            let mut e = (*self.el).clone();
             e.attrs_mut().clear();
             e
         };
@@ -198,21 +292,108 @@ mod tests {
             .unwrap();
         let from = Jid::new("a@localhost/r").unwrap();
         let st = Stanza::from_element(el, from.clone()).unwrap();
-        assert_eq!(st.el.attr("from"), Some("a@localhost/r"));
-        assert_eq!(st.el.attr("to"), Some("localhost"));
+        assert_eq!(st.el().attr("from"), Some("a@localhost/r"));
+        assert_eq!(st.el().attr("to"), None);
+        assert_eq!(st.to_element().attr("to"), Some("localhost"));
         let err = st
             .error_reply(&Condition::ServiceUnavailable.into(), None)
             .unwrap();
         assert_eq!(err.to, Some(from));
-        assert_eq!(err.el.attr("type"), Some("error"));
-        assert_eq!(err.el.attr("id"), Some("x"));
+        assert_eq!(err.el().attr("type"), Some("error"));
+        assert_eq!(err.el().attr("id"), Some("x"));
         assert!(
             err.error_reply(&Condition::BadRequest.into(), None)
                 .is_none()
         );
         let res = st.iq_result(None);
-        assert_eq!(res.el.attr("type"), Some("result"));
+        assert_eq!(res.el().attr("type"), Some("result"));
         assert_eq!(res.from.as_str(), "localhost");
+    }
+
+    fn msg(to: &str) -> Stanza {
+        let el: Element = "<message xmlns='jabber:client' type='groupchat' id='m1' xml:lang='en'><body>a &lt; b</body><x xmlns='urn:x' a='1'/></message>"
+            .parse()
+            .unwrap();
+        Stanza::new(
+            StanzaKind::Message,
+            Jid::new("room@conference.localhost/nick").unwrap(),
+            Some(Jid::new(to).unwrap()),
+            el,
+        )
+    }
+
+    fn written(st: &Stanza, scope: &str) -> String {
+        let mut out = String::new();
+        st.write_xml(&mut out, scope);
+        out
+    }
+
+    #[test]
+    fn a_fan_out_is_serialized_once_and_reads_the_same() {
+        let template = msg("a@localhost/r");
+        let alone = [written(&template, ns::CLIENT), written(&template, "")];
+        assert!(
+            template.wire.get().is_none(),
+            "an unshared stanza is not cached"
+        );
+        // Clones for other recipients share the element and its text.
+        let mut copies: Vec<Stanza> = ["a@localhost/r", "b@localhost/x'y"]
+            .iter()
+            .map(|to| {
+                let mut c = template.clone();
+                c.set_to(Some(Jid::new(to).unwrap()));
+                c
+            })
+            .collect();
+        assert!(copies[0].is_shared());
+        assert_eq!(written(&copies[0], ns::CLIENT), alone[0]);
+        assert_eq!(written(&copies[0], ""), alone[1]);
+        assert!(Arc::ptr_eq(&copies[0].wire, &copies[1].wire));
+        assert!(copies[1].wire.get().is_some(), "serialized once for all");
+        let b = written(&copies[1], ns::CLIENT);
+        assert!(
+            b.starts_with("<message from='room@conference.localhost/nick' id='m1' to='b@localhost/x&apos;y' type="),
+            "{b}"
+        );
+        // The text parses back to the same stanza, `to` included.
+        for scope in [ns::CLIENT, ""] {
+            let text = written(&copies[1], scope);
+            let text = if scope.is_empty() {
+                text
+            } else {
+                text.replacen("<message", "<message xmlns='jabber:client'", 1)
+            };
+            let back: Element = text.parse().unwrap();
+            assert_eq!(back, copies[1].to_element());
+        }
+        // A change detaches that copy only.
+        copies[1]
+            .el_mut()
+            .append_child(Element::bare("extra", "urn:y"));
+        assert!(!Arc::ptr_eq(&copies[0].wire, &copies[1].wire));
+        assert!(copies[1].el().has_child("extra", "urn:y"));
+        assert!(!copies[0].el().has_child("extra", "urn:y"));
+        assert!(written(&copies[1], ns::CLIENT).contains("<extra xmlns='urn:y'/>"));
+        assert_eq!(written(&copies[0], ns::CLIENT), alone[0]);
+        assert_eq!(copies[0].clone().into_element(), template.to_element());
+    }
+
+    #[test]
+    fn a_stanza_out_of_jabber_client_is_written_whole() {
+        let el: Element = "<message xmlns='jabber:server'><body>x</body></message>"
+            .parse()
+            .unwrap();
+        let st = Stanza::new(
+            StanzaKind::Message,
+            Jid::new("a@b").unwrap(),
+            Some(Jid::new("c@d").unwrap()),
+            el,
+        );
+        let copy = st.clone();
+        assert_eq!(
+            written(&copy, ns::CLIENT),
+            "<message xmlns='jabber:server' from='a@b' to='c@d'><body>x</body></message>"
+        );
     }
 
     #[test]

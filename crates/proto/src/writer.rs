@@ -28,6 +28,23 @@ pub fn escape_into(out: &mut String, s: &str) {
 
 /// Serialize `el` into `out`, assuming the in-scope default namespace is `parent_ns`.
 pub fn write_element(out: &mut String, el: &Element, parent_ns: &str) {
+    write_root(out, el, parent_ns, None);
+}
+
+/// ` name='value'` (the value escaped).
+pub fn write_attr(out: &mut String, name: &str, value: &str) {
+    out.push(' ');
+    out.push_str(name);
+    out.push_str("='");
+    escape_into(out, value);
+    out.push('\'');
+}
+
+/// [`write_element`], with a `to` attribute added in its place among the
+/// others (a stanza whose recipient is kept beside its element,
+/// `crate::stanza::Stanza`). Returns the offset in `out` where `to` is (or,
+/// without one, would be) written.
+pub fn write_root(out: &mut String, el: &Element, parent_ns: &str, to: Option<&str>) -> usize {
     out.push('<');
     out.push_str(el.name());
     let own_ns;
@@ -40,8 +57,17 @@ pub fn write_element(out: &mut String, el: &Element, parent_ns: &str) {
         out.push('\'');
         &own_ns
     };
+    // Attributes come in their map's order (un-namespaced ones by name,
+    // then namespaced ones): `to` goes where the map would have put it.
+    let mut to_at = None;
     let mut extra = 0usize;
     for ((ans, name), value) in el.attrs().iter() {
+        if to_at.is_none() && (!ans.is_none() || name.as_str() > "to") {
+            to_at = Some(out.len());
+            if let Some(to) = to {
+                write_attr(out, "to", to);
+            }
+        }
         out.push(' ');
         if ans.is_none() {
             out.push_str(name.as_str());
@@ -65,6 +91,22 @@ pub fn write_element(out: &mut String, el: &Element, parent_ns: &str) {
         escape_into(out, value);
         out.push('\'');
     }
+    let to_at = match to_at {
+        Some(at) => at,
+        None => {
+            let at = out.len();
+            if let Some(to) = to {
+                write_attr(out, "to", to);
+            }
+            at
+        }
+    };
+    write_content(out, el, ns);
+    to_at
+}
+
+/// The children of `el` and its end tag (after its start tag's attributes).
+fn write_content(out: &mut String, el: &Element, ns: &str) {
     let mut nodes = el.nodes().peekable();
     if nodes.peek().is_none() {
         out.push_str("/>");

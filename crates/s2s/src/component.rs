@@ -181,7 +181,7 @@ async fn run(
         tokio::select! {
             out = rx.recv() => {
                 let Some(out) = out else { break Ok(()) };
-                if st.send(&out.el).await.is_err() {
+                if st.send_stanza(&out).await.is_err() {
                     core.bounce(&out, Condition::ServiceUnavailable, None);
                     break Ok(());
                 }

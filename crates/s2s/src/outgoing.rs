@@ -444,7 +444,7 @@ async fn run(
                 last = Instant::now();
                 let from = st.from.domain().to_string();
                 if senders.authed.contains(&from) {
-                    if let Err(e) = stream.send(&st.el).await {
+                    if let Err(e) = stream.send_stanza(&st).await {
                         tracing::info!(%remote, error = %e, "s2s write failed");
                         bounce(&s2s, &st, Condition::RemoteServerNotFound, "the connection to the remote server failed");
                         break "write failed";
@@ -495,7 +495,7 @@ async fn run(
                             for st in w.queue {
                                 if failed {
                                     bounce(&s2s, &st, Condition::RemoteServerNotFound, "the connection to the remote server failed");
-                                } else if stream.send(&st.el).await.is_err() {
+                                } else if stream.send_stanza(&st).await.is_err() {
                                     failed = true;
                                     bounce(&s2s, &st, Condition::RemoteServerNotFound, "the connection to the remote server failed");
                                 }
@@ -537,7 +537,7 @@ async fn run(
                 let mut again = Vec::new();
                 while let Ok(st) = rx.try_recv() {
                     if senders.authed.contains(st.from.domain().as_str()) {
-                        let _ = stream.send(&st.el).await;
+                        let _ = stream.send_stanza(&st).await;
                     } else {
                         again.push(st);
                     }
@@ -555,7 +555,7 @@ async fn run(
                 rx.close();
                 while let Ok(st) = rx.try_recv() {
                     if senders.authed.contains(st.from.domain().as_str()) {
-                        let _ = stream.send(&st.el).await;
+                        let _ = stream.send_stanza(&st).await;
                     } else {
                         bounce(&s2s, &st, Condition::RemoteServerNotFound, "the server is shutting down");
                     }

@@ -181,6 +181,18 @@ impl XmlStream {
         self.io.flush().await
     }
 
+    /// Write a stanza (see [`Stream::send`]); a stanza shared by a fan-out
+    /// is serialized once for all its recipients.
+    pub async fn send_stanza(&mut self, st: &palaver_proto::stanza::Stanza) -> io::Result<()> {
+        self.out.clear();
+        st.write_xml(&mut self.out, ns::CLIENT);
+        self.io.write_all(self.out.as_bytes()).await?;
+        if self.out.capacity() > 65_536 {
+            self.out = String::new();
+        }
+        self.io.flush().await
+    }
+
     /// Send a stream error and close the stream.
     pub async fn fail(&mut self, err: &StreamError) {
         let _ = self

@@ -481,7 +481,7 @@ fn archivable(st: &Stanza) -> bool {
     if matches!(st.type_attr(), Some("groupchat" | "headline" | "error")) {
         return false;
     }
-    let el = &st.el;
+    let el = st.el();
     if el.has_child("no-store", NS_HINTS)
         || el.has_child("no-permanent-store", NS_HINTS)
         || el.has_child("received", NS_CARBONS)
@@ -497,13 +497,16 @@ fn archivable(st: &Stanza) -> bool {
             .any(|c| STORED_PAYLOADS.contains(&c.ns().as_str()))
 }
 
+/// Whether `el` carries a `<stanza-id/>` claiming to be by `account`.
+pub fn claims_stanza_id(el: &Element, account: &str) -> bool {
+    el.children()
+        .any(|c| c.is("stanza-id", NS_SID) && c.attr("by") == Some(account))
+}
+
 /// Remove the `<stanza-id/>`s claiming to be by `account` from `el`;
 /// returns the one this process gave out, if any (kept out of `el` too).
 pub fn strip_stanza_ids(el: &mut Element, account: &str) -> Option<String> {
-    let claims = el
-        .children()
-        .any(|c| c.is("stanza-id", NS_SID) && c.attr("by") == Some(account));
-    if !claims {
+    if !claims_stanza_id(el, account) {
         return None;
     }
     let mut ours = None;
@@ -574,13 +577,18 @@ fn received(state: &Arc<State>, cx: &HookCx<'_>, st: &mut Stanza) {
         return;
     };
     let account = to.to_string();
-    let ours = strip_stanza_ids(&mut st.el, &account);
+    // Looked at first: a stanza shared by a fan-out is not copied for nothing.
+    let ours = if claims_stanza_id(st.el(), &account) {
+        strip_stanza_ids(st.el_mut(), &account)
+    } else {
+        None
+    };
     if let Some(id) = ours {
         // Routed again (its session ended unacknowledged): archived already.
-        st.el.append_child(stanza_id(&id, &account));
+        st.el_mut().append_child(stanza_id(&id, &account));
         return;
     }
-    if !archivable(st) || (st.from.to_bare() == to && st.el.has_child("forwarded", NS_FORWARD)) {
+    if !archivable(st) || (st.from.to_bare() == to && st.el().has_child("forwarded", NS_FORWARD)) {
         return;
     }
     let likely = match state.prefs.get(&account) {
@@ -591,8 +599,8 @@ fn received(state: &Arc<State>, cx: &HookCx<'_>, st: &mut Stanza) {
         return;
     }
     let n = next_id();
-    let item = item_for(n, &st.from, &st.el);
-    st.el
+    let item = item_for(n, &st.from, &st.to_element());
+    st.el_mut()
         .append_child(stanza_id(&encode_id(&account, n), &account));
     let (state, cx2) = (state.clone(), cx.cx().clone());
     let (host, user, from) = (host.to_string(), node.to_string(), st.from.clone());
@@ -656,7 +664,7 @@ async fn archive_sent(state: &State, cx: &ModuleCx, session: &FullJid, st: &Stan
             return;
         }
     }
-    let mut el = st.el.clone();
+    let mut el = st.to_element();
     strip_stanza_ids(&mut el, me.as_str());
     let item = item_for(n, &to, &el);
     state.archive(cx, host, node.as_str(), item).await;

@@ -557,7 +557,7 @@ impl Service {
                     };
                     // §10.1.2: a room asked for with the MUC extension stays
                     // locked until configured; a GC 1.0 join makes it instant.
-                    let locked = st.el.get_child("x", NS_MUC).is_some();
+                    let locked = st.el().get_child("x", NS_MUC).is_some();
                     let mut created = false;
                     let arc = self
                         .rooms
@@ -965,7 +965,7 @@ impl Service {
                 );
                 drop(room);
                 let vcard = payload.is_some_and(|p| p.is("vCard", NS_VCARD));
-                let mut el = st.el.clone();
+                let mut el = st.to_element();
                 set_attr(&mut el, "id", encode_id(&from, st.id().unwrap_or("")));
                 let to = if vcard { target_bare } else { to };
                 cx.route(Stanza::new(StanzaKind::Iq, at(&me), Some(to), el));
@@ -987,7 +987,7 @@ impl Service {
                 let (Some(sender), true) = (sender, asker_ok) else {
                     return;
                 };
-                let mut el = st.el.clone();
+                let mut el = st.to_element();
                 set_attr(&mut el, "id", id);
                 cx.route(Stanza::new(
                     StanzaKind::Iq,

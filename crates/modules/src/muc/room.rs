@@ -111,6 +111,16 @@ pub struct Effects {
     pub archive: Option<super::store::Archived>,
 }
 
+/// A copy of `template` for each of `sessions`: the copies share its
+/// element and are serialized once (`Stanza::write_xml`).
+fn fan_out(template: &Stanza, sessions: &[FullJid], fx: &mut Effects) {
+    for s in sessions {
+        let mut copy = template.clone();
+        copy.set_to(Some(s.clone().into()));
+        fx.out.push(copy);
+    }
+}
+
 /// A room.
 pub struct Room {
     pub jid: BareJid,
@@ -411,26 +421,10 @@ impl Room {
     }
 
     /// Tell every occupant (and the subject, `extra_self` codes included)
-    /// about `occ`'s presence: one element per variant, cloned per session.
+    /// about `occ`'s presence: one stanza per variant, shared by every
+    /// session that gets it (serialized once, [`Stanza::write_xml`]).
     fn broadcast_presence(&self, occ: &Occupant, p: &Pres, self_codes: &[u16], fx: &mut Effects) {
-        let from = self.nick_jid(&occ.nick);
-        let mut variants: [Option<Element>; 2] = [None, None];
-        for other in self.occupants.values() {
-            if other.nick == occ.nick {
-                continue;
-            }
-            let with_jid = self.sees_jids(other);
-            let v = variants[with_jid as usize]
-                .get_or_insert_with(|| self.presence_el(occ, with_jid, false, p));
-            for s in &other.sessions {
-                fx.out.push(Stanza::new(
-                    StanzaKind::Presence,
-                    from.clone(),
-                    Some(s.clone().into()),
-                    v.clone(),
-                ));
-            }
-        }
+        self.broadcast_presence_to_others(occ, p, fx);
         let mut mine = Pres {
             unavailable: p.unavailable,
             codes: p.codes.clone(),
@@ -441,28 +435,16 @@ impl Room {
         };
         mine.codes.extend_from_slice(self_codes);
         let own = self.presence_el(occ, true, true, &mine);
-        for s in &occ.sessions {
-            fx.out.push(Stanza::new(
-                StanzaKind::Presence,
-                from.clone(),
-                Some(s.clone().into()),
-                own.clone(),
-            ));
-        }
+        let own = Stanza::new(StanzaKind::Presence, self.nick_jid(&occ.nick), None, own);
+        fan_out(&own, &occ.sessions, fx);
     }
 
-    /// A message from the room to every session of every occupant,
-    /// serialized once as an element and cloned per recipient.
+    /// A message from the room to every session of every occupant: one
+    /// stanza shared by all of them (serialized once, [`Stanza::write_xml`]).
     fn broadcast_message(&self, from: Jid, msg: &Element, fx: &mut Effects) {
+        let template = Stanza::new(StanzaKind::Message, from, None, msg.clone());
         for occ in self.occupants.values() {
-            for s in &occ.sessions {
-                fx.out.push(Stanza::new(
-                    StanzaKind::Message,
-                    from.clone(),
-                    Some(s.clone().into()),
-                    msg.clone(),
-                ));
-            }
+            fan_out(&template, &occ.sessions, fx);
         }
     }
 
@@ -498,44 +480,32 @@ impl Room {
             self.by_jid.remove(s);
         }
         // The removed occupant hears it too (with 110).
-        let from = self.nick_jid(&occ.nick);
         let own = self.presence_el(&occ, true, true, p);
-        for s in &occ.sessions {
-            fx.out.push(Stanza::new(
-                StanzaKind::Presence,
-                from.clone(),
-                Some(s.clone().into()),
-                own.clone(),
-            ));
-        }
+        let own = Stanza::new(StanzaKind::Presence, self.nick_jid(&occ.nick), None, own);
+        fan_out(&own, &occ.sessions, fx);
         self.broadcast_presence_to_others(&occ, p, fx);
         fx.joined.push((occ.bare.to_string(), -1));
     }
 
     fn broadcast_presence_to_others(&self, occ: &Occupant, p: &Pres, fx: &mut Effects) {
         let from = self.nick_jid(&occ.nick);
-        let mut variants: [Option<Element>; 2] = [None, None];
+        let mut variants: [Option<Stanza>; 2] = [None, None];
         for other in self.occupants.values() {
             if other.nick == occ.nick {
                 continue;
             }
             let with_jid = self.sees_jids(other);
-            let v = variants[with_jid as usize]
-                .get_or_insert_with(|| self.presence_el(occ, with_jid, false, p));
-            for s in &other.sessions {
-                fx.out.push(Stanza::new(
-                    StanzaKind::Presence,
-                    from.clone(),
-                    Some(s.clone().into()),
-                    v.clone(),
-                ));
-            }
+            let v = variants[with_jid as usize].get_or_insert_with(|| {
+                let el = self.presence_el(occ, with_jid, false, p);
+                Stanza::new(StanzaKind::Presence, from.clone(), None, el)
+            });
+            fan_out(v, &other.sessions, fx);
         }
     }
 
     /// Presence kept from an occupant's presence stanza.
     fn kept_presence(&self, st: &Stanza, role: Role) -> Vec<Element> {
-        st.el
+        st.el()
             .children()
             .filter(|c| {
                 !(c.is("x", NS_MUC)
@@ -610,7 +580,7 @@ impl Room {
             self.set_affiliation(bare.as_str(), Affiliation::Owner, "");
         }
         let aff = self.affiliation(&bare);
-        let x = st.el.get_child("x", NS_MUC);
+        let x = st.el().get_child("x", NS_MUC);
         let refuse = |fx: &mut Effects, cond: Condition, text: &str| {
             fx.out.extend(error_text(st, cond, text));
         };
@@ -910,7 +880,7 @@ impl Room {
         let Some(mut occ) = self.occupants.get(&nick).cloned() else {
             return;
         };
-        let status_text = st.el.get_child("status", ns::CLIENT).cloned();
+        let status_text = st.el().get_child("status", ns::CLIENT).cloned();
         if let Some(gone) = self.remove_session(from) {
             occ = gone;
             occ.presence = status_text.into_iter().collect();
@@ -990,7 +960,7 @@ impl Room {
         if st.type_attr() == Some("groupchat") {
             return self.groupchat(st, from, history_size, fx);
         }
-        if let Some(x) = st.el.get_child("x", NS_MUC_USER) {
+        if let Some(x) = st.el().get_child("x", NS_MUC_USER) {
             if let Some(inv) = x.get_child("invite", NS_MUC_USER) {
                 return self.invite(st, from, inv, fx);
             }
@@ -998,7 +968,7 @@ impl Room {
                 return self.decline(st, from, dec, fx);
             }
         }
-        if let Some(Ok(form)) = DataForm::find_in(&st.el)
+        if let Some(Ok(form)) = DataForm::find_in(st.el())
             && form.form_type() == Some(super::NS_MUC_REQUEST)
         {
             return self.voice_request(st, from, &form, fx);
@@ -1019,8 +989,8 @@ impl Room {
             ));
             return;
         };
-        let subject = st.el.get_child("subject", ns::CLIENT);
-        let has_body = st.el.get_child("body", ns::CLIENT).is_some();
+        let subject = st.el().get_child("subject", ns::CLIENT);
+        let has_body = st.el().get_child("body", ns::CLIENT).is_some();
         if let Some(subject) = subject.filter(|_| !has_body) {
             let may = occ.role == Role::Moderator
                 || (self.config.allow_change_subj && occ.role >= Role::Participant);
@@ -1043,7 +1013,7 @@ impl Room {
             ));
             return;
         }
-        let mut msg = st.el.clone();
+        let mut msg = st.to_element();
         remove_attr(&mut msg, "from");
         remove_attr(&mut msg, "to");
         // XEP-0421 §4 and XEP-0359 §3.1: ids from the sender are never passed on.
@@ -1147,7 +1117,7 @@ impl Room {
             ));
             return;
         };
-        let mut msg = st.el.clone();
+        let mut msg = st.to_element();
         remove_children(&mut msg, "occupant-id", NS_OCCUPANT_ID);
         if msg.get_child("x", NS_MUC_USER).is_none() {
             msg.append_child(el("x", NS_MUC_USER));
@@ -2236,6 +2206,71 @@ mod tests {
             .parse()
             .expect("xml");
         assert!(photo_hash(&bad).is_err());
+    }
+
+    #[test]
+    fn a_room_message_is_one_stanza_shared_by_every_occupant() {
+        let jid = BareJid::new("r@conference.h").expect("jid");
+        let mut room = Room::new(jid, RoomConfig::default(), false);
+        for (nick, sessions) in [("ann", &["a@h/1", "a@h/2"][..]), ("bob", &["b@h/1"][..])] {
+            let sessions: Vec<FullJid> = sessions
+                .iter()
+                .map(|s| FullJid::new(s).expect("jid"))
+                .collect();
+            for s in &sessions {
+                room.by_jid.insert(s.clone(), nick.to_string());
+            }
+            let bare = sessions[0].to_bare();
+            room.occupants.insert(
+                nick.to_string(),
+                Occupant {
+                    nick: nick.to_string(),
+                    bare,
+                    sessions,
+                    role: Role::Participant,
+                    presence: Vec::new(),
+                    id: format!("id-{nick}"),
+                },
+            );
+        }
+        let el: Element =
+            "<message xmlns='jabber:client' type='groupchat' id='g1'><body>hi</body></message>"
+                .parse()
+                .expect("xml");
+        let sender = FullJid::new("a@h/1").expect("jid");
+        let st = Stanza::new(
+            StanzaKind::Message,
+            sender.clone().into(),
+            Some(room.jid.clone().into()),
+            el,
+        );
+        let mut fx = Effects::default();
+        room.on_room_message(&st, &sender, 10, &mut fx);
+        let tos: Vec<String> = fx
+            .out
+            .iter()
+            .filter_map(|s| s.to.as_ref().map(|t| t.to_string()))
+            .collect();
+        assert_eq!(tos, ["a@h/1", "a@h/2", "b@h/1"]);
+        let mut texts = Vec::new();
+        for copy in &fx.out {
+            assert!(copy.is_shared(), "each occupant's copy shares the element");
+            assert_eq!(copy.from.as_str(), "r@conference.h/ann");
+            let mut shared = String::new();
+            copy.write_xml(&mut shared, ns::CLIENT);
+            // The same text as an unshared stanza built alone.
+            let alone = Stanza::new(
+                copy.kind,
+                copy.from.clone(),
+                copy.to.clone(),
+                copy.to_element(),
+            );
+            let mut text = String::new();
+            alone.write_xml(&mut text, ns::CLIENT);
+            assert_eq!(shared, text);
+            texts.push(shared);
+        }
+        assert!(texts[2].contains(" to='b@h/1' "), "{}", texts[2]);
     }
 
     #[test]

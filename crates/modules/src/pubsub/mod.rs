@@ -602,7 +602,7 @@ fn authorization(st: &Arc<State>, cx: &ModuleCx, stanza: Stanza) {
     if stanza.is_error() {
         return;
     }
-    let form = match palaver_proto::forms::DataForm::find_in(&stanza.el) {
+    let form = match palaver_proto::forms::DataForm::find_in(stanza.el()) {
         Some(Ok(f))
             if f.kind == palaver_proto::forms::FormType::Submit
                 && f.form_type() == Some(SUBSCRIBE_AUTHORIZATION) =>
@@ -679,12 +679,12 @@ fn pep_authorization(
         || to.node().is_none()
         || to.node() != stanza.from.node()
         || to.domain() != stanza.from.domain()
-        || stanza.el.get_child("x", ns::DATA_FORMS).is_none()
+        || stanza.el().get_child("x", ns::DATA_FORMS).is_none()
     {
         return false;
     }
     let to = to.to_bare();
-    let form = match palaver_proto::forms::DataForm::find_in(&stanza.el) {
+    let form = match palaver_proto::forms::DataForm::find_in(stanza.el()) {
         Some(Ok(f))
             if f.kind == palaver_proto::forms::FormType::Submit
                 && f.form_type() == Some(SUBSCRIBE_AUTHORIZATION) =>
@@ -825,7 +825,7 @@ fn presence_out(
             }
         });
     }
-    let Some(c) = stanza.el.get_child("c", NS_CAPS) else {
+    let Some(c) = stanza.el().get_child("c", NS_CAPS) else {
         return;
     };
     let (Some(node), Some(ver)) = (c.attr("node"), c.attr("ver")) else {
@@ -874,7 +874,7 @@ fn remote_presence(st: &Arc<State>, cx: &ModuleCx, session: &FullJid, stanza: &S
     // Occupants of remote rooms are no contacts (and are not asked
     // through the room).
     if stanza
-        .el
+        .el()
         .has_child("x", "http://jabber.org/protocol/muc#user")
     {
         return;
@@ -895,7 +895,7 @@ fn remote_presence(st: &Arc<State>, cx: &ModuleCx, session: &FullJid, stanza: &S
         }
         Some(_) => return,
     }
-    let c = stanza.el.get_child("c", NS_CAPS);
+    let c = stanza.el().get_child("c", NS_CAPS);
     let (node, ver, hash) = match c {
         Some(c) => (
             c.attr("node").unwrap_or(""),

@@ -618,10 +618,22 @@ impl Svc {
         let digestible = payload_el.name() == "items";
         let mut event = Element::bare("event", NS_EVENT);
         event.append_child(payload_el.clone());
+        // One message (and one with a body), shared by every recipient:
+        // serialized once for all of them (`Stanza::write_xml`).
+        let mut plain: Option<Stanza> = None;
+        let mut with_body: Option<Stanza> = None;
+        let send = |template: &mut Option<Stanza>, to: Jid, body: bool| {
+            let t = template.get_or_insert_with(|| {
+                let body = body.then(|| body_text(&n.name, &payload_el));
+                event_message_with(&from, to.clone(), kind, event.clone(), body)
+            });
+            let mut copy = t.clone();
+            copy.set_to(Some(to));
+            self.cx.route(copy);
+        };
         for r in to {
             let Some(o) = &r.opts else {
-                self.cx
-                    .route(event_message(&from, r.jid.clone(), kind, event.clone()));
+                send(&mut plain, r.jid.clone(), false);
                 continue;
             };
             for target in self.show_targets(&r.jid, o) {
@@ -639,9 +651,11 @@ impl Svc {
                     );
                     continue;
                 }
-                let body = o.include_body.then(|| body_text(&n.name, &payload_el));
-                self.cx
-                    .route(event_message_with(&from, target, kind, event.clone(), body));
+                if o.include_body {
+                    send(&mut with_body, target, true);
+                } else {
+                    send(&mut plain, target, false);
+                }
             }
         }
     }

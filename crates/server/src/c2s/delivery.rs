@@ -66,7 +66,7 @@ impl C2sSession {
 
     /// Write a stanza now; with stream management, keep it until acknowledged.
     pub(super) fn write_stanza(&mut self, st: Stanza) {
-        self.out.element(&st.el);
+        self.out.stanza(&st);
         if let Some(mgmt) = &mut self.stream_mgmt {
             mgmt.unacked.push_back(st);
         }

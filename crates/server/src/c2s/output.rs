@@ -12,6 +12,7 @@
 use minidom::Element;
 use palaver_proto::error::StreamError;
 use palaver_proto::ns;
+use palaver_proto::stanza::Stanza;
 use palaver_proto::writer::{escape_into, write_element};
 
 /// How a transport frames the session's output.
@@ -151,6 +152,12 @@ impl Output {
     /// A top-level element not in the stream namespace (a stanza, a nonza).
     pub fn element(&mut self, el: &Element) {
         self.element_with(|out, scope| write_element(out, el, scope));
+    }
+
+    /// A stanza (serialized once for every copy of a fan-out,
+    /// [`Stanza::write_xml`]).
+    pub fn stanza(&mut self, st: &Stanza) {
+        self.element_with(|out, scope| st.write_xml(out, scope));
     }
 
     /// A complete top-level element whose text declares its own namespace

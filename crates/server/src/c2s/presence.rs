@@ -20,7 +20,7 @@ impl C2sSession {
             let event = match kind.as_deref() {
                 None => {
                     let prio = st
-                        .el
+                        .el()
                         .get_child("priority", ns::CLIENT)
                         .and_then(|p| p.text().trim().parse::<i8>().ok())
                         .unwrap_or(0);
@@ -35,7 +35,7 @@ impl C2sSession {
                     self.core.registry.set_presence(
                         &b.jid,
                         b.id,
-                        Some((prio, Arc::new(st.el.clone()))),
+                        Some((prio, Arc::new(st.to_element()))),
                     );
                     if first {
                         PresenceEvent::Initial
@@ -72,7 +72,7 @@ impl C2sSession {
             Some("subscribe") | Some("subscribed") | Some("unsubscribe") | Some("unsubscribed") => {
                 // RFC 6121 §3: the server stamps the bare JID and updates the roster.
                 let bare: Jid = me.to_bare().into();
-                st = Stanza::new(st.kind, bare, st.to.clone(), st.el);
+                st = Stanza::new(st.kind, bare, st.to.clone(), st.into_element());
                 if !self.core.run_subscription_out(&st).await {
                     self.core.route(st);
                 }

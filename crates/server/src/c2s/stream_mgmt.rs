@@ -255,7 +255,7 @@ impl C2sSession {
             out.push_str("'/>");
         });
         for st in &mgmt.unacked {
-            self.out.element(&st.el);
+            self.out.stanza(st);
         }
         mgmt.requested = false;
         self.stream_mgmt = Some(mgmt);

@@ -250,7 +250,7 @@ impl Core {
                 return;
             }
         };
-        let mut children = st.el.children();
+        let mut children = st.el().children();
         let (Some(payload), None) = (children.next(), children.next()) else {
             self.bounce(&st, Condition::BadRequest, None);
             return;
