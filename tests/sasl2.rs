@@ -36,7 +36,10 @@ fn user_agent(id: &str) -> String {
 }
 
 /// `<authenticate/>` with PLAIN and the given inline children; the answer.
-async fn plain(c: &mut RawTcp, user: &str, pw: &str, inline: &str) -> String {
+async fn plain<S>(c: &mut Raw<S>, user: &str, pw: &str, inline: &str) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     c.open(DOMAIN).await;
     c.send(&format!(
         "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>{}</initial-response>{inline}</authenticate>",
@@ -47,7 +50,10 @@ async fn plain(c: &mut RawTcp, user: &str, pw: &str, inline: &str) -> String {
 }
 
 /// A FAST login (`HT-SHA-256-NONE`) with `token`; the answer.
-async fn fast(c: &mut RawTcp, user: &str, token: &str, agent: &str, inline: &str) -> String {
+async fn fast<S>(c: &mut Raw<S>, user: &str, token: &str, agent: &str, inline: &str) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     c.open(DOMAIN).await;
     let mut resp = format!("{user}\0").into_bytes();
     resp.extend(ht(token, b"Initiator"));
@@ -61,7 +67,10 @@ async fn fast(c: &mut RawTcp, user: &str, token: &str, agent: &str, inline: &str
 }
 
 /// Read up to the end of `<success/>` or `<failure/>`.
-async fn answer(c: &mut RawTcp) -> String {
+async fn answer<S>(c: &mut Raw<S>) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     use tokio::io::AsyncReadExt;
     let r = tokio::time::timeout(TIMEOUT, async {
         loop {
@@ -96,8 +105,40 @@ async fn sasl2_bind2_inline_resumption_and_fast() {
     let mut bob = raw_login(srv.addr, "bob", DOMAIN, "pw", "b").await;
     bob.send("<presence/>").await;
 
-    // The features: SASL2 with Bind 2 (carbons, SM), inline SM and FAST.
+    // Without TLS, FAST is neither offered nor accepted (XEP-0484 §8:
+    // a token login seen on the wire could be replayed).
     let mut c = Raw::connect(srv.addr).await;
+    let f = c.open(DOMAIN).await;
+    assert!(
+        f.contains("<authentication xmlns='urn:xmpp:sasl:2'>") && !f.contains("urn:xmpp:fast:0"),
+        "{f}"
+    );
+    c.send(&format!(
+        "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='HT-SHA-256-NONE'><initial-response>{}</initial-response>{}</authenticate>",
+        b64(b"alice\0xx"),
+        user_agent(AGENT)
+    ))
+    .await;
+    let r = c.until("</failure>").await;
+    assert!(r.contains("invalid-mechanism"), "{r}");
+    let ok = plain(
+        &mut Raw::connect(srv.addr).await,
+        "alice",
+        "pw",
+        &format!(
+            "{}<request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-NONE'/>",
+            user_agent(AGENT)
+        ),
+    )
+    .await;
+    assert!(
+        ok.contains("<success xmlns='urn:xmpp:sasl:2'>") && !ok.contains("token="),
+        "no token without TLS: {ok}"
+    );
+
+    // Over TLS, the features: SASL2 with Bind 2 (carbons, SM), inline SM
+    // and FAST.
+    let mut c = tls(&srv, false).await;
     let f = c.open(DOMAIN).await;
     let auth = between(
         &f,
@@ -114,9 +155,7 @@ async fn sasl2_bind2_inline_resumption_and_fast() {
             && auth.contains("<feature var='urn:xmpp:carbons:2'/>")
             && auth.contains("<feature var='urn:xmpp:sm:3'/>")
             && auth.contains("<sm xmlns='urn:xmpp:sm:3'/>")
-            && auth.contains(
-                "<fast xmlns='urn:xmpp:fast:0'><mechanism>HT-SHA-256-NONE</mechanism></fast>"
-            ),
+            && auth.contains("<mechanism>HT-SHA-256-NONE</mechanism></fast>"),
         "{auth}"
     );
     // A wrong password is a SASL2 failure; the stream goes on.
@@ -209,7 +248,7 @@ async fn sasl2_bind2_inline_resumption_and_fast() {
     .await;
     // FAST re-login with inline resumption: one round trip, the session
     // back with what came meanwhile.
-    let mut c = Raw::connect(srv.addr).await;
+    let mut c = tls(&srv, false).await;
     let ok = fast(
         &mut c,
         "alice",
@@ -243,7 +282,7 @@ async fn sasl2_bind2_inline_resumption_and_fast() {
     drop(c);
 
     // FAST with a bind: the newest token works; using it retires token1.
-    let mut c = Raw::connect(srv.addr).await;
+    let mut c = tls(&srv, false).await;
     let ok = fast(
         &mut c,
         "alice",
@@ -257,14 +296,14 @@ async fn sasl2_bind2_inline_resumption_and_fast() {
         "{ok}"
     );
     drop(c);
-    let mut c = Raw::connect(srv.addr).await;
+    let mut c = tls(&srv, false).await;
     let r = fast(&mut c, "alice", &token1, AGENT, "").await;
     assert!(r.contains("<not-authorized"), "rotated out: {r}");
     // Another client's id, a wrong token: refused.
-    let mut c = Raw::connect(srv.addr).await;
+    let mut c = tls(&srv, false).await;
     let r = fast(&mut c, "alice", &token2, "other-client", "").await;
     assert!(r.contains("<not-authorized"), "{r}");
-    let mut c = Raw::connect(srv.addr).await;
+    let mut c = tls(&srv, false).await;
     let r = fast(&mut c, "alice", "not-a-token", AGENT, "").await;
     assert!(r.contains("<not-authorized"), "{r}");
 
@@ -286,7 +325,7 @@ async fn sasl2_bind2_inline_resumption_and_fast() {
         .set_credentials(DOMAIN, "alice", &creds)
         .await
         .expect("new password");
-    let mut c = Raw::connect(srv.addr).await;
+    let mut c = tls(&srv, false).await;
     let r = fast(&mut c, "alice", &token2, AGENT, "").await;
     assert!(
         r.contains("<credentials-expired"),
@@ -294,7 +333,7 @@ async fn sasl2_bind2_inline_resumption_and_fast() {
     );
     // The new password works over SASL2 without inline bind; the client
     // then binds the RFC 6120 way.
-    let mut c = Raw::connect(srv.addr).await;
+    let mut c = tls(&srv, false).await;
     let ok = plain(&mut c, "alice", "new-pw", "").await;
     assert!(
         ok.contains("<authorization-identifier>alice@localhost</authorization-identifier>"),
@@ -635,12 +674,12 @@ async fn fast_server_rotation() {
     let modules = MODULES.replace("mod_auth_fast: {}", "mod_auth_fast: {token_refresh_age: 0}");
     let srv = TestServer::start_with("", &modules).await;
     srv.add_user("alice", DOMAIN, "pw").await;
-    let mut c = Raw::connect(srv.addr).await;
+    let mut c = tls(&srv, false).await;
     c.open(DOMAIN).await;
     let t1 = token_of(&token_for(&mut c, "HT-SHA-256-NONE").await);
     drop(c);
     // Using t1: a new token t2 comes unasked.
-    let mut c = Raw::connect(srv.addr).await;
+    let mut c = tls(&srv, false).await;
     c.open(DOMAIN).await;
     let ok = fast_with(&mut c, "HT-SHA-256-NONE", &t1, &[], "", "").await;
     let t2 = token_of(&ok);
@@ -648,22 +687,22 @@ async fn fast_server_rotation() {
     drop(c);
     // The client never saw t2 (say): t1 still works, and a new t3
     // replaces the unused t2.
-    let mut c = Raw::connect(srv.addr).await;
+    let mut c = tls(&srv, false).await;
     c.open(DOMAIN).await;
     let ok = fast_with(&mut c, "HT-SHA-256-NONE", &t1, &[], "", "").await;
     let t3 = token_of(&ok);
     drop(c);
-    let mut c = Raw::connect(srv.addr).await;
+    let mut c = tls(&srv, false).await;
     c.open(DOMAIN).await;
     let r = fast_with(&mut c, "HT-SHA-256-NONE", &t2, &[], "", "").await;
     assert!(r.contains("<not-authorized"), "unused t2 replaced: {r}");
     // Using t3 retires t1.
-    let mut c = Raw::connect(srv.addr).await;
+    let mut c = tls(&srv, false).await;
     c.open(DOMAIN).await;
     let ok = fast_with(&mut c, "HT-SHA-256-NONE", &t3, &[], "", "").await;
     assert!(ok.contains("<success"), "{ok}");
     drop(c);
-    let mut c = Raw::connect(srv.addr).await;
+    let mut c = tls(&srv, false).await;
     c.open(DOMAIN).await;
     let r = fast_with(&mut c, "HT-SHA-256-NONE", &t1, &[], "", "").await;
     assert!(r.contains("<not-authorized"), "t1 retired: {r}");

@@ -111,9 +111,10 @@ impl C2sSession {
         {
             s.push_str("<sm xmlns='urn:xmpp:sm:3'/>");
         }
-        if host.regs.fast.is_some() {
+        let fast = self.fast_mechanisms();
+        if host.regs.fast.is_some() && !fast.is_empty() {
             s.push_str("<fast xmlns='urn:xmpp:fast:0'>");
-            for m in self.fast_mechanisms() {
+            for m in fast {
                 s.push_str("<mechanism>");
                 s.push_str(m);
                 s.push_str("</mechanism>");
@@ -123,8 +124,13 @@ impl C2sSession {
         s.push_str("</inline></authentication>");
     }
 
-    /// The FAST mechanisms this connection can use, channel-bound first.
+    /// The FAST mechanisms this connection can use, channel-bound first;
+    /// none without TLS (XEP-0484 §8: FAST "MUST only be performed over a
+    /// secure connection": anyone who sees a token login can replay it).
     fn fast_mechanisms(&self) -> Vec<&'static str> {
+        if !self.secure {
+            return Vec::new();
+        }
         let mut m = Vec::with_capacity(3);
         if self.cb.get(ChannelBindingType::TlsExporter).is_some() {
             m.push(HT_SHA_256_EXPR);
