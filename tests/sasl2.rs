@@ -714,3 +714,43 @@ async fn fast_server_rotation() {
     assert!(rows.len() <= 2, "{rows:?}");
     srv.stop().await;
 }
+
+/// ejabberd's `disable_sasl_mechanisms`: a disabled mechanism is neither
+/// offered nor accepted, over RFC 6120 SASL, SASL2 and FAST.
+#[tokio::test]
+async fn disabled_mechanisms_are_neither_offered_nor_accepted() {
+    let modules =
+        format!("disable_sasl_mechanisms: [plain, SCRAM-SHA-1, ht-sha-256-none]\n{MODULES}");
+    let srv = TestServer::start_with("", &modules).await;
+    srv.add_user("alice", DOMAIN, "pw").await;
+    let mut c = tls(&srv, false).await;
+    let f = c.open(DOMAIN).await;
+    assert!(
+        !f.contains("<mechanism>PLAIN</mechanism>")
+            && !f.contains("<mechanism>SCRAM-SHA-1</mechanism>")
+            && f.contains("<mechanism>SCRAM-SHA-256</mechanism>")
+            && f.contains("<mechanism>SCRAM-SHA-1-PLUS</mechanism>"),
+        "{f}"
+    );
+    assert_eq!(fast_mechs(&f), ["HT-SHA-256-EXPR", "HT-SHA-256-ENDP"]);
+    // RFC 6120 SASL.
+    c.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>",
+        b64(b"\0alice\0pw")
+    ))
+    .await;
+    let r = c.until("</failure>").await;
+    assert!(r.contains("<invalid-mechanism/>"), "{r}");
+    // SASL2, and a token request for a disabled FAST mechanism.
+    let mut c = tls(&srv, false).await;
+    let r = plain(&mut c, "alice", "pw", "").await;
+    assert!(
+        r.contains("<failure xmlns='urn:xmpp:sasl:2'>") && r.contains("<invalid-mechanism"),
+        "{r}"
+    );
+    let mut c = tls(&srv, false).await;
+    c.open(DOMAIN).await;
+    let ok = fast_with(&mut c, "HT-SHA-256-NONE", "whatever", b"", "", "").await;
+    assert!(ok.contains("<invalid-mechanism"), "{ok}");
+    srv.stop().await;
+}

@@ -167,6 +167,9 @@ impl C2sSession {
     }
 
     pub(super) fn offers(&self, m: Mechanism) -> bool {
+        if self.mechanism_disabled(m.name()) {
+            return false;
+        }
         // What the host's auth backend can check (auth_method).
         let host = self.host.as_ref().map(|h| h.name.as_str()).unwrap_or("");
         let auth = &self.core.auth;
@@ -177,6 +180,13 @@ impl C2sSession {
                 (!plus || !self.cb.is_empty()) && auth.scram_offered(host, hash)
             }
         }
+    }
+
+    /// Whether the operator disabled the mechanism `name`
+    /// (`disable_sasl_mechanisms`, names kept in upper case).
+    pub(super) fn mechanism_disabled(&self, name: &str) -> bool {
+        let cfg = self.core.config();
+        cfg.disable_sasl_mechanisms.iter().any(|d| d == name)
     }
 
     /// `<starttls/>` (RFC 6120 §5.4.2).

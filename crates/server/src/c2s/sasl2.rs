@@ -139,6 +139,7 @@ impl C2sSession {
             m.push(HT_SHA_256_ENDP);
         }
         m.push(HT_SHA_256_NONE);
+        m.retain(|name| !self.mechanism_disabled(name));
         m
     }
 
