@@ -611,3 +611,62 @@ async fn subscription_options_show_values_body_digest_and_expiry() {
     assert!(opts.contains("<value>chat</value>"), "{opts}");
     srv.stop().await;
 }
+
+/// Wait for the answer to IQ `id` on a raw connection: a result.
+async fn iq_ok(c: &mut RawTcp, id: &str) {
+    let head = c.until(&format!("id='{id}'")).await;
+    let tag = c.until(">").await;
+    let start = head.rfind("<iq").map_or("", |p| &head[p..]);
+    assert!(
+        format!("{start}{tag}").contains("type='result'"),
+        "{head}{tag}"
+    );
+}
+
+/// Notifications gathered for a digest are stored: after a `kill -9`, the
+/// restarted server sends the digest when it is due, with every item.
+#[tokio::test]
+async fn a_digest_survives_kill_9() {
+    use common::process::{add_user, serve, write_config};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cfg, _pg) = write_config(dir.path(), MODULES, "pubsub digest kill -9").await;
+    add_user(&cfg, "alice@localhost");
+    add_user(&cfg, "carol@localhost");
+    let (mut child, addr) = serve(&cfg).await;
+    let mut a = raw_login(addr, "alice", DOMAIN, "pw", "a").await;
+    let mut c = raw_login(addr, "carol", DOMAIN, "pw", "c").await;
+    a.send(&format!(
+        "<iq type='set' id='mk' to='{SVC}'><pubsub xmlns='{NS_PUBSUB}'><create node='news'/></pubsub></iq>"
+    ))
+    .await;
+    iq_ok(&mut a, "mk").await;
+    // A digest every 8 s: long enough for the restart below.
+    let sub = subscribe_with(
+        "news",
+        "carol@localhost",
+        &sub_options(&[
+            ("pubsub#digest", &["true"]),
+            ("pubsub#digest_frequency", &["8000"]),
+        ]),
+    )
+    .replace("{id}", "sub");
+    c.send(&sub).await;
+    iq_ok(&mut c, "sub").await;
+    for (i, id) in ["d1", "d2"].iter().enumerate() {
+        a.send(&publish("news", id, "item").replace("{id}", &format!("p{i}")))
+            .await;
+        iq_ok(&mut a, &format!("p{i}")).await;
+    }
+    child.start_kill().expect("kill -9");
+    child.wait().await.expect("reaped");
+    drop((a, c));
+
+    let (_child, addr) = serve(&cfg).await;
+    let mut c = raw_login(addr, "carol", DOMAIN, "pw", "c2").await;
+    c.send("<presence/>").await;
+    let m = c.until("</items>").await;
+    assert!(
+        m.contains("node='news'") && m.contains("id='d1'") && m.contains("id='d2'"),
+        "one digest with both items: {m}"
+    );
+}

@@ -2,6 +2,8 @@
 //! XML client for edge cases.
 #![allow(dead_code)]
 
+pub mod process;
+
 use base64::Engine;
 use palaver_server::config::Config;
 use palaver_server::{RunningServer, Server};

@@ -63,10 +63,8 @@ const NS_CAPS: &str = "http://jabber.org/protocol/caps";
 /// Most outstanding capability queries at once.
 const MAX_PENDING_CAPS: usize = 10_000;
 
-/// `mod_pubsub`.
-pub struct Pubsub {
-    st: Arc<State>,
-}
+/// `mod_pubsub` (its state lives in the handlers it registers).
+pub struct Pubsub;
 
 /// `mod_pubsub` in the module registry.
 pub const MODULE: ModuleDef = ModuleDef::of::<Pubsub>();
@@ -97,15 +95,12 @@ impl Module for Pubsub {
     const NAME: &'static str = "mod_pubsub";
     type Options = Options;
     fn start(host: &mut HostSetup, o: Options) -> Result<Self, String> {
-        Ok(Pubsub {
-            st: start(host, o)?,
-        })
+        start(host, o)?;
+        Ok(Pubsub)
     }
 
-    fn stop(&self, cx: &ModuleCx) {
-        // Digests waiting for their time go out now rather than never.
-        self.st.flush_digests(cx, true);
-    }
+    // Digests waiting for their time stay in the store and go out when
+    // due after the restart (or when the module is enabled again).
 }
 
 /// Verified XEP-0115 verification strings (SHA-1) → the nodes they ask
@@ -168,8 +163,10 @@ pub struct State {
 }
 
 /// Notifications of one node for one recipient, sent together when due.
+/// Each is also a row of `pubsub_digest` until the digest is sent.
 pub(crate) struct Digest {
     pub(crate) due: std::time::Instant,
+    pub(crate) service: String,
     pub(crate) from: Jid,
     pub(crate) to: Jid,
     pub(crate) node: String,
@@ -177,67 +174,180 @@ pub(crate) struct Digest {
     pub(crate) body: bool,
     /// `<item/>` and `<retract/>` children of the `<items/>` event.
     pub(crate) children: Vec<Element>,
+    /// Their rows in the store.
+    pub(crate) seqs: Vec<i64>,
 }
 
 /// Most notifications a digest gathers before it goes out early.
 const MAX_DIGEST_ITEMS: usize = 500;
 
+/// Milliseconds since the epoch.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A unique, increasing number for a stored digest notification (a
+/// microsecond clock, bumped past the last one given).
+pub(crate) fn next_digest_seq() -> i64 {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = now_ms().saturating_mul(1000);
+    let mut prev = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(prev + 1);
+        match LAST.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(p) => prev = p,
+        }
+    }
+}
+
+/// The map key of a digest.
+fn digest_key(service: &str, node: &str, to: &str) -> String {
+    format!("{service}\0{node}\0{to}")
+}
+
 impl State {
-    /// Add `children` of an `<items/>` event to the digest of `to` for
-    /// `node`, started now with `frequency_ms` if it is new.
+    /// When the digest of `to` for `node` is due, as milliseconds since
+    /// the epoch: that of the digest under way, or `frequency_ms` from now.
+    pub(crate) fn digest_due_ms(
+        &self,
+        service: &str,
+        node: &str,
+        to: &Jid,
+        frequency_ms: u64,
+    ) -> i64 {
+        let now = now_ms();
+        match self.digests.get(&digest_key(service, node, to.as_str())) {
+            Some(d) => {
+                let left = d.due.saturating_duration_since(std::time::Instant::now());
+                now + i64::try_from(left.as_millis()).unwrap_or(i64::MAX / 2)
+            }
+            None => now.saturating_add(i64::try_from(frequency_ms).unwrap_or(i64::MAX / 2)),
+        }
+    }
+
+    /// Add notifications (stored already, with their `seqs`) to the digest
+    /// of `to` for `node`, started with `due_ms` if it is new. A digest
+    /// that reached [`MAX_DIGEST_ITEMS`] is returned, to be sent now.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn add_digest(
         &self,
-        cx: &ModuleCx,
         service: &str,
         from: &Jid,
         to: &Jid,
         node: &str,
         kind: &str,
         body: bool,
-        children: Vec<Element>,
-        frequency_ms: u64,
-    ) {
-        let key = format!("{service}\0{node}\0{to}");
+        children: Vec<(i64, Element)>,
+        due_ms: i64,
+    ) -> Option<Digest> {
+        let key = digest_key(service, node, to.as_str());
         let full = {
             let mut d = self.digests.entry(key.clone()).or_insert_with(|| {
                 self.digest_wake.notify_one();
                 Digest {
-                    due: std::time::Instant::now() + std::time::Duration::from_millis(frequency_ms),
+                    due: instant_of(due_ms),
+                    service: service.to_string(),
                     from: from.clone(),
                     to: to.clone(),
                     node: node.to_string(),
                     kind: kind.to_string(),
                     body,
                     children: Vec::new(),
+                    seqs: Vec::new(),
                 }
             });
-            d.children.extend(children);
+            for (seq, c) in children {
+                d.seqs.push(seq);
+                d.children.push(c);
+            }
             d.children.len() >= MAX_DIGEST_ITEMS
         };
-        if full && let Some((_, d)) = self.digests.remove(&key) {
-            send_digest(cx, d);
+        if full {
+            self.digests.remove(&key).map(|(_, d)| d)
+        } else {
+            None
         }
     }
 
-    /// Send the digests that are due (all of them with `all`).
-    pub(crate) fn flush_digests(&self, cx: &ModuleCx, all: bool) {
+    /// Send the digests that are due.
+    async fn flush_digests(&self, cx: &ModuleCx) {
         let now = std::time::Instant::now();
         let due: Vec<String> = self
             .digests
             .iter()
-            .filter(|d| all || d.due <= now)
+            .filter(|d| d.due <= now)
             .map(|d| d.key().clone())
             .collect();
         for k in due {
-            if let Some((_, d)) = self.digests.remove_if(&k, |_, d| all || d.due <= now) {
-                send_digest(cx, d);
+            if let Some((_, d)) = self.digests.remove_if(&k, |_, d| d.due <= now) {
+                self.send_digest(cx, d).await;
             }
         }
     }
 
+    /// Send a digest as one message, then forget its stored rows.
+    pub(crate) async fn send_digest(&self, cx: &ModuleCx, d: Digest) {
+        let (service, node, to, seqs) = (
+            d.service.clone(),
+            d.node.clone(),
+            d.to.to_string(),
+            d.seqs.clone(),
+        );
+        send_digest(cx, d);
+        if let Err(e) = store::PubsubSql::of(cx)
+            .remove_digest_rows(&self.host, &service, &node, &to, &seqs)
+            .await
+        {
+            tracing::warn!(error = %e, "forgetting a sent pubsub digest failed (it may be sent again after a restart)");
+        }
+    }
+
+    /// The digests a previous run left (a restart, a crash): gathered again
+    /// from the store, each due when it was.
+    async fn restore_digests(&self, cx: &ModuleCx) {
+        let rows = match store::PubsubSql::of(cx).digest_rows(&self.host).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading stored pubsub digests failed");
+                return;
+            }
+        };
+        for r in rows {
+            let (Ok(from), Ok(to)) = (Jid::new(&r.from_jid), Jid::new(&r.recipient)) else {
+                tracing::warn!(recipient = %r.recipient, "a stored pubsub digest with a bad address is skipped");
+                continue;
+            };
+            let Ok(child) = r.xml.parse::<Element>() else {
+                tracing::warn!(node = %r.node, "a stored pubsub digest notification that does not parse is skipped");
+                continue;
+            };
+            let key = digest_key(&r.service, &r.node, to.as_str());
+            let due = instant_of(r.due_ms);
+            let mut d = self.digests.entry(key).or_insert_with(|| Digest {
+                due,
+                service: r.service.clone(),
+                from,
+                to,
+                node: r.node.clone(),
+                kind: r.kind.clone(),
+                body: r.body,
+                children: Vec::new(),
+                seqs: Vec::new(),
+            });
+            d.due = d.due.min(due);
+            d.seqs.push(r.seq);
+            d.children.push(child);
+        }
+        self.digest_wake.notify_one();
+    }
+
     /// The background task sending digests when due.
     async fn digest_task(self: Arc<Self>, cx: ModuleCx) {
+        self.restore_digests(&cx).await;
         loop {
             let next = self.digests.iter().map(|d| d.due).min();
             match next {
@@ -249,7 +359,7 @@ impl State {
                     }
                 }
             }
-            self.flush_digests(&cx, false);
+            self.flush_digests(&cx).await;
         }
     }
 
@@ -329,6 +439,12 @@ pub fn features() -> Vec<String> {
         v.push(format!("{NS_PUBSUB}#{f}"));
     }
     v
+}
+
+/// The moment `ms` (since the epoch) on the monotonic clock (now, when past).
+fn instant_of(ms: i64) -> std::time::Instant {
+    let left = u64::try_from(ms.saturating_sub(now_ms())).unwrap_or(0);
+    std::time::Instant::now() + std::time::Duration::from_millis(left)
 }
 
 /// One digest as a single notification message.
@@ -499,7 +615,10 @@ fn start(host: &mut HostSetup, o: Options) -> Result<Arc<State>, String> {
     host.hook_async::<RemoveUser, _>(50, move |cx, a| {
         let s = s.clone();
         async move {
-            if let Err(e) = remove_user(&s, &cx, &a.jid()).await {
+            let bare = a.jid();
+            s.digests
+                .retain(|_, d| d.to.to_bare().as_str() != bare && d.service != bare);
+            if let Err(e) = remove_user(&s, &cx, &bare).await {
                 tracing::warn!(error = %e, "removing pubsub data failed");
             }
             HookAction::Continue

@@ -605,14 +605,14 @@ impl Svc {
     /// Send `<event>` + `payload_el` to every recipient of the node.
     async fn broadcast(&self, n: &Node, payload_el: Element) -> Result<(), StanzaError> {
         let to = self.recipients(n).await?;
-        self.notify_recipients(n, &to, payload_el);
+        self.notify_recipients(n, &to, payload_el).await;
         Ok(())
     }
 
     /// Send one event to `to`, as each subscription's options ask: only to
     /// sessions whose presence is among `show-values`, item events gathered
     /// into digests, with a body when asked.
-    fn notify_recipients(&self, n: &Node, to: &[Recipient], payload_el: Element) {
+    async fn notify_recipients(&self, n: &Node, to: &[Recipient], payload_el: Element) {
         let from = self.t.jid();
         let kind = n.cfg.notification_type.as_str();
         let digestible = payload_el.name() == "items";
@@ -622,6 +622,7 @@ impl Svc {
         // serialized once for all of them (`Stanza::write_xml`).
         let mut plain: Option<Stanza> = None;
         let mut with_body: Option<Stanza> = None;
+        let mut digests: Vec<(Jid, bool, u64)> = Vec::new();
         let send = |template: &mut Option<Stanza>, to: Jid, body: bool| {
             let t = template.get_or_insert_with(|| {
                 let body = body.then(|| body_text(&n.name, &payload_el));
@@ -638,17 +639,7 @@ impl Svc {
             };
             for target in self.show_targets(&r.jid, o) {
                 if o.digest && digestible {
-                    self.st.add_digest(
-                        &self.cx,
-                        &self.t.key,
-                        &from,
-                        &target,
-                        &n.name,
-                        kind,
-                        o.include_body,
-                        payload_el.children().cloned().collect(),
-                        o.digest_frequency,
-                    );
+                    digests.push((target, o.include_body, o.digest_frequency));
                     continue;
                 }
                 if o.include_body {
@@ -656,6 +647,66 @@ impl Svc {
                 } else {
                     send(&mut plain, target, false);
                 }
+            }
+        }
+        if !digests.is_empty() {
+            self.gather(n, &from, kind, &payload_el, digests).await;
+        }
+    }
+
+    /// Item notifications for digest subscriptions (§6.3 `pubsub#digest`):
+    /// stored first, then added to each recipient's digest, so that a
+    /// restart or a crash before the digest is due loses none.
+    async fn gather(
+        &self,
+        n: &Node,
+        from: &Jid,
+        kind: &str,
+        payload_el: &Element,
+        digests: Vec<(Jid, bool, u64)>,
+    ) {
+        let children: Vec<Element> = payload_el.children().cloned().collect();
+        let mut rows = Vec::new();
+        let mut adds = Vec::new();
+        for (target, body, frequency) in digests {
+            let due_ms = self
+                .st
+                .digest_due_ms(&self.t.key, &n.name, &target, frequency);
+            let mut mine = Vec::with_capacity(children.len());
+            for c in &children {
+                let seq = super::next_digest_seq();
+                rows.push(super::store::DigestRow {
+                    service: self.t.key.clone(),
+                    node: n.name.clone(),
+                    recipient: target.to_string(),
+                    seq,
+                    due_ms,
+                    from_jid: from.to_string(),
+                    kind: kind.to_string(),
+                    body,
+                    xml: palaver_proto::writer::to_string(c, ""),
+                });
+                mine.push((seq, c.clone()));
+            }
+            adds.push((target, body, due_ms, mine));
+        }
+        if let Err(e) = self.db.add_digest_rows(&self.st.host, &rows).await {
+            // Still gathered in memory: only a crash would lose them now.
+            tracing::warn!(error = %e, "storing pubsub digest notifications failed");
+        }
+        for (target, body, due_ms, mine) in adds {
+            let full = self.st.add_digest(
+                &self.t.key,
+                from,
+                &target,
+                &n.name,
+                kind,
+                body,
+                mine,
+                due_ms,
+            );
+            if let Some(d) = full {
+                self.st.send_digest(&self.cx, d).await;
             }
         }
     }
@@ -1113,7 +1164,7 @@ impl Svc {
                 set_attr(&mut r, "uri", uri);
                 d.append_child(r);
             }
-            self.notify_recipients(&n, &to, d);
+            self.notify_recipients(&n, &to, d).await;
         }
         Ok(None)
     }

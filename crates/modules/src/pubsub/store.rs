@@ -49,7 +49,42 @@ pub const MIGRATIONS: &[ModuleMigration] = &[
         sqlite: "CREATE INDEX IF NOT EXISTS pubsub_subscription_jid ON pubsub_subscription (jid)",
         postgres: "CREATE INDEX IF NOT EXISTS pubsub_subscription_jid ON pubsub_subscription (jid)",
     },
+    // Notifications waiting in a `pubsub#digest` (one row each), kept until
+    // their digest is sent: a restart or a crash loses none.
+    ModuleMigration {
+        sqlite: "CREATE TABLE IF NOT EXISTS pubsub_digest (host TEXT NOT NULL, service TEXT NOT NULL, \
+                 node TEXT NOT NULL, recipient TEXT NOT NULL, seq BIGINT NOT NULL, due_ms BIGINT NOT NULL, \
+                 from_jid TEXT NOT NULL, kind TEXT NOT NULL, body BIGINT NOT NULL, xml TEXT NOT NULL, \
+                 PRIMARY KEY (host, service, node, recipient, seq))",
+        postgres: "CREATE TABLE IF NOT EXISTS pubsub_digest (host TEXT NOT NULL, service TEXT NOT NULL, \
+                   node TEXT NOT NULL, recipient TEXT NOT NULL, seq BIGINT NOT NULL, due_ms BIGINT NOT NULL, \
+                   from_jid TEXT NOT NULL, kind TEXT NOT NULL, body BIGINT NOT NULL, xml TEXT NOT NULL, \
+                   PRIMARY KEY (host, service, node, recipient, seq))",
+    },
 ];
+
+/// One notification waiting in a digest (`pubsub_digest`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigestRow {
+    /// The service (`pubsub.HOST`, or the account for PEP).
+    pub service: String,
+    /// Node.
+    pub node: String,
+    /// Where the digest goes.
+    pub recipient: String,
+    /// Order of arrival, unique per host.
+    pub seq: i64,
+    /// When the digest is due (milliseconds since the epoch).
+    pub due_ms: i64,
+    /// The sender of the digest message.
+    pub from_jid: String,
+    /// `headline` or `normal`.
+    pub kind: String,
+    /// Whether the message gets a `<body/>`.
+    pub body: bool,
+    /// The `<item/>` or `<retract/>`, serialized.
+    pub xml: String,
+}
 
 /// A stored item.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -550,6 +585,15 @@ impl PubsubSql {
                 .bind(bare)
                 .execute(&mut *tx)
                 .await?;
+            // Digests waiting for the account (or from its PEP service).
+            sqlx::query(
+                "DELETE FROM pubsub_digest WHERE recipient = $1 OR substr(recipient, 1, length($2)) = $2 \
+                 OR service = $1",
+            )
+            .bind(bare)
+            .bind(&prefix)
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
             owned
         }))
@@ -583,6 +627,108 @@ impl PubsubSql {
                 .await?
                 .rows_affected()
         }))
+    }
+
+    /// Keep notifications gathered for digests (one transaction).
+    pub async fn add_digest_rows(&self, host: &str, rows: &[DigestRow]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        on_db!(&self.0, |pool| {
+            let mut tx = pool.begin_write().await?;
+            for r in rows {
+                sqlx::query(
+                    "INSERT INTO pubsub_digest (host, service, node, recipient, seq, due_ms, from_jid, kind, body, xml) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(host)
+                .bind(&r.service)
+                .bind(&r.node)
+                .bind(&r.recipient)
+                .bind(r.seq)
+                .bind(r.due_ms)
+                .bind(&r.from_jid)
+                .bind(&r.kind)
+                .bind(i64::from(r.body))
+                .bind(&r.xml)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Forget notifications whose digest was sent.
+    pub async fn remove_digest_rows(
+        &self,
+        host: &str,
+        service: &str,
+        node: &str,
+        recipient: &str,
+        seqs: &[i64],
+    ) -> Result<()> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        on_db!(&self.0, |pool| {
+            let mut tx = pool.begin_write().await?;
+            for seq in seqs {
+                sqlx::query(
+                    "DELETE FROM pubsub_digest WHERE host = $1 AND service = $2 AND node = $3 \
+                     AND recipient = $4 AND seq = $5",
+                )
+                .bind(host)
+                .bind(service)
+                .bind(node)
+                .bind(recipient)
+                .bind(*seq)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Every notification waiting in a digest on `host`, in arrival order.
+    pub async fn digest_rows(&self, host: &str) -> Result<Vec<DigestRow>> {
+        type Row = (
+            String,
+            String,
+            String,
+            i64,
+            i64,
+            String,
+            String,
+            i64,
+            String,
+        );
+        let rows: Vec<Row> = on_db!(&self.0, |pool| {
+            sqlx::query_as(
+                "SELECT service, node, recipient, seq, due_ms, from_jid, kind, body, xml \
+                 FROM pubsub_digest WHERE host = $1 ORDER BY seq",
+            )
+            .bind(host)
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(
+                |(service, node, recipient, seq, due_ms, from_jid, kind, body, xml)| DigestRow {
+                    service,
+                    node,
+                    recipient,
+                    seq,
+                    due_ms,
+                    from_jid,
+                    kind,
+                    body: body != 0,
+                    xml,
+                },
+            )
+            .collect())
     }
 
     /// Whether a node has any owner left.
