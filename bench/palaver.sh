@@ -21,8 +21,8 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$HERE/.."
 USERS="${1:-2000}"
 RESULTS="${2:-/tmp/palaver-bench.jsonl}"
-DATA=/tmp/bench-palaver
-IP=127.0.0.14
+DATA=${PALAVER_BENCH_DATA:-/tmp/bench-palaver}
+IP=${PALAVER_BENCH_IP:-127.0.0.14}
 DOMAIN=pal.test
 export CARGO_TARGET_DIR="${PALAVER_TARGET:-/tmp/palaver-release}"
 if [ -n "${PALAVER_BIN:-}" ]; then
@@ -79,7 +79,7 @@ taskset -c 0 "$PAL" serve --config "$DATA/palaver.yml" >"$DATA/log" 2>&1 &
 PID=$!
 trap 'kill $PID 2>/dev/null || true' EXIT
 for _ in $(seq 100); do (exec 3<>/dev/tcp/$IP/5222) 2>/dev/null && break; sleep 0.1; done
-T=(--host "$IP" --domain "$DOMAIN" --server-pid "$PID" --src-ips 127.0.0.20-127.0.0.40 --json "$RESULTS")
+T=(--host "$IP" --domain "$DOMAIN" --server-pid "$PID" --src-ips ${PALAVER_BENCH_SRC:-127.0.0.20-127.0.0.40} --json "$RESULTS")
 taskset -c 1 "$B" register --users "$USERS" --concurrency 20 --register-batch 50 "${T[@]}"
 SCEN=" ${PALAVER_BENCH_SCENARIOS:-login chat muc idle roster} "
 on() { [[ $SCEN == *" $1 "* ]]; }
