@@ -2,13 +2,12 @@
 //! acknowledged (XEP-0198 `<a/>`): offline messages and roster changes are
 //! committed before the acknowledgement. Runs on SQLite and on PostgreSQL.
 mod common;
+use common::process::{add_user, serve};
 use common::*;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const BIN: &str = env!("CARGO_BIN_EXE_palaver");
 /// Stanzas per batch: 9 messages and one roster change.
 const BATCH: u64 = 10;
 /// Stanzas acknowledged before the kill.
@@ -20,47 +19,6 @@ fn write_config(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
     let path = dir.join("palaver.yml");
     std::fs::write(&path, config_text(dir, "", MODULES) + extra).expect("write config");
     path
-}
-
-/// Start `palaver serve`; returns the child and its c2s address.
-async fn serve(cfg: &std::path::Path) -> (tokio::process::Child, std::net::SocketAddr) {
-    let mut child = tokio::process::Command::new(BIN)
-        .arg("serve")
-        .arg("--config")
-        .arg(cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let mut addr = None;
-    while let Ok(Ok(Some(line))) = tokio::time::timeout(TIMEOUT * 3, lines.next_line()).await {
-        if addr.is_none() && line.contains("listening on") && line.contains("C2s)") {
-            let a = line.split_whitespace().nth(2).expect("address");
-            addr = Some(a.parse().expect("socket address"));
-        }
-        if line.contains("data directory") {
-            break;
-        }
-    }
-    // Keep draining stdout so the server never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr.expect("serve printed its c2s address"))
-}
-
-fn add_user(cfg: &std::path::Path, jid: &str) {
-    let out = std::process::Command::new(BIN)
-        .args(["user", "add", jid, "pw", "--config"])
-        .arg(cfg)
-        .output()
-        .expect("run palaver user add");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Stanza `n` (1-based) of the load: a roster change every `BATCH`th, else a message.

@@ -40,14 +40,14 @@ pub async fn serve(cfg: &Path) -> (tokio::process::Child, SocketAddr) {
         .arg("--config")
         .arg(cfg)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
         .expect("spawn serve");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let mut addr = None;
-    while let Ok(Ok(Some(line))) = tokio::time::timeout(TIMEOUT, lines.next_line()).await {
+    while let Ok(Ok(Some(line))) = tokio::time::timeout(TIMEOUT * 3, lines.next_line()).await {
         if addr.is_none() && line.contains("listening on") && line.contains("C2s)") {
             let a = line.split_whitespace().nth(2).expect("address");
             addr = Some(a.parse().expect("socket address"));
@@ -56,6 +56,7 @@ pub async fn serve(cfg: &Path) -> (tokio::process::Child, SocketAddr) {
             break;
         }
     }
+    // Keep draining stdout so the server never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, addr.expect("serve printed its c2s address"))
 }

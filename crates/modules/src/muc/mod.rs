@@ -427,6 +427,21 @@ impl Service {
         f: impl FnOnce(&mut Room, &Limits, &mut Effects) -> R,
         persist_ok: bool,
     ) -> Option<R> {
+        self.with_room_stored(cx, name, arc, f, persist_ok)
+            .map(|(r, _)| r)
+    }
+
+    /// [`Service::with_room`], also giving what signals that the stored
+    /// room has been written, when it is being written: an owner's change
+    /// is answered only once it is stored.
+    fn with_room_stored<R>(
+        self: &Arc<Self>,
+        cx: &ModuleCx,
+        name: &str,
+        arc: Arc<Mutex<Room>>,
+        f: impl FnOnce(&mut Room, &Limits, &mut Effects) -> R,
+        persist_ok: bool,
+    ) -> Option<(R, Option<tokio::sync::oneshot::Receiver<()>>)> {
         let mut fx = Effects::default();
         let (r, was_persistent, remove) = {
             let mut room = lock(&arc);
@@ -477,9 +492,8 @@ impl Service {
                 }
             });
         }
-        if (fx.save || remove) && was_persistent {
-            self.sync(cx, name.to_string());
-        }
+        let stored =
+            ((fx.save || remove) && was_persistent).then(|| self.sync(cx, name.to_string()));
         if remove {
             let (store, svc, room) = (store::MucSql::of(cx), self.domain.clone(), name.to_string());
             cx.spawn(async move {
@@ -488,14 +502,16 @@ impl Service {
                 }
             });
         }
-        Some(r)
+        Some((r, stored))
     }
 
     /// Bring the stored room in line with memory (write it, or delete it
-    /// when gone or no longer persistent), holding the sender's ticket.
-    fn sync(self: &Arc<Self>, cx: &ModuleCx, name: String) {
+    /// when gone or no longer persistent), holding the sender's ticket; the
+    /// receiver hears when that is done.
+    fn sync(self: &Arc<Self>, cx: &ModuleCx, name: String) -> tokio::sync::oneshot::Receiver<()> {
         let svc = self.clone();
         let store = store::MucSql::of(cx);
+        let (done, stored) = tokio::sync::oneshot::channel();
         cx.spawn(async move {
             let _g = svc.save_lock.lock().await;
             let snap = svc.rooms.get(&name).map(|r| r.clone()).and_then(|r| {
@@ -509,7 +525,9 @@ impl Service {
             if let Err(e) = res {
                 tracing::warn!(error = %e, room = %name, "storing room failed");
             }
+            let _ = done.send(());
         });
+        stored
     }
 
     fn room(&self, name: &str) -> Option<Arc<Mutex<Room>>> {
@@ -714,7 +732,7 @@ impl Service {
                 (Ok(()), false) => self.mam_query(cx, st, q, name.to_string()),
             };
         }
-        let reply = self.with_room(
+        let reply = self.with_room_stored(
             cx,
             name,
             arc,
@@ -763,8 +781,17 @@ impl Service {
             persist_ok,
         );
         match reply {
-            Some(Ok(payload)) => cx.route(st.iq_result(payload)),
-            Some(Err(e)) => {
+            // A change to a stored room is answered once it is stored: a
+            // restart after the answer keeps it.
+            Some((Ok(payload), Some(stored))) => {
+                let (cx2, answer) = (cx.clone(), st.iq_result(payload));
+                cx.spawn(async move {
+                    let _ = stored.await;
+                    cx2.route(answer);
+                });
+            }
+            Some((Ok(payload), None)) => cx.route(st.iq_result(payload)),
+            Some((Err(e), _)) => {
                 if let Some(r) = iq_error(&st, e) {
                     cx.route(r)
                 }
