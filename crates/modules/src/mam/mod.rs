@@ -199,26 +199,59 @@ struct State {
     writer: tokio::sync::mpsc::Sender<Write>,
 }
 
-/// One message waiting for the archive writer; `done` fires once its batch
-/// is committed.
+/// One message waiting for the archive writer, with the ticket of the
+/// stanza it came from: the writer releases the ticket once the message is
+/// committed, so `<a/>` means archived. (No task waits for the commit.)
 struct Write {
     host: String,
     user: String,
     item: Item,
-    done: tokio::sync::oneshot::Sender<()>,
+    ticket: Option<palaver_server::ack::Ticket>,
+}
+
+/// Write `w` here, not by the writer (the writer is gone: the module is
+/// stopping); its ticket is released afterwards.
+async fn write_now(cx: &ModuleCx, w: Write) {
+    if let Err(e) = MamSql::of(cx)
+        .insert(&w.host, &w.user, std::slice::from_ref(&w.item))
+        .await
+    {
+        tracing::warn!(error = %e, "archiving a message failed");
+    }
+    drop(w.ticket);
 }
 
 /// Most messages one transaction of the archive writer holds.
 const BATCH: usize = 256;
+/// Staged rows (SQLite, see [`MamSql::insert_many`]) the writer lets
+/// accumulate before it folds them into the archive…
+const FOLD_ROWS: u64 = 32_768;
+/// … or once it has been idle this long.
+const FOLD_IDLE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The archive writer: one task per host that commits what arrived while
 /// the previous batch was written, in one transaction. Under load one
 /// commit serves many messages (archiving is cheap per message); alone, a
-/// message is written at once.
+/// message is written at once. On SQLite it also folds the staged rows
+/// into the archive, every [`FOLD_ROWS`] and when idle (reads fold first
+/// too, so this only keeps the staging table short).
 async fn writer(cx: ModuleCx, mut rx: tokio::sync::mpsc::Receiver<Write>) {
     let store = MamSql::of(&cx);
     let mut batch: Vec<Write> = Vec::with_capacity(BATCH);
-    while let Some(w) = rx.recv().await {
+    let mut staged: u64 = 0;
+    loop {
+        let next = if staged == 0 {
+            rx.recv().await
+        } else {
+            match tokio::time::timeout(FOLD_IDLE, rx.recv()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    fold(&store, &mut staged).await;
+                    continue;
+                }
+            }
+        };
+        let Some(w) = next else { break };
         batch.push(w);
         while batch.len() < BATCH {
             match rx.try_recv() {
@@ -226,22 +259,43 @@ async fn writer(cx: ModuleCx, mut rx: tokio::sync::mpsc::Receiver<Write>) {
                 Err(_) => break,
             }
         }
+        let mut tickets = Vec::with_capacity(batch.len());
         let rows: Vec<(String, String, Item)> = batch
-            .iter()
-            .map(|w| (w.host.clone(), w.user.clone(), w.item.clone()))
+            .drain(..)
+            .map(|w| {
+                tickets.push(w.ticket);
+                (w.host, w.user, w.item)
+            })
             .collect();
-        if let Err(e) = store.insert_many(&rows).await {
-            // One at a time, so one bad row does not cost the others.
-            tracing::warn!(error = %e, "an archive batch failed; writing its messages one by one");
-            for (host, user, item) in &rows {
-                if let Err(e) = store.insert(host, user, std::slice::from_ref(item)).await {
-                    tracing::warn!(error = %e, "archiving a message failed");
+        match store.insert_many(&rows).await {
+            Ok(()) => staged += rows.len() as u64,
+            Err(e) => {
+                // One at a time, so one bad row does not cost the others.
+                tracing::warn!(error = %e, "an archive batch failed; writing its messages one by one");
+                for (host, user, item) in &rows {
+                    if let Err(e) = store.insert(host, user, std::slice::from_ref(item)).await {
+                        tracing::warn!(error = %e, "archiving a message failed");
+                    }
                 }
             }
         }
-        for w in batch.drain(..) {
-            let _ = w.done.send(());
+        // Committed (or written one by one): the stanzas may be acknowledged.
+        drop(tickets);
+        if staged >= FOLD_ROWS {
+            fold(&store, &mut staged).await;
         }
+    }
+    if staged > 0 {
+        fold(&store, &mut staged).await;
+    }
+}
+
+/// Fold the staged rows into the archive (see [`MamSql::fold_staged`]).
+async fn fold(store: &MamSql, staged: &mut u64) {
+    match store.fold_staged().await {
+        Ok(_) => *staged = 0,
+        // Kept staged: reads fold too, and the writer tries again.
+        Err(e) => tracing::warn!(error = %e, "folding staged archive rows failed"),
     }
 }
 
@@ -254,23 +308,18 @@ impl State {
         }
     }
 
-    /// Archive `item` for `user@host`; returns once it is committed (the
-    /// caller holds the stanza's ticket until then, so `<a/>` means
-    /// archived). Written by the host's archive writer; should the writer
-    /// be gone (the module stopping), written here.
+    /// Hand `item` for `user@host` to the archive writer (waiting while its
+    /// queue is full) with the ticket of the stanza being handled, which
+    /// the writer keeps until the message is committed.
     async fn archive(&self, cx: &ModuleCx, host: &str, user: &str, item: Item) {
-        let (done, committed) = tokio::sync::oneshot::channel();
         let w = Write {
             host: host.to_string(),
             user: user.to_string(),
-            item: item.clone(),
-            done,
+            item,
+            ticket: cx.ticket(),
         };
-        if self.writer.send(w).await.is_ok() && committed.await.is_ok() {
-            return;
-        }
-        if let Err(e) = MamSql::of(cx).insert(host, user, &[item]).await {
-            tracing::warn!(error = %e, "archiving a message failed");
+        if let Err(e) = self.writer.send(w).await {
+            write_now(cx, e.0).await;
         }
     }
 
@@ -533,6 +582,18 @@ fn serialize(el: &Element) -> String {
 }
 
 fn item_for(id: i64, with: &Jid, el: &Element) -> Item {
+    item_with(id, with, el, serialize(el))
+}
+
+/// The archive item of a whole stanza (`to` included), serialized without
+/// copying its element.
+fn stanza_item(id: i64, with: &Jid, st: &Stanza) -> Item {
+    let mut xml = String::with_capacity(256);
+    st.write_xml(&mut xml, "");
+    item_with(id, with, st.el(), xml)
+}
+
+fn item_with(id: i64, with: &Jid, el: &Element, xml: String) -> Item {
     Item {
         id,
         with_bare: with.to_bare().to_string(),
@@ -541,7 +602,7 @@ fn item_for(id: i64, with: &Jid, el: &Element) -> Item {
             .get_child("origin-id", NS_SID)
             .and_then(|o| o.attr("id"))
             .map(str::to_string),
-        xml: serialize(el),
+        xml,
     }
 }
 
@@ -591,22 +652,46 @@ fn received(state: &Arc<State>, cx: &HookCx<'_>, st: &mut Stanza) {
     if !archivable(st) || (st.from.to_bare() == to && st.el().has_child("forwarded", NS_FORWARD)) {
         return;
     }
-    let likely = match state.prefs.get(&account) {
-        Some(p) => p.verdict(&st.from) != Verdict::No,
+    let verdict = state.prefs.get(&account).map(|p| p.verdict(&st.from));
+    let likely = match &verdict {
+        Some(v) => *v != Verdict::No,
         None => state.default != Mode::Never,
     };
     if !likely {
         return;
     }
     let n = next_id();
-    let item = item_for(n, &st.from, &st.to_element());
+    let item = stanza_item(n, &st.from, st);
     st.el_mut()
         .append_child(stanza_id(&encode_id(&account, n), &account));
-    let (state, cx2) = (state.clone(), cx.cx().clone());
-    let (host, user, from) = (host.to_string(), node.to_string(), st.from.clone());
     // Without a session the account may not exist (the router answers
     // that later): nothing is archived for a name no one has.
     let check_account = !cx.sessions().has_sessions(&to);
+    if !check_account && verdict == Some(Verdict::Yes) {
+        // The common case, decided here: queued without a task of its own.
+        let w = Write {
+            host: host.to_string(),
+            user: node.to_string(),
+            item,
+            ticket: cx.cx().ticket(),
+        };
+        let w = match state.writer.try_send(w) {
+            Ok(()) => return,
+            Err(
+                tokio::sync::mpsc::error::TrySendError::Full(w)
+                | tokio::sync::mpsc::error::TrySendError::Closed(w),
+            ) => w,
+        };
+        let (state, cx2) = (state.clone(), cx.cx().clone());
+        cx.spawn(async move {
+            if let Err(e) = state.writer.send(w).await {
+                write_now(&cx2, e.0).await;
+            }
+        });
+        return;
+    }
+    let (state, cx2) = (state.clone(), cx.cx().clone());
+    let (host, user, from) = (host.to_string(), node.to_string(), st.from.clone());
     cx.spawn(async move {
         if check_account
             && !matches!(
@@ -664,9 +749,18 @@ async fn archive_sent(state: &State, cx: &ModuleCx, session: &FullJid, st: &Stan
             return;
         }
     }
-    let mut el = st.to_element();
-    strip_stanza_ids(&mut el, me.as_str());
-    let item = item_for(n, &to, &el);
+    let item = if claims_stanza_id(st.el(), me.as_str()) {
+        let mut el = st.to_element();
+        strip_stanza_ids(&mut el, me.as_str());
+        item_for(n, &to, &el)
+    } else {
+        stanza_item(n, &to, st)
+    };
+    // Queued in the account's order, without waiting for the commit: the
+    // writer holds the stanza's ticket until then. This hook runs in the
+    // account's ordered queue, which the kernel drains with one task per
+    // shard: waiting for the commit here let at most one message per shard
+    // into each batch of the writer (BENCHMARKS.md, run 8).
     state.archive(cx, host, node.as_str(), item).await;
 }
 
