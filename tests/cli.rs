@@ -38,29 +38,10 @@ async fn serve_and_manage_users_while_running() {
     assert!(sock.exists());
     let (ok, out) = run(&["user", "add", "zed@localhost", "z", "--config", cfg_s]);
     assert!(ok, "offline with a stale socket: {out}");
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["serve", "--config", cfg_s])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let mut addr = None;
-    let mut saw_data = false;
-    while let Ok(Ok(Some(line))) = tokio::time::timeout(TIMEOUT, lines.next_line()).await {
-        if addr.is_none() && line.contains("listening on") && line.contains("C2s)") {
-            let a = line.split_whitespace().nth(2).expect("address");
-            addr = Some(a.parse::<std::net::SocketAddr>().expect("socket address"));
-        }
-        if line.contains("data directory") {
-            saw_data = true;
-            break;
-        }
-    }
-    let addr = addr.expect("serve printed its c2s address");
-    assert!(saw_data, "serve prints its data directory");
+    let served = common::process::spawn_serve(cfg.as_ref()).await;
+    let addr = served.c2s();
+    assert!(served.printed_data_dir, "serve prints its data directory");
+    let mut child = served.child;
     {
         use std::os::unix::fs::{FileTypeExt, PermissionsExt};
         let meta = std::fs::metadata(&sock).expect("control socket");

@@ -4,9 +4,8 @@
 //! spoofed ids, account removal, and an acknowledged archive surviving
 //! `kill -9`.
 mod common;
+use common::process::{BIN, add_user, serve, write_config};
 use common::*;
-use std::process::Stdio;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const MODULES: &str = "modules:\n  mod_disco: {}\n  mod_roster: {}\n  mod_offline: {}\n  mod_stream_mgmt: {}\n  mod_carboncopy: {}\n  mod_mam: {}\n";
 
@@ -506,61 +505,10 @@ async fn without_the_module_nothing_is_advertised_or_stamped() {
 
 // ---------------------------------------------------------------- kill -9
 
-const BIN: &str = env!("CARGO_BIN_EXE_palaver");
-
-async fn serve(cfg: &std::path::Path) -> (tokio::process::Child, std::net::SocketAddr) {
-    let mut child = tokio::process::Command::new(BIN)
-        .arg("serve")
-        .arg("--config")
-        .arg(cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let mut addr = None;
-    while let Ok(Ok(Some(line))) = tokio::time::timeout(TIMEOUT, lines.next_line()).await {
-        if addr.is_none() && line.contains("listening on") && line.contains("C2s)") {
-            let a = line.split_whitespace().nth(2).expect("address");
-            addr = Some(a.parse().expect("socket address"));
-        }
-        if line.contains("data directory") {
-            break;
-        }
-    }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr.expect("serve printed its c2s address"))
-}
-
-fn add_user(cfg: &std::path::Path, jid: &str) {
-    let out = std::process::Command::new(BIN)
-        .args(["user", "add", jid, "pw", "--config"])
-        .arg(cfg)
-        .output()
-        .expect("run palaver user add");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test]
 async fn an_acknowledged_archive_survives_kill_9() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = dir.path().join("palaver.yml");
-    let mut text = config_text(dir.path(), "", MODULES);
-    let pg = if backend_is_pg() {
-        palaver_storage::postgres::testdb::TestDb::create("mam kill -9").await
-    } else {
-        None
-    };
-    if let Some(db) = &pg {
-        text.push_str(&pg_keys(&db.url));
-    }
-    std::fs::write(&cfg, text).expect("write config");
+    let (cfg, _pg) = write_config(dir.path(), MODULES, "mam kill -9").await;
     add_user(&cfg, "alice@localhost");
     add_user(&cfg, "bob@localhost");
     let (mut child, addr) = serve(&cfg).await;

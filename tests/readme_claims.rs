@@ -5,9 +5,9 @@ mod common;
 mod tlsutil;
 use common::*;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_palaver");
 
@@ -308,30 +308,9 @@ async fn sigterm_sends_system_shutdown_and_exits_cleanly() {
         .output()
         .expect("run palaver");
     assert!(out.status.success(), "{out:?}");
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["serve", "--config", cfg_s])
-        .env_remove("PALAVER_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let mut addr = None;
-    while let Ok(Ok(Some(line))) = tokio::time::timeout(TIMEOUT, lines.next_line()).await {
-        if addr.is_none() && line.contains("listening on") && line.contains("C2s)") {
-            addr = line
-                .split_whitespace()
-                .nth(2)
-                .and_then(|a| a.parse::<SocketAddr>().ok());
-        }
-        if line.contains("data directory") {
-            break;
-        }
-    }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let addr = addr.expect("serve printed its c2s address");
+    let served = common::process::spawn_serve(cfg.as_ref()).await;
+    let addr = served.c2s();
+    let mut child = served.child;
     let mut c = raw_login(addr, "alice", DOMAIN, "pw", "r").await;
     c.send("<presence/>").await;
     c.until("<presence").await;

@@ -12,8 +12,7 @@ use minidom::Element;
 use palaver_server::config::Config;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use tokio::io::{AsyncBufReadExt, BufReader};
+
 use xclient::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_palaver");
@@ -591,32 +590,9 @@ async fn ctl_and_sighup_reload_the_running_binary() {
     let (ok, out) = ctl(&["ctl", "reload_config"]);
     assert!(!ok && out.contains("needs a running server"), "{out}");
 
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["serve", "--config", &cfg_s])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let mut addr = None;
-    while let Ok(Ok(Some(line))) = tokio::time::timeout(TIMEOUT, lines.next_line()).await {
-        if addr.is_none() && line.contains("listening on") && line.contains("C2s)") {
-            let a = line.split_whitespace().nth(2).expect("address");
-            addr = Some(a.parse::<std::net::SocketAddr>().expect("socket address"));
-        }
-        if line.contains("data directory") {
-            break;
-        }
-    }
-    let (tx, mut log) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let _ = tx.send(line);
-        }
-    });
-    let addr = addr.expect("serve printed its c2s address");
+    let served = common::process::spawn_serve(&cfg).await;
+    let addr = served.c2s();
+    let (mut child, mut log) = (served.child, served.log);
     let mut alice = raw_login(addr, "alice", DOMAIN, "pw", "r").await;
     let mut n = 0;
     let mut time = async |alice: &mut RawTcp| {

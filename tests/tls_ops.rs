@@ -4,12 +4,11 @@
 //! trusted or expire soon.
 mod common;
 mod tlsutil;
+use common::process::BIN;
 use common::*;
 
 use std::process::Stdio;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-
-const BIN: &str = env!("CARGO_BIN_EXE_palaver");
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn write_cert(path: &std::path::Path, names: &[&str], days: i64) {
     let mut params =
@@ -38,48 +37,6 @@ fn civil(t: i64) -> (i32, u8, u8) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     (y as i32, m as u8, d as u8)
-}
-
-async fn serve(
-    cfg: &std::path::Path,
-) -> (
-    tokio::process::Child,
-    std::net::SocketAddr,
-    tokio::sync::mpsc::UnboundedReceiver<String>,
-) {
-    let mut child = tokio::process::Command::new(BIN)
-        .arg("serve")
-        .arg("--config")
-        .arg(cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let mut addr = None;
-    while let Ok(Ok(Some(line))) = tokio::time::timeout(TIMEOUT, lines.next_line()).await {
-        if addr.is_none() && line.contains("listening on") && line.contains("direct TLS") {
-            let a = line.split_whitespace().nth(2).expect("address");
-            addr = Some(a.parse().expect("socket address"));
-        }
-        if line.contains("data directory") {
-            break;
-        }
-    }
-    // The server's later output (its log), line by line.
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let _ = tx.send(line);
-        }
-    });
-    (
-        child,
-        addr.expect("serve printed its direct TLS address"),
-        rx,
-    )
 }
 
 /// The leaf certificate a TLS handshake with `addr` presents for `localhost`.
@@ -115,7 +72,9 @@ async fn sighup_reloads_certificates_and_keeps_clients() {
         .output()
         .expect("user add");
     assert!(out.status.success());
-    let (mut child, addr, mut log) = serve(&cfg).await;
+    let served = common::process::spawn_serve(&cfg).await;
+    let addr = served.addr("direct TLS");
+    let (mut child, mut log) = (served.child, served.log);
     let before = presented(addr, &first).await;
 
     // A client stays connected across the reload.

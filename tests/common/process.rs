@@ -32,13 +32,43 @@ pub async fn write_config(
     (cfg, pg)
 }
 
-/// Start `palaver serve` with `cfg`; the child (killed when dropped) and
-/// its c2s address, once it has said it serves.
-pub async fn serve(cfg: &Path) -> (tokio::process::Child, SocketAddr) {
+/// A running `palaver serve`.
+pub struct Served {
+    /// The process (killed when dropped).
+    pub child: tokio::process::Child,
+    /// What it printed before it served: "listening on ADDR (…)" lines.
+    listening: Vec<(String, SocketAddr)>,
+    /// Whether it printed its data directory (the last line of its start).
+    pub printed_data_dir: bool,
+    /// Its later output (the log), line by line.
+    pub log: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Served {
+    /// The address of the first listener whose line contains `what`
+    /// (`"C2s)"`, `"direct TLS"`…).
+    pub fn addr(&self, what: &str) -> SocketAddr {
+        self.listening
+            .iter()
+            .find(|(line, _)| line.contains(what))
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("serve printed no {what} listener: {:?}", self.listening))
+    }
+
+    /// The first c2s listener.
+    pub fn c2s(&self) -> SocketAddr {
+        self.addr("C2s)")
+    }
+}
+
+/// Start `palaver serve --config cfg` (without `PALAVER_CONFIG` from the
+/// environment) and read what it prints until it serves.
+pub async fn spawn_serve(cfg: &Path) -> Served {
     let mut child = tokio::process::Command::new(BIN)
         .arg("serve")
         .arg("--config")
         .arg(cfg)
+        .env_remove("PALAVER_CONFIG")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -46,19 +76,40 @@ pub async fn serve(cfg: &Path) -> (tokio::process::Child, SocketAddr) {
         .expect("spawn serve");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
-    let mut addr = None;
+    let mut listening = Vec::new();
+    let mut printed_data_dir = false;
     while let Ok(Ok(Some(line))) = tokio::time::timeout(TIMEOUT * 3, lines.next_line()).await {
-        if addr.is_none() && line.contains("listening on") && line.contains("C2s)") {
-            let a = line.split_whitespace().nth(2).expect("address");
-            addr = Some(a.parse().expect("socket address"));
+        if line.contains("listening on")
+            && let Some(a) = line.split_whitespace().nth(2).and_then(|a| a.parse().ok())
+        {
+            listening.push((line.clone(), a));
         }
         if line.contains("data directory") {
+            printed_data_dir = true;
             break;
         }
     }
     // Keep draining stdout so the server never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr.expect("serve printed its c2s address"))
+    let (tx, log) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = tx.send(line);
+        }
+    });
+    Served {
+        child,
+        listening,
+        printed_data_dir,
+        log,
+    }
+}
+
+/// Start `palaver serve` with `cfg`; the child (killed when dropped) and
+/// its c2s address, once it has said it serves.
+pub async fn serve(cfg: &Path) -> (tokio::process::Child, SocketAddr) {
+    let s = spawn_serve(cfg).await;
+    let addr = s.c2s();
+    (s.child, addr)
 }
 
 /// `palaver user add JID pw` with `cfg`.
