@@ -11,8 +11,9 @@
 //!   account ([`MessageIn`]), whoever sent it and whether or not the
 //!   account is online: the server adds `<stanza-id by='user@host'/>`
 //!   with the archive id (the client sees it, also in offline messages);
-//! - the **sent** side when a local session sends one ([`UserSent`], in the
-//!   order the account sent them). Carbon copies are not archived again.
+//! - the **sent** side when a local session sends one (the last
+//!   [`UserSend`] hook, where its id is taken in the order the account sent
+//!   them). Carbon copies are not archived again.
 //!
 //! Both writes hold the sending client's XEP-0198 ticket: its `<a/>`
 //! means the message is in both archives.
@@ -60,7 +61,7 @@ use palaver_proto::ns;
 use palaver_proto::rsm::{RsmRequest, RsmResult};
 use palaver_proto::stanza::{Stanza, StanzaKind, set_attr};
 use palaver_proto::writer::write_element;
-use palaver_server::hooks::{MessageIn, RemoveUser, SessionBound, UserSend, UserSent};
+use palaver_server::hooks::{MessageIn, RemoveUser, SessionBound, UserSend};
 use palaver_server::{
     HookAction, HookCx, HostSetup, IqRequest, IqResult, IqScope, IqType, Module, ModuleCx,
     ModuleDef,
@@ -189,12 +190,6 @@ struct State {
     default: Mode,
     /// Bare JID → preferences read from storage (or the default).
     prefs: DashMap<String, Arc<Prefs>>,
-    /// Bare JID → archive ids taken for its sent messages when they were
-    /// sent (the `user_send_packet` hook, in the session's order), used by
-    /// the `user_sent` writes in the same order. An id taken at routing
-    /// time keeps the conversation's order: a reply routed before the
-    /// sent side is written still comes after it in the archive.
-    sent_ids: DashMap<String, std::collections::VecDeque<i64>>,
     /// The archive writer (see [`State::archive`]).
     writer: tokio::sync::mpsc::Sender<Write>,
 }
@@ -357,7 +352,6 @@ impl Module for Mam {
         let state = Arc::new(State {
             default,
             prefs: DashMap::new(),
-            sent_ids: DashMap::new(),
             writer: writer_tx,
         });
         host.spawn_task(move |cx| writer(cx, writer_rx));
@@ -397,20 +391,10 @@ impl Module for Mam {
         let s = state.clone();
         // Last of the send hooks: a stanza that reaches it is routed.
         host.hook::<UserSend>(-1000, move |cx, st| {
-            if let Some(session) = cx.session()
-                && let Some(me) = sent_archivable(session, st)
-            {
-                s.sent_ids.entry(me).or_default().push_back(next_id());
+            if let Some(session) = cx.session() {
+                archive_sent(&s, cx, session, st);
             }
             HookAction::Continue
-        });
-        let s = state.clone();
-        host.hook_async::<UserSent, _>(0, move |cx, sent| {
-            let s = s.clone();
-            async move {
-                archive_sent(&s, &cx, &sent.session, &sent.stanza).await;
-                HookAction::Continue
-            }
         });
         let s = state.clone();
         host.hook_async::<SessionBound, _>(0, move |cx, jid| {
@@ -726,28 +710,26 @@ fn sent_archivable(session: &FullJid, st: &Stanza) -> Option<String> {
     (to.to_bare() != me && archivable(st)).then(|| me.to_string())
 }
 
-async fn archive_sent(state: &State, cx: &ModuleCx, session: &FullJid, st: &Stanza) {
+/// The sent side of a message a local session sends, from the last of the
+/// send hooks (a stanza that reaches it is routed). Its archive id is taken
+/// here, so the archive keeps the conversation's order: a reply routed
+/// before this message is written still comes after it. The write goes to
+/// the archive writer, which holds the stanza's ticket until it is
+/// committed (`<a/>` means archived); with the account's preferences known,
+/// no task is spawned for it.
+fn archive_sent(state: &Arc<State>, cx: &HookCx<'_>, session: &FullJid, st: &Stanza) {
     let Some(key) = sent_archivable(session, st) else {
         return;
-    };
-    // The id taken when it was sent (see `State::sent_ids`).
-    let n = {
-        let taken = state.sent_ids.get_mut(&key).and_then(|mut q| q.pop_front());
-        state.sent_ids.remove_if(&key, |_, q| q.is_empty());
-        taken.unwrap_or_else(next_id)
     };
     let Some(to) = st.to.clone() else { return };
     let me = session.to_bare();
     let (Some(node), host) = (me.node(), me.domain().as_str()) else {
         return;
     };
-    match allowed(state, cx, host, node.as_str(), &to).await {
-        Ok(true) => {}
-        Ok(false) => return,
-        Err(e) => {
-            tracing::warn!(error = ?e, "archive preferences unavailable");
-            return;
-        }
+    let n = next_id();
+    let verdict = state.prefs.get(&key).map(|p| p.verdict(&to));
+    if verdict == Some(Verdict::No) {
+        return;
     }
     let item = if claims_stanza_id(st.el(), me.as_str()) {
         let mut el = st.to_element();
@@ -756,12 +738,39 @@ async fn archive_sent(state: &State, cx: &ModuleCx, session: &FullJid, st: &Stan
     } else {
         stanza_item(n, &to, st)
     };
-    // Queued in the account's order, without waiting for the commit: the
-    // writer holds the stanza's ticket until then. This hook runs in the
-    // account's ordered queue, which the kernel drains with one task per
-    // shard: waiting for the commit here let at most one message per shard
-    // into each batch of the writer (BENCHMARKS.md, run 8).
-    state.archive(cx, host, node.as_str(), item).await;
+    let (host, user) = (host.to_string(), node.to_string());
+    if verdict == Some(Verdict::Yes) {
+        let w = Write {
+            host,
+            user,
+            item,
+            ticket: cx.cx().ticket(),
+        };
+        let w = match state.writer.try_send(w) {
+            Ok(()) => return,
+            Err(
+                tokio::sync::mpsc::error::TrySendError::Full(w)
+                | tokio::sync::mpsc::error::TrySendError::Closed(w),
+            ) => w,
+        };
+        let (state, cx2) = (state.clone(), cx.cx().clone());
+        cx.spawn(async move {
+            if let Err(e) = state.writer.send(w).await {
+                write_now(&cx2, e.0).await;
+            }
+        });
+        return;
+    }
+    // Preferences not loaded yet, or "roster": decided by a task that
+    // holds the ticket.
+    let (state, cx2) = (state.clone(), cx.cx().clone());
+    cx.spawn(async move {
+        match allowed(&state, &cx2, &host, &user, &to).await {
+            Ok(true) => state.archive(&cx2, &host, &user, item).await,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = ?e, "archive preferences unavailable"),
+        }
+    });
 }
 
 // ---------------------------------------------------------------- queries
