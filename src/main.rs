@@ -321,6 +321,14 @@ fn account(jid: &str) -> Result<(String, String)> {
     Ok((bare.domain().to_string(), node))
 }
 
+/// mimalloc rather than glibc's malloc: the server allocates and frees
+/// small objects on every worker thread and hands many of them to other
+/// threads (stanzas, archive rows); glibc spent a quarter of the CPU of the
+/// chat benchmark with the archive on in its slow paths (BENCHMARKS.md,
+/// run 10).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<ExitCode> {
     let list = format!(
         "Commands (`palaver ctl help COMMAND` shows one):\n{}",
