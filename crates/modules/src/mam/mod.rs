@@ -653,25 +653,7 @@ fn received(state: &Arc<State>, cx: &HookCx<'_>, st: &mut Stanza) {
     let check_account = !cx.sessions().has_sessions(&to);
     if !check_account && verdict == Some(Verdict::Yes) {
         // The common case, decided here: queued without a task of its own.
-        let w = Write {
-            host: host.to_string(),
-            user: node.to_string(),
-            item,
-            ticket: cx.cx().ticket(),
-        };
-        let w = match state.writer.try_send(w) {
-            Ok(()) => return,
-            Err(
-                tokio::sync::mpsc::error::TrySendError::Full(w)
-                | tokio::sync::mpsc::error::TrySendError::Closed(w),
-            ) => w,
-        };
-        let (state, cx2) = (state.clone(), cx.cx().clone());
-        cx.spawn(async move {
-            if let Err(e) = state.writer.send(w).await {
-                write_now(&cx2, e.0).await;
-            }
-        });
+        queue(state, cx, host.to_string(), node.to_string(), item);
         return;
     }
     let (state, cx2) = (state.clone(), cx.cx().clone());
@@ -710,6 +692,31 @@ fn sent_archivable(session: &FullJid, st: &Stanza) -> Option<String> {
     (to.to_bare() != me && archivable(st)).then(|| me.to_string())
 }
 
+/// Hand a row to the archive writer with the current stanza's ticket: at
+/// once when the writer's queue has room, else from a task that waits for
+/// room (or writes the row itself when the writer is gone).
+fn queue(state: &Arc<State>, cx: &HookCx<'_>, host: String, user: String, item: Item) {
+    let w = Write {
+        host,
+        user,
+        item,
+        ticket: cx.cx().ticket(),
+    };
+    let w = match state.writer.try_send(w) {
+        Ok(()) => return,
+        Err(
+            tokio::sync::mpsc::error::TrySendError::Full(w)
+            | tokio::sync::mpsc::error::TrySendError::Closed(w),
+        ) => w,
+    };
+    let (state, cx2) = (state.clone(), cx.cx().clone());
+    cx.spawn(async move {
+        if let Err(e) = state.writer.send(w).await {
+            write_now(&cx2, e.0).await;
+        }
+    });
+}
+
 /// The sent side of a message a local session sends, from the last of the
 /// send hooks (a stanza that reaches it is routed). Its archive id is taken
 /// here, so the archive keeps the conversation's order: a reply routed
@@ -740,25 +747,7 @@ fn archive_sent(state: &Arc<State>, cx: &HookCx<'_>, session: &FullJid, st: &Sta
     };
     let (host, user) = (host.to_string(), node.to_string());
     if verdict == Some(Verdict::Yes) {
-        let w = Write {
-            host,
-            user,
-            item,
-            ticket: cx.cx().ticket(),
-        };
-        let w = match state.writer.try_send(w) {
-            Ok(()) => return,
-            Err(
-                tokio::sync::mpsc::error::TrySendError::Full(w)
-                | tokio::sync::mpsc::error::TrySendError::Closed(w),
-            ) => w,
-        };
-        let (state, cx2) = (state.clone(), cx.cx().clone());
-        cx.spawn(async move {
-            if let Err(e) = state.writer.send(w).await {
-                write_now(&cx2, e.0).await;
-            }
-        });
+        queue(state, cx, host, user, item);
         return;
     }
     // Preferences not loaded yet, or "roster": decided by a task that
