@@ -172,20 +172,20 @@ impl XmlStream {
     /// `jabber:client` (stanzas are kept in `jabber:client` inside the server
     /// and inherit the stream's `jabber:server` / component namespace).
     pub async fn send(&mut self, el: &Element) -> io::Result<()> {
-        self.out.clear();
-        palaver_proto::writer::write_element(&mut self.out, el, ns::CLIENT);
-        self.io.write_all(self.out.as_bytes()).await?;
-        if self.out.capacity() > 65_536 {
-            self.out = String::new();
-        }
-        self.io.flush().await
+        self.send_with(|out| palaver_proto::writer::write_element(out, el, ns::CLIENT))
+            .await
     }
 
-    /// Write a stanza (see [`Stream::send`]); a stanza shared by a fan-out
-    /// is serialized once for all its recipients.
+    /// Write a stanza (see [`XmlStream::send`]); a stanza shared by a
+    /// fan-out is serialized once for all its recipients.
     pub async fn send_stanza(&mut self, st: &palaver_proto::stanza::Stanza) -> io::Result<()> {
+        self.send_with(|out| st.write_xml(out, ns::CLIENT)).await
+    }
+
+    /// Write what `write` puts in the reused output buffer.
+    async fn send_with(&mut self, write: impl FnOnce(&mut String)) -> io::Result<()> {
         self.out.clear();
-        st.write_xml(&mut self.out, ns::CLIENT);
+        write(&mut self.out);
         self.io.write_all(self.out.as_bytes()).await?;
         if self.out.capacity() > 65_536 {
             self.out = String::new();
