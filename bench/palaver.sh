@@ -12,6 +12,8 @@
 # besides the core set, e.g. the chat run with an archive.
 # PALAVER_BENCH_SCENARIOS="chat muc" runs only those, after registration
 # (default: login chat muc idle roster, muc only with PALAVER_BENCH_MUC=1).
+# PALAVER_BENCH_CHAT="--rate R" runs chat open loop at R messages/s in all
+# (default: closed loop, window 4).
 # PALAVER_BENCH_MUC=1 adds mod_muc (conference.pal.test) and the muc scenario
 # (200 occupants of one room, closed loop window 1, 15 s, grace 15 s) after chat.
 # PALAVER_BENCH_DB=pgsql puts the store on a fresh PostgreSQL database
@@ -89,7 +91,9 @@ if on login; then
 fi
 if on chat; then
   sleep 2
-  taskset -c 1 "$B" chat --users $((USERS / 2)) --window 4 --duration 20 --grace 15 "${T[@]}"
+  # PALAVER_BENCH_CHAT="--rate 12000" replaces the closed loop's pacing
+  # (open loop: both configurations compared at one message rate).
+  taskset -c 1 "$B" chat --users $((USERS / 2)) ${PALAVER_BENCH_CHAT:---window 4} --duration 20 --grace 15 "${T[@]}"
 fi
 if on muc && [ "${PALAVER_BENCH_MUC:-0}" = 1 ]; then
   sleep 2

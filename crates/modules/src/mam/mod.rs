@@ -216,24 +216,40 @@ async fn write_now(cx: &ModuleCx, w: Write) {
     drop(w.ticket);
 }
 
-/// Most messages one transaction of the archive writer holds.
-const BATCH: usize = 256;
+/// Most messages one transaction of the archive writer holds (one
+/// statement: [`store::ROWS_PER_INSERT`]).
+const BATCH: usize = store::ROWS_PER_INSERT;
+/// Messages waiting for the writer before senders wait for room: enough
+/// for the rows that arrive while a fold runs, so that a hook hands its
+/// row over at once (a full queue costs a task per message until the
+/// writer catches up: a tenth of the server's CPU in the benchmark with
+/// the old queue of 1,024).
+const WRITER_QUEUE: usize = 16_384;
 /// Staged rows (SQLite, see [`MamSql::insert_many`]) the writer lets
 /// accumulate before it folds them into the archive…
 const FOLD_ROWS: u64 = 32_768;
+/// … or once the oldest has waited this long …
+const FOLD_AGE: std::time::Duration = std::time::Duration::from_secs(5);
 /// … or once it has been idle this long.
 const FOLD_IDLE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The archive writer: one task per host that commits what arrived while
-/// the previous batch was written, in one transaction. Under load one
+/// the previous batch was written, in one statement. Under load one
 /// commit serves many messages (archiving is cheap per message); alone, a
 /// message is written at once. On SQLite it also folds the staged rows
-/// into the archive, every [`FOLD_ROWS`] and when idle (reads fold first
-/// too, so this only keeps the staging table short).
+/// into the archive, every [`FOLD_ROWS`], [`FOLD_AGE`] and when idle.
+/// Rarer folds cost less per row (a fold dirties much the same index
+/// pages for 30,000 rows as for 60,000), but a fold holds the database's
+/// write lock while it runs: 0.2–0.35 s for [`FOLD_ROWS`] on the
+/// benchmark machine, twice that for twice the rows (BENCHMARKS.md, run
+/// 11). The age bound keeps folds short under a light steady load. A
+/// read archives its own account's staged rows first, so it never waits
+/// for a fold of everyone's.
 async fn writer(cx: ModuleCx, mut rx: tokio::sync::mpsc::Receiver<Write>) {
     let store = MamSql::of(&cx);
     let mut batch: Vec<Write> = Vec::with_capacity(BATCH);
     let mut staged: u64 = 0;
+    let mut since = std::time::Instant::now();
     loop {
         let next = if staged == 0 {
             rx.recv().await
@@ -263,7 +279,12 @@ async fn writer(cx: ModuleCx, mut rx: tokio::sync::mpsc::Receiver<Write>) {
             })
             .collect();
         match store.insert_many(&rows).await {
-            Ok(()) => staged += rows.len() as u64,
+            Ok(()) => {
+                if staged == 0 {
+                    since = std::time::Instant::now();
+                }
+                staged += rows.len() as u64;
+            }
             Err(e) => {
                 // One at a time, so one bad row does not cost the others.
                 tracing::warn!(error = %e, "an archive batch failed; writing its messages one by one");
@@ -276,7 +297,7 @@ async fn writer(cx: ModuleCx, mut rx: tokio::sync::mpsc::Receiver<Write>) {
         }
         // Committed (or written one by one): the stanzas may be acknowledged.
         drop(tickets);
-        if staged >= FOLD_ROWS {
+        if staged >= FOLD_ROWS || (staged > 0 && since.elapsed() >= FOLD_AGE) {
             fold(&store, &mut staged).await;
         }
     }
@@ -287,9 +308,17 @@ async fn writer(cx: ModuleCx, mut rx: tokio::sync::mpsc::Receiver<Write>) {
 
 /// Fold the staged rows into the archive (see [`MamSql::fold_staged`]).
 async fn fold(store: &MamSql, staged: &mut u64) {
+    let started = std::time::Instant::now();
     match store.fold_staged().await {
-        Ok(_) => *staged = 0,
-        // Kept staged: reads fold too, and the writer tries again.
+        Ok(rows) => {
+            *staged = 0;
+            tracing::debug!(
+                rows,
+                ms = started.elapsed().as_millis() as u64,
+                "archive rows folded"
+            );
+        }
+        // Kept staged: reads archive theirs first, and the writer tries again.
         Err(e) => tracing::warn!(error = %e, "folding staged archive rows failed"),
     }
 }
@@ -348,7 +377,7 @@ impl Module for Mam {
             )
         })?;
         host.migrations(store::MIGRATIONS);
-        let (writer_tx, writer_rx) = tokio::sync::mpsc::channel(4 * BATCH);
+        let (writer_tx, writer_rx) = tokio::sync::mpsc::channel(WRITER_QUEUE);
         let state = Arc::new(State {
             default,
             prefs: DashMap::new(),

@@ -39,8 +39,31 @@ pub const MIGRATIONS: &[ModuleMigration] = &[
 ];
 
 /// Rows per statement of [`MamSql::insert_many`] (7 parameters each,
-/// well under SQLite's and PostgreSQL's limits).
-pub const ROWS_PER_INSERT: usize = 128;
+/// well under SQLite's and PostgreSQL's limits): the archive writer's
+/// whole batch, so that a batch is one statement.
+pub const ROWS_PER_INSERT: usize = 256;
+
+/// `[1,2,3]`: a list of row ids bound as one parameter (`json_each`).
+fn json_list(ids: &[i64]) -> String {
+    let mut s = String::with_capacity(2 + ids.len() * 8);
+    s.push('[');
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&id.to_string());
+    }
+    s.push(']');
+    s
+}
+
+/// The row ids of a `json_group_array(rowid …)`: one row to fetch, not
+/// one per staged row (sqlx hands SQLite's rows over one at a time, from
+/// its worker thread).
+fn staged_rowids(list: String) -> Result<Vec<i64>> {
+    serde_json::from_str(&list)
+        .map_err(|e| palaver_storage::StorageError::Backend(format!("staged archive rows: {e}")))
+}
 
 /// `INSERT INTO mam_staging … VALUES (?, …), (?, …) …` for `n` rows
 /// (SQLite). Anonymous parameters: sqlx asks SQLite for every parameter's
@@ -188,10 +211,10 @@ impl MamSql {
         Ok(())
     }
 
-    /// Archive messages of several accounts (`(host, user, item)`) in one
-    /// transaction: the archive writer's batch, written as multi-row
-    /// `INSERT`s of up to [`ROWS_PER_INSERT`] rows (one statement, not one
-    /// per message).
+    /// Archive messages of several accounts (`(host, user, item)`) at
+    /// once: the archive writer's batch, written as multi-row `INSERT`s of
+    /// up to [`ROWS_PER_INSERT`] rows (a batch of that size is one
+    /// statement, not one per message; a longer one is one transaction).
     ///
     /// On SQLite the rows go to `mam_staging`, a table without indexes that
     /// only grows at its end, and [`MamSql::fold_staged`] moves them into
@@ -201,10 +224,10 @@ impl MamSql {
     /// `with` index), and SQLite writes every dirty page whole to the WAL at
     /// each commit and again at each checkpoint: about 40 µs of CPU per
     /// row, most of it in the kernel (BENCHMARKS.md, run 8). Folded, an
-    /// account's rows of many commits share their index pages. Every read
-    /// of the archive folds first ([`MamSql::settle`]), so reads see all
-    /// committed messages. PostgreSQL logs row changes, not pages, and is
-    /// written directly.
+    /// account's rows of many commits share their index pages. A read of
+    /// an account's archive first archives that account's staged rows
+    /// ([`MamSql::settle`]), so reads see all committed messages.
+    /// PostgreSQL logs row changes, not pages, and is written directly.
     pub async fn insert_many(&self, rows: &[(String, String, Item)]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
@@ -214,7 +237,14 @@ impl MamSql {
             Db::Postgres(_) => "mam_archive",
         };
         on_db!(&self.0, |pool| {
-            let mut tx = pool.begin_write().await?;
+            // A batch of up to ROWS_PER_INSERT rows is one statement, so
+            // one round trip to the database (autocommit); a longer one is
+            // one transaction of several.
+            let mut tx = if rows.len() > ROWS_PER_INSERT {
+                Some(pool.begin_write().await?)
+            } else {
+                None
+            };
             for chunk in rows.chunks(ROWS_PER_INSERT) {
                 let sql = if table == "mam_staging" {
                     staging_insert(chunk.len())
@@ -233,9 +263,14 @@ impl MamSql {
                         .bind(it.origin_id.as_deref())
                         .bind(it.xml.as_str());
                 }
-                q.execute(&mut *tx).await?;
+                match tx.as_mut() {
+                    Some(tx) => q.execute(&mut **tx).await?,
+                    None => q.execute(pool).await?,
+                };
             }
-            tx.commit().await?;
+            if let Some(tx) = tx {
+                tx.commit().await?;
+            }
         });
         Ok(())
     }
@@ -244,6 +279,11 @@ impl MamSql {
     /// in one transaction, sorted by account (an id already archived is
     /// kept, as in [`MamSql::insert`]); how many were staged. A no-op on
     /// PostgreSQL.
+    ///
+    /// One transaction, not slices of one: SQLite drops a connection's
+    /// page cache whenever another connection has committed, so slices
+    /// interleaved with the writer's batches each read the archive's index
+    /// pages again (BENCHMARKS.md, run 11).
     pub async fn fold_staged(&self) -> Result<u64> {
         let Db::Sqlite(pool) = &self.0 else {
             return Ok(0);
@@ -265,18 +305,41 @@ impl MamSql {
         Ok(n)
     }
 
-    /// Before a read: fold what is staged, so the read sees every committed
-    /// message (SQLite; a no-op on PostgreSQL).
-    async fn settle(&self) -> Result<()> {
+    /// Before a read of one account's archive: archive the rows staged
+    /// for it, so the read sees every committed message (SQLite; a no-op
+    /// on PostgreSQL). The other accounts' rows stay staged: a read costs
+    /// one scan of the staging table, not a fold.
+    async fn settle(&self, host: &str, user: &str) -> Result<()> {
         let Db::Sqlite(pool) = &self.0 else {
             return Ok(());
         };
-        let staged: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM mam_staging)")
+        let rows = staged_rowids(
+            sqlx::query_scalar(
+                "SELECT json_group_array(rowid) FROM mam_staging WHERE host = ? AND username = ?",
+            )
+            .bind(host)
+            .bind(user)
             .fetch_one(pool)
-            .await?;
-        if staged {
-            self.fold_staged().await?;
+            .await?,
+        )?;
+        if rows.is_empty() {
+            return Ok(());
         }
+        let list = json_list(&rows);
+        let mut tx = pool.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO mam_archive (host, username, id, with_bare, with_res, origin_id, xml) \
+             SELECT host, username, id, with_bare, with_res, origin_id, xml FROM mam_staging \
+             WHERE rowid IN (SELECT value FROM json_each(?)) ON CONFLICT DO NOTHING",
+        )
+        .bind(&list)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM mam_staging WHERE rowid IN (SELECT value FROM json_each(?))")
+            .bind(&list)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -348,7 +411,7 @@ impl MamSql {
         offset: usize,
         backward: bool,
     ) -> Result<(usize, Vec<(i64, String)>)> {
-        self.settle().await?;
+        self.settle(host, user).await?;
         let mut cbinds = Vec::new();
         let w = Self::where_clause(f, &mut cbinds);
         let count_sql = format!("SELECT COUNT(*) FROM mam_archive WHERE {w}");
@@ -400,7 +463,7 @@ impl MamSql {
         offset: usize,
         backward: bool,
     ) -> Result<Vec<(i64, String)>> {
-        self.settle().await?;
+        self.settle(host, user).await?;
         let mut binds = Vec::new();
         let sql = Self::page_sql(f, limit, offset, backward, &mut binds);
         let mut rows: Vec<(i64, String)> = on_db!(&self.0, |pool| {
@@ -423,7 +486,7 @@ impl MamSql {
 
     /// Whether the account's archive has message `id`.
     pub async fn exists(&self, host: &str, user: &str, id: i64) -> Result<bool> {
-        self.settle().await?;
+        self.settle(host, user).await?;
         let n: Option<i64> = on_db!(&self.0, |pool| {
             sqlx::query_scalar(
                 "SELECT id FROM mam_archive WHERE host = $1 AND username = $2 AND id = $3",
@@ -439,7 +502,7 @@ impl MamSql {
 
     /// The first and last ids of an account's archive.
     pub async fn bounds(&self, host: &str, user: &str) -> Result<Option<(i64, i64)>> {
-        self.settle().await?;
+        self.settle(host, user).await?;
         let r: (Option<i64>, Option<i64>) = on_db!(&self.0, |pool| {
             sqlx::query_as(
                 "SELECT (SELECT id FROM mam_archive WHERE host = $1 AND username = $2 ORDER BY id ASC LIMIT 1), \
@@ -458,17 +521,26 @@ impl MamSql {
 
     /// The largest id of every archive (to keep new ids above it).
     pub async fn max_id(&self) -> Result<Option<i64>> {
-        self.settle().await?;
-        Ok(on_db!(&self.0, |pool| {
-            sqlx::query_scalar("SELECT MAX(id) FROM mam_archive")
+        Ok(match &self.0 {
+            Db::Sqlite(pool) => {
+                sqlx::query_scalar(
+                    "SELECT MAX(m) FROM (SELECT MAX(id) AS m FROM mam_archive \
+                     UNION ALL SELECT MAX(id) FROM mam_staging)",
+                )
                 .fetch_one(pool)
                 .await?
-        }))
+            }
+            Db::Postgres(pool) => {
+                sqlx::query_scalar("SELECT MAX(id) FROM mam_archive")
+                    .fetch_one(pool)
+                    .await?
+            }
+        })
     }
 
     /// Delete an account's archive.
     pub async fn remove_archive(&self, host: &str, user: &str) -> Result<()> {
-        self.settle().await?;
+        self.fold_staged().await?;
         on_db!(&self.0, |pool| {
             sqlx::query("DELETE FROM mam_archive WHERE host = $1 AND username = $2")
                 .bind(host)
@@ -481,7 +553,7 @@ impl MamSql {
 
     /// Delete everything archived before id `before` (retention); how many rows.
     pub async fn expire(&self, before: i64) -> Result<u64> {
-        self.settle().await?;
+        self.fold_staged().await?;
         Ok(on_db!(&self.0, |pool| {
             sqlx::query("DELETE FROM mam_archive WHERE id < $1")
                 .bind(before)
@@ -605,11 +677,14 @@ mod tests {
                 .expect("direct");
             m.insert_many(&rows("v", [7])).await.expect("other");
             let all = Filter::default();
-            // Reads see the staged rows (they fold first).
+            // Reads see the staged rows (their account's are archived first).
             assert_eq!(m.count("h", "u", &all).await.expect("count"), 302);
             assert_eq!(m.bounds("h", "u").await.expect("bounds"), Some((1, 302)));
-            // Nothing left to fold.
+            // The other account's row is still staged (SQLite).
+            let staged = u64::from(matches!(m.0, Db::Sqlite(_)));
+            assert_eq!(m.fold_staged().await.expect("fold"), staged);
             assert_eq!(m.fold_staged().await.expect("fold"), 0);
+            assert_eq!(m.count("h", "v", &all).await.expect("count"), 1);
             m.insert_many(&rows("u", [303, 304])).await.expect("more");
             assert!(m.exists("h", "u", 304).await.expect("exists"));
             m.insert_many(&rows("u", [305])).await.expect("more");
@@ -623,6 +698,46 @@ mod tests {
             m.insert_many(&rows("u", [307])).await.expect("more");
             assert_eq!(m.expire(301).await.expect("expire"), 300);
             assert_eq!(m.count("h", "u", &all).await.expect("count"), 7);
+        }
+    }
+
+    /// Rows for many accounts, in the writer's batches.
+    async fn stage(m: &MamSql, users: std::ops::Range<usize>, ids: std::ops::Range<i64>) {
+        let mut all = Vec::new();
+        for id in ids {
+            for u in users.clone() {
+                all.push(("h".to_string(), format!("u{u}"), item(id, "b@h")));
+            }
+        }
+        for batch in all.chunks(ROWS_PER_INSERT) {
+            m.insert_many(batch).await.expect("batch");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fold_keeps_every_row_even_beside_writes() {
+        for (m, _guard) in stores("mam fold beside writes").await {
+            stage(&m, 0..40, 0..150).await;
+            // A fold while more rows are staged beside it: it deletes only
+            // what it archived.
+            let (folded, ()) = tokio::join!(m.fold_staged(), stage(&m, 0..40, 150..200));
+            let folded = folded.expect("fold");
+            if matches!(m.0, Db::Sqlite(_)) {
+                assert!(folded >= 6000, "{folded}");
+            }
+            let all = Filter::default();
+            for u in 0..40 {
+                let user = format!("u{u}");
+                assert_eq!(m.count("h", &user, &all).await.expect("count"), 200);
+                let page = m.page("h", &user, &all, 3, 0, true).await.expect("page");
+                assert_eq!(
+                    page.iter().map(|r| r.0).collect::<Vec<_>>(),
+                    [197, 198, 199]
+                );
+            }
+            m.fold_staged().await.expect("fold");
+            assert_eq!(m.fold_staged().await.expect("fold"), 0);
+            assert_eq!(m.max_id().await.expect("max"), Some(199));
         }
     }
 
