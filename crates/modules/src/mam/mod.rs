@@ -240,9 +240,9 @@ const FOLD_IDLE: std::time::Duration = std::time::Duration::from_millis(250);
 /// into the archive, every [`FOLD_ROWS`], [`FOLD_AGE`] and when idle.
 /// Rarer folds cost less per row (a fold dirties much the same index
 /// pages for 30,000 rows as for 60,000), but a fold holds the database's
-/// write lock while it runs: 0.2–0.35 s for [`FOLD_ROWS`] on the
-/// benchmark machine, twice that for twice the rows (BENCHMARKS.md, run
-/// 11). The age bound keeps folds short under a light steady load. A
+/// write lock while it runs: for [`FOLD_ROWS`], 0.16 s into an empty
+/// archive to 0.5 s into one of 550,000 rows on the benchmark machine,
+/// and about twice that for twice the rows (BENCHMARKS.md, run 11). The age bound keeps folds short under a light steady load. A
 /// read archives its own account's staged rows first, so it never waits
 /// for a fold of everyone's.
 async fn writer(cx: ModuleCx, mut rx: tokio::sync::mpsc::Receiver<Write>) {
