@@ -389,6 +389,15 @@ async fn mismatched_tags_are_not_well_formed() {
     )
     .await;
     expect_rejected(&srv, true, b"<undeclared:prefix/>", &["not-well-formed"]).await;
+    // An element in the reserved xml namespace: forwarded, it could only be
+    // written as a default namespace no parser accepts (found by fuzzing).
+    expect_rejected(
+        &srv,
+        true,
+        b"<message to='bob@localhost'><xml:x/><body>x</body></message>",
+        &["not-well-formed"],
+    )
+    .await;
     assert_still_serving(&srv).await;
     srv.stop().await;
 }

@@ -214,6 +214,17 @@ impl Framer {
             match ev {
                 Event::XmlDeclaration(..) => {}
                 Event::StartElement(_, (ns, name), attrs) => {
+                    if ns.as_str() == ns::XML {
+                        // `<xml:x/>`: no XMPP element lives there, and it
+                        // could only be written again with the `xml`
+                        // prefix (the namespace cannot be a default one),
+                        // so a peer would refuse it. rxml refuses the
+                        // declaration `xmlns='…/XML/1998/namespace'` alike.
+                        return Err(StreamError::with_text(
+                            C::NotWellFormed,
+                            "element in the reserved xml namespace",
+                        ));
+                    }
                     if !self.opened {
                         self.opened = true;
                         if attrs.len() > self.limits.max_attributes {
@@ -328,6 +339,24 @@ mod tests {
             out.push(f);
         }
         Ok(out)
+    }
+
+    #[test]
+    fn an_element_in_the_xml_namespace_is_refused() {
+        // A child `<xml:x/>` could only be forwarded as
+        // `<x xmlns='http://www.w3.org/XML/1998/namespace'/>`, which every
+        // XML parser refuses: the recipient's stream would fail.
+        let mut f = Framer::new(Limits::default());
+        let input = format!("{HDR}<message to='a@b'><xml:x/></message>");
+        let e = run(&mut f, input.as_bytes()).unwrap_err();
+        assert_eq!(e.condition, C::NotWellFormed);
+        let mut f = Framer::new(Limits::default());
+        assert!(run(&mut f, b"<xml:stream/>").is_err());
+        // The prefix on attributes is what it is for.
+        let mut f = Framer::new(Limits::default());
+        let input =
+            format!("{HDR}<message to='a@b' xml:lang='de'><body xml:lang='fr'>x</body></message>");
+        assert_eq!(run(&mut f, input.as_bytes()).unwrap().len(), 2);
     }
 
     #[test]

@@ -32,7 +32,8 @@ pub const VERSION: &str = "jabber:iq:version";
 pub const TIME: &str = "urn:xmpp:time";
 /// XEP-0203 delayed delivery.
 pub const DELAY: &str = "urn:xmpp:delay";
-/// The XML namespace (for `xml:lang`).
+/// The XML namespace (for `xml:lang`), reserved by Namespaces in XML 1.0
+/// §3: it can only be written with the `xml` prefix.
 pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
 /// XEP-0004 data forms.
 pub const DATA_FORMS: &str = "jabber:x:data";
