@@ -242,9 +242,10 @@ const FOLD_IDLE: std::time::Duration = std::time::Duration::from_millis(250);
 /// pages for 30,000 rows as for 60,000), but a fold holds the database's
 /// write lock while it runs: for [`FOLD_ROWS`], 0.16 s into an empty
 /// archive to 0.5 s into one of 550,000 rows on the benchmark machine,
-/// and about twice that for twice the rows (BENCHMARKS.md, run 11). The age bound keeps folds short under a light steady load. A
-/// read archives its own account's staged rows first, so it never waits
-/// for a fold of everyone's.
+/// and about twice that for twice the rows (BENCHMARKS.md, run 11). The
+/// age bound keeps folds short under a light steady load. A read
+/// archives only its own account's staged rows first: it no longer folds
+/// everyone's itself (it still waits for a fold the writer is running).
 async fn writer(cx: ModuleCx, mut rx: tokio::sync::mpsc::Receiver<Write>) {
     let store = MamSql::of(&cx);
     let mut batch: Vec<Write> = Vec::with_capacity(BATCH);
