@@ -92,6 +92,18 @@ async fn mutual_subscription_and_presence() {
         .await;
     b.expect("push from", is_push("alice@localhost", "from", false))
         .await;
+    // alice gets the roster push and the `subscribed` before bob's presence
+    // (RFC 6121 §3.1.5-3.1.6): both are already there when it arrives.
+    a.expect("bob's presence", is_presence("bob@localhost/b", None))
+        .await;
+    assert!(
+        a.queue.iter().any(is_push("bob@localhost", "to", false))
+            && a.queue
+                .iter()
+                .any(is_presence("bob@localhost", Some("subscribed"))),
+        "bob's presence overtook the subscription: {:?}",
+        a.queue
+    );
     a.expect("push to", is_push("bob@localhost", "to", false))
         .await;
     a.expect(
@@ -99,8 +111,6 @@ async fn mutual_subscription_and_presence() {
         is_presence("bob@localhost", Some("subscribed")),
     )
     .await;
-    a.expect("bob's presence", is_presence("bob@localhost/b", None))
-        .await;
 
     // bob → alice, alice approves: both.
     b.send("<presence to='alice@localhost' type='subscribe'/>")
@@ -116,9 +126,16 @@ async fn mutual_subscription_and_presence() {
         .await;
     a.expect("push both", is_push("bob@localhost", "both", false))
         .await;
-    b.expect("push both", is_push("alice@localhost", "both", false))
-        .await;
     b.expect("alice's presence", is_presence("alice@localhost/a", None))
+        .await;
+    assert!(
+        b.queue
+            .iter()
+            .any(is_push("alice@localhost", "both", false)),
+        "alice's presence overtook the subscription: {:?}",
+        b.queue
+    );
+    b.expect("push both", is_push("alice@localhost", "both", false))
         .await;
     assert_eq!(
         items(&a.roster(None).await),

@@ -351,7 +351,9 @@ fn deliver_available(core: &ModuleCx, user: &BareJid, st: &Stanza) {
 }
 
 /// Send the current presence of every available resource of `user` to `to`
-/// (after an approval), or unavailable presence (after a cancellation).
+/// (after an approval), or unavailable presence (after a cancellation),
+/// after the subscription change routed to `to` just before: a local
+/// contact gets the `subscribed` (and its roster push) first.
 fn send_presence_of(core: &ModuleCx, user: &BareJid, to: &Jid, available: bool) {
     for h in core.sessions().sessions(user) {
         let (Some(_), Some(p)) = (h.priority, h.presence.as_ref()) else {
@@ -370,7 +372,7 @@ fn send_presence_of(core: &ModuleCx, user: &BareJid, to: &Jid, available: bool) 
         } else {
             presence(Jid::from(full), to.clone(), "unavailable")
         };
-        core.route(st);
+        core.route_after_account(st);
     }
 }
 

@@ -762,6 +762,29 @@ impl ModuleCx {
         self.core.route(st)
     }
 
+    /// Route `st` once the work already queued for its recipient's account
+    /// has run (see [`crate::serial`]), when that account is local: a
+    /// stanza that must not overtake a subscription change routed just
+    /// before it (the contact's presence after `subscribed`, RFC 6121
+    /// §3.1.5). To anyone else it is routed at once: a server-to-server
+    /// stream keeps the order itself. It holds the current stanza's ticket.
+    pub fn route_after_account(&self, st: Stanza) {
+        let key = match st.to.as_ref() {
+            Some(to) if to.node().is_some() && self.is_local(to.domain().as_str()) => {
+                to.to_bare().to_string()
+            }
+            _ => return self.route(st),
+        };
+        let core = self.core.clone();
+        let job = crate::ack::with_ticket(self.ticket(), async move { core.route(st) });
+        if let Err(crate::serial::Busy(job)) = self.core.serial.try_run_boxed(&key, Box::pin(job)) {
+            // The account's queue is full: routed anyway (never dropped),
+            // out of order.
+            tracing::warn!(account = %key, "ordered queue full; presence routed unordered");
+            tokio::spawn(job);
+        }
+    }
+
     /// Deliver `st` to the session bound as `session`, whatever the
     /// stanza's own `to` (e.g. a subscription request addressed to the bare
     /// JID, handed to each available resource). Nothing happens when no such
