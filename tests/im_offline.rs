@@ -71,3 +71,75 @@ async fn offline_storage_order_limit_and_cleanup() {
     assert!(e.contains("service-unavailable"), "unknown user: {e}");
     srv.stop().await;
 }
+
+/// A backlog longer than a session's queue: the login's ping is answered
+/// and a live message is delivered while the backlog is still being
+/// handed over (a bulk delivery leaves room in the queue, and a reply that
+/// finds the queue full waits instead of being dropped).
+#[tokio::test]
+async fn a_long_backlog_leaves_room_for_replies_and_live_messages() {
+    const N: usize = 3000;
+    let srv = TestServer::start_with(
+        "",
+        "modules:\n  mod_ping: {}\n  mod_roster: {}\n  mod_offline: {max_user_offline_messages: 100000}\n",
+    )
+    .await;
+    for u in ["alice", "bob", "carol"] {
+        srv.add_user(u, DOMAIN, "pw").await;
+    }
+    let mut a = raw_login(srv.addr, "alice", DOMAIN, "pw", "a").await;
+    let body = "x".repeat(2000);
+    let mut batch = String::new();
+    for i in 1..=N {
+        batch.push_str(&format!(
+            "<message to='bob@localhost' type='chat' id='m{i}'><body>{i} {body}</body></message>"
+        ));
+    }
+    a.send(&batch).await;
+    a.send("<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    a.until("id='p'").await;
+    // Stored in order through the account's queue: wait for the last one.
+    let offline = &srv.core().storage().offline;
+    for _ in 0..200 {
+        if offline.offline_count(DOMAIN, "bob").await.expect("count") == N {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        offline.offline_count(DOMAIN, "bob").await.expect("count"),
+        N
+    );
+
+    let mut b = raw_login(srv.addr, "bob", DOMAIN, "pw", "b").await;
+    // The initial presence starts the backlog; the ping comes right after,
+    // while bob is not reading yet (the queue fills up).
+    b.send("<presence/><iq type='get' id='done'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    let mut c = raw_login(srv.addr, "carol", DOMAIN, "pw", "c").await;
+    c.send("<message to='bob@localhost/b' type='chat' id='live'><body>live</body></message>")
+        .await;
+    c.send("<iq type='get' id='cp'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    let got = c.until("id='cp'").await;
+    assert!(!got.contains("type='error'"), "carol's message bounced");
+    // Everything up to the last stored message, then a second ping.
+    let mut got = b.until_within(&format!("id='m{N}'"), TIMEOUT * 3).await;
+    b.send("<iq type='get' id='sync'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    got += &b.until_within("id='sync'", TIMEOUT * 3).await;
+    assert!(
+        got.contains("id='m1'"),
+        "the backlog starts with the first message"
+    );
+    assert!(
+        got.contains("id='done'"),
+        "the login's ping was not answered"
+    );
+    assert!(
+        got.contains("id='live'"),
+        "the live message was not delivered"
+    );
+    srv.stop().await;
+}

@@ -13,7 +13,7 @@
 
 use dashmap::DashMap;
 use jid::{BareJid, FullJid};
-use palaver_proto::stanza::Stanza;
+use palaver_proto::stanza::{Stanza, StanzaKind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc;
@@ -325,8 +325,9 @@ impl SessionManager {
     /// the sender's stanza (when a session's stanza caused it), so the sender
     /// stops being read until this session catches up. A queue that is full
     /// all the same (many senders at once) refuses the stanza (`Full`: the
-    /// sender gets `resource-constraint`), except an error, which is never
-    /// answered and so waits (bounded) for room instead.
+    /// sender gets `resource-constraint`), except what cannot be refused
+    /// with an error (an error, an IQ result: RFC 6120 §8.3.1), which waits
+    /// (bounded) for room instead of disappearing.
     pub(crate) fn deliver(
         handle: &SessionHandle,
         st: Stanza,
@@ -344,7 +345,7 @@ impl SessionManager {
                 metrics::counter!("palaver_stanzas_delivered_total", "kind" => kind).increment(1);
                 Ok(())
             }
-            Err(mpsc::error::TrySendError::Full(msg @ SessionMsg::Stanza(..))) if matches!(&msg, SessionMsg::Stanza(s, _) if s.is_error()) =>
+            Err(mpsc::error::TrySendError::Full(msg @ SessionMsg::Stanza(..))) if matches!(&msg, SessionMsg::Stanza(s, _) if unanswerable(s)) =>
             {
                 let tx = handle.tx.clone();
                 tokio::spawn(async move {
@@ -353,7 +354,7 @@ impl SessionManager {
                         .is_err()
                     {
                         tracing::warn!(
-                            "session queue stayed full; an error stanza was not delivered"
+                            "session queue stayed full; an error or IQ result was not delivered"
                         );
                     }
                 });
@@ -368,6 +369,12 @@ impl SessionManager {
             Err(_) => unreachable!("only stanzas are sent here"),
         }
     }
+}
+
+/// A stanza no error may answer (RFC 6120 §8.3.1): refused, it would
+/// disappear without anyone knowing.
+fn unanswerable(st: &Stanza) -> bool {
+    st.is_error() || (st.kind == StanzaKind::Iq && st.type_attr() == Some("result"))
 }
 
 /// What modules may ask of the session table.
@@ -480,3 +487,62 @@ fn send_kick(s: &SessionHandle, cond: SC, reason: &str) -> bool {
 
 /// Shared handle.
 pub type SharedSm = Arc<SessionManager>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(capacity: usize) -> (SessionHandle, mpsc::Receiver<SessionMsg>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let conn = Arc::new(Connection {
+            transport: Transport::Tcp,
+            tls: false,
+            peer: "127.0.0.1:1".parse().expect("addr"),
+            since: std::time::SystemTime::now(),
+        });
+        let h = SessionHandle {
+            id: 1,
+            resource: "r".into(),
+            priority: Some(0),
+            presence: None,
+            inactive_since: None,
+            detached: false,
+            conn,
+            tx,
+        };
+        (h, rx)
+    }
+
+    fn stanza(xml: &str) -> Stanza {
+        let el: minidom::Element = xml.parse().expect("xml");
+        Stanza::from_element(el, jid::Jid::new("a@b/c").expect("jid")).expect("stanza")
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_what_can_be_answered_and_holds_the_rest() {
+        let (h, mut rx) = handle(1);
+        let msg = "<message xmlns='jabber:client' to='u@h/r' type='chat'><body>x</body></message>";
+        SessionManager::deliver(&h, stanza(msg)).expect("room for one");
+        // Full: a message is refused (its sender gets an error)…
+        let refused = SessionManager::deliver(&h, stanza(msg));
+        assert!(matches!(refused, Err((DeliverError::Full, _))));
+        // … a result and an error wait for room instead.
+        let result = "<iq xmlns='jabber:client' to='u@h/r' type='result' id='q1'/>";
+        SessionManager::deliver(&h, stanza(result)).expect("held");
+        let error = "<message xmlns='jabber:client' to='u@h/r' type='error'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>";
+        SessionManager::deliver(&h, stanza(error)).expect("held");
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            match rx.recv().await {
+                Some(SessionMsg::Stanza(st, _)) => ids.push(format!(
+                    "{}:{}",
+                    st.kind.as_str(),
+                    st.type_attr().unwrap_or("")
+                )),
+                _ => panic!("a stanza"),
+            }
+        }
+        ids.sort();
+        assert_eq!(ids, ["iq:result", "message:chat", "message:error"]);
+    }
+}
