@@ -304,7 +304,7 @@ impl RunningServer {
     }
 
     /// Stop accepting, send `<system-shutdown/>` to every session and wait
-    /// (bounded) for them to close.
+    /// (bounded) for them to close, then close the storage's connections.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown_tx.send(true);
         self.core.stop_modules();
@@ -313,5 +313,6 @@ impl RunningServer {
         while self.core.registry.count() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        self.core.storage().db.close(Duration::from_secs(5)).await;
     }
 }

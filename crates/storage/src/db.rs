@@ -144,6 +144,19 @@ pub struct ModuleMigration {
 const PG_LOCK: i64 = 0x0070_616c_6176_6572;
 
 impl Db {
+    /// Close the pool: wait (at most `within`) for the connections in use
+    /// to come back, then close them all. Closing a connection ends what it
+    /// left open: a transaction whose task was aborted at shutdown would
+    /// otherwise keep SQLite's write lock for as long as the idle
+    /// connection lives, and a server started again on the same file (a
+    /// restart in the same process) would find the database locked.
+    pub async fn close(&self, within: std::time::Duration) {
+        let closing = async { on_db!(self, |pool| pool.close().await) };
+        if tokio::time::timeout(within, closing).await.is_err() {
+            tracing::warn!("storage connections still in use at shutdown; left open");
+        }
+    }
+
     /// The dialect.
     pub fn dialect(&self) -> Dialect {
         match self {
