@@ -243,13 +243,8 @@ impl Core {
         let job = crate::ack::with_ticket(cx.ticket(), async move {
             chain.await;
         });
-        let key = session.to_bare().to_string();
-        if let Err(crate::serial::Busy(job)) = self.serial.try_run_boxed(&key, Box::pin(job)) {
-            // The account's queue is full: run it anyway (never dropped),
-            // out of order.
-            tracing::warn!(account = %key, "ordered queue full; user_sent hooks run unordered");
-            tokio::spawn(job);
-        }
+        self.serial
+            .run_or_spawn(&session.to_bare().to_string(), job, "user_sent hooks");
     }
 
     /// Run the subscription-out hooks for the sender's account, one

@@ -777,12 +777,7 @@ impl ModuleCx {
         };
         let core = self.core.clone();
         let job = crate::ack::with_ticket(self.ticket(), async move { core.route(st) });
-        if let Err(crate::serial::Busy(job)) = self.core.serial.try_run_boxed(&key, Box::pin(job)) {
-            // The account's queue is full: routed anyway (never dropped),
-            // out of order.
-            tracing::warn!(account = %key, "ordered queue full; presence routed unordered");
-            tokio::spawn(job);
-        }
+        self.core.serial.run_or_spawn(&key, job, "a routed stanza");
     }
 
     /// Deliver `st` to the session bound as `session`, whatever the

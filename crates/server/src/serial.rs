@@ -80,6 +80,21 @@ impl Serializer {
             .map_err(|e| Busy(e.into_inner()))
     }
 
+    /// Queue `fut` after the work already queued for `key`; when that queue
+    /// is full, run it at once in a task of its own (out of order, never
+    /// dropped), saying so with `what`.
+    pub fn run_or_spawn(
+        &self,
+        key: &str,
+        fut: impl std::future::Future<Output = ()> + Send + 'static,
+        what: &str,
+    ) {
+        if let Err(Busy(job)) = self.try_run_boxed(key, Box::pin(fut)) {
+            tracing::warn!(account = %key, "ordered queue full; {what} run out of order");
+            tokio::spawn(job);
+        }
+    }
+
     /// Run `fut` after the work already queued for `key` and wait for its
     /// output (waiting for room in the queue when it is full).
     pub async fn run<T: Send + 'static>(

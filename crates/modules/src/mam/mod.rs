@@ -343,8 +343,31 @@ impl State {
             item,
             ticket: cx.ticket(),
         };
+        self.send(cx, w).await;
+    }
+
+    /// Hand `w` to the writer, waiting while its queue is full; written
+    /// here when the writer is gone.
+    async fn send(&self, cx: &ModuleCx, w: Write) {
         if let Err(e) = self.writer.send(w).await {
             write_now(cx, e.0).await;
+        }
+    }
+
+    /// [`State::archive`] when the account's preferences let `with`'s
+    /// messages in (decided by a task that holds the stanza's ticket).
+    async fn archive_if_allowed(
+        &self,
+        cx: &ModuleCx,
+        host: &str,
+        user: &str,
+        with: &Jid,
+        item: Item,
+    ) {
+        match allowed(self, cx, host, user, with).await {
+            Ok(true) => self.archive(cx, host, user, item).await,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = ?e, "archive preferences unavailable"),
         }
     }
 
@@ -697,11 +720,9 @@ fn received(state: &Arc<State>, cx: &HookCx<'_>, st: &mut Stanza) {
         {
             return;
         }
-        match allowed(&state, &cx2, &host, &user, &from).await {
-            Ok(true) => state.archive(&cx2, &host, &user, item).await,
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = ?e, "archive preferences unavailable"),
-        }
+        state
+            .archive_if_allowed(&cx2, &host, &user, &from, item)
+            .await;
     });
 }
 
@@ -740,11 +761,7 @@ fn queue(state: &Arc<State>, cx: &HookCx<'_>, host: String, user: String, item: 
         ) => w,
     };
     let (state, cx2) = (state.clone(), cx.cx().clone());
-    cx.spawn(async move {
-        if let Err(e) = state.writer.send(w).await {
-            write_now(&cx2, e.0).await;
-        }
-    });
+    cx.spawn(async move { state.send(&cx2, w).await });
 }
 
 /// The sent side of a message a local session sends, from the last of the
@@ -784,11 +801,9 @@ fn archive_sent(state: &Arc<State>, cx: &HookCx<'_>, session: &FullJid, st: &Sta
     // holds the ticket.
     let (state, cx2) = (state.clone(), cx.cx().clone());
     cx.spawn(async move {
-        match allowed(&state, &cx2, &host, &user, &to).await {
-            Ok(true) => state.archive(&cx2, &host, &user, item).await,
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = ?e, "archive preferences unavailable"),
-        }
+        state
+            .archive_if_allowed(&cx2, &host, &user, &to, item)
+            .await
     });
 }
 

@@ -43,18 +43,17 @@ pub const MIGRATIONS: &[ModuleMigration] = &[
 /// whole batch, so that a batch is one statement.
 pub const ROWS_PER_INSERT: usize = 256;
 
-/// `[1,2,3]`: a list of row ids bound as one parameter (`json_each`).
-fn json_list(ids: &[i64]) -> String {
-    let mut s = String::with_capacity(2 + ids.len() * 8);
-    s.push('[');
-    for (i, id) in ids.iter().enumerate() {
-        if i > 0 {
-            s.push(',');
-        }
-        s.push_str(&id.to_string());
-    }
-    s.push(']');
-    s
+/// `INSERT INTO mam_archive … SELECT … FROM mam_staging ` followed by `$tail`
+/// (an id already archived is kept).
+macro_rules! archive_staged {
+    ($tail:literal) => {
+        concat!(
+            "INSERT INTO mam_archive (host, username, id, with_bare, with_res, origin_id, xml) \
+             SELECT host, username, id, with_bare, with_res, origin_id, xml FROM mam_staging ",
+            $tail,
+            " ON CONFLICT DO NOTHING"
+        )
+    };
 }
 
 /// The row ids of a `json_group_array(rowid …)`: one row to fetch, not
@@ -84,12 +83,13 @@ fn staging_insert(n: usize) -> String {
     sql
 }
 
-/// `INSERT INTO table … VALUES (…), (…) …` for `n` archive rows.
-fn multi_row_insert(table: &str, n: usize) -> String {
+/// `INSERT INTO mam_archive … VALUES ($1, …), ($8, …) … ON CONFLICT DO
+/// NOTHING` for `n` rows (PostgreSQL).
+fn multi_row_insert(n: usize) -> String {
     let mut sql = String::with_capacity(120 + n * 40);
-    sql.push_str("INSERT INTO ");
-    sql.push_str(table);
-    sql.push_str(" (host, username, id, with_bare, with_res, origin_id, xml) VALUES ");
+    sql.push_str(
+        "INSERT INTO mam_archive (host, username, id, with_bare, with_res, origin_id, xml) VALUES ",
+    );
     for r in 0..n {
         if r > 0 {
             sql.push_str(", ");
@@ -106,9 +106,7 @@ fn multi_row_insert(table: &str, n: usize) -> String {
             b + 7
         ));
     }
-    if table == "mam_archive" {
-        sql.push_str(" ON CONFLICT DO NOTHING");
-    }
+    sql.push_str(" ON CONFLICT DO NOTHING");
     sql
 }
 
@@ -232,9 +230,9 @@ impl MamSql {
         if rows.is_empty() {
             return Ok(());
         }
-        let table = match self.0 {
-            Db::Sqlite(_) => "mam_staging",
-            Db::Postgres(_) => "mam_archive",
+        let sql_for: fn(usize) -> String = match self.0 {
+            Db::Sqlite(_) => staging_insert,
+            Db::Postgres(_) => multi_row_insert,
         };
         on_db!(&self.0, |pool| {
             // A batch of up to ROWS_PER_INSERT rows is one statement, so
@@ -246,11 +244,7 @@ impl MamSql {
                 None
             };
             for chunk in rows.chunks(ROWS_PER_INSERT) {
-                let sql = if table == "mam_staging" {
-                    staging_insert(chunk.len())
-                } else {
-                    multi_row_insert(table, chunk.len())
-                };
+                let sql = sql_for(chunk.len());
                 let mut q = sqlx::query(&sql);
                 // (`&str`s: bound without a copy.)
                 for (host, user, it) in chunk {
@@ -290,13 +284,9 @@ impl MamSql {
         };
         let mut tx = pool.begin_write().await?;
         // (`WHERE true`: SQLite's parser needs it before an upsert clause.)
-        sqlx::query(
-            "INSERT INTO mam_archive (host, username, id, with_bare, with_res, origin_id, xml) \
-             SELECT host, username, id, with_bare, with_res, origin_id, xml FROM mam_staging \
-             WHERE true ORDER BY host, username, id ON CONFLICT DO NOTHING",
-        )
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(archive_staged!("WHERE true ORDER BY host, username, id"))
+            .execute(&mut *tx)
+            .await?;
         let n = sqlx::query("DELETE FROM mam_staging")
             .execute(&mut *tx)
             .await?
@@ -325,13 +315,14 @@ impl MamSql {
         if rows.is_empty() {
             return Ok(());
         }
-        let list = json_list(&rows);
+        // `[1,2,3]`: the row ids as one parameter (`json_each`).
+        let list = serde_json::to_string(&rows).map_err(|e| {
+            palaver_storage::StorageError::Backend(format!("staged archive rows: {e}"))
+        })?;
         let mut tx = pool.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO mam_archive (host, username, id, with_bare, with_res, origin_id, xml) \
-             SELECT host, username, id, with_bare, with_res, origin_id, xml FROM mam_staging \
-             WHERE rowid IN (SELECT value FROM json_each(?)) ON CONFLICT DO NOTHING",
-        )
+        sqlx::query(archive_staged!(
+            "WHERE rowid IN (SELECT value FROM json_each(?))"
+        ))
         .bind(&list)
         .execute(&mut *tx)
         .await?;
