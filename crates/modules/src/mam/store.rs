@@ -70,30 +70,15 @@ fn staged_rowids(list: String) -> Result<Vec<i64>> {
 /// statement's parameter list, so `$N` parameters cost O(n²) per statement
 /// (with 896 of them, most of the CPU of an archive batch).
 fn staging_insert(n: usize) -> String {
-    let mut sql = String::with_capacity(100 + n * 24);
-    sql.push_str(
-        "INSERT INTO mam_staging (host, username, id, with_bare, with_res, origin_id, xml) VALUES ",
-    );
-    for r in 0..n {
-        if r > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str("(?, ?, ?, ?, ?, ?, ?)");
-    }
-    sql
+    rows_insert("mam_staging", n, |sql, _| {
+        sql.push_str("(?, ?, ?, ?, ?, ?, ?)")
+    })
 }
 
 /// `INSERT INTO mam_archive … VALUES ($1, …), ($8, …) … ON CONFLICT DO
 /// NOTHING` for `n` rows (PostgreSQL).
 fn multi_row_insert(n: usize) -> String {
-    let mut sql = String::with_capacity(120 + n * 40);
-    sql.push_str(
-        "INSERT INTO mam_archive (host, username, id, with_bare, with_res, origin_id, xml) VALUES ",
-    );
-    for r in 0..n {
-        if r > 0 {
-            sql.push_str(", ");
-        }
+    let mut sql = rows_insert("mam_archive", n, |sql, r| {
         let b = r * 7;
         sql.push_str(&format!(
             "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
@@ -105,8 +90,24 @@ fn multi_row_insert(n: usize) -> String {
             b + 6,
             b + 7
         ));
-    }
+    });
     sql.push_str(" ON CONFLICT DO NOTHING");
+    sql
+}
+
+/// `INSERT INTO table (…) VALUES ` and `n` rows of placeholders written
+/// by `row` (given the row's index).
+fn rows_insert(table: &str, n: usize, row: impl Fn(&mut String, usize)) -> String {
+    let mut sql = String::with_capacity(120 + n * 40);
+    sql.push_str("INSERT INTO ");
+    sql.push_str(table);
+    sql.push_str(" (host, username, id, with_bare, with_res, origin_id, xml) VALUES ");
+    for r in 0..n {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        row(&mut sql, r);
+    }
     sql
 }
 
