@@ -220,11 +220,12 @@ async fn write_now(cx: &ModuleCx, w: Write) {
 /// statement: [`store::ROWS_PER_INSERT`]).
 const BATCH: usize = store::ROWS_PER_INSERT;
 /// Messages waiting for the writer before senders wait for room: enough
-/// for the rows that arrive while a fold runs, so that a hook hands its
-/// row over at once (a full queue costs a task per message until the
-/// writer catches up: a tenth of the server's CPU in the benchmark with
-/// the old queue of 1,024).
-const WRITER_QUEUE: usize = 16_384;
+/// for the rows that arrive while a fold runs (30,000 rows a second in the
+/// benchmark, folds of up to half a second), so that a hook hands its row
+/// over at once (a full queue costs a task per message until the writer
+/// catches up: a tenth of the server's CPU in the benchmark with the old
+/// queue of 1,024). Senders are held back by their tickets meanwhile.
+const WRITER_QUEUE: usize = 65_536;
 /// Staged rows (SQLite, see [`MamSql::insert_many`]) the writer lets
 /// accumulate before it folds them into the archive…
 const FOLD_ROWS: u64 = 32_768;
@@ -249,6 +250,7 @@ const FOLD_IDLE: std::time::Duration = std::time::Duration::from_millis(250);
 async fn writer(cx: ModuleCx, mut rx: tokio::sync::mpsc::Receiver<Write>) {
     let store = MamSql::of(&cx);
     let mut batch: Vec<Write> = Vec::with_capacity(BATCH);
+    let mut keys = store::JidKeys::default();
     let mut staged: u64 = 0;
     let mut since = std::time::Instant::now();
     loop {
@@ -279,7 +281,7 @@ async fn writer(cx: ModuleCx, mut rx: tokio::sync::mpsc::Receiver<Write>) {
                 (w.host, w.user, w.item)
             })
             .collect();
-        match store.insert_many(&rows).await {
+        match store.insert_many(&rows, &mut keys).await {
             Ok(()) => {
                 if staged == 0 {
                     since = std::time::Instant::now();
@@ -350,7 +352,9 @@ impl State {
     /// here when the writer is gone.
     async fn send(&self, cx: &ModuleCx, w: Write) {
         if let Err(e) = self.writer.send(w).await {
-            write_now(cx, e.0).await;
+            // Boxed: the storage future is large, and this one is spawned
+            // for every row that finds the writer's queue full.
+            Box::pin(write_now(cx, e.0)).await;
         }
     }
 

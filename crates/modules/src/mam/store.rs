@@ -3,13 +3,31 @@
 //! One row per archived message and account: the archive id `id` is a
 //! microsecond timestamp made unique and increasing by the module (so
 //! "by date" and "by id" are the same order, and XEP-0082 `start`/`end`
-//! become id ranges). Lookups go through two indexes: the primary key
-//! `(host, username, id)` for a whole archive, and `(host, username,
-//! with_bare, id)` for one conversation; both serve the last page of either
-//! order by walking the index backwards. `mam_archive_id` serves retention.
+//! become id ranges).
+//!
+//! **PostgreSQL** keeps the rows in `mam_archive`, found through two
+//! indexes: the primary key `(host, username, id)` for a whole archive, and
+//! `(host, username, with_bare, id)` for one conversation; both serve the
+//! last page of either order by walking the index backwards.
+//! `mam_archive_id` serves retention.
+//!
+//! **SQLite** writes every message once, at the end of `mam_msg`, and
+//! indexes it later, many rows at once (see [`MamSql::insert_many`] and
+//! [`MamSql::fold_staged`]):
+//! - `mam_jid` gives every bare JID (account or correspondent) an integer
+//!   key, so index entries are three or four integers;
+//! - `mam_msg` holds the messages in the order they were written (rowid),
+//!   with no index of its own, so a write only appends;
+//! - `mam_ix (acct, id) → msg` and `mam_ixw (acct, w, id) → msg` are the
+//!   two indexes, as tables clustered on their key (`WITHOUT ROWID`);
+//! - `mam_folded` says up to which `mam_msg` rowid the indexes are
+//!   complete (rows after it are the "tail"), and how many tail rows a
+//!   read has indexed already (see [`MamSql::settle`]).
+
+use std::collections::HashMap;
 
 use palaver_server::ModuleCx;
-use palaver_storage::{BeginWrite, Db, ModuleMigration, Result, on_db};
+use palaver_storage::{BeginWrite, Db, ModuleMigration, Result, StorageError, on_db};
 
 /// The module's tables.
 pub const MIGRATIONS: &[ModuleMigration] = &[
@@ -30,10 +48,40 @@ pub const MIGRATIONS: &[ModuleMigration] = &[
                always_jids TEXT NOT NULL, never_jids TEXT NOT NULL, PRIMARY KEY (host, username));",
     },
     ModuleMigration {
-        // SQLite: the archive writer's staging table (see [`MamSql::insert_many`]).
-        // PostgreSQL writes into `mam_archive` directly: nothing to add.
+        // SQLite: the second schema's staging table (replaced by the third).
         sqlite: "CREATE TABLE mam_staging (host TEXT NOT NULL, username TEXT NOT NULL, id BIGINT NOT NULL, \
              with_bare TEXT NOT NULL, with_res TEXT NOT NULL, origin_id TEXT, xml TEXT NOT NULL);",
+        postgres: "SELECT 1;",
+    },
+    ModuleMigration {
+        // SQLite: messages written once and indexed later (see the module
+        // documentation), with the rows of the earlier schemas moved over.
+        sqlite: "CREATE TABLE mam_jid (k INTEGER PRIMARY KEY, jid TEXT NOT NULL UNIQUE);\
+             CREATE TABLE mam_msg (acct INTEGER NOT NULL, w INTEGER NOT NULL, id INTEGER NOT NULL, \
+             with_res TEXT NOT NULL, origin_id TEXT, xml TEXT NOT NULL);\
+             CREATE TABLE mam_ix (acct INTEGER NOT NULL, id INTEGER NOT NULL, msg INTEGER NOT NULL, \
+             PRIMARY KEY (acct, id)) WITHOUT ROWID;\
+             CREATE TABLE mam_ixw (acct INTEGER NOT NULL, w INTEGER NOT NULL, id INTEGER NOT NULL, \
+             msg INTEGER NOT NULL, PRIMARY KEY (acct, w, id)) WITHOUT ROWID;\
+             CREATE TABLE mam_folded (upto INTEGER NOT NULL, settled INTEGER NOT NULL);\
+             INSERT INTO mam_jid (jid) SELECT username || '@' || host FROM mam_archive \
+             UNION SELECT with_bare FROM mam_archive UNION SELECT username || '@' || host FROM mam_staging \
+             UNION SELECT with_bare FROM mam_staging;\
+             INSERT INTO mam_msg (acct, w, id, with_res, origin_id, xml) \
+             SELECT a.k, b.k, s.id, s.with_res, s.origin_id, s.xml FROM \
+             (SELECT * FROM mam_archive UNION ALL SELECT * FROM mam_staging t WHERE NOT EXISTS \
+             (SELECT 1 FROM mam_archive o WHERE o.host = t.host AND o.username = t.username AND o.id = t.id)) s \
+             JOIN mam_jid a ON a.jid = s.username || '@' || s.host JOIN mam_jid b ON b.jid = s.with_bare \
+             ORDER BY s.id;\
+             INSERT INTO mam_ix (acct, id, msg) SELECT acct, id, rowid FROM mam_msg WHERE true \
+             ORDER BY acct, id, rowid ON CONFLICT DO NOTHING;\
+             INSERT INTO mam_ixw (acct, w, id, msg) SELECT acct, w, id, rowid FROM mam_msg WHERE true \
+             ORDER BY acct, w, id, rowid ON CONFLICT DO NOTHING;\
+             DELETE FROM mam_msg WHERE NOT EXISTS (SELECT 1 FROM mam_ix x WHERE x.acct = mam_msg.acct \
+             AND x.id = mam_msg.id AND x.msg = mam_msg.rowid);\
+             INSERT INTO mam_folded (upto, settled) SELECT COALESCE(MAX(rowid), 0), 0 FROM mam_msg;\
+             DROP TABLE mam_archive;\
+             DROP TABLE mam_staging;",
         postgres: "SELECT 1;",
     },
 ];
@@ -43,42 +91,70 @@ pub const MIGRATIONS: &[ModuleMigration] = &[
 /// whole batch, so that a batch is one statement.
 pub const ROWS_PER_INSERT: usize = 256;
 
-/// `INSERT INTO mam_archive … SELECT … FROM mam_staging ` followed by `$tail`
-/// (an id already archived is kept).
-macro_rules! archive_staged {
-    ($tail:literal) => {
-        concat!(
-            "INSERT INTO mam_archive (host, username, id, with_bare, with_res, origin_id, xml) \
-             SELECT host, username, id, with_bare, with_res, origin_id, xml FROM mam_staging ",
-            $tail,
-            " ON CONFLICT DO NOTHING"
-        )
+/// The SQLite account key of `user@host` (`(SELECT k …)`, `$1`).
+const ACCT: &str = "(SELECT k FROM mam_jid WHERE jid = $1)";
+
+/// `INSERT INTO mam_ix … SELECT … FROM mam_msg ` and `INSERT INTO mam_ixw
+/// …` for the `mam_msg` rows that `$rows` selects (SQLite): indexes them
+/// (an id an account has already is kept: a message routed twice is
+/// archived once).
+macro_rules! index_rows {
+    ($rows:literal) => {
+        [
+            concat!(
+                "INSERT INTO mam_ix (acct, id, msg) SELECT acct, id, rowid FROM mam_msg WHERE ",
+                $rows,
+                " ORDER BY acct, id, rowid ON CONFLICT DO NOTHING"
+            ),
+            concat!(
+                "INSERT INTO mam_ixw (acct, w, id, msg) SELECT acct, w, id, rowid FROM mam_msg WHERE ",
+                $rows,
+                " ORDER BY acct, w, id, rowid ON CONFLICT DO NOTHING"
+            ),
+        ]
     };
 }
 
 /// The row ids of a `json_group_array(rowid …)`: one row to fetch, not
-/// one per staged row (sqlx hands SQLite's rows over one at a time, from
-/// its worker thread).
-fn staged_rowids(list: String) -> Result<Vec<i64>> {
-    serde_json::from_str(&list)
-        .map_err(|e| palaver_storage::StorageError::Backend(format!("staged archive rows: {e}")))
+/// one per row (sqlx hands SQLite's rows over one at a time, from its
+/// worker thread).
+fn rowids(list: String) -> Result<Vec<i64>> {
+    serde_json::from_str(&list).map_err(|e| StorageError::Backend(format!("archive row ids: {e}")))
 }
 
-/// `INSERT INTO mam_staging … VALUES (?, …), (?, …) …` for `n` rows
+/// A list of row ids as one parameter (`json_each`).
+fn json_list(ids: &[i64]) -> Result<String> {
+    serde_json::to_string(ids).map_err(|e| StorageError::Backend(format!("archive row ids: {e}")))
+}
+
+/// `INSERT INTO mam_msg … VALUES (?, …), (?, …) …` for `n` rows
 /// (SQLite). Anonymous parameters: sqlx asks SQLite for every parameter's
 /// name while binding, and SQLite finds a name by a linear walk of the
 /// statement's parameter list, so `$N` parameters cost O(n²) per statement
 /// (with 896 of them, most of the CPU of an archive batch).
-fn staging_insert(n: usize) -> String {
-    rows_insert("mam_staging", n, |sql, _| {
-        sql.push_str("(?, ?, ?, ?, ?, ?, ?)")
-    })
+fn msg_insert(n: usize) -> String {
+    let mut sql = String::with_capacity(100 + n * 20);
+    sql.push_str("INSERT INTO mam_msg (acct, w, id, with_res, origin_id, xml) VALUES ");
+    for r in 0..n {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str("(?, ?, ?, ?, ?, ?)");
+    }
+    sql
 }
 
 /// `INSERT INTO mam_archive … VALUES ($1, …), ($8, …) … ON CONFLICT DO
 /// NOTHING` for `n` rows (PostgreSQL).
 fn multi_row_insert(n: usize) -> String {
-    let mut sql = rows_insert("mam_archive", n, |sql, r| {
+    let mut sql = String::with_capacity(120 + n * 40);
+    sql.push_str(
+        "INSERT INTO mam_archive (host, username, id, with_bare, with_res, origin_id, xml) VALUES ",
+    );
+    for r in 0..n {
+        if r > 0 {
+            sql.push_str(", ");
+        }
         let b = r * 7;
         sql.push_str(&format!(
             "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
@@ -90,25 +166,54 @@ fn multi_row_insert(n: usize) -> String {
             b + 6,
             b + 7
         ));
-    });
+    }
     sql.push_str(" ON CONFLICT DO NOTHING");
     sql
 }
 
-/// `INSERT INTO table (…) VALUES ` and `n` rows of placeholders written
-/// by `row` (given the row's index).
-fn rows_insert(table: &str, n: usize, row: impl Fn(&mut String, usize)) -> String {
-    let mut sql = String::with_capacity(120 + n * 40);
-    sql.push_str("INSERT INTO ");
-    sql.push_str(table);
-    sql.push_str(" (host, username, id, with_bare, with_res, origin_id, xml) VALUES ");
-    for r in 0..n {
-        if r > 0 {
-            sql.push_str(", ");
-        }
-        row(&mut sql, r);
+/// Bare JIDs' SQLite keys (`mam_jid`) the archive writer has looked up:
+/// most rows find both of theirs here. Forgotten wholesale when it holds
+/// [`JidKeys::MAX`] (keys never change, so nothing goes stale).
+#[derive(Default)]
+pub struct JidKeys {
+    keys: HashMap<String, i64>,
+    buf: String,
+}
+
+impl JidKeys {
+    const MAX: usize = 65_536;
+
+    /// The key of `user@host` (made when new).
+    async fn account(&mut self, pool: &sqlx::SqlitePool, host: &str, user: &str) -> Result<i64> {
+        let mut jid = std::mem::take(&mut self.buf);
+        jid.clear();
+        jid.push_str(user);
+        jid.push('@');
+        jid.push_str(host);
+        let k = self.key(pool, &jid).await;
+        self.buf = jid;
+        k
     }
-    sql
+
+    /// The key of bare JID `jid` (made when new).
+    async fn key(&mut self, pool: &sqlx::SqlitePool, jid: &str) -> Result<i64> {
+        if let Some(k) = self.keys.get(jid) {
+            return Ok(*k);
+        }
+        // (`DO UPDATE`, not `DO NOTHING`: so that `RETURNING` also gives a
+        // key another writer made first.)
+        let k: i64 = sqlx::query_scalar(
+            "INSERT INTO mam_jid (jid) VALUES ($1) ON CONFLICT (jid) DO UPDATE SET jid = excluded.jid RETURNING k",
+        )
+        .bind(jid)
+        .fetch_one(pool)
+        .await?;
+        if self.keys.len() >= Self::MAX {
+            self.keys.clear();
+        }
+        self.keys.insert(jid.to_string(), k);
+        Ok(k)
+    }
 }
 
 /// A message to archive.
@@ -163,50 +268,80 @@ impl MamSql {
         MamSql(cx.storage().db.clone())
     }
 
-    /// Archive messages of one account (one transaction); an id already
-    /// there is kept (a message routed twice is archived once).
+    /// Archive messages of one account (one transaction), visible at once;
+    /// an id the account has already is kept (a message routed twice is
+    /// archived once). For imports and the odd message the writer cannot
+    /// take; the writer's batches go through [`MamSql::insert_many`].
     pub async fn insert(&self, host: &str, user: &str, items: &[Item]) -> Result<()> {
         if items.is_empty() {
             return Ok(());
         }
-        on_db!(&self.0, |pool| {
-            // One message (the hot path) is one autocommit statement: no
-            // transaction held across round trips while other sessions'
-            // archive writes queue behind it.
-            if let [it] = items {
-                sqlx::query(
-                    "INSERT INTO mam_archive (host, username, id, with_bare, with_res, origin_id, xml) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-                )
-                .bind(host)
-                .bind(user)
-                .bind(it.id)
-                .bind(&it.with_bare)
-                .bind(&it.with_res)
-                .bind(&it.origin_id)
-                .bind(&it.xml)
-                .execute(pool)
-                .await?;
-                return Ok(());
+        match &self.0 {
+            Db::Sqlite(pool) => {
+                let mut keys = JidKeys::default();
+                let acct = keys.account(pool, host, user).await?;
+                let mut ws = Vec::with_capacity(items.len());
+                for it in items {
+                    ws.push(keys.key(pool, &it.with_bare).await?);
+                }
+                let mut tx = pool.begin_write().await?;
+                let mut settled = 0i64;
+                for (it, w) in items.iter().zip(ws) {
+                    let fresh: Option<i64> = sqlx::query_scalar(
+                        "SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM mam_ix WHERE acct = $1 AND id = $2) \
+                         AND NOT EXISTS (SELECT 1 FROM mam_msg WHERE rowid > (SELECT upto FROM mam_folded) \
+                         AND acct = $1 AND id = $2)",
+                    )
+                    .bind(acct)
+                    .bind(it.id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if fresh.is_none() {
+                        continue;
+                    }
+                    let msg = sqlx::query(
+                        "INSERT INTO mam_msg (acct, w, id, with_res, origin_id, xml) VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind(acct)
+                    .bind(w)
+                    .bind(it.id)
+                    .bind(&it.with_res)
+                    .bind(&it.origin_id)
+                    .bind(&it.xml)
+                    .execute(&mut *tx)
+                    .await?
+                    .last_insert_rowid();
+                    for sql in index_rows!("rowid = $1") {
+                        sqlx::query(sql).bind(msg).execute(&mut *tx).await?;
+                    }
+                    settled += 1;
+                }
+                sqlx::query("UPDATE mam_folded SET settled = settled + $1")
+                    .bind(settled)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
             }
-            let mut tx = pool.begin_write().await?;
-            for it in items {
-                sqlx::query(
-                    "INSERT INTO mam_archive (host, username, id, with_bare, with_res, origin_id, xml) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-                )
-                .bind(host)
-                .bind(user)
-                .bind(it.id)
-                .bind(&it.with_bare)
-                .bind(&it.with_res)
-                .bind(&it.origin_id)
-                .bind(&it.xml)
-                .execute(&mut *tx)
-                .await?;
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin_write().await?;
+                for it in items {
+                    sqlx::query(
+                        "INSERT INTO mam_archive (host, username, id, with_bare, with_res, origin_id, xml) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(host)
+                    .bind(user)
+                    .bind(it.id)
+                    .bind(&it.with_bare)
+                    .bind(&it.with_res)
+                    .bind(&it.origin_id)
+                    .bind(&it.xml)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
             }
-            tx.commit().await?;
-        });
+        }
         Ok(())
     }
 
@@ -214,178 +349,316 @@ impl MamSql {
     /// once: the archive writer's batch, written as multi-row `INSERT`s of
     /// up to [`ROWS_PER_INSERT`] rows (a batch of that size is one
     /// statement, not one per message; a longer one is one transaction).
+    /// Their ids must be new to their accounts (the module's ids are).
     ///
-    /// On SQLite the rows go to `mam_staging`, a table without indexes that
-    /// only grows at its end, and [`MamSql::fold_staged`] moves them into
-    /// `mam_archive` later, many at once, sorted by account. Written
-    /// straight into `mam_archive`, a batch of rows for as many accounts
-    /// dirties two random leaf pages per row (the primary key and the
-    /// `with` index), and SQLite writes every dirty page whole to the WAL at
-    /// each commit and again at each checkpoint: about 40 µs of CPU per
-    /// row, most of it in the kernel (BENCHMARKS.md, run 8). Folded, an
-    /// account's rows of many commits share their index pages. A read of
-    /// an account's archive first archives that account's staged rows
-    /// ([`MamSql::settle`]), so reads see all committed messages.
-    /// PostgreSQL logs row changes, not pages, and is written directly.
-    pub async fn insert_many(&self, rows: &[(String, String, Item)]) -> Result<()> {
+    /// On SQLite the rows are appended to `mam_msg` and indexed later by
+    /// [`MamSql::fold_staged`], many at once, sorted by account: written
+    /// into an index at once, a batch of rows for as many accounts dirties
+    /// two random index pages per row, and SQLite writes every dirty page
+    /// whole to the WAL at each commit and again at each checkpoint (about
+    /// 40 µs of CPU per row, BENCHMARKS.md, run 8). Folded, an account's
+    /// rows of many commits share their index pages, and the message itself
+    /// is written once (BENCHMARKS.md, run 12). A read of an account's
+    /// archive first indexes that account's tail rows ([`MamSql::settle`]),
+    /// so reads see all committed messages. `keys` is the writer's cache of
+    /// JID keys. PostgreSQL logs row changes, not pages, and is written
+    /// directly.
+    pub async fn insert_many(
+        &self,
+        rows: &[(String, String, Item)],
+        keys: &mut JidKeys,
+    ) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
-        let sql_for: fn(usize) -> String = match self.0 {
-            Db::Sqlite(_) => staging_insert,
-            Db::Postgres(_) => multi_row_insert,
-        };
-        on_db!(&self.0, |pool| {
-            // A batch of up to ROWS_PER_INSERT rows is one statement, so
-            // one round trip to the database (autocommit); a longer one is
-            // one transaction of several.
-            let mut tx = if rows.len() > ROWS_PER_INSERT {
-                Some(pool.begin_write().await?)
-            } else {
-                None
-            };
-            for chunk in rows.chunks(ROWS_PER_INSERT) {
-                let sql = sql_for(chunk.len());
-                let mut q = sqlx::query(&sql);
-                // (`&str`s: bound without a copy.)
-                for (host, user, it) in chunk {
-                    q = q
-                        .bind(host.as_str())
-                        .bind(user.as_str())
-                        .bind(it.id)
-                        .bind(it.with_bare.as_str())
-                        .bind(it.with_res.as_str())
-                        .bind(it.origin_id.as_deref())
-                        .bind(it.xml.as_str());
+        match &self.0 {
+            Db::Sqlite(pool) => {
+                let mut ks = Vec::with_capacity(rows.len());
+                for (host, user, it) in rows {
+                    let a = keys.account(pool, host, user).await?;
+                    ks.push((a, keys.key(pool, &it.with_bare).await?));
                 }
-                match tx.as_mut() {
-                    Some(tx) => q.execute(&mut **tx).await?,
-                    None => q.execute(pool).await?,
+                let mut tx = if rows.len() > ROWS_PER_INSERT {
+                    Some(pool.begin_write().await?)
+                } else {
+                    None
                 };
+                for (chunk, ks) in rows.chunks(ROWS_PER_INSERT).zip(ks.chunks(ROWS_PER_INSERT)) {
+                    let sql = msg_insert(chunk.len());
+                    let mut q = sqlx::query(&sql);
+                    // (`&str`s: bound without a copy.)
+                    for ((_, _, it), (a, w)) in chunk.iter().zip(ks) {
+                        q = q
+                            .bind(*a)
+                            .bind(*w)
+                            .bind(it.id)
+                            .bind(it.with_res.as_str())
+                            .bind(it.origin_id.as_deref())
+                            .bind(it.xml.as_str());
+                    }
+                    match tx.as_mut() {
+                        Some(tx) => q.execute(&mut **tx).await?,
+                        None => q.execute(pool).await?,
+                    };
+                }
+                if let Some(tx) = tx {
+                    tx.commit().await?;
+                }
             }
-            if let Some(tx) = tx {
-                tx.commit().await?;
+            Db::Postgres(pool) => {
+                let mut tx = if rows.len() > ROWS_PER_INSERT {
+                    Some(pool.begin_write().await?)
+                } else {
+                    None
+                };
+                for chunk in rows.chunks(ROWS_PER_INSERT) {
+                    let sql = multi_row_insert(chunk.len());
+                    let mut q = sqlx::query(&sql);
+                    for (host, user, it) in chunk {
+                        q = q
+                            .bind(host.as_str())
+                            .bind(user.as_str())
+                            .bind(it.id)
+                            .bind(it.with_bare.as_str())
+                            .bind(it.with_res.as_str())
+                            .bind(it.origin_id.as_deref())
+                            .bind(it.xml.as_str());
+                    }
+                    match tx.as_mut() {
+                        Some(tx) => q.execute(&mut **tx).await?,
+                        None => q.execute(pool).await?,
+                    };
+                }
+                if let Some(tx) = tx {
+                    tx.commit().await?;
+                }
             }
-        });
+        }
         Ok(())
     }
 
-    /// Move the rows staged by [`MamSql::insert_many`] into `mam_archive`,
-    /// in one transaction, sorted by account (an id already archived is
-    /// kept, as in [`MamSql::insert`]); how many were staged. A no-op on
-    /// PostgreSQL.
+    /// Index the tail of `mam_msg` (the rows [`MamSql::insert_many`]
+    /// appended since the last fold), in one transaction, sorted by
+    /// account; how many rows the tail had. A no-op on PostgreSQL.
+    ///
+    /// A row whose account has its id already (a message written twice)
+    /// is not indexed, and deleted. Rows a read indexed already
+    /// ([`MamSql::settle`]) are counted by `mam_folded.settled`, so the
+    /// fold can tell such rows from those (and looks for them only when
+    /// the counts say there are some).
     ///
     /// One transaction, not slices of one: SQLite drops a connection's
     /// page cache whenever another connection has committed, so slices
-    /// interleaved with the writer's batches each read the archive's index
-    /// pages again (BENCHMARKS.md, run 11).
+    /// interleaved with the writer's batches each read the index pages
+    /// again (BENCHMARKS.md, run 11).
     pub async fn fold_staged(&self) -> Result<u64> {
         let Db::Sqlite(pool) = &self.0 else {
             return Ok(0);
         };
         let mut tx = pool.begin_write().await?;
-        // (`WHERE true`: SQLite's parser needs it before an upsert clause.)
-        sqlx::query(archive_staged!("WHERE true ORDER BY host, username, id"))
-            .execute(&mut *tx)
-            .await?;
-        let n = sqlx::query("DELETE FROM mam_staging")
+        let (upto, settled, top): (i64, i64, Option<i64>) = sqlx::query_as(
+            "SELECT upto, settled, (SELECT MAX(rowid) FROM mam_msg) FROM mam_folded",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let top = top.unwrap_or(0);
+        if top <= upto {
+            return Ok(0);
+        }
+        let [ix, ixw] = index_rows!("rowid > $1 AND rowid <= $2");
+        let indexed = sqlx::query(ix)
+            .bind(upto)
+            .bind(top)
             .execute(&mut *tx)
             .await?
-            .rows_affected();
+            .rows_affected() as i64;
+        sqlx::query(ixw)
+            .bind(upto)
+            .bind(top)
+            .execute(&mut *tx)
+            .await?;
+        let tail: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM mam_msg WHERE rowid > $1 AND rowid <= $2")
+                .bind(upto)
+                .bind(top)
+                .fetch_one(&mut *tx)
+                .await?;
+        if tail > indexed + settled {
+            // Rows written twice: not indexed above, so unreachable; gone.
+            let orphans = rowids(
+                sqlx::query_scalar(
+                    "SELECT json_group_array(rowid) FROM mam_msg m WHERE rowid > $1 AND rowid <= $2 \
+                     AND NOT EXISTS (SELECT 1 FROM mam_ix x WHERE x.acct = m.acct AND x.id = m.id \
+                     AND x.msg = m.rowid)",
+                )
+                .bind(upto)
+                .bind(top)
+                .fetch_one(&mut *tx)
+                .await?,
+            )?;
+            delete_rows(&mut tx, &orphans).await?;
+        }
+        sqlx::query("UPDATE mam_folded SET upto = $1, settled = 0")
+            .bind(top)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
-        Ok(n)
+        Ok(tail as u64)
     }
 
-    /// Before a read of one account's archive: archive the rows staged
-    /// for it, so the read sees every committed message (SQLite; a no-op
-    /// on PostgreSQL). The other accounts' rows stay staged: a read costs
-    /// one scan of the staging table, not a fold.
+    /// Before a read of one account's archive: index its tail rows, so
+    /// the read sees every committed message (SQLite; a no-op on
+    /// PostgreSQL). The other accounts' rows stay in the tail: a read
+    /// costs one scan of the tail, not a fold.
     async fn settle(&self, host: &str, user: &str) -> Result<()> {
         let Db::Sqlite(pool) = &self.0 else {
             return Ok(());
         };
-        let rows = staged_rowids(
-            sqlx::query_scalar(
-                "SELECT json_group_array(rowid) FROM mam_staging WHERE host = ? AND username = ?",
-            )
-            .bind(host)
-            .bind(user)
+        let rows = rowids(
+            sqlx::query_scalar(concat!(
+                "SELECT json_group_array(rowid) FROM mam_msg WHERE rowid > (SELECT upto FROM mam_folded) \
+                 AND acct = ",
+                "(SELECT k FROM mam_jid WHERE jid = $1)"
+            ))
+            .bind(format!("{user}@{host}"))
             .fetch_one(pool)
             .await?,
         )?;
         if rows.is_empty() {
             return Ok(());
         }
-        // `[1,2,3]`: the row ids as one parameter (`json_each`).
-        let list = serde_json::to_string(&rows).map_err(|e| {
-            palaver_storage::StorageError::Backend(format!("staged archive rows: {e}"))
-        })?;
+        let list = json_list(&rows)?;
         let mut tx = pool.begin_write().await?;
-        sqlx::query(archive_staged!(
-            "WHERE rowid IN (SELECT value FROM json_each(?))"
-        ))
-        .bind(&list)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM mam_staging WHERE rowid IN (SELECT value FROM json_each(?))")
+        let [ix, ixw] = index_rows!("rowid IN (SELECT value FROM json_each($1))");
+        let indexed = sqlx::query(ix)
             .bind(&list)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected() as i64;
+        sqlx::query(ixw).bind(&list).execute(&mut *tx).await?;
+        // (A fold may have indexed them meanwhile: then none is new here.)
+        sqlx::query("UPDATE mam_folded SET settled = settled + $1")
+            .bind(indexed)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
         Ok(())
     }
 
-    /// The page query of [`MamSql::page`] and [`MamSql::count_and_page`].
-    fn page_sql(
-        f: &Filter,
-        limit: usize,
-        offset: usize,
-        backward: bool,
-        binds: &mut Vec<Bind>,
-    ) -> String {
-        let w = Self::where_clause(f, binds);
-        format!(
-            "SELECT id, xml FROM mam_archive WHERE {w} ORDER BY id {} LIMIT {} OFFSET {}",
-            if backward { "DESC" } else { "ASC" },
-            limit,
-            offset
-        )
-    }
-
-    fn where_clause(f: &Filter, binds: &mut Vec<Bind>) -> String {
-        let mut sql = String::from("host = $1 AND username = $2");
+    /// The `WHERE` clause of `f` for `user@host`, with its parameters
+    /// (from `$1`), and whether it needs the message row (`m`, SQLite).
+    fn query_parts(&self, host: &str, user: &str, f: &Filter) -> (String, Vec<Bind>, bool) {
+        let sqlite = matches!(self.0, Db::Sqlite(_));
+        let mut binds = Vec::new();
+        let mut sql = if sqlite {
+            binds.push(Bind::Text(format!("{user}@{host}")));
+            format!("x.acct = {ACCT}")
+        } else {
+            binds.push(Bind::Text(host.to_string()));
+            binds.push(Bind::Text(user.to_string()));
+            String::from("host = $1 AND username = $2")
+        };
         let mut push = |sql: &mut String, cond: &str, b: Bind| {
             binds.push(b);
-            sql.push_str(&format!(" AND {cond} ${}", binds.len() + 2));
+            sql.push_str(&format!(
+                " AND {cond}",
+                cond = cond.replace('#', &format!("${}", binds.len()))
+            ));
         };
+        let mut needs_msg = false;
         if let Some(w) = &f.with_bare {
-            push(&mut sql, "with_bare =", Bind::Text(w.clone()));
+            let cond = if sqlite {
+                "x.w = (SELECT k FROM mam_jid WHERE jid = #)"
+            } else {
+                "with_bare = #"
+            };
+            push(&mut sql, cond, Bind::Text(w.clone()));
         }
         if let Some(r) = &f.with_res {
-            push(&mut sql, "with_res =", Bind::Text(r.clone()));
+            needs_msg = sqlite;
+            let cond = if sqlite {
+                "m.with_res = #"
+            } else {
+                "with_res = #"
+            };
+            push(&mut sql, cond, Bind::Text(r.clone()));
         }
+        let id = if sqlite { "x.id" } else { "id" };
         if let Some(m) = f.min {
-            push(&mut sql, "id >=", Bind::Int(m));
+            push(&mut sql, &format!("{id} >= #"), Bind::Int(m));
         }
         if let Some(m) = f.max {
-            push(&mut sql, "id <=", Bind::Int(m));
+            push(&mut sql, &format!("{id} <= #"), Bind::Int(m));
         }
         if let Some(ids) = &f.ids {
             if ids.is_empty() {
                 sql.push_str(" AND 1 = 0");
             } else {
-                sql.push_str(" AND id IN (");
-                for (i, id) in ids.iter().enumerate() {
-                    binds.push(Bind::Int(*id));
+                sql.push_str(&format!(" AND {id} IN ("));
+                for (i, v) in ids.iter().enumerate() {
+                    binds.push(Bind::Int(*v));
                     if i > 0 {
                         sql.push_str(", ");
                     }
-                    sql.push_str(&format!("${}", binds.len() + 2));
+                    sql.push_str(&format!("${}", binds.len()));
                 }
                 sql.push(')');
             }
         }
-        sql
+        (sql, binds, needs_msg)
+    }
+
+    /// `SELECT COUNT(*)` of `f`.
+    fn count_sql(&self, host: &str, user: &str, f: &Filter) -> (String, Vec<Bind>) {
+        let (w, binds, needs_msg) = self.query_parts(host, user, f);
+        let sql = match self.0 {
+            Db::Sqlite(_) => format!(
+                "SELECT COUNT(*) FROM {} x {} WHERE {w}",
+                Self::index_of(f),
+                if needs_msg {
+                    "JOIN mam_msg m ON m.rowid = x.msg"
+                } else {
+                    ""
+                }
+            ),
+            Db::Postgres(_) => format!("SELECT COUNT(*) FROM mam_archive WHERE {w}"),
+        };
+        (sql, binds)
+    }
+
+    /// The page query of [`MamSql::page`] and [`MamSql::count_and_page`].
+    #[allow(clippy::too_many_arguments)]
+    fn page_sql(
+        &self,
+        host: &str,
+        user: &str,
+        f: &Filter,
+        limit: usize,
+        offset: usize,
+        backward: bool,
+    ) -> (String, Vec<Bind>) {
+        let (w, binds, _) = self.query_parts(host, user, f);
+        let dir = if backward { "DESC" } else { "ASC" };
+        let sql = match self.0 {
+            Db::Sqlite(_) => format!(
+                "SELECT x.id, m.xml FROM {} x JOIN mam_msg m ON m.rowid = x.msg WHERE {w} \
+                 ORDER BY x.id {dir} LIMIT {limit} OFFSET {offset}",
+                Self::index_of(f)
+            ),
+            Db::Postgres(_) => format!(
+                "SELECT id, xml FROM mam_archive WHERE {w} ORDER BY id {dir} LIMIT {limit} OFFSET {offset}"
+            ),
+        };
+        (sql, binds)
+    }
+
+    /// The SQLite index table that serves `f`.
+    fn index_of(f: &Filter) -> &'static str {
+        if f.with_bare.is_some() {
+            "mam_ixw"
+        } else {
+            "mam_ix"
+        }
     }
 
     /// How many rows `f` covers, and a page of `pf` (`pf` narrows `f`): up
@@ -404,16 +677,11 @@ impl MamSql {
         backward: bool,
     ) -> Result<(usize, Vec<(i64, String)>)> {
         self.settle(host, user).await?;
-        let mut cbinds = Vec::new();
-        let w = Self::where_clause(f, &mut cbinds);
-        let count_sql = format!("SELECT COUNT(*) FROM mam_archive WHERE {w}");
-        let mut binds = Vec::new();
-        let sql = Self::page_sql(pf, limit, offset, backward, &mut binds);
+        let (count_sql, cbinds) = self.count_sql(host, user, f);
+        let (sql, binds) = self.page_sql(host, user, pf, limit, offset, backward);
         let (n, mut rows): (i64, Vec<(i64, String)>) = on_db!(&self.0, |pool| {
             let mut tx = pool.begin_snapshot().await?;
-            let mut q = sqlx::query_scalar::<_, i64>(&count_sql)
-                .bind(host)
-                .bind(user);
+            let mut q = sqlx::query_scalar::<_, i64>(&count_sql);
             for b in &cbinds {
                 q = match b {
                     Bind::Text(s) => q.bind(s.as_str()),
@@ -421,16 +689,18 @@ impl MamSql {
                 };
             }
             let n = q.fetch_one(&mut *tx).await?;
-            let mut q = sqlx::query_as::<_, (i64, String)>(&sql)
-                .bind(host)
-                .bind(user);
-            for b in &binds {
-                q = match b {
-                    Bind::Text(s) => q.bind(s.as_str()),
-                    Bind::Int(i) => q.bind(*i),
-                };
-            }
-            let rows = q.fetch_all(&mut *tx).await?;
+            let rows = if limit == 0 {
+                Vec::new()
+            } else {
+                let mut q = sqlx::query_as::<_, (i64, String)>(&sql);
+                for b in &binds {
+                    q = match b {
+                        Bind::Text(s) => q.bind(s.as_str()),
+                        Bind::Int(i) => q.bind(*i),
+                    };
+                }
+                q.fetch_all(&mut *tx).await?
+            };
             tx.commit().await?;
             (n, rows)
         });
@@ -456,12 +726,9 @@ impl MamSql {
         backward: bool,
     ) -> Result<Vec<(i64, String)>> {
         self.settle(host, user).await?;
-        let mut binds = Vec::new();
-        let sql = Self::page_sql(f, limit, offset, backward, &mut binds);
+        let (sql, binds) = self.page_sql(host, user, f, limit, offset, backward);
         let mut rows: Vec<(i64, String)> = on_db!(&self.0, |pool| {
-            let mut q = sqlx::query_as::<_, (i64, String)>(&sql)
-                .bind(host)
-                .bind(user);
+            let mut q = sqlx::query_as::<_, (i64, String)>(&sql);
             for b in &binds {
                 q = match b {
                     Bind::Text(s) => q.bind(s.as_str()),
@@ -478,33 +745,37 @@ impl MamSql {
 
     /// Whether the account's archive has message `id`.
     pub async fn exists(&self, host: &str, user: &str, id: i64) -> Result<bool> {
-        self.settle(host, user).await?;
-        let n: Option<i64> = on_db!(&self.0, |pool| {
-            sqlx::query_scalar(
-                "SELECT id FROM mam_archive WHERE host = $1 AND username = $2 AND id = $3",
-            )
-            .bind(host)
-            .bind(user)
-            .bind(id)
-            .fetch_optional(pool)
-            .await?
-        });
-        Ok(n.is_some())
+        let f = Filter {
+            ids: Some(vec![id]),
+            ..Filter::default()
+        };
+        Ok(self.count(host, user, &f).await? > 0)
     }
 
     /// The first and last ids of an account's archive.
     pub async fn bounds(&self, host: &str, user: &str) -> Result<Option<(i64, i64)>> {
         self.settle(host, user).await?;
-        let r: (Option<i64>, Option<i64>) = on_db!(&self.0, |pool| {
-            sqlx::query_as(
-                "SELECT (SELECT id FROM mam_archive WHERE host = $1 AND username = $2 ORDER BY id ASC LIMIT 1), \
-                        (SELECT id FROM mam_archive WHERE host = $1 AND username = $2 ORDER BY id DESC LIMIT 1)",
-            )
-            .bind(host)
-            .bind(user)
-            .fetch_one(pool)
-            .await?
-        });
+        let r: (Option<i64>, Option<i64>) = match &self.0 {
+            Db::Sqlite(pool) => {
+                sqlx::query_as(concat!(
+                    "SELECT (SELECT MIN(id) FROM mam_ix WHERE acct = (SELECT k FROM mam_jid WHERE jid = $1)), ",
+                    "(SELECT MAX(id) FROM mam_ix WHERE acct = (SELECT k FROM mam_jid WHERE jid = $1))"
+                ))
+                .bind(format!("{user}@{host}"))
+                .fetch_one(pool)
+                .await?
+            }
+            Db::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT (SELECT id FROM mam_archive WHERE host = $1 AND username = $2 ORDER BY id ASC LIMIT 1), \
+                            (SELECT id FROM mam_archive WHERE host = $1 AND username = $2 ORDER BY id DESC LIMIT 1)",
+                )
+                .bind(host)
+                .bind(user)
+                .fetch_one(pool)
+                .await?
+            }
+        };
         Ok(match r {
             (Some(a), Some(b)) => Some((a, b)),
             _ => None,
@@ -514,10 +785,12 @@ impl MamSql {
     /// The largest id of every archive (to keep new ids above it).
     pub async fn max_id(&self) -> Result<Option<i64>> {
         Ok(match &self.0 {
+            // One index lookup per JID, and the tail.
             Db::Sqlite(pool) => {
                 sqlx::query_scalar(
-                    "SELECT MAX(m) FROM (SELECT MAX(id) AS m FROM mam_archive \
-                     UNION ALL SELECT MAX(id) FROM mam_staging)",
+                    "SELECT MAX(m) FROM (SELECT MAX((SELECT MAX(id) FROM mam_ix WHERE acct = j.k)) AS m \
+                     FROM mam_jid j UNION ALL SELECT MAX(id) FROM mam_msg \
+                     WHERE rowid > (SELECT upto FROM mam_folded))",
                 )
                 .fetch_one(pool)
                 .await?
@@ -532,27 +805,70 @@ impl MamSql {
 
     /// Delete an account's archive.
     pub async fn remove_archive(&self, host: &str, user: &str) -> Result<()> {
-        self.fold_staged().await?;
-        on_db!(&self.0, |pool| {
-            sqlx::query("DELETE FROM mam_archive WHERE host = $1 AND username = $2")
-                .bind(host)
-                .bind(user)
-                .execute(pool)
-                .await?;
-        });
+        match &self.0 {
+            Db::Sqlite(pool) => {
+                let jid = format!("{user}@{host}");
+                let mut tx = pool.begin_write().await?;
+                // Indexed or in the tail (a message written twice is in the
+                // tail until the next fold).
+                let rows = rowids(
+                    sqlx::query_scalar(
+                        "SELECT json_group_array(msg) FROM (SELECT msg FROM mam_ix \
+                         WHERE acct = (SELECT k FROM mam_jid WHERE jid = $1) UNION SELECT rowid FROM mam_msg \
+                         WHERE rowid > (SELECT upto FROM mam_folded) AND acct = (SELECT k FROM mam_jid WHERE jid = $1))",
+                    )
+                    .bind(&jid)
+                    .fetch_one(&mut *tx)
+                    .await?,
+                )?;
+                delete_rows(&mut tx, &rows).await?;
+                tx.commit().await?;
+            }
+            Db::Postgres(pool) => {
+                sqlx::query("DELETE FROM mam_archive WHERE host = $1 AND username = $2")
+                    .bind(host)
+                    .bind(user)
+                    .execute(pool)
+                    .await?;
+            }
+        }
         Ok(())
     }
 
-    /// Delete everything archived before id `before` (retention); how many rows.
+    /// Delete everything archived before id `before` (retention); how many
+    /// rows. On SQLite in transactions of [`EXPIRE_ROWS`] rows, found
+    /// through each account's index range.
     pub async fn expire(&self, before: i64) -> Result<u64> {
-        self.fold_staged().await?;
-        Ok(on_db!(&self.0, |pool| {
-            sqlx::query("DELETE FROM mam_archive WHERE id < $1")
+        match &self.0 {
+            Db::Sqlite(pool) => {
+                self.fold_staged().await?;
+                let mut n = 0;
+                loop {
+                    let mut tx = pool.begin_write().await?;
+                    let rows = rowids(
+                        sqlx::query_scalar(
+                            "SELECT json_group_array(msg) FROM (SELECT x.msg FROM mam_jid j CROSS JOIN mam_ix x \
+                             ON x.acct = j.k AND x.id < $1 LIMIT $2)",
+                        )
+                        .bind(before)
+                        .bind(EXPIRE_ROWS)
+                        .fetch_one(&mut *tx)
+                        .await?,
+                    )?;
+                    delete_rows(&mut tx, &rows).await?;
+                    tx.commit().await?;
+                    n += rows.len() as u64;
+                    if rows.len() < EXPIRE_ROWS as usize {
+                        return Ok(n);
+                    }
+                }
+            }
+            Db::Postgres(pool) => Ok(sqlx::query("DELETE FROM mam_archive WHERE id < $1")
                 .bind(before)
                 .execute(pool)
                 .await?
-                .rows_affected()
-        }))
+                .rows_affected()),
+        }
     }
 
     /// An account's preferences, if it set any.
@@ -606,6 +922,30 @@ impl MamSql {
     }
 }
 
+/// Rows per transaction of [`MamSql::expire`] (SQLite).
+const EXPIRE_ROWS: i64 = 10_000;
+
+/// Delete `mam_msg` rows and their index entries (SQLite).
+async fn delete_rows(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    rows: &[i64],
+) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let list = json_list(rows)?;
+    for sql in [
+        "DELETE FROM mam_ix WHERE (acct, id, msg) IN (SELECT acct, id, rowid FROM mam_msg \
+         WHERE rowid IN (SELECT value FROM json_each($1)))",
+        "DELETE FROM mam_ixw WHERE (acct, w, id, msg) IN (SELECT acct, w, id, rowid FROM mam_msg \
+         WHERE rowid IN (SELECT value FROM json_each($1)))",
+        "DELETE FROM mam_msg WHERE rowid IN (SELECT value FROM json_each($1))",
+    ] {
+        sqlx::query(sql).bind(&list).execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 fn split(s: &str) -> Vec<String> {
     s.split('\n')
         .filter(|x| !x.is_empty())
@@ -626,6 +966,10 @@ mod tests {
             origin_id: None,
             xml: format!("<message xmlns='jabber:client'><body>{id}</body></message>"),
         }
+    }
+
+    async fn put(m: &MamSql, rows: &[(String, String, Item)]) -> Result<()> {
+        m.insert_many(rows, &mut JidKeys::default()).await
     }
 
     fn rows(user: &str, ids: impl IntoIterator<Item = i64>) -> Vec<(String, String, Item)> {
@@ -661,33 +1005,41 @@ mod tests {
     #[tokio::test]
     async fn written_batches_are_read_back_folded_or_not() {
         for (m, _guard) in stores("mam written batches").await {
-            m.insert_many(&rows("u", 1..=300)).await.expect("batch");
+            put(&m, &rows("u", 1..=300)).await.expect("batch");
             // A message routed twice is archived once, staged or not.
-            m.insert_many(&rows("u", [5, 301])).await.expect("again");
+            put(&m, &rows("u", [5, 301])).await.expect("again");
             m.insert("h", "u", &[item(302, "b@h")])
                 .await
                 .expect("direct");
-            m.insert_many(&rows("v", [7])).await.expect("other");
+            put(&m, &rows("v", [7])).await.expect("other");
             let all = Filter::default();
             // Reads see the staged rows (their account's are archived first).
             assert_eq!(m.count("h", "u", &all).await.expect("count"), 302);
             assert_eq!(m.bounds("h", "u").await.expect("bounds"), Some((1, 302)));
-            // The other account's row is still staged (SQLite).
-            let staged = u64::from(matches!(m.0, Db::Sqlite(_)));
-            assert_eq!(m.fold_staged().await.expect("fold"), staged);
+            // The fold indexes the other account's row and drops the
+            // second copy of id 5 (SQLite: every row written so far was in
+            // the tail).
+            if let Db::Sqlite(pool) = &m.0 {
+                assert_eq!(m.fold_staged().await.expect("fold"), 304);
+                let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM mam_msg")
+                    .fetch_one(pool)
+                    .await
+                    .expect("rows");
+                assert_eq!(rows, 303);
+            }
             assert_eq!(m.fold_staged().await.expect("fold"), 0);
             assert_eq!(m.count("h", "v", &all).await.expect("count"), 1);
-            m.insert_many(&rows("u", [303, 304])).await.expect("more");
+            put(&m, &rows("u", [303, 304])).await.expect("more");
             assert!(m.exists("h", "u", 304).await.expect("exists"));
-            m.insert_many(&rows("u", [305])).await.expect("more");
+            put(&m, &rows("u", [305])).await.expect("more");
             let page = m.page("h", "u", &all, 2, 0, true).await.expect("page");
             assert_eq!(page.iter().map(|r| r.0).collect::<Vec<_>>(), [304, 305]);
-            m.insert_many(&rows("v", [8])).await.expect("more");
+            put(&m, &rows("v", [8])).await.expect("more");
             m.remove_archive("h", "v").await.expect("remove");
             assert_eq!(m.count("h", "v", &all).await.expect("count"), 0);
-            m.insert_many(&rows("u", [306])).await.expect("more");
+            put(&m, &rows("u", [306])).await.expect("more");
             assert_eq!(m.max_id().await.expect("max"), Some(306));
-            m.insert_many(&rows("u", [307])).await.expect("more");
+            put(&m, &rows("u", [307])).await.expect("more");
             assert_eq!(m.expire(301).await.expect("expire"), 300);
             assert_eq!(m.count("h", "u", &all).await.expect("count"), 7);
         }
@@ -702,7 +1054,9 @@ mod tests {
             }
         }
         for batch in all.chunks(ROWS_PER_INSERT) {
-            m.insert_many(batch).await.expect("batch");
+            m.insert_many(batch, &mut JidKeys::default())
+                .await
+                .expect("batch");
         }
     }
 
@@ -734,24 +1088,53 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_archive_of_the_first_schema_is_kept() {
+    async fn an_archive_of_the_earlier_schemas_is_kept() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = Storage::open_sqlite(&dir.path().join("db.sqlite"))
             .await
             .expect("sqlite");
+        let Db::Sqlite(pool) = &s.db else {
+            unreachable!("a SQLite store")
+        };
+        let row = |table: &str, id: i64, with: &str| {
+            format!(
+                "INSERT INTO {table} (host, username, id, with_bare, with_res, origin_id, xml) \
+                 VALUES ('h', 'u', {id}, '{with}', '', NULL, '<message xmlns=''jabber:client''><body>{id}</body></message>')"
+            )
+        };
         s.db.migrate_module("mod_mam", &MIGRATIONS[..1])
             .await
             .expect("first schema");
-        let m = MamSql::new(s.db.clone());
-        m.insert("h", "u", &[item(1, "b@h"), item(2, "c@h")])
+        for (id, with) in [(1, "b@h"), (2, "c@h")] {
+            sqlx::query(&row("mam_archive", id, with))
+                .execute(pool)
+                .await
+                .expect("archived");
+        }
+        s.db.migrate_module("mod_mam", &MIGRATIONS[..2])
             .await
-            .expect("insert");
+            .expect("second schema");
+        // Staged, one of them archived already.
+        for (id, with) in [(2, "c@h"), (3, "u@h")] {
+            sqlx::query(&row("mam_staging", id, with))
+                .execute(pool)
+                .await
+                .expect("staged");
+        }
         s.db.migrate_module("mod_mam", MIGRATIONS)
             .await
             .expect("migrate");
-        m.insert_many(&rows("u", [3])).await.expect("batch");
+        let m = MamSql::new(s.db.clone());
+        put(&m, &rows("u", [4])).await.expect("batch");
         let all = Filter::default();
         let page = m.page("h", "u", &all, 10, 0, false).await.expect("page");
-        assert_eq!(page.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(page.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2, 3, 4]);
+        assert!(page[1].1.contains("<body>2</body>"), "{page:?}");
+        let with_c = Filter {
+            with_bare: Some("c@h".into()),
+            ..Filter::default()
+        };
+        assert_eq!(m.count("h", "u", &with_c).await.expect("count"), 1);
+        assert_eq!(m.max_id().await.expect("max"), Some(4));
     }
 }
