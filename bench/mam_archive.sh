@@ -21,6 +21,26 @@ PER_USER=$((MESSAGES / USERS))
 NOW_US=$(($(date +%s) * 1000000))
 FIRST_US=$((NOW_US - MESSAGES * 1000))
 
+# SQLite: $1 yields n = 0..MESSAGES-1, $2 n = 0..USERS-1 (same rows as fill_sql).
+fill_sqlite() {
+	cat <<SQL
+INSERT INTO mam_jid (jid) SELECT 'u' || n || '@localhost' FROM $2 WHERE true ON CONFLICT DO NOTHING;
+INSERT INTO mam_msg (acct, w, id, with_res, origin_id, xml)
+SELECT (SELECT k FROM mam_jid WHERE jid = 'u' || (n % $USERS) || '@localhost'),
+       (SELECT k FROM mam_jid WHERE jid = 'u' || ((n % $USERS + 1 + (n / $USERS) % 20) % $USERS) || '@localhost'),
+       $FIRST_US + n * 1000,
+       'phone',
+       'o' || n,
+       '<message xmlns=''jabber:client'' from=''u' || ((n % $USERS + 1 + (n / $USERS) % 20) % $USERS) || '@localhost/phone'' to=''u' || (n % $USERS) || '@localhost'' type=''chat'' id=''m' || n || '''><body>benchmark message ' || n || '</body></message>'
+FROM $1;
+INSERT INTO mam_ix (acct, id, msg) SELECT acct, id, rowid FROM mam_msg
+ WHERE rowid > (SELECT upto FROM mam_folded) ORDER BY acct, id, rowid ON CONFLICT DO NOTHING;
+INSERT INTO mam_ixw (acct, w, id, msg) SELECT acct, w, id, rowid FROM mam_msg
+ WHERE rowid > (SELECT upto FROM mam_folded) ORDER BY acct, w, id, rowid ON CONFLICT DO NOTHING;
+UPDATE mam_folded SET upto = (SELECT MAX(rowid) FROM mam_msg), settled = 0;
+SQL
+}
+
 fill_sql() {
 	# $1: integer-series expression yielding n = 0..MESSAGES-1 as column n.
 	cat <<SQL
@@ -43,22 +63,30 @@ LAST50="SELECT id, xml FROM mam_archive WHERE host = 'localhost' AND username = 
 COUNT50="SELECT COUNT(*) FROM mam_archive WHERE host = 'localhost' AND username = 'u42' AND with_bare = 'u43@localhost'"
 BYDATE="SELECT id, xml FROM mam_archive WHERE host = 'localhost' AND username = 'u42' AND id >= $((FIRST_US + MESSAGES * 500)) ORDER BY id ASC LIMIT 51"
 COUNTDATE="SELECT COUNT(*) FROM mam_archive WHERE host = 'localhost' AND username = 'u42' AND id >= $((FIRST_US + MESSAGES * 500))"
+# The same on SQLite's tables.
+ACCT="(SELECT k FROM mam_jid WHERE jid = 'u42@localhost')"
+W="(SELECT k FROM mam_jid WHERE jid = 'u43@localhost')"
+SQ_LAST50="SELECT x.id, m.xml FROM mam_ixw x JOIN mam_msg m ON m.rowid = x.msg WHERE x.acct = $ACCT AND x.w = $W ORDER BY x.id DESC LIMIT 51 OFFSET 0"
+SQ_COUNT50="SELECT COUNT(*) FROM mam_ixw x WHERE x.acct = $ACCT AND x.w = $W"
+SQ_BYDATE="SELECT x.id, m.xml FROM mam_ix x JOIN mam_msg m ON m.rowid = x.msg WHERE x.acct = $ACCT AND x.id >= $((FIRST_US + MESSAGES * 500)) ORDER BY x.id ASC LIMIT 51 OFFSET 0"
+SQ_COUNTDATE="SELECT COUNT(*) FROM mam_ix x WHERE x.acct = $ACCT AND x.id >= $((FIRST_US + MESSAGES * 500))"
 
 case $backend in
 sqlite)
 	sqlite3 "$target" <<SQL
 PRAGMA journal_mode=WAL;
 BEGIN;
-$(fill_sql "(WITH RECURSIVE s(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM s WHERE n + 1 < $MESSAGES) SELECT n FROM s)")
+$(fill_sqlite "(WITH RECURSIVE s(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM s WHERE n + 1 < $MESSAGES) SELECT n FROM s)" \
+	"(WITH RECURSIVE s(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM s WHERE n + 1 < $USERS) SELECT n FROM s)")
 COMMIT;
 ANALYZE;
-SELECT 'rows', COUNT(*) FROM mam_archive;
+SELECT 'rows', COUNT(*) FROM mam_msg;
 SELECT 'last 50 with one contact:';
-EXPLAIN QUERY PLAN $COUNT50;
-EXPLAIN QUERY PLAN $LAST50;
+EXPLAIN QUERY PLAN $SQ_COUNT50;
+EXPLAIN QUERY PLAN $SQ_LAST50;
 SELECT 'a page by date:';
-EXPLAIN QUERY PLAN $COUNTDATE;
-EXPLAIN QUERY PLAN $BYDATE;
+EXPLAIN QUERY PLAN $SQ_COUNTDATE;
+EXPLAIN QUERY PLAN $SQ_BYDATE;
 SQL
 	;;
 pgsql)

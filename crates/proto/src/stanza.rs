@@ -175,9 +175,20 @@ impl Stanza {
     /// standalone document). A stanza shared with other copies is
     /// serialized once for all of them; each write adds only its own `to`.
     pub fn write_xml(&self, out: &mut String, parent_ns: &str) {
-        let to = self.to.as_ref().map(Jid::as_str);
         let shared = Arc::strong_count(&self.wire) > 1 || self.wire.get().is_some();
-        if !shared || !self.el.has_ns(ns::CLIENT) {
+        self.write_xml_keeping(out, parent_ns, shared);
+    }
+
+    /// [`Stanza::write_xml`], keeping the serialization for the next
+    /// writes even when this copy is not shared: for a stanza written
+    /// twice on its way (an archive's sent and received sides).
+    pub fn write_xml_kept(&self, out: &mut String, parent_ns: &str) {
+        self.write_xml_keeping(out, parent_ns, true);
+    }
+
+    fn write_xml_keeping(&self, out: &mut String, parent_ns: &str, keep: bool) {
+        let to = self.to.as_ref().map(Jid::as_str);
+        if !keep || !self.el.has_ns(ns::CLIENT) {
             // Written once: straight into the output.
             write_root(out, &self.el, parent_ns, to);
             return;
@@ -376,6 +387,28 @@ mod tests {
         assert!(written(&copies[1], ns::CLIENT).contains("<extra xmlns='urn:y'/>"));
         assert_eq!(written(&copies[0], ns::CLIENT), alone[0]);
         assert_eq!(copies[0].clone().into_element(), template.to_element());
+    }
+
+    #[test]
+    fn a_kept_serialization_serves_the_next_write_until_a_change() {
+        let el: Element = "<message xmlns='jabber:client' type='chat'><body>x</body></message>"
+            .parse()
+            .unwrap();
+        let mut st = Stanza::new(
+            StanzaKind::Message,
+            Jid::new("a@b/r").unwrap(),
+            Some(Jid::new("c@d").unwrap()),
+            el,
+        );
+        let whole = "<message xmlns='jabber:client' from='a@b/r' to='c@d' type='chat'><body>x</body></message>";
+        let mut first = String::new();
+        st.write_xml_kept(&mut first, "");
+        assert_eq!(first, whole);
+        assert!(st.wire.get().is_some());
+        assert_eq!(written(&st, ""), whole);
+        st.el_mut().append_child(Element::bare("extra", "urn:y"));
+        assert!(st.wire.get().is_none());
+        assert!(written(&st, "").contains("<extra xmlns='urn:y'/>"));
     }
 
     #[test]

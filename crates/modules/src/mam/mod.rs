@@ -162,8 +162,8 @@ enum Verdict {
 
 impl Prefs {
     fn verdict(&self, with: &Jid) -> Verdict {
-        let (full, bare) = (with.as_str(), with.to_bare());
-        let listed = |l: &[String]| l.iter().any(|j| j == full || j == bare.as_str());
+        let (full, bare) = (with.as_str(), bare_of(with));
+        let listed = |l: &[String]| l.iter().any(|j| j == full || j == bare);
         if listed(&self.never) {
             return Verdict::No;
         }
@@ -189,7 +189,7 @@ impl Prefs {
 struct State {
     default: Mode,
     /// Bare JID → preferences read from storage (or the default).
-    prefs: DashMap<String, Arc<Prefs>>,
+    prefs: DashMap<String, Arc<Prefs>, foldhash::fast::RandomState>,
     /// The archive writer (see [`State::archive`]).
     writer: tokio::sync::mpsc::Sender<Write>,
 }
@@ -228,7 +228,7 @@ const BATCH: usize = store::ROWS_PER_INSERT;
 const WRITER_QUEUE: usize = 65_536;
 /// Staged rows (SQLite, see [`MamSql::insert_many`]) the writer lets
 /// accumulate before it folds them into the archive…
-const FOLD_ROWS: u64 = 32_768;
+const FOLD_ROWS: u64 = 65_536;
 /// … or once the oldest has waited this long …
 const FOLD_AGE: std::time::Duration = std::time::Duration::from_secs(5);
 /// … or once it has been idle this long.
@@ -408,7 +408,7 @@ impl Module for Mam {
         let (writer_tx, writer_rx) = tokio::sync::mpsc::channel(WRITER_QUEUE);
         let state = Arc::new(State {
             default,
-            prefs: DashMap::new(),
+            prefs: DashMap::default(),
             writer: writer_tx,
         });
         host.spawn_task(move |cx| writer(cx, writer_rx));
@@ -527,13 +527,16 @@ fn next_id() -> i64 {
     now.max(prev + 1)
 }
 
-fn secret() -> &'static [u8; 32] {
-    static KEY: OnceLock<[u8; 32]> = OnceLock::new();
-    KEY.get_or_init(rand::random)
+/// HMAC-SHA-256 keyed with this process's secret (keyed once: a clone
+/// per id skips hashing the key).
+fn keyed() -> Option<&'static Hmac<sha2::Sha256>> {
+    static MAC: OnceLock<Option<Hmac<sha2::Sha256>>> = OnceLock::new();
+    MAC.get_or_init(|| Hmac::new_from_slice(&rand::random::<[u8; 32]>()).ok())
+        .as_ref()
 }
 
 fn tag(account: &str, n: i64) -> u32 {
-    let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(secret()) else {
+    let Some(mut mac) = keyed().cloned() else {
         return 0;
     };
     mac.update(account.as_bytes());
@@ -616,6 +619,21 @@ pub fn strip_stanza_ids(el: &mut Element, account: &str) -> Option<String> {
     ours
 }
 
+/// The bare part of `j` (no copy, unlike `Jid::to_bare`).
+fn bare_of(j: &Jid) -> &str {
+    let s = j.as_str();
+    match j.resource() {
+        Some(r) => &s[..s.len() - r.as_str().len() - 1],
+        None => s,
+    }
+}
+
+/// The bare part of `j`.
+fn bare_of_full(j: &FullJid) -> &str {
+    let s = j.as_str();
+    &s[..s.len() - j.resource().as_str().len() - 1]
+}
+
 fn serialize(el: &Element) -> String {
     let mut s = String::with_capacity(256);
     write_element(&mut s, el, "");
@@ -630,14 +648,16 @@ fn item_for(id: i64, with: &Jid, el: &Element) -> Item {
 /// copying its element.
 fn stanza_item(id: i64, with: &Jid, st: &Stanza) -> Item {
     let mut xml = String::with_capacity(256);
-    st.write_xml(&mut xml, "");
+    // Kept: the sent side's serialization serves the received side's
+    // (the same stanza, unchanged between the two hooks).
+    st.write_xml_kept(&mut xml, "");
     item_with(id, with, st.el(), xml)
 }
 
 fn item_with(id: i64, with: &Jid, el: &Element, xml: String) -> Item {
     Item {
         id,
-        with_bare: with.to_bare().to_string(),
+        with_bare: bare_of(with).to_string(),
         with_res: with.resource().map(|r| r.to_string()).unwrap_or_default(),
         origin_id: el
             .get_child("origin-id", NS_SID)
@@ -690,7 +710,9 @@ fn received(state: &Arc<State>, cx: &HookCx<'_>, st: &mut Stanza) {
         st.el_mut().append_child(stanza_id(&id, &account));
         return;
     }
-    if !archivable(st) || (st.from.to_bare() == to && st.el().has_child("forwarded", NS_FORWARD)) {
+    if !archivable(st)
+        || (bare_of(&st.from) == to.as_str() && st.el().has_child("forwarded", NS_FORWARD))
+    {
         return;
     }
     let verdict = state.prefs.get(&account).map(|p| p.verdict(&st.from));
@@ -743,8 +765,8 @@ fn stanza_id(id: &str, by: &str) -> Element {
 /// received).
 fn sent_archivable(session: &FullJid, st: &Stanza) -> Option<String> {
     let to = st.to.as_ref()?;
-    let me = session.to_bare();
-    (to.to_bare() != me && archivable(st)).then(|| me.to_string())
+    let me = bare_of_full(session);
+    (bare_of(to) != me && archivable(st)).then(|| me.to_string())
 }
 
 /// Hand a row to the archive writer with the current stanza's ticket: at
@@ -780,8 +802,7 @@ fn archive_sent(state: &Arc<State>, cx: &HookCx<'_>, session: &FullJid, st: &Sta
         return;
     };
     let Some(to) = st.to.clone() else { return };
-    let me = session.to_bare();
-    let (Some(node), host) = (me.node(), me.domain().as_str()) else {
+    let (Some(node), host) = (session.node(), session.domain().as_str()) else {
         return;
     };
     let n = next_id();
@@ -789,9 +810,9 @@ fn archive_sent(state: &Arc<State>, cx: &HookCx<'_>, session: &FullJid, st: &Sta
     if verdict == Some(Verdict::No) {
         return;
     }
-    let item = if claims_stanza_id(st.el(), me.as_str()) {
+    let item = if claims_stanza_id(st.el(), &key) {
         let mut el = st.to_element();
-        strip_stanza_ids(&mut el, me.as_str());
+        strip_stanza_ids(&mut el, &key);
         item_for(n, &to, &el)
     } else {
         stanza_item(n, &to, st)
@@ -1260,5 +1281,30 @@ mod portable {
             tally.count(MESSAGES, items.len());
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bare_part_of_a_jid_is_its_bare_jid() {
+        for s in ["a@b/c", "a@b/c/d@e", "a@b", "b/r", "b"] {
+            let j: Jid = s.parse().expect("jid");
+            assert_eq!(bare_of(&j), j.to_bare().as_str(), "{s}");
+            if let Ok(f) = FullJid::try_from(j.clone()) {
+                assert_eq!(bare_of_full(&f), f.to_bare().as_str(), "{s}");
+            }
+        }
+    }
+
+    #[test]
+    fn ids_are_tagged_per_account() {
+        let a = encode_id("a@h", 42);
+        assert!(is_ours("a@h", &a));
+        assert!(!is_ours("b@h", &a));
+        assert_eq!(decode_id(&a), Some(42));
+        assert_eq!(a, encode_id("a@h", 42));
     }
 }

@@ -176,7 +176,7 @@ fn multi_row_insert(n: usize) -> String {
 /// [`JidKeys::MAX`] (keys never change, so nothing goes stale).
 #[derive(Default)]
 pub struct JidKeys {
-    keys: HashMap<String, i64>,
+    keys: HashMap<String, i64, foldhash::fast::RandomState>,
     buf: String,
 }
 
