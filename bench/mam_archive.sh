@@ -10,7 +10,9 @@
 # The tables must exist: start Palaver once on that database with mod_mam
 # enabled (its migrations create them), stop it, then run this. Users are
 # u0..u999 on host `localhost`; the rows are written straight with SQL
-# (ids are microsecond timestamps ending now, as the module makes them).
+# (ids are microsecond timestamps ending now, as the module makes them):
+# on SQLite into mam_msg, then indexed as the module's fold does
+# (crates/modules/src/mam/store.rs); on PostgreSQL into mam_archive.
 # Env: MESSAGES (default 1000000), USERS (default 1000).
 set -eu
 backend=${1:?sqlite|pgsql}
