@@ -226,8 +226,8 @@ const BATCH: usize = store::ROWS_PER_INSERT;
 /// catches up: a tenth of the server's CPU in the benchmark with the old
 /// queue of 1,024). Senders are held back by their tickets meanwhile.
 const WRITER_QUEUE: usize = 65_536;
-/// Staged rows (SQLite, see [`MamSql::insert_many`]) the writer lets
-/// accumulate before it folds them into the archive…
+/// Rows written but not yet indexed (SQLite, see [`MamSql::insert_many`])
+/// the writer lets accumulate before it folds them into the indexes…
 const FOLD_ROWS: u64 = 65_536;
 /// … or once the oldest has waited this long …
 const FOLD_AGE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -237,16 +237,15 @@ const FOLD_IDLE: std::time::Duration = std::time::Duration::from_millis(250);
 /// The archive writer: one task per host that commits what arrived while
 /// the previous batch was written, in one statement. Under load one
 /// commit serves many messages (archiving is cheap per message); alone, a
-/// message is written at once. On SQLite it also folds the staged rows
-/// into the archive, every [`FOLD_ROWS`], [`FOLD_AGE`] and when idle.
-/// Rarer folds cost less per row (a fold dirties much the same index
-/// pages for 30,000 rows as for 60,000), but a fold holds the database's
-/// write lock while it runs: for [`FOLD_ROWS`], 0.16 s into an empty
-/// archive to 0.5 s into one of 550,000 rows on the benchmark machine,
-/// and about twice that for twice the rows (BENCHMARKS.md, run 11). The
-/// age bound keeps folds short under a light steady load. A read
-/// archives only its own account's staged rows first: it no longer folds
-/// everyone's itself (it still waits for a fold the writer is running).
+/// message is written at once. On SQLite it also folds the rows written
+/// since the last fold into the archive's indexes, every [`FOLD_ROWS`],
+/// [`FOLD_AGE`] and when idle. Rarer folds cost less per row (a fold
+/// dirties much the same index pages for 30,000 rows as for 60,000), but
+/// a fold holds the database's write lock while it runs: 0.4–0.7 s for
+/// [`FOLD_ROWS`] on run 12's (slow) benchmark machine. The age bound keeps
+/// folds short under a light steady load. A read indexes only its own
+/// account's rows first: it does not fold everyone's itself (it still
+/// waits for a fold the writer is running).
 async fn writer(cx: ModuleCx, mut rx: tokio::sync::mpsc::Receiver<Write>) {
     let store = MamSql::of(&cx);
     let mut batch: Vec<Write> = Vec::with_capacity(BATCH);

@@ -86,7 +86,7 @@ pub const MIGRATIONS: &[ModuleMigration] = &[
     },
 ];
 
-/// Rows per statement of [`MamSql::insert_many`] (7 parameters each,
+/// Rows per statement of [`MamSql::insert_many`] (6 or 7 parameters each,
 /// well under SQLite's and PostgreSQL's limits): the archive writer's
 /// whole batch, so that a batch is one statement.
 pub const ROWS_PER_INSERT: usize = 256;
@@ -149,7 +149,7 @@ fn msg_insert(n: usize) -> String {
 fn multi_row_insert(n: usize) -> String {
     let mut sql = String::with_capacity(120 + n * 40);
     sql.push_str(
-        "INSERT INTO mam_archive (host, username, id, with_bare, with_res, origin_id, xml) VALUES ",
+        "INSERT INTO mam_archive (host, username, with_bare, id, with_res, origin_id, xml) VALUES ",
     );
     for r in 0..n {
         if r > 0 {
@@ -287,18 +287,6 @@ impl MamSql {
                 let mut tx = pool.begin_write().await?;
                 let mut settled = 0i64;
                 for (it, w) in items.iter().zip(ws) {
-                    let fresh: Option<i64> = sqlx::query_scalar(
-                        "SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM mam_ix WHERE acct = $1 AND id = $2) \
-                         AND NOT EXISTS (SELECT 1 FROM mam_msg WHERE rowid > (SELECT upto FROM mam_folded) \
-                         AND acct = $1 AND id = $2)",
-                    )
-                    .bind(acct)
-                    .bind(it.id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    if fresh.is_none() {
-                        continue;
-                    }
                     let msg = sqlx::query(
                         "INSERT INTO mam_msg (acct, w, id, with_res, origin_id, xml) VALUES ($1, $2, $3, $4, $5, $6)",
                     )
@@ -311,9 +299,23 @@ impl MamSql {
                     .execute(&mut *tx)
                     .await?
                     .last_insert_rowid();
-                    for sql in index_rows!("rowid = $1") {
-                        sqlx::query(sql).bind(msg).execute(&mut *tx).await?;
+                    let [ix, ixw] = index_rows!("rowid = $1");
+                    if sqlx::query(ix)
+                        .bind(msg)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected()
+                        == 0
+                    {
+                        // The account has this id already: kept once. (A
+                        // copy still in the tail is the fold's to drop.)
+                        sqlx::query("DELETE FROM mam_msg WHERE rowid = $1")
+                            .bind(msg)
+                            .execute(&mut *tx)
+                            .await?;
+                        continue;
                     }
+                    sqlx::query(ixw).bind(msg).execute(&mut *tx).await?;
                     settled += 1;
                 }
                 sqlx::query("UPDATE mam_folded SET settled = settled + $1")
@@ -371,69 +373,61 @@ impl MamSql {
         if rows.is_empty() {
             return Ok(());
         }
-        match &self.0 {
+        // SQLite: the rows' account and correspondent keys first (outside
+        // the statement's transaction: a new key is a write of its own).
+        let row_keys = match &self.0 {
             Db::Sqlite(pool) => {
                 let mut ks = Vec::with_capacity(rows.len());
                 for (host, user, it) in rows {
                     let a = keys.account(pool, host, user).await?;
                     ks.push((a, keys.key(pool, &it.with_bare).await?));
                 }
-                let mut tx = if rows.len() > ROWS_PER_INSERT {
-                    Some(pool.begin_write().await?)
-                } else {
-                    None
-                };
-                for (chunk, ks) in rows.chunks(ROWS_PER_INSERT).zip(ks.chunks(ROWS_PER_INSERT)) {
-                    let sql = msg_insert(chunk.len());
-                    let mut q = sqlx::query(&sql);
-                    // (`&str`s: bound without a copy.)
-                    for ((_, _, it), (a, w)) in chunk.iter().zip(ks) {
-                        q = q
-                            .bind(*a)
-                            .bind(*w)
-                            .bind(it.id)
-                            .bind(it.with_res.as_str())
-                            .bind(it.origin_id.as_deref())
-                            .bind(it.xml.as_str());
-                    }
-                    match tx.as_mut() {
-                        Some(tx) => q.execute(&mut **tx).await?,
-                        None => q.execute(pool).await?,
-                    };
-                }
-                if let Some(tx) = tx {
-                    tx.commit().await?;
-                }
+                Some(ks)
             }
-            Db::Postgres(pool) => {
-                let mut tx = if rows.len() > ROWS_PER_INSERT {
-                    Some(pool.begin_write().await?)
-                } else {
-                    None
-                };
-                for chunk in rows.chunks(ROWS_PER_INSERT) {
-                    let sql = multi_row_insert(chunk.len());
-                    let mut q = sqlx::query(&sql);
-                    for (host, user, it) in chunk {
-                        q = q
+            Db::Postgres(_) => None,
+        };
+        let sql_for: fn(usize) -> String = match row_keys {
+            Some(_) => msg_insert,
+            None => multi_row_insert,
+        };
+        on_db!(&self.0, |pool| {
+            // A batch of up to ROWS_PER_INSERT rows is one statement, so
+            // one round trip to the database (autocommit); a longer one is
+            // one transaction of several.
+            let mut tx = if rows.len() > ROWS_PER_INSERT {
+                Some(pool.begin_write().await?)
+            } else {
+                None
+            };
+            for (c, chunk) in rows.chunks(ROWS_PER_INSERT).enumerate() {
+                let sql = sql_for(chunk.len());
+                let mut q = sqlx::query(&sql);
+                // (`&str`s: bound without a copy.)
+                for (r, (host, user, it)) in chunk.iter().enumerate() {
+                    q = match &row_keys {
+                        Some(ks) => {
+                            let (a, w) = ks[c * ROWS_PER_INSERT + r];
+                            q.bind(a).bind(w)
+                        }
+                        None => q
                             .bind(host.as_str())
                             .bind(user.as_str())
-                            .bind(it.id)
-                            .bind(it.with_bare.as_str())
-                            .bind(it.with_res.as_str())
-                            .bind(it.origin_id.as_deref())
-                            .bind(it.xml.as_str());
+                            .bind(it.with_bare.as_str()),
                     }
-                    match tx.as_mut() {
-                        Some(tx) => q.execute(&mut **tx).await?,
-                        None => q.execute(pool).await?,
-                    };
+                    .bind(it.id)
+                    .bind(it.with_res.as_str())
+                    .bind(it.origin_id.as_deref())
+                    .bind(it.xml.as_str());
                 }
-                if let Some(tx) = tx {
-                    tx.commit().await?;
-                }
+                match tx.as_mut() {
+                    Some(tx) => q.execute(&mut **tx).await?,
+                    None => q.execute(pool).await?,
+                };
             }
-        }
+            if let Some(tx) = tx {
+                tx.commit().await?;
+            }
+        });
         Ok(())
     }
 
