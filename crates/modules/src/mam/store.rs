@@ -254,6 +254,20 @@ enum Bind {
     Int(i64),
 }
 
+/// `$q` with every parameter of `$binds` bound, in order.
+macro_rules! bind_all {
+    ($q:expr, $binds:expr) => {{
+        let mut q = $q;
+        for b in $binds {
+            q = match b {
+                Bind::Text(s) => q.bind(s.as_str()),
+                Bind::Int(i) => q.bind(*i),
+            };
+        }
+        q
+    }};
+}
+
 /// The archive, on either backend.
 pub struct MamSql(Db);
 
@@ -675,24 +689,12 @@ impl MamSql {
         let (sql, binds) = self.page_sql(host, user, pf, limit, offset, backward);
         let (n, mut rows): (i64, Vec<(i64, String)>) = on_db!(&self.0, |pool| {
             let mut tx = pool.begin_snapshot().await?;
-            let mut q = sqlx::query_scalar::<_, i64>(&count_sql);
-            for b in &cbinds {
-                q = match b {
-                    Bind::Text(s) => q.bind(s.as_str()),
-                    Bind::Int(i) => q.bind(*i),
-                };
-            }
+            let q = bind_all!(sqlx::query_scalar::<_, i64>(&count_sql), &cbinds);
             let n = q.fetch_one(&mut *tx).await?;
             let rows = if limit == 0 {
                 Vec::new()
             } else {
-                let mut q = sqlx::query_as::<_, (i64, String)>(&sql);
-                for b in &binds {
-                    q = match b {
-                        Bind::Text(s) => q.bind(s.as_str()),
-                        Bind::Int(i) => q.bind(*i),
-                    };
-                }
+                let q = bind_all!(sqlx::query_as::<_, (i64, String)>(&sql), &binds);
                 q.fetch_all(&mut *tx).await?
             };
             tx.commit().await?;
@@ -722,13 +724,7 @@ impl MamSql {
         self.settle(host, user).await?;
         let (sql, binds) = self.page_sql(host, user, f, limit, offset, backward);
         let mut rows: Vec<(i64, String)> = on_db!(&self.0, |pool| {
-            let mut q = sqlx::query_as::<_, (i64, String)>(&sql);
-            for b in &binds {
-                q = match b {
-                    Bind::Text(s) => q.bind(s.as_str()),
-                    Bind::Int(i) => q.bind(*i),
-                };
-            }
+            let q = bind_all!(sqlx::query_as::<_, (i64, String)>(&sql), &binds);
             q.fetch_all(pool).await?
         });
         if backward {
