@@ -665,6 +665,7 @@ async fn a_quick_reply_follows_the_message_it_answers() {
     let mut alice = raw_login(srv.addr, "alice", DOMAIN, "pw", "phone").await;
     let mut bob = raw_login(srv.addr, "bob", DOMAIN, "pw", "pc").await;
     enable_sm(&mut alice).await;
+    enable_sm(&mut bob).await;
     const N: usize = 40;
     let mut expected = Vec::new();
     for i in 0..N {
@@ -682,8 +683,11 @@ async fn a_quick_reply_follows_the_message_it_answers() {
         expected.push(format!("m{i}"));
         expected.push(format!("r{i}"));
     }
-    // <a/> means archived: every sent message of alice's is in.
+    // <a/> means archived: every message each of them sent is in alice's
+    // archive (the sent side with alice's ticket, the received side with
+    // bob's).
     acked(&mut alice, N as u32).await;
+    acked(&mut bob, N as u32).await;
     let p = query(
         &mut alice,
         "order",

@@ -384,7 +384,12 @@ pub trait SessionRegistry: Send + Sync {
     /// Every session of a bare JID (available or not).
     fn sessions(&self, bare: &BareJid) -> Vec<SessionHandle>;
     /// Whether a bare JID has any bound session.
-    fn has_sessions(&self, bare: &BareJid) -> bool;
+    fn has_sessions(&self, bare: &BareJid) -> bool {
+        self.has_sessions_of(bare.as_str())
+    }
+    /// [`has_sessions`](Self::has_sessions) of a bare JID given as its
+    /// (valid) string, for a hot path that has one and no `BareJid`.
+    fn has_sessions_of(&self, bare: &str) -> bool;
     /// The available sessions of a bare JID (initial presence sent).
     fn available(&self, bare: &BareJid) -> Vec<SessionHandle> {
         self.sessions(bare)
@@ -411,8 +416,8 @@ impl SessionRegistry for SessionManager {
     fn sessions(&self, bare: &BareJid) -> Vec<SessionHandle> {
         SessionManager::sessions(self, bare)
     }
-    fn has_sessions(&self, bare: &BareJid) -> bool {
-        SessionManager::has_sessions(self, bare)
+    fn has_sessions_of(&self, bare: &str) -> bool {
+        self.table.get(bare).is_some_and(|e| !e.is_empty())
     }
     fn online(&self, host: &str) -> Vec<FullJid> {
         let mut out = Vec::new();

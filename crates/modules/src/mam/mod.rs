@@ -51,7 +51,6 @@
 pub mod store;
 
 use dashmap::DashMap;
-use hmac::{Hmac, Mac};
 use jid::{BareJid, FullJid, Jid};
 use minidom::{Element, Node};
 use palaver_proto::datetime::{format_datetime, parse_datetime};
@@ -247,10 +246,11 @@ const FOLD_IDLE: std::time::Duration = std::time::Duration::from_millis(250);
 /// account's rows first: it does not fold everyone's itself (it still
 /// waits for a fold the writer is running).
 async fn writer(cx: ModuleCx, mut rx: tokio::sync::mpsc::Receiver<Write>) {
-    let store = MamSql::of(&cx);
+    let store = MamSql::of(&cx).for_writer().await;
     let mut batch: Vec<Write> = Vec::with_capacity(BATCH);
     let mut keys = store::JidKeys::default();
     let mut staged: u64 = 0;
+    let mut batches: u64 = 0;
     let mut since = std::time::Instant::now();
     loop {
         let next = if staged == 0 {
@@ -259,18 +259,18 @@ async fn writer(cx: ModuleCx, mut rx: tokio::sync::mpsc::Receiver<Write>) {
             match tokio::time::timeout(FOLD_IDLE, rx.recv()).await {
                 Ok(next) => next,
                 Err(_) => {
-                    fold(&store, &mut staged).await;
+                    fold(&store, &mut staged, &mut batches).await;
                     continue;
                 }
             }
         };
         let Some(w) = next else { break };
         batch.push(w);
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(w) => batch.push(w),
-                Err(_) => break,
-            }
+        drain(&mut rx, &mut batch);
+        if batch.len() >= COALESCE_FROM && batch.len() < BATCH {
+            // Under load: let the batch fill for a moment (fewer commits).
+            tokio::time::sleep(COALESCE).await;
+            drain(&mut rx, &mut batch);
         }
         let mut tickets = Vec::with_capacity(batch.len());
         let rows: Vec<(String, String, Item)> = batch
@@ -286,6 +286,7 @@ async fn writer(cx: ModuleCx, mut rx: tokio::sync::mpsc::Receiver<Write>) {
                     since = std::time::Instant::now();
                 }
                 staged += rows.len() as u64;
+                batches += 1;
             }
             Err(e) => {
                 // One at a time, so one bad row does not cost the others.
@@ -300,22 +301,43 @@ async fn writer(cx: ModuleCx, mut rx: tokio::sync::mpsc::Receiver<Write>) {
         // Committed (or written one by one): the stanzas may be acknowledged.
         drop(tickets);
         if staged >= FOLD_ROWS || (staged > 0 && since.elapsed() >= FOLD_AGE) {
-            fold(&store, &mut staged).await;
+            fold(&store, &mut staged, &mut batches).await;
         }
     }
     if staged > 0 {
-        fold(&store, &mut staged).await;
+        fold(&store, &mut staged, &mut batches).await;
     }
 }
 
+/// Take what waits in the writer's queue, up to a whole batch.
+fn drain(rx: &mut tokio::sync::mpsc::Receiver<Write>, batch: &mut Vec<Write>) {
+    while batch.len() < BATCH {
+        match rx.try_recv() {
+            Ok(w) => batch.push(w),
+            Err(_) => break,
+        }
+    }
+}
+
+/// A batch that finds at least this many rows waiting (the writer is
+/// under load) …
+const COALESCE_FROM: usize = 8;
+/// … waits this long for more before it is written: several times fewer
+/// commits, each a round trip to SQLite's thread and a write of the last
+/// page again (a batch of 30 rows became one of about 150 in the benchmark,
+/// BENCHMARKS.md run 13). The stanzas' acknowledgements wait as long; a
+/// lone message is written at once.
+const COALESCE: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Fold the staged rows into the archive (see [`MamSql::fold_staged`]).
-async fn fold(store: &MamSql, staged: &mut u64) {
+async fn fold(store: &MamSql, staged: &mut u64, batches: &mut u64) {
     let started = std::time::Instant::now();
     match store.fold_staged().await {
         Ok(rows) => {
             *staged = 0;
             tracing::debug!(
                 rows,
+                batches = std::mem::take(batches),
                 ms = started.elapsed().as_millis() as u64,
                 "archive rows folded"
             );
@@ -526,22 +548,18 @@ fn next_id() -> i64 {
     now.max(prev + 1)
 }
 
-/// HMAC-SHA-256 keyed with this process's secret (keyed once: a clone
-/// per id skips hashing the key).
-fn keyed() -> Option<&'static Hmac<sha2::Sha256>> {
-    static MAC: OnceLock<Option<Hmac<sha2::Sha256>>> = OnceLock::new();
-    MAC.get_or_init(|| Hmac::new_from_slice(&rand::random::<[u8; 32]>()).ok())
-        .as_ref()
+/// SipHash keyed with this process's random secret (std's `RandomState`):
+/// a keyed pseudo-random function, so a tag cannot be forged without the
+/// key, and a fraction of HMAC-SHA-256's cost (it runs for every archived
+/// message).
+fn keyed() -> &'static std::hash::RandomState {
+    static KEY: OnceLock<std::hash::RandomState> = OnceLock::new();
+    KEY.get_or_init(std::hash::RandomState::new)
 }
 
 fn tag(account: &str, n: i64) -> u32 {
-    let Some(mut mac) = keyed().cloned() else {
-        return 0;
-    };
-    mac.update(account.as_bytes());
-    mac.update(&n.to_be_bytes());
-    let out = mac.finalize().into_bytes();
-    u32::from_be_bytes([out[0], out[1], out[2], out[3]])
+    use std::hash::BuildHasher;
+    (keyed().hash_one((account, n)) >> 32) as u32
 }
 
 /// The wire form of archive id `n` of `account`.
@@ -691,13 +709,15 @@ async fn allowed(
 /// A message for a local account: strip spoofed stanza-ids, add ours and
 /// archive it (holding the sender's ticket).
 fn received(state: &Arc<State>, cx: &HookCx<'_>, st: &mut Stanza) {
-    let Some(to) = st.to.as_ref().map(|t| t.to_bare()) else {
+    let Some(to) = st.to.as_ref() else {
         return;
     };
-    let (Some(node), host) = (to.node(), to.domain().as_str()) else {
+    let Some(node) = to.node() else {
         return;
     };
-    let account = to.to_string();
+    // `user@host`, and its parts (sliced: no copies).
+    let account = bare_of(to).to_string();
+    let (node, host) = (&account[..node.len()], &account[node.len() + 1..]);
     // Looked at first: a stanza shared by a fan-out is not copied for nothing.
     let ours = if claims_stanza_id(st.el(), &account) {
         strip_stanza_ids(st.el_mut(), &account)
@@ -710,7 +730,7 @@ fn received(state: &Arc<State>, cx: &HookCx<'_>, st: &mut Stanza) {
         return;
     }
     if !archivable(st)
-        || (bare_of(&st.from) == to.as_str() && st.el().has_child("forwarded", NS_FORWARD))
+        || (bare_of(&st.from) == account && st.el().has_child("forwarded", NS_FORWARD))
     {
         return;
     }
@@ -728,7 +748,7 @@ fn received(state: &Arc<State>, cx: &HookCx<'_>, st: &mut Stanza) {
         .append_child(stanza_id(&encode_id(&account, n), &account));
     // Without a session the account may not exist (the router answers
     // that later): nothing is archived for a name no one has.
-    let check_account = !cx.sessions().has_sessions(&to);
+    let check_account = !cx.sessions().has_sessions_of(&account);
     if !check_account && verdict == Some(Verdict::Yes) {
         // The common case, decided here: queued without a task of its own.
         queue(state, cx, host.to_string(), node.to_string(), item);

@@ -91,6 +91,11 @@ pub const MIGRATIONS: &[ModuleMigration] = &[
 /// whole batch, so that a batch is one statement.
 pub const ROWS_PER_INSERT: usize = 256;
 
+/// The page cache of the archive writer's SQLite connection (KiB, as
+/// `PRAGMA cache_size` takes it negative): room for the index pages a fold
+/// of [`FOLD_ROWS`](super::FOLD_ROWS) rows for a thousand accounts touches.
+const WRITER_CACHE: &str = "-32768";
+
 /// The SQLite account key of `user@host` (`(SELECT k …)`, `$1`).
 const ACCT: &str = "(SELECT k FROM mam_jid WHERE jid = $1)";
 
@@ -280,6 +285,35 @@ impl MamSql {
     /// The store of a running server.
     pub fn of(cx: &ModuleCx) -> MamSql {
         MamSql(cx.storage().db.clone())
+    }
+
+    /// The store the archive writer writes through: on SQLite, over a
+    /// connection of its own (the server's pool with one connection and a
+    /// larger page cache), so that the pages its batches and folds touch
+    /// stay cached between them. (SQLite drops a connection's page cache
+    /// whenever another connection has committed since its last use, and a
+    /// pool hands out its connections in turn: the writer read most of
+    /// its pages again at every batch.) The server's pool when that
+    /// connection cannot be opened, and on PostgreSQL.
+    pub async fn for_writer(&self) -> MamSql {
+        let Db::Sqlite(pool) = &self.0 else {
+            return MamSql(self.0.clone());
+        };
+        let opts = (*pool.connect_options())
+            .clone()
+            .pragma("cache_size", WRITER_CACHE);
+        match sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .test_before_acquire(false)
+            .connect_with(opts)
+            .await
+        {
+            Ok(own) => MamSql(Db::Sqlite(own)),
+            Err(e) => {
+                tracing::warn!(error = %e, "the archive writer shares the server's connections");
+                MamSql(self.0.clone())
+            }
+        }
     }
 
     /// Archive messages of one account (one transaction), visible at once;

@@ -35,8 +35,12 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        // No ping before each use: a connection to a local file does not
+        // go stale (the ping was a round trip to the connection's thread
+        // per statement).
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            .test_before_acquire(false)
             .connect_with(opts)
             .await?;
         migrations::migrate(&pool).await?;
