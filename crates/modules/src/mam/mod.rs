@@ -248,7 +248,7 @@ const FOLD_IDLE: std::time::Duration = std::time::Duration::from_millis(250);
 async fn writer(cx: ModuleCx, mut rx: tokio::sync::mpsc::Receiver<Write>) {
     let store = MamSql::of(&cx).for_writer().await;
     let mut batch: Vec<Write> = Vec::with_capacity(BATCH);
-    let mut keys = store::JidKeys::default();
+    let mut own = store::Writer::default();
     let mut staged: u64 = 0;
     let mut batches: u64 = 0;
     let mut since = std::time::Instant::now();
@@ -259,7 +259,7 @@ async fn writer(cx: ModuleCx, mut rx: tokio::sync::mpsc::Receiver<Write>) {
             match tokio::time::timeout(FOLD_IDLE, rx.recv()).await {
                 Ok(next) => next,
                 Err(_) => {
-                    fold(&store, &mut staged, &mut batches).await;
+                    fold(&store, &mut own, &mut staged, &mut batches).await;
                     continue;
                 }
             }
@@ -280,7 +280,7 @@ async fn writer(cx: ModuleCx, mut rx: tokio::sync::mpsc::Receiver<Write>) {
                 (w.host, w.user, w.item)
             })
             .collect();
-        match store.insert_many(&rows, &mut keys).await {
+        match store.insert_many(&rows, &mut own).await {
             Ok(()) => {
                 if staged == 0 {
                     since = std::time::Instant::now();
@@ -301,11 +301,11 @@ async fn writer(cx: ModuleCx, mut rx: tokio::sync::mpsc::Receiver<Write>) {
         // Committed (or written one by one): the stanzas may be acknowledged.
         drop(tickets);
         if staged >= FOLD_ROWS || (staged > 0 && since.elapsed() >= FOLD_AGE) {
-            fold(&store, &mut staged, &mut batches).await;
+            fold(&store, &mut own, &mut staged, &mut batches).await;
         }
     }
     if staged > 0 {
-        fold(&store, &mut staged, &mut batches).await;
+        fold(&store, &mut own, &mut staged, &mut batches).await;
     }
 }
 
@@ -330,9 +330,9 @@ const COALESCE_FROM: usize = 8;
 const COALESCE: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Fold the staged rows into the archive (see [`MamSql::fold_staged`]).
-async fn fold(store: &MamSql, staged: &mut u64, batches: &mut u64) {
+async fn fold(store: &MamSql, own: &mut store::Writer, staged: &mut u64, batches: &mut u64) {
     let started = std::time::Instant::now();
-    match store.fold_staged().await {
+    match store.fold_written(own).await {
         Ok(rows) => {
             *staged = 0;
             tracing::debug!(
@@ -778,16 +778,6 @@ fn stanza_id(id: &str, by: &str) -> Element {
     e
 }
 
-/// A message a local session sent: into the sender's archive.
-/// The sender's bare JID when a message it sends goes to its archive's
-/// sent side (a message to the account itself is archived once, as
-/// received).
-fn sent_archivable(session: &FullJid, st: &Stanza) -> Option<String> {
-    let to = st.to.as_ref()?;
-    let me = bare_of_full(session);
-    (bare_of(to) != me && archivable(st)).then(|| me.to_string())
-}
-
 /// Hand a row to the archive writer with the current stanza's ticket: at
 /// once when the writer's queue has room, else from a task that waits for
 /// room (or writes the row itself when the writer is gone).
@@ -817,24 +807,27 @@ fn queue(state: &Arc<State>, cx: &HookCx<'_>, host: String, user: String, item: 
 /// committed (`<a/>` means archived); with the account's preferences known,
 /// no task is spawned for it.
 fn archive_sent(state: &Arc<State>, cx: &HookCx<'_>, session: &FullJid, st: &Stanza) {
-    let Some(key) = sent_archivable(session, st) else {
+    let Some(to) = st.to.as_ref() else { return };
+    // The sender's bare JID; a message to the account itself is archived
+    // once, as received.
+    let me = bare_of_full(session);
+    if bare_of(to) == me || !archivable(st) {
         return;
-    };
-    let Some(to) = st.to.clone() else { return };
+    }
     let (Some(node), host) = (session.node(), session.domain().as_str()) else {
         return;
     };
     let n = next_id();
-    let verdict = state.prefs.get(&key).map(|p| p.verdict(&to));
+    let verdict = state.prefs.get(me).map(|p| p.verdict(to));
     if verdict == Some(Verdict::No) {
         return;
     }
-    let item = if claims_stanza_id(st.el(), &key) {
+    let item = if claims_stanza_id(st.el(), me) {
         let mut el = st.to_element();
-        strip_stanza_ids(&mut el, &key);
-        item_for(n, &to, &el)
+        strip_stanza_ids(&mut el, me);
+        item_for(n, to, &el)
     } else {
-        stanza_item(n, &to, st)
+        stanza_item(n, to, st)
     };
     let (host, user) = (host.to_string(), node.to_string());
     if verdict == Some(Verdict::Yes) {
@@ -843,7 +836,7 @@ fn archive_sent(state: &Arc<State>, cx: &HookCx<'_>, session: &FullJid, st: &Sta
     }
     // Preferences not loaded yet, or "roster": decided by a task that
     // holds the ticket.
-    let (state, cx2) = (state.clone(), cx.cx().clone());
+    let (state, cx2, to) = (state.clone(), cx.cx().clone(), to.clone());
     cx.spawn(async move {
         state
             .archive_if_allowed(&cx2, &host, &user, &to, item)

@@ -84,6 +84,13 @@ pub const MIGRATIONS: &[ModuleMigration] = &[
              DROP TABLE mam_staging;",
         postgres: "SELECT 1;",
     },
+    ModuleMigration {
+        // SQLite: a count of deletions from `mam_msg`, so the archive
+        // writer can tell whether the rows it appended since its last fold
+        // are still the tail's (see `Writer`).
+        sqlite: "ALTER TABLE mam_folded ADD COLUMN removed INTEGER NOT NULL DEFAULT 0;",
+        postgres: "SELECT 1;",
+    },
 ];
 
 /// Rows per statement of [`MamSql::insert_many`] (6 or 7 parameters each,
@@ -221,6 +228,100 @@ impl JidKeys {
     }
 }
 
+/// A row the archive writer appended to `mam_msg` (SQLite) and has not
+/// folded yet: account and correspondent keys, archive id, rowid.
+#[derive(Clone, Copy, Debug)]
+struct Appended {
+    acct: i64,
+    w: i64,
+    id: i64,
+    msg: i64,
+}
+
+/// The archive writer's own state: its cache of JID keys and, on SQLite,
+/// the rows it appended since its last fold, so that the fold indexes them
+/// from here (sorted in memory) instead of reading, sorting and indexing
+/// the tail of `mam_msg` twice. The tail is read as before when these rows
+/// may not be all of it, or may no longer be there: before the writer's
+/// first fold (the tail may hold an earlier process's rows), after a batch
+/// it could not tell the rowids of, and after any deletion from `mam_msg`
+/// (`mam_folded.removed` changed: a rowid may have been given out again).
+/// Rows written by others ([`MamSql::insert`], a read's
+/// [`MamSql::settle`]) are indexed by them already.
+#[derive(Default)]
+pub struct Writer {
+    keys: JidKeys,
+    appended: Vec<Appended>,
+    /// `mam_folded.removed` when `appended` was last emptied by a fold;
+    /// `None`: `appended` is not known to be the writer's whole tail.
+    removed: Option<i64>,
+}
+
+/// The rowid of the last row a statement inserted (SQLite), for
+/// [`MamSql::insert_many`]'s loop over either backend.
+trait LastRowid {
+    fn last_rowid(&self) -> Option<i64>;
+}
+
+impl LastRowid for sqlx::sqlite::SqliteQueryResult {
+    fn last_rowid(&self) -> Option<i64> {
+        Some(self.last_insert_rowid())
+    }
+}
+
+impl LastRowid for sqlx::postgres::PgQueryResult {
+    fn last_rowid(&self) -> Option<i64> {
+        None
+    }
+}
+
+/// [`entries_insert`] of `mam_ix` and of `mam_ixw`.
+static IX_INSERT: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| entries_insert("mam_ix", "acct, id, msg", 3));
+static IXW_INSERT: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| entries_insert("mam_ixw", "acct, w, id, msg", 4));
+
+/// Index entries per statement of a fold from memory (SQLite): 3 or 4
+/// parameters each.
+const ENTRIES_PER_INSERT: usize = 256;
+
+/// `INSERT INTO {table} ({cols}) VALUES (?, …), … ON CONFLICT DO NOTHING`
+/// for [`ENTRIES_PER_INSERT`] entries of `width` columns.
+fn entries_insert(table: &str, cols: &str, width: usize) -> String {
+    let row = format!("({})", vec!["?"; width].join(", "));
+    format!(
+        "INSERT INTO {table} ({cols}) VALUES {} ON CONFLICT DO NOTHING",
+        vec![row; ENTRIES_PER_INSERT].join(", ")
+    )
+}
+
+/// Insert index entries (`width` integers each, sorted) with statements
+/// of [`ENTRIES_PER_INSERT`] entries; the last one is padded with copies of
+/// its last entry, which the conflict clause drops (one statement shape,
+/// prepared once). How many entries were new.
+async fn insert_entries(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    sql: &str,
+    entries: &[i64],
+    width: usize,
+) -> Result<u64> {
+    let mut new = 0;
+    for chunk in entries.chunks(ENTRIES_PER_INSERT * width) {
+        let mut q = sqlx::query(sql);
+        let pad = chunk.len() - width..chunk.len();
+        for v in chunk.iter().chain(
+            chunk[pad]
+                .iter()
+                .cycle()
+                .take(ENTRIES_PER_INSERT * width - chunk.len()),
+        ) {
+            q = q.bind(*v);
+        }
+        new += q.execute(&mut **tx).await?.rows_affected();
+    }
+    Ok(new)
+}
+
 /// A message to archive.
 #[derive(Debug, Clone)]
 pub struct Item {
@@ -333,7 +434,7 @@ impl MamSql {
                     ws.push(keys.key(pool, &it.with_bare).await?);
                 }
                 let mut tx = pool.begin_write().await?;
-                let mut settled = 0i64;
+                let (mut settled, mut removed) = (0i64, false);
                 for (it, w) in items.iter().zip(ws) {
                     let msg = sqlx::query(
                         "INSERT INTO mam_msg (acct, w, id, with_res, origin_id, xml) VALUES ($1, $2, $3, $4, $5, $6)",
@@ -361,6 +462,7 @@ impl MamSql {
                             .bind(msg)
                             .execute(&mut *tx)
                             .await?;
+                        removed = true;
                         continue;
                     }
                     sqlx::query(ixw).bind(msg).execute(&mut *tx).await?;
@@ -370,6 +472,9 @@ impl MamSql {
                     .bind(settled)
                     .execute(&mut *tx)
                     .await?;
+                if removed {
+                    sqlx::query(REMOVED).execute(&mut *tx).await?;
+                }
                 tx.commit().await?;
             }
             Db::Postgres(pool) => {
@@ -416,7 +521,7 @@ impl MamSql {
     pub async fn insert_many(
         &self,
         rows: &[(String, String, Item)],
-        keys: &mut JidKeys,
+        writer: &mut Writer,
     ) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
@@ -427,8 +532,8 @@ impl MamSql {
             Db::Sqlite(pool) => {
                 let mut ks = Vec::with_capacity(rows.len());
                 for (host, user, it) in rows {
-                    let a = keys.account(pool, host, user).await?;
-                    ks.push((a, keys.key(pool, &it.with_bare).await?));
+                    let a = writer.keys.account(pool, host, user).await?;
+                    ks.push((a, writer.keys.key(pool, &it.with_bare).await?));
                 }
                 Some(ks)
             }
@@ -447,6 +552,7 @@ impl MamSql {
             } else {
                 None
             };
+            let mut appended = Vec::with_capacity(rows.len());
             for (c, chunk) in rows.chunks(ROWS_PER_INSERT).enumerate() {
                 let sql = sql_for(chunk.len());
                 let mut q = sqlx::query(&sql);
@@ -467,14 +573,30 @@ impl MamSql {
                     .bind(it.origin_id.as_deref())
                     .bind(it.xml.as_str());
                 }
-                match tx.as_mut() {
+                let done = match tx.as_mut() {
                     Some(tx) => q.execute(&mut **tx).await?,
                     None => q.execute(pool).await?,
                 };
+                // SQLite: a statement's rows have consecutive rowids (each
+                // new row takes the largest rowid plus one), up to the last.
+                if let (Some(last), Some(ks)) = (done.last_rowid(), &row_keys) {
+                    let first = last - chunk.len() as i64 + 1;
+                    for (r, (_, _, it)) in chunk.iter().enumerate() {
+                        let (acct, w) = ks[c * ROWS_PER_INSERT + r];
+                        appended.push(Appended {
+                            acct,
+                            w,
+                            id: it.id,
+                            msg: first + r as i64,
+                        });
+                    }
+                }
             }
             if let Some(tx) = tx {
                 tx.commit().await?;
             }
+            // Committed: these rows are the writer's to fold.
+            writer.appended.append(&mut appended);
         });
         Ok(())
     }
@@ -494,31 +616,67 @@ impl MamSql {
     /// interleaved with the writer's batches each read the index pages
     /// again (BENCHMARKS.md, run 11).
     pub async fn fold_staged(&self) -> Result<u64> {
+        self.fold(None).await
+    }
+
+    /// [`MamSql::fold_staged`] by the archive writer: the rows it appended
+    /// are indexed from its memory when they are the whole tail (see
+    /// [`Writer`]).
+    pub async fn fold_written(&self, writer: &mut Writer) -> Result<u64> {
+        self.fold(Some(writer)).await
+    }
+
+    async fn fold(&self, mut writer: Option<&mut Writer>) -> Result<u64> {
         let Db::Sqlite(pool) = &self.0 else {
             return Ok(0);
         };
         let mut tx = pool.begin_write().await?;
-        let (upto, settled, top): (i64, i64, Option<i64>) = sqlx::query_as(
-            "SELECT upto, settled, (SELECT MAX(rowid) FROM mam_msg) FROM mam_folded",
+        let (upto, settled, removed, top): (i64, i64, i64, Option<i64>) = sqlx::query_as(
+            "SELECT upto, settled, removed, (SELECT MAX(rowid) FROM mam_msg) FROM mam_folded",
         )
         .fetch_one(&mut *tx)
         .await?;
         let top = top.unwrap_or(0);
         if top <= upto {
+            if let Some(w) = writer {
+                w.appended.clear();
+                w.removed = Some(removed);
+            }
             return Ok(0);
         }
-        let [ix, ixw] = index_rows!("rowid > $1 AND rowid <= $2");
-        let indexed = sqlx::query(ix)
-            .bind(upto)
-            .bind(top)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected() as i64;
-        sqlx::query(ixw)
-            .bind(upto)
-            .bind(top)
-            .execute(&mut *tx)
-            .await?;
+        // From memory only when the writer's rows are all still there (no
+        // deletion since its last fold) and all in the tail (no one else
+        // folded them).
+        let from_memory = writer.as_deref_mut().filter(|w| {
+            w.removed == Some(removed) && w.appended.iter().all(|a| a.msg > upto && a.msg <= top)
+        });
+        let indexed = match from_memory {
+            Some(w) => {
+                let a = &mut w.appended;
+                a.sort_unstable_by_key(|a| (a.acct, a.id, a.msg));
+                let flat: Vec<i64> = a.iter().flat_map(|a| [a.acct, a.id, a.msg]).collect();
+                let indexed = insert_entries(&mut tx, &IX_INSERT, &flat, 3).await? as i64;
+                a.sort_unstable_by_key(|a| (a.acct, a.w, a.id, a.msg));
+                let flat: Vec<i64> = a.iter().flat_map(|a| [a.acct, a.w, a.id, a.msg]).collect();
+                insert_entries(&mut tx, &IXW_INSERT, &flat, 4).await?;
+                indexed
+            }
+            None => {
+                let [ix, ixw] = index_rows!("rowid > $1 AND rowid <= $2");
+                let indexed = sqlx::query(ix)
+                    .bind(upto)
+                    .bind(top)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected() as i64;
+                sqlx::query(ixw)
+                    .bind(upto)
+                    .bind(top)
+                    .execute(&mut *tx)
+                    .await?;
+                indexed
+            }
+        };
         let tail: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM mam_msg WHERE rowid > $1 AND rowid <= $2")
                 .bind(upto)
@@ -540,11 +698,19 @@ impl MamSql {
             )?;
             delete_rows(&mut tx, &orphans).await?;
         }
-        sqlx::query("UPDATE mam_folded SET upto = $1, settled = 0")
-            .bind(top)
-            .execute(&mut *tx)
-            .await?;
+        // (`upto` not past the rows left: see `REMOVED`.)
+        let removed: i64 = sqlx::query_scalar(
+            "UPDATE mam_folded SET upto = MIN($1, (SELECT COALESCE(MAX(rowid), 0) FROM mam_msg)), \
+             settled = 0 RETURNING removed",
+        )
+        .bind(top)
+        .fetch_one(&mut *tx)
+        .await?;
         tx.commit().await?;
+        if let Some(w) = writer {
+            w.appended.clear();
+            w.removed = Some(removed);
+        }
         Ok(tail as u64)
     }
 
@@ -949,6 +1115,14 @@ impl MamSql {
 /// Rows per transaction of [`MamSql::expire`] (SQLite).
 const EXPIRE_ROWS: i64 = 10_000;
 
+/// After a deletion from `mam_msg` (SQLite): counted, for the archive
+/// writer (see [`Writer`]), and `upto` brought down to the largest rowid
+/// left. SQLite gives a new row the largest rowid plus one, so once the
+/// last rows are deleted their rowids are given out again: below an
+/// `upto` that had passed them, the new rows would never be folded.
+const REMOVED: &str = "UPDATE mam_folded SET removed = removed + 1, \
+    upto = MIN(upto, (SELECT COALESCE(MAX(rowid), 0) FROM mam_msg))";
+
 /// Delete `mam_msg` rows and their index entries (SQLite).
 async fn delete_rows(
     tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
@@ -967,6 +1141,7 @@ async fn delete_rows(
     ] {
         sqlx::query(sql).bind(&list).execute(&mut **tx).await?;
     }
+    sqlx::query(REMOVED).execute(&mut **tx).await?;
     Ok(())
 }
 
@@ -993,7 +1168,7 @@ mod tests {
     }
 
     async fn put(m: &MamSql, rows: &[(String, String, Item)]) -> Result<()> {
-        m.insert_many(rows, &mut JidKeys::default()).await
+        m.insert_many(rows, &mut Writer::default()).await
     }
 
     fn rows(user: &str, ids: impl IntoIterator<Item = i64>) -> Vec<(String, String, Item)> {
@@ -1078,7 +1253,7 @@ mod tests {
             }
         }
         for batch in all.chunks(ROWS_PER_INSERT) {
-            m.insert_many(batch, &mut JidKeys::default())
+            m.insert_many(batch, &mut Writer::default())
                 .await
                 .expect("batch");
         }
@@ -1108,6 +1283,111 @@ mod tests {
             m.fold_staged().await.expect("fold");
             assert_eq!(m.fold_staged().await.expect("fold"), 0);
             assert_eq!(m.max_id().await.expect("max"), Some(199));
+        }
+    }
+
+    /// Every id of `user`'s archive, oldest first, checked against its
+    /// message (an index entry pointing at another row would show).
+    async fn ids_of(m: &MamSql, user: &str) -> Vec<i64> {
+        let page = m
+            .page("h", user, &Filter::default(), 1000, 0, false)
+            .await
+            .expect("page");
+        for (id, xml) in &page {
+            assert!(xml.contains(&format!("<body>{id}</body>")), "{id}: {xml}");
+        }
+        let with = Filter {
+            with_bare: Some("b@h".into()),
+            ..Filter::default()
+        };
+        let by_with = m
+            .page("h", user, &with, 1000, 0, false)
+            .await
+            .expect("page");
+        assert_eq!(by_with, page);
+        page.into_iter().map(|(id, _)| id).collect()
+    }
+
+    #[tokio::test]
+    async fn the_writers_fold_from_memory_indexes_what_it_wrote() {
+        for (m, _guard) in stores("mam fold from memory").await {
+            let sqlite = matches!(m.0, Db::Sqlite(_));
+            let mut w = Writer::default();
+            let n = |k: u64| if sqlite { k } else { 0 };
+            // The first fold reads the tail (the writer knows nothing yet).
+            m.insert_many(&rows("u", 1..=10), &mut w)
+                .await
+                .expect("put");
+            assert_eq!(m.fold_written(&mut w).await.expect("fold"), n(10));
+            // From memory: two accounts, batches of several statements.
+            m.insert_many(&rows("u", 11..=600), &mut w)
+                .await
+                .expect("put");
+            m.insert_many(&rows("v", 1..=5), &mut w).await.expect("put");
+            if sqlite {
+                assert_eq!(w.appended.len(), 595);
+                assert!(w.removed.is_some());
+            }
+            assert_eq!(m.fold_written(&mut w).await.expect("fold"), n(595));
+            assert!(w.appended.is_empty());
+            assert_eq!(ids_of(&m, "u").await, (1..=600).collect::<Vec<_>>());
+            assert_eq!(ids_of(&m, "v").await, (1..=5).collect::<Vec<_>>());
+            // A read indexes its rows first; the fold from memory then
+            // finds them indexed, and indexes the rest.
+            m.insert_many(&rows("u", 601..=610), &mut w)
+                .await
+                .expect("put");
+            m.insert_many(&rows("v", 6..=7), &mut w).await.expect("put");
+            assert_eq!(
+                m.count("h", "v", &Filter::default()).await.expect("count"),
+                7
+            );
+            assert_eq!(m.fold_written(&mut w).await.expect("fold"), n(12));
+            assert_eq!(ids_of(&m, "u").await, (1..=610).collect::<Vec<_>>());
+            // Rows deleted from the tail (an account removed), and their
+            // rowids given out again: the writer's rows are not the tail any
+            // more, so the fold reads it.
+            m.insert_many(&rows("v", 8..=9), &mut w).await.expect("put");
+            m.remove_archive("h", "v").await.expect("remove");
+            m.insert_many(&rows("u", 611..=612), &mut w)
+                .await
+                .expect("put");
+            m.fold_written(&mut w).await.expect("fold");
+            assert_eq!(ids_of(&m, "v").await, Vec::<i64>::new());
+            assert_eq!(ids_of(&m, "u").await, (1..=612).collect::<Vec<_>>());
+            // The last row written twice (an id the account has): the fold
+            // drops it, and the next row takes its rowid.
+            m.insert_many(&rows("u", [612]), &mut w).await.expect("put");
+            m.fold_written(&mut w).await.expect("fold");
+            m.insert_many(&rows("u", [620]), &mut w).await.expect("put");
+            m.fold_written(&mut w).await.expect("fold");
+            let mut expected: Vec<i64> = (1..=612).collect();
+            expected.push(620);
+            assert_eq!(ids_of(&m, "u").await, expected);
+            // Someone else folded the writer's rows: read from the tail.
+            m.insert_many(&rows("u", 613..=614), &mut w)
+                .await
+                .expect("put");
+            m.fold_staged().await.expect("fold");
+            m.insert_many(&rows("u", 615..=616), &mut w)
+                .await
+                .expect("put");
+            assert_eq!(m.fold_written(&mut w).await.expect("fold"), n(2));
+            expected.extend(613..=616);
+            expected.sort_unstable();
+            assert_eq!(ids_of(&m, "u").await, expected);
+            if let Db::Sqlite(pool) = &m.0 {
+                let dangling: i64 = sqlx::query_scalar(
+                    "SELECT (SELECT COUNT(*) FROM mam_ix x WHERE NOT EXISTS (SELECT 1 FROM mam_msg m \
+                     WHERE m.rowid = x.msg AND m.acct = x.acct AND m.id = x.id)) + (SELECT COUNT(*) \
+                     FROM mam_ixw x WHERE NOT EXISTS (SELECT 1 FROM mam_msg m WHERE m.rowid = x.msg \
+                     AND m.acct = x.acct AND m.w = x.w AND m.id = x.id))",
+                )
+                .fetch_one(pool)
+                .await
+                .expect("dangling");
+                assert_eq!(dangling, 0);
+            }
         }
     }
 
