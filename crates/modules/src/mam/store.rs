@@ -307,7 +307,8 @@ async fn insert_entries(
 ) -> Result<u64> {
     let mut new = 0;
     for chunk in entries.chunks(ENTRIES_PER_INSERT * width) {
-        let mut q = sqlx::query(sql);
+        let mut args = sqlx::sqlite::SqliteArguments::default();
+        sqlx::Arguments::reserve(&mut args, ENTRIES_PER_INSERT * width, 0);
         let pad = chunk.len() - width..chunk.len();
         for v in chunk.iter().chain(
             chunk[pad]
@@ -315,11 +316,34 @@ async fn insert_entries(
                 .cycle()
                 .take(ENTRIES_PER_INSERT * width - chunk.len()),
         ) {
-            q = q.bind(*v);
+            add(&mut args, *v)?;
         }
-        new += q.execute(&mut **tx).await?.rows_affected();
+        new += sqlx::query_with(sql, args)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
     }
     Ok(new)
+}
+
+/// Empty arguments for a statement on `pool`'s backend, with room for `n`.
+fn arguments_for<'q, DB: sqlx::Database>(
+    _: &sqlx::Pool<DB>,
+    n: usize,
+) -> <DB as sqlx::Database>::Arguments<'q> {
+    let mut args = <DB as sqlx::Database>::Arguments::<'q>::default();
+    sqlx::Arguments::reserve(&mut args, n, 0);
+    args
+}
+
+/// Bind `v` next.
+fn add<'q, A, T>(args: &mut A, v: T) -> Result<()>
+where
+    A: sqlx::Arguments<'q>,
+    T: 'q + sqlx::Encode<'q, A::Database> + sqlx::Type<A::Database>,
+{
+    args.add(v)
+        .map_err(|e| StorageError::Backend(format!("archive parameter: {e}")))
 }
 
 /// A message to archive.
@@ -555,24 +579,27 @@ impl MamSql {
             let mut appended = Vec::with_capacity(rows.len());
             for (c, chunk) in rows.chunks(ROWS_PER_INSERT).enumerate() {
                 let sql = sql_for(chunk.len());
-                let mut q = sqlx::query(&sql);
-                // (`&str`s: bound without a copy.)
+                // (`&str`s: bound without a copy; room for all at once.)
+                let mut args = arguments_for(pool, chunk.len() * 7);
                 for (r, (host, user, it)) in chunk.iter().enumerate() {
-                    q = match &row_keys {
+                    match &row_keys {
                         Some(ks) => {
                             let (a, w) = ks[c * ROWS_PER_INSERT + r];
-                            q.bind(a).bind(w)
+                            add(&mut args, a)?;
+                            add(&mut args, w)?;
                         }
-                        None => q
-                            .bind(host.as_str())
-                            .bind(user.as_str())
-                            .bind(it.with_bare.as_str()),
+                        None => {
+                            add(&mut args, host.as_str())?;
+                            add(&mut args, user.as_str())?;
+                            add(&mut args, it.with_bare.as_str())?;
+                        }
                     }
-                    .bind(it.id)
-                    .bind(it.with_res.as_str())
-                    .bind(it.origin_id.as_deref())
-                    .bind(it.xml.as_str());
+                    add(&mut args, it.id)?;
+                    add(&mut args, it.with_res.as_str())?;
+                    add(&mut args, it.origin_id.as_deref())?;
+                    add(&mut args, it.xml.as_str())?;
                 }
+                let q = sqlx::query_with(&sql, args);
                 let done = match tx.as_mut() {
                     Some(tx) => q.execute(&mut **tx).await?,
                     None => q.execute(pool).await?,
