@@ -13,6 +13,7 @@
 
 use dashmap::DashMap;
 use jid::{BareJid, FullJid};
+use palaver_proto::bare_part;
 use palaver_proto::stanza::{Stanza, StanzaKind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -146,11 +147,6 @@ pub struct SessionManager {
     resumable: DashMap<String, (String, mpsc::Sender<crate::c2s::ResumeRequest>)>,
 }
 
-/// The bare part of a normalised JID string (no allocation).
-fn bare_str(jid: &str) -> &str {
-    jid.split('/').next().unwrap_or(jid)
-}
-
 impl SessionManager {
     /// A fresh session id.
     pub fn next_id(&self) -> u64 {
@@ -203,7 +199,7 @@ impl SessionManager {
     ) -> Result<(), SessionHandle> {
         let mut entry = self
             .table
-            .entry(bare_str(jid.as_str()).to_string())
+            .entry(bare_part(jid.as_str()).to_string())
             .or_default();
         if let Some(pos) = entry.iter().position(|h| h.resource == handle.resource) {
             let old = entry.swap_remove(pos);
@@ -219,7 +215,7 @@ impl SessionManager {
 
     /// Remove the session `id` bound as `jid` (no-op when it was already replaced).
     pub fn unbind(&self, jid: &FullJid, id: u64) {
-        let bare = bare_str(jid.as_str());
+        let bare = bare_part(jid.as_str());
         let mut removed = false;
         if let Some(mut entry) = self.table.get_mut(bare)
             && let Some(pos) = entry.iter().position(|h| h.id == id)
@@ -240,7 +236,7 @@ impl SessionManager {
         id: u64,
         presence: Option<(i8, Arc<minidom::Element>)>,
     ) {
-        if let Some(mut entry) = self.table.get_mut(bare_str(jid.as_str()))
+        if let Some(mut entry) = self.table.get_mut(bare_part(jid.as_str()))
             && let Some(h) = entry.iter_mut().find(|h| h.id == id)
         {
             match presence {
@@ -258,7 +254,7 @@ impl SessionManager {
 
     /// Record a session's XEP-0352 state (`None`: active).
     pub fn set_inactive(&self, jid: &FullJid, id: u64, since: Option<std::time::SystemTime>) {
-        if let Some(mut entry) = self.table.get_mut(bare_str(jid.as_str()))
+        if let Some(mut entry) = self.table.get_mut(bare_part(jid.as_str()))
             && let Some(h) = entry.iter_mut().find(|h| h.id == id)
         {
             h.inactive_since = since;
@@ -267,7 +263,7 @@ impl SessionManager {
 
     /// Record that a session waits, detached, to be resumed (or not any more).
     pub fn set_detached(&self, jid: &FullJid, id: u64, detached: bool) {
-        if let Some(mut entry) = self.table.get_mut(bare_str(jid.as_str()))
+        if let Some(mut entry) = self.table.get_mut(bare_part(jid.as_str()))
             && let Some(h) = entry.iter_mut().find(|h| h.id == id)
         {
             h.detached = detached;
@@ -276,7 +272,7 @@ impl SessionManager {
 
     /// Record how a session is connected now (a new connection resumed it).
     pub fn set_connection(&self, jid: &FullJid, id: u64, conn: Connection) {
-        if let Some(mut entry) = self.table.get_mut(bare_str(jid.as_str()))
+        if let Some(mut entry) = self.table.get_mut(bare_part(jid.as_str()))
             && let Some(h) = entry.iter_mut().find(|h| h.id == id)
         {
             h.conn = Arc::new(conn);
@@ -285,7 +281,7 @@ impl SessionManager {
 
     /// The handle bound to a full JID.
     pub fn get(&self, jid: &FullJid) -> Option<SessionHandle> {
-        let entry = self.table.get(bare_str(jid.as_str()))?;
+        let entry = self.table.get(bare_part(jid.as_str()))?;
         let res = jid.resource().as_str();
         entry.iter().find(|h| h.resource == res).cloned()
     }
@@ -296,7 +292,7 @@ impl SessionManager {
         jid: &FullJid,
         st: Stanza,
     ) -> Result<(), (DeliverError, Box<Stanza>)> {
-        let Some(entry) = self.table.get(bare_str(jid.as_str())) else {
+        let Some(entry) = self.table.get(bare_part(jid.as_str())) else {
             return Err((DeliverError::NoSession, Box::new(st)));
         };
         let res = jid.resource().as_str();
@@ -316,7 +312,7 @@ impl SessionManager {
 
     /// Whether a bare JID has any bound session.
     pub fn has_sessions(&self, bare: &BareJid) -> bool {
-        self.table.get(bare.as_str()).is_some_and(|e| !e.is_empty())
+        SessionRegistry::has_sessions_of(self, bare.as_str())
     }
 
     /// Queue a stanza for a session.

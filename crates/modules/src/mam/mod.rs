@@ -638,17 +638,7 @@ pub fn strip_stanza_ids(el: &mut Element, account: &str) -> Option<String> {
 
 /// The bare part of `j` (no copy, unlike `Jid::to_bare`).
 fn bare_of(j: &Jid) -> &str {
-    let s = j.as_str();
-    match j.resource() {
-        Some(r) => &s[..s.len() - r.as_str().len() - 1],
-        None => s,
-    }
-}
-
-/// The bare part of `j`.
-fn bare_of_full(j: &FullJid) -> &str {
-    let s = j.as_str();
-    &s[..s.len() - j.resource().as_str().len() - 1]
+    palaver_proto::bare_part(j.as_str())
 }
 
 fn serialize(el: &Element) -> String {
@@ -810,7 +800,7 @@ fn archive_sent(state: &Arc<State>, cx: &HookCx<'_>, session: &FullJid, st: &Sta
     let Some(to) = st.to.as_ref() else { return };
     // The sender's bare JID; a message to the account itself is archived
     // once, as received.
-    let me = bare_of_full(session);
+    let me = palaver_proto::bare_part(session.as_str());
     if bare_of(to) == me || !archivable(st) {
         return;
     }
@@ -1299,17 +1289,6 @@ mod portable {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_bare_part_of_a_jid_is_its_bare_jid() {
-        for s in ["a@b/c", "a@b/c/d@e", "a@b", "b/r", "b"] {
-            let j: Jid = s.parse().expect("jid");
-            assert_eq!(bare_of(&j), j.to_bare().as_str(), "{s}");
-            if let Ok(f) = FullJid::try_from(j.clone()) {
-                assert_eq!(bare_of_full(&f), f.to_bare().as_str(), "{s}");
-            }
-        }
-    }
 
     #[test]
     fn ids_are_tagged_per_account() {
