@@ -103,8 +103,13 @@ pub const ROWS_PER_INSERT: usize = 256;
 /// of [`FOLD_ROWS`](super::FOLD_ROWS) rows for a thousand accounts touches.
 const WRITER_CACHE: &str = "-32768";
 
-/// The SQLite account key of `user@host` (`(SELECT k …)`, `$1`).
-const ACCT: &str = "(SELECT k FROM mam_jid WHERE jid = $1)";
+/// The SQLite account key of `user@host` given as `$1` (a literal, for
+/// `concat!`).
+macro_rules! acct {
+    () => {
+        "(SELECT k FROM mam_jid WHERE jid = $1)"
+    };
+}
 
 /// `INSERT INTO mam_ix … SELECT … FROM mam_msg ` and `INSERT INTO mam_ixw
 /// …` for the `mam_msg` rows that `$rows` selects (SQLite): indexes them
@@ -244,7 +249,8 @@ struct Appended {
 /// the tail of `mam_msg` twice. The tail is read as before when these rows
 /// may not be all of it, or may no longer be there: before the writer's
 /// first fold (the tail may hold an earlier process's rows), after a batch
-/// it could not tell the rowids of, and after any deletion from `mam_msg`
+/// that failed (it may have been committed all the same), after another
+/// fold, and after any deletion from `mam_msg`
 /// (`mam_folded.removed` changed: a rowid may have been given out again).
 /// Rows written by others ([`MamSql::insert`], a read's
 /// [`MamSql::settle`]) are indexed by them already.
@@ -539,9 +545,9 @@ impl MamSql {
     /// rows of many commits share their index pages, and the message itself
     /// is written once (BENCHMARKS.md, run 12). A read of an account's
     /// archive first indexes that account's tail rows ([`MamSql::settle`]),
-    /// so reads see all committed messages. `keys` is the writer's cache of
-    /// JID keys. PostgreSQL logs row changes, not pages, and is written
-    /// directly.
+    /// so reads see all committed messages. `writer` is the archive
+    /// writer's state (its JID keys, the rows it appended). PostgreSQL logs
+    /// row changes, not pages, and is written directly.
     pub async fn insert_many(
         &self,
         rows: &[(String, String, Item)],
@@ -550,6 +556,10 @@ impl MamSql {
         if rows.is_empty() {
             return Ok(());
         }
+        // Until this batch is known committed, the writer's rows may not be
+        // the whole tail (a failed commit may still have written them): the
+        // next fold reads the tail unless this returns Ok.
+        let known = writer.removed.take();
         // SQLite: the rows' account and correspondent keys first (outside
         // the statement's transaction: a new key is a write of its own).
         let row_keys = match &self.0 {
@@ -625,6 +635,7 @@ impl MamSql {
             // Committed: these rows are the writer's to fold.
             writer.appended.append(&mut appended);
         });
+        writer.removed = known;
         Ok(())
     }
 
@@ -753,7 +764,7 @@ impl MamSql {
             sqlx::query_scalar(concat!(
                 "SELECT json_group_array(rowid) FROM mam_msg WHERE rowid > (SELECT upto FROM mam_folded) \
                  AND acct = ",
-                "(SELECT k FROM mam_jid WHERE jid = $1)"
+                acct!()
             ))
             .bind(format!("{user}@{host}"))
             .fetch_one(pool)
@@ -787,7 +798,7 @@ impl MamSql {
         let mut binds = Vec::new();
         let mut sql = if sqlite {
             binds.push(Bind::Text(format!("{user}@{host}")));
-            format!("x.acct = {ACCT}")
+            format!("x.acct = {}", acct!())
         } else {
             binds.push(Bind::Text(host.to_string()));
             binds.push(Bind::Text(user.to_string()));
@@ -862,7 +873,6 @@ impl MamSql {
     }
 
     /// The page query of [`MamSql::page`] and [`MamSql::count_and_page`].
-    #[allow(clippy::too_many_arguments)]
     fn page_sql(
         &self,
         host: &str,
@@ -975,8 +985,11 @@ impl MamSql {
         let r: (Option<i64>, Option<i64>) = match &self.0 {
             Db::Sqlite(pool) => {
                 sqlx::query_as(concat!(
-                    "SELECT (SELECT MIN(id) FROM mam_ix WHERE acct = (SELECT k FROM mam_jid WHERE jid = $1)), ",
-                    "(SELECT MAX(id) FROM mam_ix WHERE acct = (SELECT k FROM mam_jid WHERE jid = $1))"
+                    "SELECT (SELECT MIN(id) FROM mam_ix WHERE acct = ",
+                    acct!(),
+                    "), (SELECT MAX(id) FROM mam_ix WHERE acct = ",
+                    acct!(),
+                    ")"
                 ))
                 .bind(format!("{user}@{host}"))
                 .fetch_one(pool)
@@ -1029,11 +1042,14 @@ impl MamSql {
                 // Indexed or in the tail (a message written twice is in the
                 // tail until the next fold).
                 let rows = rowids(
-                    sqlx::query_scalar(
-                        "SELECT json_group_array(msg) FROM (SELECT msg FROM mam_ix \
-                         WHERE acct = (SELECT k FROM mam_jid WHERE jid = $1) UNION SELECT rowid FROM mam_msg \
-                         WHERE rowid > (SELECT upto FROM mam_folded) AND acct = (SELECT k FROM mam_jid WHERE jid = $1))",
-                    )
+                    sqlx::query_scalar(concat!(
+                        "SELECT json_group_array(msg) FROM (SELECT msg FROM mam_ix WHERE acct = ",
+                        acct!(),
+                        " UNION SELECT rowid FROM mam_msg WHERE rowid > (SELECT upto FROM mam_folded) \
+                         AND acct = ",
+                        acct!(),
+                        ")"
+                    ))
                     .bind(&jid)
                     .fetch_one(&mut *tx)
                     .await?,
