@@ -12,7 +12,9 @@
 # u0..u999 on host `localhost`; the rows are written straight with SQL
 # (ids are microsecond timestamps ending now, as the module makes them):
 # on SQLite into mam_msg, then indexed as the module's fold does
-# (crates/modules/src/mam/store.rs); on PostgreSQL into mam_archive.
+# (crates/modules/src/mam/store.rs), with mam_ixw up to date as every
+# account's first query "with" someone leaves it; on PostgreSQL into
+# mam_archive.
 # Env: MESSAGES (default 1000000), USERS (default 1000).
 set -eu
 backend=${1:?sqlite|pgsql}
@@ -35,10 +37,12 @@ SELECT (SELECT k FROM mam_jid WHERE jid = 'u' || (n % $USERS) || '@localhost'),
        'o' || n,
        '<message xmlns=''jabber:client'' from=''u' || ((n % $USERS + 1 + (n / $USERS) % 20) % $USERS) || '@localhost/phone'' to=''u' || (n % $USERS) || '@localhost'' type=''chat'' id=''m' || n || '''><body>benchmark message ' || n || '</body></message>'
 FROM $1;
-INSERT INTO mam_ix (acct, id, msg) SELECT acct, id, rowid FROM mam_msg
+INSERT INTO mam_ix (acct, id, w, msg) SELECT acct, id, w, rowid FROM mam_msg
  WHERE rowid > (SELECT upto FROM mam_folded) ORDER BY acct, id, rowid ON CONFLICT DO NOTHING;
 INSERT INTO mam_ixw (acct, w, id, msg) SELECT acct, w, id, rowid FROM mam_msg
  WHERE rowid > (SELECT upto FROM mam_folded) ORDER BY acct, w, id, rowid ON CONFLICT DO NOTHING;
+INSERT INTO mam_wm (acct, upto, gen) SELECT acct, MAX(id), 0 FROM mam_ix WHERE true GROUP BY acct
+ ON CONFLICT (acct) DO UPDATE SET upto = excluded.upto;
 UPDATE mam_folded SET upto = (SELECT MAX(rowid) FROM mam_msg), settled = 0;
 SQL
 }

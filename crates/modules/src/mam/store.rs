@@ -18,8 +18,15 @@
 //!   key, so index entries are three or four integers;
 //! - `mam_msg` holds the messages in the order they were written (rowid),
 //!   with no index of its own, so a write only appends;
-//! - `mam_ix (acct, id) → msg` and `mam_ixw (acct, w, id) → msg` are the
-//!   two indexes, as tables clustered on their key (`WITHOUT ROWID`);
+//! - `mam_ix (acct, id) → (w, msg)` and `mam_ixw (acct, w, id) → msg` are
+//!   the two indexes, as tables clustered on their key (`WITHOUT ROWID`);
+//! - `mam_ixw` serves queries `with` one correspondent, and is brought up
+//!   to date lazily, per account, by such a query (see [`MamSql::settle`]):
+//!   an account's entries in `mam_ix` up to its watermark `mam_wm.upto` are
+//!   all in `mam_ixw` too. Kept at once, it cost the fold as much as
+//!   `mam_ix` and the rest of the fold together (its entries land at random
+//!   places in each account's range), for queries that many accounts never
+//!   make;
 //! - `mam_folded` says up to which `mam_msg` rowid the indexes are
 //!   complete (rows after it are the "tail"), and how many tail rows a
 //!   read has indexed already (see [`MamSql::settle`]).
@@ -91,6 +98,23 @@ pub const MIGRATIONS: &[ModuleMigration] = &[
         sqlite: "ALTER TABLE mam_folded ADD COLUMN removed INTEGER NOT NULL DEFAULT 0;",
         postgres: "SELECT 1;",
     },
+    ModuleMigration {
+        // SQLite: `mam_ix` carries the correspondent's key, and `mam_ixw` is
+        // kept up to date lazily, per account, up to `mam_wm.upto` (see
+        // `MamSql::settle`). The archives indexed so far are whole in
+        // `mam_ixw`: their watermark is their last id.
+        sqlite: "CREATE TABLE mam_ix_w (acct INTEGER NOT NULL, id INTEGER NOT NULL, w INTEGER NOT NULL, \
+             msg INTEGER NOT NULL, PRIMARY KEY (acct, id)) WITHOUT ROWID;\
+             INSERT INTO mam_ix_w (acct, id, w, msg) SELECT x.acct, x.id, m.w, x.msg FROM mam_ix x \
+             JOIN mam_msg m ON m.rowid = x.msg ORDER BY x.acct, x.id;\
+             DROP TABLE mam_ix;\
+             ALTER TABLE mam_ix_w RENAME TO mam_ix;\
+             CREATE TABLE mam_wm (acct INTEGER PRIMARY KEY, upto INTEGER NOT NULL, gen INTEGER NOT NULL);\
+             CREATE INDEX mam_wm_gen ON mam_wm (gen);\
+             INSERT INTO mam_wm (acct, upto, gen) SELECT acct, MAX(id), 0 FROM mam_ix GROUP BY acct;\
+             ALTER TABLE mam_folded ADD COLUMN wm_gen INTEGER NOT NULL DEFAULT 0;",
+        postgres: "SELECT 1;",
+    },
 ];
 
 /// Rows per statement of [`MamSql::insert_many`] (6 or 7 parameters each,
@@ -114,12 +138,13 @@ macro_rules! acct {
 /// `INSERT INTO mam_ix … SELECT … FROM mam_msg ` and `INSERT INTO mam_ixw
 /// …` for the `mam_msg` rows that `$rows` selects (SQLite): indexes them
 /// (an id an account has already is kept: a message routed twice is
-/// archived once).
+/// archived once). Entries in `mam_ixw` above their account's watermark
+/// are not needed there, and harmless.
 macro_rules! index_rows {
     ($rows:literal) => {
         [
             concat!(
-                "INSERT INTO mam_ix (acct, id, msg) SELECT acct, id, rowid FROM mam_msg WHERE ",
+                "INSERT INTO mam_ix (acct, id, w, msg) SELECT acct, id, w, rowid FROM mam_msg WHERE ",
                 $rows,
                 " ORDER BY acct, id, rowid ON CONFLICT DO NOTHING"
             ),
@@ -261,6 +286,12 @@ pub struct Writer {
     /// `mam_folded.removed` when `appended` was last emptied by a fold;
     /// `None`: `appended` is not known to be the writer's whole tail.
     removed: Option<i64>,
+    /// The accounts' `mam_ixw` watermarks (`mam_wm`) as of generation
+    /// `wm_gen`: a fold from memory puts an entry into `mam_ixw` only when
+    /// its id is not above its account's watermark. Brought up to date at
+    /// each fold (the changed ones only).
+    wm: HashMap<i64, i64, foldhash::fast::RandomState>,
+    wm_gen: Option<i64>,
 }
 
 /// The rowid of the last row a statement inserted (SQLite), for
@@ -283,11 +314,11 @@ impl LastRowid for sqlx::postgres::PgQueryResult {
 
 /// [`entries_insert`] of `mam_ix` and of `mam_ixw`.
 static IX_INSERT: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| entries_insert("mam_ix", "acct, id, msg", 3));
+    std::sync::LazyLock::new(|| entries_insert("mam_ix", "acct, id, w, msg", 4));
 static IXW_INSERT: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| entries_insert("mam_ixw", "acct, w, id, msg", 4));
 
-/// Index entries per statement of a fold from memory (SQLite): 3 or 4
+/// Index entries per statement of a fold from memory (SQLite): 4
 /// parameters each.
 const ENTRIES_PER_INSERT: usize = 256;
 
@@ -690,28 +721,53 @@ impl MamSql {
         });
         let indexed = match from_memory {
             Some(w) => {
+                // The watermarks changed since the writer's last fold.
+                let changed: Vec<(i64, i64, i64)> =
+                    sqlx::query_as("SELECT acct, upto, gen FROM mam_wm WHERE gen > $1")
+                        .bind(w.wm_gen.unwrap_or(-1))
+                        .fetch_all(&mut *tx)
+                        .await?;
+                for (acct, upto, generation) in changed {
+                    w.wm.insert(acct, upto);
+                    w.wm_gen = w.wm_gen.max(Some(generation));
+                }
                 let a = &mut w.appended;
                 a.sort_unstable_by_key(|a| (a.acct, a.id, a.msg));
-                let flat: Vec<i64> = a.iter().flat_map(|a| [a.acct, a.id, a.msg]).collect();
-                let indexed = insert_entries(&mut tx, &IX_INSERT, &flat, 3).await? as i64;
-                a.sort_unstable_by_key(|a| (a.acct, a.w, a.id, a.msg));
-                let flat: Vec<i64> = a.iter().flat_map(|a| [a.acct, a.w, a.id, a.msg]).collect();
-                insert_entries(&mut tx, &IXW_INSERT, &flat, 4).await?;
+                let flat: Vec<i64> = a.iter().flat_map(|a| [a.acct, a.id, a.w, a.msg]).collect();
+                let indexed = insert_entries(&mut tx, &IX_INSERT, &flat, 4).await? as i64;
+                // `mam_ixw`: only what is not above its account's watermark.
+                // (A copy: `appended` stays whole until the fold is committed.)
+                let mut ixw: Vec<&Appended> = a
+                    .iter()
+                    .filter(|a| w.wm.get(&a.acct).is_some_and(|u| a.id <= *u))
+                    .collect();
+                if !ixw.is_empty() {
+                    ixw.sort_unstable_by_key(|a| (a.acct, a.w, a.id, a.msg));
+                    let flat: Vec<i64> = ixw
+                        .iter()
+                        .flat_map(|a| [a.acct, a.w, a.id, a.msg])
+                        .collect();
+                    insert_entries(&mut tx, &IXW_INSERT, &flat, 4).await?;
+                }
                 indexed
             }
             None => {
-                let [ix, ixw] = index_rows!("rowid > $1 AND rowid <= $2");
+                let [ix, _] = index_rows!("rowid > $1 AND rowid <= $2");
                 let indexed = sqlx::query(ix)
                     .bind(upto)
                     .bind(top)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected() as i64;
-                sqlx::query(ixw)
-                    .bind(upto)
-                    .bind(top)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "INSERT INTO mam_ixw (acct, w, id, msg) SELECT acct, w, id, rowid FROM mam_msg m \
+                     WHERE rowid > $1 AND rowid <= $2 AND id <= (SELECT upto FROM mam_wm u WHERE u.acct = m.acct) \
+                     ORDER BY acct, w, id, rowid ON CONFLICT DO NOTHING",
+                )
+                .bind(upto)
+                .bind(top)
+                .execute(&mut *tx)
+                .await?;
                 indexed
             }
         };
@@ -756,37 +812,88 @@ impl MamSql {
     /// the read sees every committed message (SQLite; a no-op on
     /// PostgreSQL). The other accounts' rows stay in the tail: a read
     /// costs one scan of the tail, not a fold.
-    async fn settle(&self, host: &str, user: &str) -> Result<()> {
+    ///
+    /// Before a read `with` one correspondent (from `mam_ixw`), also bring
+    /// the account's `mam_ixw` up to date: the entries of `mam_ix` above
+    /// its watermark are copied over (one range of `mam_ix`, sorted), and
+    /// the watermark raised to the account's last id. Entries indexed later
+    /// with an id not above the watermark (a message that was on its way to
+    /// the writer meanwhile, an import) go to both indexes at once.
+    async fn settle(&self, host: &str, user: &str, with: bool) -> Result<()> {
         let Db::Sqlite(pool) = &self.0 else {
             return Ok(());
         };
+        let jid = format!("{user}@{host}");
         let rows = rowids(
             sqlx::query_scalar(concat!(
                 "SELECT json_group_array(rowid) FROM mam_msg WHERE rowid > (SELECT upto FROM mam_folded) \
                  AND acct = ",
                 acct!()
             ))
-            .bind(format!("{user}@{host}"))
+            .bind(&jid)
             .fetch_one(pool)
             .await?,
         )?;
-        if rows.is_empty() {
+        let behind = with
+            && sqlx::query_scalar::<_, bool>(concat!(
+                "SELECT EXISTS (SELECT 1 FROM mam_ix WHERE acct = ",
+                acct!(),
+                " AND id > COALESCE((SELECT upto FROM mam_wm WHERE acct = ",
+                acct!(),
+                "), -9223372036854775808))"
+            ))
+            .bind(&jid)
+            .fetch_one(pool)
+            .await?;
+        if rows.is_empty() && !behind {
             return Ok(());
         }
-        let list = json_list(&rows)?;
         let mut tx = pool.begin_write().await?;
-        let [ix, ixw] = index_rows!("rowid IN (SELECT value FROM json_each($1))");
-        let indexed = sqlx::query(ix)
-            .bind(&list)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected() as i64;
-        sqlx::query(ixw).bind(&list).execute(&mut *tx).await?;
-        // (A fold may have indexed them meanwhile: then none is new here.)
-        sqlx::query("UPDATE mam_folded SET settled = settled + $1")
-            .bind(indexed)
+        if !rows.is_empty() {
+            let list = json_list(&rows)?;
+            let [ix, ixw] = index_rows!("rowid IN (SELECT value FROM json_each($1))");
+            let indexed = sqlx::query(ix)
+                .bind(&list)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected() as i64;
+            sqlx::query(ixw).bind(&list).execute(&mut *tx).await?;
+            // (A fold may have indexed them meanwhile: then none is new here.)
+            sqlx::query("UPDATE mam_folded SET settled = settled + $1")
+                .bind(indexed)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if with {
+            sqlx::query(concat!(
+                "INSERT INTO mam_ixw (acct, w, id, msg) SELECT acct, w, id, msg FROM mam_ix WHERE acct = ",
+                acct!(),
+                " AND id > COALESCE((SELECT upto FROM mam_wm WHERE acct = ",
+                acct!(),
+                "), -9223372036854775808) ORDER BY acct, w, id ON CONFLICT DO NOTHING"
+            ))
+            .bind(&jid)
             .execute(&mut *tx)
             .await?;
+            // With a new generation (`mam_folded.wm_gen` counts them), so
+            // that the archive writer's next fold reads it.
+            let raised = sqlx::query(concat!(
+                "INSERT INTO mam_wm (acct, upto, gen) SELECT acct, MAX(id), \
+                 (SELECT wm_gen + 1 FROM mam_folded) FROM mam_ix WHERE acct = ",
+                acct!(),
+                " GROUP BY acct ON CONFLICT (acct) DO UPDATE SET upto = excluded.upto, gen = excluded.gen \
+                 WHERE excluded.upto > mam_wm.upto"
+            ))
+            .bind(&jid)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if raised > 0 {
+                sqlx::query("UPDATE mam_folded SET wm_gen = wm_gen + 1")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -921,7 +1028,8 @@ impl MamSql {
         offset: usize,
         backward: bool,
     ) -> Result<(usize, Vec<(i64, String)>)> {
-        self.settle(host, user).await?;
+        let with = f.with_bare.is_some() || pf.with_bare.is_some();
+        self.settle(host, user, with).await?;
         let (count_sql, cbinds) = self.count_sql(host, user, f);
         let (sql, binds) = self.page_sql(host, user, pf, limit, offset, backward);
         let (n, mut rows): (i64, Vec<(i64, String)>) = on_db!(&self.0, |pool| {
@@ -958,7 +1066,7 @@ impl MamSql {
         offset: usize,
         backward: bool,
     ) -> Result<Vec<(i64, String)>> {
-        self.settle(host, user).await?;
+        self.settle(host, user, f.with_bare.is_some()).await?;
         let (sql, binds) = self.page_sql(host, user, f, limit, offset, backward);
         let mut rows: Vec<(i64, String)> = on_db!(&self.0, |pool| {
             let q = bind_all!(sqlx::query_as::<_, (i64, String)>(&sql), &binds);
@@ -981,7 +1089,7 @@ impl MamSql {
 
     /// The first and last ids of an account's archive.
     pub async fn bounds(&self, host: &str, user: &str) -> Result<Option<(i64, i64)>> {
-        self.settle(host, user).await?;
+        self.settle(host, user, false).await?;
         let r: (Option<i64>, Option<i64>) = match &self.0 {
             Db::Sqlite(pool) => {
                 sqlx::query_as(concat!(
@@ -1055,6 +1163,10 @@ impl MamSql {
                     .await?,
                 )?;
                 delete_rows(&mut tx, &rows).await?;
+                sqlx::query(concat!("DELETE FROM mam_wm WHERE acct = ", acct!()))
+                    .bind(&jid)
+                    .execute(&mut *tx)
+                    .await?;
                 tx.commit().await?;
             }
             Db::Postgres(pool) => {
@@ -1422,7 +1534,7 @@ mod tests {
             if let Db::Sqlite(pool) = &m.0 {
                 let dangling: i64 = sqlx::query_scalar(
                     "SELECT (SELECT COUNT(*) FROM mam_ix x WHERE NOT EXISTS (SELECT 1 FROM mam_msg m \
-                     WHERE m.rowid = x.msg AND m.acct = x.acct AND m.id = x.id)) + (SELECT COUNT(*) \
+                     WHERE m.rowid = x.msg AND m.acct = x.acct AND m.w = x.w AND m.id = x.id)) + (SELECT COUNT(*) \
                      FROM mam_ixw x WHERE NOT EXISTS (SELECT 1 FROM mam_msg m WHERE m.rowid = x.msg \
                      AND m.acct = x.acct AND m.w = x.w AND m.id = x.id))",
                 )
@@ -1431,6 +1543,120 @@ mod tests {
                 .expect("dangling");
                 assert_eq!(dangling, 0);
             }
+        }
+    }
+
+    /// `user`'s ids with `with`, oldest first, and their count (RSM).
+    async fn ids_with(m: &MamSql, user: &str, with: &str) -> (Vec<i64>, usize) {
+        let f = Filter {
+            with_bare: Some(with.into()),
+            ..Filter::default()
+        };
+        let (n, page) = m
+            .count_and_page("h", user, &f, &f, 1000, 0, false)
+            .await
+            .expect("page");
+        (page.into_iter().map(|(id, _)| id).collect(), n)
+    }
+
+    fn rows_with(user: &str, with: &str, ids: &[i64]) -> Vec<(String, String, Item)> {
+        ids.iter()
+            .map(|i| ("h".to_string(), user.to_string(), item(*i, with)))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_index_by_correspondent_is_brought_up_to_date_by_its_queries() {
+        for (m, _guard) in stores("mam lazy ixw").await {
+            let mut w = Writer::default();
+            let ixw = |m: &MamSql| {
+                let pool = match &m.0 {
+                    Db::Sqlite(pool) => Some(pool.clone()),
+                    Db::Postgres(_) => None,
+                };
+                async move {
+                    match pool {
+                        Some(pool) => Some(
+                            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM mam_ixw")
+                                .fetch_one(&pool)
+                                .await
+                                .expect("ixw"),
+                        ),
+                        None => None,
+                    }
+                }
+            };
+            let tens: Vec<i64> = (1..=50).map(|i| i * 10).collect();
+            m.insert_many(&rows_with("u", "b@h", &tens), &mut w)
+                .await
+                .expect("put");
+            m.insert_many(&rows_with("u", "c@h", &[505, 515]), &mut w)
+                .await
+                .expect("put");
+            // The first fold (from the tail), then one from memory: neither
+            // fills `mam_ixw` for an account that never asked.
+            m.fold_written(&mut w).await.expect("fold");
+            m.insert_many(&rows_with("u", "b@h", &[520]), &mut w)
+                .await
+                .expect("put");
+            m.fold_written(&mut w).await.expect("fold");
+            if let Some(n) = ixw(&m).await {
+                assert_eq!(n, 0);
+            }
+            let mut b: Vec<i64> = tens.clone();
+            b.push(520);
+            assert_eq!(ids_with(&m, "u", "b@h").await, (b.clone(), 51));
+            assert_eq!(ids_with(&m, "u", "c@h").await, (vec![505, 515], 2));
+            // Up to date now (the watermark is 520).
+            if let Some(n) = ixw(&m).await {
+                assert_eq!(n, 53);
+            }
+            // Messages below the watermark that reach the index later: a
+            // fold from memory (the writer learns the new watermark), one
+            // from the tail, a direct write, a read's settling.
+            m.insert_many(&rows_with("u", "b@h", &[15, 530]), &mut w)
+                .await
+                .expect("put");
+            m.fold_written(&mut w).await.expect("fold");
+            m.insert_many(&rows_with("u", "b@h", &[25]), &mut w)
+                .await
+                .expect("put");
+            m.fold_staged().await.expect("fold");
+            m.insert("h", "u", &[item(35, "b@h")])
+                .await
+                .expect("direct");
+            m.insert_many(&rows_with("u", "b@h", &[45]), &mut w)
+                .await
+                .expect("put");
+            assert_eq!(
+                m.count("h", "u", &Filter::default()).await.expect("count"),
+                58
+            );
+            m.fold_written(&mut w).await.expect("fold");
+            b.extend([15, 25, 35, 45, 530]);
+            b.sort_unstable();
+            assert_eq!(ids_with(&m, "u", "b@h").await, (b.clone(), 56));
+            // Another account's late row, folded from memory after that
+            // account's first query.
+            m.insert_many(&rows_with("v", "b@h", &[100, 200]), &mut w)
+                .await
+                .expect("put");
+            m.fold_written(&mut w).await.expect("fold");
+            assert_eq!(ids_with(&m, "v", "b@h").await, (vec![100, 200], 2));
+            m.insert_many(&rows_with("v", "b@h", &[150]), &mut w)
+                .await
+                .expect("put");
+            m.fold_written(&mut w).await.expect("fold");
+            assert_eq!(ids_with(&m, "v", "b@h").await, (vec![100, 150, 200], 3));
+            // An archive removed and started again: its old watermark is
+            // gone with it.
+            m.remove_archive("h", "v").await.expect("remove");
+            m.insert_many(&rows_with("v", "b@h", &[50, 60]), &mut w)
+                .await
+                .expect("put");
+            m.fold_written(&mut w).await.expect("fold");
+            assert_eq!(ids_with(&m, "v", "b@h").await, (vec![50, 60], 2));
+            assert_eq!(ids_with(&m, "u", "b@h").await, (b, 56));
         }
     }
 
