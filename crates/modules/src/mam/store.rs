@@ -17,7 +17,11 @@
 //! - `mam_jid` gives every bare JID (account or correspondent) an integer
 //!   key, so index entries are three or four integers;
 //! - `mam_msg` holds the messages in the order they were written (rowid),
-//!   with no index of its own, so a write only appends;
+//!   with no index of its own, so a write only appends. A row is a message
+//!   of account `acct` (side 1: `acct`, `w`, `id`, `with_res`) and, when
+//!   `id2` is set, also of account `w` (side 2: `w`, `acct`, `id2`,
+//!   `res2`): the sent and the received side of a message between two
+//!   local accounts are written once (half the bytes, and half the rows);
 //! - `mam_ix (acct, id) → (w, msg)` and `mam_ixw (acct, w, id) → msg` are
 //!   the two indexes, as tables clustered on their key (`WITHOUT ROWID`);
 //! - `mam_ixw` serves queries `with` one correspondent, and is brought up
@@ -115,6 +119,13 @@ pub const MIGRATIONS: &[ModuleMigration] = &[
              ALTER TABLE mam_folded ADD COLUMN wm_gen INTEGER NOT NULL DEFAULT 0;",
         postgres: "SELECT 1;",
     },
+    ModuleMigration {
+        // SQLite: a row may hold the two sides of one message between local
+        // accounts (see the module documentation).
+        sqlite: "ALTER TABLE mam_msg ADD COLUMN id2 INTEGER;\
+             ALTER TABLE mam_msg ADD COLUMN res2 TEXT;",
+        postgres: "SELECT 1;",
+    },
 ];
 
 /// Rows per statement of [`MamSql::insert_many`] (6 or 7 parameters each,
@@ -136,22 +147,26 @@ macro_rules! acct {
 }
 
 /// `INSERT INTO mam_ix … SELECT … FROM mam_msg ` and `INSERT INTO mam_ixw
-/// …` for the `mam_msg` rows that `$rows` selects (SQLite): indexes them
-/// (an id an account has already is kept: a message routed twice is
-/// archived once). Entries in `mam_ixw` above their account's watermark
-/// are not needed there, and harmless.
+/// …` for the `mam_msg` rows that `$rows` selects (SQLite): indexes both
+/// sides of them (an id an account has already is kept: a message routed
+/// twice is archived once). Entries in `mam_ixw` above their account's
+/// watermark are not needed there, and harmless.
 macro_rules! index_rows {
     ($rows:literal) => {
         [
             concat!(
                 "INSERT INTO mam_ix (acct, id, w, msg) SELECT acct, id, w, rowid FROM mam_msg WHERE ",
                 $rows,
-                " ORDER BY acct, id, rowid ON CONFLICT DO NOTHING"
+                " UNION ALL SELECT w, id2, acct, rowid FROM mam_msg WHERE ",
+                $rows,
+                " AND id2 IS NOT NULL ORDER BY 1, 2, 4 ON CONFLICT DO NOTHING"
             ),
             concat!(
                 "INSERT INTO mam_ixw (acct, w, id, msg) SELECT acct, w, id, rowid FROM mam_msg WHERE ",
                 $rows,
-                " ORDER BY acct, w, id, rowid ON CONFLICT DO NOTHING"
+                " UNION ALL SELECT w, acct, id2, rowid FROM mam_msg WHERE ",
+                $rows,
+                " AND id2 IS NOT NULL ORDER BY 1, 2, 3, 4 ON CONFLICT DO NOTHING"
             ),
         ]
     };
@@ -175,15 +190,44 @@ fn json_list(ids: &[i64]) -> Result<String> {
 /// statement's parameter list, so `$N` parameters cost O(n²) per statement
 /// (with 896 of them, most of the CPU of an archive batch).
 fn msg_insert(n: usize) -> String {
-    let mut sql = String::with_capacity(100 + n * 20);
-    sql.push_str("INSERT INTO mam_msg (acct, w, id, with_res, origin_id, xml) VALUES ");
+    let mut sql = String::with_capacity(100 + n * 26);
+    sql.push_str("INSERT INTO mam_msg (acct, w, id, with_res, origin_id, xml, id2, res2) VALUES ");
     for r in 0..n {
         if r > 0 {
             sql.push_str(", ");
         }
-        sql.push_str("(?, ?, ?, ?, ?, ?)");
+        sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?)");
     }
     sql
+}
+
+/// The rows of `rows` (with their `(account, correspondent)` keys) as
+/// `mam_msg` rows: `(i, None)` for row `i` alone, `(i, Some(j))` for rows
+/// `i` and `j` written as one, the two sides of one message between two
+/// local accounts (the sender's sent side and the recipient's received
+/// side: one's account is the other's correspondent, and the message is
+/// the same text). In the order of their first rows.
+fn pair_up(rows: &[(String, String, Item)], keys: &[(i64, i64)]) -> Vec<(usize, Option<usize>)> {
+    let mut units: Vec<(usize, Option<usize>)> = Vec::with_capacity(rows.len());
+    // Unpaired units by their (account, correspondent).
+    let mut open: HashMap<(i64, i64), Vec<usize>, foldhash::fast::RandomState> = HashMap::default();
+    for (i, &(a, w)) in keys.iter().enumerate() {
+        if a != w
+            && let Some(waiting) = open.get_mut(&(w, a))
+            && let Some(p) = waiting.iter().position(|&u| {
+                let o = &rows[units[u].0].2;
+                let it = &rows[i].2;
+                o.xml == it.xml && o.origin_id == it.origin_id
+            })
+        {
+            let u = waiting.remove(p);
+            units[u].1 = Some(i);
+            continue;
+        }
+        open.entry((a, w)).or_default().push(units.len());
+        units.push((i, None));
+    }
+    units
 }
 
 /// `INSERT INTO mam_archive … VALUES ($1, …), ($8, …) … ON CONFLICT DO
@@ -211,6 +255,38 @@ fn multi_row_insert(n: usize) -> String {
     }
     sql.push_str(" ON CONFLICT DO NOTHING");
     sql
+}
+
+/// [`MamSql::insert_many`] on PostgreSQL: multi-row `INSERT`s of up to
+/// [`ROWS_PER_INSERT`] rows (one transaction when there are several).
+async fn insert_many_pg(pool: &sqlx::PgPool, rows: &[(String, String, Item)]) -> Result<()> {
+    let mut tx = if rows.len() > ROWS_PER_INSERT {
+        Some(pool.begin_write().await?)
+    } else {
+        None
+    };
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let sql = multi_row_insert(chunk.len());
+        let mut args = arguments_for(pool, chunk.len() * 7);
+        for (host, user, it) in chunk {
+            add(&mut args, host.as_str())?;
+            add(&mut args, user.as_str())?;
+            add(&mut args, it.with_bare.as_str())?;
+            add(&mut args, it.id)?;
+            add(&mut args, it.with_res.as_str())?;
+            add(&mut args, it.origin_id.as_deref())?;
+            add(&mut args, it.xml.as_str())?;
+        }
+        let q = sqlx::query_with(&sql, args);
+        match tx.as_mut() {
+            Some(tx) => q.execute(&mut **tx).await?,
+            None => q.execute(pool).await?,
+        };
+    }
+    if let Some(tx) = tx {
+        tx.commit().await?;
+    }
+    Ok(())
 }
 
 /// Bare JIDs' SQLite keys (`mam_jid`) the archive writer has looked up:
@@ -275,8 +351,9 @@ struct Appended {
 /// may not be all of it, or may no longer be there: before the writer's
 /// first fold (the tail may hold an earlier process's rows), after a batch
 /// that failed (it may have been committed all the same), after another
-/// fold, and after any deletion from `mam_msg`
-/// (`mam_folded.removed` changed: a rowid may have been given out again).
+/// fold, and after any deletion from `mam_msg`, of a row or of a side of
+/// one (`mam_folded.removed` changed: a rowid may have been given out
+/// again, a side may be gone).
 /// Rows written by others ([`MamSql::insert`], a read's
 /// [`MamSql::settle`]) are indexed by them already.
 #[derive(Default)]
@@ -292,24 +369,6 @@ pub struct Writer {
     /// each fold (the changed ones only).
     wm: HashMap<i64, i64, foldhash::fast::RandomState>,
     wm_gen: Option<i64>,
-}
-
-/// The rowid of the last row a statement inserted (SQLite), for
-/// [`MamSql::insert_many`]'s loop over either backend.
-trait LastRowid {
-    fn last_rowid(&self) -> Option<i64>;
-}
-
-impl LastRowid for sqlx::sqlite::SqliteQueryResult {
-    fn last_rowid(&self) -> Option<i64> {
-        Some(self.last_insert_rowid())
-    }
-}
-
-impl LastRowid for sqlx::postgres::PgQueryResult {
-    fn last_rowid(&self) -> Option<i64> {
-        None
-    }
 }
 
 /// [`entries_insert`] of `mam_ix` and of `mam_ixw`.
@@ -576,9 +635,11 @@ impl MamSql {
     /// rows of many commits share their index pages, and the message itself
     /// is written once (BENCHMARKS.md, run 12). A read of an account's
     /// archive first indexes that account's tail rows ([`MamSql::settle`]),
-    /// so reads see all committed messages. `writer` is the archive
-    /// writer's state (its JID keys, the rows it appended). PostgreSQL logs
-    /// row changes, not pages, and is written directly.
+    /// so reads see all committed messages. The two sides of a message
+    /// between local accounts that are in the batch together (see
+    /// [`pair_up`]) are one row. `writer` is the archive writer's state
+    /// (its JID keys, the rows it appended). PostgreSQL logs row changes,
+    /// not pages, and is written directly (a row per side).
     pub async fn insert_many(
         &self,
         rows: &[(String, String, Item)],
@@ -587,98 +648,91 @@ impl MamSql {
         if rows.is_empty() {
             return Ok(());
         }
+        let pool = match &self.0 {
+            Db::Sqlite(pool) => pool,
+            Db::Postgres(pool) => return insert_many_pg(pool, rows).await,
+        };
         // Until this batch is known committed, the writer's rows may not be
         // the whole tail (a failed commit may still have written them): the
         // next fold reads the tail unless this returns Ok.
         let known = writer.removed.take();
-        // SQLite: the rows' account and correspondent keys first (outside
-        // the statement's transaction: a new key is a write of its own).
-        let row_keys = match &self.0 {
-            Db::Sqlite(pool) => {
-                let mut ks = Vec::with_capacity(rows.len());
-                for (host, user, it) in rows {
-                    let a = writer.keys.account(pool, host, user).await?;
-                    ks.push((a, writer.keys.key(pool, &it.with_bare).await?));
-                }
-                Some(ks)
+        // The rows' account and correspondent keys first (outside the
+        // statement's transaction: a new key is a write of its own).
+        let mut keys = Vec::with_capacity(rows.len());
+        for (host, user, it) in rows {
+            let a = writer.keys.account(pool, host, user).await?;
+            keys.push((a, writer.keys.key(pool, &it.with_bare).await?));
+        }
+        let units = pair_up(rows, &keys);
+        // A batch of up to ROWS_PER_INSERT rows is one statement, so one
+        // round trip to the database (autocommit); a longer one is one
+        // transaction of several.
+        let mut tx = if units.len() > ROWS_PER_INSERT {
+            Some(pool.begin_write().await?)
+        } else {
+            None
+        };
+        let mut appended = Vec::with_capacity(rows.len());
+        for chunk in units.chunks(ROWS_PER_INSERT) {
+            let sql = msg_insert(chunk.len());
+            // (`&str`s: bound without a copy; room for all at once.)
+            let mut args = arguments_for(pool, chunk.len() * 8);
+            for &(one, two) in chunk {
+                let ((a, w), it) = (keys[one], &rows[one].2);
+                add(&mut args, a)?;
+                add(&mut args, w)?;
+                add(&mut args, it.id)?;
+                add(&mut args, it.with_res.as_str())?;
+                add(&mut args, it.origin_id.as_deref())?;
+                add(&mut args, it.xml.as_str())?;
+                let other = two.map(|t| &rows[t].2);
+                add(&mut args, other.map(|o| o.id))?;
+                add(&mut args, other.map(|o| o.with_res.as_str()))?;
             }
-            Db::Postgres(_) => None,
-        };
-        let sql_for: fn(usize) -> String = match row_keys {
-            Some(_) => msg_insert,
-            None => multi_row_insert,
-        };
-        on_db!(&self.0, |pool| {
-            // A batch of up to ROWS_PER_INSERT rows is one statement, so
-            // one round trip to the database (autocommit); a longer one is
-            // one transaction of several.
-            let mut tx = if rows.len() > ROWS_PER_INSERT {
-                Some(pool.begin_write().await?)
-            } else {
-                None
+            let q = sqlx::query_with(&sql, args);
+            let done = match tx.as_mut() {
+                Some(tx) => q.execute(&mut **tx).await?,
+                None => q.execute(pool).await?,
             };
-            let mut appended = Vec::with_capacity(rows.len());
-            for (c, chunk) in rows.chunks(ROWS_PER_INSERT).enumerate() {
-                let sql = sql_for(chunk.len());
-                // (`&str`s: bound without a copy; room for all at once.)
-                let mut args = arguments_for(pool, chunk.len() * 7);
-                for (r, (host, user, it)) in chunk.iter().enumerate() {
-                    match &row_keys {
-                        Some(ks) => {
-                            let (a, w) = ks[c * ROWS_PER_INSERT + r];
-                            add(&mut args, a)?;
-                            add(&mut args, w)?;
-                        }
-                        None => {
-                            add(&mut args, host.as_str())?;
-                            add(&mut args, user.as_str())?;
-                            add(&mut args, it.with_bare.as_str())?;
-                        }
-                    }
-                    add(&mut args, it.id)?;
-                    add(&mut args, it.with_res.as_str())?;
-                    add(&mut args, it.origin_id.as_deref())?;
-                    add(&mut args, it.xml.as_str())?;
-                }
-                let q = sqlx::query_with(&sql, args);
-                let done = match tx.as_mut() {
-                    Some(tx) => q.execute(&mut **tx).await?,
-                    None => q.execute(pool).await?,
-                };
-                // SQLite: a statement's rows have consecutive rowids (each
-                // new row takes the largest rowid plus one), up to the last.
-                if let (Some(last), Some(ks)) = (done.last_rowid(), &row_keys) {
-                    let first = last - chunk.len() as i64 + 1;
-                    for (r, (_, _, it)) in chunk.iter().enumerate() {
-                        let (acct, w) = ks[c * ROWS_PER_INSERT + r];
-                        appended.push(Appended {
-                            acct,
-                            w,
-                            id: it.id,
-                            msg: first + r as i64,
-                        });
-                    }
+            // A statement's rows have consecutive rowids (each new row takes
+            // the largest rowid plus one), up to the last.
+            let first = done.last_insert_rowid() - chunk.len() as i64 + 1;
+            for (r, &(one, two)) in chunk.iter().enumerate() {
+                let (acct, w) = keys[one];
+                let msg = first + r as i64;
+                let id = rows[one].2.id;
+                appended.push(Appended { acct, w, id, msg });
+                if let Some(t) = two {
+                    let id = rows[t].2.id;
+                    appended.push(Appended {
+                        acct: w,
+                        w: acct,
+                        id,
+                        msg,
+                    });
                 }
             }
-            if let Some(tx) = tx {
-                tx.commit().await?;
-            }
-            // Committed: these rows are the writer's to fold.
-            writer.appended.append(&mut appended);
-        });
+        }
+        if let Some(tx) = tx {
+            tx.commit().await?;
+        }
+        // Committed: these rows are the writer's to fold.
+        writer.appended.append(&mut appended);
         writer.removed = known;
         Ok(())
     }
 
     /// Index the tail of `mam_msg` (the rows [`MamSql::insert_many`]
     /// appended since the last fold), in one transaction, sorted by
-    /// account; how many rows the tail had. A no-op on PostgreSQL.
+    /// account; how many messages (sides of rows) the tail had. A no-op on
+    /// PostgreSQL.
     ///
-    /// A row whose account has its id already (a message written twice)
-    /// is not indexed, and deleted. Rows a read indexed already
-    /// ([`MamSql::settle`]) are counted by `mam_folded.settled`, so the
-    /// fold can tell such rows from those (and looks for them only when
-    /// the counts say there are some).
+    /// A side whose account has its id already (a message written twice)
+    /// is not indexed, and dropped (with its row when it was the row's
+    /// only side). Sides a read indexed already ([`MamSql::settle`]) are
+    /// counted by `mam_folded.settled`, so the fold can tell such sides
+    /// from those (and looks for them only when the counts say there are
+    /// some).
     ///
     /// One transaction, not slices of one: SQLite drops a connection's
     /// page cache whenever another connection has committed, so slices
@@ -762,7 +816,9 @@ impl MamSql {
                 sqlx::query(
                     "INSERT INTO mam_ixw (acct, w, id, msg) SELECT acct, w, id, rowid FROM mam_msg m \
                      WHERE rowid > $1 AND rowid <= $2 AND id <= (SELECT upto FROM mam_wm u WHERE u.acct = m.acct) \
-                     ORDER BY acct, w, id, rowid ON CONFLICT DO NOTHING",
+                     UNION ALL SELECT w, acct, id2, rowid FROM mam_msg m WHERE rowid > $1 AND rowid <= $2 \
+                     AND id2 <= (SELECT upto FROM mam_wm u WHERE u.acct = m.w) \
+                     ORDER BY 1, 2, 3, 4 ON CONFLICT DO NOTHING",
                 )
                 .bind(upto)
                 .bind(top)
@@ -771,26 +827,28 @@ impl MamSql {
                 indexed
             }
         };
-        let tail: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM mam_msg WHERE rowid > $1 AND rowid <= $2")
-                .bind(upto)
-                .bind(top)
-                .fetch_one(&mut *tx)
-                .await?;
+        // (Sides: a row holds one or two.)
+        let tail: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) + COUNT(id2) FROM mam_msg WHERE rowid > $1 AND rowid <= $2",
+        )
+        .bind(upto)
+        .bind(top)
+        .fetch_one(&mut *tx)
+        .await?;
         if tail > indexed + settled {
-            // Rows written twice: not indexed above, so unreachable; gone.
-            let orphans = rowids(
-                sqlx::query_scalar(
-                    "SELECT json_group_array(rowid) FROM mam_msg m WHERE rowid > $1 AND rowid <= $2 \
-                     AND NOT EXISTS (SELECT 1 FROM mam_ix x WHERE x.acct = m.acct AND x.id = m.id \
-                     AND x.msg = m.rowid)",
-                )
-                .bind(upto)
-                .bind(top)
-                .fetch_one(&mut *tx)
-                .await?,
-            )?;
-            delete_rows(&mut tx, &orphans).await?;
+            // Sides written twice: not indexed above, so unreachable; gone.
+            let (one, two): (String, String) = sqlx::query_as(
+                "SELECT json_group_array(rowid) FILTER (WHERE NOT EXISTS (SELECT 1 FROM mam_ix x \
+                 WHERE x.acct = m.acct AND x.id = m.id AND x.msg = m.rowid)), \
+                 json_group_array(rowid) FILTER (WHERE id2 IS NOT NULL AND NOT EXISTS (SELECT 1 \
+                 FROM mam_ix x WHERE x.acct = m.w AND x.id = m.id2 AND x.msg = m.rowid)) \
+                 FROM mam_msg m WHERE rowid > $1 AND rowid <= $2",
+            )
+            .bind(upto)
+            .bind(top)
+            .fetch_one(&mut *tx)
+            .await?;
+            drop_sides(&mut tx, &rowids(one)?, &rowids(two)?).await?;
         }
         // (`upto` not past the rows left: see `REMOVED`.)
         let removed: i64 = sqlx::query_scalar(
@@ -827,8 +885,11 @@ impl MamSql {
         let rows = rowids(
             sqlx::query_scalar(concat!(
                 "SELECT json_group_array(rowid) FROM mam_msg WHERE rowid > (SELECT upto FROM mam_folded) \
-                 AND acct = ",
-                acct!()
+                 AND (acct = ",
+                acct!(),
+                " OR (w = ",
+                acct!(),
+                " AND id2 IS NOT NULL))"
             ))
             .bind(&jid)
             .fetch_one(pool)
@@ -930,7 +991,7 @@ impl MamSql {
         if let Some(r) = &f.with_res {
             needs_msg = sqlite;
             let cond = if sqlite {
-                "m.with_res = #"
+                "(CASE WHEN m.acct = x.acct THEN m.with_res ELSE m.res2 END) = #"
             } else {
                 "with_res = #"
             };
@@ -1127,7 +1188,7 @@ impl MamSql {
             Db::Sqlite(pool) => {
                 sqlx::query_scalar(
                     "SELECT MAX(m) FROM (SELECT MAX((SELECT MAX(id) FROM mam_ix WHERE acct = j.k)) AS m \
-                     FROM mam_jid j UNION ALL SELECT MAX(id) FROM mam_msg \
+                     FROM mam_jid j UNION ALL SELECT MAX(MAX(id, COALESCE(id2, id))) FROM mam_msg \
                      WHERE rowid > (SELECT upto FROM mam_folded))",
                 )
                 .fetch_one(pool)
@@ -1148,21 +1209,25 @@ impl MamSql {
                 let jid = format!("{user}@{host}");
                 let mut tx = pool.begin_write().await?;
                 // Indexed or in the tail (a message written twice is in the
-                // tail until the next fold).
-                let rows = rowids(
-                    sqlx::query_scalar(concat!(
-                        "SELECT json_group_array(msg) FROM (SELECT msg FROM mam_ix WHERE acct = ",
-                        acct!(),
-                        " UNION SELECT rowid FROM mam_msg WHERE rowid > (SELECT upto FROM mam_folded) \
-                         AND acct = ",
-                        acct!(),
-                        ")"
-                    ))
-                    .bind(&jid)
-                    .fetch_one(&mut *tx)
-                    .await?,
-                )?;
-                delete_rows(&mut tx, &rows).await?;
+                // tail until the next fold); the account's side of each row.
+                let (one, two): (String, String) = sqlx::query_as(concat!(
+                    "SELECT json_group_array(rowid) FILTER (WHERE acct = ",
+                    acct!(),
+                    "), json_group_array(rowid) FILTER (WHERE acct != ",
+                    acct!(),
+                    ") FROM mam_msg WHERE rowid IN (SELECT msg FROM mam_ix WHERE acct = ",
+                    acct!(),
+                    " UNION SELECT rowid FROM mam_msg WHERE rowid > (SELECT upto FROM mam_folded) \
+                     AND (acct = ",
+                    acct!(),
+                    " OR (w = ",
+                    acct!(),
+                    " AND id2 IS NOT NULL)))"
+                ))
+                .bind(&jid)
+                .fetch_one(&mut *tx)
+                .await?;
+                drop_sides(&mut tx, &rowids(one)?, &rowids(two)?).await?;
                 sqlx::query(concat!("DELETE FROM mam_wm WHERE acct = ", acct!()))
                     .bind(&jid)
                     .execute(&mut *tx)
@@ -1190,20 +1255,23 @@ impl MamSql {
                 let mut n = 0;
                 loop {
                     let mut tx = pool.begin_write().await?;
-                    let rows = rowids(
-                        sqlx::query_scalar(
-                            "SELECT json_group_array(msg) FROM (SELECT x.msg FROM mam_jid j CROSS JOIN mam_ix x \
-                             ON x.acct = j.k AND x.id < $1 LIMIT $2)",
-                        )
-                        .bind(before)
-                        .bind(EXPIRE_ROWS)
-                        .fetch_one(&mut *tx)
-                        .await?,
-                    )?;
-                    delete_rows(&mut tx, &rows).await?;
+                    // The entries' sides of their rows.
+                    let (one, two): (String, String) = sqlx::query_as(
+                        "SELECT json_group_array(e.msg) FILTER (WHERE m.acct = e.acct AND m.id = e.id), \
+                         json_group_array(e.msg) FILTER (WHERE NOT (m.acct = e.acct AND m.id = e.id)) \
+                         FROM (SELECT x.acct, x.id, x.msg FROM mam_jid j CROSS JOIN mam_ix x \
+                         ON x.acct = j.k AND x.id < $1 LIMIT $2) e JOIN mam_msg m ON m.rowid = e.msg",
+                    )
+                    .bind(before)
+                    .bind(EXPIRE_ROWS)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let (one, two) = (rowids(one)?, rowids(two)?);
+                    drop_sides(&mut tx, &one, &two).await?;
                     tx.commit().await?;
-                    n += rows.len() as u64;
-                    if rows.len() < EXPIRE_ROWS as usize {
+                    let entries = one.len() + two.len();
+                    n += entries as u64;
+                    if entries < EXPIRE_ROWS as usize {
                         return Ok(n);
                     }
                 }
@@ -1278,23 +1346,43 @@ const EXPIRE_ROWS: i64 = 10_000;
 const REMOVED: &str = "UPDATE mam_folded SET removed = removed + 1, \
     upto = MIN(upto, (SELECT COALESCE(MAX(rowid), 0) FROM mam_msg))";
 
-/// Delete `mam_msg` rows and their index entries (SQLite).
-async fn delete_rows(
+/// Remove side 1 of rows `one` and side 2 of rows `two` from the archive
+/// (SQLite): their index entries, and the rows left with no side; a row
+/// that keeps its other side keeps it as side 1 (so that a fold of the
+/// tail indexes only what is left).
+async fn drop_sides(
     tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
-    rows: &[i64],
+    one: &[i64],
+    two: &[i64],
 ) -> Result<()> {
-    if rows.is_empty() {
+    if one.is_empty() && two.is_empty() {
         return Ok(());
     }
-    let list = json_list(rows)?;
+    let (one, two) = (json_list(one)?, json_list(two)?);
+    // (Each statement binds both lists: `$1 IS NOT NULL` and `$2 IS NOT
+    // NULL`, always true, where a statement needs only one.)
     for sql in [
         "DELETE FROM mam_ix WHERE (acct, id, msg) IN (SELECT acct, id, rowid FROM mam_msg \
-         WHERE rowid IN (SELECT value FROM json_each($1)))",
+         WHERE rowid IN (SELECT value FROM json_each($1)) UNION ALL SELECT w, id2, rowid FROM mam_msg \
+         WHERE rowid IN (SELECT value FROM json_each($2)) AND id2 IS NOT NULL)",
         "DELETE FROM mam_ixw WHERE (acct, w, id, msg) IN (SELECT acct, w, id, rowid FROM mam_msg \
-         WHERE rowid IN (SELECT value FROM json_each($1)))",
-        "DELETE FROM mam_msg WHERE rowid IN (SELECT value FROM json_each($1))",
+         WHERE rowid IN (SELECT value FROM json_each($1)) UNION ALL SELECT w, acct, id2, rowid FROM mam_msg \
+         WHERE rowid IN (SELECT value FROM json_each($2)) AND id2 IS NOT NULL)",
+        // No side left.
+        "DELETE FROM mam_msg WHERE rowid IN (SELECT value FROM json_each($1)) \
+         AND (id2 IS NULL OR rowid IN (SELECT value FROM json_each($2)))",
+        // Side 2 left: it becomes side 1.
+        "UPDATE mam_msg SET acct = w, w = acct, id = id2, with_res = res2, id2 = NULL, res2 = NULL \
+         WHERE rowid IN (SELECT value FROM json_each($1)) AND id2 IS NOT NULL AND $2 IS NOT NULL",
+        // Side 1 left.
+        "UPDATE mam_msg SET id2 = NULL, res2 = NULL WHERE rowid IN (SELECT value FROM json_each($2)) \
+         AND $1 IS NOT NULL",
     ] {
-        sqlx::query(sql).bind(&list).execute(&mut **tx).await?;
+        sqlx::query(sql)
+            .bind(&one)
+            .bind(&two)
+            .execute(&mut **tx)
+            .await?;
     }
     sqlx::query(REMOVED).execute(&mut **tx).await?;
     Ok(())
@@ -1657,6 +1745,186 @@ mod tests {
             m.fold_written(&mut w).await.expect("fold");
             assert_eq!(ids_with(&m, "v", "b@h").await, (vec![50, 60], 2));
             assert_eq!(ids_with(&m, "u", "b@h").await, (b, 56));
+        }
+    }
+
+    /// One side of message `msg`: archived by `user` as `id`, `with`
+    /// `with/res` (the same message text on both sides).
+    fn side(user: &str, id: i64, with: &str, res: &str, msg: i64) -> (String, String, Item) {
+        let it = Item {
+            id,
+            with_bare: with.into(),
+            with_res: res.into(),
+            origin_id: Some(format!("o{msg}")),
+            xml: format!("<message xmlns='jabber:client'><body>m{msg}</body></message>"),
+        };
+        ("h".to_string(), user.to_string(), it)
+    }
+
+    /// `user`'s archive as (id, message number), checked against
+    /// `with_res` filters when `res` is given.
+    async fn msgs_of(m: &MamSql, user: &str) -> Vec<(i64, String)> {
+        let page = m
+            .page("h", user, &Filter::default(), 1000, 0, false)
+            .await
+            .expect("page");
+        page.into_iter()
+            .map(|(id, xml)| {
+                let body = xml
+                    .split("<body>")
+                    .nth(1)
+                    .and_then(|b| b.split('<').next())
+                    .unwrap_or_default()
+                    .to_string();
+                (id, body)
+            })
+            .collect()
+    }
+
+    async fn ids_with_res(m: &MamSql, user: &str, with: &str, res: &str) -> Vec<i64> {
+        let f = Filter {
+            with_bare: Some(with.into()),
+            with_res: Some(res.into()),
+            ..Filter::default()
+        };
+        m.page("h", user, &f, 1000, 0, false)
+            .await
+            .expect("page")
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    fn owned(v: &[(i64, &str)]) -> Vec<(i64, String)> {
+        v.iter().map(|(i, b)| (*i, b.to_string())).collect()
+    }
+
+    #[tokio::test]
+    async fn the_two_sides_of_a_local_message_share_a_row() {
+        for (m, _guard) in stores("mam shared rows").await {
+            let pool = match &m.0 {
+                Db::Sqlite(pool) => Some(pool.clone()),
+                Db::Postgres(_) => None,
+            };
+            let rows_in = |pool: Option<sqlx::SqlitePool>| async move {
+                match pool {
+                    Some(p) => Some(
+                        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM mam_msg")
+                            .fetch_one(&p)
+                            .await
+                            .expect("rows"),
+                    ),
+                    None => None,
+                }
+            };
+            let mut w = Writer::default();
+            // a -> b (b's side from a's phone), b -> a (a's side from b's
+            // laptop), a -> c (elsewhere: one side), in one batch; the
+            // sides of one message need not be next to each other.
+            let batch = vec![
+                side("a", 100, "b@h", "", 1),
+                side("b", 210, "a@h", "laptop", 2),
+                side("b", 101, "a@h", "phone", 1),
+                side("a", 102, "c@x", "", 3),
+                side("a", 211, "b@h", "laptop", 2),
+            ];
+            m.insert_many(&batch, &mut w).await.expect("put");
+            if let Some(n) = rows_in(pool.clone()).await {
+                assert_eq!(n, 3);
+            }
+            // b reads before any fold (its sides are settled), then the
+            // first fold reads the tail.
+            assert_eq!(msgs_of(&m, "b").await, owned(&[(101, "m1"), (210, "m2")]));
+            m.fold_written(&mut w).await.expect("fold");
+            assert_eq!(
+                msgs_of(&m, "a").await,
+                owned(&[(100, "m1"), (102, "m3"), (211, "m2")])
+            );
+            assert_eq!(ids_with_res(&m, "b", "a@h", "phone").await, [101]);
+            assert_eq!(ids_with_res(&m, "a", "b@h", "laptop").await, [211]);
+            assert_eq!(ids_with_res(&m, "a", "b@h", "").await, [100]);
+            // Folded from memory; a side written twice (b has id 101) is
+            // dropped and its other side kept; a message written twice on
+            // both sides is dropped whole.
+            let batch = vec![
+                side("a", 300, "b@h", "", 4),
+                side("b", 301, "a@h", "phone", 4),
+                side("a", 302, "b@h", "", 5),
+                side("b", 101, "a@h", "phone", 5),
+                side("a", 100, "b@h", "", 1),
+                side("b", 101, "a@h", "phone", 1),
+            ];
+            m.insert_many(&batch, &mut w).await.expect("put");
+            let folded = m.fold_written(&mut w).await.expect("fold");
+            assert_eq!(folded, if pool.is_some() { 6 } else { 0 });
+            if let Some(n) = rows_in(pool.clone()).await {
+                assert_eq!(n, 5);
+            }
+            assert_eq!(
+                msgs_of(&m, "a").await,
+                owned(&[
+                    (100, "m1"),
+                    (102, "m3"),
+                    (211, "m2"),
+                    (300, "m4"),
+                    (302, "m5")
+                ])
+            );
+            assert_eq!(
+                msgs_of(&m, "b").await,
+                owned(&[(101, "m1"), (210, "m2"), (301, "m4")])
+            );
+            assert_eq!(ids_with_res(&m, "b", "a@h", "phone").await, [101, 301]);
+            // a's archive removed, folded or still in the tail: b keeps its
+            // sides, and no fold brings a's back.
+            m.insert_many(
+                &[side("a", 400, "b@h", "", 6), side("b", 401, "a@h", "", 6)],
+                &mut w,
+            )
+            .await
+            .expect("put");
+            m.remove_archive("h", "a").await.expect("remove");
+            m.fold_written(&mut w).await.expect("fold");
+            assert_eq!(msgs_of(&m, "a").await, owned(&[]));
+            assert_eq!(
+                msgs_of(&m, "b").await,
+                owned(&[(101, "m1"), (210, "m2"), (301, "m4"), (401, "m6")])
+            );
+            assert_eq!(ids_with_res(&m, "b", "a@h", "phone").await, [101, 301]);
+            assert_eq!(ids_with_res(&m, "b", "a@h", "").await, [401]);
+            // Retention takes each side by its own id.
+            m.insert_many(
+                &[side("b", 500, "c@h", "", 7), side("c", 150, "b@h", "", 7)],
+                &mut w,
+            )
+            .await
+            .expect("put");
+            assert_eq!(m.expire(200).await.expect("expire"), 2);
+            assert_eq!(
+                msgs_of(&m, "b").await,
+                owned(&[(210, "m2"), (301, "m4"), (401, "m6"), (500, "m7")])
+            );
+            assert_eq!(msgs_of(&m, "c").await, owned(&[]));
+            assert_eq!(m.max_id().await.expect("max"), Some(500));
+            if let Some(pool) = &pool {
+                let dangling: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM mam_ix x WHERE NOT EXISTS (SELECT 1 FROM mam_msg m \
+                     WHERE m.rowid = x.msg AND ((m.acct = x.acct AND m.w = x.w AND m.id = x.id) \
+                     OR (m.w = x.acct AND m.acct = x.w AND m.id2 = x.id)))",
+                )
+                .fetch_one(pool)
+                .await
+                .expect("dangling");
+                assert_eq!(dangling, 0);
+                let unindexed: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM mam_msg m WHERE NOT EXISTS (SELECT 1 FROM mam_ix x \
+                     WHERE x.msg = m.rowid)",
+                )
+                .fetch_one(pool)
+                .await
+                .expect("unindexed");
+                assert_eq!(unindexed, 0);
+            }
         }
     }
 
