@@ -27,10 +27,10 @@
 //! - `mam_ixw` serves queries `with` one correspondent, and is brought up
 //!   to date lazily, per account, by such a query (see [`MamSql::settle`]):
 //!   an account's entries in `mam_ix` up to its watermark `mam_wm.upto` are
-//!   all in `mam_ixw` too. Kept at once, it cost the fold as much as
-//!   `mam_ix` and the rest of the fold together (its entries land at random
-//!   places in each account's range), for queries that many accounts never
-//!   make;
+//!   all in `mam_ixw` too. Kept at once, it cost the fold more than
+//!   `mam_ix` (its entries land at random places in each account's range,
+//!   more and more of them as the archive grows), for queries that many
+//!   accounts never make;
 //! - `mam_folded` says up to which `mam_msg` rowid the indexes are
 //!   complete (rows after it are the "tail"), and how many tail rows a
 //!   read has indexed already (see [`MamSql::settle`]).
