@@ -15,6 +15,7 @@ pub mod stanza;
 pub mod writer;
 
 pub use jid::{BareJid, FullJid, Jid};
+pub use minidom::Element;
 
 /// The bare part of a JID's string (`node@domain` of `node@domain/res`),
 /// without the copy and checks of `to_bare()`. A domain holds no `/`, so
@@ -22,7 +23,6 @@ pub use jid::{BareJid, FullJid, Jid};
 pub fn bare_part(jid: &str) -> &str {
     jid.split_once('/').map_or(jid, |(bare, _)| bare)
 }
-pub use minidom::Element;
 
 #[cfg(test)]
 mod bare_part_tests {

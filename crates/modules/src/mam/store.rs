@@ -128,7 +128,7 @@ pub const MIGRATIONS: &[ModuleMigration] = &[
     },
 ];
 
-/// Rows per statement of [`MamSql::insert_many`] (6 or 7 parameters each,
+/// Rows per statement of [`MamSql::insert_many`] (8 or 7 parameters each,
 /// well under SQLite's and PostgreSQL's limits): the archive writer's
 /// whole batch, so that a batch is one statement.
 pub const ROWS_PER_INSERT: usize = 256;
@@ -143,6 +143,20 @@ const WRITER_CACHE: &str = "-32768";
 macro_rules! acct {
     () => {
         "(SELECT k FROM mam_jid WHERE jid = $1)"
+    };
+}
+
+/// The `mam_ix` entries of account `$1` above its `mam_ixw` watermark
+/// (all of them when it has none): a `WHERE` clause, for `concat!`.
+macro_rules! above_watermark {
+    () => {
+        concat!(
+            "acct = ",
+            acct!(),
+            " AND id > COALESCE((SELECT upto FROM mam_wm WHERE acct = ",
+            acct!(),
+            "), -9223372036854775808)"
+        )
     };
 }
 
@@ -334,8 +348,9 @@ impl JidKeys {
     }
 }
 
-/// A row the archive writer appended to `mam_msg` (SQLite) and has not
-/// folded yet: account and correspondent keys, archive id, rowid.
+/// A message (a side of a row) the archive writer appended to `mam_msg`
+/// (SQLite) and has not folded yet: account and correspondent keys,
+/// archive id, rowid.
 #[derive(Clone, Copy, Debug)]
 struct Appended {
     acct: i64,
@@ -897,11 +912,9 @@ impl MamSql {
         )?;
         let behind = with
             && sqlx::query_scalar::<_, bool>(concat!(
-                "SELECT EXISTS (SELECT 1 FROM mam_ix WHERE acct = ",
-                acct!(),
-                " AND id > COALESCE((SELECT upto FROM mam_wm WHERE acct = ",
-                acct!(),
-                "), -9223372036854775808))"
+                "SELECT EXISTS (SELECT 1 FROM mam_ix WHERE ",
+                above_watermark!(),
+                ")"
             ))
             .bind(&jid)
             .fetch_one(pool)
@@ -927,11 +940,9 @@ impl MamSql {
         }
         if with {
             sqlx::query(concat!(
-                "INSERT INTO mam_ixw (acct, w, id, msg) SELECT acct, w, id, msg FROM mam_ix WHERE acct = ",
-                acct!(),
-                " AND id > COALESCE((SELECT upto FROM mam_wm WHERE acct = ",
-                acct!(),
-                "), -9223372036854775808) ORDER BY acct, w, id ON CONFLICT DO NOTHING"
+                "INSERT INTO mam_ixw (acct, w, id, msg) SELECT acct, w, id, msg FROM mam_ix WHERE ",
+                above_watermark!(),
+                " ORDER BY acct, w, id ON CONFLICT DO NOTHING"
             ))
             .bind(&jid)
             .execute(&mut *tx)
@@ -1359,30 +1370,43 @@ async fn drop_sides(
         return Ok(());
     }
     let (one, two) = (json_list(one)?, json_list(two)?);
-    // (Each statement binds both lists: `$1 IS NOT NULL` and `$2 IS NOT
-    // NULL`, always true, where a statement needs only one.)
-    for sql in [
-        "DELETE FROM mam_ix WHERE (acct, id, msg) IN (SELECT acct, id, rowid FROM mam_msg \
-         WHERE rowid IN (SELECT value FROM json_each($1)) UNION ALL SELECT w, id2, rowid FROM mam_msg \
-         WHERE rowid IN (SELECT value FROM json_each($2)) AND id2 IS NOT NULL)",
-        "DELETE FROM mam_ixw WHERE (acct, w, id, msg) IN (SELECT acct, w, id, rowid FROM mam_msg \
-         WHERE rowid IN (SELECT value FROM json_each($1)) UNION ALL SELECT w, acct, id2, rowid FROM mam_msg \
-         WHERE rowid IN (SELECT value FROM json_each($2)) AND id2 IS NOT NULL)",
+    let both: &[&String] = &[&one, &two];
+    for (sql, lists) in [
+        (
+            "DELETE FROM mam_ix WHERE (acct, id, msg) IN (SELECT acct, id, rowid FROM mam_msg \
+             WHERE rowid IN (SELECT value FROM json_each($1)) UNION ALL SELECT w, id2, rowid FROM mam_msg \
+             WHERE rowid IN (SELECT value FROM json_each($2)) AND id2 IS NOT NULL)",
+            both,
+        ),
+        (
+            "DELETE FROM mam_ixw WHERE (acct, w, id, msg) IN (SELECT acct, w, id, rowid FROM mam_msg \
+             WHERE rowid IN (SELECT value FROM json_each($1)) UNION ALL SELECT w, acct, id2, rowid FROM mam_msg \
+             WHERE rowid IN (SELECT value FROM json_each($2)) AND id2 IS NOT NULL)",
+            both,
+        ),
         // No side left.
-        "DELETE FROM mam_msg WHERE rowid IN (SELECT value FROM json_each($1)) \
-         AND (id2 IS NULL OR rowid IN (SELECT value FROM json_each($2)))",
+        (
+            "DELETE FROM mam_msg WHERE rowid IN (SELECT value FROM json_each($1)) \
+             AND (id2 IS NULL OR rowid IN (SELECT value FROM json_each($2)))",
+            both,
+        ),
         // Side 2 left: it becomes side 1.
-        "UPDATE mam_msg SET acct = w, w = acct, id = id2, with_res = res2, id2 = NULL, res2 = NULL \
-         WHERE rowid IN (SELECT value FROM json_each($1)) AND id2 IS NOT NULL AND $2 IS NOT NULL",
+        (
+            "UPDATE mam_msg SET acct = w, w = acct, id = id2, with_res = res2, id2 = NULL, res2 = NULL \
+             WHERE rowid IN (SELECT value FROM json_each($1)) AND id2 IS NOT NULL",
+            &[&one],
+        ),
         // Side 1 left.
-        "UPDATE mam_msg SET id2 = NULL, res2 = NULL WHERE rowid IN (SELECT value FROM json_each($2)) \
-         AND $1 IS NOT NULL",
+        (
+            "UPDATE mam_msg SET id2 = NULL, res2 = NULL WHERE rowid IN (SELECT value FROM json_each($1))",
+            &[&two],
+        ),
     ] {
-        sqlx::query(sql)
-            .bind(&one)
-            .bind(&two)
-            .execute(&mut **tx)
-            .await?;
+        let mut q = sqlx::query(sql);
+        for list in lists {
+            q = q.bind(list.as_str());
+        }
+        q.execute(&mut **tx).await?;
     }
     sqlx::query(REMOVED).execute(&mut **tx).await?;
     Ok(())
@@ -1761,8 +1785,7 @@ mod tests {
         ("h".to_string(), user.to_string(), it)
     }
 
-    /// `user`'s archive as (id, message number), checked against
-    /// `with_res` filters when `res` is given.
+    /// `user`'s archive as (id, message body), oldest first.
     async fn msgs_of(m: &MamSql, user: &str) -> Vec<(i64, String)> {
         let page = m
             .page("h", user, &Filter::default(), 1000, 0, false)
